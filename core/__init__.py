@@ -1,0 +1,77 @@
+"""clusterbus: a cluster-membership event framework for Linux load-balancer directors.
+
+This package (the ``core/`` folder) holds the public API: the ``hookimpl`` marker, the
+event classes, the membership view, hook specifications, the plugin host, configuration,
+membership sources, the VRRP speaker, the daemon and the CLI. ZeroMQ lives in
+:mod:`clusterbus.bus`, built-in plugins in :mod:`clusterbus.plugins`.
+"""
+
+from __future__ import annotations
+
+from .config import Config, load_config
+from .engine import Cluster, Engine
+from .errors import (
+    ClusterbusError,
+    ConfigError,
+    DecodeError,
+    InvalidEvent,
+    LocalProtocolError,
+    PluginError,
+    RemoteProtocolError,
+)
+from .events import (
+    AddressConflict,
+    Event,
+    IpvsApplied,
+    MembershipEvent,
+    NodeComingUp,
+    NodeDown,
+    NodeGoingDown,
+    NodemapChanged,
+    NodeUp,
+    VipAcquired,
+    VipReleased,
+    VrrpTransition,
+    event_from_dict,
+    register_event,
+)
+from .nodemap import NodeMap
+from .pluginhost import PluginHost, hookimpl
+from .view import MembershipView, NodeInfo, NodeReport, NodeState
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AddressConflict",
+    "Cluster",
+    "ClusterbusError",
+    "Config",
+    "ConfigError",
+    "DecodeError",
+    "Engine",
+    "Event",
+    "InvalidEvent",
+    "IpvsApplied",
+    "LocalProtocolError",
+    "MembershipEvent",
+    "MembershipView",
+    "NodeComingUp",
+    "NodeDown",
+    "NodeGoingDown",
+    "NodeInfo",
+    "NodeMap",
+    "NodeReport",
+    "NodeState",
+    "NodeUp",
+    "NodemapChanged",
+    "PluginError",
+    "PluginHost",
+    "RemoteProtocolError",
+    "VipAcquired",
+    "VipReleased",
+    "VrrpTransition",
+    "event_from_dict",
+    "hookimpl",
+    "load_config",
+    "register_event",
+]

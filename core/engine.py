@@ -1,0 +1,185 @@
+"""The event engine: stamps events, keeps the membership view, dispatches hooks, feeds sinks.
+
+Synchronous and I/O-free: the daemon's sources call :meth:`Engine.report` or
+:meth:`Engine.publish` from the asyncio loop; sinks (the ZeroMQ publisher) are plain
+callables. An event a plugin emits while a hook is running is queued and dispatched after
+the current one, so hooks always see events in sequence order.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+from .errors import InvalidEvent, LocalProtocolError
+from .events import Event, MembershipEvent
+from .hookspecs import TOPIC_HOOKS
+from .nodemap import NodeMap
+from .pluginhost import PluginHost
+from .view import MembershipView, NodeInfo, NodeReport, NodeState
+
+__all__ = ["Engine", "Cluster"]
+
+log = logging.getLogger(__name__)
+
+E = TypeVar("E", bound=Event)
+Sink = Callable[[Event], None]
+
+
+class Cluster:
+    """What plugins see: read access to the view and the node map, and ``emit``.
+
+    One object for the daemon's whole life: it is live, never a copy.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    @property
+    def local_node(self) -> int:
+        """This director's node number (the ``origin`` of the events it produces)."""
+        return self._engine.origin
+
+    @property
+    def view_id(self) -> int:
+        """The current membership view id."""
+        return self._engine.view.view_id
+
+    @property
+    def nodes(self) -> Mapping[int, NodeInfo]:
+        """Read-only mapping node number -> :class:`~clusterbus.view.NodeInfo`."""
+        return self._engine.view.nodes
+
+    def state(self, node: int) -> NodeState | None:
+        """A node's state, ``None`` when never heard of."""
+        return self._engine.view.state(node)
+
+    def up_nodes(self) -> tuple[int, ...]:
+        """Sorted numbers of the UP nodes."""
+        return self._engine.view.up_nodes()
+
+    @property
+    def nodemap(self) -> NodeMap:
+        """The node map (node number <-> addresses)."""
+        return self._engine.nodemap
+
+    def resolve_node(self, addr: str) -> int | None:
+        """Address -> node number through ``clusterbus_resolve_node`` (None: unknown)."""
+        return self._engine.plugins.call_first("clusterbus_resolve_node", addr=addr, cluster=self)
+
+    def emit(self, event_class: type[E], **fields: Any) -> None:
+        """Produce an event from a plugin: stamped with origin, seq and time, then
+        dispatched after the event being handled now.
+
+        :raises InvalidEvent: the fields are invalid (a bug in the caller).
+        """
+        self._engine.publish(event_class, **fields)
+
+
+class Engine:
+    """The core of the daemon, without I/O.
+
+    :param origin: this director's node number.
+    :param plugins: the plugin host.
+    :param clock: returns UNIX time (injectable for tests).
+    """
+
+    def __init__(
+        self,
+        *,
+        origin: int,
+        plugins: PluginHost,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.origin = origin
+        self.plugins = plugins
+        self.clock = clock
+        self.view = MembershipView()
+        self.nodemap = NodeMap()
+        self.cluster = Cluster(self)
+        self.sinks: list[Sink] = []
+        self.seq = 0
+        self._queue: deque[Event] = deque()
+        self._dispatching = False
+
+    # -- producing ----------------------------------------------------------------------
+
+    def _stamp(self, event_class: type[E], fields: dict[str, Any]) -> E:
+        for reserved in ("origin", "seq", "time"):
+            if reserved in fields:
+                raise LocalProtocolError(f"{reserved!r} is stamped by the engine, do not pass it")
+        event = event_class(origin=self.origin, seq=self.seq + 1, time=self.clock(), **fields)
+        self.seq += 1  # only once the event is valid: seq stays continuous
+        return event
+
+    def publish(self, event_class: type[E], **fields: Any) -> E:
+        """Stamp and dispatch a (non-membership) event.
+
+        :raises InvalidEvent: bad fields; nothing is published and seq does not move.
+        """
+        if issubclass(event_class, MembershipEvent):
+            raise LocalProtocolError("membership events come from Engine.report(), not publish()")
+        event = self._stamp(event_class, dict(fields))
+        self._enqueue(event)
+        return event
+
+    def report(self, report: NodeReport) -> MembershipEvent | None:
+        """Apply a membership report to the view; dispatch the event on a real change.
+
+        :returns: the event, or ``None`` for a duplicate or stale report.
+        """
+        change = self.view.apply(report)
+        if change is None:
+            log.debug("ignored %s node %d (%s): no change", report.state.value, report.node,
+                      report.reason)
+            return None
+        info = change.info
+        event = self._stamp(
+            report.state.event_class,
+            dict(node=info.node, addrs=info.addrs, view=change.view, joined=change.joined,
+                 left=change.left, reason=report.reason, incarnation=info.incarnation),
+        )
+        log.info("view %d: node %d %s (%s)", change.view, info.node, info.state.value,
+                 report.reason)
+        self._enqueue(event)
+        return event
+
+    # -- dispatching --------------------------------------------------------------------
+
+    def _enqueue(self, event: Event) -> None:
+        self._queue.append(event)
+        if self._dispatching:
+            return
+        self._dispatching = True
+        try:
+            while self._queue:
+                self._dispatch(self._queue.popleft())
+        finally:
+            self._dispatching = False
+
+    def _dispatch(self, event: Event) -> None:
+        specific = TOPIC_HOOKS.get(event.topic)
+        if specific:
+            self.plugins.call_each(specific, event=event, cluster=self.cluster)
+        self.plugins.call_each("clusterbus_event", event=event, cluster=self.cluster)
+        for sink in self.sinks:
+            try:
+                sink(event)
+            except Exception:
+                log.exception("event sink %r failed on %s seq %d", sink, event.topic, event.seq)
+
+    def snapshot(self) -> dict[str, Any]:
+        """The view and node map as plain data, with the last seq and origin."""
+        snap = self.view.snapshot()
+        snap.update(origin=self.origin, seq=self.seq, nodemap=self.nodemap.snapshot())
+        return snap
+
+
+def check_event(event: object) -> Event:
+    """Return ``event`` if it is an :class:`Event`, else raise :class:`InvalidEvent`."""
+    if not isinstance(event, Event):
+        raise InvalidEvent(f"expected an Event, got {type(event).__name__}")
+    return event

@@ -1,0 +1,438 @@
+"""The event model: typed, frozen, versioned events.
+
+Every event has a ``topic`` (``node.down``), the ``origin`` node id of the daemon that
+produced it, a per-origin strictly increasing ``seq`` and a ``time`` (UNIX seconds).
+Events are frozen, slotted, keyword-only dataclasses validated at construction: an invalid
+event cannot exist. One registry maps ``(topic, version)`` to the class; the wire codec in
+:mod:`clusterbus.bus.codec` and the JSON output of the CLI both use :meth:`Event.to_dict`
+and :func:`event_from_dict`.
+
+Standard library only: this module is imported by sans-IO code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar
+
+from .errors import DecodeError, InvalidEvent
+
+__all__ = [
+    "Event",
+    "MembershipEvent",
+    "NodeUp",
+    "NodeDown",
+    "NodeComingUp",
+    "NodeGoingDown",
+    "VrrpTransition",
+    "VipAcquired",
+    "VipReleased",
+    "NodemapChanged",
+    "AddressConflict",
+    "IpvsApplied",
+    "register_event",
+    "event_class",
+    "event_from_dict",
+    "EVENT_TYPES",
+    "MAX_NODE",
+    "canonical_addr",
+]
+
+MAX_NODE = 2**32 - 1
+_U64 = 2**64 - 1
+_TOPIC_RE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
+
+#: (topic, version) -> event class. Filled by :func:`register_event`.
+EVENT_TYPES: dict[tuple[str, int], type[Event]] = {}
+
+E = TypeVar("E", bound="type[Event]")
+
+
+def register_event(cls: E) -> E:
+    """Class decorator: make ``cls`` known to the codec under ``(cls.TOPIC, cls.VERSION)``.
+
+    Third-party plugins may register their own events; topics are dotted lower-case names
+    (``myplugin.something``) and must not collide with an existing (topic, version).
+    """
+    topic, version = cls.TOPIC, cls.VERSION
+    if not _TOPIC_RE.match(topic):
+        raise ValueError(f"bad event topic {topic!r}: want dotted lower-case words")
+    key = (topic, version)
+    if key in EVENT_TYPES and EVENT_TYPES[key] is not cls:
+        raise ValueError(f"event {topic!r} version {version} is already registered")
+    EVENT_TYPES[key] = cls
+    return cls
+
+
+def event_class(topic: str, version: int = 1) -> type[Event]:
+    """Return the class registered for ``(topic, version)``.
+
+    :raises DecodeError: the topic or version is unknown.
+    """
+    try:
+        return EVENT_TYPES[(topic, version)]
+    except KeyError:
+        known = sorted({t for t, _ in EVENT_TYPES})
+        if any(t == topic for t, _ in EVENT_TYPES):
+            raise DecodeError(f"unsupported version {version!r} of topic {topic!r}") from None
+        raise DecodeError(f"unknown topic {topic!r} (known: {', '.join(known)})") from None
+
+
+def canonical_addr(value: object, field: str = "addr") -> str:
+    """Validate an IPv4/IPv6 address and return its canonical text form.
+
+    :raises InvalidEvent: not a string holding an IP address.
+    """
+    if not isinstance(value, str):
+        raise InvalidEvent(f"{field}: expected an IP address string, got {type(value).__name__}")
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise InvalidEvent(f"{field}: {value!r} is not an IPv4 or IPv6 address") from None
+
+
+def _int(obj: object, name: str, lo: int, hi: int) -> None:
+    v = getattr(obj, name)
+    if type(v) is not int:
+        raise InvalidEvent(f"{type(obj).__name__}.{name}: expected int, got {type(v).__name__}")
+    if not lo <= v <= hi:
+        raise InvalidEvent(f"{type(obj).__name__}.{name}: {v} outside {lo}..{hi}")
+
+
+def _str(obj: object, name: str, *, empty: bool = False, maxlen: int = 255) -> None:
+    v = getattr(obj, name)
+    if not isinstance(v, str):
+        raise InvalidEvent(f"{type(obj).__name__}.{name}: expected str, got {type(v).__name__}")
+    if not empty and not v:
+        raise InvalidEvent(f"{type(obj).__name__}.{name}: must not be empty")
+    if len(v) > maxlen:
+        raise InvalidEvent(f"{type(obj).__name__}.{name}: longer than {maxlen} characters")
+
+
+def _float(obj: object, name: str) -> None:
+    v = getattr(obj, name)
+    if type(v) is int:
+        object.__setattr__(obj, name, float(v))
+        v = float(v)
+    if type(v) is not float or not math.isfinite(v) or v < 0:
+        raise InvalidEvent(f"{type(obj).__name__}.{name}: expected a finite float >= 0, got {v!r}")
+
+
+def _addrs(obj: object, name: str) -> None:
+    v = getattr(obj, name)
+    if isinstance(v, list):
+        v = tuple(v)
+    if not isinstance(v, tuple):
+        raise InvalidEvent(f"{type(obj).__name__}.{name}: expected a tuple of addresses")
+    canon = tuple(canonical_addr(a, f"{type(obj).__name__}.{name}") for a in v)
+    if len(set(canon)) != len(canon):
+        raise InvalidEvent(f"{type(obj).__name__}.{name}: duplicate address in {canon}")
+    object.__setattr__(obj, name, canon)
+
+
+def _nodes(obj: object, name: str) -> None:
+    v = getattr(obj, name)
+    if isinstance(v, list):
+        v = tuple(v)
+    if not isinstance(v, tuple) or any(type(n) is not int or not 0 <= n <= MAX_NODE for n in v):
+        raise InvalidEvent(f"{type(obj).__name__}.{name}: expected a tuple of node numbers")
+    object.__setattr__(obj, name, v)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Event:
+    """Base of all events.
+
+    :param origin: node id of the daemon that produced the event.
+    :param seq: per-origin sequence number, strictly increasing from 1.
+    :param time: UNIX time in seconds when the event was produced.
+    """
+
+    TOPIC: ClassVar[str] = ""
+    VERSION: ClassVar[int] = 1
+
+    origin: int
+    seq: int
+    time: float
+
+    @property
+    def topic(self) -> str:
+        """The event's topic, e.g. ``node.down``."""
+        return self.TOPIC
+
+    def __post_init__(self) -> None:
+        # slots=True dataclasses cannot use zero-argument super(): walk the MRO instead,
+        # base class checks first.
+        for klass in reversed(type(self).__mro__):
+            check = klass.__dict__.get("_validate")
+            if check is not None:
+                check(self)
+
+    def _validate(self) -> None:
+        if not self.TOPIC:
+            raise InvalidEvent(f"{type(self).__name__} is abstract: it has no TOPIC")
+        _int(self, "origin", 0, MAX_NODE)
+        _int(self, "seq", 1, _U64)
+        _float(self, "time")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the fields as a plain dict (tuples stay tuples), without the topic."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        """Names of the fields of this event class, in declaration order."""
+        return tuple(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MembershipEvent(Event):
+    """A node changed state in the membership view.
+
+    :param node: the node number (0 .. 2**32-1).
+    :param addrs: the node's addresses as canonical IPv4/IPv6 strings (may be empty).
+    :param view: the membership view id after this change (increases on every real change).
+    :param joined: nodes that became UP in this view change.
+    :param left: nodes that became DOWN in this view change.
+    :param reason: who said so: ``netlink``, ``sigcluster``, ``vrrp``, ``zmq``, ...
+    :param incarnation: the node's incarnation (boot) number; 0 when unknown.
+    """
+
+    node: int
+    addrs: tuple[str, ...] = ()
+    view: int
+    joined: tuple[int, ...] = ()
+    left: tuple[int, ...] = ()
+    reason: str
+    incarnation: int = 0
+
+    def _validate(self) -> None:
+        _int(self, "node", 0, MAX_NODE)
+        _addrs(self, "addrs")
+        _int(self, "view", 1, _U64)
+        _nodes(self, "joined")
+        _nodes(self, "left")
+        _str(self, "reason", maxlen=64)
+        _int(self, "incarnation", 0, MAX_NODE)
+
+
+@register_event
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeUp(MembershipEvent):
+    """A node is a full member (OpenSSI CLMS ``NODE_UP``)."""
+
+    TOPIC: ClassVar[str] = "node.up"
+
+
+@register_event
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeDown(MembershipEvent):
+    """A node left the cluster or died (CLMS ``NODE_DOWN``)."""
+
+    TOPIC: ClassVar[str] = "node.down"
+
+
+@register_event
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeComingUp(MembershipEvent):
+    """A node is joining but is not a full member yet (CLMS ``NODE_COMINGUP``)."""
+
+    TOPIC: ClassVar[str] = "node.coming_up"
+
+
+@register_event
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeGoingDown(MembershipEvent):
+    """A node announced it is leaving (CLMS ``NODE_GOINGDOWN``)."""
+
+    TOPIC: ClassVar[str] = "node.going_down"
+
+
+#: VRRP instance states as RFC 5798 names them, plus keepalived's extra ones.
+VRRP_STATES = frozenset({"INITIALIZE", "BACKUP", "MASTER", "FAULT", "STOP", "UNKNOWN"})
+
+
+@register_event
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VrrpTransition(Event):
+    """A VRRP instance changed state (our own speaker, or keepalived's notify FIFO).
+
+    :param instance: instance name (``VI_1``); for keepalived sync groups the group name.
+    :param vrid: virtual router id 1..255, or 0 when the source does not say (keepalived FIFO).
+    :param family: ``inet`` or ``inet6``.
+    :param interface: the interface name, ``""`` when unknown.
+    :param old: previous state (one of :data:`VRRP_STATES`).
+    :param new: new state.
+    :param priority: priority at the time of the transition (0..255).
+    :param reason: ``master_down_timer``, ``higher_priority_seen``, ``priority_zero``,
+        ``preempt``, ``shutdown``, ``startup``, ``keepalived``, ...
+    :param source: ``speaker`` (built-in) or ``keepalived``.
+    :param group: ``True`` when the transition is of a keepalived sync group.
+    """
+
+    TOPIC: ClassVar[str] = "vrrp.transition"
+
+    instance: str
+    vrid: int = 0
+    family: str = "inet"
+    interface: str = ""
+    old: str = "UNKNOWN"
+    new: str
+    priority: int = 0
+    reason: str
+    source: str = "speaker"
+    group: bool = False
+
+    def _validate(self) -> None:
+        _str(self, "instance", maxlen=128)
+        _int(self, "vrid", 0, 255)
+        if self.family not in ("inet", "inet6"):
+            raise InvalidEvent(f"VrrpTransition.family: {self.family!r} is not inet or inet6")
+        _str(self, "interface", empty=True, maxlen=15)
+        for name in ("old", "new"):
+            if getattr(self, name) not in VRRP_STATES:
+                raise InvalidEvent(
+                    f"VrrpTransition.{name}: {getattr(self, name)!r} is not one of "
+                    f"{', '.join(sorted(VRRP_STATES))}"
+                )
+        _int(self, "priority", 0, 255)
+        _str(self, "reason", maxlen=64)
+        _str(self, "source", maxlen=32)
+        if type(self.group) is not bool:
+            raise InvalidEvent("VrrpTransition.group: expected bool")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _VipEvent(Event):
+    instance: str
+    address: str
+    interface: str
+
+    def _validate(self) -> None:
+        _str(self, "instance", maxlen=128)
+        _str(self, "interface", maxlen=15)
+        if not isinstance(self.address, str):
+            raise InvalidEvent(f"{type(self).__name__}.address: expected str")
+        try:
+            iface = ipaddress.ip_interface(self.address)
+        except ValueError:
+            raise InvalidEvent(
+                f"{type(self).__name__}.address: {self.address!r} is not ADDR or ADDR/PREFIX"
+            ) from None
+        object.__setattr__(self, "address", str(iface))
+
+
+@register_event
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VipAcquired(_VipEvent):
+    """A virtual IP was added to an interface of this director."""
+
+    TOPIC: ClassVar[str] = "vip.acquired"
+
+
+@register_event
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VipReleased(_VipEvent):
+    """A virtual IP was removed from an interface of this director."""
+
+    TOPIC: ClassVar[str] = "vip.released"
+
+
+@register_event
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodemapChanged(Event):
+    """The addresses known for a node changed.
+
+    :param node: the node number.
+    :param addrs: the node's complete address list after the change.
+    :param reason: ``config`` or the topic of the event that taught it (``node.up``).
+    """
+
+    TOPIC: ClassVar[str] = "nodemap.changed"
+
+    node: int
+    addrs: tuple[str, ...]
+    reason: str
+
+    def _validate(self) -> None:
+        _int(self, "node", 0, MAX_NODE)
+        _addrs(self, "addrs")
+        _str(self, "reason", maxlen=64)
+
+
+@register_event
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AddressConflict(Event):
+    """Two nodes claimed one address; the node map kept the first owner.
+
+    :param addr: the contested address.
+    :param owner: the node that holds the address in the map.
+    :param claimant: the node whose claim was refused.
+    :param reason: where the refused claim came from (``config``, ``node.up``, ...).
+    """
+
+    TOPIC: ClassVar[str] = "nodemap.conflict"
+
+    addr: str
+    owner: int
+    claimant: int
+    reason: str
+
+    def _validate(self) -> None:
+        object.__setattr__(self, "addr", canonical_addr(self.addr, "AddressConflict.addr"))
+        _int(self, "owner", 0, MAX_NODE)
+        _int(self, "claimant", 0, MAX_NODE)
+        _str(self, "reason", maxlen=64)
+
+
+@register_event
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IpvsApplied(Event):
+    """The IPVS applier reconciled the kernel table with the desired state.
+
+    :param added: objects (services + real servers) added.
+    :param removed: objects removed.
+    :param changed: objects updated in place.
+    :param duration: seconds the apply took.
+    :param reason: what triggered it (``startup``, ``node.down``, ``reconcile``, ...).
+    """
+
+    TOPIC: ClassVar[str] = "ipvs.applied"
+
+    added: int
+    removed: int
+    changed: int
+    duration: float
+    reason: str
+
+    def _validate(self) -> None:
+        for name in ("added", "removed", "changed"):
+            _int(self, name, 0, _U64)
+        _float(self, "duration")
+        _str(self, "reason", maxlen=64)
+
+
+def event_from_dict(topic: str, body: Mapping[str, Any], version: int = 1) -> Event:
+    """Rebuild an event from its topic and field mapping (the inverse of ``to_dict``).
+
+    Lists are accepted where tuples are expected (JSON has no tuples).
+
+    :raises DecodeError: unknown topic/version, missing or unknown fields, invalid values.
+    """
+    cls = event_class(topic, version)
+    names = cls.field_names()
+    unknown = set(body) - set(names)
+    if unknown:
+        raise DecodeError(f"{topic}: unknown field(s) {', '.join(sorted(map(str, unknown)))}")
+    try:
+        return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in body.items()})
+    except InvalidEvent as exc:
+        raise DecodeError(f"{topic}: {exc}") from None
+    except TypeError as exc:  # missing required keyword argument
+        msg = str(exc).split("() ", 1)[-1]
+        raise DecodeError(f"{topic}: {msg}") from None

@@ -1,0 +1,250 @@
+"""Hook specifications: the plugin author's reference.
+
+Every hook name starts with ``clusterbus_``. Hooks are grouped by phase. Implement them
+with :data:`clusterbus.hookimpl` in a module or class registered through the ``clusterbus``
+entry-point group (see docs/plugins.md). Any implementation may accept only the arguments
+it needs.
+
+General contract:
+
+* Hooks are synchronous and must be fast: they run on the daemon's single asyncio loop.
+  A plugin that must wait on I/O returns a service from :func:`clusterbus_services` and
+  hands work to it (an ``asyncio.Queue``, for instance).
+* Notification hooks are called one implementation at a time: an implementation that
+  raises is logged with the plugin's name and counted (``clusterbus plugins`` shows the
+  count); the other implementations still run and the daemon keeps going. Hook wrappers
+  are not supported on notification hooks.
+* Order: pluggy's ``tryfirst``/``trylast``; otherwise the last registered runs first. The
+  built-in node map is ``tryfirst`` so every other plugin sees an up-to-date map.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Mapping
+
+    from .config import Config
+    from .engine import Cluster
+    from .events import Event, NodeComingUp, NodeDown, NodeGoingDown, NodeUp, VrrpTransition
+
+hookspec = pluggy.HookspecMarker("clusterbus")
+
+
+# ---------------------------------------------------------------------------------------
+# Start-up and shutdown
+# ---------------------------------------------------------------------------------------
+
+
+@hookspec
+def clusterbus_configure(config: Config, section: Mapping[str, Any] | None, cluster: Cluster) -> None:
+    """Validate and take the plugin's own configuration, before anything starts.
+
+    Called once per plugin, in registration order, before :func:`clusterbus_startup`.
+
+    :param config: the whole validated configuration (``config.file`` names the file).
+    :param section: the top-level table named after the plugin (``[nodemap]`` for the
+        plugin named ``nodemap``), or ``None`` when the file has none.
+    :param cluster: the cluster facade; the view is still empty.
+    :returns: nothing.
+    :raises clusterbus.ConfigError: the section is invalid; start-up stops and the message
+        (which should name ``config.file`` and the key) reaches the operator. Any other
+        exception also stops start-up, as a :class:`clusterbus.PluginError`.
+
+    Must not block.
+    """
+
+
+@hookspec(historic=True)
+def clusterbus_startup(cluster: Cluster) -> None:
+    """The daemon is up: here is the live cluster.
+
+    Historic: a plugin registered later (at run time) is called at once with the same
+    ``cluster`` object, so it sees the live view and node map, never a stale copy.
+
+    :param cluster: the live :class:`clusterbus.Cluster` (view, node map, ``emit``).
+    :returns: nothing.
+
+    Must not block. Exceptions are logged and counted; the daemon keeps running.
+    """
+
+
+@hookspec
+def clusterbus_services(cluster: Cluster) -> list[Callable[[], Awaitable[None]]] | None:
+    """Return long-running async services the daemon should run for this plugin.
+
+    Each item is an ``async def`` function taking no arguments. The daemon runs them in its
+    ``asyncio.TaskGroup`` and cancels them on shutdown (they must let ``CancelledError``
+    propagate). A service that raises is logged with the plugin's name and counted; it is
+    not restarted, and the daemon keeps running.
+
+    :param cluster: the live cluster.
+    :returns: a list of coroutine functions, or ``None``.
+
+    Called once, after :func:`clusterbus_startup`. Must not block.
+    """
+
+
+@hookspec
+def clusterbus_shutdown(cluster: Cluster) -> None:
+    """The daemon is stopping (SIGTERM/SIGINT); release what the plugin holds.
+
+    :param cluster: the cluster, still readable.
+    :returns: nothing.
+
+    Called once, after services are cancelled. May block briefly (up to a second).
+    """
+
+
+# ---------------------------------------------------------------------------------------
+# Membership
+# ---------------------------------------------------------------------------------------
+
+
+@hookspec
+def clusterbus_node_up(event: NodeUp, cluster: Cluster) -> None:
+    """A node became a full member (or came back with a new incarnation or new addresses).
+
+    Called once per real view change, never for a duplicate report.
+
+    :param event: the :class:`clusterbus.NodeUp`; ``event.node``, ``event.addrs``,
+        ``event.view``, ``event.seq``, ``event.joined``, ``event.reason``.
+    :param cluster: the cluster; its view already includes this change.
+    :returns: nothing.
+
+    Must not block.
+    """
+
+
+@hookspec
+def clusterbus_node_down(event: NodeDown, cluster: Cluster) -> None:
+    """A node left the cluster or died.
+
+    Called once per real view change; a node-down for a node already down calls nothing.
+
+    :param event: the :class:`clusterbus.NodeDown`; ``event.node``, ``event.addrs`` (the
+        last addresses known), ``event.view``, ``event.seq``, ``event.left``.
+    :param cluster: the cluster; its view already includes this change.
+    :returns: nothing.
+
+    Must not block.
+    """
+
+
+@hookspec
+def clusterbus_node_coming_up(event: NodeComingUp, cluster: Cluster) -> None:
+    """A node is joining but is not a full member yet (prepare, do not route to it).
+
+    :param event: the :class:`clusterbus.NodeComingUp`.
+    :param cluster: the cluster; its view already includes this change.
+    :returns: nothing.
+
+    Must not block.
+    """
+
+
+@hookspec
+def clusterbus_node_going_down(event: NodeGoingDown, cluster: Cluster) -> None:
+    """A node announced that it is leaving (drain it: stop sending it new work).
+
+    :param event: the :class:`clusterbus.NodeGoingDown`.
+    :param cluster: the cluster; its view already includes this change.
+    :returns: nothing.
+
+    Must not block.
+    """
+
+
+@hookspec
+def clusterbus_event(event: Event, cluster: Cluster) -> None:
+    """Every event the daemon produces, of every topic, after its specific hook.
+
+    :param event: any :class:`clusterbus.Event`; dispatch on ``event.topic``.
+    :param cluster: the cluster.
+    :returns: nothing.
+
+    Called after the topic's own hook (``clusterbus_node_up`` ...) and before the event is
+    published on ZeroMQ. Must not block.
+    """
+
+
+@hookspec(firstresult=True)
+def clusterbus_resolve_node(addr: str, cluster: Cluster) -> int | None:
+    """Map an address to a node number (libcluster's ``cluster_node_num``).
+
+    Stops at the first implementation that returns a value other than ``None``.
+
+    :param addr: a canonical IPv4 or IPv6 address string.
+    :param cluster: the cluster.
+    :returns: the node number, or ``None`` when this plugin does not know the address.
+
+    Called by :meth:`clusterbus.Cluster.resolve_node` and by plugins. Must not block.
+    """
+
+
+# ---------------------------------------------------------------------------------------
+# VRRP
+# ---------------------------------------------------------------------------------------
+
+
+@hookspec
+def clusterbus_vrrp_transition(event: VrrpTransition, cluster: Cluster) -> None:
+    """A VRRP instance changed state (the built-in speaker or keepalived's notify FIFO).
+
+    :param event: the :class:`clusterbus.VrrpTransition`; ``instance``, ``vrid``,
+        ``interface``, ``old``, ``new``, ``priority``, ``reason``, ``source``.
+    :param cluster: the cluster.
+    :returns: nothing.
+
+    Must not block.
+    """
+
+
+@hookspec
+def clusterbus_vrrp_prepare_master(instance: str, vrid: int, cluster: Cluster) -> str | None:
+    """The speaker is about to become MASTER: prepare, or veto.
+
+    Every implementation is called, each isolated. Before the VIPs go up, plugins that
+    must prepare (commit synced connections, program IPVS) do so here.
+
+    :param instance: the VRRP instance name.
+    :param vrid: its virtual router id.
+    :param cluster: the cluster.
+    :returns: ``None`` to agree, or a reason string to veto: the instance stays BACKUP
+        and the reason is logged and published.
+
+    Must not block.
+    """
+
+
+# ---------------------------------------------------------------------------------------
+# CVIP policy
+# ---------------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def clusterbus_cvip_owner(cvip: str, candidates: tuple[int, ...], cluster: Cluster) -> int | None:
+    """Choose which director owns a cluster virtual IP.
+
+    Stops at the first implementation that returns a value other than ``None``.
+
+    :param cvip: the cluster virtual IP (canonical address string).
+    :param candidates: the UP director node numbers that may own it, sorted.
+    :param cluster: the cluster.
+    :returns: the chosen node number (one of ``candidates``), or ``None`` for no opinion.
+
+    Must not block.
+    """
+
+
+#: Topic -> the topic-specific hook called before ``clusterbus_event``.
+TOPIC_HOOKS: dict[str, str] = {
+    "node.up": "clusterbus_node_up",
+    "node.down": "clusterbus_node_down",
+    "node.coming_up": "clusterbus_node_coming_up",
+    "node.going_down": "clusterbus_node_going_down",
+    "vrrp.transition": "clusterbus_vrrp_transition",
+}

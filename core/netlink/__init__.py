@@ -1,0 +1,1 @@
+"""The clusterbus netlink membership protocol (NETLINK_USERSOCK multicast). See docs/netlink.md."""

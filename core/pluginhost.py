@@ -1,0 +1,188 @@
+"""The plugin manager: loads plugins from the ``clusterbus`` entry-point group and calls
+hooks one implementation at a time, so one raising plugin cannot stop the others.
+
+Built-in plugins come through the same entry-point group as third-party ones.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pluggy
+
+from . import hookspecs
+from .errors import ConfigError, LocalProtocolError, PluginError
+
+__all__ = ["PluginHost", "PluginInfo", "ENTRY_POINT_GROUP", "hookimpl"]
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "clusterbus"
+
+#: Marker for hook implementations: ``@clusterbus.hookimpl``.
+hookimpl = pluggy.HookimplMarker("clusterbus")
+
+
+@dataclass(frozen=True, slots=True)
+class PluginInfo:
+    """What ``clusterbus plugins`` shows for one plugin."""
+
+    name: str
+    hooks: tuple[str, ...]
+    failures: int
+    distribution: str  #: the installed distribution that provides it ("" when registered by code)
+
+
+class PluginHost:
+    """Owns the pluggy manager; the only place hooks are called from.
+
+    :param enable: when non-empty, only these entry-point plugins are loaded.
+    :param disable: entry-point plugins that are not loaded.
+    """
+
+    def __init__(self, *, enable: Sequence[str] = (), disable: Sequence[str] = ()) -> None:
+        self.pm = pluggy.PluginManager(ENTRY_POINT_GROUP)
+        self.pm.add_hookspecs(hookspecs)
+        self.enable = tuple(enable)
+        self.disable = tuple(disable)
+        #: hook exceptions per plugin name
+        self.failures: Counter[str] = Counter()
+        self._dists: dict[str, str] = {}
+        self._historic: dict[str, dict[str, Any]] = {}
+
+    # -- loading ------------------------------------------------------------------------
+
+    def load_entrypoints(self, *, file: str = "<config>") -> list[str]:
+        """Load installed plugins from the entry-point group, honouring enable/disable.
+
+        :returns: the names loaded.
+        :raises ConfigError: ``enable``/``disable`` name a plugin that is not installed.
+        :raises PluginError: a plugin fails to import or register.
+        """
+        eps = {ep.name: ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+        for key, names in (("plugins.enable", self.enable), ("plugins.disable", self.disable)):
+            missing = sorted(set(names) - set(eps))
+            if missing:
+                raise ConfigError(
+                    f"no installed plugin named {', '.join(missing)}; installed: "
+                    f"{', '.join(sorted(eps)) or 'none'}",
+                    file=file, key=key,
+                )
+        loaded = []
+        for name, ep in sorted(eps.items()):
+            if name in self.disable or (self.enable and name not in self.enable):
+                log.info("plugin %s disabled by configuration", name)
+                continue
+            if self.pm.get_plugin(name) is not None:
+                continue
+            try:
+                plugin = ep.load()
+            except Exception as exc:
+                raise PluginError(name, f"cannot import {ep.value}: {exc!r}") from exc
+            self.register(plugin, name)
+            self._dists[name] = ep.dist.name if ep.dist else ""
+            loaded.append(name)
+        return loaded
+
+    def register(self, plugin: object, name: str) -> None:
+        """Register a plugin object (module, class instance) under ``name``.
+
+        When the daemon has already started, the plugin's ``clusterbus_startup`` (a historic
+        hook) is called at once with the live cluster.
+
+        :raises PluginError: the plugin implements an unknown hook or a wrapper on a
+            notification hook.
+        """
+        try:
+            self.pm.register(plugin, name=name)
+        except (pluggy.PluginValidationError, ValueError) as exc:
+            raise PluginError(name, str(exc)) from exc
+        for impl in self._impls_of(name):
+            if impl.hookwrapper or impl.wrapper:
+                self.pm.unregister(name=name)
+                raise PluginError(name, "hook wrappers are not supported; implement the hook itself")
+        for hook_name, kwargs in self._historic.items():
+            for impl in self._impls(hook_name):
+                if impl.plugin_name == name:
+                    self._call_impl(hook_name, impl, kwargs)
+
+    def _impls_of(self, name: str) -> Iterable[pluggy.HookImpl]:
+        plugin = self.pm.get_plugin(name)
+        for caller in self.pm.get_hookcallers(plugin) or ():
+            for impl in caller.get_hookimpls():
+                if impl.plugin_name == name:
+                    yield impl
+
+    # -- calling ------------------------------------------------------------------------
+
+    def _impls(self, hook_name: str) -> list[pluggy.HookImpl]:
+        caller = getattr(self.pm.hook, hook_name, None)
+        if caller is None:
+            raise LocalProtocolError(f"no such hook {hook_name!r}")
+        # pluggy keeps implementations in reverse call order.
+        return list(reversed(caller.get_hookimpls()))
+
+    def _call_impl(self, hook_name: str, impl: pluggy.HookImpl, kwargs: dict[str, Any]) -> Any:
+        try:
+            return impl.function(*[kwargs[a] for a in impl.argnames])
+        except Exception:
+            self.failures[impl.plugin_name] += 1
+            log.exception("plugin %s failed in %s", impl.plugin_name, hook_name)
+            return None
+
+    def call_each(self, hook_name: str, **kwargs: Any) -> list[tuple[str, Any]]:
+        """Call every implementation of a hook, each isolated.
+
+        :returns: ``(plugin name, result)`` for every implementation, in call order; a
+            failed implementation gives ``None``.
+        """
+        return [(impl.plugin_name, self._call_impl(hook_name, impl, kwargs))
+                for impl in self._impls(hook_name)]
+
+    def call_first(self, hook_name: str, **kwargs: Any) -> Any:
+        """Call implementations in order until one returns something other than ``None``."""
+        for impl in self._impls(hook_name):
+            result = self._call_impl(hook_name, impl, kwargs)
+            if result is not None:
+                return result
+        return None
+
+    def call_strict(self, hook_name: str, **kwargs: Any) -> None:
+        """Call every implementation; the first failure stops everything (start-up hooks).
+
+        :raises ConfigError: passed through as it is.
+        :raises PluginError: any other exception, with the plugin's name.
+        """
+        for impl in self._impls(hook_name):
+            try:
+                impl.function(*[kwargs[a] for a in impl.argnames])
+            except ConfigError:
+                raise
+            except Exception as exc:
+                raise PluginError(impl.plugin_name, f"{hook_name} failed: {exc!r}") from exc
+
+    def call_historic(self, hook_name: str, **kwargs: Any) -> None:
+        """Call a historic hook now, and remember it for plugins registered later."""
+        self._historic[hook_name] = kwargs
+        self.call_each(hook_name, **kwargs)
+
+    # -- introspection ------------------------------------------------------------------
+
+    def names(self) -> list[str]:
+        """Names of the registered plugins."""
+        return sorted(n for n, _ in self.pm.list_name_plugin())
+
+    def describe(self) -> list[PluginInfo]:
+        """One :class:`PluginInfo` per registered plugin."""
+        out = []
+        for name in self.names():
+            hooks = sorted({caller.name
+                            for caller in self.pm.get_hookcallers(self.pm.get_plugin(name)) or ()
+                            for impl in caller.get_hookimpls() if impl.plugin_name == name})
+            out.append(PluginInfo(name, tuple(hooks), self.failures[name], self._dists.get(name, "")))
+        return out

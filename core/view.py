@@ -1,0 +1,187 @@
+"""The membership view: which nodes exist and in which state, with a view id.
+
+Sources report what they heard (:class:`NodeReport`); :meth:`MembershipView.apply` decides
+whether that is a real change. A real change bumps the view id and returns a
+:class:`ViewChange`; a duplicate (node-down for a node already down) returns ``None``: no new
+view, no hook call, no event. Standard library only.
+"""
+
+from __future__ import annotations
+
+import enum
+import types
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from .errors import InvalidEvent
+from .events import (
+    MAX_NODE,
+    MembershipEvent,
+    NodeComingUp,
+    NodeDown,
+    NodeGoingDown,
+    NodeUp,
+    canonical_addr,
+)
+
+__all__ = ["NodeState", "NodeReport", "NodeInfo", "ViewChange", "MembershipView"]
+
+
+class NodeState(enum.Enum):
+    """State of a node in the view (the OpenSSI CLMS transitions)."""
+
+    UP = "up"  #: full member
+    DOWN = "down"  #: not a member (left or died)
+    COMING_UP = "coming_up"  #: joining, not a full member yet
+    GOING_DOWN = "going_down"  #: announced that it is leaving
+
+    @property
+    def event_class(self) -> type[MembershipEvent]:
+        """The event class announcing a move into this state."""
+        return _EVENT_FOR_STATE[self]
+
+    @classmethod
+    def from_topic(cls, topic: str) -> NodeState:
+        """``node.up`` -> UP, ... :raises ValueError: not a membership topic."""
+        for state, klass in _EVENT_FOR_STATE.items():
+            if klass.TOPIC == topic:
+                return state
+        raise ValueError(f"{topic!r} is not a membership topic")
+
+
+_EVENT_FOR_STATE: dict[NodeState, type[MembershipEvent]] = {
+    NodeState.UP: NodeUp,
+    NodeState.DOWN: NodeDown,
+    NodeState.COMING_UP: NodeComingUp,
+    NodeState.GOING_DOWN: NodeGoingDown,
+}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeReport:
+    """What a membership source heard about one node (before the view judges it).
+
+    :param state: the state the source says the node is in.
+    :param node: node number.
+    :param addrs: addresses the source gave (canonicalised; may be empty).
+    :param incarnation: the node's boot/incarnation number, 0 when unknown.
+    :param reason: the source (``netlink``, ``sigcluster``, ``zmq``, ``vrrp``, ...).
+    """
+
+    state: NodeState
+    node: int
+    addrs: tuple[str, ...] = ()
+    incarnation: int = 0
+    reason: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.state, NodeState):
+            raise InvalidEvent(f"NodeReport.state: expected NodeState, got {self.state!r}")
+        if type(self.node) is not int or not 0 <= self.node <= MAX_NODE:
+            raise InvalidEvent(f"NodeReport.node: {self.node!r} is not a node number")
+        if type(self.incarnation) is not int or not 0 <= self.incarnation <= MAX_NODE:
+            raise InvalidEvent(f"NodeReport.incarnation: {self.incarnation!r} out of range")
+        addrs = tuple(dict.fromkeys(canonical_addr(a, "NodeReport.addrs") for a in self.addrs))
+        object.__setattr__(self, "addrs", addrs)
+        if not isinstance(self.reason, str) or not self.reason:
+            raise InvalidEvent("NodeReport.reason: must be a non-empty string")
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    """One node as the view knows it."""
+
+    node: int
+    state: NodeState
+    addrs: tuple[str, ...]
+    incarnation: int
+    view: int  #: the view id at which the node entered this state
+
+
+@dataclass(frozen=True, slots=True)
+class ViewChange:
+    """A real change of the view, as returned by :meth:`MembershipView.apply`."""
+
+    view: int
+    info: NodeInfo
+    previous: NodeInfo | None
+    joined: tuple[int, ...]
+    left: tuple[int, ...]
+
+
+class MembershipView:
+    """The current membership view. Only :meth:`apply` changes it."""
+
+    def __init__(self) -> None:
+        self._view = 0
+        self._nodes: dict[int, NodeInfo] = {}
+        #: reports that changed nothing, by kind: ``duplicate``, ``stale_incarnation``.
+        self.ignored: dict[str, int] = {"duplicate": 0, "stale_incarnation": 0}
+
+    @property
+    def view_id(self) -> int:
+        """The current view id (0 before the first change)."""
+        return self._view
+
+    @property
+    def nodes(self) -> Mapping[int, NodeInfo]:
+        """Read-only mapping node number -> :class:`NodeInfo`."""
+        return types.MappingProxyType(self._nodes)
+
+    def state(self, node: int) -> NodeState | None:
+        """The node's state, ``None`` when the view never heard of it."""
+        info = self._nodes.get(node)
+        return info.state if info else None
+
+    def up_nodes(self) -> tuple[int, ...]:
+        """Sorted numbers of the nodes that are UP."""
+        return tuple(sorted(n for n, i in self._nodes.items() if i.state is NodeState.UP))
+
+    def apply(self, report: NodeReport) -> ViewChange | None:
+        """Apply a report; return the change, or ``None`` when it changes nothing.
+
+        Rules: a move to another state is a change. The same state is a duplicate, unless
+        the report carries a newer incarnation (the node restarted and we missed its down)
+        or new addresses. A report with an incarnation older than the known one is stale.
+        Incarnation 0 means "unknown" and is never stale.
+        """
+        prev = self._nodes.get(report.node)
+        if prev is not None:
+            if report.incarnation and prev.incarnation and report.incarnation < prev.incarnation:
+                self.ignored["stale_incarnation"] += 1
+                return None
+            same_state = prev.state is report.state
+            newer = bool(report.incarnation) and report.incarnation > prev.incarnation
+            new_addrs = bool(report.addrs) and report.addrs != prev.addrs
+            if same_state and not newer and not new_addrs:
+                self.ignored["duplicate"] += 1
+                return None
+        addrs = report.addrs or (prev.addrs if prev else ())
+        incarnation = report.incarnation or (prev.incarnation if prev else 0)
+        self._view += 1
+        info = NodeInfo(report.node, report.state, addrs, incarnation, self._view)
+        self._nodes[report.node] = info
+        was = prev.state if prev else None
+        joined: tuple[int, ...] = ()
+        left: tuple[int, ...] = ()
+        if report.state is NodeState.UP and (was is not NodeState.UP or newer):
+            joined = (report.node,)
+        if report.state is NodeState.DOWN and was not in (None, NodeState.DOWN):
+            left = (report.node,)
+        return ViewChange(self._view, info, prev, joined, left)
+
+    def snapshot(self) -> dict[str, object]:
+        """A plain-data copy of the view (for snapshot replies and ``--json``)."""
+        return {
+            "view": self._view,
+            "nodes": [
+                {
+                    "node": i.node,
+                    "state": i.state.value,
+                    "addrs": list(i.addrs),
+                    "incarnation": i.incarnation,
+                    "view": i.view,
+                }
+                for i in sorted(self._nodes.values(), key=lambda i: i.node)
+            ],
+        }

@@ -1,0 +1,1 @@
+"""VRRP (RFC 3768 v2, RFC 5798 v3): sans-IO packet codec and state machine, and the speaker."""

@@ -1,0 +1,19 @@
+"""Shared fixtures. Helpers importable by tests live in tests/support (on pythonpath)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    not_root = os.geteuid() != 0
+    for item in items:
+        if not_root and item.get_closest_marker("root"):
+            item.add_marker(pytest.mark.skip(reason="needs root (network namespaces, raw sockets)"))
+        if item.get_closest_marker("keepalived") and not shutil.which("keepalived"):
+            item.add_marker(pytest.mark.skip(reason="keepalived is not installed (tests/run installs it)"))
+        if item.get_closest_marker("uml") and not shutil.which("linux.uml"):
+            item.add_marker(pytest.mark.skip(reason="user-mode-linux is not installed (tests/run installs it)"))
