@@ -1,0 +1,276 @@
+"""Configuration of the VRRP speaker (``[[vrrp.instance]]``) and the keepalived source
+(``[keepalived]``).
+
+Key names follow keepalived's (``virtual_ipaddress``, ``unicast_peer``, ``advert_int`` is
+``advert_interval`` here because the value is in seconds with a fraction) so its users
+feel at home. Importing this module registers both sections in
+:data:`clusterbus.config.EXTRA_SECTIONS`; values are checked when the file is parsed,
+except that interfaces exist, which :func:`check_interfaces` verifies when the daemon starts
+(``clusterbus config check`` may run on another machine).
+
+Standard library only: no pyroute2 here, the interface check uses
+:func:`socket.if_nametoindex`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .. import config as _config
+from ..config import Config, Key, between, validate_table
+from ..errors import ConfigError
+
+__all__ = [
+    "InstanceConfig",
+    "KeepalivedConfig",
+    "INSTANCE_SCHEMA",
+    "KEEPALIVED_SCHEMA",
+    "validate_vrrp",
+    "validate_keepalived",
+    "instances",
+    "keepalived_settings",
+    "check_interfaces",
+]
+
+DEFAULT_NOTIFY_FIFO = "/run/keepalived/notify.fifo"
+
+
+def _name(v: str) -> str | None:
+    if 0 < len(v) <= 128 and v.isprintable() and '"' not in v and not any(c.isspace() for c in v):
+        return None
+    return "expected 1..128 printable characters without spaces or quotes"
+
+
+def _ifname(v: str) -> str | None:
+    # IFNAMSIZ is 16 including the NUL.
+    if 0 < len(v) <= 15 and "/" not in v and not any(c.isspace() for c in v):
+        return None
+    return "expected an interface name of 1..15 characters"
+
+
+def _addr_list(v: list[Any]) -> str | None:
+    if all(isinstance(a, str) for a in v):
+        return None
+    return "expected an array of strings"
+
+
+INSTANCE_SCHEMA: dict[str, Key] = {
+    "name": Key(str, _config.REQUIRED, _name, "instance name, e.g. VI_1"),
+    "interface": Key(str, _config.REQUIRED, _ifname, "interface the adverts use"),
+    "vrid": Key(int, _config.REQUIRED, between(1, 255), "virtual router id 1..255"),
+    "priority": Key(int, 100, between(1, 255), "1..255; 255 means address owner"),
+    "advert_interval": Key(float, 1.0, between(0.01, 255),
+                           "seconds; v3: multiples of 0.01 up to 40.95, v2: whole seconds"),
+    "version": Key(int, 3, lambda v: None if v in (2, 3) else "expected 2 or 3",
+                   "VRRP version: 3 (RFC 5798) or 2 (RFC 3768, IPv4 only)"),
+    "virtual_ipaddress": Key(list, _config.REQUIRED, _addr_list,
+                             'virtual addresses, e.g. ["10.77.0.100/24"]'),
+    "preempt": Key(bool, True, None, "a higher priority backup takes over from the master"),
+    "preempt_delay": Key(float, 0.0, between(0, 1000), "seconds to wait before preempting"),
+    "accept": Key(bool, False, None, "accept mode: the master accepts packets for the VIPs"),
+    "unicast_peer": Key(list, [], _addr_list, "send adverts to these peers instead of multicast"),
+    "unicast_src_ip": Key(str, "", None, "source address of the adverts (default: the "
+                                         "interface's first address of the family)"),
+    "garp_count": Key(int, 5, between(0, 100),
+                      "gratuitous ARPs / unsolicited NAs per burst on takeover"),
+    "garp_delay": Key(float, 5.0, between(0, 3600),
+                      "seconds between the first and the second burst (0: one burst only)"),
+}
+
+KEEPALIVED_SCHEMA: dict[str, Key] = {
+    "enabled": Key(bool, True, None, "read keepalived's notify FIFO"),
+    "notify_fifo": Key(str, DEFAULT_NOTIFY_FIFO,
+                       lambda v: None if v.startswith("/") else "expected an absolute path",
+                       "keepalived's global_defs notify_fifo (created when missing)"),
+}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InstanceConfig:
+    """One validated ``[[vrrp.instance]]``.
+
+    :param family: ``inet`` or ``inet6``, derived from ``virtual_ipaddress``.
+    :param index: position in the file (for error messages: ``vrrp.instance[index]``).
+    """
+
+    name: str
+    interface: str
+    vrid: int
+    priority: int
+    advert_interval: float
+    version: int
+    virtual_ipaddress: tuple[str, ...]
+    preempt: bool
+    preempt_delay: float
+    accept: bool
+    unicast_peer: tuple[str, ...]
+    unicast_src_ip: str
+    garp_count: int
+    garp_delay: float
+    family: str
+    index: int
+
+    @property
+    def key(self) -> str:
+        """The dotted key of this instance in the file."""
+        return f"vrrp.instance[{self.index}]"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KeepalivedConfig:
+    """The validated ``[keepalived]`` section."""
+
+    enabled: bool
+    notify_fifo: str
+    present: bool  #: the file had a [keepalived] section
+
+
+def _check_instance(raw: Mapping[str, Any], index: int, file: str) -> dict[str, Any]:
+    prefix = f"vrrp.instance[{index}]"
+    v = validate_table(raw, INSTANCE_SCHEMA, file=file, prefix=prefix)
+
+    def err(msg: str, key: str) -> ConfigError:
+        return ConfigError(msg, file=file, key=f"{prefix}.{key}")
+
+    # RFC 3768 §5.3.7: v2 Adver Int is an 8-bit count of seconds. RFC 5798 §5.2.7: v3 Max
+    # Adver Int is a 12-bit count of centiseconds.
+    interval = v["advert_interval"]
+    if v["version"] == 2:
+        if interval != int(interval) or not 1 <= interval <= 255:
+            raise err(f"VRRPv2 advertises whole seconds 1..255, got {interval!r}; use "
+                      "version = 3 for sub-second intervals", "advert_interval")
+    else:
+        cs = round(interval * 100)
+        if abs(cs - interval * 100) > 1e-6 or not 1 <= cs <= 4095:
+            raise err(f"VRRPv3 advertises centiseconds: expected a multiple of 0.01 from 0.01 "
+                      f"to 40.95, got {interval!r}", "advert_interval")
+        interval = cs / 100
+
+    vips = v["virtual_ipaddress"]
+    if not vips:
+        raise err("expected at least one address", "virtual_ipaddress")
+    parsed = []
+    for i, a in enumerate(vips):
+        try:
+            parsed.append(ipaddress.ip_interface(a))
+        except ValueError:
+            raise err(f"{a!r} is not ADDRESS or ADDRESS/PREFIX", f"virtual_ipaddress[{i}]") from None
+    versions = {p.version for p in parsed}
+    if len(versions) > 1:
+        raise err("mixes IPv4 and IPv6; use one instance per family (RFC 5798 §7.1)",
+                  "virtual_ipaddress")
+    family = "inet6" if versions == {6} else "inet"
+    if family == "inet6" and v["version"] == 2:
+        raise err("VRRPv2 (RFC 3768) is IPv4 only; use version = 3 for IPv6", "version")
+    if len({p.ip for p in parsed}) != len(parsed):
+        raise err("lists an address twice", "virtual_ipaddress")
+    # A bare address gets a host prefix; keep what the user wrote otherwise.
+    v["virtual_ipaddress"] = tuple(str(p) for p in parsed)
+
+    peers = []
+    for i, a in enumerate(v["unicast_peer"]):
+        try:
+            ip = ipaddress.ip_address(a)
+        except ValueError:
+            raise err(f"{a!r} is not an IP address", f"unicast_peer[{i}]") from None
+        if (ip.version == 6) != (family == "inet6"):
+            raise err(f"{a} is not of the instance's family ({family})", f"unicast_peer[{i}]")
+        peers.append(str(ip))
+    v["unicast_peer"] = tuple(peers)
+    if v["unicast_src_ip"]:
+        try:
+            ip = ipaddress.ip_address(v["unicast_src_ip"])
+        except ValueError:
+            raise err("not an IP address", "unicast_src_ip") from None
+        if (ip.version == 6) != (family == "inet6"):
+            raise err(f"not of the instance's family ({family})", "unicast_src_ip")
+        v["unicast_src_ip"] = str(ip)
+    v["advert_interval"] = float(interval)
+    v["family"] = family
+    v["index"] = index
+    return v
+
+
+def validate_vrrp(value: Any, file: str) -> dict[str, Any]:
+    """Validate the ``[vrrp]`` table (``[[vrrp.instance]]`` entries).
+
+    :param value: the parsed ``vrrp`` table.
+    :param file: the config file, for errors.
+    :returns: ``{"instance": [dict, ...]}`` with defaults filled in, ``family`` and
+        ``index`` added and addresses normalised.
+    :raises ConfigError: naming the file and the key (``vrrp.instance[0].vrid``).
+    """
+    if not isinstance(value, Mapping):
+        raise ConfigError("expected [[vrrp.instance]] tables", file=file, key="vrrp")
+    for k in value:
+        if k != "instance":
+            raise ConfigError("unknown key; known keys here: instance", file=file, key=f"vrrp.{k}")
+    raw = value.get("instance", [])
+    if not isinstance(raw, list):
+        raise ConfigError("expected an array of tables ([[vrrp.instance]])", file=file,
+                          key="vrrp.instance")
+    out = [_check_instance(r, i, file) for i, r in enumerate(raw)]
+    names: dict[str, int] = {}
+    routers: dict[tuple[str, int, str], int] = {}
+    for i, inst in enumerate(out):
+        if inst["name"] in names:
+            raise ConfigError(f"name {inst['name']!r} already used by vrrp.instance"
+                              f"[{names[inst['name']]}]", file=file, key=f"vrrp.instance[{i}].name")
+        names[inst["name"]] = i
+        rk = (inst["interface"], inst["vrid"], inst["family"])
+        if rk in routers:
+            raise ConfigError(
+                f"vrid {inst['vrid']} on {inst['interface']} ({inst['family']}) already used by "
+                f"vrrp.instance[{routers[rk]}]; a virtual router is unique per interface, "
+                "VRID and family (RFC 5798 §7.3)",
+                file=file, key=f"vrrp.instance[{i}].vrid")
+        routers[rk] = i
+    return {"instance": out}
+
+
+def validate_keepalived(value: Any, file: str) -> dict[str, Any]:
+    """Validate the ``[keepalived]`` table.
+
+    :raises ConfigError: naming the file and the key.
+    """
+    return validate_table(value, KEEPALIVED_SCHEMA, file=file, prefix="keepalived")
+
+
+_config.EXTRA_SECTIONS["vrrp"] = validate_vrrp
+_config.EXTRA_SECTIONS["keepalived"] = validate_keepalived
+
+
+def instances(config: Config) -> list[InstanceConfig]:
+    """The configured VRRP instances (empty when there is no ``[[vrrp.instance]]``)."""
+    section = config.core.get("vrrp")
+    if not section:
+        return []
+    return [InstanceConfig(**{**d, "virtual_ipaddress": tuple(d["virtual_ipaddress"]),
+                              "unicast_peer": tuple(d["unicast_peer"])})
+            for d in section["instance"]]
+
+
+def keepalived_settings(config: Config) -> KeepalivedConfig:
+    """The ``[keepalived]`` section, defaults when absent (``present`` tells which)."""
+    section = config.core.get("keepalived")
+    if section is None:
+        d = validate_table({}, KEEPALIVED_SCHEMA, file=config.file, prefix="keepalived")
+        return KeepalivedConfig(present=False, **d)
+    return KeepalivedConfig(present=True, **section)
+
+
+def check_interfaces(config: Config) -> None:
+    """Check, on the machine that runs the daemon, that every instance's interface exists.
+
+    :raises ConfigError: naming ``vrrp.instance[N].interface``.
+    """
+    for inst in instances(config):
+        try:
+            socket.if_nametoindex(inst.interface)
+        except OSError:
+            raise ConfigError(f"no interface named {inst.interface!r} on this host",
+                              file=config.file, key=f"{inst.key}.interface") from None
