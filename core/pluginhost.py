@@ -152,19 +152,32 @@ class PluginHost:
                 return result
         return None
 
-    def call_strict(self, hook_name: str, **kwargs: Any) -> None:
-        """Call every implementation; the first failure stops everything (start-up hooks).
+    def configure(self, config: Any, cluster: Any) -> None:
+        """Call ``clusterbus_configure`` on every plugin with its own section.
 
-        :raises ConfigError: passed through as it is.
-        :raises PluginError: any other exception, with the plugin's name.
+        :raises ConfigError: a section names no loaded plugin, or a plugin refused its section.
+        :raises PluginError: a plugin failed otherwise.
         """
-        for impl in self._impls(hook_name):
+        names = set(self.names())
+        for section in config.plugin_sections:
+            if section not in names:
+                if section in self.disable or (self.enable and section not in self.enable):
+                    log.info("section [%s] ignored: plugin %s is disabled", section, section)
+                    continue
+                raise ConfigError(
+                    f"unknown section: no core section and no loaded plugin of that name "
+                    f"(plugins: {', '.join(sorted(names)) or 'none'})",
+                    file=config.file, key=section,
+                )
+        for impl in self._impls("clusterbus_configure"):
+            kwargs = dict(config=config, section=config.plugin_sections.get(impl.plugin_name),
+                          cluster=cluster)
             try:
                 impl.function(*[kwargs[a] for a in impl.argnames])
-            except ConfigError:
-                raise
+            except ConfigError as exc:
+                raise exc.with_file(config.file) from None
             except Exception as exc:
-                raise PluginError(impl.plugin_name, f"{hook_name} failed: {exc!r}") from exc
+                raise PluginError(impl.plugin_name, f"clusterbus_configure failed: {exc!r}") from exc
 
     def call_historic(self, hook_name: str, **kwargs: Any) -> None:
         """Call a historic hook now, and remember it for plugins registered later."""

@@ -6,6 +6,12 @@ import os
 import shutil
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Shared, noisy machines: no per-example deadline (speed is measured by bench/, not tests).
+settings.register_profile("clusterbus", deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("clusterbus")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

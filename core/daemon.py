@@ -1,0 +1,214 @@
+"""The daemon: one asyncio loop, every source an fd on it, plugins and the ZeroMQ bus.
+
+Start-up is ordered and fails early: configuration, plugins (``clusterbus_configure``),
+sources are built, then everything runs in one ``asyncio.TaskGroup``. A core source that
+fails stops the daemon with the error (systemd restarts it); a plugin service that fails
+is logged with the plugin's name and counted, and the daemon keeps going.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .config import Config
+from .engine import Engine
+from .errors import ClusterbusError, ConfigError
+from .pluginhost import PluginHost
+
+__all__ = ["Daemon", "Service", "SOURCES"]
+
+log = logging.getLogger(__name__)
+
+
+class Service(Protocol):
+    """What the daemon runs: a source, the speaker, the bus."""
+
+    counters: dict[str, int]
+
+    async def run(self) -> None: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """A built-in service: where it lives and when the configuration enables it."""
+
+    name: str
+    target: str  #: "module:Class", built as Class(engine, config)
+    enabled: Callable[[Config], bool]
+
+
+#: Built-in services, started in this order.
+SOURCES: tuple[SourceSpec, ...] = (
+    SourceSpec("bus", "clusterbus.bus.service:BusService", lambda c: bool(c["bus"]["enabled"])),
+    SourceSpec("netlink", "clusterbus.sources.netlink:NetlinkSource",
+               lambda c: bool(c["netlink"]["enabled"])),
+    SourceSpec("keepalived", "clusterbus.sources.keepalived:KeepalivedSource",
+               lambda c: "keepalived" in c.core),
+    SourceSpec("vrrp", "clusterbus.vrrp.speaker:VrrpSpeaker",
+               lambda c: bool(c.core.get("vrrp"))),
+)
+
+
+def _load(target: str) -> Any:
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+class Daemon:
+    """One clusterbus daemon.
+
+    :param config: a validated :class:`~clusterbus.config.Config`.
+    :param load_entrypoints: load installed plugins (tests may register their own).
+    """
+
+    def __init__(self, config: Config, *, load_entrypoints: bool = True) -> None:
+        self.config = config
+        self.plugins = PluginHost(enable=config["plugins"]["enable"],
+                                  disable=config["plugins"]["disable"])
+        self.engine = Engine(origin=config.node, plugins=self.plugins)
+        self.services: dict[str, Service] = {}
+        self.started = time.time()
+        self._load_entrypoints = load_entrypoints
+        self._stop: asyncio.Event | None = None
+        self._set_up = False
+
+    # -- start-up -----------------------------------------------------------------------
+
+    def setup(self) -> None:
+        """Load and configure plugins, build the services. Nothing runs yet.
+
+        :raises ConfigError: bad configuration (names the file and the key).
+        :raises PluginError: a plugin failed to load or configure.
+        """
+        if self._set_up:
+            return
+        if self._load_entrypoints:
+            self.plugins.load_entrypoints(file=self.config.file)
+        self.plugins.configure(self.config, self.engine.cluster)
+        for spec in SOURCES:
+            if not spec.enabled(self.config):
+                continue
+            cls = _load(spec.target)
+            kwargs: dict[str, Any] = {}
+            if spec.name == "bus":
+                kwargs["status_provider"] = self.status
+            self.services[spec.name] = cls(self.engine, self.config, **kwargs)
+        self._set_up = True
+
+    # -- running ------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the running daemon to stop (safe from a signal handler)."""
+        if self._stop is not None:
+            self._stop.set()
+
+    async def run(self, *, install_signal_handlers: bool = True) -> None:
+        """Run until :meth:`stop`, SIGTERM or SIGINT.
+
+        :raises ClusterbusError: a core service failed (after everything was stopped).
+        """
+        self.setup()
+        self._stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        if install_signal_handlers:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.stop)
+        failed: list[BaseException] = []
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for name, service in self.services.items():
+                    tg.create_task(self._core(name, service.run(), failed), name=name)
+                self.plugins.call_historic("clusterbus_startup", cluster=self.engine.cluster)
+                for plugin, services in self.plugins.call_each("clusterbus_services",
+                                                               cluster=self.engine.cluster):
+                    for fn in services or ():
+                        tg.create_task(self._plugin_service(plugin, fn), name=f"{plugin}:{fn}")
+                log.info("clusterbus node %d running (pid %d): services %s, plugins %s",
+                         self.config.node, os.getpid(), ", ".join(self.services) or "none",
+                         ", ".join(self.plugins.names()) or "none")
+                await self._stop.wait()
+                raise _Stopping()
+        except* _Stopping:
+            pass
+        finally:
+            if install_signal_handlers:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(sig)
+            self.plugins.call_each("clusterbus_shutdown", cluster=self.engine.cluster)
+            log.info("clusterbus node %d stopped", self.config.node)
+        if failed:
+            raise ClusterbusError(f"stopped because a service failed: {failed[0]}") from failed[0]
+
+    async def _core(self, name: str, coro: Awaitable[None], failed: list[BaseException]) -> None:
+        try:
+            await coro
+        except asyncio.CancelledError:
+            raise
+        except (ClusterbusError, OSError) as exc:
+            log.error("%s: %s", name, exc)
+            failed.append(exc)
+            self.stop()
+        except Exception as exc:
+            log.exception("%s failed", name)
+            failed.append(exc)
+            self.stop()
+
+    async def _plugin_service(self, plugin: str, fn: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await fn()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self.plugins.failures[plugin] += 1
+            log.exception("plugin %s: service %s failed", plugin, getattr(fn, "__name__", fn))
+
+    # -- introspection ------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """Plain data for ``clusterbus status`` (answered over the bus's STATUS request)."""
+        return {
+            "node": self.config.node,
+            "pid": os.getpid(),
+            "uptime": round(time.time() - self.started, 3),
+            "view": self.engine.view.view_id,
+            "seq": self.engine.seq,
+            "ignored": dict(self.engine.view.ignored),
+            "services": {name: s.status() for name, s in self.services.items()},
+            "plugins": [
+                {"name": p.name, "hooks": list(p.hooks), "failures": p.failures,
+                 "distribution": p.distribution}
+                for p in self.plugins.describe()
+            ],
+        }
+
+
+class _Stopping(Exception):
+    """Raised inside the task group to cancel every task on a clean stop."""
+
+
+def run_daemon(config: Config) -> int:
+    """Run a daemon in a fresh event loop; the CLI's ``run``. Returns an exit code."""
+    daemon = Daemon(config)
+    try:
+        daemon.setup()
+    except (ConfigError, ClusterbusError) as exc:
+        log.error("%s", exc)
+        return 2
+    try:
+        asyncio.run(daemon.run())
+    except ClusterbusError as exc:
+        log.error("%s", exc)
+        return 1
+    return 0
+
+

@@ -1,0 +1,54 @@
+"""Render a daemon's status (the STATUS reply) for a terminal with rich."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+__all__ = ["render_status"]
+
+
+def _flat(value: Any) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_flat(v)}" for k, v in value.items()) or "-"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_flat(v) for v in value) or "-"
+    return str(value)
+
+
+def render_status(st: dict[str, Any], console: Console | None = None) -> None:
+    """Print the daemon header, one table per service and the plugins."""
+    console = console or Console()
+    console.print(f"[bold]clusterbus node {st.get('node')}[/] pid {st.get('pid')} "
+                  f"up {st.get('uptime')} s, view {st.get('view')}, seq {st.get('seq')}, "
+                  f"ignored reports: {_flat(st.get('ignored', {}))}")
+    for name, svc in (st.get("services") or {}).items():
+        instances = svc.get("instances") if isinstance(svc, dict) else None
+        if isinstance(instances, list) and instances and isinstance(instances[0], dict):
+            table = Table(title=f"{name} instances")
+            cols = list(instances[0])
+            for col in cols:
+                table.add_column(col)
+            for inst in instances:
+                table.add_row(*(_flat(inst.get(c)) for c in cols))
+            console.print(table)
+            rest = {k: v for k, v in svc.items() if k != "instances"}
+        else:
+            rest = svc if isinstance(svc, dict) else {"status": svc}
+        if rest:
+            table = Table(title=name, show_header=False)
+            table.add_column("key")
+            table.add_column("value")
+            for k, v in rest.items():
+                table.add_row(str(k), _flat(v))
+            console.print(table)
+    plugins = st.get("plugins") or []
+    if plugins:
+        table = Table(title="plugins")
+        for col in ("plugin", "failures", "hooks"):
+            table.add_column(col)
+        for p in plugins:
+            table.add_row(p["name"], str(p["failures"]), ", ".join(p["hooks"]))
+        console.print(table)
