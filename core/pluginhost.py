@@ -102,6 +102,12 @@ class PluginHost:
             self.pm.register(plugin, name=name)
         except (pluggy.PluginValidationError, ValueError) as exc:
             raise PluginError(name, str(exc)) from exc
+        try:
+            # an implementation of a hook that has no spec is a typo: refuse it now
+            self.pm.check_pending()
+        except pluggy.PluginValidationError as exc:
+            self.pm.unregister(name=name)
+            raise PluginError(name, f"{exc} (known hooks: see clusterbus.hookspecs)") from exc
         for impl in self._impls_of(name):
             if impl.hookwrapper or impl.wrapper:
                 self.pm.unregister(name=name)
