@@ -174,6 +174,8 @@ CORE_SECTIONS: dict[str, dict[str, Key]] = {
         "enabled": Key(bool, True, None, "listen on NETLINK_USERSOCK multicast"),
         "group": Key(int, 22, between(1, 32), "multicast group number 1..32"),
         "allowed_uids": Key(list, [0], uid_list, "senders accepted (from SCM_CREDENTIALS)"),
+        "rcvbuf": Key(int, 4 << 20, between(65536, 1 << 30),
+                      "socket receive buffer in bytes (bursts beyond it are lost: ENOBUFS)"),
     },
 }
 
