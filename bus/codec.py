@@ -1,0 +1,400 @@
+"""The msgpack wire codec of the ZeroMQ bus (see docs/wire-protocol.md).
+
+Pure functions from values to ZeroMQ frames and back; no sockets. Every decoder turns any
+input it does not like into a :class:`FrameError` (a :class:`~clusterbus.errors.DecodeError`
+carrying a short ``code`` used as a counter key), never into another exception type: the
+services drop the input, count it by ``code`` and keep running.
+
+Frames:
+
+* event:      ``[topic, body]`` -- ``body`` = msgpack map ``{"v": version, **event.to_dict()}``
+* heartbeat:  ``[b"_hb", body]`` -- ``{"v": 1, "epoch", "origin", "seq", "time", "interval"}``
+* ingest:     ``[topic, body]`` -- ``{"v": 1, "node", "addrs"?, "incarnation"?}``
+* requests:   ``[b"SNAPSHOT"]``, ``[b"REPLAY", after_seq (+ limit)]``, ``[b"STATUS"]``
+* replies:    ``[command, header map, *payload]``; errors ``[b"ERROR", {"error", "message"}]``
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from ..errors import DecodeError, InvalidEvent
+from ..events import MAX_NODE, Event, canonical_addr, event_from_dict
+from ..view import NodeState
+
+__all__ = [
+    "FrameError",
+    "Heartbeat",
+    "IngestReport",
+    "HEARTBEAT_TOPIC",
+    "INGEST_TOPICS",
+    "WIRE_VERSION",
+    "MAX_FRAME",
+    "MAX_TOPIC",
+    "U64",
+    "encode",
+    "decode",
+    "unpack_map",
+    "pack",
+    "encode_heartbeat",
+    "decode_heartbeat",
+    "encode_ingest",
+    "decode_ingest",
+    "COMMANDS",
+    "encode_request",
+    "decode_request",
+    "encode_reply",
+    "decode_reply",
+]
+
+#: Version of the bus's own messages (heartbeat, ingest body, request/reply headers).
+#: Event bodies carry their event class's ``VERSION`` instead.
+WIRE_VERSION = 1
+#: Topic of heartbeat frames. Event topics are dotted lower-case words, so a leading
+#: underscore can never collide with one, and SUB prefix filters for ``node.`` skip it.
+HEARTBEAT_TOPIC = b"_hb"
+#: Largest frame accepted by any decoder (bytes). Events are a few hundred bytes; the cap
+#: bounds the memory a hostile peer can make us spend on one frame.
+MAX_FRAME = 64 * 1024
+#: Largest topic frame accepted (bytes).
+MAX_TOPIC = 255
+U64 = 2**64 - 1
+
+#: Topics accepted on the ingest socket, and the state each one reports.
+INGEST_TOPICS: dict[bytes, NodeState] = {
+    state.event_class.TOPIC.encode(): state for state in NodeState
+}
+
+# Exceptions msgpack.unpackb can raise on hostile input. ExtraData (trailing bytes),
+# FormatError, StackError (nesting too deep) and the non-str-key refusal of
+# strict_map_key are ValueErrors; an unhashable map key (a map used as a key) is a
+# TypeError; invalid UTF-8 in a str is a UnicodeDecodeError (a ValueError).
+_UNPACK_ERRORS = (msgpack.UnpackException, ValueError, TypeError, OverflowError)
+
+_FIELDS: dict[type[Event], tuple[str, ...]] = {}
+
+
+class FrameError(DecodeError):
+    """A frame or message that cannot be decoded.
+
+    :param code: short reason used as a counter key (``frame_count``, ``oversized``,
+        ``bad_topic``, ``bad_body``, ``bad_version``, ``bad_field``, ...).
+    :param msg: human-readable detail for the DEBUG log.
+    """
+
+    def __init__(self, code: str, msg: str, *, offset: int | None = None) -> None:
+        super().__init__(msg, offset=offset)
+        self.code = code
+
+
+def pack(obj: Any) -> bytes:
+    """msgpack-encode ``obj`` the way the bus does (str as str, bytes as bin).
+
+    :raises TypeError: ``obj`` holds something msgpack cannot encode.
+    """
+    return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def _check_frames(frames: Sequence[Any], n: int | tuple[int, ...]) -> list[bytes]:
+    if isinstance(frames, (bytes, bytearray, memoryview, str)) or not isinstance(frames, Sequence):
+        raise FrameError("frame_count", f"expected a list of frames, got {type(frames).__name__}")
+    counts = (n,) if isinstance(n, int) else n
+    if len(frames) not in counts:
+        raise FrameError("frame_count", f"expected {' or '.join(map(str, counts))} frames, "
+                                        f"got {len(frames)}")
+    out = []
+    for i, frame in enumerate(frames):
+        if not isinstance(frame, (bytes, bytearray, memoryview)):
+            raise FrameError("frame_count", f"frame {i} is {type(frame).__name__}, not bytes")
+        data = bytes(frame)
+        if len(data) > MAX_FRAME:
+            raise FrameError("oversized", f"frame {i} is {len(data)} bytes (max {MAX_FRAME})")
+        out.append(data)
+    return out
+
+
+def _topic(raw: bytes) -> str:
+    if not raw or len(raw) > MAX_TOPIC:
+        raise FrameError("bad_topic", f"topic of {len(raw)} bytes (want 1..{MAX_TOPIC})")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise FrameError("bad_topic", "topic is not UTF-8", offset=exc.start) from None
+
+
+def unpack_map(raw: bytes, what: str = "body") -> dict[str, Any]:
+    """Decode one msgpack map (with string keys) that fills ``raw`` exactly.
+
+    Arrays come back as tuples (``use_list=False``).
+
+    :raises FrameError: ``bad_body`` -- not msgpack, trailing bytes, not a map, a key that
+        is not a string, or larger than :data:`MAX_FRAME`.
+    """
+    if len(raw) > MAX_FRAME:
+        raise FrameError("oversized", f"{what} is {len(raw)} bytes (max {MAX_FRAME})")
+    try:
+        obj = msgpack.unpackb(raw, raw=False, strict_map_key=True, use_list=False)
+    except _UNPACK_ERRORS as exc:
+        raise FrameError("bad_body", f"{what} is not one msgpack value: {exc}") from None
+    if not isinstance(obj, dict):
+        raise FrameError("bad_body", f"{what} is a msgpack {type(obj).__name__}, not a map")
+    if not all(isinstance(k, str) for k in obj):
+        raise FrameError("bad_body", f"{what} has a non-string key")
+    return obj
+
+
+def _version(body: dict[str, Any], what: str) -> int:
+    v = body.pop("v", None)
+    if type(v) is not int:
+        raise FrameError("bad_version", f"{what}: 'v' must be an integer, got {v!r}")
+    return v
+
+
+# -- events ---------------------------------------------------------------------------------
+
+def encode(event: Event) -> list[bytes]:
+    """Encode an event as the two frames ``[topic, body]``.
+
+    :raises TypeError: ``event`` is not an :class:`~clusterbus.events.Event`.
+    """
+    cls = type(event)
+    names = _FIELDS.get(cls)
+    if names is None:
+        if not isinstance(event, Event):
+            raise TypeError(f"expected an Event, got {cls.__name__}")
+        names = _FIELDS[cls] = cls.field_names()
+    body: dict[str, Any] = {"v": cls.VERSION}
+    for name in names:
+        body[name] = getattr(event, name)
+    return [cls.TOPIC.encode(), pack(body)]
+
+
+def decode(frames: Sequence[Any]) -> Event:
+    """Decode ``[topic, body]`` into an event.
+
+    :raises FrameError: wrong frame count, oversized frame, topic not UTF-8, body not a
+        msgpack map or with trailing bytes, unknown topic or version, bad or missing fields.
+    """
+    topic_raw, body_raw = _check_frames(frames, 2)
+    topic = _topic(topic_raw)
+    body = unpack_map(body_raw)
+    version = _version(body, topic)
+    try:
+        return event_from_dict(topic, body, version)
+    except DecodeError as exc:
+        code = "bad_topic" if str(exc).startswith(("unknown topic", "unsupported version")) \
+            else "bad_field"
+        raise FrameError(code, str(exc)) from None
+
+
+# -- heartbeats -----------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Heartbeat:
+    """What the publisher says every ``bus.heartbeat_interval`` seconds.
+
+    :param epoch: random non-zero u64 chosen when the daemon started; a new value means the
+        daemon restarted and its sequence numbers started again.
+    :param origin: the daemon's node number.
+    :param seq: the last event seq sent on the PUB socket before this heartbeat (0: none).
+    :param time: UNIX time when the heartbeat was sent.
+    :param interval: seconds until the next heartbeat.
+    """
+
+    epoch: int
+    origin: int
+    seq: int
+    time: float
+    interval: float
+
+    def __post_init__(self) -> None:
+        for name, hi in (("epoch", U64), ("origin", MAX_NODE), ("seq", U64)):
+            v = getattr(self, name)
+            if type(v) is not int or not 0 <= v <= hi:
+                raise InvalidEvent(f"Heartbeat.{name}: {v!r} is not an integer 0..{hi}")
+        if self.epoch == 0:
+            raise InvalidEvent("Heartbeat.epoch: must not be 0")
+        for name in ("time", "interval"):
+            v = getattr(self, name)
+            if type(v) is int:
+                object.__setattr__(self, name, float(v))
+                v = float(v)
+            if type(v) is not float or not math.isfinite(v) or v < 0:
+                raise InvalidEvent(f"Heartbeat.{name}: {v!r} is not a finite number >= 0")
+
+
+def encode_heartbeat(hb: Heartbeat) -> list[bytes]:
+    """Encode a heartbeat as ``[b"_hb", body]``."""
+    return [HEARTBEAT_TOPIC, pack({"v": WIRE_VERSION, "epoch": hb.epoch, "origin": hb.origin,
+                                   "seq": hb.seq, "time": hb.time, "interval": hb.interval})]
+
+
+def decode_heartbeat(frames: Sequence[Any]) -> Heartbeat:
+    """Decode a heartbeat. Unknown extra keys are ignored (see versioning rules).
+
+    :raises FrameError: not a heartbeat, bad version, missing or invalid fields.
+    """
+    topic, raw = _check_frames(frames, 2)
+    if topic != HEARTBEAT_TOPIC:
+        raise FrameError("bad_topic", f"not a heartbeat topic: {topic[:32]!r}")
+    body = unpack_map(raw, "heartbeat")
+    if _version(body, "heartbeat") != WIRE_VERSION:
+        raise FrameError("bad_version", "unsupported heartbeat version")
+    try:
+        return Heartbeat(**{k: body[k] for k in ("epoch", "origin", "seq", "time", "interval")})
+    except KeyError as exc:
+        raise FrameError("bad_field", f"heartbeat: missing {exc.args[0]!r}") from None
+    except InvalidEvent as exc:
+        raise FrameError("bad_field", str(exc)) from None
+
+
+# -- ingest -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IngestReport:
+    """A decoded ingest frame: an external program says a node changed state."""
+
+    state: NodeState
+    node: int
+    addrs: tuple[str, ...] = ()
+    incarnation: int = 0
+
+
+_INGEST_KEYS = frozenset({"node", "addrs", "incarnation"})
+
+
+def _ingest_fields(node: Any, addrs: Any, incarnation: Any) -> tuple[int, tuple[str, ...], int]:
+    if type(node) is not int or not 0 <= node <= MAX_NODE:
+        raise InvalidEvent(f"node: {node!r} is not an integer 0..{MAX_NODE}")
+    if not isinstance(addrs, (tuple, list)):
+        raise InvalidEvent(f"addrs: expected an array of address strings, got {addrs!r}")
+    canon = tuple(dict.fromkeys(canonical_addr(a, "addrs") for a in addrs))
+    if type(incarnation) is not int or not 0 <= incarnation <= MAX_NODE:
+        raise InvalidEvent(f"incarnation: {incarnation!r} is not an integer 0..{MAX_NODE}")
+    return node, canon, incarnation
+
+
+def encode_ingest(topic: str, node: int, addrs: Sequence[str] = (),
+                  incarnation: int = 0) -> list[bytes]:
+    """Encode one ingest frame (what ``clusterbus emit --via zmq`` sends).
+
+    :param topic: ``node.up``, ``node.down``, ``node.coming_up`` or ``node.going_down``.
+    :raises InvalidEvent: bad topic, node, address or incarnation.
+    """
+    raw_topic = topic.encode()
+    if raw_topic not in INGEST_TOPICS:
+        raise InvalidEvent(f"topic {topic!r} is not one of "
+                           f"{', '.join(t.decode() for t in INGEST_TOPICS)}")
+    node, canon, incarnation = _ingest_fields(node, tuple(addrs), incarnation)
+    return [raw_topic, pack({"v": WIRE_VERSION, "node": node, "addrs": list(canon),
+                             "incarnation": incarnation})]
+
+
+def decode_ingest(frames: Sequence[Any]) -> IngestReport:
+    """Decode an ingest frame ``[topic, {"v": 1, "node", "addrs"?, "incarnation"?}]``.
+
+    Unknown keys are refused: ingest changes membership, so a misspelt key must not be
+    silently ignored.
+
+    :raises FrameError: any problem (``code`` names it).
+    """
+    topic, raw = _check_frames(frames, 2)
+    state = INGEST_TOPICS.get(topic)
+    if state is None:
+        raise FrameError("bad_topic", f"not a membership topic: {topic[:32]!r}")
+    body = unpack_map(raw)
+    if _version(body, topic.decode()) != WIRE_VERSION:
+        raise FrameError("bad_version", "unsupported ingest version")
+    unknown = set(body) - _INGEST_KEYS
+    if unknown:
+        raise FrameError("bad_field", f"unknown key(s) {', '.join(sorted(unknown))}")
+    if "node" not in body:
+        raise FrameError("bad_field", "missing 'node'")
+    try:
+        node, addrs, inc = _ingest_fields(body["node"], body.get("addrs", ()),
+                                          body.get("incarnation", 0))
+    except InvalidEvent as exc:
+        raise FrameError("bad_field", str(exc)) from None
+    return IngestReport(state=state, node=node, addrs=addrs, incarnation=inc)
+
+
+
+# -- snapshot / replay / status requests and replies -----------------------------------------
+
+#: Commands the snapshot endpoint understands, with the number of integer arguments allowed.
+COMMANDS: dict[bytes, tuple[int, ...]] = {b"SNAPSHOT": (0,), b"REPLAY": (1, 2), b"STATUS": (0,)}
+
+
+def encode_request(command: str, *args: int) -> list[bytes]:
+    """Encode a request: ``[command, *msgpack_uint_args]`` (e.g. ``REPLAY`` ``after_seq``)."""
+    return [command.encode("ascii"), *(pack(a) for a in args)]
+
+
+def decode_request(frames: Sequence[Any]) -> tuple[str, tuple[int, ...]]:
+    """Decode a request (the frames after the ROUTER envelope).
+
+    :returns: (command, integer arguments).
+    :raises FrameError: ``unknown_command`` or ``bad_args`` (wrong count, not a msgpack
+        unsigned integer < 2**64, trailing bytes).
+    """
+    if isinstance(frames, (bytes, bytearray, memoryview, str)) or not isinstance(frames, Sequence) \
+            or not frames:
+        raise FrameError("frame_count", "empty request")
+    parts = _check_frames(frames, tuple(range(1, 4)))
+    command = parts[0]
+    allowed = COMMANDS.get(command)
+    if allowed is None:
+        raise FrameError("unknown_command", f"unknown command {command[:32]!r}")
+    args = parts[1:]
+    if len(args) not in allowed:
+        raise FrameError("bad_args", f"{command.decode()} takes {' or '.join(map(str, allowed))}"
+                                     f" argument(s), got {len(args)}")
+    values = []
+    for i, raw in enumerate(args):
+        try:
+            value = msgpack.unpackb(raw, raw=False, strict_map_key=True, use_list=False)
+        except _UNPACK_ERRORS as exc:
+            raise FrameError("bad_args", f"argument {i}: not one msgpack value: {exc}") from None
+        if type(value) is not int or not 0 <= value <= U64:
+            raise FrameError("bad_args", f"argument {i}: expected an unsigned integer")
+        values.append(value)
+    return command.decode(), tuple(values)
+
+
+def encode_reply(command: str, header: dict[str, Any], payload: Sequence[bytes] = ()) -> list[bytes]:
+    """Encode a reply: ``[command, msgpack {"v": 1, **header}, *payload]``.
+
+    :raises TypeError: ``header`` holds something msgpack cannot encode.
+    """
+    return [command.encode("ascii"), pack({"v": WIRE_VERSION, **header}), *payload]
+
+
+def decode_reply(frames: Sequence[Any]) -> tuple[str, dict[str, Any], list[bytes]]:
+    """Decode a reply (the frames after any envelope).
+
+    :returns: (command, header map without ``v``, payload frames).
+    :raises FrameError: malformed reply.
+    """
+    if isinstance(frames, (bytes, bytearray, memoryview, str)) or not isinstance(frames, Sequence) \
+            or len(frames) < 2:
+        raise FrameError("frame_count", "a reply has at least 2 frames")
+    command = frames[0]
+    if not isinstance(command, (bytes, bytearray, memoryview)):
+        raise FrameError("frame_count", "command frame is not bytes")
+    try:
+        name = bytes(command).decode("ascii")
+    except UnicodeDecodeError:
+        raise FrameError("bad_reply", "command is not ASCII") from None
+    header_raw = frames[1]
+    if not isinstance(header_raw, (bytes, bytearray, memoryview)):
+        raise FrameError("frame_count", "header frame is not bytes")
+    header = unpack_map(bytes(header_raw), "reply header")
+    if _version(header, "reply") != WIRE_VERSION:
+        raise FrameError("bad_version", "unsupported reply version")
+    payload = [bytes(f) for f in frames[2:]]
+    return name, header, payload

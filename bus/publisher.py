@@ -1,0 +1,217 @@
+"""The publisher: an engine sink that sends every event on an XPUB socket, keeps it in the
+replay ring, and sends heartbeats.
+
+Slow-subscriber policy (docs/wire-protocol.md, "Slow subscribers"): the XPUB socket has
+``SNDHWM = bus.send_hwm`` frames per subscriber. A PUB/XPUB socket never blocks: once a
+subscriber's queue is full, libzmq drops that subscriber's messages (and only that
+subscriber's) until it catches up. The daemon cannot see those drops (libzmq does not report
+them); the subscriber sees the hole in the seq numbers, or a heartbeat whose seq is ahead of
+what it has, and repairs it from the replay ring. The loop is never blocked: sends use
+``NOBLOCK`` and a failed send (``EAGAIN``, which an XPUB without ``XPUB_NODROP`` does not
+normally return) is counted, not retried.
+
+The socket is a plain (synchronous) pyzmq socket watched with ``loop.add_reader`` rather than
+a ``zmq.asyncio`` socket: sends are then a direct call with no future per event, and because
+the ZeroMQ file descriptor is edge-triggered we re-check ``EVENTS`` after every batch of sends
+so no subscription message is left unread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+from ..events import Event
+from .codec import Heartbeat, encode, encode_heartbeat
+from .ring import Ring
+
+__all__ = ["Publisher"]
+
+log = logging.getLogger(__name__)
+
+
+class Publisher:
+    """Engine sink + XPUB socket + replay ring + heartbeats.
+
+    :param endpoint: where to bind (``bus.publish``).
+    :param epoch: this daemon run's epoch (random non-zero u64).
+    :param origin: the daemon's node number.
+    :param ring: the replay ring to fill.
+    :param send_hwm: frames queued per subscriber before libzmq drops for it.
+    :param heartbeat_interval: seconds between heartbeats.
+    :param counters: the service's counter dict (updated in place).
+    :param clock: UNIX time source for heartbeats.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        epoch: int,
+        origin: int,
+        ring: Ring,
+        send_hwm: int,
+        heartbeat_interval: float,
+        counters: dict[str, int],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.endpoint = endpoint
+        self.bound = ""  #: the resolved endpoint once bound (ports for ``:*``)
+        self.epoch = epoch
+        self.origin = origin
+        self.ring = ring
+        self.send_hwm = send_hwm
+        self.heartbeat_interval = heartbeat_interval
+        self.counters = counters
+        self.clock = clock
+        self.sent_seq = 0  #: last event seq handed to the socket
+        self._sock: zmq.Socket[Any] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._fd: int | None = None
+        self._pending: list[tuple[int, bytes, bytes]] = []
+        self._flush_scheduled = False
+        for key in ("published", "frames_sent", "send_again", "encode_failed", "heartbeats",
+                    "subscribe", "unsubscribe"):
+            counters.setdefault(key, 0)
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def open(self, context: zmq.Context[Any]) -> None:
+        """Create and bind the XPUB socket and watch it on the running loop.
+
+        :param context: a synchronous ZeroMQ context (a shadow of the service's one).
+        :raises zmq.ZMQError: the endpoint cannot be bound.
+        """
+        self._loop = asyncio.get_running_loop()
+        sock = context.socket(zmq.XPUB)
+        try:
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.SNDHWM, self.send_hwm)
+            # XPUB_VERBOSER passes every (un)subscription up, not only the first per topic,
+            # so the counters count subscribers rather than distinct topics.
+            sock.setsockopt(zmq.XPUB_VERBOSER, 1)
+            sock.bind(self.endpoint)
+            self.bound = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        except BaseException:
+            sock.close(0)
+            raise
+        self._sock = sock
+        self._fd = sock.getsockopt(zmq.FD)
+        self._loop.add_reader(self._fd, self._on_readable)
+        log.info("publishing on %s (epoch %016x)", self.bound, self.epoch)
+
+    def close(self) -> None:
+        """Flush what is pending, stop watching the socket and close it."""
+        if self._sock is None:
+            return
+        try:
+            self._flush()
+        finally:
+            if self._loop is not None and self._fd is not None:
+                self._loop.remove_reader(self._fd)
+            self._sock.close(0)
+            self._sock = None
+
+    # -- the sink -------------------------------------------------------------------------
+
+    def __call__(self, event: Event) -> None:
+        """Engine sink: encode, remember in the ring, queue for sending this loop turn."""
+        try:
+            topic, body = encode(event)
+        except (TypeError, ValueError, OverflowError):
+            # An event the codec cannot encode is a bug; the ring then breaks the sequence
+            # rather than hold a hole, and subscribers resynchronise from a snapshot.
+            self.counters["encode_failed"] += 1
+            log.exception("cannot encode %s seq %d", event.topic, event.seq)
+            return
+        self.ring.append(event.seq, topic, body)
+        self.counters["published"] += 1
+        if self._sock is None:
+            return  # not running: kept in the ring only
+        self._pending.append((event.seq, topic, body))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            # Batch the events produced in one loop turn (a burst of reports, a plugin's
+            # follow-up events) into one flush; the loop is never blocked by a send.
+            assert self._loop is not None
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        pending, self._pending = self._pending, []
+        sock = self._sock
+        if sock is None or not pending:
+            return
+        send = sock.send_multipart
+        sent = again = 0
+        for seq, topic, body in pending:
+            try:
+                send((topic, body), zmq.NOBLOCK)
+                sent += 1
+            except zmq.Again:
+                again += 1
+            self.sent_seq = seq
+        self.counters["frames_sent"] += sent
+        if again:
+            self.counters["send_again"] += again
+            log.debug("%d event frame(s) not sent: EAGAIN", again)
+        self._drain_subscriptions()
+
+    def send_heartbeat(self) -> Heartbeat | None:
+        """Flush pending events, then send one heartbeat carrying the last seq sent."""
+        if self._sock is None:
+            return None
+        self._flush()
+        hb = Heartbeat(epoch=self.epoch, origin=self.origin, seq=self.sent_seq,
+                       time=self.clock(), interval=self.heartbeat_interval)
+        try:
+            self._sock.send_multipart(encode_heartbeat(hb), zmq.NOBLOCK)
+            self.counters["heartbeats"] += 1
+        except zmq.Again:
+            self.counters["send_again"] += 1
+        self._drain_subscriptions()
+        return hb
+
+    async def run_heartbeats(self) -> None:
+        """Send a heartbeat now and every ``heartbeat_interval`` seconds until cancelled."""
+        while True:
+            self.send_heartbeat()
+            await asyncio.sleep(self.heartbeat_interval)
+
+    # -- subscriptions (XPUB) ---------------------------------------------------------------
+
+    def _on_readable(self) -> None:
+        self._drain_subscriptions()
+
+    def _drain_subscriptions(self) -> None:
+        sock = self._sock
+        if sock is None:
+            return
+        # The ZeroMQ FD only signals a change of EVENTS; read while POLLIN is set.
+        while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            try:
+                msg = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            if msg[:1] == b"\x01":
+                self.counters["subscribe"] += 1
+                log.debug("subscription %r", msg[1:64])
+            elif msg[:1] == b"\x00":
+                self.counters["unsubscribe"] += 1
+                log.debug("unsubscription %r", msg[1:64])
+
+    def status(self) -> dict[str, Any]:
+        """Plain-data status of the publisher."""
+        return {
+            "endpoint": self.bound or self.endpoint,
+            "sent_seq": self.sent_seq,
+            "send_hwm": self.send_hwm,
+            "heartbeat_interval": self.heartbeat_interval,
+            "ring": {"first": self.ring.first, "last": self.ring.last, "size": len(self.ring),
+                     "capacity": self.ring.capacity, "breaks": self.ring.breaks},
+        }

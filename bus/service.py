@@ -1,0 +1,273 @@
+"""The bus service: the daemon's three ZeroMQ endpoints on one asyncio loop.
+
+* publish (XPUB, ``bus.publish``): every event the engine dispatches, plus heartbeats
+  (:mod:`clusterbus.bus.publisher`);
+* ingest (PULL, ``bus.ingest``): membership reports from external programs, turned into
+  ``engine.report(NodeReport(..., reason="zmq"))``;
+* snapshot (ROUTER, ``bus.snapshot``): ``SNAPSHOT``, ``REPLAY`` and ``STATUS`` requests.
+
+Malformed input on any socket is dropped, counted by reason in :attr:`BusService.counters`
+and logged at DEBUG; nothing else changes. The wire format is in docs/wire-protocol.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from ..config import Config
+from ..engine import Engine
+from ..errors import InvalidEvent
+from ..view import NodeReport
+from .codec import (
+    MAX_FRAME,
+    FrameError,
+    decode_ingest,
+    decode_request,
+    encode_reply,
+)
+from .publisher import Publisher
+from .ring import OK, Ring
+
+__all__ = ["BusService", "REPLAY_BATCH", "MAX_REPLAY_BATCH", "MAX_INBOUND"]
+
+log = logging.getLogger(__name__)
+
+#: Events per REPLAY reply when the request gives no limit.
+REPLAY_BATCH = 1000
+#: Largest limit a REPLAY request may ask for.
+MAX_REPLAY_BATCH = 10_000
+#: ZMQ_MAXMSGSIZE of the ingest and snapshot sockets: libzmq disconnects a peer that sends a
+#: bigger frame. Frames between MAX_FRAME and this reach the decoder and are counted as
+#: ``oversized``; beyond it they cost no memory at all.
+MAX_INBOUND = 16 * MAX_FRAME
+
+StatusProvider = Callable[[], dict[str, Any]]
+
+
+def _no_status() -> dict[str, Any]:
+    return {}
+
+
+def _split_envelope(frames: list[bytes]) -> tuple[list[bytes], list[bytes]]:
+    # ROUTER prefixes the peer identity. A REQ peer (or a DEALER imitating one) adds an
+    # empty delimiter frame; commands are never empty, so the two shapes are unambiguous.
+    if len(frames) >= 2 and frames[1] == b"":
+        return frames[:2], frames[2:]
+    return frames[:1], frames[1:]
+
+
+class BusService:
+    """Publisher, ingest and snapshot/replay endpoints of one daemon.
+
+    The publisher is attached to ``engine.sinks`` at construction, so events produced while
+    the daemon starts are in the replay ring even before the sockets are bound.
+
+    :param engine: the daemon's engine.
+    :param config: the validated configuration (section ``[bus]``).
+    :param status_provider: returns the msgpack-able dict a ``STATUS`` request answers
+        (``clusterbus status``); default ``{}``.
+    :param epoch: this run's epoch; default a random non-zero u64 (tests may fix it).
+    :param clock: UNIX time source for heartbeats.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        config: Config,
+        *,
+        status_provider: StatusProvider | None = None,
+        epoch: int | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        bus = config["bus"]
+        self.engine = engine
+        self.config = config
+        self.status_provider = status_provider or _no_status
+        self.epoch = epoch if epoch is not None else (secrets.randbits(64) or 1)
+        #: what happened, by reason; ``*_dropped.<code>`` keys count discarded input.
+        self.counters: dict[str, int] = {
+            "ingest_received": 0, "ingest_accepted": 0, "ingest_unchanged": 0,
+            "requests": 0, "replies_dropped": 0,
+        }
+        self.ring = Ring(bus["replay_ring"])
+        self.publisher = Publisher(
+            bus["publish"], epoch=self.epoch, origin=engine.origin, ring=self.ring,
+            send_hwm=bus["send_hwm"], heartbeat_interval=bus["heartbeat_interval"],
+            counters=self.counters, clock=clock,
+        )
+        #: the endpoints as bound (``tcp://127.0.0.1:*`` resolved to the real port).
+        self.endpoints: dict[str, str] = {
+            "publish": bus["publish"], "ingest": bus["ingest"], "snapshot": bus["snapshot"],
+        }
+        #: set once every socket is bound (tests and the daemon may wait for it).
+        self.ready = asyncio.Event()
+        engine.sinks.append(self.publisher)
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Bind the three endpoints and serve until cancelled; sockets are closed on exit.
+
+        :raises zmq.ZMQError: an endpoint cannot be bound (address in use, bad endpoint).
+        """
+        if not self.config["bus"]["enabled"]:
+            log.info("ZeroMQ bus disabled by configuration ([bus] enabled = false)")
+            self._detach()
+            return
+        actx = zmq.asyncio.Context()
+        sctx: zmq.Context[Any] = zmq.Context.shadow(actx.underlying)
+        socks: list[zmq.asyncio.Socket] = []
+        try:
+            self.publisher.open(sctx)
+            self.endpoints["publish"] = self.publisher.bound
+            pull = self._bind(actx, zmq.PULL, "ingest", socks)
+            router = self._bind(actx, zmq.ROUTER, "snapshot", socks)
+            self.ready.set()
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self.publisher.run_heartbeats(), name="bus-heartbeats")
+                tg.create_task(self._serve_ingest(pull), name="bus-ingest")
+                tg.create_task(self._serve_requests(router), name="bus-requests")
+        finally:
+            self.ready.clear()
+            self._detach()
+            self.publisher.close()
+            for sock in socks:
+                sock.close(0)
+            actx.term()
+
+    def _detach(self) -> None:
+        if self.publisher in self.engine.sinks:
+            self.engine.sinks.remove(self.publisher)
+
+    def _bind(self, ctx: zmq.asyncio.Context, kind: int, name: str,
+              socks: list[zmq.asyncio.Socket]) -> zmq.asyncio.Socket:
+        sock = ctx.socket(kind)
+        socks.append(sock)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, MAX_INBOUND)
+        if kind == zmq.ROUTER:
+            # Unroutable replies (the requester went away) raise EHOSTUNREACH instead of
+            # vanishing, so they are counted.
+            sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        try:
+            sock.bind(self.endpoints[name])
+        except zmq.ZMQError as exc:
+            log.error("cannot bind bus.%s to %s: %s", name, self.endpoints[name], exc)
+            raise
+        self.endpoints[name] = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        log.info("bus %s endpoint on %s", name, self.endpoints[name])
+        return sock
+
+    def _count(self, key: str) -> None:
+        self.counters[key] = self.counters.get(key, 0) + 1
+
+    # -- ingest ---------------------------------------------------------------------------
+
+    async def _serve_ingest(self, sock: zmq.asyncio.Socket) -> None:
+        # A synchronous shadow drains whatever is already queued without a future per
+        # frame; the asyncio socket is only awaited when the queue is empty (it re-checks
+        # EVENTS whenever a recv is awaited, so the shadow never hides a wake-up).
+        sync: zmq.Socket[Any] = zmq.Socket.shadow(sock.underlying)
+        while True:
+            try:
+                frames = sync.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                frames = await sock.recv_multipart()
+            self._ingest(frames)
+
+    def _ingest(self, frames: list[bytes]) -> None:
+        self.counters["ingest_received"] += 1
+        try:
+            rep = decode_ingest(frames)
+            report = NodeReport(state=rep.state, node=rep.node, addrs=rep.addrs,
+                                incarnation=rep.incarnation, reason="zmq")
+        except FrameError as exc:
+            self._count(f"ingest_dropped.{exc.code}")
+            log.debug("dropped ingest frame (%s): %s", exc.code, exc)
+            return
+        except InvalidEvent as exc:  # the codec validates the same things; belt and braces
+            self._count("ingest_dropped.bad_field")
+            log.debug("dropped ingest frame (bad_field): %s", exc)
+            return
+        if self.engine.report(report) is None:
+            self.counters["ingest_unchanged"] += 1
+        else:
+            self.counters["ingest_accepted"] += 1
+
+    # -- snapshot / replay / status ---------------------------------------------------------
+
+    async def _serve_requests(self, sock: zmq.asyncio.Socket) -> None:
+        while True:
+            frames = await sock.recv_multipart()
+            self.counters["requests"] += 1
+            envelope, body = _split_envelope(frames)
+            try:
+                command, args = decode_request(body)
+                reply = self._answer(command, args)
+            except FrameError as exc:
+                self._count(f"request_dropped.{exc.code}")
+                log.debug("bad request (%s): %s", exc.code, exc)
+                reply = encode_reply("ERROR", {"epoch": self.epoch, "error": exc.code,
+                                               "message": str(exc)})
+            try:
+                await sock.send_multipart(envelope + reply, flags=zmq.NOBLOCK)
+            except zmq.ZMQError as exc:  # EHOSTUNREACH: peer gone; EAGAIN: its queue is full
+                self.counters["replies_dropped"] += 1
+                log.debug("reply not sent: %s", exc)
+
+    def _answer(self, command: str, args: tuple[int, ...]) -> list[bytes]:
+        self._count(f"requests.{command.lower()}")
+        if command == "SNAPSHOT":
+            return encode_reply("SNAPSHOT", {"epoch": self.epoch, **self.engine.snapshot()})
+        if command == "REPLAY":
+            return self._replay(args[0], args[1] if len(args) > 1 else REPLAY_BATCH)
+        return self._status_reply()
+
+    def _replay(self, after: int, limit: int) -> list[bytes]:
+        limit = max(1, min(limit, MAX_REPLAY_BATCH))
+        status, entries = self.ring.after(after, limit)
+        payload: list[bytes] = []
+        for entry in entries:
+            payload += (entry.topic, entry.body)
+        last = entries[-1].seq if entries else after
+        header = {
+            "epoch": self.epoch, "origin": self.engine.origin, "status": status,
+            "after": after, "first": self.ring.first, "head": self.ring.last,
+            "count": len(entries), "more": status == OK and last < self.ring.last,
+        }
+        return encode_reply("REPLAY", header, payload)
+
+    def _status_reply(self) -> list[bytes]:
+        try:
+            status = self.status_provider()
+        except Exception:  # supervisor boundary: a broken provider must not stop the bus
+            log.exception("status provider failed")
+            self._count("request_dropped.status_failed")
+            return encode_reply("ERROR", {"epoch": self.epoch, "error": "status_failed",
+                                          "message": "the status provider raised"})
+        try:
+            return encode_reply("STATUS", {"epoch": self.epoch, "status": status})
+        except (TypeError, ValueError, OverflowError) as exc:
+            log.error("status is not msgpack-able: %s", exc)
+            self._count("request_dropped.status_unencodable")
+            return encode_reply("ERROR", {"epoch": self.epoch, "error": "status_unencodable",
+                                          "message": str(exc)})
+
+    # -- status -----------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """Plain data for ``clusterbus status``."""
+        return {
+            "epoch": self.epoch,
+            "endpoints": dict(self.endpoints),
+            "publisher": self.publisher.status(),
+            "counters": dict(self.counters),
+        }
