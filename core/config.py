@@ -216,6 +216,9 @@ def parse_config(data: Mapping[str, Any], *, file: str) -> Config:
 
     :raises ConfigError: on any bad key or value.
     """
+    # Registers [vrrp] and [keepalived] in EXTRA_SECTIONS (imported here: it imports us).
+    from .vrrp import config as _vrrp_config  # noqa: F401
+
     core: dict[str, dict[str, Any]] = {}
     plugin_sections: dict[str, Any] = {}
     for name, schema in CORE_SECTIONS.items():
