@@ -197,11 +197,14 @@ def _addr(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -
               help="An address of the node (repeatable; IPv4 or IPv6).")
 @click.option("--incarnation", type=click.IntRange(0, 2**32 - 1), default=0,
               help="The node's incarnation (boot) number; 0 = unknown.")
-@click.option("--via", type=click.Choice(["netlink", "zmq"]), default="netlink",
-              show_default=True, help="Send on the netlink group or to the daemon's ingest.")
+@click.option("--via", type=click.Choice(["netlink", "zmq", "signal"]), default="netlink",
+              show_default=True,
+              help="Send on the netlink group, to the daemon's ingest, or as a queued signal.")
+@click.option("--pid", type=click.IntRange(min=1), default=None,
+              help="With --via signal: the daemon's pid (default: ask the daemon).")
 @config_option
 def emit(what: str, node: int, addrs: tuple[str, ...], incarnation: int, via: str,
-         config_path: str | None) -> None:
+         pid: int | None, config_path: str | None) -> None:
     """Announce a membership change: WHAT is node-up, node-down, node-coming-up or
     node-going-down.
 
@@ -218,11 +221,22 @@ def emit(what: str, node: int, addrs: tuple[str, ...], incarnation: int, via: st
 
             sender.send(NodeState.from_topic(topic), node, addrs, incarnation,
                         group=cfg["netlink"]["group"])
+        elif via == "signal":
+            from .sources import sigcluster
+            from .view import NodeState
+
+            if addrs or incarnation:
+                raise click.UsageError("--via signal carries only the state and node number")
+            if pid is None:
+                pid = int(asyncio.run(_request_status(cfg, 2.0))["pid"])
+            signo = sigcluster.parse_signal(cfg["sigcluster"]["signal"])
+            sigcluster.sigqueue(pid, signo,
+                                sigcluster.encode_payload(NodeState.from_topic(topic), node))
         else:
             from clusterbus.bus.client import emit as zmq_emit
 
             asyncio.run(zmq_emit(cfg["bus"]["ingest"], topic, node, addrs, incarnation))
-    except (OSError, ClusterbusError) as exc:
+    except (OSError, ClusterbusError, ValueError, TimeoutError) as exc:
         raise click.ClickException(f"cannot send via {via}: {exc}") from None
 
 

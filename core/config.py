@@ -147,6 +147,16 @@ def ip_address(v: str) -> str | None:
     return None
 
 
+def _signal(v: str | int) -> str | None:
+    from .sources.sigcluster import parse_signal
+
+    try:
+        parse_signal(v)
+    except ValueError as exc:
+        return f"expected a catchable signal such as SIGRTMIN+2 ({exc})"
+    return None
+
+
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 #: Schemas of the core sections. Plugins validate their own sections.
@@ -176,6 +186,12 @@ CORE_SECTIONS: dict[str, dict[str, Key]] = {
         "allowed_uids": Key(list, [0], uid_list, "senders accepted (from SCM_CREDENTIALS)"),
         "rcvbuf": Key(int, 4 << 20, between(65536, 1 << 30),
                       "socket receive buffer in bytes (bursts beyond it are lost: ENOBUFS)"),
+    },
+    "sigcluster": {
+        "enabled": Key(bool, False, None, "take membership from queued signals (signalfd)"),
+        "signal": Key((str, int), "SIGRTMIN+2", lambda v: _signal(v),
+                      "signal name or number, e.g. SIGRTMIN+2"),
+        "allowed_uids": Key(list, [0], uid_list, "senders accepted (from signalfd_siginfo)"),
     },
 }
 

@@ -49,6 +49,9 @@ class SourceSpec:
 
 #: Built-in services, started in this order.
 SOURCES: tuple[SourceSpec, ...] = (
+    # first: it blocks its signal before ZeroMQ starts I/O threads that would inherit no mask
+    SourceSpec("sigcluster", "clusterbus.sources.sigcluster:SigclusterSource",
+               lambda c: bool(c["sigcluster"]["enabled"])),
     SourceSpec("bus", "clusterbus.bus.service:BusService", lambda c: bool(c["bus"]["enabled"])),
     SourceSpec("netlink", "clusterbus.sources.netlink:NetlinkSource",
                lambda c: bool(c["netlink"]["enabled"])),
