@@ -1,0 +1,677 @@
+"""The VRRP speaker: the thin I/O adapter around :class:`clusterbus.vrrp.machine.Router`.
+
+One raw IP protocol 112 socket per (interface, family) carries every instance on that
+interface; each instance is one sans-IO ``Router``. Everything is an fd or a timer on the
+daemon's asyncio loop: ``loop.add_reader`` for the sockets, one ``loop.call_at`` handle per
+router set from ``router.next_deadline()`` after every input (no polling). Time is
+``loop.time()`` (monotonic), the same clock the timers run on.
+
+Effects of the routers:
+
+- ``Transmit`` -> ``sendmsg`` with the instance's primary address as source (IP_PKTINFO /
+  IPV6_PKTINFO), TTL / hop limit 255 (RFC 5798 §5.1.1.3, §5.1.2.3);
+- ``AddAddresses`` / ``RemoveAddresses`` -> netlink through pyroute2 and ``vip.acquired`` /
+  ``vip.released`` events. The netlink calls are synchronous on the loop on purpose: the
+  kernel answers an address change in well under a millisecond, and a round trip through a
+  thread would only delay the takeover;
+- ``StateChanged`` -> a ``vrrp.transition`` event; a change to MASTER first calls the
+  ``clusterbus_vrrp_prepare_master`` hook, and a veto keeps the instance from taking the
+  addresses (see :meth:`VrrpSpeaker._prepare_master`);
+- ``Announce`` -> gratuitous ARP (IPv4, RFC 5798 §6.4.1 / §8.1.2: a burst of ``garp_count``
+  ARP requests with sender IP = target IP = VIP to broadcast, as keepalived sends them, and
+  a second burst ``garp_delay`` seconds later) or unsolicited neighbour advertisements (IPv6,
+  RFC 4861 §7.2.6);
+- ``Discarded`` -> a per-instance counter by reason, logged at DEBUG.
+
+Beyond keepalived: at start the speaker removes the VIPs of its instances that a crash left
+on the interface, before any router starts; on cancellation it sends priority 0
+(RFC 5798 §6.4.3) and removes its VIPs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import logging
+import socket
+import struct
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from pyroute2 import AsyncIPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from ..config import Config
+from ..engine import Engine
+from ..errors import ConfigError
+from ..events import VipAcquired, VipReleased, VrrpTransition
+from . import machine
+from .config import InstanceConfig, check_interfaces, instances
+from .packet import IPPROTO_VRRP, MULTICAST_V4, MULTICAST_V6, VRRP_TTL
+
+__all__ = ["VrrpSpeaker", "garp_frame", "unsolicited_na"]
+
+log = logging.getLogger(__name__)
+
+_ETH_P_ARP = 0x0806
+#: Linux IP_PKTINFO (<linux/in.h>); the socket module of Python 3.11 does not export it.
+_IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
+_IFA_F_NODAD = 0x02
+_ALL_NODES_V6 = "ff02::1"
+
+
+# -- announcements ---------------------------------------------------------------------------
+
+def garp_frame(mac: bytes, vip: str) -> bytes:
+    """A gratuitous ARP request for ``vip`` as keepalived sends it (RFC 5227 §3 "ARP
+    Announcement": sender IP = target IP = the address, to broadcast; the target hardware
+    address is ff:ff:ff:ff:ff:ff like keepalived's, see shared/vectors/vrrp).
+
+    :param mac: the interface's 6-byte MAC.
+    :param vip: an IPv4 address.
+    """
+    ip = ipaddress.IPv4Address(vip).packed
+    eth = b"\xff" * 6 + mac + struct.pack("!H", _ETH_P_ARP)
+    arp = struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1) + mac + ip + b"\xff" * 6 + ip
+    return eth + arp
+
+
+def unsolicited_na(mac: bytes, vip: str) -> bytes:
+    """An unsolicited neighbour advertisement for ``vip`` (RFC 4861 §4.4, §7.2.6): Override
+    set, Solicited clear, with the target link-layer address option. The kernel fills in the
+    ICMPv6 checksum.
+    """
+    target = ipaddress.IPv6Address(vip).packed
+    flags = 0x20000000  # O: override caches that hold the old master's MAC
+    return struct.pack("!BBHI", 136, 0, 0, flags) + target + bytes([2, 1]) + mac
+
+
+# -- per-link sockets --------------------------------------------------------------------------
+
+@dataclass
+class _Link:
+    """One raw VRRP socket: an interface and a family."""
+
+    interface: str
+    family: str
+    ifindex: int
+    sock: socket.socket
+    routers: dict[int, _Instance] = field(default_factory=dict)  # vrid -> instance
+
+
+@dataclass
+class _Instance:
+    cfg: InstanceConfig
+    router: Any
+    link: _Link
+    primary: str
+    prefixes: dict[str, str]  #: VIP without prefix -> "addr/prefix" as configured
+    timer: asyncio.TimerHandle | None = None
+    garp_later: asyncio.TimerHandle | None = None
+    counters: Counter[str] = field(default_factory=Counter)
+    vetoed: str | None = None
+    holding: set[str] = field(default_factory=set)  #: VIPs we put on the interface
+
+
+def _open_v4(ifname: str, ifindex: int) -> socket.socket:
+    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, IPPROTO_VRRP)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, ifname.encode())
+        mreqn = struct.pack("4s4si", socket.inet_aton(MULTICAST_V4), b"\0" * 4, ifindex)
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreqn)
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, mreqn)
+        # RFC 5798 §5.1.1.3: TTL 255, so receivers can tell the advert never crossed a router.
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, VRRP_TTL)
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, VRRP_TTL)
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, 0xC0)  # network control, as keepalived
+        s.setblocking(False)
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
+def _open_v6(ifname: str, ifindex: int) -> socket.socket:
+    s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, IPPROTO_VRRP)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, ifname.encode())
+        mreq = struct.pack("16si", socket.inet_pton(socket.AF_INET6, MULTICAST_V6), ifindex)
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, mreq)
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, ifindex)
+        # RFC 5798 §5.1.2.3: hop limit 255.
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, VRRP_TTL)
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, VRRP_TTL)
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 0)
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVHOPLIMIT, 1)
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_TCLASS, 0xC0)
+        s.setblocking(False)
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
+class VrrpSpeaker:
+    """Runs every ``[[vrrp.instance]]`` of the configuration.
+
+    :param engine: events go to ``engine.publish``; the veto hook through ``engine.plugins``.
+    :param config: the daemon configuration.
+    """
+
+    def __init__(self, engine: Engine, config: Config) -> None:
+        self.engine = engine
+        self.config = config
+        self.instance_configs = instances(config)
+        #: speaker-wide counters: received, sent, dropped_* before a router saw the packet
+        self.counters: Counter[str] = Counter()
+        self._links: dict[tuple[str, str], _Link] = {}
+        self._instances: dict[str, _Instance] = {}
+        self._ipr: AsyncIPRoute | None = None
+        #: address changes and announcements, in the routers' order (see _netlink_worker)
+        self._ops: asyncio.Queue[tuple[str, _Instance, tuple[str, ...]]] = asyncio.Queue()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._macs: dict[str, bytes] = {}
+        self._garp_socks: dict[str, socket.socket] = {}
+        self._na_socks: dict[str, socket.socket] = {}
+
+    # -- start-up -------------------------------------------------------------------------
+
+    async def _addresses(self, ifindex: int, family: str) -> list[str]:
+        assert self._ipr is not None
+        fam = socket.AF_INET6 if family == "inet6" else socket.AF_INET
+        out = []
+        async for msg in await self._ipr.addr("dump", index=ifindex, family=fam):
+            if msg.get("index") == ifindex and msg.get("address"):
+                out.append(str(ipaddress.ip_address(msg.get("address"))))
+        return out
+
+    async def _primary(self, ifindex: int, inst: InstanceConfig) -> str:
+        """The source address of the adverts: ``unicast_src_ip``, else the interface's
+        first IPv4 address, or for IPv6 its link-local address (RFC 5798 §5.1.2.1)."""
+        if inst.unicast_src_ip:
+            return inst.unicast_src_ip
+        vips = {ipaddress.ip_interface(v).ip for v in inst.virtual_ipaddress}
+        for a in await self._addresses(ifindex, inst.family):
+            addr = ipaddress.ip_address(a)
+            if addr in vips:
+                continue
+            if inst.family == "inet6" and not addr.is_link_local:
+                continue
+            return str(addr)
+        raise ConfigError(
+            f"{inst.interface} has no {'link-local IPv6' if inst.family == 'inet6' else 'IPv4'} "
+            "address to send adverts from; add one or set unicast_src_ip",
+            file=self.config.file, key=f"{inst.key}.interface")
+
+    async def _remove_present(self, cfg: InstanceConfig, ifindex: int) -> list[str]:
+        """Remove the instance's VIPs that are on the interface; return those removed."""
+        assert self._ipr is not None
+        present = set(await self._addresses(ifindex, cfg.family))
+        removed = []
+        for vip in cfg.virtual_ipaddress:
+            iface = ipaddress.ip_interface(vip)
+            if str(iface.ip) in present:
+                try:
+                    await self._ipr.addr("del", index=ifindex, address=str(iface.ip),
+                                         prefixlen=iface.network.prefixlen)
+                except NetlinkError as exc:
+                    if exc.code != errno.EADDRNOTAVAIL:
+                        raise
+                    continue
+                removed.append(vip)
+        return removed
+
+    def _router_config(self, inst: InstanceConfig, primary: str) -> Any:
+        return machine.RouterConfig(
+            name=inst.name,
+            vrid=inst.vrid,
+            priority=inst.priority,
+            version=inst.version,
+            family=inst.family,
+            advert_interval=inst.advert_interval,
+            virtual_addresses=inst.virtual_ipaddress,
+            preempt=inst.preempt,
+            preempt_delay=inst.preempt_delay,
+            accept_mode=inst.accept,
+            primary_address=primary,
+            unicast_peers=inst.unicast_peer,
+            start_listen=True,  # RFC 5798 §6.4.1: listen before claiming MASTER
+            interface=inst.interface,
+        )
+
+    async def _setup(self) -> None:
+        assert self._loop is not None
+        for cfg in self.instance_configs:
+            ifindex = socket.if_nametoindex(cfg.interface)
+            link = self._links.get((cfg.interface, cfg.family))
+            if link is None:
+                opener = _open_v6 if cfg.family == "inet6" else _open_v4
+                link = _Link(cfg.interface, cfg.family, ifindex, opener(cfg.interface, ifindex))
+                self._links[(cfg.interface, cfg.family)] = link
+                self._loop.add_reader(link.sock.fileno(), self._on_readable, link)
+            # Our VIPs still on the interface were left by a crash (keepalived keeps them until
+            # it restarts, and meanwhile two hosts answer ARP for the address).
+            for vip in await self._remove_present(cfg, ifindex):
+                self.counters["stale_vips_removed"] += 1
+                log.warning("%s: removed stale VIP %s from %s (left by a crash)", cfg.name, vip,
+                            cfg.interface)
+            primary = await self._primary(ifindex, cfg)
+            router = machine.Router(self._router_config(cfg, primary), now=self._now())
+            prefixes = {str(ipaddress.ip_interface(v).ip): v for v in cfg.virtual_ipaddress}
+            inst = _Instance(cfg, router, link, primary, prefixes)
+            link.routers[cfg.vrid] = inst
+            self._instances[cfg.name] = inst
+        for inst in self._instances.values():
+            inst.router.start(self._now())
+            self._after(inst)
+
+    # -- receiving ------------------------------------------------------------------------
+
+    def _on_readable(self, link: _Link) -> None:
+        # The supervisor boundary of the receive path: one bad packet never stops the loop.
+        try:
+            for _ in range(64):  # bounded so one busy link cannot starve the others
+                if not self._receive(link):
+                    break
+        except Exception:
+            self.counters["receive_errors"] += 1
+            log.exception("VRRP receive on %s failed", link.interface)
+
+    def _receive(self, link: _Link) -> bool:
+        try:
+            if link.family == "inet":
+                data, (src, _) = link.sock.recvfrom(65535)
+                parsed = self._strip_ipv4(data)
+                if parsed is None:
+                    return True
+                src, dst, ttl, payload = parsed
+            else:
+                payload, anc, _flags, addr = link.sock.recvmsg(65535, 256)
+                src = addr[0].split("%", 1)[0]
+                ttl, dst = -1, MULTICAST_V6
+                for level, kind, value in anc:
+                    if level == socket.IPPROTO_IPV6 and kind == socket.IPV6_HOPLIMIT:
+                        ttl = int.from_bytes(value[:4], "little" if _LITTLE else "big")
+                    elif level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO:
+                        dst = str(ipaddress.IPv6Address(value[:16]))
+        except (BlockingIOError, InterruptedError):
+            return False
+        self.counters["received"] += 1
+        if len(payload) < 2:
+            self._drop("too_short", src)
+            return True
+        inst = link.routers.get(payload[1])  # RFC 5798 §5.2.3: byte 1 is the VRID
+        if inst is None:
+            self._drop("unknown_vrid", src)
+            return True
+        now = self._now()
+        inst.router.receive(payload, source=src, dst=dst, ttl=ttl, now=now)
+        self._after(inst)
+        return True
+
+    def _strip_ipv4(self, data: bytes) -> tuple[str, str, int, bytes] | None:
+        """The raw IPv4 socket hands us the IP header: take TTL, addresses and payload."""
+        if len(data) < 20 or data[0] >> 4 != 4:
+            self._drop("bad_ip_header", "?")
+            return None
+        ihl = (data[0] & 0x0F) * 4
+        total = int.from_bytes(data[2:4], "big")
+        if ihl < 20 or len(data) < ihl or total < ihl:
+            self._drop("bad_ip_header", "?")
+            return None
+        src = socket.inet_ntoa(data[12:16])
+        dst = socket.inet_ntoa(data[16:20])
+        return src, dst, data[8], data[ihl:min(total, len(data))]
+
+    def _drop(self, reason: str, source: str) -> None:
+        self.counters[f"dropped_{reason}"] += 1
+        log.debug("VRRP: dropped packet from %s: %s", source, reason)
+
+    # -- timers ---------------------------------------------------------------------------
+
+    def _now(self) -> float:
+        assert self._loop is not None
+        return self._loop.time()
+
+    def _on_timer(self, inst: _Instance) -> None:
+        inst.timer = None
+        try:
+            inst.router.handle_timer(self._now())
+            self._after(inst)
+        except Exception:
+            self.counters["timer_errors"] += 1
+            log.exception("%s: VRRP timer failed", inst.cfg.name)
+            self._schedule(inst)
+
+    def _schedule(self, inst: _Instance) -> None:
+        assert self._loop is not None
+        deadline = inst.router.next_deadline()
+        if inst.timer is not None:
+            if deadline is not None and inst.timer.when() == deadline:
+                return
+            inst.timer.cancel()
+            inst.timer = None
+        if deadline is not None:
+            inst.timer = self._loop.call_at(deadline, self._on_timer, inst)
+
+    # -- effects --------------------------------------------------------------------------
+
+    def _after(self, inst: _Instance) -> None:
+        """Carry out what the router asked for, then re-arm its timer."""
+        for effect in inst.router.drain():
+            if (isinstance(effect, machine.StateChanged) and effect.new is machine.State.MASTER
+                    and self._vetoed(inst, effect)):
+                break  # the router was reset: the rest of this batch is void
+            self._apply(inst, effect)
+        self._schedule(inst)
+
+    def _vetoed(self, inst: _Instance, effect: Any) -> bool:
+        """Ask the plugins before becoming MASTER; on a veto keep the instance BACKUP.
+
+        The machine has already decided; a veto resets it (shutdown, then start): it sends
+        a priority-0 advert, so a peer takes over after its Skew_Time instead of waiting a
+        whole Master_Down_Interval, and listens again; when nobody else takes over, it asks
+        the plugins again one Master_Down_Interval later. Our MASTER advert and the
+        addresses never go out. The address owner (priority 255) cannot be held back: it
+        claims MASTER at start by definition (RFC 5798 §6.4.1), so its veto is only logged.
+        """
+        reason = self._prepare_master(inst)
+        if reason is None:
+            return False
+        if inst.router.priority == 255:
+            log.warning("%s: the address owner (priority 255) ignores the veto", inst.cfg.name)
+            return False
+        now = self._now()
+        inst.router.shutdown(now)
+        inst.router.start(now)
+        for after in inst.router.drain():
+            if isinstance(after, machine.Transmit):
+                self._send(inst, after.data, after.dst, after.src)  # the priority-0 advert
+            # StateChanged (MASTER -> INITIALIZE -> BACKUP) and RemoveAddresses are internal:
+            # the addresses never went up and, seen from outside, we stayed BACKUP.
+        inst.vetoed = reason
+        self.engine.publish(VrrpTransition, instance=inst.cfg.name, vrid=inst.cfg.vrid,
+                            family=inst.cfg.family, interface=inst.cfg.interface,
+                            old=_state_name(effect.old), new="BACKUP",
+                            priority=effect.priority, reason="vetoed", source="speaker")
+        return True
+
+    def _apply(self, inst: _Instance, effect: Any) -> None:
+        if isinstance(effect, machine.Transmit):
+            self._send(inst, effect.data, effect.dst, effect.src)
+        elif isinstance(effect, machine.StateChanged):
+            self._state_changed(inst, effect)
+        elif isinstance(effect, machine.AddAddresses):
+            self._ops.put_nowait(("add", inst, tuple(effect.addrs)))
+        elif isinstance(effect, machine.RemoveAddresses):
+            self._ops.put_nowait(("remove", inst, tuple(effect.addrs)))
+        elif isinstance(effect, machine.Announce):
+            self._ops.put_nowait(("announce", inst, tuple(effect.addrs)))
+        elif isinstance(effect, machine.Discarded):
+            # The router counts it too (status() shows router.counters).
+            log.debug("%s: discarded advert from %s: %s", inst.cfg.name, effect.source,
+                      effect.reason)
+        else:
+            log.warning("%s: unknown effect %r", inst.cfg.name, effect)
+
+    def _send(self, inst: _Instance, data: bytes, dst: str, src: str) -> None:
+        link = inst.link
+        try:
+            if link.family == "inet":
+                pktinfo = struct.pack("i4s4s", link.ifindex, socket.inet_aton(src),
+                                      b"\0" * 4)
+                link.sock.sendmsg([data], [(socket.IPPROTO_IP, _IP_PKTINFO, pktinfo)], 0,
+                                  (dst, 0))
+            else:
+                pktinfo = struct.pack("16si", socket.inet_pton(socket.AF_INET6, src),
+                                      link.ifindex)
+                link.sock.sendmsg([data], [(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, pktinfo)],
+                                  0, (dst, 0, 0, link.ifindex))
+            self.counters["sent"] += 1
+        except OSError as exc:
+            # A full send buffer or a link going down: the next advert retries.
+            self.counters["send_errors"] += 1
+            log.debug("%s: send to %s failed: %s", inst.cfg.name, dst, exc)
+
+    def _state_changed(self, inst: _Instance, effect: Any) -> None:
+        old, new = _state_name(effect.old), _state_name(effect.new)
+        if new == "MASTER":
+            inst.vetoed = None
+        elif inst.garp_later is not None:
+            inst.garp_later.cancel()
+            inst.garp_later = None
+        log.info("%s (vrid %d, %s): %s -> %s (%s, priority %d)", inst.cfg.name, inst.cfg.vrid,
+                 inst.cfg.interface, old, new, effect.reason, effect.priority)
+        self.engine.publish(VrrpTransition, instance=inst.cfg.name, vrid=inst.cfg.vrid,
+                            family=inst.cfg.family, interface=inst.cfg.interface, old=old,
+                            new=new, priority=effect.priority, reason=effect.reason,
+                            source="speaker")
+
+    def _prepare_master(self, inst: _Instance) -> str | None:
+        """Call ``clusterbus_vrrp_prepare_master`` (every plugin, each isolated); return the
+        first veto as ``"plugin: reason"``, or ``None`` when all agree. Logged and counted."""
+        results = self.engine.plugins.call_each("clusterbus_vrrp_prepare_master",
+                                                instance=inst.cfg.name, vrid=inst.cfg.vrid,
+                                                cluster=self.engine.cluster)
+        for plugin, reason in results:
+            if reason is not None:
+                inst.counters["vetoed"] += 1
+                log.warning("%s: plugin %s vetoed MASTER: %s", inst.cfg.name, plugin, reason)
+                return f"{plugin}: {reason}"
+        return None
+
+    async def _netlink_worker(self) -> None:
+        """Carry out address changes and announcements one at a time, in order.
+
+        pyroute2 0.9's netlink API is async; one worker keeps the order the routers asked
+        for (add before announce, remove after a later add) without a task per effect. The
+        kernel answers each change in well under a millisecond.
+        """
+        while True:
+            kind, inst, addrs = await self._ops.get()
+            try:
+                if kind == "add":
+                    await self._add(inst, addrs)
+                elif kind == "remove":
+                    await self._remove(inst, addrs)
+                else:
+                    self._announce(inst, addrs, first=True)
+            except (OSError, NetlinkError) as exc:
+                self.counters["address_errors"] += 1
+                log.error("%s: %s %s failed: %s", inst.cfg.name, kind, ", ".join(addrs), exc)
+
+    async def _add(self, inst: _Instance, addrs: Any) -> None:
+        assert self._ipr is not None
+        for addr in addrs:
+            full = inst.prefixes.get(str(addr), str(addr))
+            iface = ipaddress.ip_interface(full)
+            try:
+                await self._ipr.addr("add", index=inst.link.ifindex, address=str(iface.ip),
+                               prefixlen=iface.network.prefixlen,
+                               **({"flags": _IFA_F_NODAD} if iface.version == 6 else {}))
+            except NetlinkError as exc:
+                if exc.code != errno.EEXIST:
+                    self.counters["address_errors"] += 1
+                    log.error("%s: cannot add %s to %s: %s", inst.cfg.name, full,
+                              inst.cfg.interface, exc)
+                    continue
+            inst.holding.add(str(iface.ip))
+            self.engine.publish(VipAcquired, instance=inst.cfg.name, address=full,
+                                interface=inst.cfg.interface)
+
+    async def _remove(self, inst: _Instance, addrs: Any) -> None:
+        assert self._ipr is not None
+        for addr in addrs:
+            full = inst.prefixes.get(str(addr), str(addr))
+            iface = ipaddress.ip_interface(full)
+            try:
+                await self._ipr.addr("del", index=inst.link.ifindex, address=str(iface.ip),
+                               prefixlen=iface.network.prefixlen)
+            except NetlinkError as exc:
+                if exc.code != errno.EADDRNOTAVAIL:
+                    self.counters["address_errors"] += 1
+                    log.error("%s: cannot remove %s from %s: %s", inst.cfg.name, full,
+                              inst.cfg.interface, exc)
+                continue
+            finally:
+                inst.holding.discard(str(iface.ip))
+            self.engine.publish(VipReleased, instance=inst.cfg.name, address=full,
+                                interface=inst.cfg.interface)
+
+    def _mac(self, ifname: str) -> bytes:
+        mac = self._macs.get(ifname)
+        if mac is None:
+            with open(f"/sys/class/net/{ifname}/address") as f:
+                mac = bytes.fromhex(f.read().strip().replace(":", ""))
+            self._macs[ifname] = mac
+        return mac
+
+    def _announce(self, inst: _Instance, addrs: Any, *, first: bool) -> None:
+        """One burst of gratuitous ARPs / unsolicited NAs; the first schedules the second."""
+        assert self._loop is not None
+        cfg = inst.cfg
+        try:
+            mac = self._mac(cfg.interface)
+            for _ in range(cfg.garp_count):
+                for addr in addrs:
+                    ip = str(ipaddress.ip_interface(inst.prefixes.get(str(addr), str(addr))).ip)
+                    if cfg.family == "inet":
+                        self._garp_sock(cfg.interface).send(garp_frame(mac, ip))
+                    else:
+                        self._na_sock(inst).sendto(unsolicited_na(mac, ip),
+                                                   (_ALL_NODES_V6, 0, 0, inst.link.ifindex))
+                    self.counters["announcements"] += 1
+        except OSError as exc:
+            self.counters["announce_errors"] += 1
+            log.warning("%s: gratuitous ARP/NA on %s failed: %s", cfg.name, cfg.interface, exc)
+        if first and cfg.garp_delay > 0 and cfg.garp_count > 0:
+            inst.garp_later = self._loop.call_later(cfg.garp_delay, self._announce_again, inst,
+                                                    tuple(addrs))
+
+    def _announce_again(self, inst: _Instance, addrs: tuple[str, ...]) -> None:
+        inst.garp_later = None
+        if inst.router.state is machine.State.MASTER:
+            self._announce(inst, addrs, first=False)
+
+    def _garp_sock(self, ifname: str) -> socket.socket:
+        s = self._garp_socks.get(ifname)
+        if s is None:
+            s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(_ETH_P_ARP))
+            s.bind((ifname, _ETH_P_ARP))
+            s.setblocking(False)
+            self._garp_socks[ifname] = s
+        return s
+
+    def _na_sock(self, inst: _Instance) -> socket.socket:
+        s = self._na_socks.get(inst.cfg.interface)
+        if s is None:
+            s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, inst.cfg.interface.encode())
+            # RFC 4861 §7.1.2: receivers drop ND messages whose hop limit is not 255.
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, inst.link.ifindex)
+            s.bind((inst.primary, 0, 0, inst.link.ifindex))
+            s.setblocking(False)
+            self._na_socks[inst.cfg.interface] = s
+        return s
+
+    # -- service --------------------------------------------------------------------------
+
+    def set_priority(self, instance: str, priority: int) -> None:
+        """Change an instance's priority at run time (a policy or track decision). When it
+        drops below a peer's, the master gives up at once with a priority-0 advert."""
+        inst = self._instances[instance]
+        inst.router.set_priority(priority, self._now())
+        self._after(inst)
+
+    async def run(self) -> None:
+        """Run every instance until cancelled; then step down (priority 0) and release VIPs.
+
+        :raises ConfigError: an unknown interface, or one without a source address.
+        :raises OSError: a socket cannot be opened (not root?).
+        """
+        self._loop = asyncio.get_running_loop()
+        check_interfaces(self.config)
+        try:
+            async with AsyncIPRoute() as ipr:
+                self._ipr = ipr
+                try:
+                    await self._setup()
+                    log.info("VRRP speaker running %d instance(s): %s", len(self._instances),
+                             ", ".join(self._instances))
+                    await self._netlink_worker()
+                finally:
+                    await self._shutdown()
+        finally:
+            self._close()
+
+    async def _shutdown(self) -> None:
+        """RFC 5798 §6.4.3 Shutdown: a MASTER sends priority 0 so a backup takes over after
+        its Skew_Time; then every VIP of ours leaves the interface, whatever was queued."""
+        for inst in self._instances.values():
+            if inst.timer is not None:
+                inst.timer.cancel()
+            if inst.garp_later is not None:
+                inst.garp_later.cancel()
+            try:
+                inst.router.shutdown(self._now())
+                for effect in inst.router.drain():
+                    if isinstance(effect, (machine.Transmit, machine.StateChanged)):
+                        self._apply(inst, effect)
+            except Exception:
+                log.exception("%s: shutdown failed", inst.cfg.name)
+        for inst in self._instances.values():
+            try:
+                for vip in await self._remove_present(inst.cfg, inst.link.ifindex):
+                    self.engine.publish(VipReleased, instance=inst.cfg.name, address=vip,
+                                        interface=inst.cfg.interface)
+            except (OSError, NetlinkError) as exc:
+                log.error("%s: cannot remove VIPs at shutdown: %s", inst.cfg.name, exc)
+            inst.holding.clear()
+
+    def _close(self) -> None:
+        for link in self._links.values():
+            if self._loop is not None:
+                self._loop.remove_reader(link.sock.fileno())
+            link.sock.close()
+        for s in (*self._garp_socks.values(), *self._na_socks.values()):
+            s.close()
+        self._links.clear()
+        self._garp_socks.clear()
+        self._na_socks.clear()
+        self._ipr = None
+
+    def status(self) -> dict[str, Any]:
+        """Per instance: state, priority, master seen, advert interval, VIPs, drop counters."""
+        out = []
+        for name, inst in self._instances.items():
+            r = inst.router
+            out.append({
+                "name": name,
+                "interface": inst.cfg.interface,
+                "vrid": inst.cfg.vrid,
+                "family": inst.cfg.family,
+                "version": inst.cfg.version,
+                "state": _state_name(r.state),
+                "priority": r.priority,
+                "master_seen": r.master_seen,
+                "advert_interval": inst.cfg.advert_interval,
+                "vips": list(inst.cfg.virtual_ipaddress),
+                "holding": sorted(inst.holding),
+                "vetoed": inst.vetoed,
+                "dropped": dict(r.counters),
+                "vetoes": inst.counters["vetoed"],
+                "master_down_interval": round(r.master_down_interval, 6),
+            })
+        return {"instances": out, "counters": dict(self.counters)}
+
+
+_LITTLE = struct.pack("=i", 1)[0] == 1
+
+
+def _state_name(state: Any) -> str:
+    return str(getattr(state, "name", state)).upper()
