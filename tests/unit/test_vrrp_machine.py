@@ -1,0 +1,637 @@
+"""The VRRP Router state machine, driven on a fake link with a fake clock.
+
+No sockets and no sleeps: time only moves when the simulation moves it (to the next
+router deadline or packet delivery). Each multicast ``Transmit`` reaches every other
+running router after ``Link.delay`` seconds; a unicast one only the router with that
+address. Timings are asserted against the RFC 5798 §6.1 / RFC 3768 §6.1 formulas computed
+here, independently of the machine.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from dataclasses import dataclass, field
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from clusterbus.errors import ConfigError, LocalProtocolError
+from clusterbus.vrrp import (
+    TRANSITIONS,
+    AddAddresses,
+    Advertisement,
+    Announce,
+    Discarded,
+    Effect,
+    RemoveAddresses,
+    Router,
+    RouterConfig,
+    State,
+    StateChanged,
+    Transmit,
+)
+
+VIP = "10.77.0.100/24"
+ADDR = {"A": "10.77.0.1", "B": "10.77.0.2", "C": "10.77.0.3"}
+
+
+def cfg(name: str, priority: int, **kw: object) -> RouterConfig:
+    kw.setdefault("primary_address", ADDR[name])
+    kw.setdefault("virtual_addresses", (VIP,))
+    return RouterConfig(name=name, vrid=77, priority=priority, **kw)  # type: ignore[arg-type]
+
+
+# RFC formulas, written out here so the test does not trust the machine's own arithmetic.
+def skew_v3(priority: int, master_adver_interval: float) -> float:
+    return ((256 - priority) * master_adver_interval) / 256  # RFC 5798 §6.1
+
+
+def mdi_v3(priority: int, master_adver_interval: float) -> float:
+    return 3 * master_adver_interval + skew_v3(priority, master_adver_interval)
+
+
+def skew_v2(priority: int) -> float:
+    return (256 - priority) / 256  # RFC 3768 §6.1
+
+
+def mdi_v2(priority: int, advert_interval: float) -> float:
+    return 3 * advert_interval + skew_v2(priority)
+
+
+approx = pytest.approx  # float rounding only: the fake clock lands exactly on deadlines
+
+
+@dataclass
+class Record:
+    time: float
+    router: str
+    effect: Effect
+
+
+@dataclass
+class Link:
+    delay: float = 0.0
+    now: float = 0.0
+    routers: dict[str, Router] = field(default_factory=dict)
+    running: set[str] = field(default_factory=set)  # started and not crashed
+    trace: list[Record] = field(default_factory=list)
+    max_masters: int = 0
+    _queue: list[tuple[float, int, str, Transmit]] = field(default_factory=list)
+    _seq: itertools.count = field(default_factory=itertools.count)
+
+    # -- building ---------------------------------------------------------------------------
+
+    def add(self, config: RouterConfig) -> Router:
+        router = Router(config, now=self.now)
+        self.routers[config.name] = router
+        return router
+
+    def start(self, name: str) -> None:
+        self.routers[name].start(self.now)
+        self.running.add(name)
+        self._collect(name)
+
+    def shutdown(self, name: str) -> None:
+        self.routers[name].shutdown(self.now)
+        self._collect(name)
+        self.running.discard(name)
+
+    def crash(self, name: str) -> None:
+        """The router vanishes: it sends nothing more and hears nothing."""
+        self.running.discard(name)
+        self.routers[name].drain()
+        # A crashed router is reborn in INITIALIZE when restarted.
+        cfg = self.routers[name].config
+        self.routers[name] = Router(cfg, now=self.now)
+
+    def set_priority(self, name: str, priority: int) -> None:
+        self.routers[name].set_priority(priority, self.now)
+        self._collect(name)
+
+    # -- running ----------------------------------------------------------------------------
+
+    def masters(self) -> list[str]:
+        return sorted(n for n in self.running if self.routers[n].state is State.MASTER)
+
+    def _collect(self, name: str) -> None:
+        for effect in self.routers[name].drain():
+            self.trace.append(Record(self.now, name, effect))
+            if isinstance(effect, Transmit):
+                heapq.heappush(self._queue, (self.now + self.delay, next(self._seq), name, effect))
+        self.max_masters = max(self.max_masters, len(self.masters()))
+
+    def _next_event(self) -> float | None:
+        times = [self._queue[0][0]] if self._queue else []
+        for n in self.running:
+            d = self.routers[n].next_deadline()
+            if d is not None:
+                times.append(d)
+        return min(times) if times else None
+
+    def run_until(self, end: float, *, max_steps: int = 1_000_000) -> None:
+        """Process every delivery and timer up to ``end`` (inclusive), then set now = end."""
+        for _ in range(max_steps):
+            t = self._next_event()
+            if t is None or t > end:
+                break
+            self.now = t
+            while self._queue and self._queue[0][0] <= t:
+                _, _, sender, tx = heapq.heappop(self._queue)
+                for n in sorted(self.running):
+                    r = self.routers[n]
+                    if n == sender or (tx.dst != _group(r) and tx.dst != r.config.primary_address):
+                        continue
+                    r.receive(tx.data, source=tx.src, dst=tx.dst, ttl=255, now=t)
+                    self._collect(n)
+            for n in sorted(self.running):
+                d = self.routers[n].next_deadline()
+                if d is not None and d <= t:
+                    self.routers[n].handle_timer(t)
+                    self._collect(n)
+        else:
+            raise AssertionError("simulation did not settle")
+        self.now = max(self.now, end)
+
+    def run_for(self, seconds: float) -> None:
+        self.run_until(self.now + seconds)
+
+    # -- looking at the trace ---------------------------------------------------------------
+
+    def changes(self, name: str | None = None) -> list[tuple[float, str, State, State, str]]:
+        return [(r.time, r.router, r.effect.old, r.effect.new, r.effect.reason)
+                for r in self.trace if isinstance(r.effect, StateChanged)
+                and (name is None or r.router == name)]
+
+    def adverts(self, name: str) -> list[tuple[float, Advertisement]]:
+        out = []
+        for r in self.trace:
+            if r.router == name and isinstance(r.effect, Transmit):
+                adv = Advertisement.from_bytes(r.effect.data, src=r.effect.src, dst=r.effect.dst)
+                out.append((r.time, adv))
+        return out
+
+
+def _group(router: Router) -> str:
+    return "ff02::12" if router.config.family == "inet6" else "224.0.0.18"
+
+
+def became_master(link: Link, name: str) -> list[tuple[float, str]]:
+    return [(t, reason) for t, _, _, new, reason in link.changes(name) if new is State.MASTER]
+
+
+# -- elections ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", [2, 3])
+def test_election_highest_priority_wins_after_its_master_down_interval(version: int) -> None:
+    link = Link()
+    link.add(cfg("A", 200, version=version))
+    link.add(cfg("B", 100, version=version))
+    link.start("A")
+    link.start("B")
+    link.run_for(20)
+    assert link.masters() == ["A"]
+    mdi = mdi_v2(200, 1) if version == 2 else mdi_v3(200, 1.0)
+    assert became_master(link, "A") == [(approx(mdi), "master_down_timer")]
+    assert became_master(link, "B") == []
+    b = link.routers["B"]
+    assert b.state is State.BACKUP and b.master_seen == ADDR["A"]
+    assert link.max_masters == 1
+    # The master advertises every Advertisement_Interval from the moment it took over.
+    times = [t for t, _ in link.adverts("A")]
+    assert times == approx([mdi + k for k in range(len(times))])
+    assert all(adv.priority == 200 and adv.version == version for _, adv in link.adverts("A"))
+
+
+def test_v2_and_v3_timers_differ_as_the_rfcs_say() -> None:
+    # advert_interval 2: v3 skew scales with the interval, v2 skew does not.
+    for version, expected in ((3, mdi_v3(100, 2.0)), (2, mdi_v2(100, 2))):
+        link = Link()
+        link.add(cfg("A", 100, version=version, advert_interval=2))
+        link.start("A")
+        assert link.routers["A"].next_deadline() == approx(expected)
+        link.run_for(30)
+        assert became_master(link, "A") == [(approx(expected), "master_down_timer")]
+    assert mdi_v3(100, 2.0) != mdi_v2(100, 2)
+
+
+def test_address_owner_claims_master_at_once() -> None:
+    link = Link()
+    link.add(cfg("A", 255))
+    link.add(cfg("B", 254))
+    link.start("B")
+    link.run_for(5.5)
+    assert link.masters() == ["B"]
+    link.start("A")
+    link.run_for(10)
+    assert became_master(link, "A") == [(5.5, "address_owner")]
+    assert link.masters() == ["A"]
+    assert link.changes("B")[-1][2:] == (State.MASTER, State.BACKUP, "higher_priority_seen")
+
+
+def test_effects_of_becoming_master_are_ordered() -> None:
+    r = Router(cfg("A", 100), now=0.0)
+    r.start(0.0)
+    r.drain()
+    r.handle_timer(r.next_deadline())  # type: ignore[arg-type]
+    effects = r.drain()
+    assert [type(e) for e in effects] == [StateChanged, Transmit, AddAddresses, Announce]
+    assert effects[2] == AddAddresses(addrs=(VIP,))
+    assert effects[3] == Announce(addrs=("10.77.0.100",))
+    tx = effects[1]
+    assert isinstance(tx, Transmit) and (tx.src, tx.dst) == ("10.77.0.1", "224.0.0.18")
+
+
+def test_master_advert_matches_keepalived_vector() -> None:
+    # shared/vectors/vrrp/v3_advert.hex: keepalived A, prio 150, 100 cs, VIP 10.77.0.100
+    from pathlib import Path
+    frame = bytes.fromhex(Path("/work/shared/vectors/vrrp/v3_advert.hex").read_text().strip())
+    r = Router(cfg("A", 150), now=0.0)
+    r.start(0.0)
+    r.handle_timer(r.next_deadline())  # type: ignore[arg-type]
+    tx = [e for e in r.drain() if isinstance(e, Transmit)]
+    assert tx[0].data == frame[34:]
+
+
+# -- preemption ---------------------------------------------------------------------------
+
+
+def test_higher_priority_preempts_after_its_master_down_interval() -> None:
+    link = Link()
+    link.add(cfg("A", 100))
+    link.add(cfg("B", 200))
+    link.start("A")
+    link.run_for(10.25)
+    assert link.masters() == ["A"]
+    link.start("B")
+    link.run_for(20)
+    # B discards the lower-priority adverts; its Master_Down_Timer (with its own interval,
+    # it learned none) expires and it preempts.
+    assert became_master(link, "B") == [(approx(10.25 + mdi_v3(200, 1.0)), "preempt")]
+    a_changes = link.changes("A")
+    assert a_changes[-1][2:] == (State.MASTER, State.BACKUP, "higher_priority_seen")
+    assert a_changes[-1][0] == approx(10.25 + mdi_v3(200, 1.0))
+    assert link.masters() == ["B"]
+    removed = [r for r in link.trace if r.router == "A" and isinstance(r.effect, RemoveAddresses)]
+    assert len(removed) == 1
+
+
+def test_preempt_false_does_not_take_over() -> None:
+    link = Link()
+    link.add(cfg("A", 100))
+    link.add(cfg("B", 200, preempt=False))
+    link.start("A")
+    link.run_for(10.25)
+    link.start("B")
+    link.run_for(60)
+    assert link.masters() == ["A"]
+    assert link.routers["B"].master_seen == ADDR["A"]
+    assert became_master(link, "B") == []
+
+
+def test_preempt_delay_waits_then_takes_over() -> None:
+    link = Link()
+    link.add(cfg("A", 100))
+    link.add(cfg("B", 200, preempt_delay=5.0))
+    link.start("A")
+    link.run_for(10.25)
+    link.start("B")
+    link.run_for(4.0)
+    assert link.masters() == ["A"]  # B follows A for now
+    link.run_for(20)
+    first_seen = min(t for t, _ in link.adverts("A") if t >= 10.25)
+    assert became_master(link, "B") == [(approx(first_seen + 5.0), "preempt")]
+    assert link.masters() == ["B"]
+
+
+def test_owner_always_preempts_even_with_preempt_false() -> None:
+    link = Link()
+    link.add(cfg("A", 100))
+    link.add(cfg("B", 255, preempt=False))
+    link.start("A")
+    link.run_for(5)
+    link.start("B")
+    link.run_for(5)
+    assert link.masters() == ["B"]
+
+
+# -- handoff and failure ------------------------------------------------------------------
+
+
+def test_priority_zero_handoff_takes_skew_time() -> None:
+    link = Link()
+    link.add(cfg("A", 200, advert_interval=0.5))
+    link.add(cfg("B", 100))  # its own interval is 1 s; it learns 0.5 s from A (v3)
+    link.start("A")
+    link.start("B")
+    link.run_for(10)
+    assert link.routers["B"].master_adver_interval == 0.5
+    t0 = link.now
+    link.shutdown("A")
+    link.run_for(10)
+    assert became_master(link, "B") == [(approx(t0 + skew_v3(100, 0.5)), "priority_zero")]
+    stop = [a for t, a in link.adverts("A") if t == t0]
+    assert [a.priority for a in stop] == [0]
+    assert link.changes("A")[-1][2:] == (State.MASTER, State.INITIALIZE, "shutdown")
+
+
+def test_priority_zero_handoff_v2_uses_v2_skew() -> None:
+    link = Link()
+    link.add(cfg("A", 200, version=2))
+    link.add(cfg("B", 100, version=2))
+    link.start("A")
+    link.start("B")
+    link.run_for(10)
+    t0 = link.now
+    link.shutdown("A")
+    link.run_for(10)
+    assert became_master(link, "B") == [(approx(t0 + skew_v2(100)), "priority_zero")]
+
+
+@pytest.mark.parametrize("version", [2, 3])
+def test_master_crash_takes_master_down_interval(version: int) -> None:
+    link = Link()
+    interval = 0.5 if version == 3 else 1  # v2 intervals must match (RFC 3768 §7.1)
+    link.add(cfg("A", 200, version=version, advert_interval=interval))
+    link.add(cfg("B", 100, version=version, advert_interval=1))
+    link.start("A")
+    link.start("B")
+    link.run_for(10.3)
+    link.crash("A")
+    last = max(t for t, _ in link.adverts("A"))
+    link.run_for(10)
+    mdi = mdi_v2(100, 1) if version == 2 else mdi_v3(100, 0.5)
+    assert became_master(link, "B") == [(approx(last + mdi), "master_down_timer")]
+
+
+def test_three_routers_failover_in_priority_order() -> None:
+    link = Link()
+    for name, prio in (("A", 250), ("B", 150), ("C", 50)):
+        link.add(cfg(name, prio))
+        link.start(name)
+    link.run_for(10)
+    assert link.masters() == ["A"]
+    link.crash("A")
+    last = max(t for t, _ in link.adverts("A"))
+    link.run_for(10)
+    # B's skew is shorter, so it wins; C hears B before its own timer expires.
+    assert became_master(link, "B") == [(approx(last + mdi_v3(150, 1.0)), "master_down_timer")]
+    assert became_master(link, "C") == []
+    assert link.masters() == ["B"]
+    link.start("A")  # A restarts with start_listen: listens, then preempts B
+    t_restart = link.now
+    link.run_for(10)
+    assert became_master(link, "A")[-1] == (approx(t_restart + mdi_v3(250, 1.0)), "preempt")
+    assert link.masters() == ["A"]
+
+
+def test_set_priority_below_peer_hands_off_at_once() -> None:
+    link = Link()
+    link.add(cfg("A", 100))
+    link.add(cfg("B", 200))
+    link.start("A")
+    link.run_for(10.25)
+    link.start("B")
+    link.run_for(10)
+    assert link.masters() == ["B"]  # B preempted A; A heard B's priority 200
+    t0 = link.now
+    link.set_priority("B", 50)
+    link.run_for(10)
+    assert link.changes("B")[-1][2:] == (State.MASTER, State.BACKUP, "priority_changed")
+    assert became_master(link, "A")[-1] == (approx(t0 + skew_v3(100, 1.0)), "priority_zero")
+    assert link.masters() == ["A"]
+
+
+def test_set_priority_without_a_higher_peer_keeps_master() -> None:
+    link = Link()
+    link.add(cfg("A", 200))
+    link.add(cfg("B", 100))
+    link.start("A")
+    link.start("B")
+    link.run_for(10)
+    link.set_priority("A", 150)  # B (100) never advertised: nothing to hand off to
+    link.run_for(5)
+    assert link.masters() == ["A"]
+    assert link.adverts("A")[-1][1].priority == 150
+
+
+# -- tie-break and start-up ---------------------------------------------------------------
+
+
+def test_equal_priority_higher_primary_address_wins() -> None:
+    link = Link()
+    link.add(cfg("A", 100))
+    link.add(cfg("B", 100))
+    link.start("A")
+    link.start("B")
+    link.run_for(20)
+    # Both timers expire together; each hears the other; the lower address steps down.
+    assert link.masters() == ["B"]
+    assert link.changes("A")[-1][2:] == (State.MASTER, State.BACKUP, "higher_priority_seen")
+
+
+def test_equal_priority_backup_does_not_preempt() -> None:
+    link = Link()
+    link.add(cfg("A", 100))
+    link.add(cfg("B", 100))
+    link.start("A")
+    link.run_for(5)
+    link.start("B")
+    link.run_for(20)
+    assert link.masters() == ["A"]  # only masters break ties; B follows an equal master
+
+
+def test_start_listen_avoids_two_masters_at_start() -> None:
+    # 5 ms of link delay, sub-second adverts: the situation of keepalived's fault.
+    for listen, expect_max in ((True, 1), (False, 2)):
+        link = Link(delay=0.005)
+        link.add(cfg("A", 200, advert_interval=0.05, start_listen=listen))
+        link.add(cfg("B", 100, advert_interval=0.05, start_listen=listen))
+        link.start("A")
+        link.start("B")
+        link.run_for(5)
+        assert link.masters() == ["A"]
+        assert link.max_masters == expect_max
+
+
+def test_unicast_peers() -> None:
+    link = Link()
+    link.add(cfg("A", 200, unicast_peers=(ADDR["B"],)))
+    link.add(cfg("B", 100, unicast_peers=(ADDR["A"],)))
+    link.start("A")
+    link.start("B")
+    link.run_for(10)
+    assert link.masters() == ["A"]
+    assert {adv_dst for adv_dst in (r.effect.dst for r in link.trace
+                                    if isinstance(r.effect, Transmit))} == {ADDR["B"]}
+
+
+def test_ipv6_election() -> None:
+    link = Link()
+    for name, prio, addr in (("A", 200, "fe80::1"), ("B", 100, "fe80::2")):
+        link.add(RouterConfig(name=name, vrid=9, priority=prio, family="inet6",
+                              primary_address=addr, virtual_addresses=("fd00:77::100/64",)))
+        link.start(name)
+    link.run_for(10)
+    assert link.masters() == ["A"]
+    assert link.routers["B"].master_seen == "fe80::1"
+
+
+# -- receive checks (RFC 5798 §7.1) --------------------------------------------------------
+
+
+def _backup(**kw: object) -> Router:
+    r = Router(cfg("B", 100, **kw), now=0.0)
+    r.start(0.0)
+    r.drain()
+    return r
+
+
+def _advert(**kw: object) -> bytes:
+    fields: dict[str, object] = dict(version=3, vrid=77, priority=200,
+                                     addresses=("10.77.0.100",), max_adver_int_cs=100)
+    fields.update(kw)
+    return Advertisement(**fields).to_bytes(src=ADDR["A"], dst="224.0.0.18")  # type: ignore
+
+
+@pytest.mark.parametrize(
+    ("data", "ttl", "source", "reason"),
+    [
+        (_advert(), 254, ADDR["A"], "ttl"),
+        (_advert(vrid=78), 255, ADDR["A"], "vrid_mismatch"),
+        (_advert()[:7], 255, ADDR["A"], "malformed"),
+        (_advert()[:6] + b"\x00\x00" + _advert()[8:], 255, ADDR["A"], "checksum"),
+        (_advert(), 255, ADDR["B"], "own_advert"),
+        (_advert(), 255, "fe80::1", "family_mismatch"),
+        (_advert(), 255, "garbage", "bad_address"),
+        (Advertisement(version=2, vrid=77, priority=200, addresses=("10.77.0.100",),
+                       advert_int_s=1).to_bytes(src=ADDR["A"], dst="224.0.0.18"),
+         255, ADDR["A"], "version_mismatch"),
+    ],
+)
+def test_receive_checks_discard_and_count(data: bytes, ttl: int, source: str, reason: str) -> None:
+    r = _backup()
+    deadline = r.next_deadline()
+    r.receive(data, source=source, dst="224.0.0.18", ttl=ttl, now=1.0)
+    effects = r.drain()
+    assert [(type(e), e.reason, e.source) for e in effects  # type: ignore[attr-defined]
+            ] == [(Discarded, reason, source)]
+    assert r.counters == {reason: 1}
+    assert r.next_deadline() == deadline  # a discarded advert does not reset the timer
+    assert r.master_seen is None
+
+
+def test_discarded_effect_carries_reason_and_source() -> None:
+    r = _backup()
+    r.receive(_advert(vrid=5), source=ADDR["A"], dst="224.0.0.18", ttl=255, now=1.0)
+    (effect,) = r.drain()
+    assert isinstance(effect, Discarded)
+    assert (effect.reason, effect.source) == ("vrid_mismatch", ADDR["A"])
+    assert "5" in effect.detail
+
+
+def test_v2_checks_interval_and_auth() -> None:
+    r = _backup(version=2)
+    v2 = dict(version=2, vrid=77, priority=200, addresses=("10.77.0.100",))
+    for fields, reason in ((dict(advert_int_s=2), "interval_mismatch"),
+                           (dict(advert_int_s=1, auth_type=1, auth_data=b"secret"),
+                            "auth_mismatch")):
+        data = Advertisement(**{**v2, **fields}).to_bytes(src=ADDR["A"], dst="224.0.0.18")
+        r.receive(data, source=ADDR["A"], dst="224.0.0.18", ttl=255, now=1.0)
+        assert r.counters[reason] == 1
+    assert r.master_seen is None
+
+
+def test_address_list_mismatch_is_counted_but_accepted() -> None:
+    r = _backup()
+    r.receive(_advert(addresses=("10.77.0.101",)), source=ADDR["A"], dst="224.0.0.18",
+              ttl=255, now=1.0)
+    assert r.counters == {"address_mismatch": 1}
+    assert r.master_seen == ADDR["A"]
+    assert r.next_deadline() == approx(1.0 + mdi_v3(100, 1.0))
+    assert not [e for e in r.drain() if isinstance(e, Discarded)]
+
+
+def test_unicast_ignores_ttl_but_requires_a_known_peer() -> None:
+    r = _backup(unicast_peers=(ADDR["A"],))
+    data = Advertisement(version=3, vrid=77, priority=200, addresses=("10.77.0.100",),
+                         max_adver_int_cs=100).to_bytes(src=ADDR["A"], dst=ADDR["B"])
+    r.receive(data, source=ADDR["A"], dst=ADDR["B"], ttl=3, now=1.0)
+    assert r.master_seen == ADDR["A"]
+    r.receive(data, source=ADDR["C"], dst=ADDR["B"], ttl=255, now=1.0)
+    assert r.counters == {"unknown_peer": 1}
+
+
+def test_not_running_router_discards() -> None:
+    r = Router(cfg("B", 100), now=0.0)
+    r.receive(_advert(), source=ADDR["A"], dst="224.0.0.18", ttl=255, now=1.0)
+    assert r.counters == {"not_running": 1} and r.state is State.INITIALIZE
+
+
+def test_receive_never_raises_on_non_bytes() -> None:
+    r = _backup()
+    r.receive(None, source=ADDR["A"], dst="224.0.0.18", ttl=255, now=1.0)  # type: ignore
+    assert r.counters == {"malformed": 1}
+
+
+# -- transitions table --------------------------------------------------------------------
+
+
+def test_illegal_transition_raises_and_leaves_state() -> None:
+    r = Router(cfg("A", 100), now=0.0)
+    r.start(0.0)
+    with pytest.raises(LocalProtocolError):
+        r.start(1.0)
+    assert r.state is State.BACKUP
+    r.handle_timer(r.next_deadline())  # type: ignore[arg-type]
+    assert r.state is State.MASTER
+    r.drain()
+    with pytest.raises(LocalProtocolError):
+        r.start(5.0)
+    assert r.state is State.MASTER and r.drain() == []
+
+
+def test_shutdown_is_idempotent_and_restart_works() -> None:
+    r = Router(cfg("A", 100), now=0.0)
+    r.shutdown(0.0)
+    assert r.drain() == [] and r.next_deadline() is None
+    r.start(1.0)
+    r.shutdown(2.0)
+    assert r.state is State.INITIALIZE and r.next_deadline() is None
+    r.start(3.0)
+    assert r.state is State.BACKUP
+
+
+def test_every_state_changed_reason_is_in_the_table() -> None:
+    reasons = {reason for (_, reason) in TRANSITIONS}
+    assert {"startup", "master_down_timer", "higher_priority_seen", "priority_zero",
+            "preempt", "shutdown", "priority_changed"} <= reasons
+    assert set(TRANSITIONS.values()) <= set(State)
+    for (old, reason), new in TRANSITIONS.items():
+        assert old is not new, reason
+
+
+def test_config_validation_names_the_key() -> None:
+    cases = [
+        (dict(vrid=0), "vrid"),
+        (dict(priority=0), "priority"),
+        (dict(version=2, advert_interval=0.5), "advert_interval"),
+        (dict(advert_interval=0.005), "advert_interval"),
+        (dict(advert_interval=41), "advert_interval"),
+        (dict(version=2, family="inet6", primary_address="fe80::1",
+              virtual_addresses=("fd00::1",)), "version"),
+        (dict(primary_address="fe80::1"), "primary_address"),
+        (dict(virtual_addresses=()), "virtual_addresses"),
+        (dict(virtual_addresses=("nope",)), "virtual_addresses"),
+        (dict(unicast_peers=("fe80::1",)), "unicast_peers"),
+        (dict(preempt_delay=-1), "preempt_delay"),
+    ]
+    for kw, key in cases:
+        fields: dict[str, object] = dict(name="VI_1", vrid=77, priority=100,
+                                         primary_address=ADDR["A"], virtual_addresses=(VIP,))
+        fields.update(kw)
+        with pytest.raises(ConfigError) as info:
+            RouterConfig(**fields)  # type: ignore[arg-type]
+        assert info.value.key == key, kw
