@@ -1,0 +1,670 @@
+"""The subscriber client library: receive a daemon's events in order, without gaps.
+
+Typical use::
+
+    from clusterbus.bus.client import Subscriber, Snapshot
+
+    async with Subscriber(publish="tcp://127.0.0.1:7661",
+                          snapshot="tcp://127.0.0.1:7663",
+                          prefixes=("node.",)) as sub:
+        async for item in sub:
+            if isinstance(item, Snapshot):   # state was re-read (see below)
+                rebuild_from(item)
+            else:                            # an Event, seq = previous seq + 1
+                handle(item)
+
+:class:`Subscriber` follows the ZeroMQ guide's Clone pattern: it reads the daemon's PUB
+stream and, when it notices it missed something, asks the daemon's snapshot endpoint:
+
+* an event whose seq jumps over the next expected one, or a heartbeat announcing a seq
+  ahead of the last one seen: ``REPLAY`` the missing events from the daemon's ring;
+* the ring no longer holds them, or the epoch changed (the daemon restarted and counts
+  from 1 again): ``SNAPSHOT`` -- the iterator then yields a :class:`Snapshot` (the view as
+  the daemon has it now) and continues with the events after it.
+
+Events are therefore delivered in seq order with no hole: either every event, or a
+:class:`Snapshot` that says exactly where continuity was re-established. Prefix filtering
+happens here, not in ZeroMQ, because the seq numbers cover every topic: a subscriber that
+only received ``node.*`` could not tell a missed event from a filtered one.
+
+Also here: :func:`emit` (send one membership report to the ingest endpoint, used by
+``clusterbus emit --via zmq``), :func:`fetch_status` and :func:`fetch_snapshot` (one
+request to the snapshot endpoint, used by ``clusterbus status``), :func:`item_to_dict`
+(JSON-friendly form of what the iterator yields, for ``clusterbus events --json``).
+The wire protocol is specified in docs/wire-protocol.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from ..config import Config
+from ..errors import ClusterbusError, ConfigError, RemoteProtocolError
+from ..events import Event
+from .codec import (
+    HEARTBEAT_TOPIC,
+    FrameError,
+    Heartbeat,
+    decode,
+    decode_heartbeat,
+    decode_reply,
+    encode_ingest,
+    encode_request,
+)
+
+__all__ = [
+    "Subscriber",
+    "Snapshot",
+    "Requester",
+    "PublisherLost",
+    "RequestTimeout",
+    "RequestFailed",
+    "emit",
+    "fetch_status",
+    "fetch_snapshot",
+    "item_to_dict",
+    "connectable",
+]
+
+log = logging.getLogger(__name__)
+
+
+class PublisherLost(ClusterbusError):
+    """No heartbeat from the daemon for ``dead_after`` seconds (``raise_when_dead=True``)."""
+
+
+class RequestTimeout(ClusterbusError, TimeoutError):
+    """The snapshot endpoint did not answer (after every retry)."""
+
+
+class RequestFailed(RemoteProtocolError):
+    """The snapshot endpoint answered with an error or with something unusable.
+
+    :param code: the ``error`` code of an ``ERROR`` reply (``unknown_command``, ...), or
+        ``bad_reply``.
+    """
+
+    def __init__(self, code: str, msg: str) -> None:
+        super().__init__(f"{code}: {msg}")
+        self.code = code
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Snapshot:
+    """The daemon's membership state at ``seq`` (yielded when continuity was re-established).
+
+    :param epoch: the daemon run's epoch.
+    :param origin: the daemon's node number.
+    :param seq: the last event seq included in this state; the next event is ``seq + 1``.
+    :param view: the membership view id.
+    :param nodes: one mapping per node: ``node``, ``state`` (``up``/``down``/``coming_up``/
+        ``going_down``), ``addrs``, ``incarnation``, ``view``.
+    :param nodemap: node number (as a string) -> addresses.
+    :param reason: why it was taken: ``initial``, ``replay_too_old``, ``epoch_changed``,
+        ``replay_ahead``, ``replay_hole``, ``replay_invalid``.
+    """
+
+    epoch: int
+    origin: int
+    seq: int
+    view: int
+    nodes: tuple[Mapping[str, Any], ...] = ()
+    nodemap: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    reason: str = ""
+
+    @classmethod
+    def from_header(cls, header: Mapping[str, Any], reason: str = "") -> Snapshot:
+        """Build from a ``SNAPSHOT`` reply header.
+
+        :raises RequestFailed: a field is missing or has the wrong type.
+        """
+        try:
+            ints = {k: header[k] for k in ("epoch", "origin", "seq", "view")}
+            nodes = header.get("nodes", ())
+            nodemap = header.get("nodemap", {})
+        except KeyError as exc:
+            raise RequestFailed("bad_reply", f"snapshot without {exc.args[0]!r}") from None
+        if any(type(v) is not int or v < 0 for v in ints.values()) \
+                or not isinstance(nodes, (tuple, list)) or not isinstance(nodemap, Mapping) \
+                or not all(isinstance(n, Mapping) for n in nodes):
+            raise RequestFailed("bad_reply", "snapshot fields have the wrong types")
+        return cls(**ints, nodes=tuple(nodes), nodemap=dict(nodemap), reason=reason)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (lists, dicts) for JSON."""
+        return {
+            "epoch": self.epoch, "origin": self.origin, "seq": self.seq, "view": self.view,
+            "nodes": [{k: (list(v) if isinstance(v, tuple) else v) for k, v in n.items()}
+                      for n in self.nodes],
+            "nodemap": {k: list(v) for k, v in self.nodemap.items()},
+            "reason": self.reason,
+        }
+
+
+def item_to_dict(item: Event | Snapshot) -> dict[str, Any]:
+    """JSON-friendly form of what :class:`Subscriber` yields.
+
+    Events give ``{"topic": "node.up", "origin": ..., "seq": ..., ...}``; snapshots give
+    ``{"topic": "_snapshot", "epoch": ..., "seq": ..., "nodes": [...], ...}``.
+    """
+    if isinstance(item, Snapshot):
+        return {"topic": "_snapshot", **item.to_dict()}
+    return {"topic": item.topic,
+            **{k: (list(v) if isinstance(v, tuple) else v) for k, v in item.to_dict().items()}}
+
+
+_WILDCARD_HOST = re.compile(r"^tcp://(\*|0\.0\.0\.0)(:)")
+
+
+def connectable(endpoint: str) -> str:
+    """Turn a bind endpoint into one a client can connect to.
+
+    ``tcp://*:7661`` and ``tcp://0.0.0.0:7661`` become ``tcp://127.0.0.1:7661``,
+    ``tcp://[::]:7661`` becomes ``tcp://[::1]:7661``.
+
+    :raises ValueError: the endpoint has an ephemeral port (``:*`` or ``:0``).
+    """
+    if re.search(r":(\*|0)$", endpoint) and endpoint.startswith("tcp://"):
+        raise ValueError(f"{endpoint}: cannot connect to an ephemeral port")
+    endpoint = _WILDCARD_HOST.sub(r"tcp://127.0.0.1\2", endpoint)
+    return endpoint.replace("tcp://[::]:", "tcp://[::1]:")
+
+
+class Requester:
+    """Client of the snapshot endpoint (DEALER), with timeout and retry (Lazy Pirate).
+
+    After a timeout the socket is closed and a fresh one is connected, so a late reply to
+    an abandoned request can never be taken for the answer to the next one.
+
+    :param endpoint: the daemon's ``bus.snapshot`` endpoint.
+    :param context: an asyncio ZeroMQ context.
+    :param timeout: seconds to wait for each reply.
+    :param retries: attempts per request.
+    """
+
+    def __init__(self, endpoint: str, context: zmq.asyncio.Context, *, timeout: float = 2.0,
+                 retries: int = 3) -> None:
+        self.endpoint = endpoint
+        self.context = context
+        self.timeout = timeout
+        self.retries = max(1, retries)
+        self.timeouts = 0  #: requests that got no reply in time
+        self._sock: zmq.asyncio.Socket | None = None
+        self._lock = asyncio.Lock()
+
+    def _socket(self) -> zmq.asyncio.Socket:
+        if self._sock is None:
+            sock = self.context.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(self.endpoint)
+            self._sock = sock
+        return self._sock
+
+    def close(self) -> None:
+        """Close the socket (a later request opens a new one)."""
+        if self._sock is not None:
+            self._sock.close(0)
+            self._sock = None
+
+    async def request(self, command: str, *args: int) -> tuple[dict[str, Any], list[bytes]]:
+        """Send one request and return the reply's (header, payload).
+
+        :raises RequestTimeout: no reply after every retry.
+        :raises RequestFailed: an ``ERROR`` reply, or a malformed one.
+        """
+        frames = encode_request(command, *args)
+        async with self._lock:
+            for _attempt in range(self.retries):
+                sock = self._socket()
+                try:
+                    async with asyncio.timeout(self.timeout):
+                        await sock.send_multipart(frames)
+                        reply = await sock.recv_multipart()
+                except TimeoutError:
+                    self.timeouts += 1
+                    log.debug("no reply to %s from %s within %.1fs", command, self.endpoint,
+                              self.timeout)
+                    self.close()
+                    continue
+                try:
+                    name, header, payload = decode_reply(reply)
+                except FrameError as exc:
+                    raise RequestFailed("bad_reply", str(exc)) from None
+                if name == "ERROR":
+                    raise RequestFailed(str(header.get("error", "error")),
+                                        str(header.get("message", "")))
+                if name != command:
+                    raise RequestFailed("bad_reply", f"asked {command}, answered {name}")
+                return header, payload
+        raise RequestTimeout(f"{self.endpoint}: no reply to {command} after {self.retries} "
+                             f"attempt(s) of {self.timeout:g}s; is the daemon running?")
+
+
+class Subscriber:
+    """Ordered, gap-free event stream from one clusterbus daemon.
+
+    Use as an async context manager and an async iterator (see the module docstring).
+    Nothing runs in the background: the sockets are read while you iterate. A consumer
+    slower than the daemon makes ZeroMQ drop frames for it (the daemon's slow-subscriber
+    policy); the next frame or heartbeat reveals the hole and it is repaired by ``REPLAY``.
+
+    :param publish: the daemon's ``bus.publish`` endpoint.
+    :param snapshot: the daemon's ``bus.snapshot`` endpoint.
+    :param prefixes: deliver only events whose topic starts with one of these (all when
+        empty). Snapshots are always delivered.
+    :param dead_after: seconds without a heartbeat after which :attr:`alive` is false;
+        default three heartbeat intervals (3 s before the first heartbeat).
+    :param raise_when_dead: make iteration raise :class:`PublisherLost` when dead instead
+        of waiting on.
+    :param resume: ``(epoch, seq)`` of the last event handled by a previous run (see
+        :attr:`position`): the events after it are replayed first (or a snapshot is taken
+        when that is impossible).
+    :param initial_snapshot: start with a :class:`Snapshot` of the current state.
+    :param deliver_snapshots: yield :class:`Snapshot` items (else they only update
+        :attr:`last_snapshot`).
+    :param request_timeout: seconds to wait for a snapshot-endpoint reply.
+    :param request_retries: attempts per request.
+    :param rcvhwm: frames ZeroMQ may queue on our side before dropping.
+    :param sockopts: extra ZeroMQ options for the SUB socket (``{zmq.RCVBUF: 65536}``),
+        set before it connects.
+    :param context: an asyncio ZeroMQ context (default: a private one).
+    """
+
+    def __init__(
+        self,
+        publish: str,
+        snapshot: str,
+        *,
+        prefixes: Sequence[str] | str = (),
+        dead_after: float | None = None,
+        raise_when_dead: bool = False,
+        resume: tuple[int, int] | None = None,
+        initial_snapshot: bool = False,
+        deliver_snapshots: bool = True,
+        request_timeout: float = 2.0,
+        request_retries: int = 3,
+        rcvhwm: int = 100_000,
+        sockopts: Mapping[int, int | bytes] | None = None,
+        context: zmq.asyncio.Context | None = None,
+    ) -> None:
+        self.publish = publish
+        self.snapshot_endpoint = snapshot
+        self.prefixes = (prefixes,) if isinstance(prefixes, str) else tuple(prefixes)
+        self.dead_after = dead_after
+        self.raise_when_dead = raise_when_dead
+        self.resume = resume
+        self.initial_snapshot = initial_snapshot
+        self.deliver_snapshots = deliver_snapshots
+        self.rcvhwm = rcvhwm
+        self.sockopts = dict(sockopts or {})
+        self._own_context = context is None
+        self.context = context or zmq.asyncio.Context()
+        self.requester = Requester(snapshot, self.context, timeout=request_timeout,
+                                   retries=request_retries)
+        #: the daemon run we follow (None until the first heartbeat or reply).
+        self.epoch: int | None = None
+        #: the last seq accounted for (delivered, filtered out, or covered by a snapshot).
+        self.seq: int | None = None
+        self.last_heartbeat: Heartbeat | None = None
+        self.last_snapshot: Snapshot | None = None
+        #: what happened: delivered, filtered, heartbeats, duplicates, gaps (detected),
+        #: gaps_repaired, replayed, resyncs.<reason>, dropped.<code>, request_timeouts.
+        self.counters: dict[str, int] = {
+            "delivered": 0, "filtered": 0, "heartbeats": 0, "duplicates": 0, "gaps": 0,
+            "gaps_repaired": 0, "replayed": 0,
+        }
+        self._sub: zmq.asyncio.Socket | None = None
+        self._sync: zmq.Socket[Any] | None = None
+        self._ready: deque[Event | Snapshot] = deque()
+        self._floor = 0
+        self._started = False
+        self._opened_at = 0.0
+        self._heard_at: float | None = None
+
+    @classmethod
+    def from_config(cls, config: Config, **kwargs: Any) -> Subscriber:
+        """A subscriber for the daemon configured by ``config`` (``[bus]`` endpoints).
+
+        :raises ConfigError: an endpoint uses an ephemeral port.
+        """
+        bus = config["bus"]
+        try:
+            return cls(connectable(bus["publish"]), connectable(bus["snapshot"]), **kwargs)
+        except ValueError as exc:
+            raise ConfigError(str(exc), file=config.file, key="bus") from None
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Connect and subscribe (idempotent). ``async with`` calls it."""
+        if self._sub is not None:
+            return
+        sub = self.context.socket(zmq.SUB)
+        sub.setsockopt(zmq.LINGER, 0)
+        sub.setsockopt(zmq.RCVHWM, self.rcvhwm)
+        # Everything: seq numbers span all topics, so filtering happens after gap checks.
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        for option, value in self.sockopts.items():
+            sub.setsockopt(option, value)
+        sub.connect(self.publish)
+        self._sub = sub
+        self._sync = zmq.Socket.shadow(sub.underlying)
+        self._opened_at = time.monotonic()
+
+    def close(self) -> None:
+        """Close the sockets (and the private context)."""
+        if self._sub is not None:
+            self._sub.close(0)
+            self._sub = self._sync = None
+        self.requester.close()
+        if self._own_context and not self.context.closed:
+            self.context.term()
+
+    async def __aenter__(self) -> Subscriber:
+        self.open()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    def __aiter__(self) -> Subscriber:
+        return self
+
+    async def __anext__(self) -> Event | Snapshot:
+        return await self.next()
+
+    # -- liveness -----------------------------------------------------------------------------
+
+    @property
+    def effective_dead_after(self) -> float:
+        """``dead_after``, or three announced heartbeat intervals (3 s before any)."""
+        if self.dead_after is not None:
+            return self.dead_after
+        if self.last_heartbeat is not None:
+            return 3 * self.last_heartbeat.interval
+        return 3.0
+
+    @property
+    def since_heartbeat(self) -> float:
+        """Seconds since the last heartbeat (since :meth:`open` when none came yet)."""
+        ref = self._heard_at if self._heard_at is not None else self._opened_at
+        return time.monotonic() - ref
+
+    @property
+    def alive(self) -> bool:
+        """True while heartbeats arrive within :attr:`effective_dead_after`."""
+        return self._heard_at is not None and self.since_heartbeat < self.effective_dead_after
+
+    @property
+    def position(self) -> tuple[int, int] | None:
+        """``(epoch, seq)`` to pass as ``resume=`` to a later subscriber."""
+        if self.epoch is None or self.seq is None:
+            return None
+        return self.epoch, self.seq
+
+    # -- requests --------------------------------------------------------------------------------
+
+    async def fetch_snapshot(self, reason: str = "") -> Snapshot:
+        """Ask for a snapshot (does not change the stream's position)."""
+        header, _ = await self.requester.request("SNAPSHOT")
+        return Snapshot.from_header(header, reason)
+
+    async def fetch_status(self) -> dict[str, Any]:
+        """Ask the daemon for its status (what ``clusterbus status`` shows)."""
+        header, _ = await self.requester.request("STATUS")
+        status = header.get("status", {})
+        return dict(status) if isinstance(status, Mapping) else {"status": status}
+
+    # -- the stream ------------------------------------------------------------------------
+
+    async def next(self, timeout: float | None = None) -> Event | Snapshot:
+        """The next event (or snapshot) in order.
+
+        :param timeout: give up after this many seconds (``TimeoutError``).
+        :raises PublisherLost: ``raise_when_dead`` and no heartbeat for too long.
+        :raises RequestTimeout: a needed replay/snapshot request got no answer.
+        """
+        async with asyncio.timeout(timeout):
+            self.open()
+            if not self._started:
+                self._started = True
+                await self._start()
+            while not self._ready:
+                await self._handle(await self._receive())
+            return self._ready.popleft()
+
+    async def _receive(self) -> list[bytes]:
+        assert self._sync is not None and self._sub is not None
+        try:
+            return self._sync.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            pass
+        if not self.raise_when_dead:
+            return await self._sub.recv_multipart()
+        while True:
+            left = self.effective_dead_after - self.since_heartbeat
+            if left <= 0:
+                raise PublisherLost(f"{self.publish}: no heartbeat for "
+                                    f"{self.since_heartbeat:.1f}s")
+            try:
+                async with asyncio.timeout(left):
+                    return await self._sub.recv_multipart()
+            except TimeoutError:
+                continue
+
+    async def _start(self) -> None:
+        if self.resume is not None:
+            self.epoch, self.seq = self.resume
+            self._floor = self.seq + 1
+            await self._repair()
+        elif self.initial_snapshot:
+            await self._resync("initial")
+
+    async def _handle(self, frames: list[bytes]) -> None:
+        if frames and frames[0] == HEARTBEAT_TOPIC:
+            await self._heartbeat(frames)
+            return
+        try:
+            event = decode(frames)
+        except FrameError as exc:
+            self._count(f"dropped.{exc.code}")
+            log.debug("dropped frame from %s (%s): %s", self.publish, exc.code, exc)
+            return
+        if self.seq is None:
+            self.seq, self._floor = event.seq - 1, event.seq  # the first event sets the baseline
+        if self.epoch is None:
+            # Events do not carry the epoch; learn it (and anything already after the
+            # baseline) from the snapshot endpoint before delivering anything, so that
+            # :attr:`position` is always resumable.
+            if await self._repair():
+                return
+        if event.seq == self.seq + 1:
+            self._accept(event)
+        elif event.seq <= self.seq:
+            if event.seq >= self._floor:
+                # Already replayed, now arriving on the PUB stream as well.
+                self.counters["duplicates"] += 1
+                return
+            # The PUB stream cannot repeat what it delivered live before the last repair:
+            # the daemon probably restarted. Check the epoch through a (cheap) replay.
+            self._count("suspect")
+            resynced = await self._repair()
+            if not resynced:
+                self._floor = min(self._floor, event.seq)
+        else:
+            self.counters["gaps"] += 1
+            log.debug("gap: expected seq %d, got %d", self.seq + 1, event.seq)
+            if not await self._repair() and event.seq == self.seq + 1:
+                self._accept(event)
+
+    async def _heartbeat(self, frames: list[bytes]) -> None:
+        try:
+            hb = decode_heartbeat(frames)
+        except FrameError as exc:
+            self._count(f"dropped.{exc.code}")
+            log.debug("dropped heartbeat (%s): %s", exc.code, exc)
+            return
+        self.counters["heartbeats"] += 1
+        self.last_heartbeat = hb
+        self._heard_at = time.monotonic()
+        if self.epoch is None:
+            self.epoch = hb.epoch
+            if self.seq is None:
+                self.seq, self._floor = hb.seq, hb.seq + 1
+                return
+        if hb.epoch != self.epoch:
+            log.info("daemon at %s restarted (epoch %016x -> %016x)", self.publish,
+                     self.epoch, hb.epoch)
+            await self._resync("epoch_changed")
+        elif self.seq is not None and hb.seq > self.seq:
+            self.counters["gaps"] += 1
+            log.debug("heartbeat says seq %d, we have %d", hb.seq, self.seq)
+            await self._repair()
+
+    def _accept(self, event: Event) -> None:
+        self.seq = event.seq
+        if not self.prefixes or event.topic.startswith(self.prefixes):
+            self._ready.append(event)
+            self.counters["delivered"] += 1
+        else:
+            self.counters["filtered"] += 1
+
+    def _count(self, key: str) -> None:
+        self.counters[key] = self.counters.get(key, 0) + 1
+
+    async def _repair(self) -> bool:
+        """REPLAY everything after :attr:`seq`; fall back to a snapshot.
+
+        :returns: True when it had to resynchronise from a snapshot.
+        """
+        assert self.seq is not None
+        self._floor = self.seq + 1
+        replayed = 0
+        while True:
+            header, payload = await self.requester.request("REPLAY", self.seq)
+            epoch, status = header.get("epoch"), header.get("status")
+            if self.epoch is None and type(epoch) is int:
+                self.epoch = epoch
+            if epoch != self.epoch:
+                await self._resync("epoch_changed")
+                return True
+            if status != "ok":
+                await self._resync(f"replay_{status}")
+                return True
+            if len(payload) % 2:
+                await self._resync("replay_invalid")
+                return True
+            for i in range(0, len(payload), 2):
+                try:
+                    event = decode(payload[i:i + 2])
+                except FrameError as exc:
+                    log.warning("undecodable event in a replay from %s: %s",
+                                self.snapshot_endpoint, exc)
+                    await self._resync("replay_invalid")
+                    return True
+                if event.seq <= self.seq:
+                    continue
+                if event.seq != self.seq + 1:
+                    await self._resync("replay_hole")
+                    return True
+                self._accept(event)
+                replayed += 1
+            if not header.get("more") or not payload:
+                break
+        if replayed:
+            self.counters["gaps_repaired"] += 1
+            self.counters["replayed"] += replayed
+            log.debug("replayed %d event(s) up to seq %d", replayed, self.seq)
+        return False
+
+    async def _resync(self, reason: str) -> None:
+        snap = await self.fetch_snapshot(reason)
+        self.epoch, self.seq = snap.epoch, snap.seq
+        # After a snapshot the PUB queue may still hold anything older: none of it is a
+        # sign of a restart any more (heartbeats will tell).
+        self._floor = 0
+        self.last_snapshot = snap
+        self._count(f"resyncs.{reason}")
+        log.info("resynchronised from a snapshot at seq %d (%s)", snap.seq, reason)
+        if self.deliver_snapshots:
+            self._ready.append(snap)
+
+
+# -- one-shot helpers ----------------------------------------------------------------------------
+
+async def emit(endpoint: str, topic: str, node: int, addrs: Sequence[str] = (),
+               incarnation: int = 0, *, timeout: float = 2.0) -> None:
+    """Send one membership report to a daemon's ingest endpoint (``clusterbus emit --via zmq``).
+
+    PUSH/PULL has no acknowledgement: this returns once the frame is handed to a live
+    connection and flushed (or ``timeout`` passed).
+
+    :param topic: ``node.up``, ``node.down``, ``node.coming_up`` or ``node.going_down``.
+    :raises InvalidEvent: bad topic, node, address or incarnation.
+    :raises TimeoutError: no connection to the daemon within ``timeout``.
+    """
+    frames = encode_ingest(topic, node, addrs, incarnation)
+    ctx = zmq.asyncio.Context()
+    sock = ctx.socket(zmq.PUSH)
+    try:
+        # IMMEDIATE: queue only on a completed connection, so a missing daemon makes the
+        # send wait (and time out) instead of pretending to succeed.
+        sock.setsockopt(zmq.IMMEDIATE, 1)
+        sock.connect(endpoint)
+        try:
+            async with asyncio.timeout(timeout):
+                await sock.send_multipart(frames)
+        except TimeoutError:
+            raise TimeoutError(f"{endpoint}: no daemon accepted the frame within "
+                               f"{timeout:g}s") from None
+        sock.close(linger=int(timeout * 1000))
+    finally:
+        if not sock.closed:
+            sock.close(0)
+        # term() waits until the lingering frame is flushed to the kernel.
+        await asyncio.to_thread(ctx.term)
+
+
+async def fetch_status(endpoint: str, *, timeout: float = 2.0, retries: int = 1) -> dict[str, Any]:
+    """Ask a running daemon for its status (the ``STATUS`` request).
+
+    :raises RequestTimeout: no daemon answered.
+    :raises RequestFailed: the daemon answered with an error.
+    """
+    ctx = zmq.asyncio.Context()
+    req = Requester(endpoint, ctx, timeout=timeout, retries=retries)
+    try:
+        header, _ = await req.request("STATUS")
+    finally:
+        req.close()
+        ctx.term()
+    status = header.get("status", {})
+    return dict(status) if isinstance(status, Mapping) else {"status": status}
+
+
+async def fetch_snapshot(endpoint: str, *, timeout: float = 2.0, retries: int = 1) -> Snapshot:
+    """Ask a running daemon for a snapshot of its membership view.
+
+    :raises RequestTimeout: no daemon answered.
+    :raises RequestFailed: the daemon answered with an error or an unusable snapshot.
+    """
+    ctx = zmq.asyncio.Context()
+    req = Requester(endpoint, ctx, timeout=timeout, retries=retries)
+    try:
+        header, _ = await req.request("SNAPSHOT")
+    finally:
+        req.close()
+        ctx.term()
+    return Snapshot.from_header(header)
