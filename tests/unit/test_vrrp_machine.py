@@ -635,3 +635,148 @@ def test_config_validation_names_the_key() -> None:
         with pytest.raises(ConfigError) as info:
             RouterConfig(**fields)  # type: ignore[arg-type]
         assert info.value.key == key, kw
+
+
+# -- property tests -----------------------------------------------------------------------
+
+
+@st.composite
+def router_configs(draw: st.DrawFn, name: str = "B") -> RouterConfig:
+    version = draw(st.sampled_from([2, 3]))
+    interval = 1 if version == 2 else draw(st.sampled_from([0.05, 1.0, 2.5]))
+    return cfg(name, draw(st.integers(1, 255)), version=version, advert_interval=interval,
+               preempt=draw(st.booleans()), preempt_delay=draw(st.sampled_from([0.0, 0.5, 3.0])),
+               start_listen=draw(st.booleans()))
+
+
+def advert_bytes(draw: st.DrawFn, source: str) -> bytes:
+    version = draw(st.sampled_from([2, 3]))
+    common = dict(vrid=draw(st.sampled_from([77, 77, 77, 78])), priority=draw(st.integers(0, 255)),
+                  addresses=draw(st.sampled_from([("10.77.0.100",), ("10.77.0.101",)])))
+    if version == 3:
+        adv = Advertisement(version=3, max_adver_int_cs=draw(st.sampled_from([5, 100, 250, 4095])),
+                            **common)  # type: ignore[arg-type]
+    else:
+        adv = Advertisement(version=2, advert_int_s=draw(st.sampled_from([1, 2])),
+                            **common)  # type: ignore[arg-type]
+    return adv.to_bytes(src=source, dst="224.0.0.18")
+
+
+OPS = ("start", "shutdown", "timer", "bytes", "advert", "priority")
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(config=router_configs(), data=st.data())
+def test_any_input_sequence_keeps_the_machine_consistent(config: RouterConfig,
+                                                         data: st.DataObject) -> None:
+    r = Router(config, now=0.0)
+    now = 0.0
+    state = r.state
+    for _ in range(data.draw(st.integers(1, 40))):
+        op = data.draw(st.sampled_from(OPS))
+        before = r.state
+        if op == "start":
+            if r.state is State.INITIALIZE:
+                r.start(now)
+            else:
+                with pytest.raises(LocalProtocolError):
+                    r.start(now)
+                assert r.state is before and r.drain() == []
+        elif op == "shutdown":
+            r.shutdown(now)
+        elif op == "timer":
+            target = now + data.draw(st.floats(0, 10))
+            for _ in range(10_000):
+                d = r.next_deadline()
+                if d is None or d > target:
+                    break
+                now = max(now, d)
+                r.handle_timer(now)
+            else:
+                raise AssertionError("timers never settle")
+            now = target
+        elif op == "bytes":
+            raw = data.draw(st.binary(max_size=40))
+            r.receive(raw, source=ADDR["A"], dst="224.0.0.18",
+                      ttl=data.draw(st.sampled_from([255, 255, 1])), now=now)
+        elif op == "advert":
+            source = data.draw(st.sampled_from([ADDR["A"], ADDR["C"]]))
+            r.receive(advert_bytes(data.draw, source), source=source, dst="224.0.0.18",
+                      ttl=255, now=now)
+        else:
+            r.set_priority(data.draw(st.integers(1, 255)), now)
+
+        assert isinstance(r.state, State)
+        assert (r.next_deadline() is None) == (r.state is State.INITIALIZE)
+        if r.state is State.MASTER:
+            assert r.master_seen == config.primary_address
+        if r.state is State.INITIALIZE:
+            assert r.master_seen is None
+        for effect in r.drain():
+            assert isinstance(effect, Effect)
+            if isinstance(effect, StateChanged):
+                assert effect.old is state
+                assert TRANSITIONS[(effect.old, effect.reason)] is effect.new
+                state = effect.new
+            elif isinstance(effect, Transmit):
+                adv = Advertisement.from_bytes(effect.data, src=effect.src, dst=effect.dst)
+                assert adv.priority in (0, r.priority) and adv.vrid == 77
+                assert adv.version == config.version
+        assert state is r.state
+        assert all(isinstance(v, int) and v > 0 for v in r.counters.values())
+
+
+@st.composite
+def scenarios(draw: st.DrawFn) -> tuple[list[RouterConfig], float, list[tuple[float, str, str, int]]]:
+    n = draw(st.integers(2, 3))
+    version = draw(st.sampled_from([2, 3]))
+    names = ["A", "B", "C"][:n]
+    prios = draw(st.lists(st.integers(1, 254), min_size=n, max_size=n))
+    owner = draw(st.sampled_from([None, *names]))  # at most one address owner
+    configs = []
+    for name, prio in zip(names, prios):
+        interval = 1 if version == 2 else draw(st.sampled_from([0.1, 0.5, 1.0]))
+        configs.append(cfg(name, 255 if name == owner else prio, version=version,
+                           advert_interval=interval, preempt=draw(st.booleans()),
+                           preempt_delay=draw(st.sampled_from([0.0, 0.0, 2.0])),
+                           start_listen=draw(st.booleans())))
+    delay = draw(st.sampled_from([0.0, 0.002]))
+    starts = [(draw(st.floats(0, 5)), name, "start", 0) for name in names]
+    later = draw(st.lists(st.tuples(st.floats(0, 15), st.sampled_from(names),
+                                    st.sampled_from(["start", "crash", "shutdown", "priority"]),
+                                    st.integers(1, 254)), max_size=6))
+    return configs, delay, sorted(starts + later)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenario=scenarios())
+def test_exactly_one_master_after_convergence(
+    scenario: tuple[list[RouterConfig], float, list[tuple[float, str, str, int]]],
+) -> None:
+    configs, delay, events = scenario
+    link = Link(delay=delay)
+    for c in configs:
+        link.add(c)
+    for at, name, action, prio in events:
+        link.run_until(at)
+        running = name in link.running
+        if action == "start" and not running:
+            link.start(name)
+        elif action == "crash" and running:
+            link.crash(name)
+        elif action == "shutdown" and running:
+            link.shutdown(name)
+        elif action == "priority" and running and link.routers[name].priority != 255:
+            link.set_priority(name, prio)
+    # Lossless link, no more input: a few Master_Down_Intervals (at most ~4 s each, plus
+    # a preempt delay) per router is enough for any chain of takeovers to settle.
+    link.run_for(40)
+    if link.running:
+        masters = link.masters()
+        assert len(masters) == 1, (masters, link.changes()[-6:])
+        link.run_for(20)
+        assert link.masters() == masters  # and it stays that way
+        for n in link.running - set(masters):
+            assert link.routers[n].state is State.BACKUP
+    else:
+        assert link.masters() == []
