@@ -158,16 +158,20 @@ def events(config_path: str | None, prefixes: tuple[str, ...], as_json: bool,
     Missed events (a restart of this command, a slow terminal) are repaired from the
     daemon's replay endpoint, so seq numbers are continuous.
     """
-    from clusterbus.bus.client import Subscriber
+    from clusterbus.bus.client import Snapshot, Subscriber
 
     cfg = _config(config_path)
 
     async def go() -> None:
         n = 0
-        async with Subscriber(publish=cfg["bus"]["publish"], snapshot=cfg["bus"]["snapshot"],
-                              prefixes=prefixes or ("",)) as sub:
-            async for event in sub:
-                click.echo(_event_line(event, as_json))
+        async with Subscriber.from_config(cfg, prefixes=prefixes) as sub:
+            async for item in sub:
+                if isinstance(item, Snapshot):
+                    click.echo(f"clusterbus events: resynchronised from a snapshot at seq "
+                               f"{item.seq} ({item.reason}): events before it were lost",
+                               err=True)
+                    continue
+                click.echo(_event_line(item, as_json))
                 n += 1
                 if count is not None and n >= count:
                     return
@@ -176,6 +180,8 @@ def events(config_path: str | None, prefixes: tuple[str, ...], as_json: bool,
         asyncio.run(asyncio.wait_for(go(), timeout))
     except (TimeoutError, asyncio.TimeoutError):
         raise click.ClickException(f"no (more) events within {timeout} s") from None
+    except ClusterbusError as exc:
+        raise click.ClickException(str(exc)) from None
     except KeyboardInterrupt:
         pass
 
@@ -233,17 +239,19 @@ def emit(what: str, node: int, addrs: tuple[str, ...], incarnation: int, via: st
             sigcluster.sigqueue(pid, signo,
                                 sigcluster.encode_payload(NodeState.from_topic(topic), node))
         else:
+            from clusterbus.bus.client import connectable
             from clusterbus.bus.client import emit as zmq_emit
 
-            asyncio.run(zmq_emit(cfg["bus"]["ingest"], topic, node, addrs, incarnation))
+            asyncio.run(zmq_emit(connectable(cfg["bus"]["ingest"]), topic, node, addrs,
+                                 incarnation))
     except (OSError, ClusterbusError, ValueError, TimeoutError) as exc:
         raise click.ClickException(f"cannot send via {via}: {exc}") from None
 
 
 async def _request_status(cfg: Config, timeout: float) -> dict[str, Any]:
-    from clusterbus.bus.client import request_status
+    from clusterbus.bus.client import connectable, fetch_status
 
-    return await request_status(cfg["bus"]["snapshot"], timeout=timeout)
+    return await fetch_status(connectable(cfg["bus"]["snapshot"]), timeout=timeout)
 
 
 @main.command()
@@ -333,10 +341,11 @@ def nodemap_lookup(addr: str, config_path: str | None, local: bool) -> None:
     table: dict[str, list[str]] | None = None
     if not local:
         try:
-            from clusterbus.bus.client import request_snapshot
+            from clusterbus.bus.client import connectable, fetch_snapshot
 
-            table = asyncio.run(request_snapshot(cfg["bus"]["snapshot"], timeout=1.0))["nodemap"]
-        except (TimeoutError, asyncio.TimeoutError, OSError, ClusterbusError, KeyError):
+            snap = asyncio.run(fetch_snapshot(connectable(cfg["bus"]["snapshot"]), timeout=1.0))
+            table = {k: list(v) for k, v in snap.nodemap.items()}
+        except (TimeoutError, asyncio.TimeoutError, OSError, ClusterbusError, ValueError):
             table = None
     if table is None:
         from clusterbus.plugins.nodemap import SCHEMA, parse_nodes
