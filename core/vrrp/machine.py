@@ -624,7 +624,9 @@ class Router:
             self._send(self._priority)
             self._timers.adver = now + self.advert_interval
         elif adv.priority > self._priority or (
-            adv.priority == self._priority and src_ip > self._primary
+            # §6.4.3: equal priority, "the primary IPvX address of the sender is greater
+            # than the local primary IPvX address" (same family: _check made sure).
+            adv.priority == self._priority and src_ip.packed > self._primary.packed
         ):
             self._transition("higher_priority_seen")
             self._effects.append(RemoveAddresses(addrs=self.config.virtual_addresses))
