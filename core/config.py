@@ -147,9 +147,34 @@ def ip_address(v: str) -> str | None:
     return None
 
 
-def _signal(v: str | int) -> str | None:
-    from .sources.sigcluster import parse_signal
+def parse_signal(value: str | int) -> int:
+    """``"SIGRTMIN+2"``, ``"SIGUSR1"`` or a number -> a catchable signal number.
 
+    :raises ValueError: not a signal, or SIGKILL/SIGSTOP.
+    """
+    import signal
+
+    if isinstance(value, int) and not isinstance(value, bool):
+        num = value
+    elif isinstance(value, str):
+        name = value.strip().upper()
+        if name.startswith("SIGRTMIN"):
+            off = name[len("SIGRTMIN"):] or "+0"
+            if off[0] != "+" or not off[1:].isdigit():
+                raise ValueError(f"{value!r}: expected SIGRTMIN+N")
+            num = signal.SIGRTMIN + int(off[1:])
+        elif hasattr(signal.Signals, name):
+            num = int(signal.Signals[name])
+        else:
+            raise ValueError(f"{value!r} is not a signal name")
+    else:
+        raise ValueError(f"{value!r} is not a signal")
+    if num in (signal.SIGKILL, signal.SIGSTOP) or not 1 <= num <= signal.SIGRTMAX:
+        raise ValueError(f"signal {num} cannot be caught")
+    return num
+
+
+def _signal(v: str | int) -> str | None:
     try:
         parse_signal(v)
     except ValueError as exc:

@@ -26,7 +26,7 @@ import signal
 import struct
 from typing import Any
 
-from ..config import Config
+from ..config import Config, parse_signal
 from ..engine import Engine
 from ..errors import ConfigError, DecodeError
 from ..view import NodeReport, NodeState
@@ -43,31 +43,6 @@ _CODES = {v: k for k, v in _COMMANDS.items()}
 NODE_MASK = (1 << 28) - 1
 
 _libc = ctypes.CDLL(None, use_errno=True)
-
-
-def parse_signal(value: str | int) -> int:
-    """``"SIGRTMIN+2"``, ``"SIGUSR1"`` or a number -> signal number.
-
-    :raises ValueError: not a signal that can carry a queued payload here.
-    """
-    if isinstance(value, int) and not isinstance(value, bool):
-        num = value
-    elif isinstance(value, str):
-        name = value.strip().upper()
-        if name.startswith("SIGRTMIN"):
-            off = name[len("SIGRTMIN"):] or "+0"
-            if off[0] != "+" or not off[1:].isdigit():
-                raise ValueError(f"{value!r}: expected SIGRTMIN+N")
-            num = signal.SIGRTMIN + int(off[1:])
-        elif hasattr(signal.Signals, name):
-            num = int(signal.Signals[name])
-        else:
-            raise ValueError(f"{value!r} is not a signal name")
-    else:
-        raise ValueError(f"{value!r} is not a signal")
-    if num in (signal.SIGKILL, signal.SIGSTOP) or not 1 <= num <= signal.SIGRTMAX:
-        raise ValueError(f"signal {num} cannot be caught")
-    return num
 
 
 def encode_payload(state: NodeState, node: int) -> int:
