@@ -1,0 +1,126 @@
+"""``clusterbus ipvs``: one-shot apply and show (registered through ``clusterbus.cli``)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from clusterbus.config import load_config
+from clusterbus.errors import ConfigError
+
+from . import config_node_addrs
+from .model import IpvsConfig, desired_table, parse
+from .table import FORWARD_NAMES, PROTOCOL_NAMES, Entry, Table, diff
+
+__all__ = ["ipvs"]
+
+
+def _load(path: str | None) -> tuple[IpvsConfig, dict[int, tuple[str, ...]]]:
+    try:
+        cfg = load_config(path)
+        section = cfg.plugin_sections.get("ipvs")
+        if section is None:
+            raise click.ClickException(f"{cfg.file}: no [ipvs] section")
+        nodes = config_node_addrs(cfg)
+        return parse(section, file=cfg.file, node_addrs=lambda n: nodes.get(n, ())), nodes
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _desired(cfg: IpvsConfig, nodes: dict[int, tuple[str, ...]]) -> Table:
+    owner = {a: n for n, addrs in nodes.items() for a in addrs}
+    table, problems = desired_table(cfg, node_addrs=lambda n: nodes.get(n, ()),
+                                    node_of=owner.get, is_down=lambda n: False)
+    for p in problems:
+        click.echo(f"warning: {p}", err=True)
+    return table
+
+
+def _kernel() -> Any:
+    from .kernel import IpvsKernelError, Kernel
+
+    try:
+        return Kernel()
+    except (IpvsKernelError, OSError) as exc:
+        raise click.ClickException(f"cannot reach kernel IPVS: {exc}") from None
+
+
+@click.group()
+def ipvs() -> None:
+    """Kernel IPVS: apply the [ipvs] configuration, show desired vs kernel."""
+
+
+@ipvs.command()
+@click.option("-c", "--config", "path", type=click.Path(dir_okay=False), required=True,
+              help="configuration file with an [ipvs] section")
+@click.option("--dry-run", is_flag=True, help="print the operations, change nothing")
+@click.option("--no-prune", is_flag=True, help="keep kernel services that are not configured")
+def apply(path: str, dry_run: bool, no_prune: bool) -> None:
+    """One-shot reconcile: like ``ipvsadm -R``, but only the differences are sent."""
+    cfg, nodes = _load(path)
+    want = _desired(cfg, nodes)
+    with _kernel() as kernel:
+        plan = diff(kernel.dump(), want, prune=cfg.prune and not no_prune)
+        for op in plan.ops:
+            click.echo(op.describe())
+        if dry_run or not plan:
+            click.echo(f"{len(plan)} operation(s){' (dry run)' if dry_run else ''}")
+            return
+        result = kernel.apply(plan)
+    for err in result.errors:
+        click.echo(f"error: {err}", err=True)
+    click.echo(f"{plan.added} added, {plan.removed} removed, {plan.changed} changed "
+               f"in {result.duration * 1000:.1f} ms")
+    if result.errors:
+        raise click.ClickException(f"{len(result.errors)} operation(s) refused by the kernel")
+
+
+def _entry_data(entry: Entry) -> dict[str, Any]:
+    s = entry.service
+    return {
+        "scheduler": s.scheduler, "flags": s.flags, "persistence_timeout": s.timeout,
+        "netmask": s.netmask, "pe": s.pe_name,
+        "real_servers": {str(d): {"forward": FORWARD_NAMES.get(d.forward, str(d.forward)),
+                                  "weight": d.weight, "upper_threshold": d.u_threshold,
+                                  "lower_threshold": d.l_threshold}
+                         for d in entry.dests.values()},
+    }
+
+
+@ipvs.command()
+@click.option("-c", "--config", "path", type=click.Path(dir_okay=False), default=None,
+              help="configuration file (default: the embedded default, i.e. nothing desired)")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+def show(path: str | None, as_json: bool) -> None:
+    """Desired vs kernel table; differences are marked (+ missing, - extra, ~ differs)."""
+    if path is not None:
+        cfg, nodes = _load(path)
+        want = _desired(cfg, nodes)
+    else:
+        want = {}
+    with _kernel() as kernel:
+        have = kernel.dump()
+    rows = []
+    for key in sorted(set(want) | set(have)):
+        w, h = want.get(key), have.get(key)
+        wd = _entry_data(w) if w else None
+        hd = _entry_data(h) if h else None
+        mark = "+" if h is None else "-" if w is None else ("=" if wd == hd else "~")
+        rows.append({"service": str(key), "protocol": PROTOCOL_NAMES.get(key.protocol, ""),
+                     "mark": mark, "desired": wd, "kernel": hd})
+    if as_json:
+        click.echo(json.dumps({"services": rows,
+                               "in_sync": all(r["mark"] == "=" for r in rows)}))
+        return
+    for r in rows:
+        data = r["desired"] or r["kernel"]
+        click.echo(f"{r['mark']} {r['service']} {data['scheduler']}")
+        kd = (r["kernel"] or {}).get("real_servers", {})
+        wd = (r["desired"] or {}).get("real_servers", {})
+        for rs in sorted(set(kd) | set(wd)):
+            m = "+" if rs not in kd else "-" if rs not in wd else "=" if kd[rs] == wd[rs] else "~"
+            d = wd.get(rs) or kd[rs]
+            have_w = f" (kernel weight {kd[rs]['weight']})" if m == "~" else ""
+            click.echo(f"  {m} -> {rs} {d['forward']} weight {d['weight']}{have_w}")
