@@ -246,8 +246,8 @@ def test_effects_of_becoming_master_are_ordered() -> None:
 
 def test_master_advert_matches_keepalived_vector() -> None:
     # shared/vectors/vrrp/v3_advert.hex: keepalived A, prio 150, 100 cs, VIP 10.77.0.100
-    from pathlib import Path
-    frame = bytes.fromhex(Path("/work/shared/vectors/vrrp/v3_advert.hex").read_text().strip())
+    from vectors import VECTORS
+    frame = bytes.fromhex((VECTORS / "vrrp" / "v3_advert.hex").read_text().strip())
     r = Router(cfg("A", 150), now=0.0)
     r.start(0.0)
     r.handle_timer(r.next_deadline())  # type: ignore[arg-type]

@@ -21,9 +21,9 @@ from clusterbus.vrrp.packet import (
     split_ipv4_frame,
 )
 
-VECTORS = Path(__file__).resolve().parents[3] / "shared" / "vectors" / "vrrp"
-if not VECTORS.is_dir():  # the checkout may live elsewhere; /work/shared is the canonical place
-    VECTORS = Path("/work/shared/vectors/vrrp")
+from vectors import VECTORS as _ALL
+
+VECTORS = _ALL / "vrrp"
 
 A, B, VIP = "10.77.0.1", "10.77.0.2", "10.77.0.100"
 
