@@ -116,6 +116,7 @@ class KeepalivedSource:
     def __init__(self, engine: Engine, config: Config) -> None:
         self.engine = engine
         settings = keepalived_settings(config)
+        self.enabled = settings.enabled
         self.path = settings.notify_fifo
         self._file = config.file
         #: lines, events, reopened, unchanged, ignored_type, non-state notifications and
@@ -276,6 +277,9 @@ class KeepalivedSource:
         :raises ConfigError: the path exists and is not a FIFO.
         :raises OSError: the FIFO cannot be created or opened.
         """
+        if not self.enabled:
+            log.info("keepalived source disabled ([keepalived] enabled = false)")
+            return
         self._loop = asyncio.get_running_loop()
         self._stopped = self._loop.create_future()
         self._open()
@@ -289,6 +293,7 @@ class KeepalivedSource:
     def status(self) -> dict[str, Any]:
         """Plain data for ``clusterbus status``."""
         return {
+            "enabled": self.enabled,
             "notify_fifo": self.path,
             "open": self._fd is not None,
             "instances": [
