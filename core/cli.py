@@ -33,11 +33,17 @@ MEMBERSHIP_COMMANDS = {
 }
 
 
+class BadConfig(click.ClickException):
+    """A configuration error: exit code 2, like a usage error."""
+
+    exit_code = 2
+
+
 def _config(path: str | None) -> Config:
     try:
         return load_config(path)
     except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise BadConfig(str(exc)) from None
 
 
 def _setup_logging(level: str) -> None:
@@ -116,7 +122,8 @@ def run(config_path: str | None, log_level: str | None) -> None:
 def check_config(config_path: str | None) -> None:
     """Validate a configuration file, plugins' sections included, and exit.
 
-    Exit code 0 when valid; 2 with a message naming the file and the key otherwise.
+    Exit code 0 when valid; 2 with a message naming the file and the key when the
+    configuration is wrong; 1 when a plugin fails to load.
     """
     from .daemon import Daemon
 
@@ -125,6 +132,8 @@ def check_config(config_path: str | None) -> None:
     try:
         daemon.plugins.load_entrypoints(file=cfg.file)
         daemon.plugins.configure(cfg, daemon.engine.cluster)
+    except ConfigError as exc:
+        raise BadConfig(str(exc)) from None
     except ClusterbusError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"{cfg.file}: OK (node {cfg.node}; plugins: {', '.join(daemon.plugins.names())})")

@@ -1,0 +1,99 @@
+"""The command line: help, validation, clear errors and exit codes (no daemon needed)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from clusterbus.cli import main
+
+CLUSTERBUS = str(Path(sys.executable).with_name("clusterbus"))
+
+
+@pytest.fixture()
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+def test_help_lists_every_command(runner):
+    r = runner.invoke(main, ["--help"])
+    assert r.exit_code == 0
+    for cmd in ("run", "events", "emit", "plugins", "nodemap", "check-config", "status"):
+        assert cmd in r.output
+
+
+@pytest.mark.parametrize("cmd", [["run"], ["events"], ["emit"], ["nodemap", "lookup"],
+                                 ["check-config"], ["status"], ["plugins"]])
+def test_every_command_has_help(runner, cmd):
+    r = runner.invoke(main, [*cmd, "--help"])
+    assert r.exit_code == 0 and "Usage:" in r.output and len(r.output) > 200
+
+
+def test_check_config_ok_and_bad(runner, tmp_path):
+    good = tmp_path / "good.toml"
+    good.write_text('[daemon]\nnode = 3\n[nodemap.nodes]\n3 = ["10.0.0.3"]\n')
+    r = runner.invoke(main, ["check-config", "-c", str(good)])
+    assert r.exit_code == 0 and "OK" in r.output and "nodemap" in r.output
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[nodemap.nodes]\n3 = ["10.0.0.300"]\n')
+    r = runner.invoke(main, ["check-config", "-c", str(bad)])
+    assert r.exit_code == 2
+    assert str(bad) in r.output and "nodemap.nodes.3[0]" in r.output
+    unknown = tmp_path / "unknown.toml"
+    unknown.write_text("[nodmap]\nlearn = true\n")
+    r = runner.invoke(main, ["check-config", "-c", str(unknown)])
+    assert r.exit_code == 2 and "nodmap" in r.output and "unknown section" in r.output
+
+
+def test_run_with_bad_nodemap_stops_at_startup_naming_file_and_key(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[netlink]\nenabled = false\n[bus]\nenabled = false\n'
+                   '[nodemap.nodes]\n1 = ["10.0.0.1"]\n2 = ["10.0.0.1"]\n')
+    p = subprocess.run([CLUSTERBUS, "run", "-c", str(bad)], capture_output=True, text=True,
+                       timeout=60)
+    assert p.returncode == 2
+    assert str(bad) in p.stderr and "nodemap.nodes.2[0]" in p.stderr
+    assert "already given to node 1" in p.stderr
+    assert "Traceback" not in p.stderr
+
+
+@pytest.mark.parametrize("args,words", [
+    (["emit", "node-up", "3", "--addr", "10.0.0.999"], "not an IPv4 or IPv6 address"),
+    (["emit", "node-up", "4294967296"], "Invalid value"),
+    (["emit", "node-sideways", "3"], "Invalid value"),
+    (["emit", "node-up", "3", "--via", "pigeon"], "Invalid value"),
+    (["events", "--count", "0"], "Invalid value"),
+    (["nodemap", "lookup", "not-an-ip"], "not an IPv4 or IPv6 address"),
+    (["run", "-c", "/nonexistent/cb.toml"], "cannot read"),
+])
+def test_bad_arguments_are_clear_errors(runner, args, words):
+    r = runner.invoke(main, args)
+    assert r.exit_code in (1, 2), r.output
+    assert words in r.output
+    assert r.exception is None or isinstance(r.exception, SystemExit)
+
+
+def test_status_without_daemon_is_a_clear_error(runner, tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[bus]\nsnapshot = "ipc://{tmp_path}/nobody-home"\n')
+    r = runner.invoke(main, ["status", "-c", str(cfg), "--timeout", "0.3"])
+    assert r.exit_code == 1 and "no daemon answered" in r.output
+
+
+def test_nodemap_lookup_from_config_only(runner, tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[nodemap.nodes]\n4 = ["10.0.0.4", "fd00::4"]\n')
+    r = runner.invoke(main, ["nodemap", "lookup", "FD00::4", "--local", "-c", str(cfg)])
+    assert r.exit_code == 0 and r.output.strip() == "4"
+    r = runner.invoke(main, ["nodemap", "lookup", "10.0.0.5", "--local", "-c", str(cfg)])
+    assert r.exit_code == 1
+
+
+def test_plugins_local_lists_builtin_and_hooks(runner):
+    r = runner.invoke(main, ["plugins", "--local", "--json"])
+    assert r.exit_code == 0
+    assert '"nodemap"' in r.output and "clusterbus_resolve_node" in r.output
