@@ -436,6 +436,8 @@ class Subscriber:
         :raises PublisherLost: ``raise_when_dead`` and no heartbeat for too long.
         :raises RequestTimeout: a needed replay/snapshot request got no answer.
         """
+        if self._ready:
+            return self._ready.popleft()
         async with asyncio.timeout(timeout):
             self.open()
             if not self._started:
@@ -443,6 +445,17 @@ class Subscriber:
                 await self._start()
             while not self._ready:
                 await self._handle(await self._receive())
+                # Handle whatever else is already queued (up to a batch) while we are here:
+                # one wake-up per burst instead of one per frame.
+                assert self._sync is not None
+                for _ in range(256):
+                    if self._sync is None:
+                        break
+                    try:
+                        frames = self._sync.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    await self._handle(frames)
             return self._ready.popleft()
 
     async def _receive(self) -> list[bytes]:

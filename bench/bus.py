@@ -1,0 +1,350 @@
+#!/usr/bin/env python3
+"""Bus benchmark: netlink emit -> daemon -> 4 no-op plugins -> ZeroMQ -> subscriber,
+side by side with the raw floor (one pyzmq PUB, one SUB, one msgpack event per frame).
+
+Run as root (the daemon's netlink source accepts uid 0 and NETLINK_USERSOCK needs no
+privilege, but the benchmark isolates itself in a fresh network namespace with
+``unshare -n`` so other netlink users on the machine are not disturbed)::
+
+    .venv/bin/python bench/bus.py                 # 1M events, human-readable
+    .venv/bin/python bench/bus.py --events 50000 --json
+
+Figures:
+
+* ``events_per_s``: netlink messages sent by this process, each a real membership change,
+  through a real ``clusterbus.daemon.Daemon`` in a child process (netlink source, engine,
+  four no-op plugins, BusService), received in order by :class:`clusterbus.bus.Subscriber`
+  here. The sender keeps at most ``--window`` events in flight so that no queue overflows
+  (an overflow would be a loss, not speed).
+* ``latency_p50_us`` / ``latency_p99_us``: one message at a time on an idle daemon, from
+  before the netlink ``sendto`` to the event coming out of the subscriber.
+* ``raw_*``: the same for a child process with one pyzmq PUB that msgpack-encodes an event
+  of the same shape per frame and a plain pyzmq SUB here that decodes it (no framework).
+  Raw latency uses ``time.perf_counter_ns`` stamped by the sender (CLOCK_MONOTONIC is
+  shared by all processes of the machine).
+* ``ratio`` = events_per_s / raw_events_per_s; ``latency_ratio`` = p50 / raw p50.
+* ``daemon_rss_bytes``: the daemon's VmRSS after the throughput run
+  (``daemon_rss_after_events`` events, 1M by default).
+
+``--json`` prints one JSON object with every figure as the last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+NETNS_ENV = "CLUSTERBUS_BENCH_NETNS"
+GROUP = 22  # inside our own network namespace nobody else listens
+NODES = 1000
+
+
+def _args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--events", type=int, default=1_000_000, help="throughput events (1M)")
+    p.add_argument("--latency-samples", type=int, default=5000, help="latency samples")
+    p.add_argument("--window", type=int, default=1000, help="max events in flight")
+    p.add_argument("--json", action="store_true", help="last line: one JSON object")
+    p.add_argument("--no-netns", action="store_true",
+                   help="do not isolate in a new network namespace")
+    p.add_argument("--role", default="main", help=argparse.SUPPRESS)
+    p.add_argument("--config", default="", help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+# -- child: the daemon ---------------------------------------------------------------------------
+
+def daemon_child(config_path: str) -> int:
+    """Run a clusterbus Daemon with four no-op plugins; print its endpoints when ready."""
+    import logging
+
+    from clusterbus import hookimpl
+    from clusterbus.config import load_config
+    from clusterbus.daemon import Daemon
+
+    logging.basicConfig(level=logging.WARNING)
+
+    class NoOp:
+        """A plugin that implements the hooks every membership event reaches."""
+
+        @hookimpl
+        def clusterbus_node_up(self, event: Any, cluster: Any) -> None:
+            pass
+
+        @hookimpl
+        def clusterbus_node_down(self, event: Any, cluster: Any) -> None:
+            pass
+
+        @hookimpl
+        def clusterbus_event(self, event: Any, cluster: Any) -> None:
+            pass
+
+    async def main() -> None:
+        daemon = Daemon(load_config(config_path), load_entrypoints=False)
+        for i in range(4):
+            daemon.plugins.register(NoOp(), f"noop{i}")
+        daemon.setup()
+        task = asyncio.create_task(daemon.run())
+        bus, netlink = daemon.services["bus"], daemon.services["netlink"]
+        async with asyncio.timeout(20):
+            await bus.ready.wait()  # type: ignore[attr-defined]
+            await netlink.ready.wait()  # type: ignore[attr-defined]
+        print(json.dumps({"endpoints": bus.endpoints, "pid": os.getpid()}),  # type: ignore[attr-defined]
+              flush=True)
+        await task
+
+    asyncio.run(main())
+    return 0
+
+
+# -- child: the raw floor publisher -------------------------------------------------------------
+
+def raw_body(i: int, stamp: int = 0) -> dict[str, Any]:
+    """An event of the same shape as the daemon's node.up/node.down bodies."""
+    node = i % NODES + 2
+    up = (i // NODES) % 2 == 0
+    return {"v": 1, "origin": 1, "seq": i + 1, "time": time.time(), "node": node,
+            "addrs": [f"10.77.{node >> 8}.{node & 255}"], "view": i + 1,
+            "joined": [node] if up else [], "left": [] if up else [node],
+            "reason": "netlink", "incarnation": stamp}
+
+
+def raw_publisher_child(count: int, samples: int) -> int:
+    """One pyzmq PUB: ``count`` events flat out, then ``samples`` paced latency probes."""
+    import msgpack
+    import zmq
+
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.XPUB)  # XPUB only to wait for the subscription; sends are PUB's
+    pub.setsockopt(zmq.SNDHWM, 0)
+    pub.setsockopt(zmq.LINGER, -1)
+    pub.bind("tcp://127.0.0.1:*")
+    print(pub.getsockopt_string(zmq.LAST_ENDPOINT), flush=True)
+    pub.recv()  # the subscription
+    for topic in (b"warm",) * 100:
+        pub.send_multipart([topic, msgpack.packb({"v": 1})])
+    for i in range(count):
+        pub.send_multipart([b"node.up" if (i // NODES) % 2 == 0 else b"node.down",
+                            msgpack.packb(raw_body(i))])
+    for i in range(samples):
+        time.sleep(0.001)
+        pub.send_multipart([b"probe", msgpack.packb(raw_body(i, 0) | {
+            "t": time.perf_counter_ns()})])
+    pub.send_multipart([b"end", b""])
+    pub.close()
+    ctx.term()
+    return 0
+
+
+def raw_subscriber(endpoint: str, count: int, samples: int) -> dict[str, Any]:
+    import msgpack
+    import zmq
+
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.RCVHWM, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.setsockopt(zmq.RCVTIMEO, 60_000)
+    sub.connect(endpoint)
+    try:
+        topic, body = sub.recv_multipart()
+        while topic == b"warm":
+            topic, body = sub.recv_multipart()
+        t0 = time.perf_counter()
+        got = 1
+        msgpack.unpackb(body, raw=False)
+        while got < count:
+            topic, body = sub.recv_multipart()
+            msgpack.unpackb(body, raw=False)
+            got += 1
+        t1 = time.perf_counter()
+        lat = []
+        while True:
+            topic, body = sub.recv_multipart()
+            if topic == b"end":
+                break
+            now = time.perf_counter_ns()
+            lat.append(now - msgpack.unpackb(body, raw=False)["t"])
+    finally:
+        sub.close(0)
+        ctx.term()
+    return {"raw_events_per_s": (count - 1) / (t1 - t0), **_percentiles("raw_", lat)}
+
+
+def _percentiles(prefix: str, ns: list[int]) -> dict[str, float]:
+    if not ns:
+        return {f"{prefix}latency_p50_us": float("nan"), f"{prefix}latency_p99_us": float("nan")}
+    q = statistics.quantiles(ns, n=100, method="inclusive")
+    return {f"{prefix}latency_p50_us": round(q[49] / 1000, 1),
+            f"{prefix}latency_p99_us": round(q[98] / 1000, 1)}
+
+
+async def bench_raw(args: argparse.Namespace) -> dict[str, Any]:
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--role", "raw", "--events", str(args.events),
+         "--latency-samples", str(args.latency_samples)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        endpoint = (await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 30)).strip()
+        return await asyncio.to_thread(raw_subscriber, endpoint, args.events,
+                                       args.latency_samples)
+    finally:
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# -- ours ---------------------------------------------------------------------------------------
+
+def _rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+class Emitter:
+    """Netlink sender whose every message is a real membership change (UP/DOWN flips)."""
+
+    def __init__(self, group: int) -> None:
+        from clusterbus.netlink.sender import Sender
+
+        self.sender = Sender(group)
+        self.i = 0
+
+    def send(self) -> None:
+        i = self.i
+        node = i % NODES + 2
+        if (i // NODES) % 2 == 0:
+            self.sender.send("up", node, (f"10.77.{node >> 8}.{node & 255}",))
+        else:
+            self.sender.send("down", node)
+        self.i += 1
+
+
+async def bench_ours(args: argparse.Namespace) -> dict[str, Any]:
+    from clusterbus.bus.client import Snapshot, Subscriber
+
+    tmp = Path(tempfile.mkdtemp(prefix="cb-bench-"))
+    cfg = tmp / "bench.toml"
+    cfg.write_text(
+        '[daemon]\nnode = 1\nlog_level = "warning"\n'
+        '[bus]\npublish = "tcp://127.0.0.1:*"\ningest = "tcp://127.0.0.1:*"\n'
+        'snapshot = "tcp://127.0.0.1:*"\n'
+        f'[netlink]\nenabled = true\ngroup = {GROUP}\nallowed_uids = [0]\n'
+    )
+    proc = subprocess.Popen([sys.executable, __file__, "--role", "daemon", "--config", str(cfg)],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 30)
+        if not line:
+            raise SystemExit("the daemon did not start (see its log above)")
+        ready = json.loads(line)
+        endpoints, pid = ready["endpoints"], ready["pid"]
+        emitter = Emitter(GROUP)
+        async with Subscriber(endpoints["publish"], endpoints["snapshot"]) as sub:
+            # Connected once a heartbeat came through.
+            async with asyncio.timeout(30):
+                while not sub.counters["heartbeats"]:
+                    try:
+                        await sub.next(timeout=0.2)
+                    except TimeoutError:
+                        pass
+
+            async def pump(n: int) -> float:
+                sent = received = 0
+                t0 = time.perf_counter()
+                async with asyncio.timeout(max(60.0, n / 1000)):
+                    while received < n:
+                        while sent < n and sent - received < args.window:
+                            emitter.send()
+                            sent += 1
+                        item = await sub.next()
+                        if isinstance(item, Snapshot):
+                            raise SystemExit(f"resynchronised ({item.reason}): events lost")
+                        received += 1
+                return time.perf_counter() - t0
+
+            await pump(min(10_000, args.events))  # warm-up
+            elapsed = await pump(args.events)
+            rss, rss_after = _rss(pid), emitter.i
+            lat = []
+            async with asyncio.timeout(max(60.0, args.latency_samples / 100)):
+                for _ in range(args.latency_samples):
+                    t = time.perf_counter_ns()
+                    emitter.send()
+                    await sub.next()
+                    lat.append(time.perf_counter_ns() - t)
+            client = dict(sub.counters)
+        emitter.sender.close()
+        return {"events": args.events, "events_per_s": args.events / elapsed,
+                **_percentiles("", lat), "daemon_rss_bytes": rss,
+                "daemon_rss_after_events": rss_after,
+                "subscriber_gaps": client.get("gaps", 0),
+                "subscriber_replayed": client.get("replayed", 0)}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+async def bench(args: argparse.Namespace) -> dict[str, Any]:
+    ours = await bench_ours(args)
+    raw = await bench_raw(args)
+    out = {**ours, **raw}
+    out["ratio"] = round(out["events_per_s"] / out["raw_events_per_s"], 3)
+    out["latency_ratio"] = round(out["latency_p50_us"] / out["raw_latency_p50_us"], 3)
+    out["events_per_s"] = round(out["events_per_s"])
+    out["raw_events_per_s"] = round(out["raw_events_per_s"])
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _args(argv)
+    if args.role == "daemon":
+        return daemon_child(args.config)
+    if args.role == "raw":
+        return raw_publisher_child(args.events, args.latency_samples)
+    if not args.no_netns and not os.environ.get(NETNS_ENV):
+        if os.geteuid() != 0:
+            raise SystemExit("run as root, or pass --no-netns")
+        env = {**os.environ, NETNS_ENV: "1"}
+        return subprocess.call(["unshare", "--net", "--", sys.executable, __file__,
+                                *(argv if argv is not None else sys.argv[1:])], env=env)
+    if os.environ.get(NETNS_ENV):
+        subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    out = asyncio.run(bench(args))
+    print(f"clusterbus: {out['events_per_s']:>10,} events/s   latency p50 "
+          f"{out['latency_p50_us']} us  p99 {out['latency_p99_us']} us")
+    print(f"raw pyzmq:  {out['raw_events_per_s']:>10,} events/s   latency p50 "
+          f"{out['raw_latency_p50_us']} us  p99 {out['raw_latency_p99_us']} us")
+    print(f"ratio (events/s, ours/raw): {out['ratio']}   latency p50 ratio: "
+          f"{out['latency_ratio']}")
+    print(f"daemon RSS after {out['daemon_rss_after_events']:,} events: "
+          f"{out['daemon_rss_bytes'] / 2**20:.1f} MiB")
+    if args.json:
+        print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
