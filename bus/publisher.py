@@ -193,7 +193,7 @@ class Publisher:
         if sock is None:
             return
         # The ZeroMQ FD only signals a change of EVENTS; read while POLLIN is set.
-        while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        while int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
             try:
                 msg = sock.recv(zmq.NOBLOCK)
             except zmq.Again:
