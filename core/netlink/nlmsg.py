@@ -8,7 +8,7 @@ pyroute2's own parser is lenient, so never use it to judge untrusted input.
 
 from __future__ import annotations
 
-from pyroute2.netlink import genlmsg  # type: ignore[import-untyped]
+from pyroute2.netlink import genlmsg  # untyped: pyproject's mypy overrides make it Any
 
 from .message import MSG_TYPE, VERSION, Attr, Command
 
