@@ -68,7 +68,10 @@ class Cluster:
 
     def resolve_node(self, addr: str) -> int | None:
         """Address -> node number through ``clusterbus_resolve_node`` (None: unknown)."""
-        return self._engine.plugins.call_first("clusterbus_resolve_node", addr=addr, cluster=self)
+        # the hookspec promises int | None; pluggy's results are untyped
+        node: int | None = self._engine.plugins.call_first(
+            "clusterbus_resolve_node", addr=addr, cluster=self)
+        return node
 
     def emit(self, event_class: type[E], **fields: Any) -> None:
         """Produce an event from a plugin: stamped with origin, seq and time, then

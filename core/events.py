@@ -187,7 +187,7 @@ class Event:
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
         """Names of the fields of this event class, in declaration order."""
-        return tuple(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+        return tuple(f.name for f in dataclasses.fields(cls))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -430,7 +430,9 @@ def event_from_dict(topic: str, body: Mapping[str, Any], version: int = 1) -> Ev
     if unknown:
         raise DecodeError(f"{topic}: unknown field(s) {', '.join(sorted(map(str, unknown)))}")
     try:
-        return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in body.items()})
+        fields: dict[str, Any] = {k: (tuple(v) if isinstance(v, list) else v)
+                                  for k, v in body.items()}
+        return cls(**fields)
     except InvalidEvent as exc:
         raise DecodeError(f"{topic}: {exc}") from None
     except TypeError as exc:  # missing required keyword argument
