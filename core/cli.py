@@ -286,6 +286,29 @@ def status(config_path: str | None, as_json: bool, timeout: float) -> None:
 
 @main.command()
 @config_option
+@click.option("--timeout", type=float, default=2.0, show_default=True,
+              help="Seconds to wait for the daemon's pid.")
+def reload(config_path: str | None, timeout: float) -> None:
+    """Make a running daemon re-read its configuration file (sends it SIGHUP).
+
+    Services apply what they can at run time (VRRP priorities: a master whose priority
+    drops below a peer's hands over at once with a priority-0 advert); a bad file is
+    refused by the daemon, which keeps running on its current configuration.
+    """
+    import os
+    import signal
+
+    cfg = _config(config_path)
+    try:
+        pid = int(asyncio.run(_request_status(cfg, timeout))["pid"])
+        os.kill(pid, signal.SIGHUP)
+    except (TimeoutError, asyncio.TimeoutError, OSError, ClusterbusError, KeyError) as exc:
+        raise click.ClickException(f"cannot reach the daemon: {exc or 'timeout'}") from None
+    click.echo(f"sent SIGHUP to clusterbus pid {pid}")
+
+
+@main.command()
+@config_option
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--local", is_flag=True, help="Do not ask a running daemon; load plugins here.")
 def plugins(config_path: str | None, as_json: bool, local: bool) -> None:

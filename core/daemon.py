@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .config import Config
+from .config import DEFAULT_FILE, Config, load_config
 from .engine import Engine
 from .errors import ClusterbusError, ConfigError
 from .pluginhost import PluginHost
@@ -110,6 +110,39 @@ class Daemon:
 
     # -- running ------------------------------------------------------------------------
 
+    def reload(self) -> bool:
+        """Re-read the configuration file (SIGHUP) and hand it to services that can apply
+        it (``service.reload(config)``: e.g. new VRRP priorities). A bad file is logged and
+        changes nothing; the daemon keeps running on what it had.
+
+        :returns: whether the new configuration was applied.
+        """
+        if self.config.file == DEFAULT_FILE:
+            log.info("reload: running on the embedded default; nothing to re-read")
+            return False
+        try:
+            new = load_config(self.config.file)
+        except ConfigError as exc:
+            log.error("reload refused, keeping the running configuration: %s", exc)
+            return False
+        for section in sorted(set(new.plugin_sections) | set(self.config.plugin_sections)):
+            if new.plugin_sections.get(section) != self.config.plugin_sections.get(section):
+                log.warning("reload: [%s] changed; plugin sections are read at start-up only, "
+                            "restart the daemon to apply it", section)
+        for name, service in self.services.items():
+            apply = getattr(service, "reload", None)
+            if apply is None:
+                continue
+            try:
+                apply(new)
+            except ConfigError as exc:
+                log.error("reload: %s refused the new configuration: %s", name, exc)
+            except Exception:
+                log.exception("reload: %s failed", name)
+        self.config = new
+        log.info("configuration reloaded from %s", new.file)
+        return True
+
     def stop(self) -> None:
         """Ask the running daemon to stop (safe from a signal handler)."""
         if self._stop is not None:
@@ -126,6 +159,7 @@ class Daemon:
         if install_signal_handlers:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.stop)
+            loop.add_signal_handler(signal.SIGHUP, self.reload)
         failed: list[BaseException] = []
         try:
             async with asyncio.TaskGroup() as tg:
@@ -145,7 +179,7 @@ class Daemon:
             pass
         finally:
             if install_signal_handlers:
-                for sig in (signal.SIGTERM, signal.SIGINT):
+                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                     loop.remove_signal_handler(sig)
             self.plugins.call_each("clusterbus_shutdown", cluster=self.engine.cluster)
             log.info("clusterbus node %d stopped", self.config.node)

@@ -9,6 +9,12 @@ from rich.table import Table
 
 __all__ = ["render_status"]
 
+#: the columns worth a terminal's width, per service; the rest is in ``status --json``
+COLUMNS = {
+    "vrrp": ("name", "interface", "vrid", "state", "priority", "master_seen",
+             "advert_interval", "vips", "holding", "dropped"),
+}
+
 
 def _flat(value: Any) -> str:
     if isinstance(value, dict):
@@ -28,7 +34,7 @@ def render_status(st: dict[str, Any], console: Console | None = None) -> None:
         instances = svc.get("instances") if isinstance(svc, dict) else None
         if isinstance(instances, list) and instances and isinstance(instances[0], dict):
             table = Table(title=f"{name} instances")
-            cols = list(instances[0])
+            cols = [c for c in COLUMNS.get(name, instances[0]) if c in instances[0]]
             for col in cols:
                 table.add_column(col)
             for inst in instances:

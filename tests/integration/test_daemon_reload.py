@@ -1,0 +1,40 @@
+"""SIGHUP re-reads the configuration; a bad file is refused and the daemon keeps running."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from cbdaemon import Daemon
+
+
+def _wait_log(d: Daemon, text: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if text in d.log.read_text():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{text!r} not in the daemon log:\n{d.log.read_text()}")
+
+
+def test_reload_refuses_a_bad_file_and_applies_a_good_one(tmp_path):
+    d = Daemon(tmp_path, None, extra="[netlink]\nenabled = false\n").start()
+    try:
+        good = d.config.read_text()
+        d.config.write_text(good.replace("heartbeat_interval = 0.2", "heartbeat_interval = -1"))
+        # the CLI checks the file before it signals anything...
+        p = d.cli("reload", check=False)
+        assert p.returncode == 2 and "bus.heartbeat_interval" in p.stderr
+        # ...and a daemon sent SIGHUP anyway (kill -HUP) refuses it and keeps running
+        os.kill(d.proc.pid, signal.SIGHUP)
+        _wait_log(d, "reload refused, keeping the running configuration")
+        assert "bus.heartbeat_interval" in d.log.read_text()
+        assert d.proc.poll() is None and d.status()["node"] == 7
+        d.config.write_text(good + "\n[nodemap.nodes]\n1 = ['10.0.0.1']\n")
+        assert "sent SIGHUP" in d.cli("reload").stdout
+        _wait_log(d, "configuration reloaded from")
+        assert "[nodemap] changed; plugin sections are read at start-up only" in d.log.read_text()
+        assert d.proc.poll() is None
+    finally:
+        assert d.stop() == 0
