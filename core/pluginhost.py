@@ -54,6 +54,8 @@ class PluginHost:
         self.failures: Counter[str] = Counter()
         self._dists: dict[str, str] = {}
         self._historic: dict[str, dict[str, Any]] = {}
+        # hook name -> implementations in call order; rebuilt when a plugin registers
+        self._order: dict[str, list[pluggy.HookImpl]] = {}
 
     # -- loading ------------------------------------------------------------------------
 
@@ -98,6 +100,7 @@ class PluginHost:
         :raises PluginError: the plugin implements an unknown hook or a wrapper on a
             notification hook.
         """
+        self._order.clear()
         try:
             self.pm.register(plugin, name=name)
         except (pluggy.PluginValidationError, ValueError) as exc:
@@ -107,10 +110,12 @@ class PluginHost:
             self.pm.check_pending()
         except pluggy.PluginValidationError as exc:
             self.pm.unregister(name=name)
+            self._order.clear()
             raise PluginError(name, f"{exc} (known hooks: see clusterbus.hookspecs)") from exc
         for impl in self._impls_of(name):
             if impl.hookwrapper or impl.wrapper:
                 self.pm.unregister(name=name)
+                self._order.clear()
                 raise PluginError(name, "hook wrappers are not supported; implement the hook itself")
         for hook_name, kwargs in self._historic.items():
             for impl in self._impls(hook_name):
@@ -127,11 +132,14 @@ class PluginHost:
     # -- calling ------------------------------------------------------------------------
 
     def _impls(self, hook_name: str) -> list[pluggy.HookImpl]:
-        caller = getattr(self.pm.hook, hook_name, None)
-        if caller is None:
-            raise LocalProtocolError(f"no such hook {hook_name!r}")
-        # pluggy keeps implementations in reverse call order.
-        return list(reversed(caller.get_hookimpls()))
+        impls = self._order.get(hook_name)
+        if impls is None:
+            caller = getattr(self.pm.hook, hook_name, None)
+            if caller is None:
+                raise LocalProtocolError(f"no such hook {hook_name!r}")
+            # pluggy keeps implementations in reverse call order.
+            impls = self._order[hook_name] = list(reversed(caller.get_hookimpls()))
+        return impls
 
     def _call_impl(self, hook_name: str, impl: pluggy.HookImpl, kwargs: dict[str, Any]) -> Any:
         try:

@@ -152,3 +152,12 @@ def test_entry_point_enable_disable(tmp_path):
     assert host.names() == ["nodemap"]
     with pytest.raises(clusterbus.ConfigError, match="no installed plugin named nodmap"):
         PluginHost(disable=["nodmap"]).load_entrypoints(file="x.toml")
+
+
+def test_a_plugin_registered_later_is_called_by_later_events():
+    first, second = Recorder(), Recorder()
+    host, engine = make(first)
+    engine.report(up(1))
+    host.register(second, "second")
+    engine.report(up(2))
+    assert ("up", 2) in first.calls and second.calls == [("up", 2), ("event", 2)]
