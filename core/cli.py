@@ -160,8 +160,11 @@ def _event_line(event: Any, as_json: bool) -> str:
               help="Exit after N events.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Give up (exit 1) after this many seconds without the wanted events.")
+@click.option("--follow", is_flag=True,
+              help="Keep waiting when the daemon is silent or restarts (default: exit 1 "
+                   "after three missed heartbeats).")
 def events(config_path: str | None, prefixes: tuple[str, ...], as_json: bool,
-           count: int | None, timeout: float | None) -> None:
+           count: int | None, timeout: float | None, follow: bool) -> None:
     """Print events from a running daemon, live, in order, without gaps.
 
     Missed events (a restart of this command, a slow terminal) are repaired from the
@@ -173,7 +176,8 @@ def events(config_path: str | None, prefixes: tuple[str, ...], as_json: bool,
 
     async def go() -> None:
         n = 0
-        async with Subscriber.from_config(cfg, prefixes=prefixes) as sub:
+        async with Subscriber.from_config(cfg, prefixes=prefixes,
+                                          raise_when_dead=not follow) as sub:
             async for item in sub:
                 if isinstance(item, Snapshot):
                     click.echo(f"clusterbus events: resynchronised from a snapshot at seq "

@@ -97,3 +97,11 @@ def test_plugins_local_lists_builtin_and_hooks(runner):
     r = runner.invoke(main, ["plugins", "--local", "--json"])
     assert r.exit_code == 0
     assert '"nodemap"' in r.output and "clusterbus_resolve_node" in r.output
+
+
+def test_events_without_daemon_exits_instead_of_hanging(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[bus]\npublish = "ipc://{tmp_path}/p"\nsnapshot = "ipc://{tmp_path}/s"\n')
+    p = subprocess.run([CLUSTERBUS, "events", "-c", str(cfg)], capture_output=True, text=True,
+                       timeout=60)
+    assert p.returncode == 1 and "Error:" in p.stderr and "Traceback" not in p.stderr
