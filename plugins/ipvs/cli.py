@@ -102,25 +102,31 @@ def show(path: str | None, as_json: bool) -> None:
         want = {}
     with _kernel() as kernel:
         have = kernel.dump()
-    rows = []
+    rows: list[dict[str, Any]] = []
     for key in sorted(set(want) | set(have)):
         w, h = want.get(key), have.get(key)
         wd = _entry_data(w) if w else None
         hd = _entry_data(h) if h else None
-        mark = "+" if h is None else "-" if w is None else ("=" if wd == hd else "~")
+        mark = "+" if hd is None else "-" if wd is None else ("=" if wd == hd else "~")
         rows.append({"service": str(key), "protocol": PROTOCOL_NAMES.get(key.protocol, ""),
                      "mark": mark, "desired": wd, "kernel": hd})
+        if not as_json:
+            _print_row(str(key), mark, wd, hd)
     if as_json:
         click.echo(json.dumps({"services": rows,
                                "in_sync": all(r["mark"] == "=" for r in rows)}))
-        return
-    for r in rows:
-        data = r["desired"] or r["kernel"]
-        click.echo(f"{r['mark']} {r['service']} {data['scheduler']}")
-        kd = (r["kernel"] or {}).get("real_servers", {})
-        wd = (r["desired"] or {}).get("real_servers", {})
-        for rs in sorted(set(kd) | set(wd)):
-            m = "+" if rs not in kd else "-" if rs not in wd else "=" if kd[rs] == wd[rs] else "~"
-            d = wd.get(rs) or kd[rs]
-            have_w = f" (kernel weight {kd[rs]['weight']})" if m == "~" else ""
-            click.echo(f"  {m} -> {rs} {d['forward']} weight {d['weight']}{have_w}")
+
+
+def _print_row(service: str, mark: str, wd: dict[str, Any] | None,
+               hd: dict[str, Any] | None) -> None:
+    """One service and its real servers, each marked (``+`` missing, ``-`` extra, ...)."""
+    data = wd if wd is not None else hd
+    assert data is not None  # a row exists because one side has the service
+    click.echo(f"{mark} {service} {data['scheduler']}")
+    kd: dict[str, dict[str, Any]] = hd["real_servers"] if hd is not None else {}
+    wr: dict[str, dict[str, Any]] = wd["real_servers"] if wd is not None else {}
+    for rs in sorted(set(kd) | set(wr)):
+        m = "+" if rs not in kd else "-" if rs not in wr else "=" if kd[rs] == wr[rs] else "~"
+        d = wr.get(rs) or kd[rs]
+        have_w = f" (kernel weight {kd[rs]['weight']})" if m == "~" else ""
+        click.echo(f"  {m} -> {rs} {d['forward']} weight {d['weight']}{have_w}")

@@ -110,7 +110,7 @@ def netmask_value(af: int, prefix: int) -> int:
     if af == AF_INET6:
         return prefix
     mask = (0xFFFFFFFF << (32 - prefix)) & 0xFFFFFFFF
-    return _U32.unpack(mask.to_bytes(4, "big"))[0]
+    return int(_U32.unpack(mask.to_bytes(4, "big"))[0])
 
 
 def netmask_prefix(af: int, value: int) -> int:

@@ -26,7 +26,7 @@ from typing import Any
 from pyroute2.netlink.exceptions import NetlinkError
 
 from . import codec
-from .table import Entry, Op, OpKind, Plan, ServiceKey, Table
+from .table import Dest, Entry, Op, OpKind, Plan, Service, ServiceKey, Table
 
 __all__ = ["Kernel", "IpvsKernelError", "ApplyResult"]
 
@@ -52,8 +52,11 @@ _CMD = {
 }
 
 
-class IpvsKernelError(NetlinkError):
+class IpvsKernelError(OSError):
     """The kernel refused an IPVS request; the message names the service and the field.
+
+    An :class:`OSError` with the kernel's errno (pyroute2's ``NetlinkError`` is untyped, so
+    it is not the base; ``code`` keeps its attribute name for callers used to it).
 
     :param code: the errno.
     :param msg: human text (operation, service, likely field).
@@ -64,8 +67,13 @@ class IpvsKernelError(NetlinkError):
         super().__init__(code, msg)
         self.op = op
 
+    @property
+    def code(self) -> int:
+        """The errno the kernel answered."""
+        return self.errno if self.errno is not None else 0
+
     def __str__(self) -> str:
-        return str(self.args[1])
+        return str(self.strerror)
 
 
 def explain(op: Op, code: int) -> str:
@@ -211,12 +219,12 @@ class Kernel:
 
     # -- reading ------------------------------------------------------------------------
 
-    def services(self) -> list[codec.Service]:
+    def services(self) -> list[Service]:
         """Every virtual service (without real servers)."""
         return [codec.decode_service(a[codec.ATTR_SERVICE])
                 for a in self._dump(codec.CMD_GET_SERVICE) if codec.ATTR_SERVICE in a]
 
-    def dests(self, key: ServiceKey) -> list[tuple[codec.Dest, dict[str, int]]]:
+    def dests(self, key: ServiceKey) -> list[tuple[Dest, dict[str, int]]]:
         """The real servers of one service, with their connection counters."""
         payload = codec.nested(codec.ATTR_SERVICE, codec.service_id(key))
         return [codec.decode_dest(a[codec.ATTR_DEST], key.af)

@@ -48,10 +48,8 @@ CLEAN = [
     "-m", "clusterbus.vrrp.packet",
     "-m", "clusterbus.vrrp.machine",
     "-m", "clusterbus.plugins.nodemap",
+    "-p", "clusterbus.plugins.ipvs",
 ]
-
-#: folders with known errors under ``--strict``; shrink this as they get fixed
-NOT_CLEAN_YET = "plugins/ipvs/ (codec, kernel, cli)"
 
 
 def _package_dirs() -> dict[str, Path]:
@@ -128,8 +126,7 @@ needs_mypy = pytest.mark.skipif(
 @needs_mypy
 @pytest.mark.parametrize("targets, follow_imports", [
     pytest.param(CLEAN, "silent", id="clean-modules"),
-    pytest.param(["-p", "clusterbus"], "normal", id="whole-package", marks=pytest.mark.xfail(
-        strict=False, reason=f"not mypy --strict clean yet: {NOT_CLEAN_YET}")),
+    pytest.param(["-p", "clusterbus"], "normal", id="whole-package"),
 ])
 def test_mypy_strict(targets: list[str], follow_imports: str) -> None:
     code, report = run_mypy(*targets, follow_imports=follow_imports)
