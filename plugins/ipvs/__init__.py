@@ -8,34 +8,32 @@ and corrects or reports it. Every apply is a diff of the kernel's table against 
 desired one: nothing is flushed, and only the differences are sent.
 
 Inert when the configuration has no ``[ipvs]`` section: no service, no kernel access.
-See docs/ipvs.md.
+The entry point is :data:`plugin`, one object whose state is kept per cluster, so two
+engines in one process (tests) each get their own applier. See docs/ipvs.md.
 """
 
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from clusterbus import hookimpl
 from clusterbus.config import Config
 from clusterbus.engine import Cluster
 from clusterbus.errors import ConfigError
-from clusterbus.events import Event, NodeDown, NodeUp, VrrpTransition
+from clusterbus.events import Event, NodemapChanged, NodeDown, NodeUp, VrrpTransition
 
 from .applier import Applier
 from .model import IpvsConfig, parse
 from .table import Dest, Entry, Op, OpKind, Plan, Service, ServiceKey, Table, diff
 
-__all__ = ["Applier", "IpvsConfig", "parse", "config_node_addrs", "Dest", "Entry", "Op",
-           "OpKind", "Plan", "Service", "ServiceKey", "Table", "diff"]
+__all__ = ["Applier", "IpvsConfig", "IpvsPlugin", "plugin", "parse", "config_node_addrs",
+           "Dest", "Entry", "Op", "OpKind", "Plan", "Service", "ServiceKey", "Table", "diff"]
 
 log = logging.getLogger(__name__)
-
-#: The applier, when [ipvs] is configured (one daemon per process).
-applier: Applier | None = None
-_config: IpvsConfig | None = None
-_extra: dict[int, tuple[str, ...]] = {}
 
 
 def config_node_addrs(config: Config) -> dict[int, tuple[str, ...]]:
@@ -52,62 +50,91 @@ def config_node_addrs(config: Config) -> dict[int, tuple[str, ...]]:
     return parse_nodes(nodes, file=config.file)
 
 
-@hookimpl
-def clusterbus_configure(config: Config, section: Mapping[str, Any] | None, cluster: Cluster) -> None:
-    """Validate ``[ipvs]``; without one the plugin stays inert."""
-    global _config, _extra, applier
-    applier = None
-    if section is None:
-        _config = None
-        return
-    _extra = config_node_addrs(config)
+@dataclass(slots=True)
+class _State:
+    """What the plugin knows about one cluster (one engine)."""
 
-    def addrs(node: int) -> tuple[str, ...]:
-        return cluster.nodemap.addrs(node) or _extra.get(node, ())
-
-    try:
-        _config = parse(section, file=config.file, node_addrs=addrs)
-    except ConfigError as exc:
-        raise exc.with_file(config.file) from None
+    config: IpvsConfig | None = None
+    extra: dict[int, tuple[str, ...]] = field(default_factory=dict)
+    applier: Applier | None = None
 
 
-@hookimpl
-def clusterbus_services(cluster: Cluster) -> list[Callable[[], Awaitable[None]]] | None:
-    """The applier service, when ``[ipvs]`` is configured."""
-    global applier
-    if _config is None:
-        return None
-    applier = Applier(_config, cluster, _extra)
-    return [applier.run]
+class IpvsPlugin:
+    """The plugin object registered through the entry point.
+
+    Every hook receives the cluster, so state lives in a per-cluster table (weakly keyed:
+    a finished engine's applier goes with it) instead of module globals.
+    """
+
+    def __init__(self) -> None:
+        self._states: weakref.WeakKeyDictionary[Cluster, _State] = weakref.WeakKeyDictionary()
+
+    def applier(self, cluster: Cluster) -> Applier | None:
+        """The cluster's applier (``None`` without ``[ipvs]`` or before the services hook)."""
+        state = self._states.get(cluster)
+        return None if state is None else state.applier
+
+    @hookimpl
+    def clusterbus_configure(self, config: Config, section: Mapping[str, Any] | None,
+                             cluster: Cluster) -> None:
+        """Validate ``[ipvs]``; without one the plugin stays inert."""
+        state = self._states[cluster] = _State()
+        if section is None:
+            return
+        state.extra = extra = config_node_addrs(config)
+
+        def addrs(node: int) -> tuple[str, ...]:
+            return cluster.nodemap.addrs(node) or extra.get(node, ())
+
+        try:
+            state.config = parse(section, file=config.file, node_addrs=addrs)
+        except ConfigError as exc:
+            raise exc.with_file(config.file) from None
+
+    @hookimpl
+    def clusterbus_services(self, cluster: Cluster) -> list[Callable[[], Awaitable[None]]] | None:
+        """The applier service, when ``[ipvs]`` is configured."""
+        state = self._states.get(cluster)
+        if state is None or state.config is None:
+            return None
+        state.applier = Applier(state.config, cluster, state.extra)
+        return [state.applier.run]
+
+    @hookimpl
+    def clusterbus_node_down(self, event: NodeDown, cluster: Cluster) -> None:
+        """Quiesce or remove the node's real servers (only the services it serves)."""
+        applier = self.applier(cluster)
+        if applier is not None:
+            applier.touch_node(event.node, event.topic)
+
+    @hookimpl
+    def clusterbus_node_up(self, event: NodeUp, cluster: Cluster) -> None:
+        """Restore the node's real servers."""
+        applier = self.applier(cluster)
+        if applier is not None:
+            applier.touch_node(event.node, event.topic)
+
+    @hookimpl
+    def clusterbus_vrrp_transition(self, event: VrrpTransition, cluster: Cluster) -> None:
+        """MASTER starts the kernel sync daemon as master, BACKUP/FAULT as backup."""
+        applier = self.applier(cluster)
+        if applier is None or applier.config.sync_daemon is None:
+            return
+        wanted = applier.config.sync_daemon.instance
+        if wanted and event.instance != wanted:
+            return
+        if event.new == "MASTER":
+            applier.vrrp_state("master")
+        elif event.new in ("BACKUP", "FAULT"):
+            applier.vrrp_state("backup")
+
+    @hookimpl
+    def clusterbus_event(self, event: Event, cluster: Cluster) -> None:
+        """A node's addresses changed: real servers given by node number may move."""
+        applier = self.applier(cluster)
+        if applier is not None and isinstance(event, NodemapChanged):
+            applier.touch_node(event.node, event.topic)
 
 
-@hookimpl
-def clusterbus_node_down(event: NodeDown, cluster: Cluster) -> None:
-    if applier is not None:
-        applier.trigger(event.topic)
-
-
-@hookimpl
-def clusterbus_node_up(event: NodeUp, cluster: Cluster) -> None:
-    if applier is not None:
-        applier.trigger(event.topic)
-
-
-@hookimpl
-def clusterbus_vrrp_transition(event: VrrpTransition, cluster: Cluster) -> None:
-    if applier is None or applier.config.sync_daemon is None:
-        return
-    wanted = applier.config.sync_daemon.instance
-    if wanted and event.instance != wanted:
-        return
-    if event.new == "MASTER":
-        applier.vrrp_state("master")
-    elif event.new in ("BACKUP", "FAULT"):
-        applier.vrrp_state("backup")
-
-
-@hookimpl
-def clusterbus_event(event: Event, cluster: Cluster) -> None:
-    # A node's addresses changed: real servers given by node number may move.
-    if applier is not None and event.topic == "nodemap.changed":
-        applier.trigger(event.topic)
+#: The entry point (``clusterbus.plugins.ipvs:plugin``).
+plugin = IpvsPlugin()

@@ -230,6 +230,30 @@ class Kernel:
         return [codec.decode_dest(a[codec.ATTR_DEST], key.af)
                 for a in self._dump(codec.CMD_GET_DEST, payload) if codec.ATTR_DEST in a]
 
+    def entry(self, key: ServiceKey) -> Entry | None:
+        """One service and its real servers as the kernel holds them now.
+
+        :returns: ``None`` when the kernel has no such service.
+        :raises IpvsKernelError: any other refusal.
+        """
+        with self._lock:
+            try:
+                answers = self._request(codec.CMD_GET_SERVICE,
+                                        codec.nested(codec.ATTR_SERVICE, codec.service_id(key)),
+                                        what=f"get service {key}")
+                svc = next((codec.decode_service(a[codec.ATTR_SERVICE]) for a in answers
+                            if codec.ATTR_SERVICE in a), None)
+                if svc is None:
+                    return None
+                out = Entry(svc)
+                for d, _conns in self.dests(key):
+                    out.dests[d.ident] = d
+                return out
+            except IpvsKernelError as exc:
+                if exc.code == errno.ESRCH:  # no such service (or removed meanwhile)
+                    return None
+                raise
+
     def dump(self, *, counters: dict[tuple[ServiceKey, tuple[str, int]], dict[str, int]] | None = None) -> Table:
         """The kernel's whole table, from raw attributes (no defaults filled in).
 

@@ -50,7 +50,7 @@ from .table import (
 )
 
 __all__ = ["SCHEDULERS", "RealServer", "VirtualServer", "SyncDaemon", "Timeouts",
-           "IpvsConfig", "parse", "desired_table", "split_hostport"]
+           "IpvsConfig", "parse", "desired_table", "desired_entry", "split_hostport"]
 
 #: Schedulers of Linux 6.x (``twos`` since 5.x; a kernel without a module refuses at apply).
 SCHEDULERS = ("rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "fo",
@@ -428,28 +428,47 @@ def desired_table(
     table: Table = {}
     problems: list[str] = []
     for vs in config.virtual_servers:
-        svc = vs.service
-        entry = Entry(svc)
-        for rs in vs.real_servers:
-            node = rs.node
-            addr = rs.address
-            if node is not None:
-                found = _node_addr(node, svc.key.af, node_addrs)
-                if found is None:
-                    problems.append(f"{rs.key}: node {node} has no address of the service's "
-                                    "family; skipped")
-                    continue
-                addr = found
-            else:
-                node = node_of(addr)
-            weight = rs.weight
-            if node is not None and is_down(node):
-                if vs.on_node_down == "remove":
-                    continue
-                weight = 0
-            dest = Dest(af=svc.key.af, addr=addr, port=rs.port, forward=FORWARD[rs.forward],
-                        weight=weight, u_threshold=rs.upper_threshold,
-                        l_threshold=rs.lower_threshold)
-            entry.dests.setdefault(dest.ident, dest)
-        table[svc.key] = entry
+        table[vs.service.key] = desired_entry(vs, node_addrs=node_addrs, node_of=node_of,
+                                              is_down=is_down, problems=problems)
     return table, problems
+
+
+def desired_entry(
+    vs: VirtualServer,
+    *,
+    node_addrs: Callable[[int], tuple[str, ...]],
+    node_of: Callable[[str], int | None],
+    is_down: Callable[[int], bool],
+    problems: list[str],
+) -> Entry:
+    """One virtual server's entry of :func:`desired_table` (same rules, same arguments).
+
+    Event-driven reconciles rebuild only the entries of the services a node event touches.
+
+    :param problems: real servers skipped are appended here.
+    :returns: a new entry (the caller may keep it).
+    """
+    svc = vs.service
+    entry = Entry(svc)
+    for rs in vs.real_servers:
+        node = rs.node
+        addr = rs.address
+        if node is not None:
+            found = _node_addr(node, svc.key.af, node_addrs)
+            if found is None:
+                problems.append(f"{rs.key}: node {node} has no address of the service's "
+                                "family; skipped")
+                continue
+            addr = found
+        else:
+            node = node_of(addr)
+        weight = rs.weight
+        if node is not None and is_down(node):
+            if vs.on_node_down == "remove":
+                continue
+            weight = 0
+        dest = Dest(af=svc.key.af, addr=addr, port=rs.port, forward=FORWARD[rs.forward],
+                    weight=weight, u_threshold=rs.upper_threshold,
+                    l_threshold=rs.lower_threshold)
+        entry.dests.setdefault(dest.ident, dest)
+    return entry

@@ -11,6 +11,7 @@ complete object (the kernel resets any field a partial set leaves out).
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -18,6 +19,7 @@ __all__ = [
     "AF_INET", "AF_INET6", "PROTOCOLS", "PROTOCOL_NAMES", "FORWARD", "FORWARD_NAMES",
     "SVC_F_PERSISTENT", "SVC_F_ONEPACKET", "SVC_F_SCHED1", "SVC_F_SCHED2", "SVC_F_SCHED3",
     "ServiceKey", "Service", "Dest", "Entry", "Table", "Op", "OpKind", "Plan", "diff",
+    "apply_ops", "copy_table",
 ]
 
 AF_INET = socket.AF_INET
@@ -201,3 +203,42 @@ def diff(current: Table, desired: Table, *, prune: bool = True) -> Plan:
             elif old != d:
                 dest_ops.append(Op(OpKind.SET_DEST, want.service, d))
     return Plan(del_dests + del_svcs + svc_ops + dest_ops)
+
+
+def apply_ops(table: Table, ops: Iterable[Op]) -> set[ServiceKey]:
+    """Change ``table`` in place as the kernel changed when it accepted ``ops``.
+
+    The applier's cache of the kernel's table follows what the kernel acknowledged this
+    way, so an event-driven reconcile can diff against it without a dump. Entries are
+    created here, never shared with the caller's desired table (which is rebuilt and
+    would otherwise alias the cache).
+
+    :param ops: operations the kernel accepted, in the order they were sent.
+    :returns: keys whose entry could not be followed (a real server op on a service the
+        table does not hold): the caller must not trust them any more.
+    """
+    lost: set[ServiceKey] = set()
+    for op in ops:
+        key = op.service.key
+        kind = op.kind
+        if kind is OpKind.ADD_SERVICE:
+            table[key] = Entry(op.service)
+        elif kind is OpKind.DEL_SERVICE:
+            table.pop(key, None)
+            continue
+        entry = table.get(key)
+        if entry is None:
+            lost.add(key)
+        elif kind is OpKind.SET_SERVICE:
+            entry.service = op.service
+        elif op.dest is not None:
+            if kind is OpKind.DEL_DEST:
+                entry.dests.pop(op.dest.ident, None)
+            elif kind in (OpKind.ADD_DEST, OpKind.SET_DEST):
+                entry.dests[op.dest.ident] = op.dest
+    return lost
+
+
+def copy_table(table: Table) -> Table:
+    """A copy whose entries can be changed without touching ``table``'s."""
+    return {k: Entry(e.service, dict(e.dests)) for k, e in table.items()}

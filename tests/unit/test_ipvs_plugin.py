@@ -35,8 +35,9 @@ def test_service_with_section_and_node_from_config() -> None:
     assert services["ipvs"] is not None and len(services["ipvs"]) == 1
     from clusterbus.plugins import ipvs
 
-    assert ipvs.applier is not None
-    [entry] = ipvs.applier.desired().values()
+    applier = ipvs.plugin.applier(engine.cluster)
+    assert applier is not None
+    [entry] = applier.desired().values()
     assert list(entry.dests) == [("10.78.0.13", 80)]
 
 
@@ -48,3 +49,44 @@ def test_bad_config_refused_at_configure(rs: dict, key: str) -> None:
     with pytest.raises(ConfigError) as info:
         _setup({"ipvs": {"virtual_server": [{"address": "10.78.0.100:80", "real_server": [rs]}]}})
     assert (info.value.file, info.value.key) == ("/etc/cb.toml", key)
+
+
+CONFIG_TWO = {
+    "nodemap": {"nodes": {"1": ["10.78.0.11"], "2": ["10.78.0.12"]}},
+    "ipvs": {"virtual_server": [
+        {"address": "10.78.0.100:80", "real_server": [{"node": 1, "port": 80}]},
+        {"address": "10.78.0.100:81", "real_server": [{"address": "10.78.0.12:81"}]},
+        {"address": "10.78.0.100:82", "real_server": [{"address": "10.78.0.99:82"}]},
+    ]},
+}
+
+
+def test_two_engines_in_one_process_do_not_share_state() -> None:
+    from clusterbus.plugins import ipvs
+
+    host1, engine1 = _setup(CONFIG_TWO)
+    host2, engine2 = _setup({})
+    s1 = dict(host1.call_each("clusterbus_services", cluster=engine1.cluster))
+    s2 = dict(host2.call_each("clusterbus_services", cluster=engine2.cluster))
+    assert s1["ipvs"] is not None and s2["ipvs"] is None
+    a1 = ipvs.plugin.applier(engine1.cluster)
+    assert a1 is not None and a1.cluster is engine1.cluster
+    assert ipvs.plugin.applier(engine2.cluster) is None
+
+
+def test_node_event_selects_only_the_services_it_serves() -> None:
+    from clusterbus.plugins import ipvs
+    from clusterbus.view import NodeReport, NodeState
+
+    host, engine = _setup(CONFIG_TWO)
+    host.call_each("clusterbus_services", cluster=engine.cluster)
+    applier = ipvs.plugin.applier(engine.cluster)
+    assert applier is not None
+    applier.desired()  # resolves literal addresses: 10.78.0.12 belongs to node 2
+    ports = lambda vss: [vs.service.key.port for vs in vss]  # noqa: E731
+    assert ports(applier.services_of([1])) == [80]    # by node number
+    assert ports(applier.services_of([2])) == [81]    # by an address the node map gives
+    assert ports(applier.services_of([7])) == []
+    # the hook records the node, it does not reconcile everything
+    engine.report(NodeReport(state=NodeState.DOWN, node=2, reason="test"))
+    assert applier._nodes == {2: "node.down"} and applier._full == ["startup"]
