@@ -13,9 +13,11 @@ Standard library only: this module is imported by sans-IO code.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 import math
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
@@ -83,29 +85,91 @@ def event_class(topic: str, version: int = 1) -> type[Event]:
         raise DecodeError(f"unknown topic {topic!r} (known: {', '.join(known)})") from None
 
 
+#: Distinct address strings whose canonical form is remembered. Membership traffic
+#: repeats the same few addresses over and over; parsing one with :mod:`ipaddress` costs
+#: microseconds, a cache hit tens of nanoseconds. Bounded (LRU), so hostile input that
+#: invents new strings costs a parse each, never memory.
+ADDR_CACHE_SIZE = 4096
+_FLOAT_MAX = sys.float_info.max
+
+
+@functools.lru_cache(maxsize=ADDR_CACHE_SIZE)
+def _canonical_or_none(value: str) -> str | None:
+    # None (cached too) for a string that is not an address: the caller raises, with the
+    # field name it knows.
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        return None
+
+
 def canonical_addr(value: object, field: str = "addr") -> str:
     """Validate an IPv4/IPv6 address and return its canonical text form.
 
     :raises InvalidEvent: not a string holding an IP address.
     """
-    if not isinstance(value, str):
+    if type(value) is str:
+        canon = _canonical_or_none(value)
+    elif isinstance(value, str):  # a str subclass: parse a plain copy, do not cache it
+        canon = _canonical_or_none.__wrapped__(str.__str__(value))
+    else:
         raise InvalidEvent(f"{field}: expected an IP address string, got {type(value).__name__}")
-    try:
-        return str(ipaddress.ip_address(value))
-    except ValueError:
-        raise InvalidEvent(f"{field}: {value!r} is not an IPv4 or IPv6 address") from None
+    if canon is None:
+        raise InvalidEvent(f"{field}: {value!r} is not an IPv4 or IPv6 address")
+    return canon
+
+
+def canonical_addrs(values: object, field: str = "addrs") -> tuple[str, ...]:
+    """Canonicalise a tuple or list of addresses, dropping repeats (first one kept).
+
+    :raises InvalidEvent: not a tuple/list, or an element is not an IP address string.
+    """
+    if not isinstance(values, (tuple, list)):
+        raise InvalidEvent(f"{field}: expected a tuple of addresses, got {type(values).__name__}")
+    if not values:
+        return ()
+    canon = tuple(canonical_addr(a, field) for a in values)
+    if len(canon) > 1 and len(set(canon)) != len(canon):
+        canon = tuple(dict.fromkeys(canon))
+    return canon
+
+
+def check_int(owner: str, name: str, v: object, lo: int, hi: int) -> int:
+    """Return ``v`` if it is an ``int`` (not a bool) in ``lo..hi``.
+
+    :param owner: class name for the message.
+    :raises InvalidEvent: otherwise.
+    """
+    if type(v) is not int:
+        raise InvalidEvent(f"{owner}.{name}: expected int, got {type(v).__name__}")
+    if not lo <= v <= hi:
+        raise InvalidEvent(f"{owner}.{name}: {v} outside {lo}..{hi}")
+    return v
+
+
+def check_float(owner: str, name: str, v: object) -> float:
+    """Return ``v`` as a finite ``float`` >= 0 (an ``int`` is converted).
+
+    :raises InvalidEvent: not a number of that kind (bools, NaN, infinities refused).
+    """
+    if type(v) is int:
+        v = float(v)
+    # NaN fails every comparison, infinities exceed the largest finite float.
+    if type(v) is not float or not 0.0 <= v <= _FLOAT_MAX:
+        raise InvalidEvent(f"{owner}.{name}: expected a finite float >= 0, got {v!r}")
+    return v
 
 
 def _int(obj: object, name: str, lo: int, hi: int) -> None:
     v = getattr(obj, name)
-    if type(v) is not int:
-        raise InvalidEvent(f"{type(obj).__name__}.{name}: expected int, got {type(v).__name__}")
-    if not lo <= v <= hi:
-        raise InvalidEvent(f"{type(obj).__name__}.{name}: {v} outside {lo}..{hi}")
+    if type(v) is not int or not lo <= v <= hi:
+        check_int(type(obj).__name__, name, v, lo, hi)
 
 
 def _str(obj: object, name: str, *, empty: bool = False, maxlen: int = 255) -> None:
     v = getattr(obj, name)
+    if type(v) is str and (empty or v) and len(v) <= maxlen:
+        return
     if not isinstance(v, str):
         raise InvalidEvent(f"{type(obj).__name__}.{name}: expected str, got {type(v).__name__}")
     if not empty and not v:
@@ -116,32 +180,47 @@ def _str(obj: object, name: str, *, empty: bool = False, maxlen: int = 255) -> N
 
 def _float(obj: object, name: str) -> None:
     v = getattr(obj, name)
-    if type(v) is int:
-        object.__setattr__(obj, name, float(v))
-        v = float(v)
-    if type(v) is not float or not math.isfinite(v) or v < 0:
-        raise InvalidEvent(f"{type(obj).__name__}.{name}: expected a finite float >= 0, got {v!r}")
+    if type(v) is not float or not 0.0 <= v <= _FLOAT_MAX:
+        object.__setattr__(obj, name, check_float(type(obj).__name__, name, v))
 
 
 def _addrs(obj: object, name: str) -> None:
     v = getattr(obj, name)
+    if type(v) is tuple and not v:
+        return
     if isinstance(v, list):
         v = tuple(v)
     if not isinstance(v, tuple):
         raise InvalidEvent(f"{type(obj).__name__}.{name}: expected a tuple of addresses")
-    canon = tuple(canonical_addr(a, f"{type(obj).__name__}.{name}") for a in v)
-    if len(set(canon)) != len(canon):
-        raise InvalidEvent(f"{type(obj).__name__}.{name}: duplicate address in {canon}")
+    where = f"{type(obj).__name__}.{name}"
+    canon = tuple(canonical_addr(a, where) for a in v)
+    if len(canon) > 1 and len(set(canon)) != len(canon):
+        raise InvalidEvent(f"{where}: duplicate address in {canon}")
     object.__setattr__(obj, name, canon)
 
 
 def _nodes(obj: object, name: str) -> None:
     v = getattr(obj, name)
+    if type(v) is tuple and not v:
+        return
     if isinstance(v, list):
         v = tuple(v)
     if not isinstance(v, tuple) or any(type(n) is not int or not 0 <= n <= MAX_NODE for n in v):
         raise InvalidEvent(f"{type(obj).__name__}.{name}: expected a tuple of node numbers")
     object.__setattr__(obj, name, v)
+
+
+#: event class -> its ``_validate`` methods, base class first (see Event.__post_init__).
+_CHECKS: dict[type, tuple[Any, ...]] = {}
+#: event class -> field names in declaration order.
+_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _checks(cls: type) -> tuple[Any, ...]:
+    chain = tuple(check for klass in reversed(cls.__mro__)
+                  if (check := klass.__dict__.get("_validate")) is not None)
+    _CHECKS[cls] = chain
+    return chain
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -166,28 +245,37 @@ class Event:
         return self.TOPIC
 
     def __post_init__(self) -> None:
-        # slots=True dataclasses cannot use zero-argument super(): walk the MRO instead,
-        # base class checks first.
-        for klass in reversed(type(self).__mro__):
-            check = klass.__dict__.get("_validate")
-            if check is not None:
-                check(self)
+        # slots=True dataclasses cannot use zero-argument super(): every class's own
+        # _validate runs, base class first, from a chain computed once per class.
+        chain = _CHECKS.get(type(self))
+        if chain is None:
+            chain = _checks(type(self))
+        for check in chain:
+            check(self)
 
     def _validate(self) -> None:
         if not self.TOPIC:
             raise InvalidEvent(f"{type(self).__name__} is abstract: it has no TOPIC")
-        _int(self, "origin", 0, MAX_NODE)
-        _int(self, "seq", 1, _U64)
+        v = self.origin
+        if type(v) is not int or not 0 <= v <= MAX_NODE:
+            check_int(type(self).__name__, "origin", v, 0, MAX_NODE)
+        v = self.seq
+        if type(v) is not int or not 1 <= v <= _U64:
+            check_int(type(self).__name__, "seq", v, 1, _U64)
         _float(self, "time")
 
     def to_dict(self) -> dict[str, Any]:
         """Return the fields as a plain dict (tuples stay tuples), without the topic."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        names = _NAMES.get(type(self)) or type(self).field_names()
+        return {name: getattr(self, name) for name in names}
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
         """Names of the fields of this event class, in declaration order."""
-        return tuple(f.name for f in dataclasses.fields(cls))
+        names = _NAMES.get(cls)
+        if names is None:
+            names = _NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
+        return names
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -212,13 +300,25 @@ class MembershipEvent(Event):
     incarnation: int = 0
 
     def _validate(self) -> None:
-        _int(self, "node", 0, MAX_NODE)
+        # The hottest validator (every membership event, built and decoded): the common
+        # case is checked inline, the helpers only run to convert or to explain a refusal.
+        v = self.node
+        if type(v) is not int or not 0 <= v <= MAX_NODE:
+            _int(self, "node", 0, MAX_NODE)
         _addrs(self, "addrs")
-        _int(self, "view", 1, _U64)
-        _nodes(self, "joined")
-        _nodes(self, "left")
+        v = self.view
+        if type(v) is not int or not 1 <= v <= _U64:
+            _int(self, "view", 1, _U64)
+        v = self.joined
+        if type(v) is not tuple or v:
+            _nodes(self, "joined")
+        v = self.left
+        if type(v) is not tuple or v:
+            _nodes(self, "left")
         _str(self, "reason", maxlen=64)
-        _int(self, "incarnation", 0, MAX_NODE)
+        v = self.incarnation
+        if type(v) is not int or not 0 <= v <= MAX_NODE:
+            _int(self, "incarnation", 0, MAX_NODE)
 
 
 @register_event
@@ -424,11 +524,17 @@ def event_from_dict(topic: str, body: Mapping[str, Any], version: int = 1) -> Ev
 
     :raises DecodeError: unknown topic/version, missing or unknown fields, invalid values.
     """
-    cls = event_class(topic, version)
-    names = cls.field_names()
-    unknown = set(body) - set(names)
-    if unknown:
-        raise DecodeError(f"{topic}: unknown field(s) {', '.join(sorted(map(str, unknown)))}")
+    cls = EVENT_TYPES.get((topic, version)) if type(version) is int else None
+    if cls is None:
+        cls = event_class(topic, version)
+    names = _NAMES.get(cls) or cls.field_names()
+    try:
+        if not body.keys() <= _name_set(cls, names):
+            unknown = set(body) - set(names)
+            raise DecodeError(
+                f"{topic}: unknown field(s) {', '.join(sorted(map(str, unknown)))}")
+    except TypeError:  # an unhashable key
+        raise DecodeError(f"{topic}: a field name is not a string") from None
     try:
         fields: dict[str, Any] = {k: (tuple(v) if isinstance(v, list) else v)
                                   for k, v in body.items()}
@@ -438,3 +544,13 @@ def event_from_dict(topic: str, body: Mapping[str, Any], version: int = 1) -> Ev
     except TypeError as exc:  # missing required keyword argument
         msg = str(exc).split("() ", 1)[-1]
         raise DecodeError(f"{topic}: {msg}") from None
+
+
+_NAME_SETS: dict[type, frozenset[str]] = {}
+
+
+def _name_set(cls: type, names: tuple[str, ...]) -> frozenset[str]:
+    found = _NAME_SETS.get(cls)
+    if found is None:
+        found = _NAME_SETS[cls] = frozenset(names)
+    return found

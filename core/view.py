@@ -21,7 +21,7 @@ from .events import (
     NodeDown,
     NodeGoingDown,
     NodeUp,
-    canonical_addr,
+    canonical_addrs,
 )
 
 __all__ = ["NodeState", "NodeReport", "NodeInfo", "ViewChange", "MembershipView"]
@@ -75,16 +75,19 @@ class NodeReport:
     reason: str
 
     def __post_init__(self) -> None:
-        if not isinstance(self.state, NodeState):
+        if type(self.state) is not NodeState:
             raise InvalidEvent(f"NodeReport.state: expected NodeState, got {self.state!r}")
         if type(self.node) is not int or not 0 <= self.node <= MAX_NODE:
             raise InvalidEvent(f"NodeReport.node: {self.node!r} is not a node number")
         if type(self.incarnation) is not int or not 0 <= self.incarnation <= MAX_NODE:
             raise InvalidEvent(f"NodeReport.incarnation: {self.incarnation!r} out of range")
-        addrs = tuple(dict.fromkeys(canonical_addr(a, "NodeReport.addrs") for a in self.addrs))
-        object.__setattr__(self, "addrs", addrs)
-        if not isinstance(self.reason, str) or not self.reason:
-            raise InvalidEvent("NodeReport.reason: must be a non-empty string")
+        if isinstance(self.addrs, str):
+            raise InvalidEvent("NodeReport.addrs: expected a sequence of addresses, got a string")
+        addrs = self.addrs if type(self.addrs) in (tuple, list) else tuple(self.addrs)
+        object.__setattr__(self, "addrs", canonical_addrs(addrs, "NodeReport.addrs"))
+        if not isinstance(self.reason, str) or not 0 < len(self.reason) <= 64:
+            # checked here, before the view changes, with the events' limit
+            raise InvalidEvent("NodeReport.reason: must be a string of 1..64 characters")
 
 
 @dataclass(frozen=True, slots=True)
