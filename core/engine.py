@@ -140,11 +140,13 @@ class Engine:
                       report.reason)
             return None
         info = change.info
-        event = self._stamp(
-            report.state.event_class,
-            dict(node=info.node, addrs=info.addrs, view=change.view, joined=change.joined,
-                 left=change.left, reason=report.reason, incarnation=info.incarnation),
-        )
+        # The fields come from the view, which validated the report, but the event still
+        # validates itself (an invalid event cannot exist); seq moves only once it does.
+        event = report.state.event_class(
+            origin=self.origin, seq=self.seq + 1, time=self.clock(), node=info.node,
+            addrs=info.addrs, view=change.view, joined=change.joined, left=change.left,
+            reason=report.reason, incarnation=info.incarnation)
+        self.seq += 1
         log.info("view %d: node %d %s (%s)", change.view, info.node, info.state.value,
                  report.reason)
         self._enqueue(event)
@@ -164,10 +166,11 @@ class Engine:
             self._dispatching = False
 
     def _dispatch(self, event: Event) -> None:
-        specific = TOPIC_HOOKS.get(event.topic)
+        notify, cluster = self.plugins.notify, self.cluster
+        specific = TOPIC_HOOKS.get(event.TOPIC)
         if specific:
-            self.plugins.call_each(specific, event=event, cluster=self.cluster)
-        self.plugins.call_each("clusterbus_event", event=event, cluster=self.cluster)
+            notify(specific, event, cluster)
+        notify("clusterbus_event", event, cluster)
         for sink in self.sinks:
             try:
                 sink(event)

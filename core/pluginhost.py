@@ -56,6 +56,10 @@ class PluginHost:
         self._historic: dict[str, dict[str, Any]] = {}
         # hook name -> implementations in call order; rebuilt when a plugin registers
         self._order: dict[str, list[pluggy.HookImpl]] = {}
+        # event hook name -> (plugin name, function, argument names, or None when they
+        # are exactly (event, cluster)) in call order: what notify() walks for every
+        # event; cleared with _order.
+        self._notify: dict[str, tuple[tuple[str, Any, tuple[str, ...] | None], ...]] = {}
 
     # -- loading ------------------------------------------------------------------------
 
@@ -101,6 +105,7 @@ class PluginHost:
             notification hook.
         """
         self._order.clear()
+        self._notify.clear()
         try:
             self.pm.register(plugin, name=name)
         except (pluggy.PluginValidationError, ValueError) as exc:
@@ -111,11 +116,13 @@ class PluginHost:
         except pluggy.PluginValidationError as exc:
             self.pm.unregister(name=name)
             self._order.clear()
+            self._notify.clear()
             raise PluginError(name, f"{exc} (known hooks: see clusterbus.hookspecs)") from exc
         for impl in self._impls_of(name):
             if impl.hookwrapper or impl.wrapper:
                 self.pm.unregister(name=name)
                 self._order.clear()
+                self._notify.clear()
                 raise PluginError(name, "hook wrappers are not supported; implement the hook itself")
         for hook_name, kwargs in self._historic.items():
             for impl in self._impls(hook_name):
@@ -157,6 +164,30 @@ class PluginHost:
         """
         return [(impl.plugin_name, self._call_impl(hook_name, impl, kwargs))
                 for impl in self._impls(hook_name)]
+
+    def notify(self, hook_name: str, event: Any, cluster: Any) -> None:
+        """Call every implementation of an event hook (``(event, cluster)`` arguments),
+        each isolated like :meth:`call_each`, without collecting results.
+
+        This is the per-event path: the implementations, and how each is called, are
+        worked out once per hook (again after a plugin registers), not per event.
+        """
+        calls = self._notify.get(hook_name)
+        if calls is None:
+            calls = self._notify[hook_name] = tuple(
+                (impl.plugin_name, impl.function,
+                 None if tuple(impl.argnames) == ("event", "cluster") else tuple(impl.argnames))
+                for impl in self._impls(hook_name))
+        for name, function, argnames in calls:
+            try:
+                if argnames is None:
+                    function(event, cluster)
+                else:  # an implementation may take a subset of the arguments
+                    kwargs = {"event": event, "cluster": cluster}
+                    function(*[kwargs[a] for a in argnames])
+            except Exception:
+                self.failures[name] += 1
+                log.exception("plugin %s failed in %s", name, hook_name)
 
     def call_first(self, hook_name: str, **kwargs: Any) -> Any:
         """Call implementations in order until one returns something other than ``None``."""
