@@ -15,6 +15,7 @@ either decode or raise :class:`~clusterbus.errors.DecodeError` with the offset o
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 import struct
 from dataclasses import dataclass
@@ -260,11 +261,9 @@ def _decode_body(buf: bytes, start: int, length: int, flags: int, seq: int,
     if version != VERSION:
         raise MessageError(f"unsupported version {version} (expected {VERSION})",
                            offset=pos + 1, kind="bad_version")
-    try:
-        command = Command(cmd)
-    except ValueError:
-        raise MessageError(f"unknown command {cmd}", offset=pos,
-                           kind="unknown_command") from None
+    state = _STATE_FOR_BYTE.get(cmd)
+    if state is None:
+        raise MessageError(f"unknown command {cmd}", offset=pos, kind="unknown_command")
     if reserved != 0:
         raise MessageError(f"reserved field is {reserved:#x}, must be 0", offset=pos + 2,
                            kind="bad_header")
@@ -289,28 +288,26 @@ def _decode_body(buf: bytes, start: int, length: int, flags: int, seq: int,
         if atype in _KNOWN_ATTRS and raw_type & (NLA_F_NESTED | NLA_F_NET_BYTEORDER):
             raise MessageError(f"attribute {Attr(atype).name} has flags {raw_type:#06x}",
                                offset=pos + 2, kind="bad_attribute")
-        if atype == Attr.NODE:
+        # plain ints, not Attr members: an IntEnum comparison costs an attribute lookup
+        if atype == _ATTR_NODE:
             if node is not None:
                 raise MessageError("duplicate NODE attribute", offset=pos,
                                    kind="duplicate_attribute")
             node = _payload_u32(payload, "NODE", pos)
-        elif atype == Attr.INCARNATION:
+        elif atype == _ATTR_INCARNATION:
             if incarnation is not None:
                 raise MessageError("duplicate INCARNATION attribute", offset=pos,
                                    kind="duplicate_attribute")
             incarnation = _payload_u32(payload, "INCARNATION", pos)
-        elif atype == Attr.ADDR:
+        elif atype == _ATTR_ADDR:
             if len(addrs) == MAX_ADDRS:
                 raise MessageError(f"more than {MAX_ADDRS} ADDR attributes", offset=pos,
                                    kind="too_many_addrs")
-            if len(payload) == 4:
-                addrs.append(str(ipaddress.IPv4Address(payload)))
-            elif len(payload) == 16:
-                addrs.append(str(ipaddress.IPv6Address(payload)))
-            else:
+            if len(payload) != 4 and len(payload) != 16:
                 raise MessageError(f"ADDR payload is {len(payload)} bytes, expected 4 (IPv4) "
                                    "or 16 (IPv6)", offset=pos, kind="bad_address")
-        elif atype == Attr.UNSPEC:
+            addrs.append(_addr_text(payload))
+        elif atype == _ATTR_UNSPEC:
             raise MessageError("attribute type 0 (UNSPEC)", offset=pos + 2,
                                kind="bad_attribute")
         # NLA_NEXT; an attribute at the very end of the message may lack its padding.
@@ -318,7 +315,7 @@ def _decode_body(buf: bytes, start: int, length: int, flags: int, seq: int,
     if node is None:
         raise MessageError("missing NODE attribute", offset=start, kind="missing_node")
     return NodeMessage(
-        state=command.state,
+        state=state,
         node=node,
         addrs=tuple(addrs),
         incarnation=incarnation or 0,
@@ -329,6 +326,17 @@ def _decode_body(buf: bytes, start: int, length: int, flags: int, seq: int,
 
 
 _KNOWN_ATTRS = frozenset((Attr.NODE, Attr.ADDR, Attr.INCARNATION))
+_ATTR_UNSPEC, _ATTR_NODE, _ATTR_ADDR, _ATTR_INCARNATION = (
+    int(Attr.UNSPEC), int(Attr.NODE), int(Attr.ADDR), int(Attr.INCARNATION))
+#: command byte -> state, for the decoder (no enum construction per message)
+_STATE_FOR_BYTE = {int(c): s for c, s in _STATE_FOR_COMMAND.items()}
+
+
+@functools.lru_cache(maxsize=4096)
+def _addr_text(packed: bytes) -> str:
+    """Canonical text of a 4- or 16-byte address. Cached: the same few addresses come
+    back in every message about a node; bounded, so new addresses only cost a parse."""
+    return str(ipaddress.ip_address(packed))
 
 
 def _payload_u32(payload: bytes, name: str, offset: int) -> int:

@@ -46,6 +46,7 @@ RECV_SIZE = 1 << 17
 #: Datagrams handled per wake-up before yielding to the other fds on the loop (the fd is
 #: level-triggered, so the rest is read on the next turn).
 BATCH = 256
+_CMSG_SPACE = socket.CMSG_SPACE(_UCRED.size)
 
 
 class NetlinkSource:
@@ -166,8 +167,7 @@ class NetlinkSource:
             return
         for _ in range(BATCH):
             try:
-                data, ancdata, msg_flags, _addr = sock.recvmsg(
-                    RECV_SIZE, socket.CMSG_SPACE(_UCRED.size))
+                data, ancdata, msg_flags, _addr = sock.recvmsg(RECV_SIZE, _CMSG_SPACE)
             except BlockingIOError:
                 return
             except InterruptedError:
@@ -216,15 +216,18 @@ class NetlinkSource:
             self._drop("malformed", f"malformed datagram from uid {uid} pid {pid}: {exc}",
                        key=f"malformed.{exc.kind}")
             return
+        debug = log.isEnabledFor(logging.DEBUG)  # spares the join below per message
+        counters, report_to = self.counters, self.engine.report
         for m in messages:
-            self.counters["messages"] += 1
+            counters["messages"] += 1
             report = NodeReport(state=m.state, node=m.node, addrs=m.addrs,
                                 incarnation=m.incarnation, reason="netlink")
-            log.debug("netlink: node %d %s addrs=%s incarnation=%d from pid %d uid %d",
-                      m.node, m.state.value, ",".join(m.addrs), m.incarnation, pid, uid)
-            self.counters["reported"] += 1
-            if self.engine.report(report) is not None:
-                self.counters["changes"] += 1
+            if debug:
+                log.debug("netlink: node %d %s addrs=%s incarnation=%d from pid %d uid %d",
+                          m.node, m.state.value, ",".join(m.addrs), m.incarnation, pid, uid)
+            counters["reported"] += 1
+            if report_to(report) is not None:
+                counters["changes"] += 1
 
     def _drop(self, reason: str, detail: str, *, key: str | None = None) -> None:
         self.counters[reason] = self.counters.get(reason, 0) + 1
