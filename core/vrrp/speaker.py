@@ -10,13 +10,18 @@ Effects of the routers:
 
 - ``Transmit`` -> ``sendmsg`` with the instance's primary address as source (IP_PKTINFO /
   IPV6_PKTINFO), TTL / hop limit 255 (RFC 5798 §5.1.1.3, §5.1.2.3);
-- ``AddAddresses`` / ``RemoveAddresses`` -> netlink through pyroute2 and ``vip.acquired`` /
-  ``vip.released`` events. The netlink calls are synchronous on the loop on purpose: the
-  kernel answers an address change in well under a millisecond, and a round trip through a
-  thread would only delay the takeover;
-- ``StateChanged`` -> a ``vrrp.transition`` event; a change to MASTER first calls the
-  ``clusterbus_vrrp_prepare_master`` hook, and a veto keeps the instance from taking the
-  addresses (see :meth:`VrrpSpeaker._prepare_master`);
+- ``AddAddresses`` / ``RemoveAddresses`` -> one ``RTM_NEWADDR`` / ``RTM_DELADDR`` per VIP on
+  the speaker's own NETLINK_ROUTE socket, sent synchronously from the effect (the kernel
+  applies an address request inside ``sendmsg``, so the VIP is up before the callback
+  returns); the requests are encoded with pyroute2's ``ifaddrmsg`` once at start-up and only
+  their sequence number changes. The kernel's acks come back through ``loop.add_reader``
+  and become ``vip.acquired`` / ``vip.released`` events (or counted, logged errors). This
+  path replaced an ``AsyncIPRoute`` worker task: the queue hop and pyroute2's request
+  machinery cost about a millisecond per takeover (see docs/vrrp.md);
+- ``StateChanged`` -> a ``vrrp.transition`` event, published after the rest of the batch
+  (advert, addresses, announcements), so a takeover is not delayed by logging and hooks;
+  a change to MASTER first calls the ``clusterbus_vrrp_prepare_master`` hook, and a veto
+  keeps the instance from taking the addresses (see :meth:`VrrpSpeaker._prepare_master`);
 - ``Announce`` -> gratuitous ARP (IPv4, RFC 5798 §6.4.1 / §8.1.2: a burst of ``garp_count``
   ARP requests with sender IP = target IP = VIP to broadcast, as keepalived sends them, and
   a second burst ``garp_delay`` seconds later) or unsolicited neighbour advertisements (IPv6,
@@ -34,14 +39,18 @@ import asyncio
 import errno
 import ipaddress
 import logging
+import os
 import socket
 import struct
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pyroute2 import AsyncIPRoute
+from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NLMSG_ERROR
 from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl import RTM_DELADDR, RTM_NEWADDR
+from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 
 from ..config import Config
 from ..engine import Engine
@@ -60,6 +69,12 @@ _ETH_P_ARP = 0x0806
 _IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
 _IFA_F_NODAD = 0x02
 _ALL_NODES_V6 = "ff02::1"
+_NLMSGHDR = struct.Struct("=IHHII")  # <linux/netlink.h> struct nlmsghdr
+#: How early a timer is armed before its deadline. epoll waits in whole milliseconds and
+#: CPython rounds the timeout up, so a timer armed at its deadline fires 0..1 ms late (0.7 ms
+#: at the median, measured); armed half a millisecond early and handled as at its deadline,
+#: it fires within +-0.5 ms of it. keepalived's timerfd is that close too.
+_TIMER_LEAD = 0.0005
 
 
 # -- announcements ---------------------------------------------------------------------------
@@ -109,10 +124,13 @@ class _Instance:
     primary: str
     prefixes: dict[str, str]  #: VIP without prefix -> "addr/prefix" as configured
     timer: asyncio.TimerHandle | None = None
+    deadline: float | None = None  #: the router deadline ``timer`` stands for
     garp_later: asyncio.TimerHandle | None = None
     counters: Counter[str] = field(default_factory=Counter)
     vetoed: str | None = None
     holding: set[str] = field(default_factory=set)  #: VIPs we put on the interface
+    #: keys a reload changed that only a restart applies (shown by status())
+    restart_needed: tuple[str, ...] = ()
 
 
 def _open_v4(ifname: str, ifindex: int) -> socket.socket:
@@ -171,12 +189,22 @@ class VrrpSpeaker:
         self._links: dict[tuple[str, str], _Link] = {}
         self._instances: dict[str, _Instance] = {}
         self._ipr: AsyncIPRoute | None = None
-        #: address changes and announcements, in the routers' order (see _netlink_worker)
-        self._ops: asyncio.Queue[tuple[str, _Instance, tuple[str, ...]]] = asyncio.Queue()
+        #: NETLINK_ROUTE socket for VIP changes (see _address_request)
+        self._rtnl: socket.socket | None = None
+        self._seq = 0
+        #: sequence number -> ("add" | "remove", instance, configured address): awaiting ack
+        self._pending: dict[int, tuple[str, _Instance, str]] = {}
+        #: (add?, instance name, bare VIP) -> request encoded at start-up, seq 0
+        self._requests: dict[tuple[bool, str, str], bytes] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._macs: dict[str, bytes] = {}
         self._garp_socks: dict[str, socket.socket] = {}
         self._na_socks: dict[str, socket.socket] = {}
+        #: the routers run (reload applies to them); before that a reload waits here
+        self._ready = False
+        self._pending_reload: Config | None = None
+        #: instances a reload added or removed: a restart applies them
+        self._restart_needed: dict[str, str] = {}
 
     # -- start-up -------------------------------------------------------------------------
 
@@ -265,9 +293,27 @@ class VrrpSpeaker:
             inst = _Instance(cfg, router, link, primary, prefixes)
             link.routers[cfg.vrid] = inst
             self._instances[cfg.name] = inst
+            for full in cfg.virtual_ipaddress:
+                iface = ipaddress.ip_interface(full)
+                for add in (True, False):
+                    self._requests[(add, cfg.name, str(iface.ip))] = _encode_addr(
+                        add, ifindex, iface)
+        self._rtnl = _open_rtnl()
+        self._loop.add_reader(self._rtnl.fileno(), self._on_acks)
+        # Announcement sockets and MACs now, not on the first takeover.
+        for inst in self._instances.values():
+            self._mac(inst.cfg.interface)
+            if inst.cfg.family == "inet":
+                self._garp_sock(inst.cfg.interface)
+            else:
+                self._na_sock(inst)
         for inst in self._instances.values():
             inst.router.start(self._now())
             self._after(inst)
+        self._ready = True
+        if self._pending_reload is not None:  # a SIGHUP came while we were setting up
+            pending, self._pending_reload = self._pending_reload, None
+            self.reload(pending)
 
     # -- receiving ------------------------------------------------------------------------
 
@@ -338,9 +384,13 @@ class VrrpSpeaker:
         return self._loop.time()
 
     def _on_timer(self, inst: _Instance) -> None:
-        inst.timer = None
+        deadline, inst.timer, inst.deadline = inst.deadline, None, None
         try:
-            inst.router.handle_timer(self._now())
+            # Armed _TIMER_LEAD early (see there): up to that much early counts as on time.
+            now = self._now()
+            if deadline is not None and now < deadline:
+                now = deadline
+            inst.router.handle_timer(now)
             self._after(inst)
         except Exception:
             self.counters["timer_errors"] += 1
@@ -351,30 +401,42 @@ class VrrpSpeaker:
         assert self._loop is not None
         deadline = inst.router.next_deadline()
         if inst.timer is not None:
-            if deadline is not None and inst.timer.when() == deadline:
+            if deadline is not None and inst.deadline == deadline:
                 return
             inst.timer.cancel()
-            inst.timer = None
+            inst.timer = inst.deadline = None
         if deadline is not None:
-            inst.timer = self._loop.call_at(deadline, self._on_timer, inst)
+            inst.deadline = deadline
+            inst.timer = self._loop.call_at(deadline - _TIMER_LEAD, self._on_timer, inst)
 
     # -- effects --------------------------------------------------------------------------
 
     def _after(self, inst: _Instance) -> None:
-        """Carry out what the router asked for, then re-arm its timer."""
+        """Carry out what the router asked for, then re-arm its timer.
+
+        State changes are logged and published after the rest of their batch: on a
+        takeover the advert, the VIPs and the gratuitous ARPs go first (RFC 5798 §6.4.2
+        lists them in that order), the ``vrrp.transition`` event and its hooks after.
+        """
+        changes = []
         for effect in inst.router.drain():
-            if (isinstance(effect, machine.StateChanged) and effect.new is machine.State.MASTER
-                    and self._vetoed(inst, effect)):
-                break  # the router was reset: the rest of this batch is void
-            self._apply(inst, effect)
+            if isinstance(effect, machine.StateChanged):
+                if effect.new is machine.State.MASTER and self._vetoed(inst, effect):
+                    break  # the router was reset: the rest of this batch is void
+                changes.append(effect)
+            else:
+                self._apply(inst, effect)
+        for change in changes:
+            self._state_changed(inst, change)
         self._schedule(inst)
 
     def _vetoed(self, inst: _Instance, effect: Any) -> bool:
         """Ask the plugins before becoming MASTER; on a veto keep the instance BACKUP.
 
-        The machine has already decided; a veto resets it (shutdown, then start): it sends
-        a priority-0 advert, so a peer takes over after its Skew_Time instead of waiting a
-        whole Master_Down_Interval, and listens again; when nobody else takes over, it asks
+        The machine has already decided; a veto resets it (shutdown, then start): unless it
+        was preempting a live master, it sends a priority-0 advert, so a peer takes over
+        after its Skew_Time instead of waiting a whole Master_Down_Interval; it listens
+        again; when nobody else takes over, it asks
         the plugins again one Master_Down_Interval later. Our MASTER advert and the
         addresses never go out. The address owner (priority 255) cannot be held back: it
         claims MASTER at start by definition (RFC 5798 §6.4.1), so its veto is only logged.
@@ -388,8 +450,13 @@ class VrrpSpeaker:
         now = self._now()
         inst.router.shutdown(now)
         inst.router.start(now)
+        # The priority-0 advert tells the other backups to elect a master after their
+        # Skew_Time: right when the master went silent or stepped down. When we were about
+        # to preempt a live master, it would only make them take over from that master
+        # (they do not check who sent it), so it stays unsent.
+        handover = effect.reason != "preempt"
         for after in inst.router.drain():
-            if isinstance(after, machine.Transmit):
+            if isinstance(after, machine.Transmit) and handover:
                 self._send(inst, after.data, after.dst, after.src)  # the priority-0 advert
             # StateChanged (MASTER -> INITIALIZE -> BACKUP) and RemoveAddresses are internal:
             # the addresses never went up and, seen from outside, we stayed BACKUP.
@@ -406,11 +473,13 @@ class VrrpSpeaker:
         elif isinstance(effect, machine.StateChanged):
             self._state_changed(inst, effect)
         elif isinstance(effect, machine.AddAddresses):
-            self._ops.put_nowait(("add", inst, tuple(effect.addrs)))
+            for addr in effect.addrs:
+                self._address_request("add", inst, addr)
         elif isinstance(effect, machine.RemoveAddresses):
-            self._ops.put_nowait(("remove", inst, tuple(effect.addrs)))
+            for addr in effect.addrs:
+                self._address_request("remove", inst, addr)
         elif isinstance(effect, machine.Announce):
-            self._ops.put_nowait(("announce", inst, tuple(effect.addrs)))
+            self._announce(inst, effect.addrs, first=True)
         elif isinstance(effect, machine.Discarded):
             # The router counts it too (status() shows router.counters).
             log.debug("%s: discarded advert from %s: %s", inst.cfg.name, effect.source,
@@ -464,61 +533,75 @@ class VrrpSpeaker:
                 return f"{plugin}: {reason}"
         return None
 
-    async def _netlink_worker(self) -> None:
-        """Carry out address changes and announcements one at a time, in order.
+    def _address_request(self, kind: str, inst: _Instance, addr: str) -> None:
+        """Add or remove one VIP now: the kernel applies the request inside ``sendmsg``;
+        its ack arrives in :meth:`_on_acks`."""
+        full = inst.prefixes.get(str(addr), str(addr))
+        ip = str(ipaddress.ip_interface(full).ip)
+        request = self._requests.get((kind == "add", inst.cfg.name, ip))
+        if request is None or self._rtnl is None:
+            self.counters["address_errors"] += 1
+            log.error("%s: no address request for %s %s", inst.cfg.name, kind, full)
+            return
+        self._seq = self._seq % 0xFFFFFFFF + 1
+        data = bytearray(request)
+        struct.pack_into("=I", data, 8, self._seq)  # nlmsghdr.nlmsg_seq
+        try:
+            self._rtnl.send(data)
+        except OSError as exc:
+            self.counters["address_errors"] += 1
+            log.error("%s: cannot %s %s on %s: %s", inst.cfg.name, kind, full,
+                      inst.cfg.interface, exc)
+            return
+        self._pending[self._seq] = (kind, inst, full)
 
-        pyroute2 0.9's netlink API is async; one worker keeps the order the routers asked
-        for (add before announce, remove after a later add) without a task per effect. The
-        kernel answers each change in well under a millisecond.
-        """
-        while True:
-            kind, inst, addrs = await self._ops.get()
+    def _on_acks(self) -> None:
+        """Read the kernel's answers to :meth:`_address_request` (``NLMSG_ERROR`` with
+        error 0 is the ack) and publish ``vip.acquired`` / ``vip.released``."""
+        assert self._rtnl is not None
+        for _ in range(64):  # bounded, like the receive path
             try:
-                if kind == "add":
-                    await self._add(inst, addrs)
-                elif kind == "remove":
-                    await self._remove(inst, addrs)
-                else:
-                    self._announce(inst, addrs, first=True)
-            except (OSError, NetlinkError) as exc:
+                data = self._rtnl.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # ENOBUFS: acks were lost; the addresses are still right
+                self.counters["netlink_overruns"] += 1
+                log.warning("VRRP address socket: %s", exc)
+                self._pending.clear()
+                return
+            offset = 0
+            while offset + _NLMSGHDR.size <= len(data):
+                length, kind, _flags, seq, _pid = _NLMSGHDR.unpack_from(data, offset)
+                if length < _NLMSGHDR.size:
+                    break
+                if kind == NLMSG_ERROR and offset + _NLMSGHDR.size + 4 <= len(data):
+                    (error,) = struct.unpack_from("=i", data, offset + _NLMSGHDR.size)
+                    self._acked(seq, -error)
+                offset += (length + 3) & ~3
+
+    def _acked(self, seq: int, error: int) -> None:
+        pending = self._pending.pop(seq, None)
+        if pending is None:
+            return
+        kind, inst, full = pending
+        ip = str(ipaddress.ip_interface(full).ip)
+        if kind == "add":
+            if error and error != errno.EEXIST:
                 self.counters["address_errors"] += 1
-                log.error("%s: %s %s failed: %s", inst.cfg.name, kind, ", ".join(addrs), exc)
-
-    async def _add(self, inst: _Instance, addrs: Any) -> None:
-        assert self._ipr is not None
-        for addr in addrs:
-            full = inst.prefixes.get(str(addr), str(addr))
-            iface = ipaddress.ip_interface(full)
-            try:
-                await self._ipr.addr("add", index=inst.link.ifindex, address=str(iface.ip),
-                               prefixlen=iface.network.prefixlen,
-                               **({"flags": _IFA_F_NODAD} if iface.version == 6 else {}))
-            except NetlinkError as exc:
-                if exc.code != errno.EEXIST:
-                    self.counters["address_errors"] += 1
-                    log.error("%s: cannot add %s to %s: %s", inst.cfg.name, full,
-                              inst.cfg.interface, exc)
-                    continue
-            inst.holding.add(str(iface.ip))
+                log.error("%s: cannot add %s to %s: %s", inst.cfg.name, full,
+                          inst.cfg.interface, os.strerror(error))
+                return
+            inst.holding.add(ip)
             self.engine.publish(VipAcquired, instance=inst.cfg.name, address=full,
                                 interface=inst.cfg.interface)
-
-    async def _remove(self, inst: _Instance, addrs: Any) -> None:
-        assert self._ipr is not None
-        for addr in addrs:
-            full = inst.prefixes.get(str(addr), str(addr))
-            iface = ipaddress.ip_interface(full)
-            try:
-                await self._ipr.addr("del", index=inst.link.ifindex, address=str(iface.ip),
-                               prefixlen=iface.network.prefixlen)
-            except NetlinkError as exc:
-                if exc.code != errno.EADDRNOTAVAIL:
+        else:
+            inst.holding.discard(ip)
+            if error:
+                if error != errno.EADDRNOTAVAIL:
                     self.counters["address_errors"] += 1
                     log.error("%s: cannot remove %s from %s: %s", inst.cfg.name, full,
-                              inst.cfg.interface, exc)
-                continue
-            finally:
-                inst.holding.discard(str(iface.ip))
+                              inst.cfg.interface, os.strerror(error))
+                return
             self.engine.publish(VipReleased, instance=inst.cfg.name, address=full,
                                 interface=inst.cfg.interface)
 
@@ -560,9 +643,16 @@ class VrrpSpeaker:
     def _garp_sock(self, ifname: str) -> socket.socket:
         s = self._garp_socks.get(ifname)
         if s is None:
-            s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(_ETH_P_ARP))
-            s.bind((ifname, _ETH_P_ARP))
-            s.setblocking(False)
+            # Protocol 0: send only. A socket opened for ETH_P_ARP hooks into receive, and
+            # its bind() then waits for an RCU grace period (synchronize_net) to re-hook:
+            # about 10 ms, measured, on the first takeover.
+            s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+            try:
+                s.bind((ifname, 0))
+                s.setblocking(False)
+            except BaseException:
+                s.close()
+                raise
             self._garp_socks[ifname] = s
         return s
 
@@ -583,10 +673,80 @@ class VrrpSpeaker:
 
     def set_priority(self, instance: str, priority: int) -> None:
         """Change an instance's priority at run time (a policy or track decision). When it
-        drops below a peer's, the master gives up at once with a priority-0 advert."""
+        drops below a peer's, the master gives up at once with a priority-0 advert.
+
+        :param instance: the instance name.
+        :param priority: 1..255.
+        :raises KeyError: no such instance.
+        :raises LocalProtocolError: priority out of range.
+        """
         inst = self._instances[instance]
         inst.router.set_priority(priority, self._now())
         self._after(inst)
+
+    def reload(self, config: Config) -> None:
+        """Apply a re-read configuration (SIGHUP, ``clusterbus reload``) to the running
+        instances, matched by name.
+
+        Applied at once: ``priority`` (through :meth:`set_priority`: a master whose new
+        priority is below a peer's steps down with a priority-0 advert, so the peer takes
+        over after its Skew_Time), ``preempt``, ``preempt_delay``, ``accept``,
+        ``garp_count`` and ``garp_delay``. Everything else (``vrid``, ``interface``,
+        ``version``, ``advert_interval``, ``virtual_ipaddress``, ``unicast_peer``,
+        ``unicast_src_ip``, added or removed instances) changes the sockets, the adverts
+        or the addresses a peer expects: it is logged as needing a restart, shown in
+        ``status()`` (``restart_needed``) and otherwise ignored, while the rest of the file
+        still applies. We do not refuse the whole reload for it: a planned handoff (a
+        priority drop) must not fail because the same edit also touched an address.
+
+        :param config: the new, validated configuration.
+        """
+        if not self._ready:
+            # Before the routers run, the new file replaces the old one, unless set-up is
+            # under way: then it is applied as soon as set-up is done.
+            if self._loop is None:
+                self.config = config
+                self.instance_configs = instances(config)
+            else:
+                self._pending_reload = config
+            return
+        new = {c.name: c for c in instances(config)}
+        self._restart_needed = {}
+        for name in sorted(set(new) - set(self._instances)):
+            self._restart_needed[name] = "added"
+        for name in sorted(set(self._instances) - set(new)):
+            self._restart_needed[name] = "removed"
+        for name, what in self._restart_needed.items():
+            self.counters["reload_restart_needed"] += 1
+            log.warning("reload: VRRP instance %s %s; restart the daemon to apply it", name,
+                        what)
+        for name, inst in self._instances.items():
+            cfg = new.get(name)
+            if cfg is not None:
+                self._reload_instance(inst, cfg)
+        self.counters["reloads"] += 1
+
+    def _reload_instance(self, inst: _Instance, cfg: InstanceConfig) -> None:
+        old = inst.cfg
+        inst.restart_needed = tuple(k for k in _RESTART_KEYS if getattr(cfg, k) != getattr(old, k))
+        if inst.restart_needed:
+            self.counters["reload_restart_needed"] += 1
+            log.warning("reload: %s: %s changed; restart the daemon to apply %s", old.name,
+                        ", ".join(inst.restart_needed),
+                        "it" if len(inst.restart_needed) == 1 else "them")
+        live = {k: getattr(cfg, k) for k in _LIVE_KEYS}
+        if any(live[k] != getattr(old, k) for k in ("preempt", "preempt_delay", "accept")):
+            # The router reads these three at each use, so a new RouterConfig that differs
+            # only in them is safe to swap in (the rest of it is what the router derived its
+            # addresses and destinations from, unchanged).
+            inst.router.config = replace(inst.router.config, preempt=cfg.preempt,
+                                         preempt_delay=cfg.preempt_delay,
+                                         accept_mode=cfg.accept)
+        inst.cfg = replace(old, index=cfg.index, **live)
+        if cfg.priority != inst.router.priority:
+            log.info("reload: %s: priority %d -> %d", old.name, inst.router.priority,
+                     cfg.priority)
+            self.set_priority(old.name, cfg.priority)
 
     async def run(self) -> None:
         """Run every instance until cancelled; then step down (priority 0) and release VIPs.
@@ -603,7 +763,8 @@ class VrrpSpeaker:
                     await self._setup()
                     log.info("VRRP speaker running %d instance(s): %s", len(self._instances),
                              ", ".join(self._instances))
-                    await self._netlink_worker()
+                    # Everything happens in reader and timer callbacks until cancelled.
+                    await asyncio.get_running_loop().create_future()
                 finally:
                     await self._shutdown()
         finally:
@@ -638,6 +799,12 @@ class VrrpSpeaker:
             if self._loop is not None:
                 self._loop.remove_reader(link.sock.fileno())
             link.sock.close()
+        if self._rtnl is not None:
+            if self._loop is not None:
+                self._loop.remove_reader(self._rtnl.fileno())
+            self._rtnl.close()
+            self._rtnl = None
+        self._pending.clear()
         for s in (*self._garp_socks.values(), *self._na_socks.values()):
             s.close()
         self._links.clear()
@@ -663,14 +830,60 @@ class VrrpSpeaker:
                 "vips": list(inst.cfg.virtual_ipaddress),
                 "holding": sorted(inst.holding),
                 "vetoed": inst.vetoed,
-                "dropped": dict(r.counters),
+                # address_mismatch counts accepted adverts (RFC 5798 §7.1: log, not drop)
+                "dropped": {k: v for k, v in r.counters.items() if k != "address_mismatch"},
+                "address_mismatch": r.counters.get("address_mismatch", 0),
                 "vetoes": inst.counters["vetoed"],
                 "master_down_interval": round(r.master_down_interval, 6),
+                "restart_needed": list(inst.restart_needed),
             })
-        return {"instances": out, "counters": dict(self.counters)}
+        return {"instances": out, "counters": dict(self.counters),
+                "restart_needed": dict(self._restart_needed)}
 
 
 _LITTLE = struct.pack("=i", 1)[0] == 1
+
+
+def _open_rtnl() -> socket.socket:
+    """A NETLINK_ROUTE socket in no multicast group: it only receives our acks."""
+    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                      socket.NETLINK_ROUTE)
+    try:
+        s.bind((0, 0))
+        s.setblocking(False)
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
+def _encode_addr(add: bool, ifindex: int,
+                 iface: ipaddress.IPv4Interface | ipaddress.IPv6Interface) -> bytes:
+    """``RTM_NEWADDR`` / ``RTM_DELADDR`` for one VIP, as ``ip addr add|del`` sends it
+    (IFA_LOCAL = IFA_ADDRESS = the address), sequence number 0 (set per send).
+
+    IPv6 VIPs skip duplicate address detection (IFA_F_NODAD): the address must answer at
+    once, and the peer that held it before is gone or going.
+    """
+    msg = ifaddrmsg()
+    msg["family"] = socket.AF_INET6 if iface.version == 6 else socket.AF_INET
+    msg["prefixlen"] = iface.network.prefixlen
+    msg["flags"] = _IFA_F_NODAD if iface.version == 6 else 0
+    msg["scope"] = 0
+    msg["index"] = ifindex
+    msg["attrs"] = [("IFA_LOCAL", str(iface.ip)), ("IFA_ADDRESS", str(iface.ip))]
+    msg["header"]["type"] = RTM_NEWADDR if add else RTM_DELADDR
+    # As `ip addr add`: EEXIST when the address is already there, which _acked counts as
+    # holding it.
+    msg["header"]["flags"] = NLM_F_REQUEST | NLM_F_ACK | (NLM_F_CREATE | NLM_F_EXCL if add else 0)
+    msg.encode()
+    return bytes(msg.data)
+
+#: instance keys a reload applies to the running router (see VrrpSpeaker.reload)
+_LIVE_KEYS = ("priority", "preempt", "preempt_delay", "accept", "garp_count", "garp_delay")
+#: instance keys that only a restart applies: sockets, adverts, addresses
+_RESTART_KEYS = ("interface", "vrid", "version", "family", "advert_interval",
+                 "virtual_ipaddress", "unicast_peer", "unicast_src_ip")
 
 
 def _state_name(state: Any) -> str:

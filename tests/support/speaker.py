@@ -1,17 +1,22 @@
 """Run clusterbus's own VRRP speaker (``clusterbus run -c FILE``) inside a test namespace.
 
-The daemon runs with the bus and the netlink source off, so several can run at once on
-one machine; its log (DEBUG) goes to a file in the test's directory.
+The daemon runs with the netlink source off and, unless ``bus=True``, the bus off, so
+several can run at once on one machine; its log goes to a file in the test's directory.
+With ``bus=True`` the bus listens on ``ipc://`` sockets in the test's directory (files cross
+network namespaces), so ``clusterbus status``, ``reload`` and ``events`` reach it from the
+test: see :meth:`Speaker.cli`, :meth:`Speaker.status`, :meth:`Speaker.reload`.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from keepalived import VrrpInstance, wait_for
 from netns import Topology
@@ -38,6 +43,9 @@ class Speaker:
     node: int = 1
     extra: str = ""
     garp_delay: float = 5.0
+    bus: bool = False
+    env: dict[str, str] | None = None
+    log_level: str = "info"
     proc: subprocess.Popen[bytes] | None = None
 
     def __post_init__(self) -> None:
@@ -46,9 +54,16 @@ class Speaker:
         self.conf = self.workdir / f"clusterbus-{self.ns}.toml"
         self.logfile = self.workdir / f"clusterbus-{self.ns}.log"
 
+    def _bus(self) -> str:
+        if not self.bus:
+            return "[bus]\nenabled = false\n\n"
+        ep = f"ipc://{self.workdir}/{self.ns}"
+        return (f'[bus]\npublish = "{ep}.pub"\ningest = "{ep}.ingest"\n'
+                f'snapshot = "{ep}.snap"\nheartbeat_interval = 0.2\n\n')
+
     def render(self) -> str:
-        text = (f"[daemon]\nnode = {self.node}\nlog_level = \"info\"\n\n"
-                "[bus]\nenabled = false\n\n[netlink]\nenabled = false\n\n")
+        text = (f"[daemon]\nnode = {self.node}\nlog_level = \"{self.log_level}\"\n\n"
+                f"{self._bus()}[netlink]\nenabled = false\n\n")
         for i in self.instances:
             text += (
                 "[[vrrp.instance]]\n"
@@ -62,6 +77,7 @@ class Speaker:
                 f"preempt = {'true' if i.preempt else 'false'}\n"
                 f"preempt_delay = {float(i.preempt_delay)!r}\n"
                 f"unicast_peer = {_toml_list(i.unicast_peers)}\n"
+                + (f'unicast_src_ip = "{i.unicast_src}"\n' if i.unicast_src else "") +
                 f"garp_delay = {float(self.garp_delay)!r}\n\n"
             )
         return text + self.extra
@@ -74,9 +90,42 @@ class Speaker:
         try:
             self.proc = subprocess.Popen(
                 Topology.prefix(self.ns) + [CLUSTERBUS, "run", "-c", str(self.conf)],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env={**os.environ, **(self.env or {})})
         finally:
             log.close()
+
+    def cli(self, *args: str, timeout: float = 30,
+            check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run ``clusterbus ARGS -c FILE`` from the test's namespace (needs ``bus=True``)."""
+        p = subprocess.run([CLUSTERBUS, *args, "-c", str(self.conf)], capture_output=True,
+                           text=True, timeout=timeout, env={**os.environ, **(self.env or {})})
+        if check and p.returncode != 0:
+            raise AssertionError(f"clusterbus {' '.join(args)} -> {p.returncode}: {p.stderr}")
+        return p
+
+    def status(self) -> dict[str, Any]:
+        """``clusterbus status --json``: the daemon's status (needs ``bus=True``)."""
+        return json.loads(self.cli("status", "--json").stdout)
+
+    def instance_status(self, name: str = "VI_1") -> dict[str, Any]:
+        """The speaker's status of one instance."""
+        for inst in self.status()["services"]["vrrp"]["instances"]:
+            if inst["name"] == name:
+                return inst
+        raise KeyError(name)
+
+    def reconfigure(self, **changes: Any) -> None:
+        """Rewrite the configuration file with ``changes`` applied to every instance (no
+        signal: see :meth:`reload`)."""
+        self.instances = [replace(i, **changes) for i in self.instances]
+        self.conf.write_text(self.render())
+
+    def reload(self, **changes: Any) -> None:
+        """Rewrite the configuration with ``changes`` and run ``clusterbus reload``."""
+        self.reconfigure(**changes)
+        out = self.cli("reload").stdout
+        assert "sent SIGHUP" in out, out
 
     @property
     def pid(self) -> int | None:
