@@ -262,7 +262,9 @@ class Event:
         v = self.seq
         if type(v) is not int or not 1 <= v <= _U64:
             check_int(type(self).__name__, "seq", v, 1, _U64)
-        _float(self, "time")
+        t = self.time
+        if type(t) is not float or not 0.0 <= t <= _FLOAT_MAX:
+            _float(self, "time")
 
     def to_dict(self) -> dict[str, Any]:
         """Return the fields as a plain dict (tuples stay tuples), without the topic."""
@@ -305,17 +307,22 @@ class MembershipEvent(Event):
         v = self.node
         if type(v) is not int or not 0 <= v <= MAX_NODE:
             _int(self, "node", 0, MAX_NODE)
-        _addrs(self, "addrs")
+        a = self.addrs
+        # fast: a tuple of one address already in canonical form (what the view passes)
+        if type(a) is not tuple or len(a) > 1 \
+                or (a and (type(a[0]) is not str or _canonical_or_none(a[0]) != a[0])):
+            _addrs(self, "addrs")
         v = self.view
         if type(v) is not int or not 1 <= v <= _U64:
             _int(self, "view", 1, _U64)
-        v = self.joined
-        if type(v) is not tuple or v:
-            _nodes(self, "joined")
-        v = self.left
-        if type(v) is not tuple or v:
-            _nodes(self, "left")
-        _str(self, "reason", maxlen=64)
+        for name in ("joined", "left"):
+            n = getattr(self, name)
+            if type(n) is not tuple or len(n) > 1 \
+                    or (n and (type(n[0]) is not int or not 0 <= n[0] <= MAX_NODE)):
+                _nodes(self, name)
+        v = self.reason
+        if type(v) is not str or not 0 < len(v) <= 64:
+            _str(self, "reason", maxlen=64)
         v = self.incarnation
         if type(v) is not int or not 0 <= v <= MAX_NODE:
             _int(self, "incarnation", 0, MAX_NODE)

@@ -33,6 +33,7 @@ __all__ = [
     "MessageError",
     "encode",
     "decode",
+    "decode_fields",
 ]
 
 #: nlmsg_type of clusterbus messages: "CB" (0x4342), well above NLMSG_MIN_TYPE (0x10),
@@ -119,6 +120,11 @@ class Attr(enum.IntEnum):
     NODE = 1  #: u32, host byte order; exactly once
     ADDR = 2  #: 4 (IPv4) or 16 (IPv6) bytes, network byte order; repeated, one per address
     INCARNATION = 3  #: u32, host byte order; at most once (absent = 0, unknown)
+
+
+#: One decoded message as :func:`decode_fields` returns it:
+#: ``(state, node, addrs, incarnation, seq, pid, flags)``.
+Fields = tuple[NodeState, int, tuple[str, ...], int, int, int, int]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -217,10 +223,32 @@ def decode(data: bytes | bytearray | memoryview) -> list[NodeMessage]:
     :raises MessageError: (a :class:`~clusterbus.errors.DecodeError`) the datagram is not
         a valid sequence of clusterbus messages; ``offset`` is where the fault was found.
     """
+    return [NodeMessage(state=state, node=node, addrs=addrs, incarnation=incarnation,
+                        seq=seq, pid=pid, flags=flags)
+            for state, node, addrs, incarnation, seq, pid, flags in decode_fields(data)]
+
+
+def decode_fields(data: bytes | bytearray | memoryview) -> list[Fields]:
+    """Decode one datagram: one or more netlink messages back to back.
+
+    All or nothing: if any message in the datagram is bad, the whole datagram is
+    rejected, so a half-understood datagram never changes the view. NLMSG_NOOP messages
+    are skipped; every other netlink control type (ERROR, DONE, OVERRUN, ...) and every
+    foreign type is an error, since only clusterbus senders belong on this group.
+
+    This is :func:`decode` without building a :class:`NodeMessage` per message (the
+    netlink source's per-datagram path); the checks are the same.
+
+    :param data: the datagram as received.
+    :returns: ``(state, node, addrs, incarnation, seq, pid, flags)`` per message, in
+        order (empty only when the datagram held only NOOPs).
+    :raises MessageError: (a :class:`~clusterbus.errors.DecodeError`) the datagram is not
+        a valid sequence of clusterbus messages; ``offset`` is where the fault was found.
+    """
     buf = bytes(data)
     if not buf:
         raise MessageError("empty datagram", offset=0, kind="empty")
-    out: list[NodeMessage] = []
+    out: list[Fields] = []
     pos = 0
     while pos < len(buf):
         remaining = len(buf) - pos
@@ -251,7 +279,7 @@ def decode(data: bytes | bytearray | memoryview) -> list[NodeMessage]:
 
 
 def _decode_body(buf: bytes, start: int, length: int, flags: int, seq: int,
-                 pid: int) -> NodeMessage:
+                 pid: int) -> Fields:
     end = start + length
     pos = start + NLMSG_HDRLEN
     if end - pos < FAMHDR_LEN:
@@ -310,19 +338,12 @@ def _decode_body(buf: bytes, start: int, length: int, flags: int, seq: int,
         elif atype == _ATTR_UNSPEC:
             raise MessageError("attribute type 0 (UNSPEC)", offset=pos + 2,
                                kind="bad_attribute")
-        # NLA_NEXT; an attribute at the very end of the message may lack its padding.
-        pos += min(_align(nla_len), left)
+        # NLA_NEXT (NLA_ALIGN inline); an attribute at the very end of the message may
+        # lack its padding.
+        pos += min((nla_len + 3) & ~3, left)
     if node is None:
         raise MessageError("missing NODE attribute", offset=start, kind="missing_node")
-    return NodeMessage(
-        state=state,
-        node=node,
-        addrs=tuple(addrs),
-        incarnation=incarnation or 0,
-        seq=seq,
-        pid=pid,
-        flags=flags,
-    )
+    return state, node, tuple(addrs), incarnation or 0, seq, pid, flags
 
 
 _KNOWN_ATTRS = frozenset((Attr.NODE, Attr.ADDR, Attr.INCARNATION))

@@ -26,7 +26,7 @@ from typing import Any
 
 from ..config import Config
 from ..engine import Engine
-from ..netlink.message import MessageError, decode
+from ..netlink.message import MessageError, decode_fields
 from ..view import NodeReport
 
 __all__ = ["NetlinkSource", "NETLINK_USERSOCK", "SOL_NETLINK", "NETLINK_ADD_MEMBERSHIP"]
@@ -47,6 +47,10 @@ RECV_SIZE = 1 << 17
 #: level-triggered, so the rest is read on the next turn).
 BATCH = 256
 _CMSG_SPACE = socket.CMSG_SPACE(_UCRED.size)
+# Plain ints: the socket module's constants are enum members, whose ``&`` and ``==``
+# run Python code, once per datagram.
+_MSG_TRUNC, _MSG_CTRUNC = int(socket.MSG_TRUNC), int(socket.MSG_CTRUNC)
+_SOL_SOCKET, _SCM_CREDENTIALS = int(socket.SOL_SOCKET), int(socket.SCM_CREDENTIALS)
 
 
 class NetlinkSource:
@@ -195,11 +199,11 @@ class NetlinkSource:
         :param msg_flags: ``recvmsg``'s flags (MSG_TRUNC, MSG_CTRUNC).
         """
         self.counters["datagrams"] += 1
-        if msg_flags & socket.MSG_TRUNC:
+        if msg_flags & _MSG_TRUNC:
             self._drop("oversize", f"datagram larger than {RECV_SIZE} bytes")
             return
         cred = _credentials(ancdata)
-        if cred is None or msg_flags & socket.MSG_CTRUNC:
+        if cred is None or msg_flags & _MSG_CTRUNC:
             self._drop("no_credentials", "datagram without SCM_CREDENTIALS")
             return
         pid, uid, gid = cred
@@ -209,7 +213,7 @@ class NetlinkSource:
                        key=f"uid{uid}")
             return
         try:
-            messages = decode(data)
+            messages = decode_fields(data)
         except MessageError as exc:
             self.counters[f"malformed.{exc.kind}"] = (
                 self.counters.get(f"malformed.{exc.kind}", 0) + 1)
@@ -218,13 +222,13 @@ class NetlinkSource:
             return
         debug = log.isEnabledFor(logging.DEBUG)  # spares the join below per message
         counters, report_to = self.counters, self.engine.report
-        for m in messages:
+        for state, node, addrs, incarnation, _seq, _pid, _flags in messages:
             counters["messages"] += 1
-            report = NodeReport(state=m.state, node=m.node, addrs=m.addrs,
-                                incarnation=m.incarnation, reason="netlink")
+            report = NodeReport(state=state, node=node, addrs=addrs, incarnation=incarnation,
+                                reason="netlink")
             if debug:
                 log.debug("netlink: node %d %s addrs=%s incarnation=%d from pid %d uid %d",
-                          m.node, m.state.value, ",".join(m.addrs), m.incarnation, pid, uid)
+                          node, state.value, ",".join(addrs), incarnation, pid, uid)
             counters["reported"] += 1
             if report_to(report) is not None:
                 counters["changes"] += 1
@@ -246,7 +250,7 @@ class NetlinkSource:
 def _credentials(ancdata: list[tuple[int, int, bytes]]) -> tuple[int, int, int] | None:
     """The ``(pid, uid, gid)`` of SCM_CREDENTIALS, or ``None`` when absent or short."""
     for level, ctype, cdata in ancdata:
-        if level == socket.SOL_SOCKET and ctype == socket.SCM_CREDENTIALS:
+        if level == _SOL_SOCKET and ctype == _SCM_CREDENTIALS:
             if len(cdata) < _UCRED.size:
                 return None
             pid, uid, gid = _UCRED.unpack_from(cdata)
