@@ -53,10 +53,13 @@ from ..config import Config
 from ..errors import ClusterbusError, ConfigError, RemoteProtocolError
 from ..events import Event
 from .codec import (
+    BATCH_TOPIC,
     HEARTBEAT_TOPIC,
     FrameError,
     Heartbeat,
     decode,
+    decode_batch,
+    decode_event,
     decode_heartbeat,
     decode_reply,
     encode_ingest,
@@ -276,6 +279,8 @@ class Subscriber:
     :param request_timeout: seconds to wait for a snapshot-endpoint reply.
     :param request_retries: attempts per request.
     :param rcvhwm: frames ZeroMQ may queue on our side before dropping.
+    :param batch: receive batch frames (several events per frame) once a heartbeat says
+        the daemon sends them; ``False`` keeps single-event frames.
     :param sockopts: extra ZeroMQ options for the SUB socket (``{zmq.RCVBUF: 65536}``),
         set before it connects.
     :param context: an asyncio ZeroMQ context (default: a private one).
@@ -295,6 +300,7 @@ class Subscriber:
         request_timeout: float = 2.0,
         request_retries: int = 3,
         rcvhwm: int = 100_000,
+        batch: bool = True,
         sockopts: Mapping[int, int | bytes] | None = None,
         context: zmq.asyncio.Context | None = None,
     ) -> None:
@@ -307,6 +313,7 @@ class Subscriber:
         self.initial_snapshot = initial_snapshot
         self.deliver_snapshots = deliver_snapshots
         self.rcvhwm = rcvhwm
+        self.batch = batch
         self.sockopts = dict(sockopts or {})
         self._own_context = context is None
         self.context = context or zmq.asyncio.Context()
@@ -326,6 +333,9 @@ class Subscriber:
         }
         self._sub: zmq.asyncio.Socket | None = None
         self._sync: zmq.Socket[Any] | None = None
+        #: receiving batch frames (subscribed to ``_batch`` and ``_hb``) rather than
+        #: single-event frames (subscribed to everything); switched by heartbeats.
+        self.batching = False
         self._ready: deque[Event | Snapshot] = deque()
         self._floor = 0
         self._started = False
@@ -360,6 +370,7 @@ class Subscriber:
         sub.connect(self.publish)
         self._sub = sub
         self._sync = zmq.Socket.shadow(sub.underlying)
+        self.batching = False
         self._opened_at = time.monotonic()
 
     def close(self) -> None:
@@ -486,7 +497,29 @@ class Subscriber:
             await self._resync("initial")
 
     async def _handle(self, frames: list[bytes]) -> None:
-        if frames and frames[0] == HEARTBEAT_TOPIC:
+        head = frames[0] if frames else b""
+        if head == BATCH_TOPIC:
+            try:
+                items = decode_batch(frames)
+            except FrameError as exc:
+                self._count(f"dropped.{exc.code}")
+                log.debug("dropped batch from %s (%s): %s", self.publish, exc.code, exc)
+                return
+            for topic, body in items:
+                try:
+                    event = decode_event(topic, body)
+                except FrameError as exc:
+                    self._count(f"dropped.{exc.code}")
+                    log.debug("dropped event from %s (%s): %s", self.publish, exc.code, exc)
+                    continue
+                # in order and nothing to learn: no coroutine per event
+                if self.seq is not None and event.seq == self.seq + 1 \
+                        and self.epoch is not None:
+                    self._accept(event)
+                else:
+                    await self._event(event)
+            return
+        if head == HEARTBEAT_TOPIC:
             await self._heartbeat(frames)
             return
         try:
@@ -495,6 +528,9 @@ class Subscriber:
             self._count(f"dropped.{exc.code}")
             log.debug("dropped frame from %s (%s): %s", self.publish, exc.code, exc)
             return
+        await self._event(event)
+
+    async def _event(self, event: Event) -> None:
         if self.seq is None:
             self.seq, self._floor = event.seq - 1, event.seq  # the first event sets the baseline
         if self.epoch is None:
@@ -507,7 +543,8 @@ class Subscriber:
             self._accept(event)
         elif event.seq <= self.seq:
             if event.seq >= self._floor:
-                # Already replayed, now arriving on the PUB stream as well.
+                # Already replayed (or received in the other format while switching to
+                # or from batches), now arriving on the PUB stream as well.
                 self.counters["duplicates"] += 1
                 return
             # The PUB stream cannot repeat what it delivered live before the last repair:
@@ -532,6 +569,8 @@ class Subscriber:
         self.counters["heartbeats"] += 1
         self.last_heartbeat = hb
         self._heard_at = time.monotonic()
+        if hb.batch != self.batching and self.batch:
+            self._set_batching(hb.batch)
         if self.epoch is None:
             self.epoch = hb.epoch
             if self.seq is None:
@@ -545,6 +584,27 @@ class Subscriber:
             self.counters["gaps"] += 1
             log.debug("heartbeat says seq %d, we have %d", hb.seq, self.seq)
             await self._repair()
+
+    def _set_batching(self, on: bool) -> None:
+        """Switch between single-event frames and batch frames.
+
+        The new subscription is made before the old one is dropped, so for a moment
+        both formats arrive; the copies are skipped as duplicates by seq.
+        """
+        sub = self._sync
+        if sub is None or on == self.batching:
+            return
+        if on:
+            sub.setsockopt(zmq.SUBSCRIBE, BATCH_TOPIC)
+            sub.setsockopt(zmq.SUBSCRIBE, HEARTBEAT_TOPIC)
+            sub.setsockopt(zmq.UNSUBSCRIBE, b"")
+        else:
+            sub.setsockopt(zmq.SUBSCRIBE, b"")
+            sub.setsockopt(zmq.UNSUBSCRIBE, BATCH_TOPIC)
+            sub.setsockopt(zmq.UNSUBSCRIBE, HEARTBEAT_TOPIC)
+        self.batching = on
+        self._count("batching_on" if on else "batching_off")
+        log.debug("%s: %s batch frames", self.publish, "receiving" if on else "not receiving")
 
     def _accept(self, event: Event) -> None:
         self.seq = event.seq

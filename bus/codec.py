@@ -8,7 +8,11 @@ services drop the input, count it by ``code`` and keep running.
 Frames:
 
 * event:      ``[topic, body]`` -- ``body`` = msgpack map ``{"v": version, **event.to_dict()}``
-* heartbeat:  ``[b"_hb", body]`` -- ``{"v": 1, "epoch", "origin", "seq", "time", "interval"}``
+* batch:      ``[b"_batch", {"v": 1, "events": [[topic, body], ...]}]`` -- several events
+  in one frame, each ``body`` exactly an event frame's body; sent only to subscribers of
+  ``_batch`` (the heartbeat's ``batch`` key says the daemon does it)
+* heartbeat:  ``[b"_hb", body]`` -- ``{"v": 1, "epoch", "origin", "seq", "time", "interval",
+  "batch"?}``
 * ingest:     ``[topic, body]`` -- ``{"v": 1, "node", "addrs"?, "incarnation"?}``
 * requests:   ``[b"SNAPSHOT"]``, ``[b"REPLAY", after_seq (+ limit)]``, ``[b"STATUS"]``
 * replies:    ``[command, header map, *payload]``; errors ``[b"ERROR", {"error", "message"}]``
@@ -16,15 +20,22 @@ Frames:
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
+import operator
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import msgpack
 
 from ..errors import DecodeError, InvalidEvent
-from ..events import MAX_NODE, Event, canonical_addr, event_from_dict
+from ..events import (
+    MAX_NODE,
+    Event,
+    canonical_addrs,
+    check_float,
+    check_int,
+    event_from_dict,
+)
 from ..view import NodeState
 
 __all__ = [
@@ -32,6 +43,8 @@ __all__ = [
     "Heartbeat",
     "IngestReport",
     "HEARTBEAT_TOPIC",
+    "BATCH_TOPIC",
+    "MAX_BATCH_EVENTS",
     "INGEST_TOPICS",
     "WIRE_VERSION",
     "MAX_FRAME",
@@ -39,6 +52,9 @@ __all__ = [
     "U64",
     "encode",
     "decode",
+    "decode_event",
+    "encode_batch",
+    "decode_batch",
     "unpack_map",
     "pack",
     "encode_heartbeat",
@@ -58,6 +74,13 @@ WIRE_VERSION = 1
 #: Topic of heartbeat frames. Event topics are dotted lower-case words, so a leading
 #: underscore can never collide with one, and SUB prefix filters for ``node.`` skip it.
 HEARTBEAT_TOPIC = b"_hb"
+#: Topic of batch frames (several events in one frame). Like ``_hb`` it can never be an
+#: event topic; only subscribers of exactly this prefix are sent batches (see the
+#: publisher), so subscribers that predate batching never see one unless they subscribe
+#: to everything while a batching subscriber is connected.
+BATCH_TOPIC = b"_batch"
+#: Most events one batch frame carries (the byte size is capped by MAX_FRAME too).
+MAX_BATCH_EVENTS = 512
 #: Largest frame accepted by any decoder (bytes). Events are a few hundred bytes; the cap
 #: bounds the memory a hostile peer can make us spend on one frame.
 MAX_FRAME = 64 * 1024
@@ -76,7 +99,8 @@ INGEST_TOPICS: dict[bytes, NodeState] = {
 # TypeError; invalid UTF-8 in a str is a UnicodeDecodeError (a ValueError).
 _UNPACK_ERRORS = (msgpack.UnpackException, ValueError, TypeError, OverflowError)
 
-_FIELDS: dict[type[Event], tuple[str, ...]] = {}
+#: event class -> (field names with "v" first, getter of the field values)
+_ENCODERS: dict[type[Event], tuple[tuple[str, ...], Callable[[Event], Any]]] = {}
 
 
 class FrameError(DecodeError):
@@ -171,15 +195,17 @@ def encode(event: Event) -> list[bytes]:
     :raises TypeError: ``event`` is not an :class:`~clusterbus.events.Event`.
     """
     cls = type(event)
-    names = _FIELDS.get(cls)
-    if names is None:
+    enc = _ENCODERS.get(cls)
+    if enc is None:
         if not isinstance(event, Event):
             raise TypeError(f"expected an Event, got {cls.__name__}")
-        names = _FIELDS[cls] = cls.field_names()
-    body: dict[str, Any] = {"v": cls.VERSION}
-    for name in names:
-        body[name] = getattr(event, name)
-    return [cls.TOPIC.encode(), pack(body)]
+        names = cls.field_names()
+        many: Callable[[Event], Any] = operator.attrgetter(*names)
+        # attrgetter of one name returns the value itself, not a 1-tuple
+        getter: Callable[[Event], Any] = (lambda e: (many(e),)) if len(names) == 1 else many
+        enc = _ENCODERS[cls] = (("v", *names), getter)
+    keys, get = enc
+    return [cls.TOPIC.encode(), pack(dict(zip(keys, (cls.VERSION, *get(event)))))]
 
 
 def decode(frames: Sequence[Any]) -> Event:
@@ -189,8 +215,15 @@ def decode(frames: Sequence[Any]) -> Event:
         msgpack map or with trailing bytes, unknown topic or version, bad or missing fields.
     """
     topic_raw, body_raw = _check_frames(frames, 2)
-    topic = _topic(topic_raw)
-    body = unpack_map(body_raw)
+    return decode_event(_topic(topic_raw), unpack_map(body_raw))
+
+
+def decode_event(topic: str, body: dict[str, Any]) -> Event:
+    """Build an event from a topic and its already unpacked body map (``v`` included;
+    the map is consumed).
+
+    :raises FrameError: unknown topic or version, bad, missing or unknown fields.
+    """
     version = _version(body, topic)
     try:
         return event_from_dict(topic, body, version)
@@ -198,6 +231,65 @@ def decode(frames: Sequence[Any]) -> Event:
         code = "bad_topic" if str(exc).startswith(("unknown topic", "unsupported version")) \
             else "bad_field"
         raise FrameError(code, str(exc)) from None
+
+
+# -- batches ----------------------------------------------------------------------------------
+
+_BATCH_HEAD = b"\x82\xa1v\x01\xa6events"  # msgpack {"v": 1, "events": <array follows>
+_PACKED_TOPICS: dict[bytes, bytes] = {}
+
+
+def _array_header(n: int) -> bytes:
+    if n < 16:
+        return bytes((0x90 | n,))
+    if n < 1 << 16:
+        return b"\xdc" + n.to_bytes(2, "big")
+    return b"\xdd" + n.to_bytes(4, "big")
+
+
+def encode_batch(events: Sequence[tuple[bytes, bytes]]) -> list[bytes]:
+    """Encode already encoded events ``(topic, body)`` (as :func:`encode` made them) as one
+    batch frame ``[b"_batch", {"v": 1, "events": [[topic, body], ...]}]``.
+
+    The bodies are spliced in as they are (each is one msgpack map), so a batch costs no
+    re-encoding. The caller keeps the frame under :data:`MAX_FRAME` and
+    :data:`MAX_BATCH_EVENTS` (the decoder refuses bigger ones).
+    """
+    parts = [_BATCH_HEAD, _array_header(len(events))]
+    for topic, body in events:
+        packed = _PACKED_TOPICS.get(topic)
+        if packed is None:
+            packed = pack(topic.decode("utf-8"))
+            if len(_PACKED_TOPICS) < 1024:  # registered topics only, but stay bounded
+                _PACKED_TOPICS[topic] = packed
+        parts += (b"\x92", packed, body)
+    return [BATCH_TOPIC, b"".join(parts)]
+
+
+def decode_batch(frames: Sequence[Any]) -> list[tuple[str, dict[str, Any]]]:
+    """Split a batch frame into ``(topic, body map)`` pairs, in order; turn each into an
+    event with :func:`decode_event` (one bad event does not spoil the others).
+
+    :raises FrameError: not a batch frame, oversized, not msgpack, bad version, more than
+        :data:`MAX_BATCH_EVENTS` events, or an element that is not ``[str, map]``.
+    """
+    topic, raw = _check_frames(frames, 2)
+    if topic != BATCH_TOPIC:
+        raise FrameError("bad_topic", f"not a batch topic: {topic[:32]!r}")
+    body = unpack_map(raw, "batch")
+    if _version(body, "batch") != WIRE_VERSION:
+        raise FrameError("bad_version", "unsupported batch version")
+    events = body.get("events")
+    if type(events) is not tuple or len(events) > MAX_BATCH_EVENTS:
+        raise FrameError("bad_body", f"batch: 'events' must be an array of at most "
+                                     f"{MAX_BATCH_EVENTS} elements")
+    out = []
+    for item in events:
+        if type(item) is not tuple or len(item) != 2 or type(item[0]) is not str \
+                or type(item[1]) is not dict or not 0 < len(item[0]) <= MAX_TOPIC:
+            raise FrameError("bad_body", "batch: every element must be [topic, map]")
+        out.append(item)
+    return out
 
 
 # -- heartbeats -----------------------------------------------------------------------------
@@ -212,6 +304,8 @@ class Heartbeat:
     :param seq: the last event seq sent on the PUB socket before this heartbeat (0: none).
     :param time: UNIX time when the heartbeat was sent.
     :param interval: seconds until the next heartbeat.
+    :param batch: the daemon sends batch frames to subscribers of ``_batch`` (the
+        ``batch`` key, absent = false).
     """
 
     epoch: int
@@ -219,27 +313,25 @@ class Heartbeat:
     seq: int
     time: float
     interval: float
+    batch: bool = False
 
     def __post_init__(self) -> None:
-        for name, hi in (("epoch", U64), ("origin", MAX_NODE), ("seq", U64)):
-            v = getattr(self, name)
-            if type(v) is not int or not 0 <= v <= hi:
-                raise InvalidEvent(f"Heartbeat.{name}: {v!r} is not an integer 0..{hi}")
-        if self.epoch == 0:
-            raise InvalidEvent("Heartbeat.epoch: must not be 0")
+        check_int("Heartbeat", "epoch", self.epoch, 1, U64)
+        check_int("Heartbeat", "origin", self.origin, 0, MAX_NODE)
+        check_int("Heartbeat", "seq", self.seq, 0, U64)
         for name in ("time", "interval"):
-            v = getattr(self, name)
-            if type(v) is int:
-                object.__setattr__(self, name, float(v))
-                v = float(v)
-            if type(v) is not float or not math.isfinite(v) or v < 0:
-                raise InvalidEvent(f"Heartbeat.{name}: {v!r} is not a finite number >= 0")
+            object.__setattr__(self, name, check_float("Heartbeat", name, getattr(self, name)))
+        if type(self.batch) is not bool:
+            raise InvalidEvent(f"Heartbeat.batch: expected bool, got {self.batch!r}")
 
 
 def encode_heartbeat(hb: Heartbeat) -> list[bytes]:
-    """Encode a heartbeat as ``[b"_hb", body]``."""
-    return [HEARTBEAT_TOPIC, pack({"v": WIRE_VERSION, "epoch": hb.epoch, "origin": hb.origin,
-                                   "seq": hb.seq, "time": hb.time, "interval": hb.interval})]
+    """Encode a heartbeat as ``[b"_hb", body]`` (``batch`` only when true)."""
+    body = {"v": WIRE_VERSION, "epoch": hb.epoch, "origin": hb.origin, "seq": hb.seq,
+            "time": hb.time, "interval": hb.interval}
+    if hb.batch:
+        body["batch"] = True
+    return [HEARTBEAT_TOPIC, pack(body)]
 
 
 def decode_heartbeat(frames: Sequence[Any]) -> Heartbeat:
@@ -254,7 +346,8 @@ def decode_heartbeat(frames: Sequence[Any]) -> Heartbeat:
     if _version(body, "heartbeat") != WIRE_VERSION:
         raise FrameError("bad_version", "unsupported heartbeat version")
     try:
-        return Heartbeat(**{k: body[k] for k in ("epoch", "origin", "seq", "time", "interval")})
+        return Heartbeat(**{k: body[k] for k in ("epoch", "origin", "seq", "time", "interval")},
+                         batch=body.get("batch", False))
     except KeyError as exc:
         raise FrameError("bad_field", f"heartbeat: missing {exc.args[0]!r}") from None
     except InvalidEvent as exc:
@@ -281,7 +374,7 @@ def _ingest_fields(node: Any, addrs: Any, incarnation: Any) -> tuple[int, tuple[
         raise InvalidEvent(f"node: {node!r} is not an integer 0..{MAX_NODE}")
     if not isinstance(addrs, (tuple, list)):
         raise InvalidEvent(f"addrs: expected an array of address strings, got {addrs!r}")
-    canon = tuple(dict.fromkeys(canonical_addr(a, "addrs") for a in addrs))
+    canon = canonical_addrs(addrs, "addrs")
     if type(incarnation) is not int or not 0 <= incarnation <= MAX_NODE:
         raise InvalidEvent(f"incarnation: {incarnation!r} is not an integer 0..{MAX_NODE}")
     return node, canon, incarnation

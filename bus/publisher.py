@@ -14,6 +14,16 @@ The socket is a plain (synchronous) pyzmq socket watched with ``loop.add_reader`
 a ``zmq.asyncio`` socket: sends are then a direct call with no future per event, and because
 the ZeroMQ file descriptor is edge-triggered we re-check ``EVENTS`` after every batch of sends
 so no subscription message is left unread.
+
+Batches: a subscriber that subscribes to exactly ``_batch`` (the Python client does once a
+heartbeat says ``batch``) receives the events of one flush as batch frames of up to
+:data:`~clusterbus.bus.codec.MAX_BATCH_EVENTS` events: one ZeroMQ send and one receive for
+many events instead of one each. ``XPUB_VERBOSER`` passes every subscription and
+unsubscription (a disconnect unsubscribes everything the peer had), so the publisher
+counts subscriptions per prefix and sends single-event frames only while someone
+subscribes to something other than ``_batch`` and ``_hb``, batch frames only while
+someone subscribes to ``_batch``, and nothing while nobody listens (libzmq would drop the
+frames anyway). A miscount can only cost a gap, which subscribers repair.
 """
 
 from __future__ import annotations
@@ -27,12 +37,27 @@ from typing import Any
 import zmq
 
 from ..events import Event
-from .codec import Heartbeat, encode, encode_heartbeat
+from .codec import (
+    BATCH_TOPIC,
+    HEARTBEAT_TOPIC,
+    MAX_BATCH_EVENTS,
+    MAX_FRAME,
+    Heartbeat,
+    encode,
+    encode_batch,
+    encode_heartbeat,
+)
 from .ring import Ring
 
 __all__ = ["Publisher"]
 
 log = logging.getLogger(__name__)
+
+#: Bytes of events per batch frame: below the decoders' MAX_FRAME with room for the
+#: batch's own framing (a few bytes per event).
+BATCH_BYTES = MAX_FRAME - 4096
+#: Subscriptions that want no single-event frames.
+_NOT_SINGLE = frozenset((BATCH_TOPIC, HEARTBEAT_TOPIC))
 
 
 class Publisher:
@@ -75,8 +100,12 @@ class Publisher:
         self._fd: int | None = None
         self._pending: list[tuple[int, bytes, bytes]] = []
         self._flush_scheduled = False
-        for key in ("published", "frames_sent", "send_again", "encode_failed", "heartbeats",
-                    "subscribe", "unsubscribe"):
+        #: live subscriptions by prefix (from XPUB_VERBOSER (un)subscription messages)
+        self.subscriptions: dict[bytes, int] = {}
+        self._want_single = False
+        self._want_batch = False
+        for key in ("published", "frames_sent", "batches_sent", "send_again", "encode_failed",
+                    "heartbeats", "subscribe", "unsubscribe"):
             counters.setdefault(key, 0)
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -147,16 +176,38 @@ class Publisher:
         sock = self._sock
         if sock is None or not pending:
             return
+        # Who listens, as of now: decides single frames, batches, both or neither.
+        self._drain_subscriptions()
         send = sock.send_multipart
-        sent = again = 0
-        for seq, topic, body in pending:
+        sent = batches = again = 0
+        if self._want_single:
+            for _seq, topic, body in pending:
+                try:
+                    send((topic, body), zmq.NOBLOCK)
+                    sent += 1
+                except zmq.Again:
+                    again += 1
+        if self._want_batch:
+            chunk: list[tuple[bytes, bytes]] = []
+            size = 0
+            for _seq, topic, body in pending:
+                if chunk and (len(chunk) == MAX_BATCH_EVENTS or size + len(body) > BATCH_BYTES):
+                    try:
+                        send(encode_batch(chunk), zmq.NOBLOCK)
+                        batches += 1
+                    except zmq.Again:
+                        again += 1
+                    chunk, size = [], 0
+                chunk.append((topic, body))
+                size += len(body) + len(topic) + 4
             try:
-                send((topic, body), zmq.NOBLOCK)
-                sent += 1
+                send(encode_batch(chunk), zmq.NOBLOCK)
+                batches += 1
             except zmq.Again:
                 again += 1
-            self.sent_seq = seq
+        self.sent_seq = pending[-1][0]
         self.counters["frames_sent"] += sent
+        self.counters["batches_sent"] += batches
         if again:
             self.counters["send_again"] += again
             log.debug("%d event frame(s) not sent: EAGAIN", again)
@@ -168,7 +219,7 @@ class Publisher:
             return None
         self._flush()
         hb = Heartbeat(epoch=self.epoch, origin=self.origin, seq=self.sent_seq,
-                       time=self.clock(), interval=self.heartbeat_interval)
+                       time=self.clock(), interval=self.heartbeat_interval, batch=True)
         try:
             self._sock.send_multipart(encode_heartbeat(hb), zmq.NOBLOCK)
             self.counters["heartbeats"] += 1
@@ -193,17 +244,31 @@ class Publisher:
         if sock is None:
             return
         # The ZeroMQ FD only signals a change of EVENTS; read while POLLIN is set.
+        changed = False
+        subs = self.subscriptions
         while int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
             try:
                 msg = sock.recv(zmq.NOBLOCK)
             except zmq.Again:
                 break
+            prefix = msg[1:]
             if msg[:1] == b"\x01":
                 self.counters["subscribe"] += 1
-                log.debug("subscription %r", msg[1:64])
+                subs[prefix] = subs.get(prefix, 0) + 1
+                changed = True
+                log.debug("subscription %r", prefix[:64])
             elif msg[:1] == b"\x00":
                 self.counters["unsubscribe"] += 1
-                log.debug("unsubscription %r", msg[1:64])
+                left = subs.get(prefix, 0) - 1
+                if left > 0:
+                    subs[prefix] = left
+                else:
+                    subs.pop(prefix, None)
+                changed = True
+                log.debug("unsubscription %r", prefix[:64])
+        if changed:
+            self._want_batch = BATCH_TOPIC in subs
+            self._want_single = any(p not in _NOT_SINGLE for p in subs)
 
     def status(self) -> dict[str, Any]:
         """Plain-data status of the publisher."""
@@ -211,6 +276,9 @@ class Publisher:
             "endpoint": self.bound or self.endpoint,
             "sent_seq": self.sent_seq,
             "send_hwm": self.send_hwm,
+            # the first few prefixes only: subscribers choose them, the status stays small
+            "subscriptions": {p[:64].decode("utf-8", "replace"): n
+                              for p, n in sorted(self.subscriptions.items())[:32]},
             "heartbeat_interval": self.heartbeat_interval,
             "ring": {"first": self.ring.first, "last": self.ring.last, "size": len(self.ring),
                      "capacity": self.ring.capacity, "breaks": self.ring.breaks},
