@@ -125,10 +125,6 @@ class Daemon:
         except ConfigError as exc:
             log.error("reload refused, keeping the running configuration: %s", exc)
             return False
-        for section in sorted(set(new.plugin_sections) | set(self.config.plugin_sections)):
-            if new.plugin_sections.get(section) != self.config.plugin_sections.get(section):
-                log.warning("reload: [%s] changed; plugin sections are read at start-up only, "
-                            "restart the daemon to apply it", section)
         for name, service in self.services.items():
             apply = getattr(service, "reload", None)
             if apply is None:
@@ -139,6 +135,13 @@ class Daemon:
                 log.error("reload: %s refused the new configuration: %s", name, exc)
             except Exception:
                 log.exception("reload: %s failed", name)
+        reloaded = self.plugins.reload(new, self.engine.cluster)
+        for section in sorted(set(new.plugin_sections) | set(self.config.plugin_sections)):
+            if section in reloaded:
+                continue
+            if new.plugin_sections.get(section) != self.config.plugin_sections.get(section):
+                log.warning("reload: [%s] changed, but plugin %s applies its section at "
+                            "start-up only: restart the daemon to apply it", section, section)
         self.config = new
         log.info("configuration reloaded from %s", new.file)
         return True

@@ -89,6 +89,28 @@ def clusterbus_services(cluster: Cluster) -> list[Callable[[], Awaitable[None]]]
 
 
 @hookspec
+def clusterbus_reload(config: Config, section: Mapping[str, Any] | None, cluster: Cluster) -> None:
+    """The daemon re-read its configuration file (SIGHUP, ``clusterbus reload``).
+
+    Called once per plugin with its own section of the new file, after the core sections
+    were validated and applied. Apply what can change at run time (the IPVS applier swaps
+    its desired table and reconciles); a plugin that does not implement this hook keeps
+    the configuration it started with, and a changed section is reported as needing a
+    restart.
+
+    :param config: the new, validated configuration (core sections).
+    :param section: the plugin's table in the new file, or ``None`` when it has none.
+    :param cluster: the live cluster.
+    :returns: nothing.
+    :raises clusterbus.ConfigError: the new section is invalid: the plugin must keep its
+        current configuration; the error is logged with the file and key and the other
+        plugins still reload.
+
+    Must not block (hand the work to the plugin's service).
+    """
+
+
+@hookspec
 def clusterbus_shutdown(cluster: Cluster) -> None:
     """The daemon is stopping (SIGTERM/SIGINT); release what the plugin holds.
 

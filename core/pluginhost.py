@@ -224,6 +224,28 @@ class PluginHost:
             except Exception as exc:
                 raise PluginError(impl.plugin_name, f"clusterbus_configure failed: {exc!r}") from exc
 
+    def reload(self, config: Any, cluster: Any) -> dict[str, str | None]:
+        """Call ``clusterbus_reload`` on every plugin with its own section, each isolated.
+
+        :returns: plugin name -> ``None`` (reloaded) or the reason it refused or failed.
+        """
+        out: dict[str, str | None] = {}
+        for impl in self._impls("clusterbus_reload"):
+            kwargs = dict(config=config, section=config.plugin_sections.get(impl.plugin_name),
+                          cluster=cluster)
+            try:
+                impl.function(*[kwargs[a] for a in impl.argnames])
+                out[impl.plugin_name] = None
+            except ConfigError as exc:
+                out[impl.plugin_name] = str(exc.with_file(config.file))
+                log.error("reload: plugin %s refused its new section, keeping the old: %s",
+                          impl.plugin_name, out[impl.plugin_name])
+            except Exception as exc:
+                self.failures[impl.plugin_name] += 1
+                out[impl.plugin_name] = repr(exc)
+                log.exception("reload: plugin %s failed", impl.plugin_name)
+        return out
+
     def call_historic(self, hook_name: str, **kwargs: Any) -> None:
         """Call a historic hook now, and remember it for plugins registered later."""
         self._historic[hook_name] = kwargs

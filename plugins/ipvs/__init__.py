@@ -92,6 +92,37 @@ class IpvsPlugin:
             raise exc.with_file(config.file) from None
 
     @hookimpl
+    def clusterbus_reload(self, config: Config, section: Mapping[str, Any] | None,
+                          cluster: Cluster) -> None:
+        """Apply a changed ``[ipvs]`` as a diff (a full reconcile against the new table).
+
+        :raises ConfigError: the new section is invalid (the running one stays).
+        """
+        state = self._states.get(cluster)
+        if state is None:
+            return
+        if (section is None) != (state.config is None):
+            log.warning("ipvs: adding or removing the whole [ipvs] section needs a restart; "
+                        "keeping the running configuration")
+            return
+        if section is None or state.applier is None:
+            return
+        extra = config_node_addrs(config)
+
+        def addrs(node: int) -> tuple[str, ...]:
+            return cluster.nodemap.addrs(node) or extra.get(node, ())
+
+        try:
+            new = parse(section, file=config.file, node_addrs=addrs)
+        except ConfigError as exc:
+            raise exc.with_file(config.file) from None
+        if new == state.config:
+            return
+        state.config, state.extra = new, extra
+        state.applier.reconfigure(new, extra)
+        log.info("ipvs: configuration reloaded; reconciling the kernel table against it")
+
+    @hookimpl
     def clusterbus_services(self, cluster: Cluster) -> list[Callable[[], Awaitable[None]]] | None:
         """The applier service, when ``[ipvs]`` is configured."""
         state = self._states.get(cluster)

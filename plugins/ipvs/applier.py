@@ -79,14 +79,41 @@ class Applier:
         # node number, and by literal address (resolved to a node when the entry is built).
         self._by_node: dict[int, set[int]] = {}
         self._by_addr: dict[str, set[int]] = {}
-        for i, vs in enumerate(config.virtual_servers):
+        self._owner: dict[str, int | None] = {}  # literal address -> node, last resolution
+        self._owned: dict[int, set[str]] = {}    # node -> literal addresses it resolved
+        self._timeouts_dirty = config.timeouts is not None
+        self._index()
+
+    def _index(self) -> None:
+        self._by_node.clear()
+        self._by_addr.clear()
+        self._owner.clear()
+        self._owned.clear()
+        for i, vs in enumerate(self.config.virtual_servers):
             for rs in vs.real_servers:
                 if rs.node is not None:
                     self._by_node.setdefault(rs.node, set()).add(i)
                 else:
                     self._by_addr.setdefault(rs.address, set()).add(i)
-        self._owner: dict[str, int | None] = {}  # literal address -> node, last resolution
-        self._owned: dict[int, set[str]] = {}    # node -> literal addresses it resolved
+
+    def reconfigure(self, config: IpvsConfig,
+                    extra_addrs: dict[int, tuple[str, ...]] | None = None) -> None:
+        """Take a new ``[ipvs]`` (a reload): the next pass is a full reconcile against it.
+
+        Runs on the loop, like the hooks; the worker thread only ever sees tables built
+        here, so the swap needs no lock.
+        """
+        old = self.config
+        self.config = config
+        if extra_addrs is not None:
+            self.extra_addrs = extra_addrs
+        self._index()
+        if config.timeouts != old.timeouts and config.timeouts is not None:
+            self._timeouts_dirty = True
+        if config.sync_daemon != old.sync_daemon:
+            self._sync_dirty = True
+        self.counters["reloads"] += 1
+        self.trigger("reload")
 
     # -- called from hooks (on the loop, must not block) ----------------------------------
 
@@ -163,11 +190,12 @@ class Applier:
         deadline: float | None = None
         try:
             self._kernel = await asyncio.to_thread(Kernel)
-            if self.config.timeouts is not None:
-                t = self.config.timeouts
-                await asyncio.to_thread(self._kernel.set_timeouts, tcp=t.tcp, tcp_fin=t.tcp_fin,
-                                        udp=t.udp)
             while True:
+                if self._timeouts_dirty and self.config.timeouts is not None:
+                    self._timeouts_dirty = False
+                    t = self.config.timeouts
+                    await asyncio.to_thread(self._kernel.set_timeouts, tcp=t.tcp,
+                                            tcp_fin=t.tcp_fin, udp=t.udp)
                 if self._full:
                     reasons, self._full = self._full, []
                     self._nodes.clear()  # a full reconcile covers them

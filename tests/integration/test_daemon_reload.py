@@ -34,7 +34,7 @@ def test_reload_refuses_a_bad_file_and_applies_a_good_one(tmp_path):
         d.config.write_text(good + "\n[nodemap.nodes]\n1 = ['10.0.0.1']\n")
         assert "sent SIGHUP" in d.cli("reload").stdout
         _wait_log(d, "configuration reloaded from")
-        assert "[nodemap] changed; plugin sections are read at start-up only" in d.log.read_text()
+        assert "[nodemap] changed, but plugin nodemap applies its section at start-up only" in d.log.read_text()
         assert d.proc.poll() is None
     finally:
         assert d.stop() == 0
