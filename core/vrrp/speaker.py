@@ -42,6 +42,7 @@ import logging
 import os
 import socket
 import struct
+import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -69,6 +70,9 @@ _ETH_P_ARP = 0x0806
 _IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
 _IFA_F_NODAD = 0x02
 _ALL_NODES_V6 = "ff02::1"
+#: <asm-generic/socket.h> SO_TIMESTAMPNS (= SCM_TIMESTAMPNS); Python 3.11 does not export it.
+_SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+_TIMESPEC = struct.Struct("=qq")  # struct timespec on 64-bit Linux
 _NLMSGHDR = struct.Struct("=IHHII")  # <linux/netlink.h> struct nlmsghdr
 #: How early a timer is armed before its deadline. epoll waits in whole milliseconds and
 #: CPython rounds the timeout up, so a timer armed at its deadline fires 0..1 ms late (0.7 ms
@@ -145,6 +149,7 @@ def _open_v4(ifname: str, ifindex: int) -> socket.socket:
         s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, VRRP_TTL)
         s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
         s.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, 0xC0)  # network control, as keepalived
+        s.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)  # see VrrpSpeaker._arrival
         s.setblocking(False)
     except BaseException:
         s.close()
@@ -166,6 +171,7 @@ def _open_v6(ifname: str, ifindex: int) -> socket.socket:
         s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVHOPLIMIT, 1)
         s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
         s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_TCLASS, 0xC0)
+        s.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)  # see VrrpSpeaker._arrival
         s.setblocking(False)
     except BaseException:
         s.close()
@@ -329,23 +335,29 @@ class VrrpSpeaker:
 
     def _receive(self, link: _Link) -> bool:
         try:
-            if link.family == "inet":
-                data, (src, _) = link.sock.recvfrom(65535)
-                parsed = self._strip_ipv4(data)
-                if parsed is None:
-                    return True
-                src, dst, ttl, payload = parsed
-            else:
-                payload, anc, _flags, addr = link.sock.recvmsg(65535, 256)
-                src = addr[0].split("%", 1)[0]
-                ttl, dst = -1, MULTICAST_V6
-                for level, kind, value in anc:
-                    if level == socket.IPPROTO_IPV6 and kind == socket.IPV6_HOPLIMIT:
-                        ttl = int.from_bytes(value[:4], "little" if _LITTLE else "big")
-                    elif level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO:
-                        dst = str(ipaddress.IPv6Address(value[:16]))
+            data, anc, _flags, addr = link.sock.recvmsg(65535, 256)
         except (BlockingIOError, InterruptedError):
             return False
+        arrived = None
+        if link.family == "inet":
+            for level, kind, value in anc:
+                if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS:
+                    arrived = value
+            parsed = self._strip_ipv4(data)
+            if parsed is None:
+                return True
+            src, dst, ttl, payload = parsed
+        else:
+            payload = data
+            src = addr[0].split("%", 1)[0]
+            ttl, dst = -1, MULTICAST_V6
+            for level, kind, value in anc:
+                if level == socket.IPPROTO_IPV6 and kind == socket.IPV6_HOPLIMIT:
+                    ttl = int.from_bytes(value[:4], "little" if _LITTLE else "big")
+                elif level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO:
+                    dst = str(ipaddress.IPv6Address(value[:16]))
+                elif level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS:
+                    arrived = value
         self.counters["received"] += 1
         if len(payload) < 2:
             self._drop("too_short", src)
@@ -354,10 +366,26 @@ class VrrpSpeaker:
         if inst is None:
             self._drop("unknown_vrid", src)
             return True
-        now = self._now()
+        now = self._arrival(arrived)
         inst.router.receive(payload, source=src, dst=dst, ttl=ttl, now=now)
         self._after(inst)
         return True
+
+    def _arrival(self, stamp: bytes | None) -> float:
+        """When the packet arrived, on the loop's clock.
+
+        RFC 5798 §6.4.2 restarts the Master_Down_Timer when an advert is received; the
+        kernel's receive timestamp (SO_TIMESTAMPNS, wall clock) says when that was, before
+        the loop got round to reading it (0.1..0.5 ms on a busy host). The wall-clock age
+        of the packet is taken off the loop's monotonic now; an age that is negative or
+        over a second (the wall clock was stepped) is ignored.
+        """
+        now = self._now()
+        if stamp is None or len(stamp) < _TIMESPEC.size:
+            return now
+        sec, nsec = _TIMESPEC.unpack_from(stamp)
+        age = time.time() - (sec + nsec * 1e-9)
+        return now - age if 0 <= age < 1 else now
 
     def _strip_ipv4(self, data: bytes) -> tuple[str, str, int, bytes] | None:
         """The raw IPv4 socket hands us the IP header: take TTL, addresses and payload."""
