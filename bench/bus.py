@@ -227,10 +227,11 @@ async def bench_raw(args: argparse.Namespace) -> dict[str, Any]:
 
 # -- ours ---------------------------------------------------------------------------------------
 
-def _cpu(pid: int) -> float:
-    """CPU seconds (user + system) the process ``pid`` has used so far."""
+def _cpu(pid: int) -> tuple[float, float]:
+    """CPU seconds (user, system) the process ``pid`` has used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def _rss(pid: int) -> int:
@@ -325,12 +326,17 @@ async def bench_ours(args: argparse.Namespace) -> dict[str, Any]:
                     await sub.next()
                     lat.append(time.perf_counter_ns() - t)
             client = dict(sub.counters)
+            bus_counters = (await sub.fetch_status())["services"]["bus"]["counters"]
         emitter.sender.close()
         return {"events": args.events, "events_per_s": args.events / elapsed,
                 **_percentiles("", lat), "daemon_rss_bytes": rss,
-                "daemon_cpu_us_per_event": round((cpu1 - cpu0) / args.events * 1e6, 2),
+                "daemon_cpu_us_per_event": round((sum(cpu1) - sum(cpu0)) / args.events * 1e6,
+                                                 2),
+                "daemon_sys_us_per_event": round((cpu1[1] - cpu0[1]) / args.events * 1e6, 2),
                 "receiver_cpu_us_per_event": round((self1 - self0) / args.events * 1e6, 2),
                 "daemon_rss_after_events": rss_after,
+                "daemon_batches_sent": bus_counters.get("batches_sent", 0),
+                "daemon_frames_sent": bus_counters.get("frames_sent", 0),
                 "subscriber_gaps": client.get("gaps", 0),
                 "subscriber_replayed": client.get("replayed", 0)}
     finally:
@@ -388,7 +394,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{out['raw_latency_p50_us']} us  p99 {out['raw_latency_p99_us']} us")
     print(f"ratio (events/s, ours/raw): {out['ratio']}   latency p50 ratio: "
           f"{out['latency_ratio']}")
-    print(f"CPU per event: daemon {out['daemon_cpu_us_per_event']} us, our receiver "
+    print(f"CPU per event: daemon {out['daemon_cpu_us_per_event']} us "
+          f"({out['daemon_sys_us_per_event']} us in the kernel), our receiver "
           f"(netlink sender + subscriber) {out['receiver_cpu_us_per_event']} us, raw receiver "
           f"{out['raw_receiver_cpu_us_per_event']} us")
     print(f"daemon RSS after {out['daemon_rss_after_events']:,} events: "

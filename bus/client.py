@@ -333,6 +333,7 @@ class Subscriber:
         }
         self._sub: zmq.asyncio.Socket | None = None
         self._sync: zmq.Socket[Any] | None = None
+        self._waiter: asyncio.Future[None] | None = None
         #: receiving batch frames (subscribed to ``_batch`` and ``_hb``) rather than
         #: single-event frames (subscribed to everything); switched by heartbeats.
         self.batching = False
@@ -470,23 +471,51 @@ class Subscriber:
             return self._ready.popleft()
 
     async def _receive(self) -> list[bytes]:
-        assert self._sync is not None and self._sub is not None
-        try:
-            return self._sync.recv_multipart(zmq.NOBLOCK)
-        except zmq.Again:
-            pass
-        if not self.raise_when_dead:
-            return await self._sub.recv_multipart()
+        sync = self._sync
+        assert sync is not None
         while True:
+            try:
+                return sync.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                pass
+            if not self.raise_when_dead:
+                await self._readable()
+                continue
             left = self.effective_dead_after - self.since_heartbeat
             if left <= 0:
                 raise PublisherLost(f"{self.publish}: no heartbeat for "
                                     f"{self.since_heartbeat:.1f}s")
             try:
                 async with asyncio.timeout(left):
-                    return await self._sub.recv_multipart()
+                    await self._readable()
             except TimeoutError:
                 continue
+
+    async def _readable(self) -> None:
+        """Wait until the SUB socket holds a message.
+
+        The socket's ZMQ_FD only signals that ``EVENTS`` may have changed (and reading
+        ``EVENTS`` re-arms it), so it is watched directly on the loop and ``EVENTS`` is
+        checked after every wake-up: one future per wait, no pyzmq asyncio machinery on
+        the per-message path.
+        """
+        sync = self._sync
+        assert sync is not None
+        loop = asyncio.get_running_loop()
+        fd = int(sync.getsockopt(zmq.FD))
+        loop.add_reader(fd, self._wake)
+        try:
+            while not int(sync.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+                self._waiter = loop.create_future()
+                await self._waiter
+        finally:
+            self._waiter = None
+            loop.remove_reader(fd)
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def _start(self) -> None:
         if self.resume is not None:

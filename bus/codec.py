@@ -99,8 +99,9 @@ INGEST_TOPICS: dict[bytes, NodeState] = {
 # TypeError; invalid UTF-8 in a str is a UnicodeDecodeError (a ValueError).
 _UNPACK_ERRORS = (msgpack.UnpackException, ValueError, TypeError, OverflowError)
 
-#: event class -> (field names with "v" first, getter of the field values)
-_ENCODERS: dict[type[Event], tuple[tuple[str, ...], Callable[[Event], Any]]] = {}
+#: event class -> (topic frame, field names with "v" first, getter of the field values);
+#: one topic bytes object per class, shared by every frame and replay-ring entry.
+_ENCODERS: dict[type[Event], tuple[bytes, tuple[str, ...], Callable[[Event], Any]]] = {}
 
 
 class FrameError(DecodeError):
@@ -203,9 +204,9 @@ def encode(event: Event) -> list[bytes]:
         many: Callable[[Event], Any] = operator.attrgetter(*names)
         # attrgetter of one name returns the value itself, not a 1-tuple
         getter: Callable[[Event], Any] = (lambda e: (many(e),)) if len(names) == 1 else many
-        enc = _ENCODERS[cls] = (("v", *names), getter)
-    keys, get = enc
-    return [cls.TOPIC.encode(), pack(dict(zip(keys, (cls.VERSION, *get(event)))))]
+        enc = _ENCODERS[cls] = (cls.TOPIC.encode(), ("v", *names), getter)
+    topic, keys, get = enc
+    return [topic, pack(dict(zip(keys, (cls.VERSION, *get(event)))))]
 
 
 def decode(frames: Sequence[Any]) -> Event:
@@ -226,7 +227,8 @@ def decode_event(topic: str, body: dict[str, Any]) -> Event:
     """
     version = _version(body, topic)
     try:
-        return event_from_dict(topic, body, version)
+        # unpack_map reads arrays as tuples: no lists to convert
+        return event_from_dict(topic, body, version, lists=False)
     except DecodeError as exc:
         code = "bad_topic" if str(exc).startswith(("unknown topic", "unsupported version")) \
             else "bad_field"

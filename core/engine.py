@@ -136,8 +136,9 @@ class Engine:
         """
         change = self.view.apply(report)
         if change is None:
-            log.debug("ignored %s node %d (%s): no change", report.state.value, report.node,
-                      report.reason)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("ignored %s node %d (%s): no change", report.state.value,
+                          report.node, report.reason)
             return None
         info = change.info
         # The fields come from the view, which validated the report, but the event still
@@ -147,8 +148,9 @@ class Engine:
             addrs=info.addrs, view=change.view, joined=change.joined, left=change.left,
             reason=report.reason, incarnation=info.incarnation)
         self.seq += 1
-        log.info("view %d: node %d %s (%s)", change.view, info.node, info.state.value,
-                 report.reason)
+        if log.isEnabledFor(logging.INFO):  # spares evaluating the arguments per event
+            log.info("view %d: node %d %s (%s)", change.view, info.node, info.state.value,
+                     report.reason)
         self._enqueue(event)
         return event
 

@@ -320,8 +320,8 @@ class MembershipEvent(Event):
             if type(n) is not tuple or len(n) > 1 \
                     or (n and (type(n[0]) is not int or not 0 <= n[0] <= MAX_NODE)):
                 _nodes(self, name)
-        v = self.reason
-        if type(v) is not str or not 0 < len(v) <= 64:
+        r = self.reason
+        if type(r) is not str or not 0 < len(r) <= 64:
             _str(self, "reason", maxlen=64)
         v = self.incarnation
         if type(v) is not int or not 0 <= v <= MAX_NODE:
@@ -524,11 +524,14 @@ class IpvsApplied(Event):
         _str(self, "reason", maxlen=64)
 
 
-def event_from_dict(topic: str, body: Mapping[str, Any], version: int = 1) -> Event:
+def event_from_dict(topic: str, body: Mapping[str, Any], version: int = 1, *,
+                    lists: bool = True) -> Event:
     """Rebuild an event from its topic and field mapping (the inverse of ``to_dict``).
 
     Lists are accepted where tuples are expected (JSON has no tuples).
 
+    :param lists: ``False`` when ``body`` cannot hold lists (msgpack unpacked with
+        ``use_list=False``): skips the pass that turns them into tuples.
     :raises DecodeError: unknown topic/version, missing or unknown fields, invalid values.
     """
     cls = EVENT_TYPES.get((topic, version)) if type(version) is int else None
@@ -543,9 +546,11 @@ def event_from_dict(topic: str, body: Mapping[str, Any], version: int = 1) -> Ev
     except TypeError:  # an unhashable key
         raise DecodeError(f"{topic}: a field name is not a string") from None
     try:
-        fields: dict[str, Any] = {k: (tuple(v) if isinstance(v, list) else v)
-                                  for k, v in body.items()}
-        return cls(**fields)
+        if lists:
+            fields: Mapping[str, Any] = {k: (tuple(v) if isinstance(v, list) else v)
+                                         for k, v in body.items()}
+            return cls(**fields)
+        return cls(**body)
     except InvalidEvent as exc:
         raise DecodeError(f"{topic}: {exc}") from None
     except TypeError as exc:  # missing required keyword argument
