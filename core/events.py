@@ -124,6 +124,13 @@ def canonical_addrs(values: object, field: str = "addrs") -> tuple[str, ...]:
 
     :raises InvalidEvent: not a tuple/list, or an element is not an IP address string.
     """
+    if type(values) is tuple and len(values) < 2:
+        # the common case: nothing, or one address already canonical, returned as is
+        if not values:
+            return values
+        first = values[0]
+        if type(first) is str and _canonical_or_none(first) == first:
+            return values
     if not isinstance(values, (tuple, list)):
         raise InvalidEvent(f"{field}: expected a tuple of addresses, got {type(values).__name__}")
     if not values:

@@ -84,7 +84,9 @@ class NodeReport:
         if isinstance(self.addrs, str):
             raise InvalidEvent("NodeReport.addrs: expected a sequence of addresses, got a string")
         addrs = self.addrs if type(self.addrs) in (tuple, list) else tuple(self.addrs)
-        object.__setattr__(self, "addrs", canonical_addrs(addrs, "NodeReport.addrs"))
+        canon = canonical_addrs(addrs, "NodeReport.addrs")
+        if canon is not self.addrs:
+            object.__setattr__(self, "addrs", canon)
         if not isinstance(self.reason, str) or not 0 < len(self.reason) <= 64:
             # checked here, before the view changes, with the events' limit
             raise InvalidEvent("NodeReport.reason: must be a string of 1..64 characters")

@@ -1,0 +1,169 @@
+"""The per-event fast paths give exactly what the general paths give: the netlink decoder's
+one-unpack shapes, the events' inline validation, the address caches, and the plugin
+host's per-hook call table (isolation and failure counts included)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from clusterbus import hookimpl
+from clusterbus.engine import Engine
+from clusterbus.errors import InvalidEvent
+from clusterbus.events import ADDR_CACHE_SIZE, NodeDown, NodeUp, _canonical_or_none, canonical_addr
+from clusterbus.netlink import message
+from clusterbus.pluginhost import PluginHost
+from clusterbus.view import NodeReport, NodeState
+
+
+def general(buf: bytes) -> object:
+    try:
+        return message._decode_all(buf)
+    except message.MessageError as exc:
+        return ("error", exc.kind, exc.offset)
+
+
+def fast(buf: bytes) -> object:
+    try:
+        return message.decode_fields(buf)
+    except message.MessageError as exc:
+        return ("error", exc.kind, exc.offset)
+
+
+SHAPES = [
+    message.encode(NodeState.UP, 7, ("10.77.0.7",), 3, seq=9, pid=4, flags=1),
+    message.encode(NodeState.DOWN, 7, (), 0),
+    message.encode(NodeState.GOING_DOWN, 2**32 - 1, (), 2**32 - 1),
+]
+
+
+def test_fast_shapes_are_taken_and_agree() -> None:
+    assert [len(m) for m in SHAPES] == [44, 36, 36]
+    for m in SHAPES:
+        assert fast(m) == general(m)
+    assert message.decode_fields(SHAPES[0]) == [
+        (NodeState.UP, 7, ("10.77.0.7",), 3, 9, 4, 1)]
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.sampled_from(SHAPES), st.lists(st.tuples(st.integers(0, 43), st.integers(0, 255)),
+                                         min_size=1, max_size=3))
+def test_mutated_fast_shapes_agree_with_the_general_decoder(
+        msg: bytes, changes: list[tuple[int, int]]) -> None:
+    buf = bytearray(msg)
+    for pos, value in changes:
+        if pos < len(buf):
+            buf[pos] = value
+    assert fast(bytes(buf)) == general(bytes(buf))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(min_size=36, max_size=44))
+def test_arbitrary_bytes_agree_with_the_general_decoder(buf: bytes) -> None:
+    assert fast(buf) == general(buf)
+
+
+def test_canonical_addr_cache_keeps_every_check() -> None:
+    assert canonical_addr("FD00:77::0001") == "fd00:77::1"
+    assert canonical_addr("FD00:77::0001") == "fd00:77::1"  # from the cache
+
+    class Text(str):
+        pass
+
+    got = canonical_addr(Text("10.0.0.1"))
+    assert got == "10.0.0.1" and type(got) is str
+    for _ in range(2):  # a refused string is remembered, and refused again with its field
+        with pytest.raises(InvalidEvent, match="where: '10.0.0.256'"):
+            canonical_addr("10.0.0.256", "where")
+    with pytest.raises(InvalidEvent):
+        canonical_addr(b"10.0.0.1")  # type: ignore[arg-type]
+    with pytest.raises(InvalidEvent):
+        canonical_addr(167772161)  # an int is an address to ipaddress, not to us
+    assert _canonical_or_none.cache_info().maxsize == ADDR_CACHE_SIZE
+
+
+BASE: dict[str, Any] = dict(origin=1, seq=1, time=1.0, node=3, view=1, reason="netlink")
+
+
+@pytest.mark.parametrize(
+    ("fields", "want"),
+    [
+        ({"addrs": ("FD00::1",)}, {"addrs": ("fd00::1",)}),
+        ({"addrs": ["10.0.0.1", "fd00::1"]}, {"addrs": ("10.0.0.1", "fd00::1")}),
+        ({"joined": [3]}, {"joined": (3,)}),
+        ({"left": [3, 4]}, {"left": (3, 4)}),
+        ({"time": 2}, {"time": 2.0}),
+    ],
+)
+def test_membership_event_slow_path_still_converts(fields: dict[str, Any],
+                                                   want: dict[str, Any]) -> None:
+    ev = NodeUp(**{**BASE, **fields})
+    for name, value in want.items():
+        assert getattr(ev, name) == value and type(getattr(ev, name)) is type(value)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"node": True}, {"node": -1}, {"node": 2**32}, {"view": 0}, {"seq": 0},
+        {"origin": 1.0}, {"time": float("nan")}, {"time": float("inf")}, {"time": -1.0},
+        {"time": True}, {"addrs": ("10.0.0.1", "10.0.0.1")}, {"addrs": ("nope",)},
+        {"addrs": "10.0.0.1"}, {"addrs": (1,)}, {"joined": (True,)}, {"left": (-1,)},
+        {"joined": 3}, {"reason": ""}, {"reason": "x" * 65}, {"reason": b"netlink"},
+        {"incarnation": 2**32},
+    ],
+)
+def test_membership_event_refusals(fields: dict[str, Any]) -> None:
+    with pytest.raises(InvalidEvent):
+        NodeDown(**{**BASE, **fields})
+
+
+def test_node_report_refuses_a_reason_the_event_would_refuse() -> None:
+    with pytest.raises(InvalidEvent):
+        NodeReport(state=NodeState.UP, node=1, reason="x" * 65)
+    rep = NodeReport(state=NodeState.UP, node=1, addrs=["FD00::1", "fd00::1"], reason="x")
+    assert rep.addrs == ("fd00::1",)
+
+
+class Seen:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.calls: list[int] = []
+
+
+def test_notify_isolates_counts_and_sees_late_plugins() -> None:
+    host = PluginHost()
+    order: list[str] = []
+
+    class Full:
+        @hookimpl
+        def clusterbus_node_up(self, event: Any, cluster: Any) -> None:
+            order.append("full")
+
+    class Raising:
+        @hookimpl
+        def clusterbus_node_up(self, event: Any, cluster: Any) -> None:
+            order.append("raising")
+            raise RuntimeError("boom")
+
+    class EventOnly:  # takes a subset of the hook's arguments
+        @hookimpl
+        def clusterbus_node_up(self, event: Any) -> None:
+            order.append(f"event-only:{event.node}")
+
+    host.register(Full(), "full")
+    host.register(Raising(), "raising")
+    engine = Engine(origin=1, plugins=host)
+    engine.report(NodeReport(state=NodeState.UP, node=5, reason="t"))
+    assert sorted(order) == ["full", "raising"]
+    assert host.failures["raising"] == 1
+    host.register(EventOnly(), "event-only")  # after the call table was built
+    order.clear()
+    engine.report(NodeReport(state=NodeState.DOWN, node=5, reason="t"))
+    engine.report(NodeReport(state=NodeState.UP, node=5, reason="t"))
+    assert sorted(order) == ["event-only:5", "full", "raising"]
+    assert host.failures["raising"] == 2 and host.failures["full"] == 0
+    assert engine.seq == 3
