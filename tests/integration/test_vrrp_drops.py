@@ -94,6 +94,10 @@ def test_bad_adverts_change_only_counters(tmp_path: Path) -> None:
             assert st["state"] == "MASTER" and st["master_seen"] == "10.77.0.1"
             assert st["holding"] == [VIP] and ns_has_addr(a, VIP)
             assert "higher_priority_seen" not in sp.log_text()
+            # The terminal view shows the instance and its drops by reason.
+            text = sp.cli("status").stdout
+            assert "VI_1" in text and "MASTER" in text
+            assert f"ttl={want['ttl']}" in text and f"checksum={want['checksum']}" in text
         except BaseException:
             print(f"--- clusterbus ---\n{sp.log_tail()}")
             raise

@@ -98,8 +98,10 @@ class Speaker:
     def cli(self, *args: str, timeout: float = 30,
             check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run ``clusterbus ARGS -c FILE`` from the test's namespace (needs ``bus=True``)."""
+        # A wide terminal for rich, so `status` does not wrap values.
         p = subprocess.run([CLUSTERBUS, *args, "-c", str(self.conf)], capture_output=True,
-                           text=True, timeout=timeout, env={**os.environ, **(self.env or {})})
+                           text=True, timeout=timeout,
+                           env={**os.environ, "COLUMNS": "250", **(self.env or {})})
         if check and p.returncode != 0:
             raise AssertionError(f"clusterbus {' '.join(args)} -> {p.returncode}: {p.stderr}")
         return p
