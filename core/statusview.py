@@ -12,7 +12,7 @@ __all__ = ["render_status"]
 #: the columns worth a terminal's width, per service; the rest is in ``status --json``
 COLUMNS = {
     "vrrp": ("name", "interface", "vrid", "state", "priority", "master_seen",
-             "advert_interval", "vips", "holding", "dropped"),
+             "advert_interval", "vips", "holding", "dropped", "vetoed", "restart_needed"),
 }
 
 
@@ -32,7 +32,8 @@ def render_status(st: dict[str, Any], console: Console | None = None) -> None:
                   f"ignored reports: {_flat(st.get('ignored', {}))}")
     for name, svc in (st.get("services") or {}).items():
         instances = svc.get("instances") if isinstance(svc, dict) else None
-        if isinstance(instances, list) and instances and isinstance(instances[0], dict):
+        # msgpack replies decode arrays as tuples
+        if isinstance(instances, (list, tuple)) and instances and isinstance(instances[0], dict):
             table = Table(title=f"{name} instances")
             cols = [c for c in COLUMNS.get(name, instances[0]) if c in instances[0]]
             for col in cols:

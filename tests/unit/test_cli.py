@@ -105,3 +105,22 @@ def test_events_without_daemon_exits_instead_of_hanging(tmp_path):
     p = subprocess.run([CLUSTERBUS, "events", "-c", str(cfg)], capture_output=True, text=True,
                        timeout=60)
     assert p.returncode == 1 and "Error:" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_status_view_renders_vrrp_instances_from_a_msgpack_reply():
+    from rich.console import Console
+
+    from clusterbus.statusview import render_status
+
+    inst = {"name": "VI_1", "interface": "eth0", "vrid": 77, "state": "MASTER", "priority": 150,
+            "master_seen": "10.77.0.1", "advert_interval": 0.05, "vips": ("10.77.0.100/24",),
+            "holding": ("10.77.0.100/24",), "dropped": {"ttl": 2}, "vetoed": None,
+            "restart_needed": (), "family": "inet"}
+    st = {"node": 1, "pid": 9, "uptime": 1.0, "view": 0, "seq": 0, "ignored": {},
+          "services": {"vrrp": {"instances": (inst,), "counters": {"sent": 5}}},
+          "plugins": ({"name": "nodemap", "failures": 0, "hooks": ("clusterbus_node_up",)},)}
+    console = Console(record=True, width=200)
+    render_status(st, console)
+    text = console.export_text()
+    assert "vrrp instances" in text and "VI_1" in text and "MASTER" in text
+    assert "ttl=2" in text and "family" not in text  # only the chosen columns
