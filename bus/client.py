@@ -450,25 +450,31 @@ class Subscriber:
         """
         if self._ready:
             return self._ready.popleft()
+        if timeout is None:
+            return await self._fill()
         async with asyncio.timeout(timeout):
-            self.open()
-            if not self._started:
-                self._started = True
-                await self._start()
-            while not self._ready:
-                await self._handle(await self._receive())
-                # Handle whatever else is already queued (up to a batch) while we are here:
-                # one wake-up per burst instead of one per frame.
-                assert self._sync is not None
-                for _ in range(256):
-                    if self._sync is None:
-                        break
-                    try:
-                        frames = self._sync.recv_multipart(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    await self._handle(frames)
-            return self._ready.popleft()
+            return await self._fill()
+
+    async def _fill(self) -> Event | Snapshot:
+        # next() without an item ready (no asyncio.timeout object when there is no timeout)
+        self.open()
+        if not self._started:
+            self._started = True
+            await self._start()
+        while not self._ready:
+            await self._handle(await self._receive())
+            # Handle whatever else is already queued (up to a batch) while we are here:
+            # one wake-up per burst instead of one per frame.
+            assert self._sync is not None
+            for _ in range(256):
+                if self._sync is None:
+                    break
+                try:
+                    frames = self._sync.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                await self._handle(frames)
+        return self._ready.popleft()
 
     async def _receive(self) -> list[bytes]:
         sync = self._sync

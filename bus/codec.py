@@ -21,6 +21,7 @@ Frames:
 from __future__ import annotations
 
 import operator
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -117,12 +118,25 @@ class FrameError(DecodeError):
         self.code = code
 
 
+_LOCAL = threading.local()
+
+
 def pack(obj: Any) -> bytes:
     """msgpack-encode ``obj`` the way the bus does (str as str, bytes as bin).
 
     :raises TypeError: ``obj`` holds something msgpack cannot encode.
     """
-    return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
+    # One Packer per thread, reused: packb builds (and sizes a buffer for) a new one per
+    # call, which costs as much as packing a whole event. A Packer is not thread-safe.
+    packer = getattr(_LOCAL, "packer", None)
+    if packer is None:
+        packer = _LOCAL.packer = msgpack.Packer(use_bin_type=True)
+    try:
+        return packer.pack(obj)  # type: ignore[no-any-return]
+    except BaseException:
+        # a failed pack may leave bytes in the buffer (autoreset only follows success)
+        packer.reset()
+        raise
 
 
 def _check_frames(frames: Sequence[Any], n: int | tuple[int, ...]) -> list[bytes]:

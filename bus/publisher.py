@@ -47,7 +47,7 @@ from .codec import (
     encode_batch,
     encode_heartbeat,
 )
-from .ring import Ring
+from .ring import Entry, Ring
 
 __all__ = ["Publisher"]
 
@@ -98,7 +98,7 @@ class Publisher:
         self._sock: zmq.Socket[Any] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._fd: int | None = None
-        self._pending: list[tuple[int, bytes, bytes]] = []
+        self._pending: list[Entry] = []
         self._flush_scheduled = False
         #: live subscriptions by prefix (from XPUB_VERBOSER (un)subscription messages)
         self.subscriptions: dict[bytes, int] = {}
@@ -158,11 +158,11 @@ class Publisher:
             self.counters["encode_failed"] += 1
             log.exception("cannot encode %s seq %d", event.topic, event.seq)
             return
-        self.ring.append(event.seq, topic, body)
+        entry = self.ring.append(event.seq, topic, body)
         self.counters["published"] += 1
         if self._sock is None:
             return  # not running: kept in the ring only
-        self._pending.append((event.seq, topic, body))
+        self._pending.append(entry)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             # Batch the events produced in one loop turn (a burst of reports, a plugin's

@@ -43,8 +43,11 @@ class Ring:
     def __len__(self) -> int:
         return 0 if self.first == 0 else self.last - self.first + 1
 
-    def append(self, seq: int, topic: bytes, body: bytes) -> None:
-        """Add the event ``seq`` (normally ``last + 1``)."""
+    def append(self, seq: int, topic: bytes, body: bytes) -> Entry:
+        """Add the event ``seq`` (normally ``last + 1``).
+
+        :returns: the ring's entry for it.
+        """
         if self.first == 0 or seq != self.last + 1:
             if self.first != 0 or self.last != 0:
                 self.breaks += 1
@@ -52,8 +55,9 @@ class Ring:
             self.first = seq
         elif seq - self.first >= self.capacity:
             self.first += 1  # the slot we overwrite held the oldest event
-        self._slots[seq % self.capacity] = Entry(seq, topic, body)
+        entry = self._slots[seq % self.capacity] = Entry(seq, topic, body)
         self.last = seq
+        return entry
 
     def after(self, seq: int, limit: int) -> tuple[str, list[Entry]]:
         """The events after ``seq``, oldest first, at most ``limit`` of them.

@@ -157,11 +157,12 @@ class Engine:
     # -- dispatching --------------------------------------------------------------------
 
     def _enqueue(self, event: Event) -> None:
-        self._queue.append(event)
-        if self._dispatching:
+        if self._dispatching:  # a hook emitted it: dispatched after the current one
+            self._queue.append(event)
             return
         self._dispatching = True
         try:
+            self._dispatch(event)
             while self._queue:
                 self._dispatch(self._queue.popleft())
         finally:

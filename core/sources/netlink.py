@@ -253,6 +253,6 @@ def _credentials(ancdata: list[tuple[int, int, bytes]]) -> tuple[int, int, int] 
         if level == _SOL_SOCKET and ctype == _SCM_CREDENTIALS:
             if len(cdata) < _UCRED.size:
                 return None
-            pid, uid, gid = _UCRED.unpack_from(cdata)
-            return int(pid), int(uid), int(gid)
+            cred: tuple[int, int, int] = _UCRED.unpack_from(cdata)
+            return cred
     return None
