@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from vectors import VECTORS
 
 from clusterbus.vrrp.speaker import garp_frame, unsolicited_na
 
 
 def _vector(name: str) -> bytes:
-    here = Path(__file__).resolve()
-    for base in here.parents:
-        p = base / "shared" / "vectors" / "vrrp" / name
-        if p.exists():
-            return bytes.fromhex(p.read_text().strip())
-    raise FileNotFoundError(name)
+    return bytes.fromhex((VECTORS / "vrrp" / name).read_text().strip())
 
 
 def test_garp_matches_keepalived_capture() -> None:
