@@ -299,7 +299,9 @@ class Router:
     """One VRRP virtual router (RFC 5798 §6), driven by the caller's clock.
 
     :param config: the virtual router's configuration.
-    :param now: the current time in seconds on the caller's monotonic clock.
+    :param now: the current time in seconds on the caller's monotonic clock. The router
+        starts in INITIALIZE with no timer running, so nothing depends on it yet; every
+        method that can start a timer takes its own ``now``.
     """
 
     def __init__(self, config: RouterConfig, *, now: float) -> None:
@@ -325,7 +327,6 @@ class Router:
         self._peer_priority: dict[_IP, int] = {}
         self._effects: list[Effect] = []
         self._warned_mismatch: set[str] = set()
-        self._now = now
 
     # -- derived values (RFC 5798 §6.1, RFC 3768 §6.1) ----------------------------------
 
@@ -363,7 +364,6 @@ class Router:
         :param now: current time.
         :raises LocalProtocolError: not in INITIALIZE.
         """
-        self._now = now
         if self._priority == 255:
             self._become_master(now, "address_owner")
         elif not self.config.start_listen:
@@ -379,7 +379,6 @@ class Router:
 
         :param now: current time.
         """
-        self._now = now
         if self.state is State.INITIALIZE:
             return
         was_master = self.state is State.MASTER
@@ -404,7 +403,6 @@ class Router:
         """
         if not isinstance(priority, int) or not 1 <= priority <= 255:
             raise LocalProtocolError(f"priority must be 1..255, got {priority!r}")
-        self._now = now
         old, self._priority = self._priority, priority
         if old != priority:
             log.info("VRRP %s (vrid %d): priority %d -> %d", self.config.name,
@@ -433,7 +431,6 @@ class Router:
         :param ttl: IPv4 TTL / IPv6 hop limit.
         :param now: current time.
         """
-        self._now = now
         try:
             adv = self._check(data, source, dst, ttl)
         except _Discard as d:
@@ -458,7 +455,6 @@ class Router:
 
         :param now: current time.
         """
-        self._now = now
         t = self._timers
         # Each round either changes state or moves a timer past `now`: 3 rounds suffice.
         for _ in range(3):
