@@ -243,10 +243,6 @@ class Config:
         """This director's node number."""
         return int(self.core["daemon"]["node"])
 
-    def error(self, msg: str, key: str) -> ConfigError:
-        """A :class:`ConfigError` naming this config's file."""
-        return ConfigError(msg, file=self.file, key=key)
-
 
 #: Extra core sections registered by core modules (vrrp, keepalived) at import time.
 EXTRA_SECTIONS: dict[str, Callable[[Any, str], Any]] = {}
