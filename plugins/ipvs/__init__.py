@@ -23,7 +23,6 @@ from typing import Any
 from clusterbus import hookimpl
 from clusterbus.config import Config
 from clusterbus.engine import Cluster
-from clusterbus.errors import ConfigError
 from clusterbus.events import Event, NodemapChanged, NodeDown, NodeUp, VrrpTransition
 
 from .applier import Applier
@@ -48,6 +47,22 @@ def config_node_addrs(config: Config) -> dict[int, tuple[str, ...]]:
     from clusterbus.plugins.nodemap import parse_nodes
 
     return parse_nodes(nodes, file=config.file)
+
+
+def _parse(config: Config, section: Mapping[str, Any],
+           cluster: Cluster) -> tuple[IpvsConfig, dict[int, tuple[str, ...]]]:
+    """Validate ``section``; node-addressed real servers must resolve through the live node
+    map or the file's ``[nodemap.nodes]``.
+
+    :returns: the validated section and the file's node addresses.
+    :raises ConfigError: naming ``config.file`` and the key.
+    """
+    extra = config_node_addrs(config)
+
+    def addrs(node: int) -> tuple[str, ...]:
+        return cluster.nodemap.addrs(node) or extra.get(node, ())
+
+    return parse(section, file=config.file, node_addrs=addrs), extra
 
 
 @dataclass(slots=True)
@@ -79,17 +94,8 @@ class IpvsPlugin:
                              cluster: Cluster) -> None:
         """Validate ``[ipvs]``; without one the plugin stays inert."""
         state = self._states[cluster] = _State()
-        if section is None:
-            return
-        state.extra = extra = config_node_addrs(config)
-
-        def addrs(node: int) -> tuple[str, ...]:
-            return cluster.nodemap.addrs(node) or extra.get(node, ())
-
-        try:
-            state.config = parse(section, file=config.file, node_addrs=addrs)
-        except ConfigError as exc:
-            raise exc.with_file(config.file) from None
+        if section is not None:
+            state.config, state.extra = _parse(config, section, cluster)
 
     @hookimpl
     def clusterbus_reload(self, config: Config, section: Mapping[str, Any] | None,
@@ -107,15 +113,7 @@ class IpvsPlugin:
             return
         if section is None or state.applier is None:
             return
-        extra = config_node_addrs(config)
-
-        def addrs(node: int) -> tuple[str, ...]:
-            return cluster.nodemap.addrs(node) or extra.get(node, ())
-
-        try:
-            new = parse(section, file=config.file, node_addrs=addrs)
-        except ConfigError as exc:
-            raise exc.with_file(config.file) from None
+        new, extra = _parse(config, section, cluster)
         if new == state.config:
             return
         state.config, state.extra = new, extra

@@ -90,3 +90,21 @@ def test_node_event_selects_only_the_services_it_serves() -> None:
     # the hook records the node, it does not reconcile everything
     engine.report(NodeReport(state=NodeState.DOWN, node=2, reason="test"))
     assert applier._nodes == {2: "node.down"} and applier._full == ["startup"]
+
+
+def test_reload_refuses_a_bad_section_naming_file_and_key() -> None:
+    import copy
+
+    from clusterbus.plugins import ipvs
+
+    host, engine = _setup(CONFIG_TWO)
+    host.call_each("clusterbus_services", cluster=engine.cluster)
+    applier = ipvs.plugin.applier(engine.cluster)
+    assert applier is not None
+    before = applier.config
+    bad = copy.deepcopy(CONFIG_TWO)
+    bad["ipvs"]["virtual_server"][0]["real_server"][0]["node"] = 9  # not in the node map
+    result = host.reload(parse_config(bad, file="/etc/cb.toml"), engine.cluster)
+    assert result["ipvs"] is not None
+    assert result["ipvs"].startswith("/etc/cb.toml: key 'ipvs.virtual_server[0].real_server[0].node'")
+    assert applier.config is before and applier.counters["reloads"] == 0
