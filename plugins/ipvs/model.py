@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from clusterbus.config import Key, validate_table
+from clusterbus.config import Key, between, validate_table
 from clusterbus.errors import ConfigError
 
 from .table import (
@@ -76,10 +76,6 @@ def _one_of(values: tuple[str, ...]) -> Callable[[Any], str | None]:
     return lambda v: None if v in values else f"expected one of {', '.join(values)}"
 
 
-def _between(lo: int, hi: int) -> Callable[[Any], str | None]:
-    return lambda v: None if lo <= v <= hi else f"expected a value from {lo} to {hi}"
-
-
 TOP_SCHEMA = {
     "virtual_server": Key(list, [], None, "array of [[ipvs.virtual_server]] tables"),
     "reconcile_interval": Key(float, 60.0, lambda v: None if v >= 0 else "expected >= 0",
@@ -92,13 +88,13 @@ TOP_SCHEMA = {
 
 VS_SCHEMA = {
     "address": Key(str, "", None, "VIP:port (\"[v6]:port\" for IPv6)"),
-    "port": Key(int, 0, _between(0, 65535), "port, when address has none"),
-    "fwmark": Key(int, 0, _between(0, _U32), "firewall mark instead of an address"),
+    "port": Key(int, 0, between(0, 65535), "port, when address has none"),
+    "fwmark": Key(int, 0, between(0, _U32), "firewall mark instead of an address"),
     "family": Key(str, "", _one_of(("inet", "inet6")), "family of a fwmark service"),
     "protocol": Key(str, "tcp", _one_of(tuple(PROTOCOLS)), "tcp, udp or sctp"),
     "scheduler": Key(str, "wlc", _one_of(SCHEDULERS), "scheduling algorithm"),
     "scheduler_flags": Key(list, [], None, "e.g. [\"mh-fallback\", \"mh-port\"]"),
-    "persistence_timeout": Key(int, 0, _between(0, _U32 // 1000), "seconds; 0: not persistent"),
+    "persistence_timeout": Key(int, 0, between(0, _U32 // 1000), "seconds; 0: not persistent"),
     "persistence_netmask": Key((str, int), "", None, "v4 mask or prefix length"),
     "persistence_engine": Key(str, "", _one_of(("", "sip")), "persistence engine (sip)"),
     "one_packet": Key(bool, False, None, "schedule each UDP datagram (ipvsadm -o)"),
@@ -109,28 +105,28 @@ VS_SCHEMA = {
 
 RS_SCHEMA = {
     "address": Key(str, "", None, "addr:port, or an address with port ="),
-    "node": Key(int, -1, _between(0, _U32), "node number (addresses come from the node map)"),
-    "port": Key(int, -1, _between(0, 65535), "port"),
-    "weight": Key(int, 1, _between(0, 65535), "weight"),
+    "node": Key(int, -1, between(0, _U32), "node number (addresses come from the node map)"),
+    "port": Key(int, -1, between(0, 65535), "port"),
+    "weight": Key(int, 1, between(0, 65535), "weight"),
     "forward": Key(str, "nat", _one_of(("nat", "dr", "tunnel")), "forwarding method"),
-    "upper_threshold": Key(int, 0, _between(0, _U32), "max connections (0: none)"),
-    "lower_threshold": Key(int, 0, _between(0, _U32), "connections to resume at"),
+    "upper_threshold": Key(int, 0, between(0, _U32), "max connections (0: none)"),
+    "lower_threshold": Key(int, 0, between(0, _U32), "connections to resume at"),
 }
 
 SYNC_SCHEMA = {
     "interface": Key(str, "", None, "interface for the sync multicast"),
-    "syncid": Key(int, 0, _between(0, 255), "sync id"),
+    "syncid": Key(int, 0, between(0, 255), "sync id"),
     "instance": Key(str, "", None, "VRRP instance whose MASTER/BACKUP drives it (any if empty)"),
-    "port": Key(int, 0, _between(0, 65535), "UDP port (0: kernel default 8848)"),
+    "port": Key(int, 0, between(0, 65535), "UDP port (0: kernel default 8848)"),
     "group": Key(str, "", None, "multicast group (default 224.0.0.81)"),
-    "maxlen": Key(int, 0, _between(0, 65507), "max sync message size (0: from MTU)"),
-    "ttl": Key(int, 0, _between(0, 255), "multicast TTL (0: kernel default)"),
+    "maxlen": Key(int, 0, between(0, 65507), "max sync message size (0: from MTU)"),
+    "ttl": Key(int, 0, between(0, 255), "multicast TTL (0: kernel default)"),
 }
 
 TIMEOUT_SCHEMA = {
-    "tcp": Key(int, 0, _between(0, _U32), "established TCP timeout (0: unchanged)"),
-    "tcp_fin": Key(int, 0, _between(0, _U32), "TCP FIN_WAIT timeout (0: unchanged)"),
-    "udp": Key(int, 0, _between(0, _U32), "UDP timeout (0: unchanged)"),
+    "tcp": Key(int, 0, between(0, _U32), "established TCP timeout (0: unchanged)"),
+    "tcp_fin": Key(int, 0, between(0, _U32), "TCP FIN_WAIT timeout (0: unchanged)"),
+    "udp": Key(int, 0, between(0, _U32), "UDP timeout (0: unchanged)"),
 }
 
 
