@@ -19,7 +19,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -396,8 +396,3 @@ class Kernel:
         v = codec._get_u32(a, codec.INFO_VERSION)
         return {"version": f"{v >> 16}.{(v >> 8) & 0xFF}.{v & 0xFF}",
                 "conn_tab_size": codec._get_u32(a, codec.INFO_CONN_TAB_SIZE)}
-
-
-def ops_text(ops: Iterable[Op]) -> list[str]:
-    """Human lines for a list of operations."""
-    return [op.describe() for op in ops]
