@@ -384,13 +384,10 @@ def nodemap_lookup(addr: str, config_path: str | None, local: bool) -> None:
         except (TimeoutError, asyncio.TimeoutError, OSError, ClusterbusError, ValueError):
             table = None
     if table is None:
-        from clusterbus.plugins.nodemap import SCHEMA, parse_nodes
-        from clusterbus.config import validate_table
+        from clusterbus.plugins.nodemap import config_nodes
 
         try:
-            section = validate_table(cfg.plugin_sections.get("nodemap", {}), SCHEMA,
-                                     file=cfg.file, prefix="nodemap")
-            nodes = parse_nodes(section["nodes"], file=cfg.file)
+            nodes = config_nodes(cfg)
         except ConfigError as exc:
             raise click.ClickException(str(exc)) from None
         table = {str(n): list(a) for n, a in nodes.items()}

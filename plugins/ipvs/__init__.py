@@ -24,29 +24,16 @@ from clusterbus import hookimpl
 from clusterbus.config import Config
 from clusterbus.engine import Cluster
 from clusterbus.events import Event, NodemapChanged, NodeDown, NodeUp, VrrpTransition
+from clusterbus.plugins.nodemap import config_nodes
 
 from .applier import Applier
 from .model import IpvsConfig, parse
 from .table import Dest, Entry, Op, OpKind, Plan, Service, ServiceKey, Table, diff
 
-__all__ = ["Applier", "IpvsConfig", "IpvsPlugin", "plugin", "parse", "config_node_addrs",
+__all__ = ["Applier", "IpvsConfig", "IpvsPlugin", "plugin", "parse",
            "Dest", "Entry", "Op", "OpKind", "Plan", "Service", "ServiceKey", "Table", "diff"]
 
 log = logging.getLogger(__name__)
-
-
-def config_node_addrs(config: Config) -> dict[int, tuple[str, ...]]:
-    """Node addresses from the file's ``[nodemap.nodes]`` (the node map plugin may not have
-    loaded them yet when ``[ipvs]`` is validated).
-
-    :raises ConfigError: ``[nodemap.nodes]`` is malformed.
-    """
-    nodes = (config.plugin_sections.get("nodemap") or {}).get("nodes") or {}
-    if not nodes:
-        return {}
-    from clusterbus.plugins.nodemap import parse_nodes
-
-    return parse_nodes(nodes, file=config.file)
 
 
 def _parse(config: Config, section: Mapping[str, Any],
@@ -57,7 +44,8 @@ def _parse(config: Config, section: Mapping[str, Any],
     :returns: the validated section and the file's node addresses.
     :raises ConfigError: naming ``config.file`` and the key.
     """
-    extra = config_node_addrs(config)
+    # the node map plugin may not have loaded [nodemap.nodes] yet when [ipvs] is validated
+    extra = config_nodes(config)
 
     def addrs(node: int) -> tuple[str, ...]:
         return cluster.nodemap.addrs(node) or extra.get(node, ())

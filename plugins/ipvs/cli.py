@@ -9,8 +9,8 @@ import click
 
 from clusterbus.config import load_config
 from clusterbus.errors import ConfigError
+from clusterbus.plugins.nodemap import config_nodes
 
-from . import config_node_addrs
 from .model import IpvsConfig, desired_table, parse
 from .table import FORWARD_NAMES, PROTOCOL_NAMES, Entry, Table, diff
 
@@ -23,7 +23,7 @@ def _load(path: str | None) -> tuple[IpvsConfig, dict[int, tuple[str, ...]]]:
         section = cfg.plugin_sections.get("ipvs")
         if section is None:
             raise click.ClickException(f"{cfg.file}: no [ipvs] section")
-        nodes = config_node_addrs(cfg)
+        nodes = config_nodes(cfg)
         return parse(section, file=cfg.file, node_addrs=lambda n: nodes.get(n, ())), nodes
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None

@@ -30,7 +30,7 @@ from clusterbus.errors import ConfigError
 from clusterbus.events import AddressConflict, NodemapChanged, NodeUp
 from clusterbus.nodemap import Conflict
 
-__all__ = ["cluster_node_num", "parse_nodes"]
+__all__ = ["cluster_node_num", "config_nodes", "parse_nodes", "read_section"]
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,26 @@ def parse_nodes(nodes: Mapping[str, Any], *, file: str) -> dict[int, tuple[str, 
     return out
 
 
+def read_section(section: Mapping[str, Any] | None, *,
+                 file: str) -> tuple[bool, dict[int, tuple[str, ...]]]:
+    """Validate the ``[nodemap]`` table (``None``: the file has none, defaults apply).
+
+    :returns: ``learn`` and the configured nodes (node number -> canonical addresses).
+    :raises ConfigError: naming ``file`` and the key.
+    """
+    table = validate_table(section or {}, SCHEMA, file=file, prefix="nodemap")
+    return table["learn"], parse_nodes(table["nodes"], file=file)
+
+
+def config_nodes(config: Config) -> dict[int, tuple[str, ...]]:
+    """The nodes of a configuration's ``[nodemap.nodes]``, for readers that cannot wait for
+    the plugin to load them into the live map (the CLI, the IPVS plugin's validation).
+
+    :raises ConfigError: ``[nodemap]`` is malformed (naming ``config.file`` and the key).
+    """
+    return read_section(config.plugin_sections.get("nodemap"), file=config.file)[1]
+
+
 def _report(cluster: Cluster, conflicts: list[Conflict], reason: str) -> None:
     for c in conflicts:
         log.warning("address %s claimed by node %d is held by node %d: claim refused (%s)",
@@ -89,9 +109,8 @@ class NodemapPlugin:
     @hookimpl
     def clusterbus_configure(self, config: Config, section: Mapping[str, Any] | None,
                              cluster: Cluster) -> None:
-        table = validate_table(section or {}, SCHEMA, file=config.file, prefix="nodemap")
-        self.learn = table["learn"]
-        for node, addrs in parse_nodes(table["nodes"], file=config.file).items():
+        self.learn, nodes = read_section(section, file=config.file)
+        for node, addrs in nodes.items():
             cluster.nodemap.add(node, addrs)  # parse_nodes already refused conflicts
 
     @hookimpl

@@ -124,3 +124,14 @@ def test_status_view_renders_vrrp_instances_from_a_msgpack_reply():
     text = console.export_text()
     assert "vrrp instances" in text and "VI_1" in text and "MASTER" in text
     assert "ttl=2" in text and "family" not in text  # only the chosen columns
+
+
+@pytest.mark.parametrize("cmd", [["ipvs", "show"], ["ipvs", "apply"],
+                                 ["nodemap", "lookup", "10.0.0.3", "--local"]])
+def test_malformed_nodemap_section_is_a_config_error_everywhere(runner, tmp_path, cmd):
+    # every reader of [nodemap.nodes] validates it the same way (the plugin's read_section)
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[nodemap]\nnodes = 3\n[ipvs]\n")
+    r = runner.invoke(main, [*cmd, "-c", str(bad)])
+    assert isinstance(r.exception, SystemExit), r.exception  # a message, not a traceback
+    assert f"{bad}: key 'nodemap.nodes': expected a table" in r.output
