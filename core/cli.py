@@ -193,6 +193,8 @@ def events(config_path: str | None, prefixes: tuple[str, ...], as_json: bool,
         asyncio.run(asyncio.wait_for(go(), timeout))
     except (TimeoutError, asyncio.TimeoutError):
         raise click.ClickException(f"no (more) events within {timeout} s") from None
+    except ConfigError as exc:  # e.g. an ephemeral [bus] port nobody can connect to
+        raise BadConfig(str(exc)) from None
     except ClusterbusError as exc:
         raise click.ClickException(str(exc)) from None
     except KeyboardInterrupt:
@@ -335,6 +337,8 @@ def plugins(config_path: str | None, as_json: bool, local: bool) -> None:
         host = PluginHost(enable=cfg["plugins"]["enable"], disable=cfg["plugins"]["disable"])
         try:
             host.load_entrypoints(file=cfg.file)
+        except ConfigError as exc:
+            raise BadConfig(str(exc)) from None
         except ClusterbusError as exc:
             raise click.ClickException(str(exc)) from None
         rows = [{"name": p.name, "hooks": list(p.hooks), "failures": p.failures,
@@ -389,7 +393,7 @@ def nodemap_lookup(addr: str, config_path: str | None, local: bool) -> None:
         try:
             nodes = config_nodes(cfg)
         except ConfigError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise BadConfig(str(exc)) from None
         table = {str(n): list(a) for n, a in nodes.items()}
     for node, addrs in table.items():
         if canon in addrs:

@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from clusterbus.cli import BadConfig
 from clusterbus.config import load_config
 from clusterbus.errors import ConfigError
 from clusterbus.plugins.nodemap import config_nodes
@@ -22,11 +23,11 @@ def _load(path: str | None) -> tuple[IpvsConfig, dict[int, tuple[str, ...]]]:
         cfg = load_config(path)
         section = cfg.plugin_sections.get("ipvs")
         if section is None:
-            raise click.ClickException(f"{cfg.file}: no [ipvs] section")
+            raise BadConfig(f"{cfg.file}: no [ipvs] section")
         nodes = config_nodes(cfg)
         return parse(section, file=cfg.file, node_addrs=lambda n: nodes.get(n, ())), nodes
     except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise BadConfig(str(exc)) from None
 
 
 def _desired(cfg: IpvsConfig, nodes: dict[int, tuple[str, ...]]) -> Table:

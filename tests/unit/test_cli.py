@@ -134,4 +134,5 @@ def test_malformed_nodemap_section_is_a_config_error_everywhere(runner, tmp_path
     bad.write_text("[nodemap]\nnodes = 3\n[ipvs]\n")
     r = runner.invoke(main, [*cmd, "-c", str(bad)])
     assert isinstance(r.exception, SystemExit), r.exception  # a message, not a traceback
+    assert r.exit_code == 2  # README: 2 for bad arguments or configuration
     assert f"{bad}: key 'nodemap.nodes': expected a table" in r.output
