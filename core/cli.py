@@ -8,6 +8,7 @@ embedded default otherwise). Errors are one clear line on stderr and a non-zero 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib.metadata
 import ipaddress
 import json
@@ -139,10 +140,8 @@ def check_config(config_path: str | None) -> None:
     click.echo(f"{cfg.file}: OK (node {cfg.node}; plugins: {', '.join(daemon.plugins.names())})")
 
 
-def _event_line(event: Any, as_json: bool) -> str:
+def _event_line(event: Any) -> str:
     d = event.to_dict()
-    if as_json:
-        return json.dumps({"topic": event.topic, **d}, separators=(",", ":"))
     if isinstance(event, MembershipEvent):
         addrs = ",".join(event.addrs) or "-"
         return (f"{event.seq:>8} {event.topic:<16} node={event.node} addrs={addrs} "
@@ -159,7 +158,8 @@ def _event_line(event: Any, as_json: bool) -> str:
 @click.option("--count", type=click.IntRange(min=1), default=None,
               help="Exit after N events.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Give up (exit 1) after this many seconds without the wanted events.")
+              help="Give up (exit 1) unless the wanted events arrived within this many "
+                   "seconds.")
 @click.option("--follow", is_flag=True,
               help="Keep waiting when the daemon is silent or restarts (default: exit 1 "
                    "after three missed heartbeats).")
@@ -170,7 +170,7 @@ def events(config_path: str | None, prefixes: tuple[str, ...], as_json: bool,
     Missed events (a restart of this command, a slow terminal) are repaired from the
     daemon's replay endpoint, so seq numbers are continuous.
     """
-    from clusterbus.bus.client import Snapshot, Subscriber
+    from clusterbus.bus.client import Snapshot, Subscriber, item_to_dict
 
     cfg = _config(config_path)
 
@@ -184,7 +184,8 @@ def events(config_path: str | None, prefixes: tuple[str, ...], as_json: bool,
                                f"{item.seq} ({item.reason}): events before it were lost",
                                err=True)
                     continue
-                click.echo(_event_line(item, as_json))
+                click.echo(json.dumps(item_to_dict(item), separators=(",", ":"))
+                           if as_json else _event_line(item))
                 n += 1
                 if count is not None and n >= count:
                     return
@@ -281,7 +282,7 @@ def status(config_path: str | None, as_json: bool, timeout: float) -> None:
         st = asyncio.run(_request_status(cfg, timeout))
     except (TimeoutError, asyncio.TimeoutError, OSError, ClusterbusError) as exc:
         raise click.ClickException(
-            f"no daemon answered on {cfg['bus']['snapshot']} ({exc or 'timeout'})") from None
+            f"no daemon answered on {cfg['bus']['snapshot']} ({str(exc) or 'timeout'})") from None
     if as_json:
         click.echo(json.dumps(st, indent=2, default=str))
         return
@@ -309,7 +310,7 @@ def reload(config_path: str | None, timeout: float) -> None:
         pid = int(asyncio.run(_request_status(cfg, timeout))["pid"])
         os.kill(pid, signal.SIGHUP)
     except (TimeoutError, asyncio.TimeoutError, OSError, ClusterbusError, KeyError) as exc:
-        raise click.ClickException(f"cannot reach the daemon: {exc or 'timeout'}") from None
+        raise click.ClickException(f"cannot reach the daemon: {str(exc) or 'timeout'}") from None
     click.echo(f"sent SIGHUP to clusterbus pid {pid}")
 
 
@@ -341,8 +342,7 @@ def plugins(config_path: str | None, as_json: bool, local: bool) -> None:
             raise BadConfig(str(exc)) from None
         except ClusterbusError as exc:
             raise click.ClickException(str(exc)) from None
-        rows = [{"name": p.name, "hooks": list(p.hooks), "failures": p.failures,
-                 "distribution": p.distribution} for p in host.describe()]
+        rows = [dataclasses.asdict(p) for p in host.describe()]
         source = "local"
     if as_json:
         click.echo(json.dumps(rows, indent=2))

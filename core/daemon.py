@@ -15,7 +15,7 @@ import os
 import signal
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 from .config import DEFAULT_FILE, Config, load_config
@@ -224,11 +224,7 @@ class Daemon:
             "seq": self.engine.seq,
             "ignored": dict(self.engine.view.ignored),
             "services": {name: s.status() for name, s in self.services.items()},
-            "plugins": [
-                {"name": p.name, "hooks": list(p.hooks), "failures": p.failures,
-                 "distribution": p.distribution}
-                for p in self.plugins.describe()
-            ],
+            "plugins": [asdict(p) for p in self.plugins.describe()],
         }
 
 
