@@ -6,55 +6,17 @@ subscribes to it. No mocks."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from typing import Any
 
 import pytest
 import zmq
 import zmq.asyncio
+from loopbus import bus, run, until
 
 from clusterbus.bus import codec
 from clusterbus.bus.client import Subscriber
-from clusterbus.bus.service import BusService
-from clusterbus.config import parse_config
 from clusterbus.engine import Engine
 from clusterbus.events import Event, NodeDown, NodeUp
-from clusterbus.pluginhost import PluginHost
 from clusterbus.view import NodeReport, NodeState
-
-LIMIT = 20.0  # seconds: upper bound on any one test's waiting, never a speed assertion
-LOOPBACK = {"publish": "tcp://127.0.0.1:*", "ingest": "tcp://127.0.0.1:*",
-            "snapshot": "tcp://127.0.0.1:*"}
-
-
-def run(coro: Any) -> Any:
-    async def bounded() -> Any:
-        async with asyncio.timeout(LIMIT):
-            return await coro
-    return asyncio.run(bounded())
-
-
-@asynccontextmanager
-async def bus(**options: Any) -> AsyncIterator[BusService]:
-    cfg = parse_config({"bus": {**LOOPBACK, "heartbeat_interval": 0.05, **options}},
-                       file="<test>")
-    svc = BusService(Engine(origin=1, plugins=PluginHost()), cfg)
-    task = asyncio.create_task(svc.run())
-    try:
-        await svc.ready.wait()
-        yield svc
-    finally:
-        task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            pass
-
-
-async def until(pred: Callable[[], bool]) -> None:
-    while not pred():
-        await asyncio.sleep(0.01)
 
 
 async def batching(sub: Subscriber) -> None:

@@ -4,14 +4,13 @@ in-process Engine, real subscriber/ingest/request sockets. No mocks."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from typing import Any
 
 import msgpack
 import pytest
 import zmq
 import zmq.asyncio
+from loopbus import bus, new_engine, run, until
 
 from clusterbus.bus import codec
 from clusterbus.bus.client import (
@@ -26,57 +25,13 @@ from clusterbus.bus.client import (
     item_to_dict,
 )
 from clusterbus.bus.service import BusService
-from clusterbus.config import parse_config
 from clusterbus.engine import Engine
 from clusterbus.events import Event, IpvsApplied, NodeDown, NodeUp, VrrpTransition
-from clusterbus.pluginhost import PluginHost
 from clusterbus.view import NodeReport, NodeState
-
-LIMIT = 20.0  # seconds: upper bound on any one test's waiting, never a speed assertion
-LOOPBACK = {"publish": "tcp://127.0.0.1:*", "ingest": "tcp://127.0.0.1:*",
-            "snapshot": "tcp://127.0.0.1:*"}
-
-
-def run(coro: Any) -> Any:
-    async def bounded() -> Any:
-        async with asyncio.timeout(LIMIT):
-            return await coro
-    return asyncio.run(bounded())
-
-
-def new_engine(origin: int = 1) -> Engine:
-    return Engine(origin=origin, plugins=PluginHost())
-
-
-@asynccontextmanager
-async def bus(engine: Engine | None = None, *, status_provider: Callable[[], dict[str, Any]]
-              | None = None, **options: Any) -> AsyncIterator[BusService]:
-    cfg = parse_config({"bus": {**LOOPBACK, "heartbeat_interval": 0.05, **options}},
-                       file="<test>")
-    svc = BusService(engine or new_engine(), cfg, status_provider=status_provider)
-    task = asyncio.create_task(svc.run())
-    try:
-        ready = asyncio.create_task(svc.ready.wait())
-        await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
-        ready.cancel()
-        if task.done():
-            task.result()  # bind failed: raise it
-        yield svc
-    finally:
-        task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            pass
 
 
 def subscriber(svc: BusService, **kw: Any) -> Subscriber:
     return Subscriber(svc.endpoints["publish"], svc.endpoints["snapshot"], **kw)
-
-
-async def until(pred: Callable[[], bool]) -> None:
-    while not pred():
-        await asyncio.sleep(0.01)
 
 
 async def subscribed(svc: BusService, sub: Subscriber, n: int = 1) -> None:
