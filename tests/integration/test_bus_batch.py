@@ -5,7 +5,6 @@ subscribes to it. No mocks."""
 
 from __future__ import annotations
 
-
 import pytest
 import zmq
 import zmq.asyncio
