@@ -155,7 +155,6 @@ async def node_event_path(n: int) -> dict[str, Any]:
 
 
 def worker_clusterbus(n: int) -> dict[str, Any]:
-    sys.path.insert(0, str(ROOT))
     from clusterbus.config import parse_config
     from clusterbus.plugins.ipvs import model
     from clusterbus.plugins.ipvs.kernel import Kernel
