@@ -1,8 +1,8 @@
 """An example third-party clusterbus plugin.
 
-It appends one JSON line per membership change to a file, and shows the shape of a
-plugin: a configuration section validated at start-up, notification hooks, a resolver,
-and an async service for work that must not block the loop.
+It appends one JSON line per node up/down to a file, and shows the shape of a plugin: a
+configuration section validated at start-up, notification hooks that take only the
+arguments they need, and an async service for work that must not block the loop.
 
 Configuration (the section is named after the plugin's entry-point name)::
 
