@@ -235,10 +235,14 @@ def clusterbus_vrrp_prepare_master(instance: str, vrid: int, cluster: Cluster) -
     :param instance: the VRRP instance name.
     :param vrid: its virtual router id.
     :param cluster: the cluster.
-    :returns: ``None`` to agree, or a reason string to veto: the instance stays BACKUP
-        and the reason is logged and published.
+    :returns: ``None`` to agree, or a reason string to veto: the instance stays BACKUP.
+        The first veto is logged as ``"plugin: reason"`` and shown as the instance's
+        ``vetoed`` in ``clusterbus status``; the event published is a
+        ``vrrp.transition`` with ``reason="vetoed"`` and ``new="BACKUP"``. The address
+        owner (priority 255) ignores vetoes.
 
-    Must not block.
+    Called by the built-in speaker only (keepalived's notify FIFO reports a transition
+    after it happened). Must not block.
     """
 
 
@@ -258,7 +262,8 @@ def clusterbus_cvip_owner(cvip: str, candidates: tuple[int, ...], cluster: Clust
     :param cluster: the cluster.
     :returns: the chosen node number (one of ``candidates``), or ``None`` for no opinion.
 
-    Must not block.
+    Nothing in clusterbus calls this hook yet: there is no built-in CVIP election (see
+    DESIGN.md, "cvip policy"); it fixes the contract for one. Must not block.
     """
 
 
