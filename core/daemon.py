@@ -76,6 +76,8 @@ class Daemon:
 
     def __init__(self, config: Config, *, load_entrypoints: bool = True) -> None:
         self.config = config
+        #: the configuration the daemon started with: what a reload cannot change stays so
+        self.initial_config = config
         self.plugins = PluginHost(enable=config["plugins"]["enable"],
                                   disable=config["plugins"]["disable"])
         self.engine = Engine(origin=config.node, plugins=self.plugins)
@@ -112,8 +114,11 @@ class Daemon:
 
     def reload(self) -> bool:
         """Re-read the configuration file (SIGHUP) and hand it to services that can apply
-        it (``service.reload(config)``: e.g. new VRRP priorities). A bad file is logged and
-        changes nothing; the daemon keeps running on what it had.
+        it (``service.reload(config)``: e.g. new VRRP priorities) and to plugins
+        (``clusterbus_reload``). A section that differs from the one the daemon started
+        with and that nothing running can apply (``[daemon]``, ``[bus]``, ``[netlink]``,
+        a plugin without the hook, ...) is logged as needing a restart. A bad file is
+        logged and changes nothing; the daemon keeps running on what it had.
 
         :returns: whether the new configuration was applied.
         """
@@ -136,10 +141,17 @@ class Daemon:
             except Exception:
                 log.exception("reload: %s failed", name)
         reloaded = self.plugins.reload(new, self.engine.cluster)
-        for section in sorted(set(new.plugin_sections) | set(self.config.plugin_sections)):
+        old = self.initial_config
+        # core services are named after their sections (SOURCES)
+        live = {name for name, service in self.services.items() if hasattr(service, "reload")}
+        for section in sorted((set(new.core) | set(old.core)) - live):
+            if new.core.get(section) != old.core.get(section):
+                log.warning("reload: [%s] changed, but it applies at start-up only: restart "
+                            "the daemon to apply it", section)
+        for section in sorted(set(new.plugin_sections) | set(old.plugin_sections)):
             if section in reloaded:
                 continue
-            if new.plugin_sections.get(section) != self.config.plugin_sections.get(section):
+            if new.plugin_sections.get(section) != old.plugin_sections.get(section):
                 log.warning("reload: [%s] changed, but plugin %s applies its section at "
                             "start-up only: restart the daemon to apply it", section, section)
         self.config = new
@@ -174,7 +186,7 @@ class Daemon:
                     for fn in services or ():
                         tg.create_task(self._plugin_service(plugin, fn), name=f"{plugin}:{fn}")
                 log.info("clusterbus node %d running (pid %d): services %s, plugins %s",
-                         self.config.node, os.getpid(), ", ".join(self.services) or "none",
+                         self.engine.origin, os.getpid(), ", ".join(self.services) or "none",
                          ", ".join(self.plugins.names()) or "none")
                 await self._stop.wait()
                 raise _Stopping()
@@ -185,7 +197,7 @@ class Daemon:
                 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                     loop.remove_signal_handler(sig)
             self.plugins.call_each("clusterbus_shutdown", cluster=self.engine.cluster)
-            log.info("clusterbus node %d stopped", self.config.node)
+            log.info("clusterbus node %d stopped", self.engine.origin)
         if failed:
             raise ClusterbusError(f"stopped because a service failed: {failed[0]}") from failed[0]
 
@@ -217,7 +229,7 @@ class Daemon:
     def status(self) -> dict[str, Any]:
         """Plain data for ``clusterbus status`` (answered over the bus's STATUS request)."""
         return {
-            "node": self.config.node,
+            "node": self.engine.origin,
             "pid": os.getpid(),
             "uptime": round(time.time() - self.started, 3),
             "view": self.engine.view.view_id,

@@ -1,0 +1,30 @@
+"""The daemon object without running it: what a reload applies and what it reports."""
+
+from __future__ import annotations
+
+import logging
+
+from clusterbus.config import load_config
+from clusterbus.daemon import Daemon
+
+
+def test_reload_reports_core_sections_that_need_a_restart(tmp_path, caplog) -> None:
+    conf = tmp_path / "cb.toml"
+    conf.write_text("[daemon]\nnode = 3\n")
+    d = Daemon(load_config(conf), load_entrypoints=False)
+    conf.write_text("[daemon]\nnode = 4\n[bus]\nheartbeat_interval = 2.0\n")
+    with caplog.at_level(logging.WARNING, logger="clusterbus.daemon"):
+        assert d.reload()
+    warned = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("reload: [daemon] changed, but it applies at start-up only")
+               for m in warned), warned
+    assert any(m.startswith("reload: [bus] changed") for m in warned), warned
+    assert not any("[netlink]" in m for m in warned), warned  # unchanged: nothing to say
+    # the running daemon is still node 3: its events and its status say so
+    assert d.engine.origin == 3 and d.status()["node"] == 3
+
+    # a second reload of the same file still reports what has not been applied
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="clusterbus.daemon"):
+        assert d.reload()
+    assert any("[daemon] changed" in r.getMessage() for r in caplog.records)
