@@ -126,7 +126,6 @@ class _Instance:
     router: Any
     link: _Link
     primary: str
-    prefixes: dict[str, str]  #: VIP without prefix -> "addr/prefix" as configured
     timer: asyncio.TimerHandle | None = None
     deadline: float | None = None  #: the router deadline ``timer`` stands for
     garp_later: asyncio.TimerHandle | None = None
@@ -200,7 +199,7 @@ class VrrpSpeaker:
         self._seq = 0
         #: sequence number -> ("add" | "remove", instance, configured address): awaiting ack
         self._pending: dict[int, tuple[str, _Instance, str]] = {}
-        #: (add?, instance name, bare VIP) -> request encoded at start-up, seq 0
+        #: (add?, instance name, VIP as configured) -> request encoded at start-up, seq 0
         self._requests: dict[tuple[bool, str, str], bytes] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._macs: dict[str, bytes] = {}
@@ -295,15 +294,14 @@ class VrrpSpeaker:
                             cfg.interface)
             primary = await self._primary(ifindex, cfg)
             router = machine.Router(self._router_config(cfg, primary), now=self._now())
-            prefixes = {str(ipaddress.ip_interface(v).ip): v for v in cfg.virtual_ipaddress}
-            inst = _Instance(cfg, router, link, primary, prefixes)
+            inst = _Instance(cfg, router, link, primary)
             link.routers[cfg.vrid] = inst
             self._instances[cfg.name] = inst
+            # keyed as the router's Add/RemoveAddresses effects name them: as configured
             for full in cfg.virtual_ipaddress:
                 iface = ipaddress.ip_interface(full)
                 for add in (True, False):
-                    self._requests[(add, cfg.name, str(iface.ip))] = _encode_addr(
-                        add, ifindex, iface)
+                    self._requests[(add, cfg.name, full)] = _encode_addr(add, ifindex, iface)
         self._rtnl = _open_rtnl()
         self._loop.add_reader(self._rtnl.fileno(), self._on_acks)
         # Announcement sockets and MACs now, not on the first takeover.
@@ -561,12 +559,14 @@ class VrrpSpeaker:
                 return f"{plugin}: {reason}"
         return None
 
-    def _address_request(self, kind: str, inst: _Instance, addr: str) -> None:
+    def _address_request(self, kind: str, inst: _Instance, full: str) -> None:
         """Add or remove one VIP now: the kernel applies the request inside ``sendmsg``;
-        its ack arrives in :meth:`_on_acks`."""
-        full = inst.prefixes.get(str(addr), str(addr))
-        ip = str(ipaddress.ip_interface(full).ip)
-        request = self._requests.get((kind == "add", inst.cfg.name, ip))
+        its ack arrives in :meth:`_on_acks`.
+
+        :param full: the VIP as configured (``10.77.0.100/24``), as the router's effects
+            carry it.
+        """
+        request = self._requests.get((kind == "add", inst.cfg.name, full))
         if request is None or self._rtnl is None:
             self.counters["address_errors"] += 1
             log.error("%s: no address request for %s %s", inst.cfg.name, kind, full)
@@ -641,21 +641,31 @@ class VrrpSpeaker:
             self._macs[ifname] = mac
         return mac
 
-    def _announce(self, inst: _Instance, addrs: Any, *, first: bool) -> None:
-        """One burst of gratuitous ARPs / unsolicited NAs; the first schedules the second."""
+    def _announce(self, inst: _Instance, addrs: tuple[str, ...], *, first: bool) -> None:
+        """One burst of gratuitous ARPs / unsolicited NAs; the first schedules the second.
+
+        :param addrs: bare VIPs, as the router's ``Announce`` effect carries them.
+        """
         assert self._loop is not None
         cfg = inst.cfg
         try:
             mac = self._mac(cfg.interface)
-            for _ in range(cfg.garp_count):
-                for addr in addrs:
-                    ip = str(ipaddress.ip_interface(inst.prefixes.get(str(addr), str(addr))).ip)
-                    if cfg.family == "inet":
-                        self._garp_sock(cfg.interface).send(garp_frame(mac, ip))
-                    else:
-                        self._na_sock(inst).sendto(unsolicited_na(mac, ip),
-                                                   (_ALL_NODES_V6, 0, 0, inst.link.ifindex))
-                    self.counters["announcements"] += 1
+            # each frame is built once per burst, not once per copy sent
+            if cfg.family == "inet":
+                sock = self._garp_sock(cfg.interface)
+                frames = [garp_frame(mac, ip) for ip in addrs]
+                for _ in range(cfg.garp_count):
+                    for frame in frames:
+                        sock.send(frame)
+                        self.counters["announcements"] += 1
+            else:
+                sock = self._na_sock(inst)
+                dest = (_ALL_NODES_V6, 0, 0, inst.link.ifindex)
+                frames = [unsolicited_na(mac, ip) for ip in addrs]
+                for _ in range(cfg.garp_count):
+                    for frame in frames:
+                        sock.sendto(frame, dest)
+                        self.counters["announcements"] += 1
         except OSError as exc:
             self.counters["announce_errors"] += 1
             log.warning("%s: gratuitous ARP/NA on %s failed: %s", cfg.name, cfg.interface, exc)
