@@ -82,6 +82,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+# pyzmq's constants are enum members: ``&`` on them and passing them as options run
+# enum code in Python, several microseconds per message on the hot path. Plain ints.
+_EVENTS, _POLLIN, _NOBLOCK, _FD = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK), int(zmq.FD)
+
 
 class PublisherLost(ClusterbusError):
     """No heartbeat from the daemon for ``dead_after`` seconds (``raise_when_dead=True``)."""
@@ -334,6 +338,7 @@ class Subscriber:
         self._sub: zmq.asyncio.Socket | None = None
         self._sync: zmq.Socket[Any] | None = None
         self._waiter: asyncio.Future[None] | None = None
+        self._reader: tuple[asyncio.AbstractEventLoop, int] | None = None
         #: receiving batch frames (subscribed to ``_batch`` and ``_hb``) rather than
         #: single-event frames (subscribed to everything); switched by heartbeats.
         self.batching = False
@@ -376,6 +381,7 @@ class Subscriber:
 
     def close(self) -> None:
         """Close the sockets (and the private context)."""
+        self._unwatch()
         if self._sub is not None:
             self._sub.close(0)
             self._sub = self._sync = None
@@ -465,12 +471,12 @@ class Subscriber:
             await self._handle(await self._receive())
             # Handle whatever else is already queued (up to a batch) while we are here:
             # one wake-up per burst instead of one per frame.
-            assert self._sync is not None
             for _ in range(256):
-                if self._sync is None:
+                sync = self._sync
+                if sync is None or not int(sync.getsockopt(_EVENTS)) & _POLLIN:
                     break
                 try:
-                    frames = self._sync.recv_multipart(zmq.NOBLOCK)
+                    frames = sync.recv_multipart(_NOBLOCK)
                 except zmq.Again:
                     break
                 await self._handle(frames)
@@ -480,10 +486,12 @@ class Subscriber:
         sync = self._sync
         assert sync is not None
         while True:
-            try:
-                return sync.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                pass
+            # EVENTS first: a refused non-blocking recv costs an exception
+            if int(sync.getsockopt(_EVENTS)) & _POLLIN:
+                try:
+                    return sync.recv_multipart(_NOBLOCK)
+                except zmq.Again:
+                    pass
             if not self.raise_when_dead:
                 await self._readable()
                 continue
@@ -503,25 +511,41 @@ class Subscriber:
         The socket's ZMQ_FD only signals that ``EVENTS`` may have changed (and reading
         ``EVENTS`` re-arms it), so it is watched directly on the loop and ``EVENTS`` is
         checked after every wake-up: one future per wait, no pyzmq asyncio machinery on
-        the per-message path.
+        the per-message path. The fd stays registered until :meth:`close` (registering
+        per wait costs two epoll_ctl calls and the selector's bookkeeping).
         """
         sync = self._sync
         assert sync is not None
         loop = asyncio.get_running_loop()
-        fd = int(sync.getsockopt(zmq.FD))
-        loop.add_reader(fd, self._wake)
+        if self._reader is None or self._reader[0] is not loop:
+            self._unwatch()
+            fd = int(sync.getsockopt(_FD))
+            loop.add_reader(fd, self._wake)
+            self._reader = (loop, fd)
         try:
-            while not int(sync.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+            while not int(sync.getsockopt(_EVENTS)) & _POLLIN:
                 self._waiter = loop.create_future()
                 await self._waiter
         finally:
             self._waiter = None
-            loop.remove_reader(fd)
 
     def _wake(self) -> None:
+        # Reading EVENTS also drains the socket's command queue, which is what makes the
+        # fd stop being readable: without it the loop would call us again and again.
+        sync = self._sync
+        if sync is None:
+            return
+        ready = int(sync.getsockopt(_EVENTS)) & _POLLIN
         waiter = self._waiter
-        if waiter is not None and not waiter.done():
+        if ready and waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+    def _unwatch(self) -> None:
+        if self._reader is not None:
+            loop, fd = self._reader
+            self._reader = None
+            if not loop.is_closed():
+                loop.remove_reader(fd)
 
     async def _start(self) -> None:
         if self.resume is not None:
