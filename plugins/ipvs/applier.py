@@ -40,7 +40,7 @@ from clusterbus.events import IpvsApplied
 from clusterbus.view import NodeState
 
 from .kernel import IpvsKernelError, Kernel
-from .model import IpvsConfig, VirtualServer, desired_entry
+from .model import IpvsConfig, SyncDaemon, VirtualServer, desired_entry
 from .table import Entry, Op, Plan, ServiceKey, Table, apply_ops, diff
 
 __all__ = ["Applier"]
@@ -67,7 +67,8 @@ class Applier:
         self._full: list[str] = ["startup"]     # reasons for a full reconcile
         self._nodes: dict[int, str] = {}        # nodes to re-check (targeted) -> reason
         self._sync_state: str | None = None     # wanted: "master" | "backup"
-        self._sync_applied: str | None = None
+        #: the role the kernel's sync daemon runs in, and the settings it was started with
+        self._sync_applied: tuple[str, SyncDaemon] | None = None
         self._sync_dirty = False
         self._kernel: Kernel | None = None
         #: the kernel's table as last dumped and then acknowledged; None: unknown
@@ -319,21 +320,34 @@ class Applier:
                               changed=plan.changed, duration=duration, reason=reason[:64])
 
     async def _sync_daemon(self) -> None:
+        """Bring the kernel's sync daemon to the wanted role with the configured settings:
+        a new role, new ``[ipvs.sync_daemon]`` settings (a reload: the running daemon is
+        restarted with them) or a removed section (it is stopped)."""
         want, sd, kernel = self._sync_state, self.config.sync_daemon, self._kernel
-        if sd is None or want is None or want == self._sync_applied or kernel is None:
+        applied = self._sync_applied
+        target = None if sd is None or want is None else (want, sd)
+        if kernel is None or target == applied:
             return
-        other = "backup" if want == "master" else "master"
+        stop: list[str] = []
+        if applied is not None and (target is None or applied[1] != target[1]):
+            stop.append(applied[0])  # stopped, or restarted with the new settings
+        if target is not None:
+            # keepalived's order: stop the other role, then start this one.
+            stop.append("backup" if want == "master" else "master")
 
         def work() -> None:
-            # keepalived's order: stop the other role, then start this one.
+            for role in dict.fromkeys(stop):
+                try:
+                    kernel.stop_daemon(role)
+                except IpvsKernelError as exc:
+                    if exc.code != errno.ESRCH:
+                        raise
+            if target is None:
+                return
+            role, s = target
             try:
-                kernel.stop_daemon(other)
-            except IpvsKernelError as exc:
-                if exc.code != errno.ESRCH:
-                    raise
-            try:
-                kernel.start_daemon(want, interface=sd.interface, syncid=sd.syncid,
-                                    maxlen=sd.maxlen, group=sd.group, port=sd.port, ttl=sd.ttl)
+                kernel.start_daemon(role, interface=s.interface, syncid=s.syncid,
+                                    maxlen=s.maxlen, group=s.group, port=s.port, ttl=s.ttl)
             except IpvsKernelError as exc:
                 if exc.code != errno.EEXIST:
                     raise
@@ -342,14 +356,19 @@ class Applier:
             await asyncio.to_thread(work)
         except (IpvsKernelError, OSError) as exc:
             self.counters["sync_daemon_failures"] += 1
-            log.error("ipvs: sync daemon %s on %s: %s", want, sd.interface, exc)
+            log.error("ipvs: sync daemon %s: %s", want or "stop", exc)
             return
-        self._sync_applied = want
-        log.info("ipvs: sync daemon now %s on %s (syncid %d)", want, sd.interface, sd.syncid)
+        self._sync_applied = target
+        if target is None:
+            log.info("ipvs: sync daemon stopped ([ipvs.sync_daemon] removed)")
+        else:
+            log.info("ipvs: sync daemon now %s on %s (syncid %d)", target[0],
+                     target[1].interface, target[1].syncid)
 
     def status(self) -> dict[str, Any]:
         """Plain data for ``clusterbus status``."""
         return {"counters": dict(self.counters), "last": dict(self.last),
-                "sync_daemon": self._sync_applied or "", "services": len(self.config.virtual_servers),
+                "sync_daemon": self._sync_applied[0] if self._sync_applied else "",
+                "services": len(self.config.virtual_servers),
                 "cached": -1 if self.known is None else len(self.known),
                 "stale": len(self.stale)}
