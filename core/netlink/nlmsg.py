@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pyroute2.netlink import genlmsg  # untyped: pyproject's mypy overrides make it Any
 
-from .message import MSG_TYPE, VERSION, Attr, Command
+from .message import MSG_TYPE, VERSION, Attr
 
 __all__ = ["cbmsg", "MSG_TYPE", "VERSION"]
 
@@ -31,7 +31,3 @@ class cbmsg(genlmsg):  # type: ignore[misc]  # pyroute2 is untyped
         (Attr.ADDR.value, "CB_ATTR_ADDR", "ipaddr"),
         (Attr.INCARNATION.value, "CB_ATTR_INCARNATION", "uint32"),
     )
-
-
-#: command names as pyroute2 users would write them
-COMMANDS = {c.name: c.value for c in Command}
