@@ -43,7 +43,8 @@ hookspec = pluggy.HookspecMarker("clusterbus")
 def clusterbus_configure(config: Config, section: Mapping[str, Any] | None, cluster: Cluster) -> None:
     """Validate and take the plugin's own configuration, before anything starts.
 
-    Called once per plugin, in registration order, before :func:`clusterbus_startup`.
+    Called once per plugin, in the hooks' call order (the last registered first, unless
+    ``tryfirst``/``trylast`` say otherwise), before :func:`clusterbus_startup`.
 
     :param config: the whole validated configuration (``config.file`` names the file).
     :param section: the top-level table named after the plugin (``[nodemap]`` for the
