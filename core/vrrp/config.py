@@ -71,7 +71,8 @@ INSTANCE_SCHEMA: dict[str, Key] = {
                              'virtual addresses, e.g. ["10.77.0.100/24"]'),
     "preempt": Key(bool, True, None, "a higher priority backup takes over from the master"),
     "preempt_delay": Key(float, 0.0, between(0, 1000), "seconds to wait before preempting"),
-    "accept": Key(bool, False, None, "accept mode: the master accepts packets for the VIPs"),
+    "accept": Key(bool, False, None, "RFC 5798 Accept_Mode (carried, not enforced: a master "
+                                      "always accepts packets for its VIPs)"),
     "unicast_peer": Key(list, [], _addr_list, "send adverts to these peers instead of multicast"),
     "unicast_src_ip": Key(str, "", None, "source address of the adverts (default: the "
                                          "interface's first address of the family)"),
