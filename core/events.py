@@ -160,7 +160,10 @@ def check_float(owner: str, name: str, v: object) -> float:
     :raises InvalidEvent: not a number of that kind (bools, NaN, infinities refused).
     """
     if type(v) is int:
-        v = float(v)
+        try:
+            v = float(v)
+        except OverflowError:  # an int beyond any float (JSON allows those)
+            raise InvalidEvent(f"{owner}.{name}: {v} is not a finite number") from None
     # NaN fails every comparison, infinities exceed the largest finite float.
     if type(v) is not float or not 0.0 <= v <= _FLOAT_MAX:
         raise InvalidEvent(f"{owner}.{name}: expected a finite float >= 0, got {v!r}")
