@@ -45,6 +45,7 @@ class SourceSpec:
     name: str
     target: str  #: "module:Class", built as Class(engine, config)
     enabled: Callable[[Config], bool]
+    wants_status: bool = False  #: also gets ``status_provider=Daemon.status`` (the bus)
 
 
 #: Built-in services, started in this order.
@@ -52,7 +53,8 @@ SOURCES: tuple[SourceSpec, ...] = (
     # first: it blocks its signal before ZeroMQ starts I/O threads that would inherit no mask
     SourceSpec("sigcluster", "clusterbus.sources.sigcluster:SigclusterSource",
                lambda c: bool(c["sigcluster"]["enabled"])),
-    SourceSpec("bus", "clusterbus.bus.service:BusService", lambda c: bool(c["bus"]["enabled"])),
+    SourceSpec("bus", "clusterbus.bus.service:BusService", lambda c: bool(c["bus"]["enabled"]),
+               wants_status=True),
     SourceSpec("netlink", "clusterbus.sources.netlink:NetlinkSource",
                lambda c: bool(c["netlink"]["enabled"])),
     SourceSpec("keepalived", "clusterbus.sources.keepalived:KeepalivedSource",
@@ -104,9 +106,7 @@ class Daemon:
             if not spec.enabled(self.config):
                 continue
             cls = _load(spec.target)
-            kwargs: dict[str, Any] = {}
-            if spec.name == "bus":
-                kwargs["status_provider"] = self.status
+            kwargs: dict[str, Any] = {"status_provider": self.status} if spec.wants_status else {}
             self.services[spec.name] = cls(self.engine, self.config, **kwargs)
         self._set_up = True
 
@@ -228,6 +228,10 @@ class Daemon:
 
     def status(self) -> dict[str, Any]:
         """Plain data for ``clusterbus status`` (answered over the bus's STATUS request)."""
+        # first: a plugin whose status hook fails shows in the failure counts below
+        plugin_status = {name: data for name, data in
+                         self.plugins.call_each("clusterbus_status", cluster=self.engine.cluster)
+                         if data is not None}
         return {
             "node": self.engine.origin,
             "pid": os.getpid(),
@@ -237,6 +241,7 @@ class Daemon:
             "ignored": dict(self.engine.view.ignored),
             "services": {name: s.status() for name, s in self.services.items()},
             "plugins": [asdict(p) for p in self.plugins.describe()],
+            "plugin_status": plugin_status,
         }
 
 

@@ -113,6 +113,18 @@ def clusterbus_reload(config: Config, section: Mapping[str, Any] | None, cluster
 
 
 @hookspec
+def clusterbus_status(cluster: Cluster) -> dict[str, Any] | None:
+    """Report the plugin's state for ``clusterbus status``.
+
+    :param cluster: the live cluster.
+    :returns: plain data (dicts, lists, str, int, float, bool, None) that msgpack and JSON
+        can carry, shown under the plugin's name; or ``None`` for nothing to report.
+
+    Called on every status request. Must not block.
+    """
+
+
+@hookspec
 def clusterbus_shutdown(cluster: Cluster) -> None:
     """The daemon is stopping (SIGTERM/SIGINT); release what the plugin holds.
 

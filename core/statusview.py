@@ -30,7 +30,9 @@ def render_status(st: dict[str, Any], console: Console | None = None) -> None:
     console.print(f"[bold]clusterbus node {st.get('node')}[/] pid {st.get('pid')} "
                   f"up {st.get('uptime')} s, view {st.get('view')}, seq {st.get('seq')}, "
                   f"ignored reports: {_flat(st.get('ignored', {}))}")
-    for name, svc in (st.get("services") or {}).items():
+    sections = dict(st.get("services") or {})
+    sections.update({f"plugin {k}": v for k, v in (st.get("plugin_status") or {}).items()})
+    for name, svc in sections.items():
         instances = svc.get("instances") if isinstance(svc, dict) else None
         # msgpack replies decode arrays as tuples
         if isinstance(instances, (list, tuple)) and instances and isinstance(instances[0], dict):

@@ -109,6 +109,12 @@ class IpvsPlugin:
         log.info("ipvs: configuration reloaded; reconciling the kernel table against it")
 
     @hookimpl
+    def clusterbus_status(self, cluster: Cluster) -> dict[str, Any] | None:
+        """The applier's counters and last apply, for ``clusterbus status``."""
+        applier = self.applier(cluster)
+        return None if applier is None else applier.status()
+
+    @hookimpl
     def clusterbus_services(self, cluster: Cluster) -> list[Callable[[], Awaitable[None]]] | None:
         """The applier service, when ``[ipvs]`` is configured."""
         state = self._states.get(cluster)
