@@ -23,6 +23,7 @@ from typing import Any
 from .. import config as _config
 from ..config import Config, Key, between, validate_table
 from ..errors import ConfigError
+from .machine import advert_interval_problem
 
 __all__ = [
     "InstanceConfig",
@@ -137,19 +138,12 @@ def _check_instance(raw: Mapping[str, Any], index: int, file: str) -> dict[str, 
     def err(msg: str, key: str) -> ConfigError:
         return ConfigError(msg, file=file, key=f"{prefix}.{key}")
 
-    # RFC 3768 §5.3.7: v2 Adver Int is an 8-bit count of seconds. RFC 5798 §5.2.7: v3 Max
-    # Adver Int is a 12-bit count of centiseconds.
     interval = v["advert_interval"]
-    if v["version"] == 2:
-        if interval != int(interval) or not 1 <= interval <= 255:
-            raise err(f"VRRPv2 advertises whole seconds 1..255, got {interval!r}; use "
-                      "version = 3 for sub-second intervals", "advert_interval")
-    else:
-        cs = round(interval * 100)
-        if abs(cs - interval * 100) > 1e-6 or not 1 <= cs <= 4095:
-            raise err(f"VRRPv3 advertises centiseconds: expected a multiple of 0.01 from 0.01 "
-                      f"to 40.95, got {interval!r}", "advert_interval")
-        interval = cs / 100
+    problem = advert_interval_problem(v["version"], interval)
+    if problem:
+        raise err(problem, "advert_interval")
+    if v["version"] == 3:
+        interval = round(interval * 100) / 100
 
     vips = v["virtual_ipaddress"]
     if not vips:

@@ -177,6 +177,24 @@ class Discarded(Effect):
 # -- configuration -------------------------------------------------------------------------
 
 
+def advert_interval_problem(version: int, seconds: float) -> str | None:
+    """Why ``seconds`` cannot be advertised by this VRRP version, or ``None`` when it can.
+
+    RFC 3768 §5.3.7: v2 Adver Int is an 8-bit count of whole seconds. RFC 5798 §5.2.7:
+    v3 Max Adver Int is a 12-bit count of centiseconds.
+    """
+    if version == 2:
+        if seconds != int(seconds) or not 1 <= seconds <= 255:
+            return (f"VRRPv2 advertises whole seconds 1..255, got {seconds!r}; use "
+                    "version = 3 for sub-second intervals")
+        return None
+    cs = round(seconds * 100)
+    if abs(cs - seconds * 100) > 1e-6 or not 1 <= cs <= 4095:
+        return (f"VRRPv3 advertises centiseconds: expected a multiple of 0.01 from 0.01 "
+                f"to 40.95, got {seconds!r}")
+    return None
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RouterConfig:
     """One virtual router.
@@ -255,16 +273,9 @@ class RouterConfig:
         iv = self.advert_interval
         if not isinstance(iv, (int, float)) or not math.isfinite(iv):
             raise bad("advert_interval", f"expected seconds, got {iv!r}")
-        if self.version == 2:
-            # RFC 3768 §5.3.7: 8 bits of whole seconds.
-            if iv != int(iv) or not 1 <= iv <= 255:
-                raise bad("advert_interval", f"VRRPv2 needs whole seconds 1..255, got {iv!r}")
-        else:
-            # RFC 5798 §5.2.7: 12 bits of centiseconds.
-            cs = round(iv * 100)
-            if abs(cs - iv * 100) > 1e-6 or not 1 <= cs <= 4095:
-                raise bad("advert_interval",
-                          f"VRRPv3 needs a multiple of 0.01 in 0.01..40.95, got {iv!r}")
+        problem = advert_interval_problem(self.version, iv)
+        if problem:
+            raise bad("advert_interval", problem)
         if not isinstance(self.preempt_delay, (int, float)) or not (
             math.isfinite(self.preempt_delay) and self.preempt_delay >= 0
         ):

@@ -54,6 +54,14 @@ async def _run(source, actions, want_signals):
             await task
 
 
+@pytest.fixture(autouse=True)
+def restore_signal_mask():
+    """The source blocks its signal in this process; give pytest its mask back."""
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, set())
+    yield
+    signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
 def make(allowed=(0,)):
     cfg = parse_config({"sigcluster": {"enabled": True, "signal": SIG,
                                        "allowed_uids": list(allowed)}}, file="t.toml")
