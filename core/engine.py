@@ -14,9 +14,8 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from .errors import InvalidEvent, LocalProtocolError
+from .errors import LocalProtocolError
 from .events import Event, MembershipEvent
-from .hookspecs import TOPIC_HOOKS
 from .nodemap import NodeMap
 from .pluginhost import PluginHost
 from .view import MembershipView, NodeInfo, NodeReport, NodeState
@@ -169,11 +168,7 @@ class Engine:
             self._dispatching = False
 
     def _dispatch(self, event: Event) -> None:
-        notify, cluster = self.plugins.notify, self.cluster
-        specific = TOPIC_HOOKS.get(event.TOPIC)
-        if specific:
-            notify(specific, event, cluster)
-        notify("clusterbus_event", event, cluster)
+        self.plugins.notify_event(event, self.cluster)
         for sink in self.sinks:
             try:
                 sink(event)
@@ -185,10 +180,3 @@ class Engine:
         snap = self.view.snapshot()
         snap.update(origin=self.origin, seq=self.seq, nodemap=self.nodemap.snapshot())
         return snap
-
-
-def check_event(event: object) -> Event:
-    """Return ``event`` if it is an :class:`Event`, else raise :class:`InvalidEvent`."""
-    if not isinstance(event, Event):
-        raise InvalidEvent(f"expected an Event, got {type(event).__name__}")
-    return event

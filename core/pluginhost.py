@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +26,9 @@ ENTRY_POINT_GROUP = "clusterbus"
 
 #: Marker for hook implementations: ``@clusterbus.hookimpl``.
 hookimpl = pluggy.HookimplMarker("clusterbus")
+
+#: One entry of an event call table: (plugin name, hook name, ``f(event, cluster)``).
+EventCall = tuple[str, str, Callable[[Any, Any], Any]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,10 +59,9 @@ class PluginHost:
         self._historic: dict[str, dict[str, Any]] = {}
         # hook name -> implementations in call order; rebuilt when a plugin registers
         self._order: dict[str, list[pluggy.HookImpl]] = {}
-        # event hook name -> (plugin name, function, argument names, or None when they
-        # are exactly (event, cluster)) in call order: what notify() walks for every
-        # event; cleared with _order.
-        self._notify: dict[str, tuple[tuple[str, Any, tuple[str, ...] | None], ...]] = {}
+        # event topic -> what notify_event() calls for it, in call order: the topic's own
+        # hook's implementations, then clusterbus_event's. Cleared with _order.
+        self._event_calls: dict[str, tuple[EventCall, ...]] = {}
 
     # -- loading ------------------------------------------------------------------------
 
@@ -104,8 +106,7 @@ class PluginHost:
         :raises PluginError: the plugin implements an unknown hook or a wrapper on a
             notification hook.
         """
-        self._order.clear()
-        self._notify.clear()
+        self._forget_order()
         try:
             self.pm.register(plugin, name=name)
         except (pluggy.PluginValidationError, ValueError) as exc:
@@ -115,19 +116,22 @@ class PluginHost:
             self.pm.check_pending()
         except pluggy.PluginValidationError as exc:
             self.pm.unregister(name=name)
-            self._order.clear()
-            self._notify.clear()
+            self._forget_order()
             raise PluginError(name, f"{exc} (known hooks: see clusterbus.hookspecs)") from exc
         for impl in self._impls_of(name):
             if impl.hookwrapper or impl.wrapper:
                 self.pm.unregister(name=name)
-                self._order.clear()
-                self._notify.clear()
+                self._forget_order()
                 raise PluginError(name, "hook wrappers are not supported; implement the hook itself")
         for hook_name, kwargs in self._historic.items():
             for impl in self._impls(hook_name):
                 if impl.plugin_name == name:
                     self._call_impl(hook_name, impl, kwargs)
+
+    def _forget_order(self) -> None:
+        # the set of implementations changed: every cached call order is stale
+        self._order.clear()
+        self._event_calls.clear()
 
     def _impls_of(self, name: str) -> Iterable[pluggy.HookImpl]:
         plugin = self.pm.get_plugin(name)
@@ -165,29 +169,30 @@ class PluginHost:
         return [(impl.plugin_name, self._call_impl(hook_name, impl, kwargs))
                 for impl in self._impls(hook_name)]
 
-    def notify(self, hook_name: str, event: Any, cluster: Any) -> None:
-        """Call every implementation of an event hook (``(event, cluster)`` arguments),
-        each isolated like :meth:`call_each`, without collecting results.
+    def notify_event(self, event: Any, cluster: Any) -> None:
+        """Call the hooks an event reaches: its topic's own hook (``clusterbus_node_up``
+        for ``node.up``, see :data:`~clusterbus.hookspecs.TOPIC_HOOKS`), then
+        ``clusterbus_event``; every implementation isolated like :meth:`call_each`,
+        without collecting results.
 
-        This is the per-event path: the implementations, and how each is called, are
-        worked out once per hook (again after a plugin registers), not per event.
+        This is the per-event path: one call table per topic, worked out once (again
+        after a plugin registers), holding only the implementations there are.
         """
-        calls = self._notify.get(hook_name)
+        calls = self._event_calls.get(event.TOPIC)
         if calls is None:
-            calls = self._notify[hook_name] = tuple(
-                (impl.plugin_name, impl.function,
-                 None if tuple(impl.argnames) == ("event", "cluster") else tuple(impl.argnames))
-                for impl in self._impls(hook_name))
-        for name, function, argnames in calls:
+            calls = self._event_calls[event.TOPIC] = self._event_table(event.TOPIC)
+        for name, hook_name, function in calls:
             try:
-                if argnames is None:
-                    function(event, cluster)
-                else:  # an implementation may take a subset of the arguments
-                    kwargs = {"event": event, "cluster": cluster}
-                    function(*[kwargs[a] for a in argnames])
+                function(event, cluster)
             except Exception:
                 self.failures[name] += 1
                 log.exception("plugin %s failed in %s", name, hook_name)
+
+    def _event_table(self, topic: str) -> tuple[EventCall, ...]:
+        hooks = (hookspecs.TOPIC_HOOKS[topic],) if topic in hookspecs.TOPIC_HOOKS else ()
+        return tuple((impl.plugin_name, hook_name, _event_caller(impl))
+                     for hook_name in (*hooks, "clusterbus_event")
+                     for impl in self._impls(hook_name))
 
     def call_first(self, hook_name: str, **kwargs: Any) -> Any:
         """Call implementations in order until one returns something other than ``None``."""
@@ -215,10 +220,8 @@ class PluginHost:
                     file=config.file, key=section,
                 )
         for impl in self._impls("clusterbus_configure"):
-            kwargs = dict(config=config, section=config.plugin_sections.get(impl.plugin_name),
-                          cluster=cluster)
             try:
-                impl.function(*[kwargs[a] for a in impl.argnames])
+                impl.function(*_section_args(impl, config, cluster))
             except ConfigError as exc:
                 raise exc.with_file(config.file) from None
             except Exception as exc:
@@ -231,10 +234,8 @@ class PluginHost:
         """
         out: dict[str, str | None] = {}
         for impl in self._impls("clusterbus_reload"):
-            kwargs = dict(config=config, section=config.plugin_sections.get(impl.plugin_name),
-                          cluster=cluster)
             try:
-                impl.function(*[kwargs[a] for a in impl.argnames])
+                impl.function(*_section_args(impl, config, cluster))
                 out[impl.plugin_name] = None
             except ConfigError as exc:
                 out[impl.plugin_name] = str(exc.with_file(config.file))
@@ -266,3 +267,26 @@ class PluginHost:
                             for impl in caller.get_hookimpls() if impl.plugin_name == name})
             out.append(PluginInfo(name, tuple(hooks), self.failures[name], self._dists.get(name, "")))
         return out
+
+
+def _event_caller(impl: pluggy.HookImpl) -> Callable[[Any, Any], Any]:
+    """``impl``'s function as a ``(event, cluster)`` callable."""
+    function = impl.function
+    argnames = tuple(impl.argnames)
+    if argnames == ("event", "cluster"):
+        return function  # nearly every implementation: called directly
+
+    # an implementation may take a subset of the hook's arguments, in any order
+    def call(event: Any, cluster: Any) -> Any:
+        kwargs = {"event": event, "cluster": cluster}
+        return function(*[kwargs[a] for a in argnames])
+
+    return call
+
+
+def _section_args(impl: pluggy.HookImpl, config: Any, cluster: Any) -> list[Any]:
+    """The arguments of ``clusterbus_configure``/``clusterbus_reload`` that ``impl``
+    takes, its own plugin section included."""
+    kwargs = {"config": config, "section": config.plugin_sections.get(impl.plugin_name),
+              "cluster": cluster}
+    return [kwargs[a] for a in impl.argnames]

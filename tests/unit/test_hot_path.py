@@ -167,3 +167,26 @@ def test_notify_isolates_counts_and_sees_late_plugins() -> None:
     assert sorted(order) == ["event-only:5", "full", "raising"]
     assert host.failures["raising"] == 2 and host.failures["full"] == 0
     assert engine.seq == 3
+
+
+def test_event_call_table_runs_the_topic_hook_then_clusterbus_event() -> None:
+    host = PluginHost()
+    calls: list[str] = []
+
+    class Both:
+        @hookimpl
+        def clusterbus_event(self, cluster: Any, event: Any) -> None:  # any argument order
+            calls.append(f"event:{event.TOPIC}")
+
+        @hookimpl
+        def clusterbus_node_up(self, event: Any, cluster: Any) -> None:
+            calls.append("node_up")
+
+    host.register(Both(), "both")
+    engine = Engine(origin=1, plugins=host)
+    engine.report(NodeReport(state=NodeState.UP, node=5, reason="t"))
+    # node.coming_up has no implementation of its own hook: only clusterbus_event runs
+    engine.report(NodeReport(state=NodeState.COMING_UP, node=6, reason="t"))
+    assert calls == ["node_up", "event:node.up", "event:node.coming_up"]
+    assert [(name, hook) for name, hook, _ in host._event_table("node.coming_up")] == [
+        ("both", "clusterbus_event")]
