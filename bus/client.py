@@ -44,7 +44,7 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 
 import zmq
 import zmq.asyncio
@@ -57,6 +57,7 @@ from .codec import (
     HEARTBEAT_TOPIC,
     FrameError,
     Heartbeat,
+    UnknownTopic,
     decode,
     decode_batch,
     decode_event,
@@ -85,6 +86,22 @@ log = logging.getLogger(__name__)
 # pyzmq's constants are enum members: ``&`` on them and passing them as options run
 # enum code in Python, several microseconds per message on the hot path. Plain ints.
 _EVENTS, _POLLIN, _NOBLOCK, _FD = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK), int(zmq.FD)
+
+
+class _Unknown(NamedTuple):
+    """Stands in for an event of a topic not registered here: it takes its place in the
+    seq order and is never delivered (docs/wire-protocol.md, "Events")."""
+
+    seq: int
+    topic: str
+
+
+def _stand_in(exc: FrameError) -> _Unknown | None:
+    """The stand-in for an undecodable event that must still count toward the sequence,
+    or ``None`` when its seq cannot be known (it is then missing, i.e. a gap)."""
+    if isinstance(exc, UnknownTopic) and exc.seq is not None:
+        return _Unknown(exc.seq, exc.topic)
+    return None
 
 
 class PublisherLost(ClusterbusError):
@@ -265,6 +282,9 @@ class Subscriber:
     Nothing runs in the background: the sockets are read while you iterate. A consumer
     slower than the daemon makes ZeroMQ drop frames for it (the daemon's slow-subscriber
     policy); the next frame or heartbeat reveals the hole and it is repaired by ``REPLAY``.
+    Events of a topic (or version) not registered in this process, such as another
+    plugin's, are never yielded but take their place in the sequence, like events
+    filtered out by ``prefixes`` (``counters["unknown_topic"]``).
 
     :param publish: the daemon's ``bus.publish`` endpoint.
     :param snapshot: the daemon's ``bus.snapshot`` endpoint.
@@ -329,11 +349,12 @@ class Subscriber:
         self.seq: int | None = None
         self.last_heartbeat: Heartbeat | None = None
         self.last_snapshot: Snapshot | None = None
-        #: what happened: delivered, filtered, heartbeats, duplicates, gaps (detected),
-        #: gaps_repaired, replayed, resyncs.<reason>, dropped.<code>, request_timeouts.
+        #: what happened: delivered, filtered, unknown_topic (skipped, seq counted),
+        #: heartbeats, duplicates, gaps (detected), gaps_repaired, replayed,
+        #: resyncs.<reason>, dropped.<code>, request_timeouts.
         self.counters: dict[str, int] = {
-            "delivered": 0, "filtered": 0, "heartbeats": 0, "duplicates": 0, "gaps": 0,
-            "gaps_repaired": 0, "replayed": 0,
+            "delivered": 0, "filtered": 0, "unknown_topic": 0, "heartbeats": 0,
+            "duplicates": 0, "gaps": 0, "gaps_repaired": 0, "replayed": 0,
         }
         self._sub: zmq.asyncio.Socket | None = None
         self._sync: zmq.Socket[Any] | None = None
@@ -565,12 +586,13 @@ class Subscriber:
                 log.debug("dropped batch from %s (%s): %s", self.publish, exc.code, exc)
                 return
             for topic, body in items:
+                event: Event | _Unknown | None
                 try:
                     event = decode_event(topic, body)
                 except FrameError as exc:
-                    self._count(f"dropped.{exc.code}")
-                    log.debug("dropped event from %s (%s): %s", self.publish, exc.code, exc)
-                    continue
+                    event = self._undecodable(exc)
+                    if event is None:
+                        continue
                 # in order and nothing to learn: no coroutine per event
                 if self.seq is not None and event.seq == self.seq + 1 \
                         and self.epoch is not None:
@@ -584,12 +606,23 @@ class Subscriber:
         try:
             event = decode(frames)
         except FrameError as exc:
-            self._count(f"dropped.{exc.code}")
-            log.debug("dropped frame from %s (%s): %s", self.publish, exc.code, exc)
-            return
+            event = self._undecodable(exc)
+            if event is None:
+                return
         await self._event(event)
 
-    async def _event(self, event: Event) -> None:
+    def _undecodable(self, exc: FrameError) -> _Unknown | None:
+        """An event from the PUB stream that cannot be decoded: its stand-in when it still
+        counts toward the sequence, else count it as dropped (its seq is then missing)."""
+        unknown = _stand_in(exc)
+        if unknown is not None:
+            log.debug("skipping seq %d from %s: %s", unknown.seq, self.publish, exc)
+        else:
+            self._count(f"dropped.{exc.code}")
+            log.debug("dropped frame from %s (%s): %s", self.publish, exc.code, exc)
+        return unknown
+
+    async def _event(self, event: Event | _Unknown) -> None:
         if self.seq is None:
             self.seq, self._floor = event.seq - 1, event.seq  # the first event sets the baseline
         if self.epoch is None:
@@ -665,9 +698,11 @@ class Subscriber:
         self._count("batching_on" if on else "batching_off")
         log.debug("%s: %s batch frames", self.publish, "receiving" if on else "not receiving")
 
-    def _accept(self, event: Event) -> None:
+    def _accept(self, event: Event | _Unknown) -> None:
         self.seq = event.seq
-        if not self.prefixes or event.topic.startswith(self.prefixes):
+        if isinstance(event, _Unknown):
+            self.counters["unknown_topic"] += 1
+        elif not self.prefixes or event.topic.startswith(self.prefixes):
             self._ready.append(event)
             self.counters["delivered"] += 1
         else:
@@ -699,13 +734,16 @@ class Subscriber:
                 await self._resync("replay_invalid")
                 return True
             for i in range(0, len(payload), 2):
+                event: Event | _Unknown | None
                 try:
                     event = decode(payload[i:i + 2])
                 except FrameError as exc:
-                    log.warning("undecodable event in a replay from %s: %s",
-                                self.snapshot_endpoint, exc)
-                    await self._resync("replay_invalid")
-                    return True
+                    event = _stand_in(exc)
+                    if event is None:
+                        log.warning("undecodable event in a replay from %s: %s",
+                                    self.snapshot_endpoint, exc)
+                        await self._resync("replay_invalid")
+                        return True
                 if event.seq <= self.seq:
                     continue
                 if event.seq != self.seq + 1:

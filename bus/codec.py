@@ -30,6 +30,7 @@ import msgpack
 
 from ..errors import DecodeError, InvalidEvent
 from ..events import (
+    EVENT_TYPES,
     MAX_NODE,
     Event,
     canonical_addrs,
@@ -41,6 +42,7 @@ from ..view import NodeState
 
 __all__ = [
     "FrameError",
+    "UnknownTopic",
     "Heartbeat",
     "IngestReport",
     "HEARTBEAT_TOPIC",
@@ -116,6 +118,29 @@ class FrameError(DecodeError):
     def __init__(self, code: str, msg: str, *, offset: int | None = None) -> None:
         super().__init__(msg, offset=offset)
         self.code = code
+
+
+class UnknownTopic(FrameError):
+    """An event frame whose ``(topic, v)`` has no registered class in this process (a
+    topic a third-party plugin registered in the daemon only, or a newer version); code
+    ``unknown_topic``.
+
+    docs/wire-protocol.md: a receiver drops such an event's content but still counts its
+    seq, like an event it filters out; treating it as missing would make every one of
+    them a gap that no replay can fill.
+
+    :param topic: the event's topic.
+    :param version: the event's ``v``.
+    :param seq: the event's ``seq`` when the body states it plainly (an integer
+        1..2**64-1 beside an integer ``origin``) and the topic is not one of the bus's
+        reserved ``_`` topics; ``None`` otherwise (nothing to count).
+    """
+
+    def __init__(self, msg: str, *, topic: str, version: int, seq: int | None) -> None:
+        super().__init__("unknown_topic", msg)
+        self.topic = topic
+        self.version = version
+        self.seq = seq
 
 
 _LOCAL = threading.local()
@@ -226,8 +251,9 @@ def encode(event: Event) -> list[bytes]:
 def decode(frames: Sequence[Any]) -> Event:
     """Decode ``[topic, body]`` into an event.
 
+    :raises UnknownTopic: no class is registered for the topic and version.
     :raises FrameError: wrong frame count, oversized frame, topic not UTF-8, body not a
-        msgpack map or with trailing bytes, unknown topic or version, bad or missing fields.
+        msgpack map or with trailing bytes, bad or missing fields.
     """
     topic_raw, body_raw = _check_frames(frames, 2)
     return decode_event(_topic(topic_raw), unpack_map(body_raw))
@@ -237,16 +263,28 @@ def decode_event(topic: str, body: dict[str, Any]) -> Event:
     """Build an event from a topic and its already unpacked body map (``v`` included;
     the map is consumed).
 
-    :raises FrameError: unknown topic or version, bad, missing or unknown fields.
+    :raises UnknownTopic: no class is registered for the topic and version.
+    :raises FrameError: bad version, bad, missing or unknown fields.
     """
     version = _version(body, topic)
+    if (topic, version) not in EVENT_TYPES:
+        raise _unknown_topic(topic, version, body)
     try:
         # unpack_map reads arrays as tuples: no lists to convert
         return event_from_dict(topic, body, version, lists=False)
     except DecodeError as exc:
-        code = "bad_topic" if str(exc).startswith(("unknown topic", "unsupported version")) \
-            else "bad_field"
-        raise FrameError(code, str(exc)) from None
+        # the class exists (checked above): what is wrong is the fields
+        raise FrameError("bad_field", str(exc)) from None
+
+
+def _unknown_topic(topic: str, version: int, body: dict[str, Any]) -> UnknownTopic:
+    seq, origin = body.get("seq"), body.get("origin")
+    if topic.startswith("_") or type(seq) is not int or not 1 <= seq <= U64 \
+            or type(origin) is not int or not 0 <= origin <= MAX_NODE:
+        seq = None
+    known = any(t == topic for t, _ in EVENT_TYPES)
+    what = f"unsupported version {version} of topic" if known else "unknown topic"
+    return UnknownTopic(f"{what} {topic!r}", topic=topic, version=version, seq=seq)
 
 
 # -- batches ----------------------------------------------------------------------------------

@@ -83,7 +83,7 @@ def body_of(event: NodeUp, **changes: object) -> bytes:
         ([b"node.up", b"", b""], "frame_count"),
         ("node.up", "frame_count"),
         ([b"node.up", "text"], "frame_count"),
-        ([b"no.such.topic", body_of(sample())], "bad_topic"),
+        ([b"no.such.topic", body_of(sample())], "unknown_topic"),
         ([b"\xff\xfe", body_of(sample())], "bad_topic"),
         ([b"", body_of(sample())], "bad_topic"),
         ([b"node.up", body_of(sample()) + b"\x00"], "bad_body"),  # trailing bytes
@@ -91,7 +91,7 @@ def body_of(event: NodeUp, **changes: object) -> bytes:
         ([b"node.up", msgpack.packb([1, 2])], "bad_body"),  # not a map
         ([b"node.up", msgpack.packb({1: 2})], "bad_body"),  # int key
         ([b"node.up", body_of(sample())[:-3]], "bad_body"),  # truncated
-        ([b"node.up", body_of(sample(), v=2)], "bad_topic"),  # unknown version
+        ([b"node.up", body_of(sample(), v=2)], "unknown_topic"),  # unknown version
         ([b"node.up", body_of(sample(), v="1")], "bad_version"),
         ([b"node.up", body_of(sample(), v=...)], "bad_version"),
         ([b"node.up", body_of(sample(), node=-1)], "bad_field"),
@@ -107,6 +107,30 @@ def test_malformed_event_frames(frames: object, code: str) -> None:
         codec.decode(frames)  # type: ignore[arg-type]
     assert isinstance(info.value, DecodeError)
     assert info.value.code == code
+
+
+@pytest.mark.parametrize(
+    ("topic", "body", "seq"),
+    [
+        (b"no.such.topic", body_of(sample()), 7),
+        (b"node.up", body_of(sample(), v=2), 7),  # a version this process does not know
+        (b"no.such.topic", msgpack.packb({"v": 1, "origin": 1, "seq": 9}), 9),  # only those
+        (b"no.such.topic", body_of(sample(), seq=...), None),
+        (b"no.such.topic", body_of(sample(), seq="7"), None),
+        (b"no.such.topic", body_of(sample(), seq=0), None),
+        (b"no.such.topic", body_of(sample(), seq=-1), None),
+        (b"no.such.topic", body_of(sample(), origin=...), None),
+        (b"no.such.topic", body_of(sample(), origin=-1), None),
+        (b"_future", body_of(sample()), None),  # reserved for the bus: never an event
+    ],
+)
+def test_unknown_topic_carries_the_seq_to_account_for(topic: bytes, body: bytes,
+                                                      seq: int | None) -> None:
+    with pytest.raises(codec.UnknownTopic) as info:
+        codec.decode([topic, body])
+    assert info.value.code == "unknown_topic"
+    assert info.value.topic == topic.decode()
+    assert info.value.seq == seq
 
 
 def test_every_truncated_body_raises_decode_error() -> None:

@@ -97,18 +97,34 @@ def test_malformed_batches(frames: list[bytes], code: str) -> None:
     assert info.value.code == code
 
 
-def test_bad_element_fields_are_bad_field_or_bad_topic() -> None:
+def test_bad_element_fields_are_bad_field_or_unknown_topic() -> None:
     cases = [
         (("node.up", {"v": 1}), "bad_field"),  # missing fields
         (("node.up", {"v": 1, b"node": 1}), "bad_field"),  # a bin key
-        (("node.sideways", {"v": 1}), "bad_topic"),
-        (("node.up", {"v": 9}), "bad_topic"),  # unknown version of a known topic
+        (("node.sideways", {"v": 1}), "unknown_topic"),
+        (("node.up", {"v": 9}), "unknown_topic"),  # unknown version of a known topic
         (("node.up", {"v": "1"}), "bad_version"),
     ]
     for (topic, body), code in cases:
         with pytest.raises(codec.FrameError) as info:
             codec.decode_event(topic, dict(body))  # type: ignore[arg-type]
         assert info.value.code == code
+
+
+def test_unknown_topic_in_a_batch_keeps_its_seq() -> None:
+    # seq 1 and 3 are known events, seq 2 is a topic this process never registered
+    good = events(3)
+    raw = msgpack.packb({"v": 1, "events": [
+        [good[0].topic, msgpack.unpackb(codec.encode(good[0])[1])],
+        ["plugin.thing", {"v": 1, "origin": 1, "seq": 2, "time": 1.0, "x": 1}],
+        [good[2].topic, msgpack.unpackb(codec.encode(good[2])[1])],
+    ]})
+    items = codec.decode_batch([codec.BATCH_TOPIC, raw])
+    assert codec.decode_event(*items[0]) == good[0]
+    with pytest.raises(codec.UnknownTopic) as info:
+        codec.decode_event(*items[1])
+    assert (info.value.topic, info.value.version, info.value.seq) == ("plugin.thing", 1, 2)
+    assert codec.decode_event(*items[2]) == good[2]
 
 
 MSGPACK_VALUES = st.recursive(
