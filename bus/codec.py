@@ -33,18 +33,17 @@ from ..events import (
     EVENT_TYPES,
     MAX_NODE,
     Event,
-    canonical_addrs,
     check_float,
     check_int,
     event_from_dict,
 )
-from ..view import NodeState
+from ..view import NodeReport, NodeState
 
 __all__ = [
     "FrameError",
     "UnknownTopic",
     "Heartbeat",
-    "IngestReport",
+    "INGEST_REASON",
     "HEARTBEAT_TOPIC",
     "BATCH_TOPIC",
     "MAX_BATCH_EVENTS",
@@ -410,28 +409,10 @@ def decode_heartbeat(frames: Sequence[Any]) -> Heartbeat:
 
 # -- ingest -----------------------------------------------------------------------------------
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class IngestReport:
-    """A decoded ingest frame: an external program says a node changed state."""
-
-    state: NodeState
-    node: int
-    addrs: tuple[str, ...] = ()
-    incarnation: int = 0
-
+#: The ``reason`` of every membership report that comes through the ingest socket.
+INGEST_REASON = "zmq"
 
 _INGEST_KEYS = frozenset({"node", "addrs", "incarnation"})
-
-
-def _ingest_fields(node: Any, addrs: Any, incarnation: Any) -> tuple[int, tuple[str, ...], int]:
-    if type(node) is not int or not 0 <= node <= MAX_NODE:
-        raise InvalidEvent(f"node: {node!r} is not an integer 0..{MAX_NODE}")
-    if not isinstance(addrs, (tuple, list)):
-        raise InvalidEvent(f"addrs: expected an array of address strings, got {addrs!r}")
-    canon = canonical_addrs(addrs, "addrs")
-    if type(incarnation) is not int or not 0 <= incarnation <= MAX_NODE:
-        raise InvalidEvent(f"incarnation: {incarnation!r} is not an integer 0..{MAX_NODE}")
-    return node, canon, incarnation
 
 
 def encode_ingest(topic: str, node: int, addrs: Sequence[str] = (),
@@ -442,16 +423,20 @@ def encode_ingest(topic: str, node: int, addrs: Sequence[str] = (),
     :raises InvalidEvent: bad topic, node, address or incarnation.
     """
     raw_topic = topic.encode()
-    if raw_topic not in INGEST_TOPICS:
+    state = INGEST_TOPICS.get(raw_topic)
+    if state is None:
         raise InvalidEvent(f"topic {topic!r} is not one of "
                            f"{', '.join(t.decode() for t in INGEST_TOPICS)}")
-    node, canon, incarnation = _ingest_fields(node, tuple(addrs), incarnation)
-    return [raw_topic, pack({"v": WIRE_VERSION, "node": node, "addrs": list(canon),
-                             "incarnation": incarnation})]
+    # the report the daemon will build, built here first: it validates and canonicalises
+    report = NodeReport(state=state, node=node, addrs=tuple(addrs), incarnation=incarnation,
+                        reason=INGEST_REASON)
+    return [raw_topic, pack({"v": WIRE_VERSION, "node": report.node,
+                             "addrs": list(report.addrs), "incarnation": report.incarnation})]
 
 
-def decode_ingest(frames: Sequence[Any]) -> IngestReport:
-    """Decode an ingest frame ``[topic, {"v": 1, "node", "addrs"?, "incarnation"?}]``.
+def decode_ingest(frames: Sequence[Any]) -> NodeReport:
+    """Decode an ingest frame ``[topic, {"v": 1, "node", "addrs"?, "incarnation"?}]`` into
+    the membership report it makes (``reason`` :data:`INGEST_REASON`).
 
     Unknown keys are refused: ingest changes membership, so a misspelt key must not be
     silently ignored.
@@ -470,13 +455,17 @@ def decode_ingest(frames: Sequence[Any]) -> IngestReport:
         raise FrameError("bad_field", f"unknown key(s) {', '.join(sorted(unknown))}")
     if "node" not in body:
         raise FrameError("bad_field", "missing 'node'")
+    addrs = body.get("addrs", ())
+    # NodeReport takes any iterable of addresses; the wire wants an array (a tuple here:
+    # use_list=False), not a map whose keys would pass for addresses.
+    if type(addrs) is not tuple:
+        raise FrameError("bad_field", f"addrs: expected an array of address strings, "
+                                      f"got a msgpack {type(addrs).__name__}")
     try:
-        node, addrs, inc = _ingest_fields(body["node"], body.get("addrs", ()),
-                                          body.get("incarnation", 0))
+        return NodeReport(state=state, node=body["node"], addrs=addrs,
+                          incarnation=body.get("incarnation", 0), reason=INGEST_REASON)
     except InvalidEvent as exc:
         raise FrameError("bad_field", str(exc)) from None
-    return IngestReport(state=state, node=node, addrs=addrs, incarnation=inc)
-
 
 
 # -- snapshot / replay / status requests and replies -----------------------------------------

@@ -24,8 +24,6 @@ import zmq.asyncio
 
 from ..config import Config
 from ..engine import Engine
-from ..errors import InvalidEvent
-from ..view import NodeReport
 from .codec import (
     MAX_FRAME,
     FrameError,
@@ -190,16 +188,10 @@ class BusService:
     def _ingest(self, frames: list[bytes]) -> None:
         self.counters["ingest_received"] += 1
         try:
-            rep = decode_ingest(frames)
-            report = NodeReport(state=rep.state, node=rep.node, addrs=rep.addrs,
-                                incarnation=rep.incarnation, reason="zmq")
+            report = decode_ingest(frames)
         except FrameError as exc:
             self._count(f"ingest_dropped.{exc.code}")
             log.debug("dropped ingest frame (%s): %s", exc.code, exc)
-            return
-        except InvalidEvent as exc:  # the codec validates the same things; belt and braces
-            self._count("ingest_dropped.bad_field")
-            log.debug("dropped ingest frame (bad_field): %s", exc)
             return
         if self.engine.report(report) is None:
             self.counters["ingest_unchanged"] += 1

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from clusterbus.bus import codec
 from clusterbus.errors import DecodeError, InvalidEvent
 from clusterbus.events import EVENT_TYPES, VRRP_STATES, NodeDown, NodeUp, VrrpTransition
-from clusterbus.view import NodeState
+from clusterbus.view import NodeReport, NodeState
 
 U32 = st.integers(0, 2**32 - 1)
 U64_POS = st.integers(1, 2**64 - 1)
@@ -227,10 +227,11 @@ def test_heartbeat_topic_cannot_be_an_event_topic() -> None:
 def test_ingest_round_trip_and_defaults() -> None:
     frames = codec.encode_ingest("node.down", 7, ["10.0.0.7", "fd00:77::07"], 3)
     rep = codec.decode_ingest(frames)
-    assert rep == codec.IngestReport(state=NodeState.DOWN, node=7,
-                                     addrs=("10.0.0.7", "fd00:77::7"), incarnation=3)
+    assert rep == NodeReport(state=NodeState.DOWN, node=7, addrs=("10.0.0.7", "fd00:77::7"),
+                             incarnation=3, reason="zmq")
     minimal = [b"node.coming_up", msgpack.packb({"v": 1, "node": 2})]
-    assert codec.decode_ingest(minimal) == codec.IngestReport(state=NodeState.COMING_UP, node=2)
+    assert codec.decode_ingest(minimal) == NodeReport(state=NodeState.COMING_UP, node=2,
+                                                      reason=codec.INGEST_REASON)
 
 
 @pytest.mark.parametrize(
@@ -242,6 +243,8 @@ def test_ingest_round_trip_and_defaults() -> None:
         ([b"node.up", msgpack.packb({"v": 1, "node": 2**32})], "bad_field"),
         ([b"node.up", msgpack.packb({"v": 1, "node": True})], "bad_field"),
         ([b"node.up", msgpack.packb({"v": 1, "node": 1, "addrs": "10.0.0.1"})], "bad_field"),
+        ([b"node.up", msgpack.packb({"v": 1, "node": 1, "addrs": {"10.0.0.1": 1}})],
+         "bad_field"),  # a map's keys must not pass for an array of addresses
         ([b"node.up", msgpack.packb({"v": 1, "node": 1, "incarnation": -1})], "bad_field"),
         ([b"node.up", msgpack.packb({"v": 9, "node": 1})], "bad_version"),
         ([b"node.up", msgpack.packb({"node": 1})], "bad_version"),
@@ -259,6 +262,10 @@ def test_encode_ingest_refuses_bad_input() -> None:
         codec.encode_ingest("vrrp.transition", 1)
     with pytest.raises(InvalidEvent):
         codec.encode_ingest("node.up", 1, ["nope"])
+    with pytest.raises(InvalidEvent):
+        codec.encode_ingest("node.up", 1, "10.0.0.1")  # one address, not a sequence of them
+    with pytest.raises(InvalidEvent):
+        codec.encode_ingest("node.up", -1)
 
 
 def test_requests() -> None:
