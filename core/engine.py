@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from .errors import LocalProtocolError
-from .events import Event, MembershipEvent
+from .events import Event, MembershipEvent, _membership_event
 from .nodemap import NodeMap
 from .pluginhost import PluginHost
 from .view import MembershipView, NodeInfo, NodeReport, NodeState
@@ -132,24 +132,41 @@ class Engine:
         """Apply a membership report to the view; dispatch the event on a real change.
 
         :returns: the event, or ``None`` for a duplicate or stale report.
+        :raises LocalProtocolError: ``report`` is not a :class:`NodeReport` (whose checks
+            the event relies on).
         """
-        change = self.view.apply(report)
+        if type(report) is not NodeReport:
+            raise LocalProtocolError(f"expected a NodeReport, got {type(report).__name__}")
+        return self._report(report.state, report.node, report.addrs, report.incarnation,
+                            report.reason)
+
+    def _report(self, state: NodeState, node: int, addrs: tuple[str, ...], incarnation: int,
+                reason: str) -> MembershipEvent | None:
+        """:meth:`report` without the :class:`NodeReport` (package-internal).
+
+        The arguments must hold what :class:`NodeReport` checks: ``state`` a NodeState,
+        ``node`` and ``incarnation`` ints in 0..2**32-1, ``addrs`` a tuple of distinct
+        canonical address strings, ``reason`` a string of 1..64 characters. Callers:
+        :meth:`report`, and the netlink source with what
+        :func:`~clusterbus.netlink.message.decode_fields` returned (which guarantees the
+        same; tests/unit/test_hot_path.py checks it).
+        """
+        change = self.view._change(state, node, addrs, incarnation)
         if change is None:
             if log.isEnabledFor(logging.DEBUG):
-                log.debug("ignored %s node %d (%s): no change", report.state.value,
-                          report.node, report.reason)
+                log.debug("ignored %s node %d (%s): no change", state.value, node, reason)
             return None
-        info = change.info
-        # The fields come from the view, which validated the report, but the event still
-        # validates itself (an invalid event cannot exist); seq moves only once it does.
-        event = report.state.event_class(
-            origin=self.origin, seq=self.seq + 1, time=self.clock(), node=info.node,
-            addrs=info.addrs, view=change.view, joined=change.joined, left=change.left,
-            reason=report.reason, incarnation=info.incarnation)
+        info, _prev, joined, left = change
+        # Every field is valid by construction: the view stored the report's node,
+        # addresses and incarnation (or kept its own), its view id counts from 1, and
+        # joined/left are () or (node,); _membership_event checks origin, seq and time
+        # itself. seq moves only once the event exists.
+        event = _membership_event(
+            state.event_class, self.origin, self.seq + 1, self.clock(), node,
+            info.addrs, info.view, joined, left, reason, info.incarnation)
         self.seq += 1
         if log.isEnabledFor(logging.INFO):  # spares evaluating the arguments per event
-            log.info("view %d: node %d %s (%s)", change.view, info.node, info.state.value,
-                     report.reason)
+            log.info("view %d: node %d %s (%s)", info.view, node, state.value, reason)
         self._enqueue(event)
         return event
 

@@ -53,6 +53,7 @@ _TOPIC_RE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
 EVENT_TYPES: dict[tuple[str, int], type[Event]] = {}
 
 E = TypeVar("E", bound="type[Event]")
+M = TypeVar("M", bound="MembershipEvent")
 
 
 def register_event(cls: E) -> E:
@@ -336,6 +337,55 @@ class MembershipEvent(Event):
         v = self.incarnation
         if type(v) is not int or not 0 <= v <= MAX_NODE:
             _int(self, "incarnation", 0, MAX_NODE)
+
+
+# The slot setters of MembershipEvent's fields: _membership_event fills them directly
+# (a frozen dataclass's __init__ goes through object.__setattr__ per field, then runs
+# the validators). A field added to MembershipEvent must be added here too.
+_PUT = {name: getattr(MembershipEvent, name).__set__ for name in MembershipEvent.field_names()}
+_put_origin, _put_seq, _put_time = _PUT.pop("origin"), _PUT.pop("seq"), _PUT.pop("time")
+_put_node, _put_addrs, _put_view = _PUT.pop("node"), _PUT.pop("addrs"), _PUT.pop("view")
+_put_joined, _put_left, _put_reason = _PUT.pop("joined"), _PUT.pop("left"), _PUT.pop("reason")
+_put_incarnation = _PUT.pop("incarnation")
+if _PUT:
+    raise TypeError(f"_membership_event does not fill {', '.join(sorted(_PUT))}")
+del _PUT
+
+
+def _membership_event(cls: type[M], origin: int, seq: int, time: float, node: int,
+                      addrs: tuple[str, ...], view: int, joined: tuple[int, ...],
+                      left: tuple[int, ...], reason: str, incarnation: int) -> M:
+    """Build a membership event from fields that are valid by construction, without
+    running its validators again (the engine's per-event path; not public).
+
+    Only for the engine, with fields from the membership view: ``node``, ``addrs``,
+    ``incarnation`` and ``reason`` as :class:`~clusterbus.view.NodeReport` checked them
+    (or the netlink decoder, which guarantees the same), ``view`` from the view's own
+    counter (>= 1), ``joined``/``left`` empty or ``(node,)``. ``origin``, ``seq`` and
+    ``time`` come from the engine's settings, counter and clock, so they are checked
+    here, inline; when one is not already in its final form (an ``int`` time, say) the
+    ordinary constructor converts or refuses it.
+
+    :param cls: NodeUp, NodeDown, NodeComingUp or NodeGoingDown (no fields of their own).
+    :raises InvalidEvent: ``origin``, ``seq`` or ``time`` is invalid.
+    """
+    if type(origin) is not int or not 0 <= origin <= MAX_NODE \
+            or type(seq) is not int or not 1 <= seq <= _U64 \
+            or type(time) is not float or not 0.0 <= time <= _FLOAT_MAX:
+        return cls(origin=origin, seq=seq, time=time, node=node, addrs=addrs, view=view,
+                   joined=joined, left=left, reason=reason, incarnation=incarnation)
+    event = object.__new__(cls)
+    _put_origin(event, origin)
+    _put_seq(event, seq)
+    _put_time(event, time)
+    _put_node(event, node)
+    _put_addrs(event, addrs)
+    _put_view(event, view)
+    _put_joined(event, joined)
+    _put_left(event, left)
+    _put_reason(event, reason)
+    _put_incarnation(event, incarnation)
+    return event
 
 
 @register_event

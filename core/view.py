@@ -114,6 +114,10 @@ class ViewChange:
     left: tuple[int, ...]
 
 
+#: What :meth:`MembershipView._change` returns: (info, previous, joined, left).
+Change = tuple[NodeInfo, NodeInfo | None, tuple[int, ...], tuple[int, ...]]
+
+
 class MembershipView:
     """The current membership view. Only :meth:`apply` changes it."""
 
@@ -150,30 +154,46 @@ class MembershipView:
         or new addresses. A report with an incarnation older than the known one is stale.
         Incarnation 0 means "unknown" and is never stale.
         """
-        prev = self._nodes.get(report.node)
+        change = self._change(report.state, report.node, report.addrs, report.incarnation)
+        if change is None:
+            return None
+        info, prev, joined, left = change
+        return ViewChange(info.view, info, prev, joined, left)
+
+    def _change(self, state: NodeState, node: int, addrs: tuple[str, ...],
+                incarnation: int) -> Change | None:
+        """:meth:`apply` for the engine, without building a report or a ViewChange.
+
+        The arguments must be what a :class:`NodeReport` holds after its checks (the
+        engine passes a report's fields, or the netlink decoder's, which makes the same
+        guarantees): they are stored as they are.
+
+        :returns: ``(info, previous info, joined, left)``, or ``None`` for no change.
+        """
+        prev = self._nodes.get(node)
+        newer = False
         if prev is not None:
-            if report.incarnation and prev.incarnation and report.incarnation < prev.incarnation:
+            if incarnation and prev.incarnation and incarnation < prev.incarnation:
                 self.ignored["stale_incarnation"] += 1
                 return None
-            same_state = prev.state is report.state
-            newer = bool(report.incarnation) and report.incarnation > prev.incarnation
-            new_addrs = bool(report.addrs) and report.addrs != prev.addrs
-            if same_state and not newer and not new_addrs:
+            newer = incarnation > prev.incarnation
+            if prev.state is state and not newer and (not addrs or addrs == prev.addrs):
                 self.ignored["duplicate"] += 1
                 return None
-        addrs = report.addrs or (prev.addrs if prev else ())
-        incarnation = report.incarnation or (prev.incarnation if prev else 0)
+            # a report without addresses or incarnation keeps what the view knew
+            addrs = addrs or prev.addrs
+            incarnation = incarnation or prev.incarnation
         self._view += 1
-        info = NodeInfo(report.node, report.state, addrs, incarnation, self._view)
-        self._nodes[report.node] = info
-        was = prev.state if prev else None
+        info = self._nodes[node] = NodeInfo(node, state, addrs, incarnation, self._view)
+        was = prev.state if prev is not None else None
         joined: tuple[int, ...] = ()
         left: tuple[int, ...] = ()
-        if report.state is NodeState.UP and (was is not NodeState.UP or newer):
-            joined = (report.node,)
-        if report.state is NodeState.DOWN and was not in (None, NodeState.DOWN):
-            left = (report.node,)
-        return ViewChange(self._view, info, prev, joined, left)
+        if state is NodeState.UP:
+            if was is not NodeState.UP or newer:
+                joined = (node,)
+        elif state is NodeState.DOWN and was is not None and was is not NodeState.DOWN:
+            left = (node,)
+        return info, prev, joined, left
 
     def snapshot(self) -> dict[str, object]:
         """A plain-data copy of the view (for snapshot replies and ``--json``)."""

@@ -138,7 +138,8 @@ class NodeMessage:
 
     :param state: the state announced (from the command byte).
     :param node: node number.
-    :param addrs: the node's addresses in message order (canonical text form).
+    :param addrs: the node's addresses in message order (canonical text form; an
+        address repeated in the message is kept once, at its first place).
     :param incarnation: boot/incarnation number, 0 when the sender did not say.
     :param seq: ``nlmsg_seq`` as the sender set it (informational).
     :param pid: ``nlmsg_pid`` as the sender set it (informational; the trusted sender
@@ -244,6 +245,10 @@ def decode_fields(data: bytes | bytearray | memoryview) -> list[Fields]:
     This is :func:`decode` without building a :class:`NodeMessage` per message (the
     netlink source's per-datagram path); the checks are the same.
 
+    Every message's fields hold what :class:`~clusterbus.view.NodeReport` checks:
+    ``node`` and ``incarnation`` are u32, ``addrs`` is a tuple of distinct canonical
+    address strings (the engine takes them as they are).
+
     :param data: the datagram as received.
     :returns: ``(state, node, addrs, incarnation, seq, pid, flags)`` per message, in
         order (empty only when the datagram held only NOOPs).
@@ -252,26 +257,36 @@ def decode_fields(data: bytes | bytearray | memoryview) -> list[Fields]:
     """
     buf = bytes(data)
     n = len(buf)
-    if n == 36 or n == 44:
-        # The two shapes the encoder makes for nearly every message: one message, NODE,
-        # then INCARNATION, with or without one IPv4 ADDR, no attribute flags. Exactly
-        # what the general path below returns for these bytes, with one unpack instead
-        # of a loop; anything else (or any field out of line) takes the general path.
+    out: list[Fields] = []
+    pos = 0
+    # The two shapes the encoder makes for nearly every message: NODE, then INCARNATION,
+    # with or without one IPv4 ADDR, no attribute flags, 36 or 44 bytes (multiples of
+    # 4: the next message follows without padding). One unpack each gives exactly what
+    # the general path gives for those bytes; at the first message of any other shape
+    # (or any field out of line) the whole datagram takes the general path.
+    while pos < n:
+        if n - pos < 36:
+            return _decode_all(buf)
         length, mtype, flags, seq, pid, cmd, version, reserved, nla_len, nla_type, node = \
-            _FAST_HEAD.unpack_from(buf)
+            _FAST_HEAD.unpack_from(buf, pos)
         state = _STATE_FOR_BYTE.get(cmd)
-        if length == n and mtype == MSG_TYPE and version == VERSION and not reserved \
-                and nla_len == 8 and nla_type == _ATTR_NODE and state is not None:
-            if n == 36:
-                ilen, itype, incarnation = _FAST_INC.unpack_from(buf, 28)
-                if ilen == 8 and itype == _ATTR_INCARNATION:
-                    return [(state, node, (), incarnation, seq, pid, flags)]
-            else:
-                alen, atype, addr, ilen, itype, incarnation = _FAST_V4_INC.unpack_from(buf, 28)
-                if alen == 8 and atype == _ATTR_ADDR and ilen == 8 \
-                        and itype == _ATTR_INCARNATION:
-                    return [(state, node, (_addr_text(addr),), incarnation, seq, pid, flags)]
-    return _decode_all(buf)
+        if mtype != MSG_TYPE or version != VERSION or reserved or nla_len != 8 \
+                or nla_type != _ATTR_NODE or state is None or pos + length > n:
+            return _decode_all(buf)
+        if length == 36:
+            ilen, itype, incarnation = _FAST_INC.unpack_from(buf, pos + 28)
+            if ilen != 8 or itype != _ATTR_INCARNATION:
+                return _decode_all(buf)
+            out.append((state, node, (), incarnation, seq, pid, flags))
+        elif length == 44:
+            alen, atype, addr, ilen, itype, incarnation = _FAST_V4_INC.unpack_from(buf, pos + 28)
+            if alen != 8 or atype != _ATTR_ADDR or ilen != 8 or itype != _ATTR_INCARNATION:
+                return _decode_all(buf)
+            out.append((state, node, (_addr_text(addr),), incarnation, seq, pid, flags))
+        else:
+            return _decode_all(buf)
+        pos += length
+    return out or _decode_all(buf)  # an empty datagram: the general path says why
 
 
 def _decode_all(buf: bytes) -> list[Fields]:
@@ -372,7 +387,9 @@ def _decode_body(buf: bytes, start: int, length: int, flags: int, seq: int,
         pos += min((nla_len + 3) & ~3, left)
     if node is None:
         raise MessageError("missing NODE attribute", offset=start, kind="missing_node")
-    return state, node, tuple(addrs), incarnation or 0, seq, pid, flags
+    # a repeated address counts once (first place kept), as NodeReport would keep it
+    distinct = tuple(addrs) if len(addrs) < 2 else tuple(dict.fromkeys(addrs))
+    return state, node, distinct, incarnation or 0, seq, pid, flags
 
 
 _KNOWN_ATTRS = frozenset((Attr.NODE, Attr.ADDR, Attr.INCARNATION))

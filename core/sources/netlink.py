@@ -27,7 +27,6 @@ from typing import Any
 from ..config import Config
 from ..engine import Engine
 from ..netlink.message import MessageError, decode_fields
-from ..view import NodeReport
 
 __all__ = ["NetlinkSource", "NETLINK_USERSOCK", "SOL_NETLINK", "NETLINK_ADD_MEMBERSHIP"]
 
@@ -220,17 +219,19 @@ class NetlinkSource:
             self._drop("malformed", f"malformed datagram from uid {uid} pid {pid}: {exc}",
                        key=f"malformed.{exc.kind}")
             return
-        debug = log.isEnabledFor(logging.DEBUG)  # spares the join below per message
-        counters, report_to = self.counters, self.engine.report
-        for state, node, addrs, incarnation, _seq, _pid, _flags in messages:
-            counters["messages"] += 1
-            report = NodeReport(state=state, node=node, addrs=addrs, incarnation=incarnation,
-                                reason="netlink")
-            if debug:
+        if log.isEnabledFor(logging.DEBUG):  # spares the joins below per message
+            for state, node, addrs, incarnation, _seq, _pid, _flags in messages:
                 log.debug("netlink: node %d %s addrs=%s incarnation=%d from pid %d uid %d",
                           node, state.value, ",".join(addrs), incarnation, pid, uid)
-            counters["reported"] += 1
-            if report_to(report) is not None:
+        counters = self.counters
+        counters["messages"] += len(messages)
+        counters["reported"] += len(messages)
+        # decode_fields' fields hold what NodeReport would check (u32 node and
+        # incarnation, distinct canonical addresses), so they go to the engine as they
+        # are, without a NodeReport per message.
+        report = self.engine._report
+        for state, node, addrs, incarnation, _seq, _pid, _flags in messages:
+            if report(state, node, addrs, incarnation, "netlink") is not None:
                 counters["changes"] += 1
 
     def _drop(self, reason: str, detail: str, *, key: str | None = None) -> None:

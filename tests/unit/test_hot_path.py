@@ -190,3 +190,88 @@ def test_event_call_table_runs_the_topic_hook_then_clusterbus_event() -> None:
     assert calls == ["node_up", "event:node.up", "event:node.coming_up"]
     assert [(name, hook) for name, hook, _ in host._event_table("node.coming_up")] == [
         ("both", "clusterbus_event")]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(SHAPES), min_size=2, max_size=5),
+       st.lists(st.tuples(st.integers(0, 219), st.integers(0, 255)), max_size=2))
+def test_multi_message_datagrams_agree_with_the_general_decoder(
+        msgs: list[bytes], changes: list[tuple[int, int]]) -> None:
+    buf = bytearray(b"".join(msgs))
+    for pos, value in changes:
+        if pos < len(buf):
+            buf[pos] = value
+    assert fast(bytes(buf)) == general(bytes(buf))
+
+
+def test_a_datagram_mixing_shapes_takes_the_general_path_whole() -> None:
+    odd = message.encode(NodeState.UP, 8, ("fd00::8", "10.0.0.8"), 1)  # not a fast shape
+    buf = SHAPES[0] + odd + SHAPES[1]
+    assert fast(buf) == general(buf) and len(message.decode_fields(buf)) == 3
+
+
+addresses = st.one_of(st.sampled_from(["10.0.0.1", "10.0.0.2", "fd00::1"]),
+                      st.ip_addresses().map(str))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(list(NodeState)), st.integers(0, 2**32 - 1),
+                          st.lists(addresses, max_size=4), st.integers(0, 2**32 - 1)),
+                min_size=1, max_size=3))
+def test_decoded_fields_are_what_a_node_report_holds(
+        msgs: list[tuple[NodeState, int, list[str], int]]) -> None:
+    # The netlink source hands decode_fields' fields to the engine without a NodeReport:
+    # they must be exactly what NodeReport's checks would leave.
+    buf = b"".join(message.encode(s, n, a, i) for s, n, a, i in msgs)
+    for state, node, addrs, inc, _seq, _pid, _flags in message.decode_fields(buf):
+        rep = NodeReport(state=state, node=node, addrs=addrs, incarnation=inc, reason="netlink")
+        assert (rep.state, rep.node, rep.addrs, rep.incarnation) == (state, node, addrs, inc)
+        assert type(addrs) is tuple and all(type(a) is str for a in addrs)
+
+
+reports = st.lists(st.tuples(st.sampled_from(list(NodeState)), st.integers(0, 4),
+                             st.lists(addresses, max_size=3), st.integers(0, 3)), max_size=30)
+
+
+@settings(max_examples=200, deadline=None)
+@given(reports)
+def test_engine_events_equal_what_the_validating_constructor_builds(
+        rs: list[tuple[NodeState, int, list[str], int]]) -> None:
+    engine = Engine(origin=7, plugins=PluginHost(), clock=lambda: 1234.5)
+    seqs = []
+    for state, node, addrs, inc in rs:
+        ev = engine.report(NodeReport(state=state, node=node, addrs=addrs, incarnation=inc,
+                                      reason="test"))
+        if ev is not None:
+            assert type(ev)(**ev.to_dict()) == ev  # every field passes the validators
+            assert type(ev) is state.event_class and ev.view == engine.view.view_id
+            seqs.append(ev.seq)
+    assert seqs == list(range(1, len(seqs) + 1))
+
+
+class Duck:  # looks like a NodeReport, never went through its checks
+    state, node, addrs, incarnation, reason = NodeState.UP, -1, ("nope",), 0, ""
+
+
+@pytest.mark.parametrize("clock", [lambda: float("nan"), lambda: -1.0, lambda: True,
+                                   lambda: "now", lambda: 10**400])
+def test_no_public_path_builds_an_invalid_membership_event(clock: Any) -> None:
+    from clusterbus.errors import LocalProtocolError
+
+    engine = Engine(origin=1, plugins=PluginHost(), clock=clock)
+    with pytest.raises(InvalidEvent):  # a bad clock: refused, seq does not move
+        engine.report(NodeReport(state=NodeState.UP, node=1, reason="t"))
+    assert engine.seq == 0
+    with pytest.raises(LocalProtocolError):
+        engine.report(Duck())  # type: ignore[arg-type]
+    with pytest.raises(InvalidEvent):  # a bad origin
+        Engine(origin=-1, plugins=PluginHost(), clock=lambda: 1.0).report(
+            NodeReport(state=NodeState.UP, node=1, reason="t"))
+    with pytest.raises(LocalProtocolError):  # membership events only come from report()
+        engine.publish(NodeUp, node=1, view=1, reason="t")
+
+
+def test_engine_converts_an_int_clock_like_the_constructor() -> None:
+    engine = Engine(origin=1, plugins=PluginHost(), clock=lambda: 5)
+    ev = engine.report(NodeReport(state=NodeState.UP, node=1, reason="t"))
+    assert ev is not None and ev.time == 5.0 and type(ev.time) is float
