@@ -483,13 +483,11 @@ def decode_request(frames: Sequence[Any]) -> tuple[str, tuple[int, ...]]:
     """Decode a request (the frames after the ROUTER envelope).
 
     :returns: (command, integer arguments).
-    :raises FrameError: ``unknown_command`` or ``bad_args`` (wrong count, not a msgpack
-        unsigned integer < 2**64, trailing bytes).
+    :raises FrameError: ``frame_count`` (no frame, more than three, not bytes),
+        ``oversized``, ``unknown_command`` or ``bad_args`` (wrong count for the command,
+        not a msgpack unsigned integer < 2**64, trailing bytes).
     """
-    if isinstance(frames, (bytes, bytearray, memoryview, str)) or not isinstance(frames, Sequence) \
-            or not frames:
-        raise FrameError("frame_count", "empty request")
-    parts = _check_frames(frames, tuple(range(1, 4)))
+    parts = _check_frames(frames, (1, 2, 3))  # the command and up to two arguments
     command = parts[0]
     allowed = COMMANDS.get(command)
     if allowed is None:
