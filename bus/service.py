@@ -72,6 +72,9 @@ class BusService:
     The publisher is attached to ``engine.sinks`` at construction, so events produced while
     the daemon starts are in the replay ring even before the sockets are bound.
 
+    ``[bus] enabled`` is not read here: it decides whether the daemon builds a BusService
+    at all, and building one asks for the endpoints.
+
     :param engine: the daemon's engine.
     :param config: the validated configuration (section ``[bus]``).
     :param status_provider: returns the msgpack-able dict a ``STATUS`` request answers
@@ -120,10 +123,6 @@ class BusService:
 
         :raises zmq.ZMQError: an endpoint cannot be bound (address in use, bad endpoint).
         """
-        if not self.config["bus"]["enabled"]:
-            log.info("ZeroMQ bus disabled by configuration ([bus] enabled = false)")
-            self._detach()
-            return
         actx = zmq.asyncio.Context()
         sctx: zmq.Context[Any] = zmq.Context.shadow(actx.underlying)
         socks: list[zmq.asyncio.Socket] = []
