@@ -463,8 +463,7 @@ class Subscriber:
     async def fetch_status(self) -> dict[str, Any]:
         """Ask the daemon for its status (what ``clusterbus status`` shows)."""
         header, _ = await self.requester.request("STATUS")
-        status = header.get("status", {})
-        return dict(status) if isinstance(status, Mapping) else {"status": status}
+        return _status_of(header)
 
     # -- the stream ------------------------------------------------------------------------
 
@@ -807,21 +806,37 @@ async def emit(endpoint: str, topic: str, node: int, addrs: Sequence[str] = (),
         await asyncio.to_thread(ctx.term)
 
 
+def _status_of(header: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``status`` map of a ``STATUS`` reply header (anything else, wrapped in one)."""
+    status = header.get("status", {})
+    return dict(status) if isinstance(status, Mapping) else {"status": status}
+
+
+async def _request_once(endpoint: str, command: str, *, timeout: float,
+                        retries: int) -> dict[str, Any]:
+    """One request on a private context and socket, both closed before returning.
+
+    :returns: the reply header.
+    :raises RequestTimeout: no daemon answered.
+    :raises RequestFailed: the daemon answered with an error or a malformed reply.
+    """
+    ctx = zmq.asyncio.Context()
+    req = Requester(endpoint, ctx, timeout=timeout, retries=retries)
+    try:
+        header, _ = await req.request(command)
+    finally:
+        req.close()
+        ctx.term()
+    return header
+
+
 async def fetch_status(endpoint: str, *, timeout: float = 2.0, retries: int = 1) -> dict[str, Any]:
     """Ask a running daemon for its status (the ``STATUS`` request).
 
     :raises RequestTimeout: no daemon answered.
     :raises RequestFailed: the daemon answered with an error.
     """
-    ctx = zmq.asyncio.Context()
-    req = Requester(endpoint, ctx, timeout=timeout, retries=retries)
-    try:
-        header, _ = await req.request("STATUS")
-    finally:
-        req.close()
-        ctx.term()
-    status = header.get("status", {})
-    return dict(status) if isinstance(status, Mapping) else {"status": status}
+    return _status_of(await _request_once(endpoint, "STATUS", timeout=timeout, retries=retries))
 
 
 async def fetch_snapshot(endpoint: str, *, timeout: float = 2.0, retries: int = 1) -> Snapshot:
@@ -830,11 +845,5 @@ async def fetch_snapshot(endpoint: str, *, timeout: float = 2.0, retries: int = 
     :raises RequestTimeout: no daemon answered.
     :raises RequestFailed: the daemon answered with an error or an unusable snapshot.
     """
-    ctx = zmq.asyncio.Context()
-    req = Requester(endpoint, ctx, timeout=timeout, retries=retries)
-    try:
-        header, _ = await req.request("SNAPSHOT")
-    finally:
-        req.close()
-        ctx.term()
-    return Snapshot.from_header(header)
+    return Snapshot.from_header(
+        await _request_once(endpoint, "SNAPSHOT", timeout=timeout, retries=retries))
