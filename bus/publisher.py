@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import zmq
@@ -49,7 +49,7 @@ from .codec import (
 )
 from .ring import Entry, Ring
 
-__all__ = ["Publisher"]
+__all__ = ["Publisher", "split_batches", "BATCH_BYTES"]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,22 @@ _EVENTS, _POLLIN, _NOBLOCK, _FD = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBL
 BATCH_BYTES = MAX_FRAME - 4096
 #: Subscriptions that want no single-event frames.
 _NOT_SINGLE = frozenset((BATCH_TOPIC, HEARTBEAT_TOPIC))
+
+
+def split_batches(entries: Iterable[Entry]) -> Iterator[list[tuple[bytes, bytes]]]:
+    """Group encoded events, in order, into the ``(topic, body)`` lists of batch frames:
+    at most :data:`MAX_BATCH_EVENTS` events and :data:`BATCH_BYTES` bytes of events each
+    (one event bigger than that still gets a batch of its own)."""
+    chunk: list[tuple[bytes, bytes]] = []
+    size = 0
+    for _seq, topic, body in entries:
+        if chunk and (len(chunk) == MAX_BATCH_EVENTS or size + len(body) > BATCH_BYTES):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append((topic, body))
+        size += len(body) + len(topic) + 4  # + the element's array header and topic header
+    if chunk:
+        yield chunk
 
 
 class Publisher:
@@ -192,23 +208,12 @@ class Publisher:
                 except zmq.Again:
                     again += 1
         if self._want_batch:
-            chunk: list[tuple[bytes, bytes]] = []
-            size = 0
-            for _seq, topic, body in pending:
-                if chunk and (len(chunk) == MAX_BATCH_EVENTS or size + len(body) > BATCH_BYTES):
-                    try:
-                        send(encode_batch(chunk), _NOBLOCK)
-                        batches += 1
-                    except zmq.Again:
-                        again += 1
-                    chunk, size = [], 0
-                chunk.append((topic, body))
-                size += len(body) + len(topic) + 4
-            try:
-                send(encode_batch(chunk), _NOBLOCK)
-                batches += 1
-            except zmq.Again:
-                again += 1
+            for chunk in split_batches(pending):
+                try:
+                    send(encode_batch(chunk), _NOBLOCK)
+                    batches += 1
+                except zmq.Again:
+                    again += 1
         self.sent_seq = pending[-1][0]
         self.counters["frames_sent"] += sent
         self.counters["batches_sent"] += batches
