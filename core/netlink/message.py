@@ -25,6 +25,7 @@ from ..events import MAX_NODE
 from ..view import NodeState
 
 __all__ = [
+    "NETLINK_USERSOCK",
     "MSG_TYPE",
     "VERSION",
     "Command",
@@ -36,16 +37,15 @@ __all__ = [
     "decode_fields",
 ]
 
+#: The netlink protocol clusterbus messages travel on (include/uapi/linux/netlink.h).
+NETLINK_USERSOCK = 2
 #: nlmsg_type of clusterbus messages: "CB" (0x4342), well above NLMSG_MIN_TYPE (0x10),
 #: so it cannot be mistaken for a netlink control message.
 MSG_TYPE = 0x4342
 #: Family header version this codec speaks.
 VERSION = 1
 
-NLMSG_NOOP = 0x1
-NLMSG_ERROR = 0x2
-NLMSG_DONE = 0x3
-NLMSG_OVERRUN = 0x4
+NLMSG_NOOP = 0x1  # skipped; the other control types (< NLMSG_MIN_TYPE) are refused
 NLMSG_MIN_TYPE = 0x10  # types below are reserved for netlink control messages
 
 NLA_F_NESTED = 1 << 15

@@ -26,17 +26,15 @@ from typing import Any
 
 from ..config import Config
 from ..engine import Engine
-from ..netlink.message import MessageError, decode_fields
+from ..netlink.message import NETLINK_USERSOCK, MessageError, decode_fields
 
 __all__ = ["NetlinkSource", "NETLINK_USERSOCK", "SOL_NETLINK", "NETLINK_ADD_MEMBERSHIP"]
 
 log = logging.getLogger(__name__)
 
-NETLINK_USERSOCK = 2
 SOL_NETLINK = 270  # include/linux/socket.h
 NETLINK_ADD_MEMBERSHIP = 1  # include/uapi/linux/netlink.h
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # root may exceed rmem_max
-DEFAULT_RCVBUF = 4 << 20
 
 _UCRED = struct.Struct("=iII")  # struct ucred: pid_t pid, uid_t uid, gid_t gid
 #: Larger than any single netlink datagram a sender can build with default socket
@@ -57,7 +55,7 @@ class NetlinkSource:
 
     :param engine: where reports go (:meth:`~clusterbus.engine.Engine.report`).
     :param config: uses ``[netlink]`` ``enabled``, ``group``, ``allowed_uids`` and
-        ``rcvbuf`` (bytes, optional).
+        ``rcvbuf`` (bytes), as :mod:`clusterbus.config` validated them.
 
     ``counters`` keys: ``datagrams`` (read), ``messages`` (decoded), ``reported`` (handed to
     the engine), ``changes`` (that changed the view), and the drops:
@@ -68,12 +66,13 @@ class NetlinkSource:
     """
 
     def __init__(self, engine: Engine, config: Config) -> None:
+        # validated, defaults filled in: clusterbus.config's schema is the one place
         section: dict[str, Any] = config["netlink"]
         self.engine = engine
-        self.enabled = bool(section.get("enabled", True))
-        self.group = int(section["group"])
-        self.allowed_uids = frozenset(int(u) for u in section.get("allowed_uids", [0]))
-        self.rcvbuf = int(section.get("rcvbuf", DEFAULT_RCVBUF))
+        self.enabled: bool = section["enabled"]
+        self.group: int = section["group"]
+        self.allowed_uids = frozenset(section["allowed_uids"])
+        self.rcvbuf: int = section["rcvbuf"]
         self.counters: dict[str, int] = {
             "datagrams": 0,
             "messages": 0,
