@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from netns import Topology, run
@@ -14,11 +15,12 @@ from netns import Topology, run
 pytestmark = pytest.mark.root
 
 PYTHON = sys.executable
+EMITTER_SRC = Path(__file__).resolve().parents[2] / "contrib" / "netlink-emitter"
 
 # Sends with Sender.send_many and reads with the source's own socket in one process:
 # every datagram goes through NetlinkSource.handle_datagram, as on the daemon's loop.
 SCRIPT = r'''
-import json, select, sys
+import json, select, subprocess, sys
 from clusterbus.config import parse_config
 from clusterbus.engine import Engine
 from clusterbus.netlink.sender import Sender
@@ -31,8 +33,13 @@ events, sizes = [], []
 engine.sinks.append(events.append)
 source = NetlinkSource(engine, parse_config({"netlink": {"group": 9}}, file="<test>"))
 sock = source.open()
-with Sender(9) as sender:
-    sent = sender.send_many([tuple(m) for m in spec["messages"]], max_bytes=spec["max_bytes"])
+if "command" in spec:  # a C sender, e.g. cb-emit with several messages
+    subprocess.run(spec["command"], check=True, timeout=10)
+    sent = 1
+else:
+    with Sender(9) as sender:
+        sent = sender.send_many([tuple(m) for m in spec["messages"]],
+                                max_bytes=spec["max_bytes"])
 for _ in range(sent):
     if not select.select([sock], [], [], 10)[0]:
         break
@@ -50,9 +57,12 @@ def ns() -> Iterator[str]:
         yield topo.netns("nlb")
 
 
-def batch(ns: str, messages: list[list[object]], max_bytes: int) -> dict[str, object]:
-    p = run([*Topology.prefix(ns), PYTHON, "-c", SCRIPT,
-             json.dumps({"messages": messages, "max_bytes": max_bytes})], cwd="/")
+def batch(ns: str, messages: list[list[object]] | None = None, max_bytes: int = 4096,
+          command: list[str] | None = None) -> dict[str, object]:
+    spec: dict[str, object] = {"messages": messages or [], "max_bytes": max_bytes}
+    if command:
+        spec["command"] = command
+    p = run([*Topology.prefix(ns), PYTHON, "-c", SCRIPT, json.dumps(spec)], cwd="/")
     out: dict[str, object] = json.loads(p.stdout)
     return out
 
@@ -98,3 +108,20 @@ def test_send_many_refuses_bad_input_before_sending_anything():
         with pytest.raises(LocalProtocolError):
             sender.send_encoded([b"\0" * 36], max_bytes=35)
         assert sender.sent == 0
+
+
+def test_cb_emit_sends_several_messages_in_one_datagram(ns: str, tmp_path: Path):
+    run(["make", "-s", "-C", str(EMITTER_SRC), f"O={tmp_path}", "CC=gcc",
+         "CFLAGS=-O2 -Wall -Wextra -Werror -std=gnu11"])
+    out = batch(ns, command=[str(tmp_path / "cb-emit"), "-g", "9",
+                             "up", "5", "10.77.0.5", "fd00:77::5", "-i", "3", "--",
+                             "comingup", "6", "--", "down", "5"])
+    assert out["sizes"] == [64 + 36 + 36]  # one datagram, three messages
+    got = [e[:3] for e in out["events"]]  # type: ignore[union-attr]
+    assert got == [["node.up", 1, 5], ["node.coming_up", 2, 6], ["node.down", 3, 5]]
+    assert out["events"][0][3] == ["10.77.0.5", "fd00:77::5"]  # type: ignore[index]
+    c = out["counters"]
+    assert c["datagrams"] == 1 and c["messages"] == 3  # type: ignore[index]
+    bad = run([*Topology.prefix(ns), str(tmp_path / "cb-emit"), "up", "5", "--", "up"],
+              check=False)
+    assert bad.returncode == 2  # an incomplete second message: nothing is sent
