@@ -40,8 +40,11 @@ _UCRED = struct.Struct("=iII")  # struct ucred: pid_t pid, uid_t uid, gid_t gid
 #: Larger than any single netlink datagram a sender can build with default socket
 #: buffers; a bigger one arrives with MSG_TRUNC and is dropped as ``oversize``.
 RECV_SIZE = 1 << 17
-#: Datagrams handled per wake-up before yielding to the other fds on the loop (the fd is
-#: level-triggered, so the rest is read on the next turn).
+#: Datagrams, and messages (whole datagrams: at least one), handled per wake-up before
+#: yielding to the loop (the fd is level-triggered, so the rest is read on the next
+#: turn). Messages count too because the publisher flushes once per loop turn: a
+#: wake-up that took in a few dozen batched datagrams would hold thousands of events
+#: back from subscribers until the last was handled.
 BATCH = 256
 _CMSG_SPACE = socket.CMSG_SPACE(_UCRED.size)
 # Plain ints: the socket module's constants are enum members, whose ``&`` and ``==``
@@ -167,7 +170,11 @@ class NetlinkSource:
         sock = self._sock
         if sock is None:
             return
+        counters = self.counters
+        budget = counters["messages"] + BATCH
         for _ in range(BATCH):
+            if counters["messages"] >= budget:
+                return
             try:
                 data, ancdata, msg_flags, _addr = sock.recvmsg(RECV_SIZE, _CMSG_SPACE)
             except BlockingIOError:
