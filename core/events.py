@@ -223,8 +223,16 @@ def _nodes(obj: object, name: str) -> None:
 
 #: event class -> its ``_validate`` methods, base class first (see Event.__post_init__).
 _CHECKS: dict[type, tuple[Any, ...]] = {}
-#: event class -> field names in declaration order.
-_NAMES: dict[type, tuple[str, ...]] = {}
+#: event class -> (field names in declaration order, the same as a set).
+_NAMES: dict[type, tuple[tuple[str, ...], frozenset[str]]] = {}
+
+
+def _names(cls: type) -> tuple[tuple[str, ...], frozenset[str]]:
+    found = _NAMES.get(cls)
+    if found is None:
+        names = tuple(f.name for f in dataclasses.fields(cls))
+        found = _NAMES[cls] = (names, frozenset(names))
+    return found
 
 
 def _checks(cls: type) -> tuple[Any, ...]:
@@ -279,16 +287,12 @@ class Event:
 
     def to_dict(self) -> dict[str, Any]:
         """Return the fields as a plain dict (tuples stay tuples), without the topic."""
-        names = _NAMES.get(type(self)) or type(self).field_names()
-        return {name: getattr(self, name) for name in names}
+        return {name: getattr(self, name) for name in _names(type(self))[0]}
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
         """Names of the fields of this event class, in declaration order."""
-        names = _NAMES.get(cls)
-        if names is None:
-            names = _NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
-        return names
+        return _names(cls)[0]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -597,9 +601,9 @@ def event_from_dict(topic: str, body: Mapping[str, Any], version: int = 1, *,
     cls = EVENT_TYPES.get((topic, version)) if type(version) is int else None
     if cls is None:
         cls = event_class(topic, version)
-    names = _NAMES.get(cls) or cls.field_names()
+    names, name_set = _names(cls)
     try:
-        if not body.keys() <= _name_set(cls, names):
+        if not body.keys() <= name_set:
             unknown = set(body) - set(names)
             raise DecodeError(
                 f"{topic}: unknown field(s) {', '.join(sorted(map(str, unknown)))}")
@@ -617,12 +621,3 @@ def event_from_dict(topic: str, body: Mapping[str, Any], version: int = 1, *,
         msg = str(exc).split("() ", 1)[-1]
         raise DecodeError(f"{topic}: {msg}") from None
 
-
-_NAME_SETS: dict[type, frozenset[str]] = {}
-
-
-def _name_set(cls: type, names: tuple[str, ...]) -> frozenset[str]:
-    found = _NAME_SETS.get(cls)
-    if found is None:
-        found = _NAME_SETS[cls] = frozenset(names)
-    return found
