@@ -584,6 +584,7 @@ class Subscriber:
                 self._count(f"dropped.{exc.code}")
                 log.debug("dropped batch from %s (%s): %s", self.publish, exc.code, exc)
                 return
+            ready, prefixes, counters = self._ready, self.prefixes, self.counters
             for topic, body in items:
                 event: Event | _Unknown | None
                 try:
@@ -592,10 +593,21 @@ class Subscriber:
                     event = self._undecodable(exc)
                     if event is None:
                         continue
-                # in order and nothing to learn: no coroutine per event
-                if self.seq is not None and event.seq == self.seq + 1 \
-                        and self.epoch is not None:
-                    self._accept(event)
+                    if self.seq is not None and event.seq == self.seq + 1 \
+                            and self.epoch is not None:
+                        self._accept(event)
+                    else:
+                        await self._event(event)
+                    continue
+                seq = self.seq
+                # in order and nothing to learn: _accept inline, no coroutine per event
+                if seq is not None and event.seq == seq + 1 and self.epoch is not None:
+                    self.seq = seq + 1
+                    if not prefixes or topic.startswith(prefixes):
+                        ready.append(event)
+                        counters["delivered"] += 1
+                    else:
+                        counters["filtered"] += 1
                 else:
                     await self._event(event)
             return

@@ -33,6 +33,13 @@ from ..events import (
     EVENT_TYPES,
     MAX_NODE,
     Event,
+    MembershipEvent,
+    NodeComingUp,
+    NodeDown,
+    NodeGoingDown,
+    NodeUp,
+    _canonical_or_none,
+    _membership_event,
     check_float,
     check_int,
     event_from_dict,
@@ -265,6 +272,14 @@ def decode_event(topic: str, body: dict[str, Any]) -> Event:
     :raises UnknownTopic: no class is registered for the topic and version.
     :raises FrameError: bad version, bad, missing or unknown fields.
     """
+    # The membership events (nearly all of the traffic) take an inline check of every
+    # field and are built without a second validation; anything the check does not
+    # accept as it is (conversions, refusals, other topics) takes the general path.
+    cls = _MEMBERSHIP.get(topic)
+    if cls is not None and body.keys() == _MEMBERSHIP_KEYS:
+        event = _fast_membership(cls, body)
+        if event is not None:
+            return event
     version = _version(body, topic)
     if (topic, version) not in EVENT_TYPES:
         raise _unknown_topic(topic, version, body)
@@ -274,6 +289,52 @@ def decode_event(topic: str, body: dict[str, Any]) -> Event:
     except DecodeError as exc:
         # the class exists (checked above): what is wrong is the fields
         raise FrameError("bad_field", str(exc)) from None
+
+
+#: topic -> class of the membership events, whose bodies :func:`_fast_membership` builds.
+_MEMBERSHIP: dict[str, type[MembershipEvent]] = {
+    c.TOPIC: c for c in (NodeUp, NodeDown, NodeComingUp, NodeGoingDown)}
+#: The keys of a membership event body (``v`` and every field).
+_MEMBERSHIP_KEYS = frozenset(("v", *MembershipEvent.field_names()))
+_U32 = MAX_NODE
+
+
+def _fast_membership(cls: type[MembershipEvent], body: dict[str, Any]) -> Event | None:
+    """The membership event ``body`` describes when every field is already in the form
+    the class's validators would leave it in, else ``None`` (the caller then takes the
+    general path, which converts or refuses).
+
+    Accepts a subset of what the constructor accepts and builds an equal event
+    (tests/unit/test_codec_fast.py checks both against the general path): at most one
+    address (canonical), ``joined``/``left`` empty or one node. ``origin``, ``seq`` and
+    ``time`` are checked by ``_membership_event`` itself, which hands anything not final
+    to the constructor; its refusal is turned into a ``bad_field`` FrameError here.
+    """
+    v = body["v"]
+    node = body["node"]
+    addrs = body["addrs"]
+    view = body["view"]
+    joined = body["joined"]
+    left = body["left"]
+    reason = body["reason"]
+    inc = body["incarnation"]
+    if type(v) is not int or v != cls.VERSION \
+            or type(node) is not int or not 0 <= node <= _U32 \
+            or type(addrs) is not tuple or len(addrs) > 1 \
+            or (addrs and (type(addrs[0]) is not str or _canonical_or_none(addrs[0]) != addrs[0])) \
+            or type(view) is not int or not 1 <= view <= U64 \
+            or type(joined) is not tuple or len(joined) > 1 \
+            or (joined and (type(joined[0]) is not int or not 0 <= joined[0] <= _U32)) \
+            or type(left) is not tuple or len(left) > 1 \
+            or (left and (type(left[0]) is not int or not 0 <= left[0] <= _U32)) \
+            or type(reason) is not str or not 0 < len(reason) <= 64 \
+            or type(inc) is not int or not 0 <= inc <= _U32:
+        return None
+    try:
+        return _membership_event(cls, body["origin"], body["seq"], body["time"], node, addrs,
+                                 view, joined, left, reason, inc)
+    except InvalidEvent as exc:
+        raise FrameError("bad_field", f"{cls.TOPIC}: {exc}") from None
 
 
 def _unknown_topic(topic: str, version: int, body: dict[str, Any]) -> UnknownTopic:

@@ -368,7 +368,9 @@ def _membership_event(cls: type[M], origin: int, seq: int, time: float, node: in
     counter (>= 1), ``joined``/``left`` empty or ``(node,)``. ``origin``, ``seq`` and
     ``time`` come from the engine's settings, counter and clock, so they are checked
     here, inline; when one is not already in its final form (an ``int`` time, say) the
-    ordinary constructor converts or refuses it.
+    ordinary constructor converts or refuses it. The one other caller is the bus codec
+    (``clusterbus.bus.codec._fast_membership``), after checking every other field as
+    ``MembershipEvent._validate`` would accept it unchanged.
 
     :param cls: NodeUp, NodeDown, NodeComingUp or NodeGoingDown (no fields of their own).
     :raises InvalidEvent: ``origin``, ``seq`` or ``time`` is invalid.
