@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import zmq
@@ -42,12 +42,14 @@ from .codec import (
     HEARTBEAT_TOPIC,
     MAX_BATCH_EVENTS,
     MAX_FRAME,
+    EventEncoder,
     Heartbeat,
-    encode,
-    encode_batch,
+    batch_frame,
     encode_heartbeat,
+    event_encoder,
+    new_packer,
 )
-from .ring import Entry, Ring
+from .ring import Ring
 
 __all__ = ["Publisher", "split_batches", "BATCH_BYTES"]
 
@@ -57,27 +59,34 @@ log = logging.getLogger(__name__)
 # enum code in Python, several microseconds per message on the hot path. Plain ints.
 _EVENTS, _POLLIN, _NOBLOCK, _FD = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK), int(zmq.FD)
 
-#: Bytes of events per batch frame: below the decoders' MAX_FRAME with room for the
-#: batch's own framing (a few bytes per event).
+#: Bytes of batch elements per batch frame: below the decoders' MAX_FRAME with room for
+#: the frame's own head (16 bytes at most).
 BATCH_BYTES = MAX_FRAME - 4096
 #: Subscriptions that want no single-event frames.
 _NOT_SINGLE = frozenset((BATCH_TOPIC, HEARTBEAT_TOPIC))
 
 
-def split_batches(entries: Iterable[Entry]) -> Iterator[list[tuple[bytes, bytes]]]:
-    """Group encoded events, in order, into the ``(topic, body)`` lists of batch frames:
-    at most :data:`MAX_BATCH_EVENTS` events and :data:`BATCH_BYTES` bytes of events each
-    (one event bigger than that still gets a batch of its own)."""
-    chunk: list[tuple[bytes, bytes]] = []
-    size = 0
-    for _seq, topic, body in entries:
-        if chunk and (len(chunk) == MAX_BATCH_EVENTS or size + len(body) > BATCH_BYTES):
-            yield chunk
-            chunk, size = [], 0
-        chunk.append((topic, body))
-        size += len(body) + len(topic) + 4  # + the element's array header and topic header
-    if chunk:
-        yield chunk
+def split_batches(parts: list[bytes]) -> Iterator[list[bytes]]:
+    """Group a flush's encoded events, in order, into the parts of batch frames (for
+    :func:`~clusterbus.bus.codec.batch_frame`): at most :data:`MAX_BATCH_EVENTS` events
+    and :data:`BATCH_BYTES` bytes of elements each (one event bigger than that still gets
+    a batch of its own).
+
+    :param parts: for each event, its batch element head and its body, flat.
+    """
+    if len(parts) <= 2 * MAX_BATCH_EVENTS and sum(map(len, parts)) <= BATCH_BYTES:
+        if parts:
+            yield parts  # the usual flush: one frame, no per-event work
+        return
+    start = size = 0
+    for i in range(0, len(parts), 2):
+        n = len(parts[i]) + len(parts[i + 1])
+        if i > start and (i - start == 2 * MAX_BATCH_EVENTS or size + n > BATCH_BYTES):
+            yield parts[start:i]
+            start, size = i, 0
+        size += n
+    if start < len(parts):
+        yield parts[start:]
 
 
 class Publisher:
@@ -118,8 +127,16 @@ class Publisher:
         self._sock: zmq.Socket[Any] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._fd: int | None = None
-        self._pending: list[Entry] = []
+        #: this turn's events: element head and body of each, flat (see split_batches)
+        self._pending: list[bytes] = []
+        self._pending_seq = 0  #: seq of the last pending event
         self._flush_scheduled = False
+        self._encoders: dict[type, EventEncoder] = {}
+        #: element head -> topic frame, for single-event frames
+        self._topics: dict[bytes, bytes] = {}
+        # the loop's own packer: no thread-local look-up per event (the sink runs on the
+        # loop thread only)
+        self._packer = new_packer()
         #: live subscriptions by prefix (from XPUB_VERBOSER (un)subscription messages)
         self.subscriptions: dict[bytes, int] = {}
         self._want_single = False
@@ -170,25 +187,35 @@ class Publisher:
 
     def __call__(self, event: Event) -> None:
         """Engine sink: encode, remember in the ring, queue for sending this loop turn."""
+        enc = self._encoders.get(type(event))
         try:
-            topic, body = encode(event)
+            if enc is None:
+                enc = self._encoder(type(event))
+            body = self._packer.pack(enc.body(event))
         except (TypeError, ValueError, OverflowError):
             # An event the codec cannot encode is a bug; the ring then breaks the sequence
             # rather than hold a hole, and subscribers resynchronise from a snapshot.
+            self._packer.reset()  # a failed pack may leave bytes in its buffer
             self.counters["encode_failed"] += 1
             log.exception("cannot encode %s seq %d", event.topic, event.seq)
             return
-        entry = self.ring.append(event.seq, topic, body)
+        self.ring.append(event.seq, enc.topic, body)
         self.counters["published"] += 1
         if self._sock is None:
             return  # not running: kept in the ring only
-        self._pending.append(entry)
+        self._pending += (enc.element, body)
+        self._pending_seq = event.seq
         if not self._flush_scheduled:
             self._flush_scheduled = True
             # Batch the events produced in one loop turn (a burst of reports, a plugin's
             # follow-up events) into one flush; the loop is never blocked by a send.
             assert self._loop is not None
             self._loop.call_soon(self._flush)
+
+    def _encoder(self, cls: type) -> EventEncoder:
+        enc = self._encoders[cls] = event_encoder(cls)
+        self._topics[enc.element] = enc.topic
+        return enc
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -201,20 +228,21 @@ class Publisher:
         send = sock.send_multipart
         sent = batches = again = 0
         if self._want_single:
-            for _seq, topic, body in pending:
+            topics = self._topics
+            for i in range(0, len(pending), 2):
                 try:
-                    send((topic, body), _NOBLOCK)
+                    send((topics[pending[i]], pending[i + 1]), _NOBLOCK)
                     sent += 1
                 except zmq.Again:
                     again += 1
         if self._want_batch:
             for chunk in split_batches(pending):
                 try:
-                    send(encode_batch(chunk), _NOBLOCK)
+                    send(batch_frame(chunk), _NOBLOCK)
                     batches += 1
                 except zmq.Again:
                     again += 1
-        self.sent_seq = pending[-1][0]
+        self.sent_seq = self._pending_seq
         self.counters["frames_sent"] += sent
         self.counters["batches_sent"] += batches
         if again:

@@ -35,7 +35,10 @@ class Ring:
         if capacity < 1:
             raise ValueError("ring capacity must be >= 1")
         self.capacity = capacity
-        self._slots: list[Entry | None] = [None] * capacity
+        # Two lists rather than one of Entry tuples: no object per event beyond the body
+        # (the topic is the class's shared bytes); entries are built on replay only.
+        self._topics: list[bytes | None] = [None] * capacity
+        self._bodies: list[bytes | None] = [None] * capacity
         self.first = 0  #: oldest seq held (0: empty)
         self.last = 0  #: newest seq held or, once emptied by a break, the last seq seen
         self.breaks = 0  #: times the sequence broke and the ring was emptied
@@ -43,21 +46,20 @@ class Ring:
     def __len__(self) -> int:
         return 0 if self.first == 0 else self.last - self.first + 1
 
-    def append(self, seq: int, topic: bytes, body: bytes) -> Entry:
-        """Add the event ``seq`` (normally ``last + 1``).
-
-        :returns: the ring's entry for it.
-        """
-        if self.first == 0 or seq != self.last + 1:
+    def append(self, seq: int, topic: bytes, body: bytes) -> None:
+        """Add the event ``seq`` (normally ``last + 1``)."""
+        if seq != self.last + 1 or self.first == 0:
             if self.first != 0 or self.last != 0:
                 self.breaks += 1
-            self._slots = [None] * self.capacity
+            self._topics = [None] * self.capacity
+            self._bodies = [None] * self.capacity
             self.first = seq
         elif seq - self.first >= self.capacity:
             self.first += 1  # the slot we overwrite held the oldest event
-        entry = self._slots[seq % self.capacity] = Entry(seq, topic, body)
+        i = seq % self.capacity
+        self._topics[i] = topic
+        self._bodies[i] = body
         self.last = seq
-        return entry
 
     def after(self, seq: int, limit: int) -> tuple[str, list[Entry]]:
         """The events after ``seq``, oldest first, at most ``limit`` of them.
@@ -72,5 +74,6 @@ class Ring:
         if self.first == 0 or seq + 1 < self.first:
             return TOO_OLD, []
         stop = min(self.last, seq + limit)
-        slots, cap = self._slots, self.capacity
-        return OK, [slots[s % cap] for s in range(seq + 1, stop + 1)]  # type: ignore[misc]
+        topics, bodies, cap = self._topics, self._bodies, self.capacity
+        return OK, [Entry(s, topics[s % cap], bodies[s % cap])  # type: ignore[arg-type]
+                    for s in range(seq + 1, stop + 1)]

@@ -128,3 +128,14 @@ def test_refusal_by_the_constructor_is_a_frame_error() -> None:
         codec._fast_membership(NodeUp, body)
     assert isinstance(info.value, DecodeError) and info.value.code == "bad_field"
     assert "origin" in str(info.value)
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.TOPIC)
+def test_membership_bodies_hold_every_field_in_order(cls: type) -> None:
+    # the publisher's hand-written body of membership events must follow the class
+    event = cls(origin=1, seq=5, time=2.5, node=3, addrs=("10.77.0.3",), view=9,
+                joined=(3,), reason="netlink", incarnation=4)
+    body = codec._membership_body(event)
+    assert tuple(body) == ("v", *cls.field_names())
+    assert body == {"v": cls.VERSION, **event.to_dict()}
+    assert codec.encode(event)[1] == msgpack.packb(body, use_bin_type=True)
