@@ -51,7 +51,7 @@ from .codec import (
 )
 from .ring import Ring
 
-__all__ = ["Publisher", "split_batches", "BATCH_BYTES"]
+__all__ = ["Publisher", "split_batches", "BATCH_BYTES", "IDLE_AFTER"]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,12 @@ _EVENTS, _POLLIN, _NOBLOCK, _FD = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBL
 #: Bytes of batch elements per batch frame: below the decoders' MAX_FRAME with room for
 #: the frame's own head (16 bytes at most).
 BATCH_BYTES = MAX_FRAME - 4096
+#: Seconds without sending events after which the daemon counts as idle: the next event
+#: is sent at once rather than at the end of its loop turn. Under load the next turn's
+#: first event follows the previous flush within tens of microseconds and waits for its
+#: turn's end, so batching is kept where it pays.
+IDLE_AFTER = 100e-6
+_monotonic = time.monotonic
 #: Subscriptions that want no single-event frames.
 _NOT_SINGLE = frozenset((BATCH_TOPIC, HEARTBEAT_TOPIC))
 
@@ -130,6 +136,7 @@ class Publisher:
         #: this turn's events: element head and body of each, flat (see split_batches)
         self._pending: list[bytes] = []
         self._pending_seq = 0  #: seq of the last pending event
+        self._sent_at = 0.0  #: monotonic time of the last send of events
         self._flush_scheduled = False
         self._encoders: dict[type, EventEncoder] = {}
         #: element head -> topic frame, for single-event frames
@@ -176,7 +183,7 @@ class Publisher:
         if self._sock is None:
             return
         try:
-            self._flush()
+            self._send_pending()
         finally:
             if self._loop is not None and self._fd is not None:
                 self._loop.remove_reader(self._fd)
@@ -206,11 +213,16 @@ class Publisher:
         self._pending += (enc.element, body)
         self._pending_seq = event.seq
         if not self._flush_scheduled:
+            # The events of one loop turn (a burst of reports, a plugin's follow-up
+            # events) are flushed together at its end; the loop is never blocked by a
+            # send. On an idle daemon the first event of a turn goes out at once instead
+            # of waiting a loop iteration: nothing was sent for IDLE_AFTER, so the
+            # events are sparse and latency, not frames per event, is what counts.
             self._flush_scheduled = True
-            # Batch the events produced in one loop turn (a burst of reports, a plugin's
-            # follow-up events) into one flush; the loop is never blocked by a send.
             assert self._loop is not None
             self._loop.call_soon(self._flush)
+            if _monotonic() - self._sent_at >= IDLE_AFTER:
+                self._send_pending()
 
     def _encoder(self, cls: type) -> EventEncoder:
         enc = self._encoders[cls] = event_encoder(cls)
@@ -218,11 +230,16 @@ class Publisher:
         return enc
 
     def _flush(self) -> None:
+        # the end of a loop turn that produced events
         self._flush_scheduled = False
+        self._send_pending()
+
+    def _send_pending(self) -> None:
         pending, self._pending = self._pending, []
         sock = self._sock
         if sock is None or not pending:
             return
+        self._sent_at = _monotonic()
         # Who listens, as of now: decides single frames, batches, both or neither.
         self._drain_subscriptions()
         send = sock.send_multipart
@@ -254,7 +271,7 @@ class Publisher:
         """Flush pending events, then send one heartbeat carrying the last seq sent."""
         if self._sock is None:
             return None
-        self._flush()
+        self._send_pending()
         hb = Heartbeat(epoch=self.epoch, origin=self.origin, seq=self.sent_seq,
                        time=self.clock(), interval=self.heartbeat_interval, batch=True)
         try:

@@ -10,7 +10,7 @@ import zmq
 import zmq.asyncio
 from loopbus import bus, run, until
 
-from clusterbus.bus import codec
+from clusterbus.bus import codec, publisher
 from clusterbus.bus.client import Subscriber
 from clusterbus.engine import Engine
 from clusterbus.events import Event, NodeDown, NodeUp
@@ -58,7 +58,11 @@ async def raw_events(sock: zmq.asyncio.Socket, n: int) -> list[Event]:
     return got
 
 
-def test_client_takes_batches_while_an_old_subscriber_gets_single_frames() -> None:
+def test_client_takes_batches_while_an_old_subscriber_gets_single_frames(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # never idle: every event waits for the end of its loop turn (see the idle test below)
+    monkeypatch.setattr(publisher, "IDLE_AFTER", float("inf"))
+
     async def main() -> None:
         async with bus() as svc:
             pub = svc.publisher
@@ -98,6 +102,37 @@ def test_client_takes_batches_while_an_old_subscriber_gets_single_frames() -> No
             await until(lambda: pub.sent_seq == last[-1].seq)
             assert (svc.counters["frames_sent"], svc.counters["batches_sent"]) == (singles, batches)
             assert svc.ring.last == last[-1].seq
+    run(main())
+
+
+@pytest.mark.parametrize("batch", [True, False])
+def test_idle_daemon_sends_the_first_event_at_once(batch: bool,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # Always idle: the first event of a turn is sent inside engine.report itself; the
+    # rest of the turn still goes out together at the turn's end, in order, no gap.
+    monkeypatch.setattr(publisher, "IDLE_AFTER", 0.0)
+
+    async def main() -> None:
+        async with bus() as svc:
+            async with Subscriber(svc.endpoints["publish"], svc.endpoints["snapshot"],
+                                  batch=batch) as sub:
+                if batch:
+                    await batching(sub)
+                    await until(lambda: codec.BATCH_TOPIC in svc.publisher.subscriptions)
+                else:
+                    await until(lambda: b"" in svc.publisher.subscriptions)
+                key = "batches_sent" if batch else "frames_sent"
+                before = svc.counters[key]
+                first = flip(svc.engine, 0, 1)
+                assert svc.counters[key] == before + 1  # sent, and no await happened
+                assert svc.publisher.sent_seq == first[0].seq
+                rest = flip(svc.engine, 1, 20)  # same turn: waits for its end
+                assert svc.counters[key] == before + 1
+                base = sub.seq or 0
+                want = [e for e in first + rest if e.seq > base]
+                assert await take(sub, len(want)) == want
+                assert svc.counters[key] == before + (2 if batch else 21)
+                assert sub.counters["gaps"] == 0
     run(main())
 
 
