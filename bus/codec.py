@@ -119,8 +119,9 @@ class EventEncoder(NamedTuple):
     topic: bytes
     #: what precedes the body inside a batch element: array of 2, the topic as msgpack str
     element: bytes
-    #: the event's body map, ``"v"`` first; :func:`pack` turns it into frame 1
-    body: Callable[[Event], dict[str, Any]]
+    #: ``body(event, packer)``: frame 1 of the event (its body map, ``"v"`` first),
+    #: packed with ``packer`` (one of :func:`new_packer`'s; reset it after a failure)
+    body: Callable[[Event, msgpack.Packer], bytes]
 
 
 #: event class -> its EventEncoder, made once per class.
@@ -166,16 +167,21 @@ class UnknownTopic(FrameError):
 _LOCAL = threading.local()
 
 
+def _packer() -> msgpack.Packer:
+    # One Packer per thread, reused: packb builds (and sizes a buffer for) a new one per
+    # call, which costs as much as packing a whole event. A Packer is not thread-safe.
+    packer: msgpack.Packer | None = getattr(_LOCAL, "packer", None)
+    if packer is None:
+        packer = _LOCAL.packer = new_packer()
+    return packer
+
+
 def pack(obj: Any) -> bytes:
     """msgpack-encode ``obj`` the way the bus does (str as str, bytes as bin).
 
     :raises TypeError: ``obj`` holds something msgpack cannot encode.
     """
-    # One Packer per thread, reused: packb builds (and sizes a buffer for) a new one per
-    # call, which costs as much as packing a whole event. A Packer is not thread-safe.
-    packer = getattr(_LOCAL, "packer", None)
-    if packer is None:
-        packer = _LOCAL.packer = new_packer()
+    packer = _packer()
     try:
         return packer.pack(obj)  # type: ignore[no-any-return]
     except BaseException:
@@ -263,7 +269,12 @@ def encode(event: Event) -> list[bytes]:
     enc = _ENCODERS.get(type(event))
     if enc is None:
         enc = event_encoder(type(event))
-    return [enc.topic, pack(enc.body(event))]
+    packer = _packer()
+    try:
+        return [enc.topic, enc.body(event, packer)]
+    except BaseException:
+        packer.reset()  # a failed pack may leave bytes in the buffer
+        raise
 
 
 def event_encoder(cls: type) -> EventEncoder:
@@ -279,7 +290,7 @@ def event_encoder(cls: type) -> EventEncoder:
     if not isinstance(cls, type) or not issubclass(cls, Event):
         raise TypeError(f"expected an Event, got {cls.__name__}")
     names = cls.field_names()
-    body: Callable[[Event], dict[str, Any]]
+    body: Callable[[Event, msgpack.Packer], bytes]
     if names == _MEMBERSHIP_FIELDS:
         body = _membership_body  # type: ignore[assignment]
     else:
@@ -289,8 +300,8 @@ def event_encoder(cls: type) -> EventEncoder:
         get: Callable[[Event], Any] = (lambda e: (many(e),)) if len(names) == 1 else many
         keys = ("v", *names)
 
-        def body(event: Event) -> dict[str, Any]:
-            return dict(zip(keys, (version, *get(event))))
+        def body(event: Event, packer: msgpack.Packer) -> bytes:
+            return packer.pack(dict(zip(keys, (version, *get(event)))))  # type: ignore[no-any-return]
 
     topic = cls.TOPIC.encode()
     enc = _ENCODERS[cls] = EventEncoder(topic, _element_head(topic), body)
@@ -300,13 +311,25 @@ def event_encoder(cls: type) -> EventEncoder:
 _MEMBERSHIP_FIELDS = MembershipEvent.field_names()
 
 
-def _membership_body(e: MembershipEvent) -> dict[str, Any]:
-    # The body of every membership event: a dict display is several times faster than
-    # dict(zip(names, attrgetter(...))) on the publisher's per-event path. Same keys in
-    # the same order (tests/unit/test_codec_fast.py checks it against the fields).
-    return {"v": e.VERSION, "origin": e.origin, "seq": e.seq, "time": e.time,
-            "node": e.node, "addrs": e.addrs, "view": e.view, "joined": e.joined,
-            "left": e.left, "reason": e.reason, "incarnation": e.incarnation}
+def _membership_items(e: MembershipEvent) -> tuple[Any, ...]:
+    # The keys and values of a membership event's body, interleaved, "v" first; the
+    # same keys in the same order as its fields (tests/unit/test_codec_fast.py).
+    return ("v", e.VERSION, "origin", e.origin, "seq", e.seq, "time", e.time, "node", e.node,
+            "addrs", e.addrs, "view", e.view, "joined", e.joined, "left", e.left,
+            "reason", e.reason, "incarnation", e.incarnation)
+
+
+#: msgpack writes a map's pairs exactly as it writes an array's elements, so the body
+#: map is the packed 22-element array of _membership_items with its array16 header
+#: (dc 00 16) replaced by the fixmap header of 11 pairs (8b). A tuple display and this
+#: splice cost less than building a dict per event on the publisher's path.
+_MEMBERSHIP_MAP_HEAD = b"\x8b"
+if len(_MEMBERSHIP_FIELDS) != 10:
+    raise ImportError("codec: _membership_items and its map header assume 10 fields + v")
+
+
+def _membership_body(e: MembershipEvent, packer: msgpack.Packer) -> bytes:
+    return _MEMBERSHIP_MAP_HEAD + packer.pack(_membership_items(e))[3:]  # type: ignore[no-any-return]
 
 
 def decode(frames: Sequence[Any]) -> Event:

@@ -198,7 +198,7 @@ class Publisher:
         try:
             if enc is None:
                 enc = self._encoder(type(event))
-            body = self._packer.pack(enc.body(event))
+            body = enc.body(event, self._packer)
         except (TypeError, ValueError, OverflowError):
             # An event the codec cannot encode is a bug; the ring then breaks the sequence
             # rather than hold a hole, and subscribers resynchronise from a snapshot.

@@ -131,11 +131,26 @@ def test_refusal_by_the_constructor_is_a_frame_error() -> None:
 
 
 @pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.TOPIC)
-def test_membership_bodies_hold_every_field_in_order(cls: type) -> None:
-    # the publisher's hand-written body of membership events must follow the class
-    event = cls(origin=1, seq=5, time=2.5, node=3, addrs=("10.77.0.3",), view=9,
+@pytest.mark.parametrize("addrs", [(), ("10.77.0.3",), ("10.77.0.3", "fd00:77::3")])
+def test_membership_bodies_hold_every_field_in_order(cls: type, addrs: tuple[str, ...]) -> None:
+    # the hand-written items of membership events must follow the class, and the
+    # array-to-map splice must give exactly the map msgpack would write
+    event = cls(origin=2**32 - 1, seq=2**64 - 1, time=2.5, node=3, addrs=addrs, view=9,
                 joined=(3,), reason="netlink", incarnation=4)
-    body = codec._membership_body(event)
-    assert tuple(body) == ("v", *cls.field_names())
+    items = codec._membership_items(event)
+    assert items[0::2] == ("v", *cls.field_names())
+    body = dict(zip(items[0::2], items[1::2]))
     assert body == {"v": cls.VERSION, **event.to_dict()}
+    assert msgpack.packb(items, use_bin_type=True)[:3] == b"\xdc\x00\x16"
     assert codec.encode(event)[1] == msgpack.packb(body, use_bin_type=True)
+    assert codec.decode(codec.encode(event)) == event
+
+
+def test_a_failed_encode_leaves_the_packer_clean() -> None:
+    good = NodeUp(origin=1, seq=1, time=1.0, node=3, view=1, reason="netlink")
+    expected = codec.encode(good)
+    bad = NodeUp(origin=1, seq=2, time=1.0, node=3, view=2, reason="netlink")
+    object.__setattr__(bad, "addrs", (object(),))  # cannot be packed
+    with pytest.raises(TypeError):
+        codec.encode(bad)
+    assert codec.encode(good) == expected
