@@ -27,7 +27,9 @@ Figures:
 * ``raw_*``: the same for a child process with one pyzmq PUB that msgpack-encodes an event
   of the same shape per frame and a plain pyzmq SUB here that decodes it (no framework).
   Raw latency uses ``time.perf_counter_ns`` stamped by the sender (CLOCK_MONOTONIC is
-  shared by all processes of the machine).
+  shared by all processes of the machine); its probes, one per millisecond, start once
+  the subscriber has drained the throughput run (it subscribes to ``_ready`` then), so
+  both latencies are measured on an idle pair.
 * ``latency_ratio`` = p50 / raw p50; ``latency_p99_ratio`` = p99 / raw p99.
 * ``daemon_cpu_us_per_event_*``: the daemon's CPU (user + system, from /proc) per event in
   each mode; ``*_sys_*`` the kernel's share.
@@ -57,6 +59,8 @@ NETNS_ENV = "CLUSTERBUS_BENCH_NETNS"
 #: (daemon.prof, main.prof), for finding where the time goes.
 PROFILE_ENV = "CLUSTERBUS_BENCH_PROFILE"
 GROUP = 22  # inside our own network namespace nobody else listens
+#: the raw subscriber subscribes to this once it has received the whole flood
+READY = b"_ready"
 NODES = 1000
 
 
@@ -161,6 +165,11 @@ def raw_publisher_child(count: int, samples: int) -> int:
     for i in range(count):
         pub.send_multipart([b"node.up" if (i // NODES) % 2 == 0 else b"node.down",
                             msgpack.packb(raw_body(i))])
+    # Probe an idle pair, as ours is: the subscriber says it has drained the flood by
+    # subscribing to READY (else the first probes queue behind the flood's tail and the
+    # raw p99 measures that backlog).
+    while pub.recv() != b"\x01" + READY:
+        pass
     for i in range(samples):
         time.sleep(0.001)
         pub.send_multipart([b"probe", msgpack.packb(raw_body(i, 0) | {
@@ -193,6 +202,7 @@ def raw_subscriber(endpoint: str, count: int, samples: int) -> dict[str, Any]:
             msgpack.unpackb(body, raw=False)
             got += 1
         t1, c1 = time.perf_counter(), time.thread_time()
+        sub.setsockopt(zmq.SUBSCRIBE, READY)  # drained: the publisher may start probing
         lat = []
         while True:
             topic, body = sub.recv_multipart()
