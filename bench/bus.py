@@ -33,6 +33,7 @@ Figures:
 * ``latency_ratio`` = p50 / raw p50; ``latency_p99_ratio`` = p99 / raw p99.
 * ``daemon_cpu_us_per_event_*``: the daemon's CPU (user + system, from /proc) per event in
   each mode; ``*_sys_*`` the kernel's share.
+* ``events_per_frame_*``: events per batch frame the daemon sent in each mode.
 * ``daemon_rss_bytes``: the daemon's VmRSS after the throughput run
   (``daemon_rss_after_events`` events: both throughput runs).
 
@@ -349,11 +350,19 @@ async def bench_ours(args: argparse.Namespace) -> dict[str, Any]:
 
             per_datagram = DATAGRAM_BYTES // 44  # messages of the usual size per datagram
             out: dict[str, Any] = {"events": args.events}
+            async def batches_sent() -> int:
+                status = await sub.fetch_status()
+                return int(status["services"]["bus"]["counters"].get("batches_sent", 0))
+
             for mode in ("single", "batched"):
                 await pump(min(10_000, args.events), mode == "batched")  # warm-up
+                frames0 = await batches_sent()
                 cpu0, self0 = _cpu(pid), time.process_time()
                 elapsed = await pump(args.events, mode == "batched")
                 cpu1, self1 = _cpu(pid), time.process_time()
+                # events per batch frame: how much each send and wake-up is shared
+                out[f"events_per_frame_{mode}"] = round(
+                    args.events / max(1, await batches_sent() - frames0), 1)
                 out[f"events_per_s_{mode}"] = args.events / elapsed
                 out[f"daemon_cpu_us_per_event_{mode}"] = round(
                     (sum(cpu1) - sum(cpu0)) / args.events * 1e6, 2)
@@ -441,7 +450,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"clusterbus, {what + ':':<36} {out[f'events_per_s_{mode}']:>9,} events/s  "
               f"ratio {out[f'ratio_{mode}']}  daemon CPU "
               f"{out[f'daemon_cpu_us_per_event_{mode}']} us/event "
-              f"({out[f'daemon_sys_us_per_event_{mode}']} in the kernel)")
+              f"({out[f'daemon_sys_us_per_event_{mode}']} in the kernel), "
+              f"{out[f'events_per_frame_{mode}']} events per frame")
     print(f"{'raw pyzmq (one PUB, one SUB, msgpack):':<49} {out['raw_events_per_s']:>9,} "
           f"events/s  raw receiver CPU {out['raw_receiver_cpu_us_per_event']} us/event")
     print(f"headline ratio ({out['mode']}): {out['ratio']}")
