@@ -66,6 +66,7 @@ from .codec import (
     encode_ingest,
     encode_request,
 )
+from .sockets import EVENTS, FD, NOBLOCK, POLLIN
 
 __all__ = [
     "Subscriber",
@@ -83,9 +84,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# pyzmq's constants are enum members: ``&`` on them and passing them as options run
-# enum code in Python, several microseconds per message on the hot path. Plain ints.
-_EVENTS, _POLLIN, _NOBLOCK, _FD = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK), int(zmq.FD)
 
 
 class _Unknown(NamedTuple):
@@ -493,10 +491,10 @@ class Subscriber:
             # one wake-up per burst instead of one per frame.
             for _ in range(256):
                 sync = self._sync
-                if sync is None or not int(sync.getsockopt(_EVENTS)) & _POLLIN:
+                if sync is None or not int(sync.getsockopt(EVENTS)) & POLLIN:
                     break
                 try:
-                    frames = sync.recv_multipart(_NOBLOCK)
+                    frames = sync.recv_multipart(NOBLOCK)
                 except zmq.Again:
                     break
                 await self._handle(frames)
@@ -507,9 +505,9 @@ class Subscriber:
         assert sync is not None
         while True:
             # EVENTS first: a refused non-blocking recv costs an exception
-            if int(sync.getsockopt(_EVENTS)) & _POLLIN:
+            if int(sync.getsockopt(EVENTS)) & POLLIN:
                 try:
-                    return sync.recv_multipart(_NOBLOCK)
+                    return sync.recv_multipart(NOBLOCK)
                 except zmq.Again:
                     pass
             # Nothing there (just checked, on this loop turn): wait for a wake-up that
@@ -527,7 +525,7 @@ class Subscriber:
                 except TimeoutError:
                     continue
             try:
-                return sync.recv_multipart(_NOBLOCK)
+                return sync.recv_multipart(NOBLOCK)
             except zmq.Again:
                 continue
 
@@ -548,7 +546,7 @@ class Subscriber:
         loop = asyncio.get_running_loop()
         if self._reader is None or self._reader[0] is not loop:
             self._unwatch()
-            fd = int(sync.getsockopt(_FD))
+            fd = int(sync.getsockopt(FD))
             loop.add_reader(fd, self._wake)
             self._reader = (loop, fd)
         self._waiter = loop.create_future()
@@ -563,7 +561,7 @@ class Subscriber:
         sync = self._sync
         if sync is None:
             return
-        ready = int(sync.getsockopt(_EVENTS)) & _POLLIN
+        ready = int(sync.getsockopt(EVENTS)) & POLLIN
         waiter = self._waiter
         if ready and waiter is not None and not waiter.done():
             waiter.set_result(None)

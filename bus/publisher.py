@@ -50,14 +50,12 @@ from .codec import (
     new_packer,
 )
 from .ring import Ring
+from .sockets import EVENTS, NOBLOCK, POLLIN
 
 __all__ = ["Publisher", "split_batches", "BATCH_BYTES", "IDLE_AFTER"]
 
 log = logging.getLogger(__name__)
 
-# pyzmq's constants are enum members: ``&`` on them and passing them as options run
-# enum code in Python, several microseconds per message on the hot path. Plain ints.
-_EVENTS, _POLLIN, _NOBLOCK, _FD = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK), int(zmq.FD)
 
 #: Bytes of batch elements per batch frame: below the decoders' MAX_FRAME with room for
 #: the frame's own head (16 bytes at most).
@@ -248,14 +246,14 @@ class Publisher:
             topics = self._topics
             for i in range(0, len(pending), 2):
                 try:
-                    send((topics[pending[i]], pending[i + 1]), _NOBLOCK)
+                    send((topics[pending[i]], pending[i + 1]), NOBLOCK)
                     sent += 1
                 except zmq.Again:
                     again += 1
         if self._want_batch:
             for chunk in split_batches(pending):
                 try:
-                    send(batch_frame(chunk), _NOBLOCK)
+                    send(batch_frame(chunk), NOBLOCK)
                     batches += 1
                 except zmq.Again:
                     again += 1
@@ -300,9 +298,9 @@ class Publisher:
         # The ZeroMQ FD only signals a change of EVENTS; read while POLLIN is set.
         changed = False
         subs = self.subscriptions
-        while int(sock.getsockopt(_EVENTS)) & _POLLIN:
+        while int(sock.getsockopt(EVENTS)) & POLLIN:
             try:
-                msg = sock.recv(_NOBLOCK)
+                msg = sock.recv(NOBLOCK)
             except zmq.Again:
                 break
             prefix = msg[1:]

@@ -33,14 +33,12 @@ from .codec import (
 )
 from .publisher import Publisher
 from .ring import OK, Ring
+from .sockets import NOBLOCK
 
 __all__ = ["BusService", "REPLAY_BATCH", "MAX_REPLAY_BATCH", "MAX_INBOUND"]
 
 log = logging.getLogger(__name__)
 
-# pyzmq's constants are enum members: ``&`` on them and passing them as options run
-# enum code in Python, several microseconds per message on the hot path. Plain ints.
-_EVENTS, _POLLIN, _NOBLOCK, _FD = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK), int(zmq.FD)
 
 #: Events per REPLAY reply when the request gives no limit.
 REPLAY_BATCH = 1000
@@ -179,7 +177,7 @@ class BusService:
         sync: zmq.Socket[Any] = zmq.Socket.shadow(sock.underlying)
         while True:
             try:
-                frames = sync.recv_multipart(_NOBLOCK)
+                frames = sync.recv_multipart(NOBLOCK)
             except zmq.Again:
                 frames = await sock.recv_multipart()
             self._ingest(frames)
