@@ -10,7 +10,7 @@ import msgpack
 import pytest
 import zmq
 import zmq.asyncio
-from loopbus import bus, new_engine, run, until
+from loopbus import bus, dead_endpoint, new_engine, run, until
 
 from clusterbus.bus import codec
 from clusterbus.bus.client import (
@@ -179,14 +179,8 @@ def test_ingest_malformed_frames_change_only_counters() -> None:
 
 def test_emit_without_daemon_times_out() -> None:
     async def main() -> None:
-        # Bind-and-close to get a port nobody listens on.
-        ctx = zmq.Context()
-        s = ctx.socket(zmq.PULL)
-        port = s.bind_to_random_port("tcp://127.0.0.1")
-        s.close(0)
-        ctx.term()
         with pytest.raises(TimeoutError):
-            await emit(f"tcp://127.0.0.1:{port}", "node.up", 1, timeout=0.3)
+            await emit(dead_endpoint(), "node.up", 1, timeout=0.3)
     run(main())
 
 
@@ -242,13 +236,8 @@ def test_broken_status_provider_is_an_error_reply() -> None:
 
 def test_request_to_nobody_times_out() -> None:
     async def main() -> None:
-        ctx = zmq.Context()
-        s = ctx.socket(zmq.PULL)
-        port = s.bind_to_random_port("tcp://127.0.0.1")
-        s.close(0)
-        ctx.term()
         with pytest.raises(RequestTimeout):
-            await fetch_status(f"tcp://127.0.0.1:{port}", timeout=0.2, retries=2)
+            await fetch_status(dead_endpoint(), timeout=0.2, retries=2)
     run(main())
 
 

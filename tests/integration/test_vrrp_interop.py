@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from keepalived import Keepalived, VrrpInstance, ns_has_addr, wait_for
+from keepalived import Keepalived, VrrpInstance, holders, ns_has_addr, wait_for
 from netns import Topology
 from speaker import Speaker
 
@@ -22,10 +22,6 @@ pytestmark = [pytest.mark.root, pytest.mark.keepalived]
 
 V4 = ("10.77.0.100/24", "10.77.0.100")
 V6 = ("fd00:77::100/64", "fd00:77::100")
-
-
-def holders(nss: list[str], vip: str) -> list[str]:
-    return [ns for ns in nss if ns_has_addr(ns, vip)]
 
 
 def mac_of(topo: Topology, ns: str) -> str:

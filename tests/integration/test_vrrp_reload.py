@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from keepalived import Keepalived, VrrpInstance, ns_has_addr, wait_for
+from keepalived import Keepalived, VrrpInstance, holders, wait_for
 from netns import Topology
 from speaker import Speaker
 
@@ -18,10 +18,6 @@ pytestmark = [pytest.mark.root, pytest.mark.keepalived]
 
 VIP = "10.77.0.100"
 INTERVAL = 0.1
-
-
-def holders(nss: list[str]) -> list[str]:
-    return [ns for ns in nss if ns_has_addr(ns, VIP)]
 
 
 def test_reload_priority_drop_hands_over_to_keepalived(tmp_path: Path) -> None:
@@ -36,14 +32,14 @@ def test_reload_priority_drop_hands_over_to_keepalived(tmp_path: Path) -> None:
             # then preempts it.
             ka.start()
             ka.wait_vrrp_child()
-            wait_for(lambda: holders([a, b]) == [b], 30, what="keepalived as MASTER")
+            wait_for(lambda: holders([a, b], VIP) == [b], 30, what="keepalived as MASTER")
             cb.start()
             cb.wait_running()
-            wait_for(lambda: holders([a, b]) == [a], 30, what="clusterbus (150) as MASTER")
+            wait_for(lambda: holders([a, b], VIP) == [a], 30, what="clusterbus (150) as MASTER")
             assert cb.instance_status()["state"] == "MASTER"
 
             cb.reload(priority=50)
-            wait_for(lambda: holders([a, b]) == [b], 10, what="keepalived to take the VIP")
+            wait_for(lambda: holders([a, b], VIP) == [b], 10, what="keepalived to take the VIP")
             wait_for(lambda: "MASTER -> BACKUP (priority_changed" in cb.log_text(), 5,
                      what="the step-down in the log")
             st = cb.instance_status()
@@ -51,13 +47,13 @@ def test_reload_priority_drop_hands_over_to_keepalived(tmp_path: Path) -> None:
             assert st["master_seen"] == "10.77.0.2" and st["restart_needed"] == []
             # Converged: exactly one holder for several advert intervals.
             for _ in range(5):
-                assert holders([a, b]) == [b]
+                assert holders([a, b], VIP) == [b]
                 subprocess.run(["sleep", str(INTERVAL * 2)], check=True)
 
             # Back to 150 with a new VRID in the same edit: the priority applies (clusterbus
             # preempts keepalived again), the VRID waits for a restart and says so.
             cb.reload(priority=150, vrid=78)
-            wait_for(lambda: holders([a, b]) == [a], 10, what="clusterbus to preempt back")
+            wait_for(lambda: holders([a, b], VIP) == [a], 10, what="clusterbus to preempt back")
             st = cb.instance_status()
             assert st["state"] == "MASTER" and st["priority"] == 150 and st["vrid"] == 77
             assert st["restart_needed"] == ["vrid"]

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from keepalived import Keepalived, VrrpInstance, ns_has_addr, wait_for
+from keepalived import Keepalived, VrrpInstance, holders, ns_has_addr, wait_for
 from netns import Topology
 from speaker import Speaker
 
@@ -40,10 +40,6 @@ print(n)
 """
 
 
-def holders(nss: list[str]) -> list[str]:
-    return [ns for ns in nss if ns_has_addr(ns, VIP)]
-
-
 def test_unicast_peer_interop(tmp_path: Path) -> None:
     with Topology() as topo:
         a = topo.host("a", "10.77.0.1/24")
@@ -57,10 +53,10 @@ def test_unicast_peer_interop(tmp_path: Path) -> None:
         try:
             ka.start()
             ka.wait_vrrp_child()
-            wait_for(lambda: holders([a, b]) == [b], 30, what="keepalived as MASTER")
+            wait_for(lambda: holders([a, b], VIP) == [b], 30, what="keepalived as MASTER")
             cb.start()
             cb.wait_running()
-            wait_for(lambda: holders([a, b]) == [a], 30, what="clusterbus (150) as MASTER")
+            wait_for(lambda: holders([a, b], VIP) == [a], 30, what="clusterbus (150) as MASTER")
             st = cb.instance_status()
             assert st["state"] == "MASTER"
             # It heard keepalived's unicast adverts before preempting, and dropped none.
@@ -75,10 +71,10 @@ def test_unicast_peer_interop(tmp_path: Path) -> None:
 
             cb.start()
             cb.wait_running()
-            wait_for(lambda: holders([a, b]) == [a], 30, what="preemption back to clusterbus")
+            wait_for(lambda: holders([a, b], VIP) == [a], 30, what="preemption back to clusterbus")
             assert "removed stale VIP" in cb.log_text()
             for _ in range(5):
-                assert holders([a, b]) == [a]
+                assert holders([a, b], VIP) == [a]
                 subprocess.run(["sleep", str(2 * INTERVAL)], check=True)
         except BaseException:
             print(f"--- clusterbus ---\n{cb.log_tail()}\n--- keepalived ---\n{ka.log_tail()}")

@@ -47,6 +47,11 @@ def ns_has_addr(ns: str, addr: str, ifname: str = "eth0") -> bool:
     return any(f" {addr}/" in line for line in p.stdout.splitlines())
 
 
+def holders(nss: list[str], vip: str) -> list[str]:
+    """The namespaces among ``nss`` that hold ``vip`` now."""
+    return [ns for ns in nss if ns_has_addr(ns, vip)]
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class VrrpInstance:
     """One ``vrrp_instance`` block."""

@@ -8,6 +8,8 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import zmq
+
 from clusterbus.bus.service import BusService
 from clusterbus.config import parse_config
 from clusterbus.engine import Engine
@@ -60,3 +62,13 @@ async def until(pred: Callable[[], bool]) -> None:
     """Wait until ``pred()`` is true (bounded by the caller's :func:`run`)."""
     while not pred():
         await asyncio.sleep(0.01)
+
+
+def dead_endpoint() -> str:
+    """A loopback TCP endpoint nobody listens on (bound once, then closed)."""
+    ctx = zmq.Context()
+    s = ctx.socket(zmq.PULL)
+    port = s.bind_to_random_port("tcp://127.0.0.1")
+    s.close(0)
+    ctx.term()
+    return f"tcp://127.0.0.1:{port}"

@@ -13,18 +13,15 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from keepalived import VrrpInstance, wait_for
+from cbdaemon import CLUSTERBUS
 from netns import Topology
 
 __all__ = ["Speaker", "CLUSTERBUS"]
-
-CLUSTERBUS = str(Path(sys.executable).with_name("clusterbus"))
-
 
 def _toml_list(items: tuple[str, ...]) -> str:
     return "[" + ", ".join(f'"{i}"' for i in items) + "]"

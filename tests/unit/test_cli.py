@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from cbdaemon import CLUSTERBUS
 from click.testing import CliRunner
 
 from clusterbus.cli import main
-
-CLUSTERBUS = str(Path(sys.executable).with_name("clusterbus"))
 
 
 @pytest.fixture()
