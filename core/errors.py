@@ -1,4 +1,4 @@
-"""Typed errors. Each one says whose fault it is (see STYLE.md)."""
+"""Typed errors. Each one says whose fault it is (docs/architecture.md, "Errors")."""
 
 from __future__ import annotations
 

@@ -277,7 +277,7 @@ def clusterbus_cvip_owner(cvip: str, candidates: tuple[int, ...], cluster: Clust
     :returns: the chosen node number (one of ``candidates``), or ``None`` for no opinion.
 
     Nothing in clusterbus calls this hook yet: there is no built-in CVIP election (see
-    DESIGN.md, "cvip policy"); it fixes the contract for one. Must not block.
+    docs/architecture.md, "CVIP policy"); it fixes the contract for one. Must not block.
     """
 
 

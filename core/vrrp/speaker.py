@@ -86,7 +86,7 @@ _TIMER_LEAD = 0.0005
 def garp_frame(mac: bytes, vip: str) -> bytes:
     """A gratuitous ARP request for ``vip`` as keepalived sends it (RFC 5227 §3 "ARP
     Announcement": sender IP = target IP = the address, to broadcast; the target hardware
-    address is ff:ff:ff:ff:ff:ff like keepalived's, see shared/vectors/vrrp).
+    address is ff:ff:ff:ff:ff:ff like keepalived's, see tests/vectors/vrrp).
 
     :param mac: the interface's 6-byte MAC.
     :param vip: an IPv4 address.

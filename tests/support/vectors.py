@@ -1,5 +1,5 @@
-"""Where the captured test vectors are: ../shared/vectors beside the checkout (CI lays a copy
-there too). Tests that need them fail loudly when they are missing: they are not optional."""
+"""Where the captured test vectors are: ``tests/vectors`` in this repository (see its
+README.md). Tests that need them fail loudly when they are missing: they are not optional."""
 
 from __future__ import annotations
 
@@ -7,6 +7,4 @@ from pathlib import Path
 
 __all__ = ["VECTORS"]
 
-VECTORS = Path(__file__).resolve().parents[3] / "shared" / "vectors"
-if not VECTORS.is_dir():
-    VECTORS = Path("/work/shared/vectors")
+VECTORS = Path(__file__).resolve().parents[1] / "vectors"

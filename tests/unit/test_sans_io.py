@@ -1,4 +1,4 @@
-"""The VRRP protocol core stays sans-IO: no asyncio, socket, zmq or pyroute2 (STYLE.md).
+"""The VRRP protocol core stays sans-IO: no asyncio, socket, zmq or pyroute2 (docs/architecture.md, "Rooms").
 
 Only ``clusterbus.vrrp.speaker`` (the I/O adapter) may import them. The check reads the
 source (AST) and follows imports inside ``clusterbus`` transitively, so a helper module that

@@ -1,4 +1,4 @@
-"""``mypy --strict`` on the clusterbus package, as STYLE.md asks.
+"""``mypy --strict`` on the clusterbus package, as docs/architecture.md asks.
 
 mypy maps folders to module names by their own names and has no equivalent of
 setuptools' ``package-dir``, and the default editable install is an import hook that

@@ -245,7 +245,7 @@ def test_effects_of_becoming_master_are_ordered() -> None:
 
 
 def test_master_advert_matches_keepalived_vector() -> None:
-    # shared/vectors/vrrp/v3_advert.hex: keepalived A, prio 150, 100 cs, VIP 10.77.0.100
+    # tests/vectors/vrrp/v3_advert.hex: keepalived A, prio 150, 100 cs, VIP 10.77.0.100
     from vectors import VECTORS
     frame = bytes.fromhex((VECTORS / "vrrp" / "v3_advert.hex").read_text().strip())
     r = Router(cfg("A", 150), now=0.0)

@@ -1,4 +1,4 @@
-"""VRRP advertisement codec against frames captured from keepalived 2.2.7 (shared/vectors)."""
+"""VRRP advertisement codec against frames captured from keepalived 2.2.7 (tests/vectors)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ VECTORS = _ALL / "vrrp"
 
 A, B, VIP = "10.77.0.1", "10.77.0.2", "10.77.0.100"
 
-# From shared/vectors/README.md: file -> (version, sender, priority, interval (s), checksum)
+# From tests/vectors/README.md: file -> (version, sender, priority, interval (s), checksum)
 EXPECTED = {
     "v3_advert.hex": (3, A, 150, 1.0, 0x42BF),
     "v2_advert.hex": (2, A, 150, 1.0, 0x3DFF),
