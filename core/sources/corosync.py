@@ -47,15 +47,17 @@ from ..engine import Engine
 from ..events import ClusterQuorum, DirectorDown, DirectorUp
 from ..view import NodeReport, NodeState
 
-__all__ = ["CorosyncSource", "BACKOFF_MIN", "BACKOFF_MAX", "CALL_TIMEOUT"]
+__all__ = ["CorosyncSource", "BACKOFF_MIN", "BACKOFF_MAX", "CALL_TIMEOUT", "SHUTDOWN_TIMEOUT"]
 
 log = logging.getLogger(__name__)
 
 #: First retry after a lost or failed connection, in seconds; doubles up to BACKOFF_MAX.
 BACKOFF_MIN = 0.2
 BACKOFF_MAX = 2.0
-#: Longest the source waits for a blocking call (initialize+join, leave+finalize).
+#: Longest the source waits for initialize+join (a frozen Corosync never answers).
 CALL_TIMEOUT = 10.0
+#: Longest a stopping daemon waits for leave+finalize.
+SHUTDOWN_TIMEOUT = 2.0
 #: The event reason of node.up / node.down from this source.
 REASON = "corosync"
 
@@ -237,11 +239,12 @@ class CorosyncSource:
             if quorum is not None:
                 quorum.close()
 
+        timeout = SHUTDOWN_TIMEOUT if leave else CALL_TIMEOUT
         try:
-            await _blocking(work, CALL_TIMEOUT)
+            await _blocking(work, timeout)
         except TimeoutError:
             log.warning("corosync: leave/finalize did not return in %g s (corosync stopped?); "
-                        "abandoned", CALL_TIMEOUT)
+                        "abandoned", timeout)
 
     # -- dispatch (on the loop) -----------------------------------------------------------
 

@@ -255,3 +255,24 @@ def test_isolated_node_reports_quorum_lost(cluster):
     for i in (1, 2):
         nodes[i].wait_event("node.up", t1, node=3)
         nodes[i].wait_event("director.up", t1, node=3)
+
+
+def test_frozen_corosync_blocks_neither_the_loop_nor_the_exit(cluster):
+    cc, nodes = cluster
+    n3 = nodes[3]
+    cc.kill(3, signal.SIGSTOP)  # a cpg_leave now waits for ever
+    try:
+        time.sleep(0.5)
+        for _ in range(3):  # the daemon's loop still answers
+            assert n3.corosync_status()["connected"] is True
+        t0 = time.monotonic()
+        assert n3.daemon.stop(timeout=20) == 0, n3.daemon.log.read_text()[-3000:]
+        print(f"\ndaemon 3 stopped in {time.monotonic() - t0:.2f} s with its corosync frozen")
+        assert "leave/finalize did not return" in n3.daemon.log.read_text()
+    finally:
+        cc.kill(3, signal.SIGCONT)
+    t1 = time.monotonic()
+    n3.daemon.start()
+    n3.wait_status(lambda s: s["connected"] and len(s["directors"]) == 3, "rejoined")
+    for i in (1, 2):
+        nodes[i].wait_event("director.up", t1, node=3)
