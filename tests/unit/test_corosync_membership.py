@@ -148,3 +148,13 @@ def test_config_section_defaults_and_checks():
         parse_config({"corosync": {"group": "g" * 129}}, file="t.toml")
     with pytest.raises(ConfigError, match="corosync.quorum"):
         parse_config({"corosync": {"quorum": "yes"}}, file="t.toml")
+
+
+def test_the_documented_configuration_is_valid():
+    import tomllib
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "corosync.md").read_text()
+    block = doc.split("```toml", 1)[1].split("```", 1)[0]
+    c = parse_config(tomllib.loads(block), file="docs/corosync.md")
+    assert c["corosync"] == {"enabled": True, "group": "clusterbus", "quorum": True}
