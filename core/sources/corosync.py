@@ -280,7 +280,11 @@ class CorosyncSource:
         self._remove_readers()
         self.connected = False
         self.ready.clear()
-        self._apply(self.membership.disconnected())
+        try:
+            self._apply(self.membership.disconnected())
+        except Exception:  # whatever happens, the reconnection below must
+            self.counters["internal_error"] += 1
+            log.exception("corosync: publishing the lost connection failed")
         if self._lost is not None and not self._lost.done():
             self._lost.set_result(None)
 
