@@ -150,7 +150,8 @@ def _latency(label: str, since: float, event: dict[str, Any]) -> float:
 def test_nodes_directors_and_quorum_at_start(cluster):
     cc, nodes = cluster
     for i, n in nodes.items():
-        st = n.corosync_status()
+        st = n.wait_status(lambda s: s["quorate"] is True and s["members"] == [1, 2, 3],
+                           "quorate with 3 members")
         assert st["local_node"] == i
         assert st["members"] == [1, 2, 3]
         assert st["quorate"] is True and st["quorum_members"] == [1, 2, 3]
