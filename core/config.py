@@ -218,6 +218,12 @@ CORE_SECTIONS: dict[str, dict[str, Key]] = {
                       "signal name or number, e.g. SIGRTMIN+2"),
         "allowed_uids": Key(list, [0], uid_list, "senders accepted (from signalfd_siginfo)"),
     },
+    "corosync": {
+        "enabled": Key(bool, False, None, "take membership, directors and quorum from Corosync"),
+        "group": Key(str, "clusterbus", lambda v: None if 0 < len(v.encode()) <= 128 else
+                     "expected a CPG group name of 1..128 bytes", "CPG group the daemons join"),
+        "quorum": Key(bool, True, None, "publish cluster.quorum from libquorum's quorate flag"),
+    },
 }
 
 

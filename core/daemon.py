@@ -61,6 +61,8 @@ SOURCES: tuple[SourceSpec, ...] = (
                lambda c: "keepalived" in c.core),
     SourceSpec("vrrp", "clusterbus.vrrp.speaker:VrrpSpeaker",
                lambda c: bool(c.core.get("vrrp"))),
+    SourceSpec("corosync", "clusterbus.sources.corosync:CorosyncSource",
+               lambda c: bool(c["corosync"]["enabled"])),
 )
 
 

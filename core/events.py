@@ -623,3 +623,64 @@ def event_from_dict(topic: str, body: Mapping[str, Any], version: int = 1, *,
         msg = str(exc).split("() ", 1)[-1]
         raise DecodeError(f"{topic}: {msg}") from None
 
+
+
+# -- director cluster (Corosync) ----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _DirectorEvent(Event):
+    node: int
+    reason: str
+
+    def _validate(self) -> None:
+        _int(self, "node", 0, MAX_NODE)
+        _str(self, "reason", maxlen=64)
+
+
+@register_event
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DirectorUp(_DirectorEvent):
+    """A peer director's daemon became reachable (it joined the Corosync CPG group).
+
+    :param node: the peer director's node number.
+    :param reason: how it was learnt, e.g. ``corosync.join``, ``corosync.nodeup``.
+    """
+
+    TOPIC: ClassVar[str] = "director.up"
+
+
+@register_event
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DirectorDown(_DirectorEvent):
+    """A peer director's daemon is gone (its process left the CPG group, or its node).
+
+    :param node: the peer director's node number.
+    :param reason: e.g. ``corosync.procdown`` (the process died), ``corosync.leave`` (it
+        stopped cleanly), ``corosync.nodedown`` (its node left the membership).
+    """
+
+    TOPIC: ClassVar[str] = "director.down"
+
+
+@register_event
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClusterQuorum(Event):
+    """The cluster's quorum flag changed (Corosync's votequorum, through libquorum).
+
+    :param quorate: whether this director's partition holds quorum.
+    :param members: the node numbers in this director's partition (sorted).
+    """
+
+    TOPIC: ClassVar[str] = "cluster.quorum"
+
+    quorate: bool
+    members: tuple[int, ...] = ()
+
+    def _validate(self) -> None:
+        if type(self.quorate) is not bool:
+            raise InvalidEvent("ClusterQuorum.quorate: expected bool")
+        _nodes(self, "members")
+
+
+__all__ += ["DirectorUp", "DirectorDown", "ClusterQuorum"]

@@ -43,6 +43,7 @@ FIELDS = {
     "owner": U32, "claimant": U32, "added": st.integers(0, 2**64 - 1),
     "removed": st.integers(0, 2**64 - 1), "changed": st.integers(0, 2**64 - 1),
     "duration": FLOAT,
+    "quorate": st.booleans(), "members": NODES,
 }
 
 CLASSES = sorted(EVENT_TYPES.values(), key=lambda c: (c.TOPIC, c.VERSION))

@@ -77,6 +77,9 @@ def test_registry_round_trip_through_dict_every_class():
         ev.NodemapChanged(**BASE, node=2, addrs=("10.0.0.2",), reason="config"),
         ev.AddressConflict(**BASE, addr="10.0.0.2", owner=2, claimant=3, reason="node.up"),
         ev.IpvsApplied(**BASE, added=1, removed=0, changed=2, duration=0.25, reason="startup"),
+        ev.DirectorUp(**BASE, node=2, reason="corosync.join"),
+        ev.DirectorDown(**BASE, node=2, reason="corosync.procdown"),
+        ev.ClusterQuorum(**BASE, quorate=False, members=(3,)),
     ]
     assert {type(s) for s in samples} == set(ev.EVENT_TYPES.values())
     for s in samples:

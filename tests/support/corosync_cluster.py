@@ -1,0 +1,181 @@
+"""Real Corosync 3 instances, one per network namespace, for integration tests (root only).
+
+Each node gets a namespace on one bridge (:class:`netns.Topology`), a directory with its
+``corosync.conf``, ``state/`` and ``run/``, and runs
+``sh -c "mount --bind DIR/run /run && exec corosync -f -c DIR/corosync.conf"`` inside
+``ip netns exec`` (which gives a private mount namespace): Corosync's pid file path is fixed
+in the binary, so each instance needs its own ``/run``. Corosync's IPC sockets are abstract
+unix sockets, private to the network namespace: a client in the node's namespace finds
+its own Corosync without any setting.
+
+Only processes started here are killed, by pid. ``kill -9`` of Corosync leaves
+``/dev/shm/qb-<corosync pid>-*`` files (3 MiB each) and ``qb-corosync-<pid>-blackbox-*``
+behind: :meth:`CorosyncCluster.close` removes the ones of the pids it started.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from netns import Topology
+
+__all__ = ["CorosyncCluster", "have_corosync", "SUBNET"]
+
+SUBNET = "10.79.0"
+
+CONF = """\
+totem {{
+    version: 2
+    cluster_name: {name}
+    transport: knet
+    crypto_cipher: none
+    crypto_hash: none
+    token: {token}
+    token_coefficient: 0
+}}
+logging {{
+    to_stderr: yes
+    to_logfile: no
+    to_syslog: no
+    timestamp: hires
+}}
+quorum {{
+    provider: corosync_votequorum
+}}
+system {{
+    state_dir: {state}
+}}
+nodelist {{
+{nodes}
+}}
+"""
+
+
+def have_corosync() -> str | None:
+    """Why Corosync tests cannot run here, or None when they can."""
+    if os.geteuid() != 0:
+        return "needs root (network namespaces)"
+    if shutil.which("corosync") is None:
+        return "corosync is not installed (apt-get install corosync libcpg4 libquorum5)"
+    for lib in ("libcpg.so.4", "libquorum.so.5"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(lib)
+        except OSError:
+            return f"{lib} is missing (apt-get install libcpg4 libquorum5)"
+    return None
+
+
+class CorosyncCluster:
+    """``n`` nodes (ids 1..n) at ``SUBNET.<id>/24``, each with a Corosync it can (re)start.
+
+    :param workdir: a directory for the nodes' files (``node<id>/``).
+    :param token: totem token in ms (token_coefficient 0): 500 detects a dead node in ~1 s.
+    """
+
+    def __init__(self, workdir: Path, n: int = 3, *, token: int = 500) -> None:
+        self.workdir = workdir
+        self.topo = Topology()
+        self.ids = list(range(1, n + 1))
+        self.ns: dict[int, str] = {}
+        self.dirs: dict[int, Path] = {}
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        self.pids: set[int] = set()  # every corosync pid started (for /dev/shm cleanup)
+        nodes = "\n".join(f"    node {{\n        name: n{i}\n        nodeid: {i}\n"
+                          f"        ring0_addr: {SUBNET}.{i}\n    }}" for i in self.ids)
+        for i in self.ids:
+            self.ns[i] = self.topo.host(f"c{i}", f"{SUBNET}.{i}/24")
+            d = workdir / f"node{i}"
+            (d / "run").mkdir(parents=True)
+            (d / "state").mkdir()
+            (d / "corosync.conf").write_text(CONF.format(
+                name=f"cb{self.topo.tag}", token=token, state=d / "state", nodes=nodes))
+            self.dirs[i] = d
+
+    def __enter__(self) -> CorosyncCluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def start(self, i: int) -> int:
+        """Start node ``i``'s Corosync; returns its pid."""
+        d = self.dirs[i]
+        with open(d / "corosync.log", "ab") as log:
+            proc = subprocess.Popen(
+                [*Topology.prefix(self.ns[i]), "sh", "-c",
+                 f"mount --bind {d}/run /run && exec corosync -f -c {d}/corosync.conf"],
+                stdout=log, stderr=subprocess.STDOUT)
+        self.procs[i] = proc
+        self.pids.add(proc.pid)  # ip netns exec and sh both exec: this is corosync's pid
+        return proc.pid
+
+    def wait_ready(self, i: int, timeout: float = 20.0) -> None:
+        """Wait until node ``i``'s Corosync answers ``corosync-quorumtool``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            proc = self.procs[i]
+            if proc.poll() is not None:
+                raise RuntimeError(f"corosync {i} exited {proc.returncode}:\n{self.log(i)}")
+            p = subprocess.run([*Topology.prefix(self.ns[i]), "corosync-quorumtool", "-s"],
+                               capture_output=True, text=True, timeout=10)
+            if "Quorum provider" in p.stdout:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"corosync {i} not ready in {timeout}s:\n{self.log(i)}")
+            time.sleep(0.2)
+
+    def start_all(self) -> None:
+        for i in self.ids:
+            self.start(i)
+        for i in self.ids:
+            self.wait_ready(i)
+
+    def kill(self, i: int, sig: int = signal.SIGKILL) -> None:
+        """Signal node ``i``'s Corosync (by the pid this object started) and reap it."""
+        proc = self.procs.get(i)
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(sig)
+        if sig in (signal.SIGKILL, signal.SIGTERM):
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+    def link(self, i: int, up: bool) -> None:
+        """Take node ``i``'s only interface down (isolate it) or up again."""
+        self.topo.exec(self.ns[i], ["ip", "link", "set", "eth0", "up" if up else "down"])
+
+    def log(self, i: int) -> str:
+        try:
+            return (self.dirs[i] / "corosync.log").read_text(errors="replace")[-4000:]
+        except OSError:
+            return ""
+
+    def close(self) -> None:
+        for i in list(self.procs):
+            self.kill(i, signal.SIGTERM)
+        self.topo.close()
+        self.cleanup_shm()
+
+    def cleanup_shm(self) -> None:
+        """Remove the /dev/shm files of the Corosync pids this object started."""
+        for pid in self.pids:
+            for path in (glob.glob(f"/dev/shm/qb-{pid}-*")
+                         + glob.glob(f"/dev/shm/qb-corosync-{pid}-*")):
+                if os.path.isdir(path) and not os.path.islink(path):
+                    shutil.rmtree(path, ignore_errors=True)  # libqb makes directories too
+                else:
+                    try:
+                        os.unlink(path)
+                    except OSError:
+                        pass
