@@ -14,14 +14,20 @@ import shutil
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar
 
 import click
-import zmq.auth
 
-__all__ = ["keygen", "write_certificates", "curve_options", "client_key_files"]
+__all__ = ["keygen", "write_certificates", "curve_options", "client_key_files", "ClientKeyFiles"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+class ClientKeyFiles(TypedDict):
+    """Keyword arguments of the bus clients (:class:`clusterbus.bus.client.Subscriber`, ...)."""
+
+    certificate: str | None
+    server_key: str | None
+
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -43,6 +49,8 @@ def write_certificates(directory: str | Path, name: str, *, force: bool = False)
         for p in (public, secret):
             if p.exists():
                 raise FileExistsError(f"{p} exists (use --force to replace it)")
+    import zmq.auth
+
     tmp = tempfile.mkdtemp(prefix=".keygen-", dir=d)  # mode 0700
     try:
         old = os.umask(0o077)
@@ -73,6 +81,10 @@ def keygen(directory: str, name: str, force: bool) -> None:
                           directories, or give it to clients as --server-key
     DIR/NAME.key_secret   secret key (mode 0600): [bus] certificate, or --certificate
     """
+    import zmq.auth
+
+    if Path(directory).exists() and not Path(directory).is_dir():
+        raise click.ClickException(f"cannot write keys in {directory}: not a directory")
     try:
         Path(directory).mkdir(mode=0o700, parents=True, exist_ok=True)
         public, secret = write_certificates(directory, name, force=force)
@@ -102,7 +114,7 @@ def curve_options(func: F) -> F:
 
 
 def client_key_files(bus: Mapping[str, Any], certificate: str | None,
-                     server_key: str | None) -> dict[str, str | None]:
+                     server_key: str | None) -> ClientKeyFiles:
     """The ``certificate``/``server_key`` keyword arguments of a client.
 
     Given options win; with ``[bus] certificate`` set, a missing one is that file: the
@@ -113,4 +125,4 @@ def client_key_files(bus: Mapping[str, Any], certificate: str | None,
     if own is not None:
         server_key = server_key or own
         certificate = certificate or (own if server_key == own else None)
-    return {"certificate": certificate, "server_key": server_key}
+    return ClientKeyFiles(certificate=certificate, server_key=server_key)
