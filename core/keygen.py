@@ -83,8 +83,6 @@ def keygen(directory: str, name: str, force: bool) -> None:
     """
     import zmq.auth
 
-    if Path(directory).exists() and not Path(directory).is_dir():
-        raise click.ClickException(f"cannot write keys in {directory}: not a directory")
     try:
         Path(directory).mkdir(mode=0o700, parents=True, exist_ok=True)
         public, secret = write_certificates(directory, name, force=force)
