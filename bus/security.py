@@ -25,6 +25,7 @@ import ipaddress
 import logging
 import os
 import re
+import stat
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,9 +97,14 @@ class ClientKeys:
 def _load(path: str | Path, *, file: str | None, key: str | None) -> tuple[bytes, bytes | None]:
     where = f"{path}: " if key is not None else ""
     p = Path(path)
-    if not p.exists():
-        raise ConfigError(f"{where}no such file", file=file or str(path), key=key)
-    if not p.is_file():
+    try:
+        mode = p.stat().st_mode
+    except FileNotFoundError:
+        raise ConfigError(f"{where}no such file", file=file or str(path), key=key) from None
+    except OSError as exc:
+        raise ConfigError(f"{where}cannot read: {exc.strerror or exc}", file=file or str(path),
+                          key=key) from None
+    if not stat.S_ISREG(mode):
         raise ConfigError(f"{where}not a file", file=file or str(path), key=key)
     try:
         public, secret = zmq.auth.load_certificate(p)
@@ -152,10 +158,12 @@ def load_authorized_keys(directory: str | Path, *, file: str | None = None,
     """
     d = Path(directory)
     where = f"{directory}: "
-    if not d.is_dir():
-        raise ConfigError(f"{where}not a directory", file=file, key=key)
     try:
+        if not stat.S_ISDIR(d.stat().st_mode):
+            raise ConfigError(f"{where}not a directory", file=file, key=key)
         paths = sorted(p for p in d.iterdir() if p.suffix == ".key" and p.is_file())
+    except FileNotFoundError:
+        raise ConfigError(f"{where}no such directory", file=file, key=key) from None
     except OSError as exc:
         raise ConfigError(f"{where}cannot list: {exc.strerror or exc}", file=file,
                           key=key) from None

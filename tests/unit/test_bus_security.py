@@ -4,7 +4,11 @@ checks (secure by default) and the clients' key files. Files are real; no daemon
 from __future__ import annotations
 
 import os
+import shutil
 import stat
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -21,6 +25,8 @@ from clusterbus.cli import main
 from clusterbus.config import load_config, parse_config
 from clusterbus.errors import ConfigError
 from clusterbus.keygen import client_key_files, write_certificates
+
+NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 
 # -- keygen -------------------------------------------------------------------------------
 
@@ -146,7 +152,8 @@ def test_disabled_bus_is_not_checked(tmp_path: Path) -> None:
     ("public", "bus.certificate", "not a secret certificate"),
     ("short_key", "bus.certificate", "Z85"),
     ("keys_without_certificate", "bus.authorized_keys", "needs [bus] certificate"),
-    ("keys_missing", "bus.authorized_keys", "not a directory"),
+    ("keys_missing", "bus.authorized_keys", "no such directory"),
+    ("keys_not_dir", "bus.authorized_keys", "not a directory"),
     ("keys_empty", "bus.authorized_keys", "no public .key file"),
     ("keys_bad_file", "bus.authorized_keys", "not a ZeroMQ certificate"),
 ])
@@ -172,6 +179,8 @@ def test_bad_key_files_name_file_and_key(tmp_path: Path, certs: dict[str, Path],
         del bus["certificate"]
     elif case == "keys_missing":
         bus["authorized_keys"] = str(tmp_path / "nowhere")
+    elif case == "keys_not_dir":
+        bus["authorized_keys"] = str(certs["public"])
     elif case == "keys_empty":
         bus["authorized_keys"] = str(empty)
     elif case == "keys_bad_file":
@@ -184,12 +193,22 @@ def test_bad_key_files_name_file_and_key(tmp_path: Path, certs: dict[str, Path],
     assert "\n" not in str(info.value)
 
 
-def test_unreadable_certificate_as_non_root(tmp_path: Path, certs: dict[str, Path]) -> None:
-    if os.geteuid() == 0:
-        pytest.skip("root reads any file; the mode cannot make it unreadable")
-    certs["secret"].chmod(0)
-    with pytest.raises(ConfigError, match="cannot read"):
-        check_bus_security({"certificate": str(certs["secret"])}, "t.toml")
+def test_unreadable_certificate_as_nobody() -> None:
+    """A key file its reader may not open is "cannot read", not "no such file"."""
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root (to become nobody) and setpriv")
+    d = Path(tempfile.mkdtemp(prefix="cb-keys-"))  # 0700, root's: nobody cannot enter
+    try:
+        _, secret = write_certificates(d, "d1")
+        code = ("from clusterbus.bus.security import check_bus_security as c\n"
+                f"c({{'certificate': {str(secret)!r}}}, 't.toml')")
+        p = subprocess.run([*NOBODY, sys.executable, "-c", code], capture_output=True,
+                           text=True, timeout=60)
+        assert "ConfigError" in p.stderr and "cannot read: Permission denied" in p.stderr, \
+            p.stderr
+        assert "bus.certificate" in p.stderr
+    finally:
+        shutil.rmtree(d)
 
 
 @pytest.mark.parametrize("endpoint, loopback", [
