@@ -349,6 +349,8 @@ class BusSecurity:
         sock.monitor(addr, _HANDSHAKE_FAILED)
         mon = self._ctx.socket(zmq.PAIR)
         mon.setsockopt(zmq.LINGER, 0)
+        # room for a flood of refused handshakes while the loop is busy (bounded)
+        mon.setsockopt(zmq.RCVHWM, 100_000)
         mon.connect(addr)
         self._monitors.append((name, sock, mon))
 
