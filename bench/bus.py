@@ -304,7 +304,7 @@ async def bench_ours(args: argparse.Namespace) -> dict[str, Any]:
     cfg = tmp / "bench.toml"
     cfg.write_text(
         '[daemon]\nnode = 1\nlog_level = "warning"\n'
-        '[bus]\npublish = "tcp://127.0.0.1:*"\ningest = "tcp://127.0.0.1:*"\n'
+        f'[bus]\npublish = "tcp://127.0.0.1:*"\ningest = "ipc://{tmp}/ingest"\n'
         'snapshot = "tcp://127.0.0.1:*"\n'
         f'[netlink]\nenabled = true\ngroup = {GROUP}\nallowed_uids = [0]\n'
     )

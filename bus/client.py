@@ -66,6 +66,7 @@ from .codec import (
     encode_ingest,
     encode_request,
 )
+from .security import load_client_keys
 from .sockets import EVENTS, FD, NOBLOCK, POLLIN
 
 __all__ = [
@@ -213,11 +214,13 @@ class Requester:
     :param context: an asyncio ZeroMQ context.
     :param timeout: seconds to wait for each reply.
     :param retries: attempts per request.
+    :param sockopts: extra ZeroMQ options for the DEALER socket (CURVE keys).
     """
 
     def __init__(self, endpoint: str, context: zmq.asyncio.Context, *, timeout: float = 2.0,
-                 retries: int = 3) -> None:
+                 retries: int = 3, sockopts: Mapping[int, int | bytes] | None = None) -> None:
         self.endpoint = endpoint
+        self.sockopts = dict(sockopts or {})
         self.context = context
         self.timeout = timeout
         self.retries = max(1, retries)
@@ -229,6 +232,8 @@ class Requester:
         if self._sock is None:
             sock = self.context.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
+            for option, value in self.sockopts.items():
+                sock.setsockopt(option, value)
             sock.connect(self.endpoint)
             self._sock = sock
         return self._sock
@@ -306,6 +311,9 @@ class Subscriber:
     :param sockopts: extra ZeroMQ options for the SUB socket (``{zmq.RCVBUF: 65536}``),
         set before it connects.
     :param context: an asyncio ZeroMQ context (default: a private one).
+    :param certificate: this client's ``.key_secret`` file, with ``server_key`` (the
+        daemon's public ``.key`` file): connect with CURVE (``[bus] certificate``).
+    :raises ConfigError: a key file cannot be used, or only one of the two given.
     """
 
     def __init__(
@@ -325,7 +333,11 @@ class Subscriber:
         batch: bool = True,
         sockopts: Mapping[int, int | bytes] | None = None,
         context: zmq.asyncio.Context | None = None,
+        certificate: str | None = None,
+        server_key: str | None = None,
     ) -> None:
+        keys = load_client_keys(certificate, server_key)
+        curve = keys.sockopts() if keys is not None else {}
         self.publish = publish
         self.snapshot_endpoint = snapshot
         self.prefixes = (prefixes,) if isinstance(prefixes, str) else tuple(prefixes)
@@ -336,11 +348,11 @@ class Subscriber:
         self.deliver_snapshots = deliver_snapshots
         self.rcvhwm = rcvhwm
         self.batch = batch
-        self.sockopts = dict(sockopts or {})
+        self.sockopts = {**curve, **(sockopts or {})}
         self._own_context = context is None
         self.context = context or zmq.asyncio.Context()
         self.requester = Requester(snapshot, self.context, timeout=request_timeout,
-                                   retries=request_retries)
+                                   retries=request_retries, sockopts=curve)
         #: the daemon run we follow (None until the first heartbeat or reply).
         self.epoch: int | None = None
         #: the last seq accounted for (delivered, filtered out, or covered by a snapshot).
@@ -792,7 +804,8 @@ class Subscriber:
 # -- one-shot helpers ----------------------------------------------------------------------------
 
 async def emit(endpoint: str, topic: str, node: int, addrs: Sequence[str] = (),
-               incarnation: int = 0, *, timeout: float = 2.0) -> None:
+               incarnation: int = 0, *, timeout: float = 2.0, certificate: str | None = None,
+               server_key: str | None = None) -> None:
     """Send one membership report to a daemon's ingest endpoint (``clusterbus emit --via zmq``).
 
     PUSH/PULL has no acknowledgement: this returns once the frame is handed to a live
@@ -801,11 +814,16 @@ async def emit(endpoint: str, topic: str, node: int, addrs: Sequence[str] = (),
     :param topic: ``node.up``, ``node.down``, ``node.coming_up`` or ``node.going_down``.
     :raises InvalidEvent: bad topic, node, address or incarnation.
     :raises TimeoutError: no connection to the daemon within ``timeout``.
+    :raises ConfigError: a key file cannot be used (``certificate``/``server_key`` as for
+        :class:`Subscriber`).
     """
     frames = encode_ingest(topic, node, addrs, incarnation)
+    keys = load_client_keys(certificate, server_key)
     ctx = zmq.asyncio.Context()
     sock = ctx.socket(zmq.PUSH)
     try:
+        for option, value in (keys.sockopts() if keys else {}).items():
+            sock.setsockopt(option, value)
         # IMMEDIATE: queue only on a completed connection, so a missing daemon makes the
         # send wait (and time out) instead of pretending to succeed.
         sock.setsockopt(zmq.IMMEDIATE, 1)
@@ -830,16 +848,19 @@ def _status_of(header: Mapping[str, Any]) -> dict[str, Any]:
     return dict(status) if isinstance(status, Mapping) else {"status": status}
 
 
-async def _request_once(endpoint: str, command: str, *, timeout: float,
-                        retries: int) -> dict[str, Any]:
+async def _request_once(endpoint: str, command: str, *, timeout: float, retries: int,
+                        certificate: str | None = None,
+                        server_key: str | None = None) -> dict[str, Any]:
     """One request on a private context and socket, both closed before returning.
 
     :returns: the reply header.
     :raises RequestTimeout: no daemon answered.
     :raises RequestFailed: the daemon answered with an error or a malformed reply.
     """
+    keys = load_client_keys(certificate, server_key)
     ctx = zmq.asyncio.Context()
-    req = Requester(endpoint, ctx, timeout=timeout, retries=retries)
+    req = Requester(endpoint, ctx, timeout=timeout, retries=retries,
+                    sockopts=keys.sockopts() if keys else None)
     try:
         header, _ = await req.request(command)
     finally:
@@ -848,20 +869,28 @@ async def _request_once(endpoint: str, command: str, *, timeout: float,
     return header
 
 
-async def fetch_status(endpoint: str, *, timeout: float = 2.0, retries: int = 1) -> dict[str, Any]:
-    """Ask a running daemon for its status (the ``STATUS`` request).
+async def fetch_status(endpoint: str, *, timeout: float = 2.0, retries: int = 1,
+                       certificate: str | None = None,
+                       server_key: str | None = None) -> dict[str, Any]:
+    """Ask a running daemon for its status (the ``STATUS`` request); ``certificate`` and
+    ``server_key`` as for :class:`Subscriber`.
 
     :raises RequestTimeout: no daemon answered.
     :raises RequestFailed: the daemon answered with an error.
     """
-    return _status_of(await _request_once(endpoint, "STATUS", timeout=timeout, retries=retries))
+    return _status_of(await _request_once(endpoint, "STATUS", timeout=timeout, retries=retries,
+                                          certificate=certificate, server_key=server_key))
 
 
-async def fetch_snapshot(endpoint: str, *, timeout: float = 2.0, retries: int = 1) -> Snapshot:
-    """Ask a running daemon for a snapshot of its membership view.
+async def fetch_snapshot(endpoint: str, *, timeout: float = 2.0, retries: int = 1,
+                         certificate: str | None = None,
+                         server_key: str | None = None) -> Snapshot:
+    """Ask a running daemon for a snapshot of its membership view; ``certificate`` and
+    ``server_key`` as for :class:`Subscriber`.
 
     :raises RequestTimeout: no daemon answered.
     :raises RequestFailed: the daemon answered with an error or an unusable snapshot.
     """
     return Snapshot.from_header(
-        await _request_once(endpoint, "SNAPSHOT", timeout=timeout, retries=retries))
+        await _request_once(endpoint, "SNAPSHOT", timeout=timeout, retries=retries,
+                            certificate=certificate, server_key=server_key))

@@ -152,10 +152,12 @@ class Publisher:
 
     # -- lifecycle ------------------------------------------------------------------------
 
-    def open(self, context: zmq.Context[Any]) -> None:
+    def open(self, context: zmq.Context[Any],
+             prepare: Callable[[zmq.Socket[Any]], None] | None = None) -> None:
         """Create and bind the XPUB socket and watch it on the running loop.
 
         :param context: a synchronous ZeroMQ context (a shadow of the service's one).
+        :param prepare: called with the socket before it binds (CURVE options).
         :raises zmq.ZMQError: the endpoint cannot be bound.
         """
         self._loop = asyncio.get_running_loop()
@@ -166,6 +168,8 @@ class Publisher:
             # XPUB_VERBOSER passes every (un)subscription up, not only the first per topic,
             # so the counters count subscribers rather than distinct topics.
             sock.setsockopt(zmq.XPUB_VERBOSER, 1)
+            if prepare is not None:
+                prepare(sock)
             sock.bind(self.endpoint)
             self.bound = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         except BaseException:

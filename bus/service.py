@@ -13,6 +13,7 @@ and logged at DEBUG; nothing else changes. The wire format is in docs/wire-proto
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import secrets
 import time
@@ -33,6 +34,7 @@ from .codec import (
 )
 from .publisher import Publisher
 from .ring import OK, Ring
+from .security import BusSecurity, prepare_ipc_dir
 from .sockets import NOBLOCK
 
 __all__ = ["BusService", "REPLAY_BATCH", "MAX_REPLAY_BATCH", "MAX_INBOUND"]
@@ -112,6 +114,8 @@ class BusService:
         }
         #: set once every socket is bound (tests and the daemon may wait for it).
         self.ready = asyncio.Event()
+        #: CURVE (``[bus] certificate``), or None when off.
+        self.security = BusSecurity.from_config(bus, self.counters, config.file)
         engine.sinks.append(self.publisher)
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -124,8 +128,14 @@ class BusService:
         actx = zmq.asyncio.Context()
         sctx: zmq.Context[Any] = zmq.Context.shadow(actx.underlying)
         socks: list[zmq.asyncio.Socket] = []
+        security = self.security
         try:
-            self.publisher.open(sctx)
+            for endpoint in self.endpoints.values():
+                prepare_ipc_dir(endpoint)
+            if security is not None:
+                security.start(actx)
+            self.publisher.open(sctx, None if security is None
+                               else functools.partial(security.server, name="publish"))
             self.endpoints["publish"] = self.publisher.bound
             pull = self._bind(actx, zmq.PULL, "ingest", socks)
             router = self._bind(actx, zmq.ROUTER, "snapshot", socks)
@@ -134,8 +144,12 @@ class BusService:
                 tg.create_task(self.publisher.run_heartbeats(), name="bus-heartbeats")
                 tg.create_task(self._serve_ingest(pull), name="bus-ingest")
                 tg.create_task(self._serve_requests(router), name="bus-requests")
+                if security is not None:
+                    tg.create_task(security.run(), name="bus-security")
         finally:
             self.ready.clear()
+            if security is not None:
+                security.stop()
             self._detach()
             self.publisher.close()
             for sock in socks:
@@ -156,6 +170,8 @@ class BusService:
             # Unroutable replies (the requester went away) raise EHOSTUNREACH instead of
             # vanishing, so they are counted.
             sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        if self.security is not None:
+            self.security.server(sock, name)
         try:
             sock.bind(self.endpoints[name])
         except zmq.ZMQError as exc:
@@ -263,4 +279,5 @@ class BusService:
             "endpoints": dict(self.endpoints),
             "publisher": self.publisher.status(),
             "counters": dict(self.counters),
+            "security": self.security.status() if self.security else {"curve": False},
         }

@@ -21,6 +21,7 @@ import click
 from .config import Config, load_config
 from .errors import ClusterbusError, ConfigError
 from .events import MembershipEvent
+from .keygen import client_key_files, curve_options, keygen
 
 __all__ = ["main"]
 
@@ -150,8 +151,12 @@ def _event_line(event: Any) -> str:
     return f"{event.seq:>8} {event.topic:<16} origin={event.origin} {rest}"
 
 
+main.add_command(keygen)
+
+
 @main.command()
 @config_option
+@curve_options
 @click.option("--filter", "prefixes", multiple=True, metavar="PREFIX",
               help="Topic prefix to receive (repeatable), e.g. node. or vrrp.; default all.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
@@ -163,7 +168,8 @@ def _event_line(event: Any) -> str:
 @click.option("--follow", is_flag=True,
               help="Keep waiting when the daemon is silent or restarts (default: exit 1 "
                    "after three missed heartbeats).")
-def events(config_path: str | None, prefixes: tuple[str, ...], as_json: bool,
+def events(config_path: str | None, certificate: str | None, server_key: str | None,
+           prefixes: tuple[str, ...], as_json: bool,
            count: int | None, timeout: float | None, follow: bool) -> None:
     """Print events from a running daemon, live, in order, without gaps.
 
@@ -176,8 +182,9 @@ def events(config_path: str | None, prefixes: tuple[str, ...], as_json: bool,
 
     async def go() -> None:
         n = 0
-        async with Subscriber.from_config(cfg, prefixes=prefixes,
-                                          raise_when_dead=not follow) as sub:
+        async with Subscriber.from_config(cfg, prefixes=prefixes, raise_when_dead=not follow,
+                                          **client_key_files(cfg["bus"], certificate,
+                                                             server_key)) as sub:
             async for item in sub:
                 if isinstance(item, Snapshot):
                     click.echo(f"clusterbus events: resynchronised from a snapshot at seq "
@@ -225,8 +232,10 @@ def _addr(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -
 @click.option("--pid", type=click.IntRange(min=1), default=None,
               help="With --via signal: the daemon's pid (default: ask the daemon).")
 @config_option
+@curve_options
 def emit(what: str, node: int, addrs: tuple[str, ...], incarnation: int, via: str,
-         pid: int | None, config_path: str | None) -> None:
+         pid: int | None, config_path: str | None, certificate: str | None,
+         server_key: str | None) -> None:
     """Announce a membership change: WHAT is node-up, node-down, node-coming-up or
     node-going-down.
 
@@ -250,7 +259,7 @@ def emit(what: str, node: int, addrs: tuple[str, ...], incarnation: int, via: st
             if addrs or incarnation:
                 raise click.UsageError("--via signal carries only the state and node number")
             if pid is None:
-                pid = int(asyncio.run(_request_status(cfg, 2.0))["pid"])
+                pid = int(asyncio.run(_request_status(cfg, 2.0, certificate, server_key))["pid"])
             signo = sigcluster.parse_signal(cfg["sigcluster"]["signal"])
             sigcluster.sigqueue(pid, signo,
                                 sigcluster.encode_payload(NodeState.from_topic(topic), node))
@@ -259,27 +268,36 @@ def emit(what: str, node: int, addrs: tuple[str, ...], incarnation: int, via: st
             from clusterbus.bus.client import emit as zmq_emit
 
             asyncio.run(zmq_emit(connectable(cfg["bus"]["ingest"]), topic, node, addrs,
-                                 incarnation))
+                                 incarnation,
+                                 **client_key_files(cfg["bus"], certificate, server_key)))
+    except ConfigError as exc:
+        raise BadConfig(str(exc)) from None
     except (OSError, ClusterbusError, ValueError, TimeoutError) as exc:
         raise click.ClickException(f"cannot send via {via}: {exc}") from None
 
 
-async def _request_status(cfg: Config, timeout: float) -> dict[str, Any]:
+async def _request_status(cfg: Config, timeout: float, certificate: str | None = None,
+                          server_key: str | None = None) -> dict[str, Any]:
     from clusterbus.bus.client import connectable, fetch_status
 
-    return await fetch_status(connectable(cfg["bus"]["snapshot"]), timeout=timeout)
+    return await fetch_status(connectable(cfg["bus"]["snapshot"]), timeout=timeout,
+                              **client_key_files(cfg["bus"], certificate, server_key))
 
 
 @main.command()
 @config_option
+@curve_options
 @click.option("--json", "as_json", is_flag=True, help="Print the raw status as JSON.")
 @click.option("--timeout", type=float, default=2.0, show_default=True,
               help="Seconds to wait for the daemon.")
-def status(config_path: str | None, as_json: bool, timeout: float) -> None:
+def status(config_path: str | None, certificate: str | None, server_key: str | None,
+           as_json: bool, timeout: float) -> None:
     """Show a running daemon's view, services (VRRP instances, sources) and counters."""
     cfg = _config(config_path)
     try:
-        st = asyncio.run(_request_status(cfg, timeout))
+        st = asyncio.run(_request_status(cfg, timeout, certificate, server_key))
+    except ConfigError as exc:
+        raise BadConfig(str(exc)) from None
     except (TimeoutError, asyncio.TimeoutError, OSError, ClusterbusError) as exc:
         raise click.ClickException(
             f"no daemon answered on {cfg['bus']['snapshot']} ({str(exc) or 'timeout'})") from None
@@ -383,7 +401,8 @@ def nodemap_lookup(addr: str, config_path: str | None, local: bool) -> None:
         try:
             from clusterbus.bus.client import connectable, fetch_snapshot
 
-            snap = asyncio.run(fetch_snapshot(connectable(cfg["bus"]["snapshot"]), timeout=1.0))
+            snap = asyncio.run(fetch_snapshot(connectable(cfg["bus"]["snapshot"]), timeout=1.0,
+                                              **client_key_files(cfg["bus"], None, None)))
             table = {k: list(v) for k, v in snap.nodemap.items()}
         except (TimeoutError, asyncio.TimeoutError, OSError, ClusterbusError, ValueError):
             table = None

@@ -198,12 +198,15 @@ CORE_SECTIONS: dict[str, dict[str, Key]] = {
     "bus": {
         "enabled": Key(bool, True, None, "run the ZeroMQ endpoints"),
         "publish": Key(str, "tcp://127.0.0.1:7661", endpoint, "PUB endpoint for subscribers"),
-        "ingest": Key(str, "tcp://127.0.0.1:7662", endpoint, "PULL endpoint for external emitters"),
+        "ingest": Key(str, "ipc:///run/clusterbus/ingest.sock", endpoint,
+                      "PULL endpoint for external emitters (TCP needs certificate)"),
         "snapshot": Key(str, "tcp://127.0.0.1:7663", endpoint, "ROUTER endpoint: snapshot/replay"),
         "heartbeat_interval": Key(float, 1.0, between(0.01, 3600), "seconds between heartbeats"),
         "replay_ring": Key(int, 100_000, between(16, 10_000_000), "events kept for replay"),
         "send_hwm": Key(int, 100_000, between(1, 10_000_000),
                         "frames queued per subscriber before the slow-subscriber policy drops"),
+        "certificate": Key(str, "", None, "CURVE on: this daemon's NAME.key_secret file"),
+        "authorized_keys": Key(str, "", None, "CURVE: directory of the public .key files let in"),
     },
     "netlink": {
         "enabled": Key(bool, True, None, "listen on NETLINK_USERSOCK multicast"),
@@ -275,6 +278,9 @@ def parse_config(data: Mapping[str, Any], *, file: str) -> Config:
         if not isinstance(value, Mapping):
             raise ConfigError("top-level keys must be tables ([section])", file=file, key=name)
         plugin_sections[name] = value
+    from .bus.security import check_bus_security
+
+    check_bus_security(core["bus"], file)
     enable, disable = core["plugins"]["enable"], core["plugins"]["disable"]
     both = set(enable) & set(disable)
     if both:

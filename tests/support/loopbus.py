@@ -4,6 +4,8 @@ bus integration tests; every wait is bounded by :data:`LIMIT` through :func:`run
 from __future__ import annotations
 
 import asyncio
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -18,8 +20,7 @@ from clusterbus.pluginhost import PluginHost
 __all__ = ["LIMIT", "LOOPBACK", "bus", "new_engine", "run", "until"]
 
 LIMIT = 20.0  # seconds: upper bound on any one test's waiting, never a speed assertion
-LOOPBACK = {"publish": "tcp://127.0.0.1:*", "ingest": "tcp://127.0.0.1:*",
-            "snapshot": "tcp://127.0.0.1:*"}
+LOOPBACK = {"publish": "tcp://127.0.0.1:*", "snapshot": "tcp://127.0.0.1:*"}
 
 
 def run(coro: Any) -> Any:
@@ -38,9 +39,11 @@ def new_engine(origin: int = 1) -> Engine:
 async def bus(engine: Engine | None = None, *, status_provider: Callable[[], dict[str, Any]]
               | None = None, **options: Any) -> AsyncIterator[BusService]:
     """A running BusService (``[bus]`` ``options`` over loopback defaults, heartbeats every
-    0.05 s); a bind failure is raised here instead of leaving the caller waiting."""
-    cfg = parse_config({"bus": {**LOOPBACK, "heartbeat_interval": 0.05, **options}},
-                       file="<test>")
+    0.05 s; ingest on an ``ipc://`` socket in a private directory, since TCP ingest needs
+    CURVE); a bind failure is raised here instead of leaving the caller waiting."""
+    tmp = tempfile.mkdtemp(prefix="loopbus-")
+    cfg = parse_config({"bus": {**LOOPBACK, "ingest": f"ipc://{tmp}/ingest",
+                                "heartbeat_interval": 0.05, **options}}, file="<test>")
     svc = BusService(engine or new_engine(), cfg, status_provider=status_provider)
     task = asyncio.create_task(svc.run())
     try:
@@ -56,6 +59,7 @@ async def bus(engine: Engine | None = None, *, status_provider: Callable[[], dic
             await task
         except asyncio.CancelledError:
             pass
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 async def until(pred: Callable[[], bool]) -> None:
