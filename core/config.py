@@ -252,8 +252,8 @@ def _check_bus(table: dict[str, Any], file: str) -> None:
         ep = parse_endpoint(table[name])
         for other, prev in seen.items():
             if ep.overlaps(prev):
-                same = "the same endpoint" if str(ep) == str(prev) else "an overlapping endpoint"
-                raise ConfigError(f"{ep} is {same} as bus.{other} ({prev}); each endpoint is "
+                same = "is the same endpoint as" if str(ep) == str(prev) else "overlaps"
+                raise ConfigError(f"{ep} {same} bus.{other} ({prev}); each endpoint is "
                                   "bound once", file=file, key=f"bus.{name}")
         seen[name] = ep
 
@@ -539,7 +539,7 @@ def _scan(text: str, *, until: int | None = None) -> tuple[str, int | None]:
 
 def _join(table: str, key: str) -> str:
     key = _key_text(key)
-    return ".".join(p for p in (table, key) if p) or "(top level)"
+    return ".".join(p for p in (table, key) if p)
 
 
 def _read(path: str | Path, file: str) -> bytes:
@@ -560,7 +560,7 @@ def _decode(data: bytes, file: str) -> str:
         line = data.count(b"\n", 0, exc.start) + 1
         key, _ = _scan(data[: exc.start].decode("utf-8"))
         raise ConfigError(f"not UTF-8: byte 0x{data[exc.start]:02x} on line {line}; TOML "
-                          "files are UTF-8", file=file, key=key) from None
+                          "files are UTF-8", file=file, key=key or None) from None
 
 
 def _toml(text: str, file: str) -> dict[str, Any]:
@@ -568,22 +568,22 @@ def _toml(text: str, file: str) -> dict[str, Any]:
     if deep_at is not None:
         line = text.count("\n", 0, deep_at) + 1
         raise ConfigError(f"arrays or inline tables nested more than {MAX_DEPTH} deep "
-                          f"(line {line})", file=file, key=key)
+                          f"(line {line})", file=file, key=key or None)
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         msg = str(exc)
         at = re.search(r"\(at line (\d+), column (\d+)\)", msg)
-        where = None
+        offset = len(text) if "(at end of document)" in msg else None
         if at:
             lines = text.split("\n")
             n = int(at.group(1))
             offset = sum(len(x) + 1 for x in lines[: n - 1]) + int(at.group(2)) - 1
-            where, _ = _scan(text, until=offset)
-        raise ConfigError(f"not valid TOML: {msg}", file=file, key=where) from None
+        where = None if offset is None else _scan(text, until=offset)[0]
+        raise ConfigError(f"not valid TOML: {msg}", file=file, key=where or None) from None
     except RecursionError:  # the scan above should have refused it first
         raise ConfigError(f"nested too deeply (at most {MAX_DEPTH} levels)", file=file,
-                          key=key) from None
+                          key=key or None) from None
 
 
 def load_config(path: str | Path | None, *, host_checks: bool = False) -> Config:
