@@ -12,7 +12,8 @@ a table that no loaded plugin claims is an error.
 
 Two levels of checks, one path (:func:`load_config`):
 
-1. The file alone (any machine): UTF-8, TOML, nesting at most :data:`MAX_DEPTH` deep,
+1. The file alone (any machine): UTF-8, TOML, nesting at most :data:`MAX_DEPTH` deep
+   (a file nested thousands deep is refused without a RecursionError escaping),
    printable keys, every key's type and range, ZeroMQ endpoints (:func:`parse_endpoint`),
    addresses canonical (:mod:`clusterbus.addresses`), no endpoint bound twice.
 2. This host (``load_config(path, host_checks=True)``: ``clusterbus run`` and
@@ -27,6 +28,7 @@ Two levels of checks, one path (:func:`load_config`):
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 import re
@@ -264,7 +266,7 @@ def _bindable(host: str) -> str | None:
         try:
             s.bind((host, 0))
         except OSError as exc:
-            if exc.errno == 99:  # EADDRNOTAVAIL
+            if exc.errno == errno.EADDRNOTAVAIL:
                 return (f"{host} is not an address of this host; bind to 127.0.0.1, * or "
                         "an address assigned here")
             return f"cannot bind {host}: {exc.strerror}"
@@ -432,18 +434,23 @@ class Config:
 
 
 def _walk(value: Any, path: str, depth: int, file: str) -> None:
-    """Refuse nesting deeper than :data:`MAX_DEPTH` and keys that do not print on a line."""
+    """Refuse nesting deeper than :data:`MAX_DEPTH` and keys that do not print on a line.
+
+    An error names the key at most 3 levels down (``nodemap.nodes.1``), not the whole
+    path to the innermost level.
+    """
     if depth > MAX_DEPTH:
-        raise ConfigError(f"nested more than {MAX_DEPTH} deep", file=file, key=path)
+        raise ConfigError(f"arrays or tables nested more than {MAX_DEPTH} deep", file=file,
+                          key=path)
     if isinstance(value, Mapping):
         for k, v in value.items():
             if not isinstance(k, str) or not k.isprintable() or not k:
                 raise ConfigError(f"key {show(k)}: expected a non-empty key of printable "
                                   "characters", file=file, key=path or None)
-            _walk(v, f"{path}.{k}" if path else k, depth + 1, file)
+            _walk(v, (f"{path}.{k}" if path else k) if depth < 3 else path, depth + 1, file)
     elif isinstance(value, list):
         for i, v in enumerate(value):
-            _walk(v, f"{path}[{i}]", depth + 1, file)
+            _walk(v, f"{path}[{i}]" if depth < 3 else path, depth + 1, file)
 
 
 def parse_config(data: Mapping[str, Any], *, file: str) -> Config:
@@ -564,11 +571,6 @@ def _decode(data: bytes, file: str) -> str:
 
 
 def _toml(text: str, file: str) -> dict[str, Any]:
-    key, deep_at = _scan(text)
-    if deep_at is not None:
-        line = text.count("\n", 0, deep_at) + 1
-        raise ConfigError(f"arrays or inline tables nested more than {MAX_DEPTH} deep "
-                          f"(line {line})", file=file, key=key or None)
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -581,9 +583,13 @@ def _toml(text: str, file: str) -> dict[str, Any]:
             offset = sum(len(x) + 1 for x in lines[: n - 1]) + int(at.group(2)) - 1
         where = None if offset is None else _scan(text, until=offset)[0]
         raise ConfigError(f"not valid TOML: {msg}", file=file, key=where or None) from None
-    except RecursionError:  # the scan above should have refused it first
-        raise ConfigError(f"nested too deeply (at most {MAX_DEPTH} levels)", file=file,
-                          key=key or None) from None
+    except RecursionError:
+        # tomllib recurses once per level: thousands of "[" end here. Shallower nesting
+        # parses and _walk refuses it with the exact key.
+        key, deep_at = _scan(text)
+        line = "" if deep_at is None else f" (line {text.count(chr(10), 0, deep_at) + 1})"
+        raise ConfigError(f"arrays or inline tables nested more than {MAX_DEPTH} deep{line}",
+                          file=file, key=key or None) from None
 
 
 def load_config(path: str | Path | None, *, host_checks: bool = False) -> Config:

@@ -174,9 +174,10 @@ def test_not_utf8_names_line_and_key(tmp_path):
 
 @pytest.mark.parametrize("nesting,key", [
     ("[" * 5000 + "]" * 5000, "daemon.node"),
-    ("{a=" * 40 + "1" + "}" * 40, "daemon.node"),
+    ("{a=" * 40 + "1" + "}" * 40, "daemon.node.a"),  # parses; refused with 3 levels named
+    ("[" * 40 + "]" * 40, "daemon.node[0]"),
 ])
-def test_deep_nesting_is_refused_before_parsing(tmp_path, nesting, key):
+def test_deep_nesting_is_refused(tmp_path, nesting, key):
     p = write(tmp_path, f"[daemon]\nnode = {nesting}\n")
     with pytest.raises(ConfigError, match=f"more than {MAX_DEPTH} deep") as info:
         load_config(p)
