@@ -259,7 +259,7 @@ def prepare_ipc_dir(endpoint: str) -> None:
         return
     parent = Path(endpoint[len("ipc://"):]).parent
     if not parent.exists():
-        parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        parent.mkdir(mode=0o700, exist_ok=True)
         os.chmod(parent, 0o700)  # mkdir's mode is filtered by the umask
 
 

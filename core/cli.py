@@ -41,9 +41,10 @@ class BadConfig(click.ClickException):
     exit_code = 2
 
 
-def _config(path: str | None) -> Config:
+def _config(path: str | None, *, host_checks: bool = False) -> Config:
+    # host_checks: run and check-config (one validation path: they cannot disagree)
     try:
-        return load_config(path)
+        return load_config(path, host_checks=host_checks)
     except ConfigError as exc:
         raise BadConfig(str(exc)) from None
 
@@ -114,7 +115,7 @@ def run(config_path: str | None, log_level: str | None) -> None:
     """
     from .daemon import run_daemon
 
-    cfg = _config(config_path)
+    cfg = _config(config_path, host_checks=True)
     _setup_logging(log_level or cfg["daemon"]["log_level"])
     sys.exit(run_daemon(cfg))
 
@@ -129,7 +130,7 @@ def check_config(config_path: str | None) -> None:
     """
     from .daemon import Daemon
 
-    cfg = _config(config_path)
+    cfg = _config(config_path, host_checks=True)
     daemon = Daemon(cfg)
     try:
         daemon.plugins.load_entrypoints(file=cfg.file)

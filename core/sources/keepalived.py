@@ -42,15 +42,17 @@ import re
 import stat
 import time
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
-from ..config import Config
+from ..config import CORE_SECTIONS, Config
 from ..engine import Engine
 from ..errors import ConfigError, DecodeError
 from ..events import VrrpTransition
-from ..vrrp.config import keepalived_settings
+from ..schema import validate_table
 
-__all__ = ["KeepalivedSource", "NotifyLine", "parse_line", "STATE_CHANGES", "NON_STATE"]
+__all__ = ["KeepalivedSource", "KeepalivedConfig", "keepalived_settings", "NotifyLine",
+           "parse_line", "STATE_CHANGES", "NON_STATE"]
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,27 @@ _OTHER_TYPES = ("VS ", "RS ", "MONITOR ")
 #: A longer line than this is garbage (keepalived's lines are < 200 bytes).
 MAX_LINE = 4096
 _READ = 65536
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KeepalivedConfig:
+    """The validated ``[keepalived]`` section (declared in
+    :data:`clusterbus.config.CORE_SECTIONS`)."""
+
+    enabled: bool
+    notify_fifo: str
+    present: bool  #: the file had a [keepalived] section (which turns the source on)
+
+
+def keepalived_settings(config: Config) -> KeepalivedConfig:
+    """The ``[keepalived]`` section, defaults when absent (``present`` tells which)."""
+    section = config.core.get("keepalived")
+    if section is None:
+        schema = CORE_SECTIONS["keepalived"].schema
+        assert schema is not None
+        d = validate_table({}, schema, file=config.file, prefix="keepalived")
+        return KeepalivedConfig(present=False, **d)
+    return KeepalivedConfig(present=True, **section)
 
 
 class NotifyLine:

@@ -1,15 +1,17 @@
-"""Configuration of the VRRP speaker (``[[vrrp.instance]]``) and the keepalived source
-(``[keepalived]``).
+"""Configuration of the VRRP speaker (``[[vrrp.instance]]``).
 
 Key names follow keepalived's (``virtual_ipaddress``, ``unicast_peer``, ``advert_int`` is
 ``advert_interval`` here because the value is in seconds with a fraction) so its users
-feel at home. Importing this module registers both sections in
-:data:`clusterbus.config.EXTRA_SECTIONS`; values are checked when the file is parsed,
-except that interfaces exist, which :func:`check_interfaces` verifies when the daemon starts
-(``clusterbus config check`` may run on another machine).
+feel at home. :data:`clusterbus.config.CORE_SECTIONS` declares the ``[vrrp]`` section with
+:func:`validate_vrrp` (the file alone) and :func:`check_vrrp_host` (the interfaces exist on
+this host: ``clusterbus run`` and ``clusterbus check-config``).
+
+Addresses follow :mod:`clusterbus.addresses`: virtual addresses, peers and the source are
+node addresses (unicast, not loopback or unspecified, no IPv4-mapped spelling), canonical.
 
 Standard library only: no pyroute2 here, the interface check uses
-:func:`socket.if_nametoindex`.
+:func:`socket.if_nametoindex`. This module imports :mod:`clusterbus.schema`, never
+:mod:`clusterbus.config` (which imports it).
 """
 
 from __future__ import annotations
@@ -18,26 +20,24 @@ import ipaddress
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .. import config as _config
-from ..config import Config, Key, between, validate_table
+from ..addresses import canonical_node_address, canonical_node_interface
 from ..errors import ConfigError
+from ..schema import REQUIRED, Key, between, validate_table
 from .machine import advert_interval_problem
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 __all__ = [
     "InstanceConfig",
-    "KeepalivedConfig",
     "INSTANCE_SCHEMA",
-    "KEEPALIVED_SCHEMA",
     "validate_vrrp",
-    "validate_keepalived",
+    "check_vrrp_host",
     "instances",
-    "keepalived_settings",
     "check_interfaces",
 ]
-
-DEFAULT_NOTIFY_FIFO = "/run/keepalived/notify.fifo"
 
 
 def _name(v: str) -> str | None:
@@ -60,15 +60,15 @@ def _addr_list(v: list[Any]) -> str | None:
 
 
 INSTANCE_SCHEMA: dict[str, Key] = {
-    "name": Key(str, _config.REQUIRED, _name, "instance name, e.g. VI_1"),
-    "interface": Key(str, _config.REQUIRED, _ifname, "interface the adverts use"),
-    "vrid": Key(int, _config.REQUIRED, between(1, 255), "virtual router id 1..255"),
+    "name": Key(str, REQUIRED, _name, "instance name, e.g. VI_1"),
+    "interface": Key(str, REQUIRED, _ifname, "interface the adverts use"),
+    "vrid": Key(int, REQUIRED, between(1, 255), "virtual router id 1..255"),
     "priority": Key(int, 100, between(1, 255), "1..255; 255 means address owner"),
     "advert_interval": Key(float, 1.0, between(0.01, 255),
                            "seconds; v3: multiples of 0.01 up to 40.95, v2: whole seconds"),
     "version": Key(int, 3, lambda v: None if v in (2, 3) else "expected 2 or 3",
                    "VRRP version: 3 (RFC 5798) or 2 (RFC 3768, IPv4 only)"),
-    "virtual_ipaddress": Key(list, _config.REQUIRED, _addr_list,
+    "virtual_ipaddress": Key(list, REQUIRED, _addr_list,
                              'virtual addresses, e.g. ["10.77.0.100/24"]'),
     "preempt": Key(bool, True, None, "a higher priority backup takes over from the master"),
     "preempt_delay": Key(float, 0.0, between(0, 1000), "seconds to wait before preempting"),
@@ -82,14 +82,6 @@ INSTANCE_SCHEMA: dict[str, Key] = {
     "garp_delay": Key(float, 5.0, between(0, 3600),
                       "seconds between the first and the second burst (0: one burst only)"),
 }
-
-KEEPALIVED_SCHEMA: dict[str, Key] = {
-    "enabled": Key(bool, True, None, "read keepalived's notify FIFO"),
-    "notify_fifo": Key(str, DEFAULT_NOTIFY_FIFO,
-                       lambda v: None if v.startswith("/") else "expected an absolute path",
-                       "keepalived's global_defs notify_fifo (created when missing)"),
-}
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class InstanceConfig:
@@ -122,15 +114,6 @@ class InstanceConfig:
         return f"vrrp.instance[{self.index}]"
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class KeepalivedConfig:
-    """The validated ``[keepalived]`` section."""
-
-    enabled: bool
-    notify_fifo: str
-    present: bool  #: the file had a [keepalived] section
-
-
 def _check_instance(raw: Mapping[str, Any], index: int, file: str) -> dict[str, Any]:
     prefix = f"vrrp.instance[{index}]"
     v = validate_table(raw, INSTANCE_SCHEMA, file=file, prefix=prefix)
@@ -151,9 +134,9 @@ def _check_instance(raw: Mapping[str, Any], index: int, file: str) -> dict[str, 
     parsed = []
     for i, a in enumerate(vips):
         try:
-            parsed.append(ipaddress.ip_interface(a))
-        except ValueError:
-            raise err(f"{a!r} is not ADDRESS or ADDRESS/PREFIX", f"virtual_ipaddress[{i}]") from None
+            parsed.append(ipaddress.ip_interface(canonical_node_interface(a)))
+        except ValueError as exc:
+            raise err(str(exc), f"virtual_ipaddress[{i}]") from None
     versions = {p.version for p in parsed}
     if len(versions) > 1:
         raise err("mixes IPv4 and IPv6; use one instance per family (RFC 5798 §7.1)",
@@ -166,24 +149,21 @@ def _check_instance(raw: Mapping[str, Any], index: int, file: str) -> dict[str, 
     # A bare address gets a host prefix; keep what the user wrote otherwise.
     v["virtual_ipaddress"] = tuple(str(p) for p in parsed)
 
-    peers = []
-    for i, a in enumerate(v["unicast_peer"]):
+    def node_address(a: Any, key: str) -> str:
         try:
-            ip = ipaddress.ip_address(a)
-        except ValueError:
-            raise err(f"{a!r} is not an IP address", f"unicast_peer[{i}]") from None
-        if (ip.version == 6) != (family == "inet6"):
-            raise err(f"{a} is not of the instance's family ({family})", f"unicast_peer[{i}]")
-        peers.append(str(ip))
-    v["unicast_peer"] = tuple(peers)
+            canon = canonical_node_address(a)
+        except ValueError as exc:
+            raise err(str(exc), key) from None
+        if (ipaddress.ip_address(canon).version == 6) != (family == "inet6"):
+            raise err(f"{canon} is not of the instance's family ({family})", key)
+        return canon
+
+    v["unicast_peer"] = tuple(node_address(a, f"unicast_peer[{i}]")
+                              for i, a in enumerate(v["unicast_peer"]))
+    if len(set(v["unicast_peer"])) != len(v["unicast_peer"]):
+        raise err("lists a peer twice", "unicast_peer")
     if v["unicast_src_ip"]:
-        try:
-            ip = ipaddress.ip_address(v["unicast_src_ip"])
-        except ValueError:
-            raise err("not an IP address", "unicast_src_ip") from None
-        if (ip.version == 6) != (family == "inet6"):
-            raise err(f"not of the instance's family ({family})", "unicast_src_ip")
-        v["unicast_src_ip"] = str(ip)
+        v["unicast_src_ip"] = node_address(v["unicast_src_ip"], "unicast_src_ip")
     v["advert_interval"] = float(interval)
     v["family"] = family
     v["index"] = index
@@ -227,18 +207,6 @@ def validate_vrrp(value: Any, file: str) -> dict[str, Any]:
     return {"instance": out}
 
 
-def validate_keepalived(value: Any, file: str) -> dict[str, Any]:
-    """Validate the ``[keepalived]`` table.
-
-    :raises ConfigError: naming the file and the key.
-    """
-    return validate_table(value, KEEPALIVED_SCHEMA, file=file, prefix="keepalived")
-
-
-_config.EXTRA_SECTIONS["vrrp"] = validate_vrrp
-_config.EXTRA_SECTIONS["keepalived"] = validate_keepalived
-
-
 def instances(config: Config) -> list[InstanceConfig]:
     """The configured VRRP instances (empty when there is no ``[[vrrp.instance]]``)."""
     section = config.core.get("vrrp")
@@ -249,23 +217,25 @@ def instances(config: Config) -> list[InstanceConfig]:
             for d in section["instance"]]
 
 
-def keepalived_settings(config: Config) -> KeepalivedConfig:
-    """The ``[keepalived]`` section, defaults when absent (``present`` tells which)."""
-    section = config.core.get("keepalived")
-    if section is None:
-        d = validate_table({}, KEEPALIVED_SCHEMA, file=config.file, prefix="keepalived")
-        return KeepalivedConfig(present=False, **d)
-    return KeepalivedConfig(present=True, **section)
+def check_vrrp_host(section: Mapping[str, Any], file: str) -> None:
+    """Check, on the machine that runs the daemon, that every instance's interface exists
+    (the ``[vrrp]`` section's host check, see :data:`clusterbus.config.CORE_SECTIONS`).
+
+    :param section: the section :func:`validate_vrrp` returned.
+    :raises ConfigError: naming ``vrrp.instance[N].interface``.
+    """
+    for inst in section.get("instance", ()):
+        try:
+            socket.if_nametoindex(inst["interface"])
+        except OSError:
+            raise ConfigError(f"no interface named {inst['interface']!r} on this host",
+                              file=file,
+                              key=f"vrrp.instance[{inst['index']}].interface") from None
 
 
 def check_interfaces(config: Config) -> None:
-    """Check, on the machine that runs the daemon, that every instance's interface exists.
+    """:func:`check_vrrp_host` for a whole configuration (the speaker calls it at start).
 
     :raises ConfigError: naming ``vrrp.instance[N].interface``.
     """
-    for inst in instances(config):
-        try:
-            socket.if_nametoindex(inst.interface)
-        except OSError:
-            raise ConfigError(f"no interface named {inst.interface!r} on this host",
-                              file=config.file, key=f"{inst.key}.interface") from None
+    check_vrrp_host(config.core.get("vrrp") or {}, config.file)

@@ -18,12 +18,12 @@ Configuration::
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from collections.abc import Mapping
 from typing import Any
 
 from clusterbus import hookimpl
+from clusterbus.addresses import canonical_node_address
 from clusterbus.config import Config, Key, validate_table
 from clusterbus.engine import Cluster
 from clusterbus.errors import ConfigError
@@ -60,10 +60,9 @@ def parse_nodes(nodes: Mapping[str, Any], *, file: str) -> dict[int, tuple[str, 
         canon = []
         for i, addr in enumerate(addrs):
             try:
-                a = str(ipaddress.ip_address(addr))
-            except ValueError:
-                raise ConfigError(f"{addr!r} is not an IPv4 or IPv6 address",
-                                  file=file, key=f"{path}[{i}]") from None
+                a = canonical_node_address(addr)
+            except ValueError as exc:
+                raise ConfigError(str(exc), file=file, key=f"{path}[{i}]") from None
             if a in owner and owner[a] != node:
                 raise ConfigError(f"address {a} is already given to node {owner[a]}",
                                   file=file, key=f"{path}[{i}]")

@@ -6,8 +6,9 @@ import tomllib
 
 import pytest
 
-from clusterbus.config import Config, parse_config
+from clusterbus.config import CORE_SECTIONS, DEFAULT_NOTIFY_FIFO, Config, check_host, parse_config
 from clusterbus.errors import ConfigError
+from clusterbus.sources.keepalived import keepalived_settings
 from clusterbus.vrrp import config as vconf
 
 GOOD = """
@@ -45,7 +46,7 @@ def test_issue_example_parses() -> None:
     assert inst.virtual_ipaddress == ("10.77.0.100/24",)
     assert inst.preempt is True and inst.accept is False and inst.preempt_delay == 0
     assert inst.garp_count == 5 and inst.garp_delay == 5.0
-    k = vconf.keepalived_settings(cfg)
+    k = keepalived_settings(cfg)
     assert k.present and k.enabled and k.notify_fifo == "/run/keepalived/notify.fifo"
     vconf.check_interfaces(cfg)  # "lo" exists everywhere
 
@@ -53,8 +54,8 @@ def test_issue_example_parses() -> None:
 def test_absent_sections_give_defaults() -> None:
     cfg = parse("")
     assert vconf.instances(cfg) == []
-    k = vconf.keepalived_settings(cfg)
-    assert not k.present and k.notify_fifo == vconf.DEFAULT_NOTIFY_FIFO
+    k = keepalived_settings(cfg)
+    assert not k.present and k.notify_fifo == DEFAULT_NOTIFY_FIFO
 
 
 def replace(old: str, new: str) -> str:
@@ -115,3 +116,74 @@ def test_unknown_interface_is_a_startup_error() -> None:
     with pytest.raises(ConfigError) as info:
         vconf.check_interfaces(cfg)
     assert info.value.key == "vrrp.instance[0].interface" and info.value.file == "test.toml"
+
+
+@pytest.mark.parametrize("old,new,key,words", [
+    ('["10.77.0.100/24"]', '["127.0.0.2/8"]', "vrrp.instance[0].virtual_ipaddress[0]", "loopback"),
+    ('["10.77.0.100/24"]', '["0.0.0.0/0"]', "vrrp.instance[0].virtual_ipaddress[0]",
+     "unspecified"),
+    ('["10.77.0.100/24"]', '["224.0.0.18"]', "vrrp.instance[0].virtual_ipaddress[0]",
+     "not a unicast"),
+    ('["10.77.0.100/24"]', '["10.77.0.100/33"]', "vrrp.instance[0].virtual_ipaddress[0]",
+     "prefix length"),
+    ('["10.77.0.100/24"]', '["::ffff:10.77.0.100"]', "vrrp.instance[0].virtual_ipaddress[0]",
+     "write 10.77.0.100"),
+    ('["10.77.0.100/24"]', '[167772161]', "vrrp.instance[0].virtual_ipaddress",
+     "array of strings"),
+    ("preempt = true", 'preempt = true\nunicast_peer = ["::ffff:10.77.0.2"]',
+     "vrrp.instance[0].unicast_peer[0]", "IPv4-mapped"),
+    ("preempt = true", 'preempt = true\nunicast_peer = ["127.0.0.1"]',
+     "vrrp.instance[0].unicast_peer[0]", "loopback"),
+    ("preempt = true", 'preempt = true\nunicast_peer = ["10.77.0.2", "10.77.0.02"]',
+     "vrrp.instance[0].unicast_peer[1]", "not an IPv4 or IPv6 address"),
+    ("preempt = true", 'preempt = true\nunicast_peer = ["10.77.0.2", "10.77.0.2"]',
+     "vrrp.instance[0].unicast_peer", "twice"),
+    ("preempt = true", 'preempt = true\nunicast_src_ip = "0.0.0.0"',
+     "vrrp.instance[0].unicast_src_ip", "unspecified"),
+    ("preempt = true", 'preempt = true\nunicast_src_ip = 167772161',
+     "vrrp.instance[0].unicast_src_ip", "expected a string"),
+])
+def test_addresses_are_node_addresses(old: str, new: str, key: str, words: str) -> None:
+    e = error(replace(old, new))
+    assert e.key == key and words in str(e), str(e)
+
+
+def test_addresses_are_canonical() -> None:
+    cfg = parse(replace('["10.77.0.100/24"]', '["FD00:77:0::100/64", "fe80::77"]')
+                .replace("preempt = true", 'preempt = true\nunicast_peer = ["FD00:77::0:2"]\n'
+                         'unicast_src_ip = "FD00:77::1"'))
+    (inst,) = vconf.instances(cfg)
+    assert inst.virtual_ipaddress == ("fd00:77::100/64", "fe80::77/128")
+    assert inst.unicast_peer == ("fd00:77::2",) and inst.unicast_src_ip == "fd00:77::1"
+
+
+def test_sections_are_declared_in_one_table() -> None:
+    assert CORE_SECTIONS["vrrp"].parse is vconf.validate_vrrp
+    assert CORE_SECTIONS["vrrp"].host is vconf.check_vrrp_host
+    assert CORE_SECTIONS["keepalived"].schema is not None
+    assert CORE_SECTIONS["vrrp"].optional and CORE_SECTIONS["keepalived"].optional
+    cfg = parse("")
+    assert "vrrp" not in cfg.core and "keepalived" not in cfg.core  # absent: services off
+
+
+def test_no_section_is_registered_by_importing_a_module() -> None:
+    # A fresh interpreter that imports only clusterbus.config parses [vrrp] and
+    # [keepalived]: nothing depends on another module having been imported first.
+    import subprocess
+    import sys
+
+    code = ("import tomllib; from clusterbus.config import parse_config\n"
+            f"c = parse_config(tomllib.loads({GOOD!r}), file='t')\n"
+            "import sys; assert 'clusterbus.sources.keepalived' not in sys.modules\n"
+            "print(sorted(c.core))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    assert "'keepalived'" in out and "'vrrp'" in out
+
+
+def test_unknown_interface_is_refused_by_the_host_check() -> None:
+    cfg = parse(replace('interface = "lo"', 'interface = "nosuchif0"').replace(
+        "/run/keepalived/notify.fifo", "/tmp/cb-test-notify.fifo"))
+    with pytest.raises(ConfigError) as info:
+        check_host(cfg)
+    assert info.value.key == "vrrp.instance[0].interface"
