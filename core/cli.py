@@ -19,7 +19,7 @@ from typing import Any
 import click
 
 from .config import Config, load_config
-from .errors import ClusterbusError, ConfigError
+from .errors import ClusterbusError, ConfigError, PluginError
 from .events import MembershipEvent
 
 __all__ = ["main"]
@@ -124,7 +124,7 @@ def check_config(config_path: str | None) -> None:
     """Validate a configuration file, plugins' sections included, and exit.
 
     Exit code 0 when valid; 2 with a message naming the file and the key when the
-    configuration is wrong; 1 when a plugin fails to load.
+    configuration is wrong or a plugin fails to load.
     """
     from .daemon import Daemon
 
@@ -133,7 +133,7 @@ def check_config(config_path: str | None) -> None:
     try:
         daemon.plugins.load_entrypoints(file=cfg.file)
         daemon.plugins.configure(cfg, daemon.engine.cluster)
-    except ConfigError as exc:
+    except (ConfigError, PluginError) as exc:
         raise BadConfig(str(exc)) from None
     except ClusterbusError as exc:
         raise click.ClickException(str(exc)) from None
@@ -338,7 +338,7 @@ def plugins(config_path: str | None, as_json: bool, local: bool) -> None:
         host = PluginHost(enable=cfg["plugins"]["enable"], disable=cfg["plugins"]["disable"])
         try:
             host.load_entrypoints(file=cfg.file)
-        except ConfigError as exc:
+        except (ConfigError, PluginError) as exc:
             raise BadConfig(str(exc)) from None
         except ClusterbusError as exc:
             raise click.ClickException(str(exc)) from None

@@ -6,6 +6,7 @@ Built-in plugins come through the same entry-point group as third-party ones.
 
 from __future__ import annotations
 
+import difflib
 import importlib.metadata
 import logging
 from collections import Counter
@@ -88,36 +89,48 @@ class PluginHost:
                 continue
             if self.pm.get_plugin(name) is not None:
                 continue
+            dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist else ""
+            origin = f"entry point {ep.value}" + (f", distribution {dist}" if dist else "")
             try:
                 plugin = ep.load()
             except Exception as exc:
-                raise PluginError(name, f"cannot import {ep.value}: {exc!r}") from exc
-            self.register(plugin, name)
+                raise PluginError(name, f"cannot import {ep.value}: {exc!r}"
+                                  + (f" (distribution {dist})" if dist else "")) from exc
+            self.register(plugin, name, origin=origin)
             self._dists[name] = ep.dist.name if ep.dist else ""
             loaded.append(name)
         return loaded
 
-    def register(self, plugin: object, name: str) -> None:
+    def register(self, plugin: object, name: str, *, origin: str = "") -> None:
         """Register a plugin object (module, class instance) under ``name``.
 
         When the daemon has already started, the plugin's ``clusterbus_startup`` (a historic
         hook) is called at once with the live cluster.
 
-        :raises PluginError: the plugin implements an unknown hook or a wrapper on a
-            notification hook.
+        :param origin: where the plugin comes from (entry point and distribution), for
+            error messages.
+        :raises PluginError: the plugin implements an unknown hook (the message names the
+            plugin, the hook and the closest known hook) or a wrapper on a notification
+            hook.
         """
+        where = f" ({origin})" if origin else ""
+        unknown = _unknown_hooks(self.pm, plugin)
+        if unknown:
+            raise PluginError(name, "; ".join(map(_did_you_mean, unknown))
+                              + f" ({origin + '; ' if origin else ''}every hook is in "
+                              "clusterbus.hookspecs)")
         self._forget_order()
         try:
             self.pm.register(plugin, name=name)
         except (pluggy.PluginValidationError, ValueError) as exc:
-            raise PluginError(name, str(exc)) from exc
+            raise PluginError(name, f"{exc}{where}") from exc
         try:
             # an implementation of a hook that has no spec is a typo: refuse it now
             self.pm.check_pending()
         except pluggy.PluginValidationError as exc:
             self.pm.unregister(name=name)
             self._forget_order()
-            raise PluginError(name, f"{exc} (known hooks: see clusterbus.hookspecs)") from exc
+            raise PluginError(name, f"{exc}{where} (known hooks: see clusterbus.hookspecs)") from exc
         for impl in self._impls_of(name):
             if impl.hookwrapper or impl.wrapper:
                 self.pm.unregister(name=name)
@@ -267,6 +280,37 @@ class PluginHost:
                             for impl in caller.get_hookimpls() if impl.plugin_name == name})
             out.append(PluginInfo(name, tuple(hooks), self.failures[name], self._dists.get(name, "")))
         return out
+
+
+#: The names of every hook (the functions of :mod:`clusterbus.hookspecs`).
+HOOK_NAMES: tuple[str, ...] = tuple(sorted(
+    n for n in vars(hookspecs) if n.startswith("clusterbus_") and callable(getattr(hookspecs, n))))
+
+
+def _unknown_hooks(pm: pluggy.PluginManager, plugin: object) -> list[str]:
+    """The hook names ``plugin`` implements (``@hookimpl``) that no spec declares."""
+    out = []
+    for attr in dir(plugin):
+        try:
+            opts = pm.parse_hookimpl_opts(plugin, attr)
+        except Exception:  # an attribute that cannot be read is pluggy's to report
+            continue
+        if opts is None or opts.get("optionalhook"):
+            continue
+        hook = opts.get("specname") or attr
+        if hook not in HOOK_NAMES:
+            out.append(hook)
+    return sorted(out)
+
+
+def _did_you_mean(hook: str) -> str:
+    """``hook`` is no clusterbus hook: say so, with the closest hook name."""
+    # compared without the common prefix, which would make every name look close
+    stem = hook.removeprefix("clusterbus_")
+    close = difflib.get_close_matches(stem, [h.removeprefix("clusterbus_") for h in HOOK_NAMES],
+                                      n=1, cutoff=0.6)
+    hint = f"did you mean clusterbus_{close[0]}?" if close else "no hook has a similar name"
+    return f"{hook} is not a clusterbus hook: {hint}"
 
 
 def _event_caller(impl: pluggy.HookImpl) -> Callable[[Any, Any], Any]:
