@@ -351,10 +351,12 @@ def plugins(config_path: str | None, as_json: bool, local: bool) -> None:
     from rich.table import Table
 
     table = Table(title=f"clusterbus plugins ({source})")
-    for col in ("plugin", "distribution", "failures", "hooks"):
+    for col in ("plugin", "distribution", "calls", "slow", "worst ms", "failures", "hooks"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r["name"], r["distribution"], str(r["failures"]), "\n".join(r["hooks"]))
+        table.add_row(r["name"], r["distribution"], str(r.get("calls", "-")),
+                      str(r.get("slow", "-")), str(r.get("worst_ms", "-")), str(r["failures"]),
+                      "\n".join(r["hooks"]))
     Console().print(table)
 
 

@@ -194,6 +194,8 @@ CORE_SECTIONS: dict[str, dict[str, Key]] = {
     "plugins": {
         "enable": Key(list, [], str_list, "when non-empty, load only these plugins"),
         "disable": Key(list, [], str_list, "plugins not to load"),
+        "slow_call_ms": Key((int, float), 50, between(0, 60_000),
+                            "a hook call longer than this (ms) is logged and counted"),
     },
     "bus": {
         "enabled": Key(bool, True, None, "run the ZeroMQ endpoints"),

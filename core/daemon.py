@@ -80,8 +80,7 @@ class Daemon:
         self.config = config
         #: the configuration the daemon started with: what a reload cannot change stays so
         self.initial_config = config
-        self.plugins = PluginHost(enable=config["plugins"]["enable"],
-                                  disable=config["plugins"]["disable"])
+        self.plugins = PluginHost.from_config(config)
         self.engine = Engine(origin=config.node, plugins=self.plugins)
         self.services: dict[str, Service] = {}
         self.started = time.time()

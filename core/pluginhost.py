@@ -2,6 +2,14 @@
 hooks one implementation at a time, so one raising plugin cannot stop the others.
 
 Built-in plugins come through the same entry-point group as third-party ones.
+
+Every hook call is timed: a call longer than ``[plugins] slow_call_ms`` is logged with the
+plugin's name and counted, since hooks run on the daemon's event loop and a slow one
+delays everything else on it. Per plugin, :meth:`PluginHost.hook_stats` counts calls, slow
+calls and failures and keeps the worst time (``clusterbus plugins``, ``clusterbus
+status``). Log lines about slow and failing calls are rate-limited per plugin and hook
+(:class:`~clusterbus.ratelimit.LogLimiter`): one line, with its traceback, per interval;
+the rest are counted.
 """
 
 from __future__ import annotations
@@ -12,14 +20,17 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from time import perf_counter_ns
 from typing import Any
 
 import pluggy
 
 from . import hookspecs
 from .errors import ConfigError, LocalProtocolError, PluginError
+from .ratelimit import LogLimiter
 
-__all__ = ["PluginHost", "PluginInfo", "ENTRY_POINT_GROUP", "hookimpl"]
+__all__ = ["PluginHost", "PluginInfo", "HookStats", "ENTRY_POINT_GROUP", "SLOW_CALL_MS",
+           "hookimpl"]
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +39,26 @@ ENTRY_POINT_GROUP = "clusterbus"
 #: Marker for hook implementations: ``@clusterbus.hookimpl``.
 hookimpl = pluggy.HookimplMarker("clusterbus")
 
+#: Default of ``[plugins] slow_call_ms``: a hook call longer than this is logged and counted.
+SLOW_CALL_MS = 50.0
+
+
+class HookStats:
+    """Running counters of one plugin's hook calls (updated on every call, so mutable)."""
+
+    __slots__ = ("calls", "slow", "worst_ns", "worst_hook")
+
+    def __init__(self) -> None:
+        self.calls = 0  #: hook calls made
+        self.slow = 0  #: calls longer than ``slow_call_ms``
+        self.worst_ns = 0  #: the longest call, in nanoseconds
+        self.worst_hook = ""  #: the hook of that call
+
+
 #: One entry of an event call table: (plugin name, hook name, ``f(event, cluster)``).
 EventCall = tuple[str, str, Callable[[Any, Any], Any]]
+#: An entry of the table notify_event() runs: an :data:`EventCall` and its plugin's stats.
+TimedCall = tuple[str, str, Callable[[Any, Any], Any], HookStats]
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +69,10 @@ class PluginInfo:
     hooks: tuple[str, ...]
     failures: int
     distribution: str  #: the installed distribution that provides it ("" when registered by code)
+    calls: int = 0  #: hook calls made
+    slow: int = 0  #: hook calls longer than ``[plugins] slow_call_ms``
+    worst_ms: float = 0.0  #: the longest hook call, in milliseconds
+    worst_hook: str = ""  #: the hook of that call
 
 
 class PluginHost:
@@ -47,22 +80,38 @@ class PluginHost:
 
     :param enable: when non-empty, only these entry-point plugins are loaded.
     :param disable: entry-point plugins that are not loaded.
+    :param slow_call_ms: a hook call longer than this is logged (rate-limited) and counted.
+    :param log_interval: seconds between two log lines about one plugin's hook (slow or
+        failing); the calls in between are counted, not logged.
     """
 
-    def __init__(self, *, enable: Sequence[str] = (), disable: Sequence[str] = ()) -> None:
+    def __init__(self, *, enable: Sequence[str] = (), disable: Sequence[str] = (),
+                 slow_call_ms: float = SLOW_CALL_MS, log_interval: float = 10.0) -> None:
         self.pm = pluggy.PluginManager(ENTRY_POINT_GROUP)
         self.pm.add_hookspecs(hookspecs)
         self.enable = tuple(enable)
         self.disable = tuple(disable)
-        #: hook exceptions per plugin name
+        self.slow_call_ms = float(slow_call_ms)
+        self._slow_ns = int(self.slow_call_ms * 1_000_000)
+        #: slow and failing calls: one line per plugin and hook per ``log_interval``
+        self.limited = LogLimiter(log, interval=log_interval)
+        #: hook exceptions per plugin name (service failures too)
         self.failures: Counter[str] = Counter()
+        self._stats: dict[str, HookStats] = {}
         self._dists: dict[str, str] = {}
         self._historic: dict[str, dict[str, Any]] = {}
         # hook name -> implementations in call order; rebuilt when a plugin registers
         self._order: dict[str, list[pluggy.HookImpl]] = {}
         # event topic -> what notify_event() calls for it, in call order: the topic's own
         # hook's implementations, then clusterbus_event's. Cleared with _order.
-        self._event_calls: dict[str, tuple[EventCall, ...]] = {}
+        self._event_calls: dict[str, tuple[TimedCall, ...]] = {}
+
+    @classmethod
+    def from_config(cls, config: Any) -> PluginHost:
+        """A host set up from a configuration's ``[plugins]`` section."""
+        section = config["plugins"]
+        return cls(enable=section["enable"], disable=section["disable"],
+                   slow_call_ms=section.get("slow_call_ms", SLOW_CALL_MS))
 
     # -- loading ------------------------------------------------------------------------
 
@@ -166,12 +215,43 @@ class PluginHost:
         return impls
 
     def _call_impl(self, hook_name: str, impl: pluggy.HookImpl, kwargs: dict[str, Any]) -> Any:
+        start = perf_counter_ns()
         try:
             return impl.function(*[kwargs[a] for a in impl.argnames])
         except Exception:
-            self.failures[impl.plugin_name] += 1
-            log.exception("plugin %s failed in %s", impl.plugin_name, hook_name)
+            self._failed(impl.plugin_name, hook_name)
             return None
+        finally:
+            self._timed(self._stats_of(impl.plugin_name), impl.plugin_name, hook_name,
+                        perf_counter_ns() - start)
+
+    def _stats_of(self, name: str) -> HookStats:
+        stats = self._stats.get(name)
+        if stats is None:
+            stats = self._stats[name] = HookStats()
+        return stats
+
+    def _failed(self, name: str, hook_name: str) -> None:
+        """Count a failed call; log it with its traceback (called inside ``except``)."""
+        self.failures[name] += 1
+        self.limited.error((name, hook_name, "failed"), "plugin %s failed in %s", name,
+                           hook_name, exc_info=True)
+
+    def _timed(self, stats: HookStats, name: str, hook_name: str, ns: int) -> None:
+        stats.calls += 1
+        if ns > stats.worst_ns:
+            stats.worst_ns = ns
+            stats.worst_hook = hook_name
+        if ns > self._slow_ns:
+            self._slow(stats, name, hook_name, ns)
+
+    def _slow(self, stats: HookStats, name: str, hook_name: str, ns: int) -> None:
+        stats.slow += 1
+        self.limited.warning(
+            (name, hook_name, "slow"),
+            "plugin %s: %s took %.1f ms (over [plugins] slow_call_ms = %g): hooks run on the "
+            "daemon's event loop; slow work belongs in a service", name, hook_name, ns / 1e6,
+            self.slow_call_ms)
 
     def call_each(self, hook_name: str, **kwargs: Any) -> list[tuple[str, Any]]:
         """Call every implementation of a hook, each isolated.
@@ -189,17 +269,29 @@ class PluginHost:
         without collecting results.
 
         This is the per-event path: one call table per topic, worked out once (again
-        after a plugin registers), holding only the implementations there are.
+        after a plugin registers), holding only the implementations there are. Each call
+        is timed like every other hook call.
         """
         calls = self._event_calls.get(event.TOPIC)
         if calls is None:
-            calls = self._event_calls[event.TOPIC] = self._event_table(event.TOPIC)
-        for name, hook_name, function in calls:
+            calls = self._event_calls[event.TOPIC] = tuple(
+                (name, hook_name, function, self._stats_of(name))
+                for name, hook_name, function in self._event_table(event.TOPIC))
+        slow_ns = self._slow_ns
+        for name, hook_name, function, stats in calls:
+            start = perf_counter_ns()
             try:
                 function(event, cluster)
             except Exception:
-                self.failures[name] += 1
-                log.exception("plugin %s failed in %s", name, hook_name)
+                self._failed(name, hook_name)
+            ns = perf_counter_ns() - start
+            # _timed, inlined: this runs for every implementation of every event
+            stats.calls += 1
+            if ns > stats.worst_ns:
+                stats.worst_ns = ns
+                stats.worst_hook = hook_name
+            if ns > slow_ns:
+                self._slow(stats, name, hook_name, ns)
 
     def _event_table(self, topic: str) -> tuple[EventCall, ...]:
         hooks = (hookspecs.TOPIC_HOOKS[topic],) if topic in hookspecs.TOPIC_HOOKS else ()
@@ -233,12 +325,16 @@ class PluginHost:
                     file=config.file, key=section,
                 )
         for impl in self._impls("clusterbus_configure"):
+            start = perf_counter_ns()
             try:
                 impl.function(*_section_args(impl, config, cluster))
             except ConfigError as exc:
                 raise exc.with_file(config.file) from None
             except Exception as exc:
                 raise PluginError(impl.plugin_name, f"clusterbus_configure failed: {exc!r}") from exc
+            finally:
+                self._timed(self._stats_of(impl.plugin_name), impl.plugin_name,
+                            "clusterbus_configure", perf_counter_ns() - start)
 
     def reload(self, config: Any, cluster: Any) -> dict[str, str | None]:
         """Call ``clusterbus_reload`` on every plugin with its own section, each isolated.
@@ -247,6 +343,7 @@ class PluginHost:
         """
         out: dict[str, str | None] = {}
         for impl in self._impls("clusterbus_reload"):
+            start = perf_counter_ns()
             try:
                 impl.function(*_section_args(impl, config, cluster))
                 out[impl.plugin_name] = None
@@ -255,9 +352,11 @@ class PluginHost:
                 log.error("reload: plugin %s refused its new section, keeping the old: %s",
                           impl.plugin_name, out[impl.plugin_name])
             except Exception as exc:
-                self.failures[impl.plugin_name] += 1
                 out[impl.plugin_name] = repr(exc)
-                log.exception("reload: plugin %s failed", impl.plugin_name)
+                self._failed(impl.plugin_name, "clusterbus_reload")
+            finally:
+                self._timed(self._stats_of(impl.plugin_name), impl.plugin_name,
+                            "clusterbus_reload", perf_counter_ns() - start)
         return out
 
     def call_historic(self, hook_name: str, **kwargs: Any) -> None:
@@ -271,14 +370,30 @@ class PluginHost:
         """Names of the registered plugins."""
         return sorted(n for n, _ in self.pm.list_name_plugin())
 
+    def hook_stats(self) -> dict[str, dict[str, Any]]:
+        """Per registered plugin: ``calls``, ``slow`` (calls over ``slow_call_ms``),
+        ``failures`` (hook and service exceptions), ``worst_ms`` and ``worst_hook`` (the
+        longest call). Plain data, for ``clusterbus status``."""
+        out: dict[str, dict[str, Any]] = {}
+        for name in self.names():
+            stats = self._stats_of(name)
+            out[name] = {"calls": stats.calls, "slow": stats.slow, "failures": self.failures[name],
+                         "worst_ms": round(stats.worst_ns / 1e6, 3),
+                         "worst_hook": stats.worst_hook}
+        return out
+
     def describe(self) -> list[PluginInfo]:
-        """One :class:`PluginInfo` per registered plugin."""
+        """One :class:`PluginInfo` per registered plugin, with its :meth:`hook_stats`."""
         out = []
+        stats = self.hook_stats()
         for name in self.names():
             hooks = sorted({caller.name
                             for caller in self.pm.get_hookcallers(self.pm.get_plugin(name)) or ()
                             for impl in caller.get_hookimpls() if impl.plugin_name == name})
-            out.append(PluginInfo(name, tuple(hooks), self.failures[name], self._dists.get(name, "")))
+            st = stats[name]
+            out.append(PluginInfo(name, tuple(hooks), st["failures"], self._dists.get(name, ""),
+                                  calls=st["calls"], slow=st["slow"], worst_ms=st["worst_ms"],
+                                  worst_hook=st["worst_hook"]))
         return out
 
 

@@ -56,8 +56,9 @@ def render_status(st: dict[str, Any], console: Console | None = None) -> None:
     plugins = st.get("plugins") or []
     if plugins:
         table = Table(title="plugins")
-        for col in ("plugin", "failures", "hooks"):
+        for col in ("plugin", "calls", "slow", "worst ms", "failures", "hooks"):
             table.add_column(col)
         for p in plugins:
-            table.add_row(p["name"], str(p["failures"]), ", ".join(p["hooks"]))
+            table.add_row(p["name"], str(p.get("calls", "-")), str(p.get("slow", "-")),
+                          str(p.get("worst_ms", "-")), str(p["failures"]), ", ".join(p["hooks"]))
         console.print(table)
