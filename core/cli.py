@@ -22,7 +22,7 @@ from .config import Config, load_config
 from .errors import ClusterbusError, ConfigError, PluginError
 from .events import MembershipEvent
 
-__all__ = ["main"]
+__all__ = ["main", "BadConfig"]
 
 log = logging.getLogger("clusterbus")
 
@@ -390,10 +390,10 @@ def nodemap_lookup(addr: str, config_path: str | None, local: bool) -> None:
         except (TimeoutError, asyncio.TimeoutError, OSError, ClusterbusError, ValueError):
             table = None
     if table is None:
-        from clusterbus.plugins.nodemap import config_nodes
+        from .nodemapconfig import NodemapConfig
 
         try:
-            nodes = config_nodes(cfg)
+            nodes = NodemapConfig.from_config(cfg).nodes
         except ConfigError as exc:
             raise BadConfig(str(exc)) from None
         table = {str(n): list(a) for n, a in nodes.items()}
