@@ -166,3 +166,34 @@ def test_cli_plugins_shows_the_columns():
     assert r.exit_code == 0, r.output
     for col in ("calls", "slow", "worst ms", "failures"):
         assert col in r.output
+
+
+def test_calls_are_counted_across_a_rebuilt_call_table():
+    host = PluginHost()
+    fast = Fast()
+    host.register(fast, "fast")
+    engine = Engine(origin=1, plugins=host)
+    flap(engine, 2)  # 4 events, one clusterbus_event call each
+    assert host.hook_stats()["fast"]["calls"] == 4
+    host.register(Sleeper(), "sleeper")  # the call tables are rebuilt
+    flap(engine, 1)
+    assert host.hook_stats()["fast"]["calls"] == 6
+    assert host.hook_stats()["sleeper"]["calls"] == 2
+
+
+def test_a_slow_call_below_the_worst_so_far_is_still_counted():
+    durations = iter([0.03, 0.01, 0.02])
+
+    class Varying:
+        @clusterbus.hookimpl
+        def clusterbus_event(self, event):
+            time.sleep(next(durations))
+
+    host = PluginHost(slow_call_ms=5)
+    host.register(Varying(), "varying")
+    engine = Engine(origin=1, plugins=host)
+    report(engine, NodeState.UP, 1)
+    report(engine, NodeState.DOWN, 1)
+    report(engine, NodeState.UP, 1)
+    st = host.hook_stats()["varying"]
+    assert st["slow"] == 3 and st["calls"] == 3 and st["worst_ms"] >= 30
