@@ -4,11 +4,16 @@ This package (the ``core/`` folder) holds the public API: the ``hookimpl`` marke
 event classes, the membership view, hook specifications, the plugin host, configuration,
 membership sources, the VRRP speaker, the daemon and the CLI. ZeroMQ lives in
 :mod:`clusterbus.bus`, built-in plugins in :mod:`clusterbus.plugins`.
+
+The names below (``__all__``) are what a plugin needs, the built-in ones included: they
+import nothing else from clusterbus but names a module lists in its ``__all__``, and never
+another plugin's module (tests/unit/test_public_api.py checks it). Plugin tests use
+:mod:`clusterbus.testing`.
 """
 
 from __future__ import annotations
 
-from .config import Config, load_config
+from .config import Config, Key, between, load_config, validate_table
 from .engine import Cluster, Engine
 from .errors import (
     ClusterbusError,
@@ -35,7 +40,8 @@ from .events import (
     event_from_dict,
     register_event,
 )
-from .nodemap import NodeMap
+from .nodemap import Conflict, NodeMap
+from .nodemapconfig import NodemapConfig
 from .pluginhost import PluginHost, hookimpl
 from .view import MembershipView, NodeInfo, NodeReport, NodeState
 
@@ -47,11 +53,13 @@ __all__ = [
     "ClusterbusError",
     "Config",
     "ConfigError",
+    "Conflict",
     "DecodeError",
     "Engine",
     "Event",
     "InvalidEvent",
     "IpvsApplied",
+    "Key",
     "LocalProtocolError",
     "MembershipEvent",
     "MembershipView",
@@ -64,14 +72,17 @@ __all__ = [
     "NodeState",
     "NodeUp",
     "NodemapChanged",
+    "NodemapConfig",
     "PluginError",
     "PluginHost",
     "RemoteProtocolError",
     "VipAcquired",
     "VipReleased",
     "VrrpTransition",
+    "between",
     "event_from_dict",
     "hookimpl",
     "load_config",
     "register_event",
+    "validate_table",
 ]

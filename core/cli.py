@@ -19,11 +19,11 @@ from typing import Any
 import click
 
 from .config import Config, load_config
-from .errors import ClusterbusError, ConfigError
+from .errors import ClusterbusError, ConfigError, PluginError
 from .events import MembershipEvent
 from .keygen import client_key_files, curve_options, keygen
 
-__all__ = ["main"]
+__all__ = ["main", "BadConfig"]
 
 log = logging.getLogger("clusterbus")
 
@@ -126,7 +126,7 @@ def check_config(config_path: str | None) -> None:
     """Validate a configuration file, plugins' sections included, and exit.
 
     Exit code 0 when valid; 2 with a message naming the file and the key when the
-    configuration is wrong; 1 when a plugin fails to load.
+    configuration is wrong or a plugin fails to load.
     """
     from .daemon import Daemon
 
@@ -135,7 +135,7 @@ def check_config(config_path: str | None) -> None:
     try:
         daemon.plugins.load_entrypoints(file=cfg.file)
         daemon.plugins.configure(cfg, daemon.engine.cluster)
-    except ConfigError as exc:
+    except (ConfigError, PluginError) as exc:
         raise BadConfig(str(exc)) from None
     except ClusterbusError as exc:
         raise click.ClickException(str(exc)) from None
@@ -357,7 +357,7 @@ def plugins(config_path: str | None, as_json: bool, local: bool) -> None:
         host = PluginHost(enable=cfg["plugins"]["enable"], disable=cfg["plugins"]["disable"])
         try:
             host.load_entrypoints(file=cfg.file)
-        except ConfigError as exc:
+        except (ConfigError, PluginError) as exc:
             raise BadConfig(str(exc)) from None
         except ClusterbusError as exc:
             raise click.ClickException(str(exc)) from None
@@ -370,10 +370,12 @@ def plugins(config_path: str | None, as_json: bool, local: bool) -> None:
     from rich.table import Table
 
     table = Table(title=f"clusterbus plugins ({source})")
-    for col in ("plugin", "distribution", "failures", "hooks"):
+    for col in ("plugin", "distribution", "calls", "slow", "worst ms", "failures", "hooks"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r["name"], r["distribution"], str(r["failures"]), "\n".join(r["hooks"]))
+        table.add_row(r["name"], r["distribution"], str(r.get("calls", "-")),
+                      str(r.get("slow", "-")), str(r.get("worst_ms", "-")), str(r["failures"]),
+                      "\n".join(r["hooks"]))
     Console().print(table)
 
 
@@ -408,10 +410,10 @@ def nodemap_lookup(addr: str, config_path: str | None, local: bool) -> None:
         except (TimeoutError, asyncio.TimeoutError, OSError, ClusterbusError, ValueError):
             table = None
     if table is None:
-        from clusterbus.plugins.nodemap import config_nodes
+        from .nodemapconfig import NodemapConfig
 
         try:
-            nodes = config_nodes(cfg)
+            nodes = NodemapConfig.from_config(cfg).nodes
         except ConfigError as exc:
             raise BadConfig(str(exc)) from None
         table = {str(n): list(a) for n, a in nodes.items()}

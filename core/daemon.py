@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from .config import DEFAULT_FILE, Config, load_config
 from .engine import Engine
 from .errors import ClusterbusError, ConfigError
+from .looplag import LoopLagMonitor
 from .pluginhost import PluginHost
 
 __all__ = ["Daemon", "Service", "SOURCES"]
@@ -82,10 +83,11 @@ class Daemon:
         self.config = config
         #: the configuration the daemon started with: what a reload cannot change stays so
         self.initial_config = config
-        self.plugins = PluginHost(enable=config["plugins"]["enable"],
-                                  disable=config["plugins"]["disable"])
+        self.plugins = PluginHost.from_config(config)
         self.engine = Engine(origin=config.node, plugins=self.plugins)
         self.services: dict[str, Service] = {}
+        #: measures how late the loop wakes a sleeping task (``status()["looplag"]``)
+        self.looplag = LoopLagMonitor()
         self.started = time.time()
         self._load_entrypoints = load_entrypoints
         self._stop: asyncio.Event | None = None
@@ -182,6 +184,7 @@ class Daemon:
             async with asyncio.TaskGroup() as tg:
                 for name, service in self.services.items():
                     tg.create_task(self._core(name, service.run(), failed), name=name)
+                tg.create_task(self._core("looplag", self.looplag.run(), failed), name="looplag")
                 self.plugins.call_historic("clusterbus_startup", cluster=self.engine.cluster)
                 for plugin, services in self.plugins.call_each("clusterbus_services",
                                                                cluster=self.engine.cluster):
@@ -242,6 +245,7 @@ class Daemon:
             "seq": self.engine.seq,
             "ignored": dict(self.engine.view.ignored),
             "services": {name: s.status() for name, s in self.services.items()},
+            "looplag": self.looplag.status(),
             "plugins": [asdict(p) for p in self.plugins.describe()],
             "plugin_status": plugin_status,
         }

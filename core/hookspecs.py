@@ -10,10 +10,16 @@ General contract:
 * Hooks are synchronous and must be fast: they run on the daemon's single asyncio loop.
   A plugin that must wait on I/O returns a service from :func:`clusterbus_services` and
   hands work to it (an ``asyncio.Queue``, for instance).
+* Every call is timed: one longer than ``[plugins] slow_call_ms`` (default 50) is counted
+  and logged with the plugin's name; ``clusterbus plugins`` and ``clusterbus status`` show
+  each plugin's calls, slow calls, failures and worst time.
 * Notification hooks are called one implementation at a time: an implementation that
   raises is logged with the plugin's name and counted (``clusterbus plugins`` shows the
-  count); the other implementations still run and the daemon keeps going. Hook wrappers
-  are not supported on notification hooks.
+  count); the other implementations still run and the daemon keeps going. The log is
+  rate-limited: one traceback per plugin and hook per interval, the rest counted. Hook
+  wrappers are not supported on notification hooks.
+* An implementation of a name that is not a hook here is refused at registration, with
+  the closest hook name ("did you mean clusterbus_node_down?").
 * Order: pluggy's ``tryfirst``/``trylast``; otherwise the last registered runs first. The
   built-in node map is ``tryfirst`` so every other plugin sees an up-to-date map.
 """

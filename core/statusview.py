@@ -31,6 +31,8 @@ def render_status(st: dict[str, Any], console: Console | None = None) -> None:
                   f"up {st.get('uptime')} s, view {st.get('view')}, seq {st.get('seq')}, "
                   f"ignored reports: {_flat(st.get('ignored', {}))}")
     sections = dict(st.get("services") or {})
+    if st.get("looplag"):
+        sections["event loop lag"] = st["looplag"]
     sections.update({f"plugin {k}": v for k, v in (st.get("plugin_status") or {}).items()})
     for name, svc in sections.items():
         instances = svc.get("instances") if isinstance(svc, dict) else None
@@ -56,8 +58,9 @@ def render_status(st: dict[str, Any], console: Console | None = None) -> None:
     plugins = st.get("plugins") or []
     if plugins:
         table = Table(title="plugins")
-        for col in ("plugin", "failures", "hooks"):
+        for col in ("plugin", "calls", "slow", "worst ms", "failures", "hooks"):
             table.add_column(col)
         for p in plugins:
-            table.add_row(p["name"], str(p["failures"]), ", ".join(p["hooks"]))
+            table.add_row(p["name"], str(p.get("calls", "-")), str(p.get("slow", "-")),
+                          str(p.get("worst_ms", "-")), str(p["failures"]), ", ".join(p["hooks"]))
         console.print(table)

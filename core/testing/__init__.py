@@ -7,3 +7,5 @@
 
 Nothing here is used by the daemon itself.
 """
+
+from .bus import HookCall, PluginBus  # clusterbus.testing.bus

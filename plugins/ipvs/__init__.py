@@ -20,11 +20,17 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from clusterbus import hookimpl
-from clusterbus.config import Config
-from clusterbus.engine import Cluster
-from clusterbus.events import Event, NodemapChanged, NodeDown, NodeUp, VrrpTransition
-from clusterbus.plugins.nodemap import config_nodes
+from clusterbus import (
+    Cluster,
+    Config,
+    Event,
+    NodemapChanged,
+    NodemapConfig,
+    NodeDown,
+    NodeUp,
+    VrrpTransition,
+    hookimpl,
+)
 
 from .applier import Applier
 from .model import IpvsConfig, parse
@@ -45,7 +51,7 @@ def _parse(config: Config, section: Mapping[str, Any],
     :raises ConfigError: naming ``config.file`` and the key.
     """
     # the node map plugin may not have loaded [nodemap.nodes] yet when [ipvs] is validated
-    extra = config_nodes(config)
+    extra = dict(NodemapConfig.from_config(config).nodes)
 
     def addrs(node: int) -> tuple[str, ...]:
         return cluster.nodemap.addrs(node) or extra.get(node, ())

@@ -35,9 +35,7 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
-from clusterbus.engine import Cluster
-from clusterbus.events import IpvsApplied
-from clusterbus.view import NodeState
+from clusterbus import Cluster, IpvsApplied, NodeState
 
 from .kernel import IpvsKernelError, Kernel
 from .model import IpvsConfig, SyncDaemon, VirtualServer, desired_entry

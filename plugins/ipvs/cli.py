@@ -7,10 +7,8 @@ from typing import Any
 
 import click
 
+from clusterbus import ConfigError, NodemapConfig, load_config
 from clusterbus.cli import BadConfig
-from clusterbus.config import load_config
-from clusterbus.errors import ConfigError
-from clusterbus.plugins.nodemap import config_nodes
 
 from .model import IpvsConfig, desired_table, parse
 from .table import FORWARD_NAMES, PROTOCOL_NAMES, Entry, Table, diff
@@ -24,7 +22,7 @@ def _load(path: str | None) -> tuple[IpvsConfig, dict[int, tuple[str, ...]]]:
         section = cfg.plugin_sections.get("ipvs")
         if section is None:
             raise BadConfig(f"{cfg.file}: no [ipvs] section")
-        nodes = config_nodes(cfg)
+        nodes = dict(NodemapConfig.from_config(cfg).nodes)
         return parse(section, file=cfg.file, node_addrs=lambda n: nodes.get(n, ())), nodes
     except ConfigError as exc:
         raise BadConfig(str(exc)) from None

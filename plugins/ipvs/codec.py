@@ -14,7 +14,7 @@ import socket
 import struct
 from collections.abc import Iterator
 
-from clusterbus.errors import DecodeError
+from clusterbus import DecodeError
 
 from .table import AF_INET, AF_INET6, SVC_F_HASHED, Dest, Service, ServiceKey
 

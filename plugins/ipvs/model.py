@@ -29,8 +29,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from clusterbus.config import Key, between, validate_table
-from clusterbus.errors import ConfigError
+from clusterbus import ConfigError, Key, between, validate_table
 
 from .table import (
     AF_INET,

@@ -1,10 +1,13 @@
 """nodemap: node number <-> several IPv4/IPv6 addresses (built-in plugin).
 
-Addresses come from configuration and from the addresses that node-up events carry. An
+Addresses come from configuration (``[nodemap.nodes]``, read by
+:class:`clusterbus.NodemapConfig`) and from the addresses that node-up events carry. An
 address claimed by a second node is refused, logged and reported as a
 ``nodemap.conflict`` event: the map is never silently overwritten. ``cluster_node_num``
 is libcluster's call, in Python; ``clusterbus_resolve_node`` answers the same question for
-other plugins.
+other plugins, and :attr:`clusterbus.Cluster.nodemap` holds the map itself.
+
+Like every plugin, it uses only the public API (``clusterbus``).
 
 Configuration::
 
@@ -22,74 +25,22 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from clusterbus import hookimpl
-from clusterbus.addresses import canonical_node_address
-from clusterbus.config import Config, Key, validate_table
-from clusterbus.engine import Cluster
-from clusterbus.errors import ConfigError
-from clusterbus.events import AddressConflict, NodemapChanged, NodeUp
-from clusterbus.nodemap import Conflict
+from clusterbus import (
+    AddressConflict,
+    Cluster,
+    Config,
+    Conflict,
+    NodemapChanged,
+    NodemapConfig,
+    NodeUp,
+    hookimpl,
+)
 
-__all__ = ["cluster_node_num", "config_nodes", "parse_nodes", "read_section"]
+__all__ = ["NodemapPlugin", "cluster_node_num", "plugin"]
 
 log = logging.getLogger(__name__)
 
-SCHEMA = {
-    "learn": Key(bool, True, None, "learn node addresses from node-up events"),
-    "nodes": Key(dict, {}, None, "table: node number -> array of addresses"),
-}
-
 _live: Cluster | None = None
-
-
-def parse_nodes(nodes: Mapping[str, Any], *, file: str) -> dict[int, tuple[str, ...]]:
-    """Validate ``[nodemap.nodes]``: keys are node numbers, values arrays of addresses.
-
-    :raises ConfigError: a key that is not a node number, a value that is not an array of
-        IP addresses, or one address given to two nodes.
-    """
-    out: dict[int, tuple[str, ...]] = {}
-    owner: dict[str, int] = {}
-    for key, addrs in nodes.items():
-        path = f"nodemap.nodes.{key}"
-        if not key.isdigit() or not 0 <= int(key) < 2**32:
-            raise ConfigError("expected a node number (0 .. 4294967295) as the key", file=file, key=path)
-        node = int(key)
-        if isinstance(addrs, str) or not isinstance(addrs, list):
-            raise ConfigError(f"expected an array of IP addresses, got {addrs!r}", file=file, key=path)
-        canon = []
-        for i, addr in enumerate(addrs):
-            try:
-                a = canonical_node_address(addr)
-            except ValueError as exc:
-                raise ConfigError(str(exc), file=file, key=f"{path}[{i}]") from None
-            if a in owner and owner[a] != node:
-                raise ConfigError(f"address {a} is already given to node {owner[a]}",
-                                  file=file, key=f"{path}[{i}]")
-            owner[a] = node
-            canon.append(a)
-        out[node] = tuple(dict.fromkeys(canon))
-    return out
-
-
-def read_section(section: Mapping[str, Any] | None, *,
-                 file: str) -> tuple[bool, dict[int, tuple[str, ...]]]:
-    """Validate the ``[nodemap]`` table (``None``: the file has none, defaults apply).
-
-    :returns: ``learn`` and the configured nodes (node number -> canonical addresses).
-    :raises ConfigError: naming ``file`` and the key.
-    """
-    table = validate_table(section or {}, SCHEMA, file=file, prefix="nodemap")
-    return table["learn"], parse_nodes(table["nodes"], file=file)
-
-
-def config_nodes(config: Config) -> dict[int, tuple[str, ...]]:
-    """The nodes of a configuration's ``[nodemap.nodes]``, for readers that cannot wait for
-    the plugin to load them into the live map (the CLI, the IPVS plugin's validation).
-
-    :raises ConfigError: ``[nodemap]`` is malformed (naming ``config.file`` and the key).
-    """
-    return read_section(config.plugin_sections.get("nodemap"), file=config.file)[1]
 
 
 def _report(cluster: Cluster, conflicts: list[Conflict], reason: str) -> None:
@@ -108,9 +59,10 @@ class NodemapPlugin:
     @hookimpl
     def clusterbus_configure(self, config: Config, section: Mapping[str, Any] | None,
                              cluster: Cluster) -> None:
-        self.learn, nodes = read_section(section, file=config.file)
-        for node, addrs in nodes.items():
-            cluster.nodemap.add(node, addrs)  # parse_nodes already refused conflicts
+        conf = NodemapConfig.from_section(section, file=config.file)
+        self.learn = conf.learn
+        for node, addrs in conf.nodes.items():
+            cluster.nodemap.add(node, addrs)  # NodemapConfig already refused conflicts
 
     @hookimpl
     def clusterbus_startup(self, cluster: Cluster) -> None:
