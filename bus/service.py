@@ -58,8 +58,9 @@ def _no_status() -> dict[str, Any]:
 
 def _bind_error(key: str, endpoint: str, exc: zmq.ZMQError) -> zmq.ZMQError:
     # the same error, in one line that names the configuration key and the endpoint
-    return zmq.ZMQError(exc.errno,
-                        f"[bus] {key}: cannot bind {endpoint}: {zmq.strerror(exc.errno)}")
+    # (pyzmq's own message repeats the endpoint as "(addr='...')")
+    reason = zmq.strerror(exc.errno) if exc.errno is not None else str(exc)
+    return zmq.ZMQError(exc.errno, f"[bus] {key}: cannot bind {endpoint}: {reason}")
 
 
 def _split_envelope(frames: list[bytes]) -> tuple[list[bytes], list[bytes]]:
