@@ -335,6 +335,12 @@ def emit(what: str, node: int, addrs: tuple[str, ...], incarnation: int, via: st
         raise click.ClickException(f"cannot send via {via}: {exc}") from None
 
 
+def _section(item: str) -> str:
+    """``"bus"`` -> ``[bus]``; ``"vrrp: VI_1 vrid"`` -> ``[vrrp] VI_1 vrid``."""
+    section, _, detail = item.partition(": ")
+    return f"[{section}] {detail}" if detail else f"[{section}]"
+
+
 def _daemon_status(cfg: Config, timeout: float) -> dict[str, Any] | None:
     """The daemon's STATUS reply, or None when no daemon answers."""
     try:
@@ -509,8 +515,7 @@ def reload(config_path: str | None, timeout: float) -> None:
     for name, why in failed.items():
         click.echo(f"  {name} refused its part: {why}")
     if restart:
-        click.echo("  needs a restart to apply: "
-                   + ", ".join(f"[{s}]" for s in restart))
+        click.echo("  needs a restart to apply: " + ", ".join(_section(s) for s in restart))
     if restart or failed:
         sys.exit(1)
 

@@ -1,9 +1,9 @@
 """The daemon: one asyncio loop, every source an fd on it, plugins and the ZeroMQ bus.
 
 Start-up is ordered and fails early: configuration, plugins (``clusterbus_configure``),
-sources are built, then the services start one by one in :data:`SOURCES` order in one
-``asyncio.TaskGroup``, each ready (sockets bound, files open) before the next; only then do
-plugins start and the daemon log "running". A service that cannot start stops the daemon
+sources are built, plugins' ``clusterbus_startup`` runs, then the services start one by
+one in :data:`SOURCES` order in one ``asyncio.TaskGroup``, each ready (sockets bound, files
+open) before the next; only then do plugin services start and the daemon log "running". A service that cannot start stops the daemon
 with one error line and exit code 2 (its configuration cannot work) or 1 (anything else,
 e.g. a port in use). A core service that fails later stops the daemon the same way
 (systemd restarts it); a plugin service that fails is logged with the plugin's name and
@@ -168,8 +168,9 @@ class Daemon:
 
         The verdict goes to :attr:`last_reload` with the next generation number:
         ``result`` ``"applied"`` or ``"refused"`` (``reason`` says why), ``file``,
-        ``restart_needed`` (sections, e.g. ``["bus", "daemon"]``) and ``failed``
-        (service -> why it refused its part).
+        ``restart_needed`` (sections, e.g. ``["bus", "daemon"]``, and what a live service
+        could not apply, e.g. ``"vrrp: VI_1 vrid"``) and ``failed`` (service -> why it
+        refused its part).
 
         :returns: whether the new configuration was applied.
         """
@@ -199,7 +200,7 @@ class Daemon:
                 failed[name] = f"failed: {exc!r}"
         reloaded = self.plugins.reload(new, self.engine.cluster)
         old = self.initial_config
-        restart: list[str] = []
+        restart: list[str] = self._restart_needed_inside()
         # core services are named after their sections (SOURCES)
         live = {name for name, service in self.services.items() if hasattr(service, "reload")}
         for section in sorted((set(new.core) | set(old.core)) - live):
@@ -216,8 +217,28 @@ class Daemon:
                             "start-up only: restart the daemon to apply it", section, section)
         self.config = new
         log.info("configuration reloaded from %s", new.file)
-        self._verdict("applied", restart_needed=sorted(restart), failed=failed)
+        self._verdict("applied", restart_needed=restart, failed=failed)
         return True
+
+    def _restart_needed_inside(self) -> list[str]:
+        """``"vrrp: VI_1 vrid"`` for each item of a live service's status (its
+        ``instances``) that reports ``restart_needed``: what the service could not apply."""
+        out: list[str] = []
+        for name, service in self.services.items():
+            if not hasattr(service, "reload"):
+                continue
+            try:
+                instances = service.status().get("instances") or ()
+            except Exception:  # status is best effort here; the verdict must still be given
+                log.debug("reload: status of %s failed", name, exc_info=True)
+                continue
+            for inst in instances:
+                if isinstance(inst, dict) and inst.get("restart_needed"):
+                    what = inst["restart_needed"]
+                    if isinstance(what, (list, tuple, dict)):
+                        what = ", ".join(str(w) for w in what)
+                    out.append(f"{name}: {inst.get('name', '?')} {what}")
+        return out
 
     def _verdict(self, result: str, *, reason: str | None = None,
                  restart_needed: list[str] | None = None,
@@ -256,13 +277,14 @@ class Daemon:
         started = False
         try:
             async with asyncio.TaskGroup() as tg:
+                # before any service serves: a STATUS request never finds a plugin unstarted
+                self.plugins.call_historic("clusterbus_startup", cluster=self.engine.cluster)
                 for name, service in self.services.items():
                     task = tg.create_task(self._core(name, service.run(), failed), name=name)
                     await self._until_ready(service, task)
                     if failed or self._stop.is_set():
                         raise _Stopping()
                 started = self._announced = True
-                self.plugins.call_historic("clusterbus_startup", cluster=self.engine.cluster)
                 for plugin, services in self.plugins.call_each("clusterbus_services",
                                                                cluster=self.engine.cluster):
                     for fn in services or ():

@@ -44,11 +44,12 @@ def test_cluster_signal_never_kills_a_daemon_with_sigcluster_off(tmp_path: Path)
     d = Daemon(tmp_path, None, extra="[netlink]\nenabled = false\n").start()
     try:
         pid = d.proc.pid
-        assert sigcluster.disposition(pid, SIGCLUSTER) == "ignored"
         os.kill(pid, SIGCLUSTER)  # `kill -s SIGRTMIN+2`: the default action would kill it
-        sigcluster.sigqueue(pid, SIGCLUSTER, sigcluster.encode_payload(NodeState.DOWN, 3))
-        st = d.status()  # answers after the signals arrived
+        st = d.status()  # answers after the signal arrived
         assert d.proc.poll() is None and st["view"] == 0
+        sigcluster.sigqueue(pid, SIGCLUSTER, sigcluster.encode_payload(NodeState.DOWN, 3))
+        assert d.status()["view"] == 0 and d.proc.poll() is None
+        assert sigcluster.disposition(pid, SIGCLUSTER) == "ignored"  # discarded on arrival
         # emit refuses, says why, and sends nothing
         p = d.cli("emit", "node-down", "3", "--via", "signal", check=False)
         assert p.returncode == 1, p

@@ -55,3 +55,22 @@ def test_a_daemon_on_the_embedded_default_refuses_a_reload_and_says_why() -> Non
     assert not d.reload()
     v = d.status()["reload"]
     assert v["result"] == "refused" and "embedded default" in v["reason"]
+
+
+def test_reload_verdict_names_what_a_live_service_could_not_apply(tmp_path) -> None:
+    class Speaker:  # a live service (it has reload) whose status reports restart_needed
+        counters: dict[str, int] = {}
+
+        def reload(self, config) -> None:
+            pass
+
+        def status(self):
+            return {"instances": ({"name": "VI_1", "restart_needed": ("vrid",)},
+                                  {"name": "VI_2", "restart_needed": ()})}
+
+    conf = tmp_path / "cb.toml"
+    conf.write_text("[daemon]\nnode = 3\n")
+    d = Daemon(load_config(conf), load_entrypoints=False)
+    d.services["vrrp"] = Speaker()
+    assert d.reload()
+    assert d.status()["reload"]["restart_needed"] == ["vrrp: VI_1 vrid"]
