@@ -550,6 +550,9 @@ def plugins(config_path: str | None, as_json: bool, local: bool) -> None:
             raise click.ClickException(str(exc)) from None
         rows = [dataclasses.asdict(p) for p in host.describe()]
         source = "local"
+        if not local:
+            click.echo(f"clusterbus plugins: no daemon answered on {cfg['bus']['snapshot']}; "
+                       "listing the plugins installed here (failure counts 0)", err=True)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return

@@ -236,3 +236,12 @@ def test_events_text_lines_print_no_python_tuples():
         line = _event_line(event)
         assert "addrs=10.0.0.4,fd00::4" in line, line
         assert "(" not in line and "'" not in line, line
+
+
+def test_plugins_without_daemon_says_it_listed_the_local_ones(runner, tmp_path):
+    cfg = _nobody_home(tmp_path, "plugins")
+    r = runner.invoke(main, ["plugins", "--json", "-c", str(cfg)])
+    assert r.exit_code == 0 and '"nodemap"' in r.stdout
+    assert "no daemon answered" in r.stderr and "installed here" in r.stderr
+    r = runner.invoke(main, ["plugins", "--json", "--local", "-c", str(cfg)])
+    assert r.exit_code == 0 and r.stderr == ""
