@@ -280,6 +280,11 @@ class Daemon:
                 # before any service serves: a STATUS request never finds a plugin unstarted
                 self.plugins.call_historic("clusterbus_startup", cluster=self.engine.cluster)
                 for name, service in self.services.items():
+                    busy = _ipc_in_use(self.config) if name == "bus" else None
+                    if busy is not None:
+                        log.error("cannot start %s: %s", name, busy)
+                        failed.append((name, OSError(errno.EADDRINUSE, busy)))
+                        raise _Stopping()
                     task = tg.create_task(self._core(name, service.run(), failed), name=name)
                     await self._until_ready(service, task)
                     if failed or self._stop.is_set():
@@ -370,6 +375,31 @@ class Daemon:
             "plugin_status": plugin_status,
             "reload": dict(self.last_reload),
         }
+
+
+def _ipc_in_use(config: Config) -> str | None:
+    """Whether a ``[bus]`` ``ipc://`` endpoint is another process's, as one line.
+
+    ZeroMQ binds an ``ipc://`` path by replacing whatever socket file is there, so a second
+    daemon would silently take the endpoints of a running one. A path that accepts a
+    connection belongs to a live process; one that refuses it is a stale file (replaced).
+    """
+    import socket
+
+    for key in ("publish", "ingest", "snapshot"):
+        endpoint = str(config["bus"][key])
+        path = endpoint[len("ipc://"):] if endpoint.startswith("ipc://") else ""
+        if not path or path.startswith("@") or not os.path.exists(path):
+            continue  # abstract sockets fail to bind with EADDRINUSE by themselves
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            probe.settimeout(1.0)
+            try:
+                probe.connect(path)
+            except OSError:
+                continue
+        return (f"[bus] {key}: cannot bind {endpoint}: another process listens on it "
+                "(Address already in use)")
+    return None
 
 
 class _Stopping(Exception):

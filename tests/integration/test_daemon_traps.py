@@ -107,8 +107,12 @@ def test_daemon_binds_before_running_and_a_busy_port_is_one_line(tmp_path: Path)
             running = log.index(" running (pid")
             assert log.index("publishing on tcp://127.0.0.1:7661") < running
             assert log.index("bus snapshot endpoint on") < running
+            # the same publish port; its own ipc endpoints (see the ipc test below)
+            other = tmp_path / "second.toml"
+            other.write_text(text.replace(f'"{d.ingest}"', f'"{d.ingest}2"')
+                             .replace(f'"{d.snapshot}"', f'"{d.snapshot}2"'))
             second = subprocess.run([*Topology.prefix(ns), CLUSTERBUS, "run", "-c",
-                                     str(d.config)], capture_output=True, text=True,
+                                     str(other)], capture_output=True, text=True,
                                     timeout=60)
             assert second.returncode == 1, second.stderr
             errors = _error_lines(second.stderr)
@@ -154,3 +158,27 @@ def test_emit_via_netlink_says_when_nothing_will_take_it_in(tmp_path: Path):
         finally:
             listener.kill()
             listener.wait(10)
+
+
+def test_a_second_daemon_does_not_steal_ipc_endpoints(tmp_path: Path):
+    # ZeroMQ replaces an ipc:// socket file on bind: without a check the second daemon
+    # would take the first one's endpoints without a word
+    d = Daemon(tmp_path, None, extra="[netlink]\nenabled = false\n").start()
+    try:
+        pid = d.status()["pid"]
+        second = subprocess.run([CLUSTERBUS, "run", "-c", str(d.config)], capture_output=True,
+                                text=True, timeout=60)
+        assert second.returncode == 1, second.stderr
+        errors = _error_lines(second.stderr)
+        assert len(errors) == 1 and "[bus] publish" in errors[0], second.stderr
+        assert "another process listens on it" in errors[0]
+        assert d.status()["pid"] == pid and d.proc.poll() is None
+    finally:
+        assert d.stop() == 0, d.log.read_text()
+    # a stale socket file (the daemon is gone) is no obstacle
+    (tmp_path / "stale").mkdir()
+    again = Daemon(tmp_path / "stale", None, extra="[netlink]\nenabled = false\n")
+    again.config.write_text(d.config.read_text())
+    again.snapshot = d.snapshot
+    again.start()
+    assert again.stop() == 0
