@@ -3,9 +3,9 @@
 Start-up is ordered and fails early: configuration, plugins (``clusterbus_configure``),
 sources are built, plugins' ``clusterbus_startup`` runs, then the services start one by
 one in :data:`SOURCES` order in one ``asyncio.TaskGroup``, each ready (sockets bound, files
-open) before the next; only then do plugin services start and the daemon log "running". A service that cannot start stops the daemon
-with one error line and exit code 2 (its configuration cannot work) or 1 (anything else,
-e.g. a port in use). A core service that fails later stops the daemon the same way
+open) before the next; only then do plugin services start and the daemon log "running".
+A service that cannot start stops the daemon with one error line and exit code 2 (its
+configuration cannot work) or 1 (anything else, e.g. a port in use). A core service that fails later stops the daemon the same way
 (systemd restarts it); a plugin service that fails is logged with the plugin's name and
 counted, and the daemon keeps going.
 
@@ -222,17 +222,21 @@ class Daemon:
 
     def _restart_needed_inside(self) -> list[str]:
         """``"vrrp: VI_1 vrid"`` for each item of a live service's status (its
-        ``instances``) that reports ``restart_needed``: what the service could not apply."""
+        ``instances``, or its own ``restart_needed`` table, e.g. ``{"VI_9": "added"}``)
+        that needs a restart: what the service could not apply."""
         out: list[str] = []
         for name, service in self.services.items():
             if not hasattr(service, "reload"):
                 continue
             try:
-                instances = service.status().get("instances") or ()
+                st = service.status()
             except Exception:  # status is best effort here; the verdict must still be given
                 log.debug("reload: status of %s failed", name, exc_info=True)
                 continue
-            for inst in instances:
+            top = st.get("restart_needed")  # e.g. the speaker's {"VI_9": "added"}
+            if isinstance(top, dict):
+                out += [f"{name}: {k} {v}" for k, v in top.items()]
+            for inst in st.get("instances") or ():
                 if isinstance(inst, dict) and inst.get("restart_needed"):
                     what = inst["restart_needed"]
                     if isinstance(what, (list, tuple, dict)):

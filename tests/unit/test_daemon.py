@@ -65,7 +65,8 @@ def test_reload_verdict_names_what_a_live_service_could_not_apply(tmp_path) -> N
             pass
 
         def status(self):
-            return {"instances": ({"name": "VI_1", "restart_needed": ("vrid",)},
+            return {"restart_needed": {"VI_9": "added"},
+                    "instances": ({"name": "VI_1", "restart_needed": ("vrid",)},
                                   {"name": "VI_2", "restart_needed": ()})}
 
     conf = tmp_path / "cb.toml"
@@ -73,4 +74,4 @@ def test_reload_verdict_names_what_a_live_service_could_not_apply(tmp_path) -> N
     d = Daemon(load_config(conf), load_entrypoints=False)
     d.services["vrrp"] = Speaker()
     assert d.reload()
-    assert d.status()["reload"]["restart_needed"] == ["vrrp: VI_1 vrid"]
+    assert d.status()["reload"]["restart_needed"] == ["vrrp: VI_9 added", "vrrp: VI_1 vrid"]
