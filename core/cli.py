@@ -486,6 +486,10 @@ def reload(config_path: str | None, timeout: float) -> None:
         st = asyncio.run(_request_status(cfg, min(timeout, 2.0)))
         pid = int(st["pid"])
         before = int((st.get("reload") or {}).get("generation", 0))
+        theirs = st.get("config")
+        if theirs is not None and os.path.abspath(str(theirs)) != os.path.abspath(cfg.file):
+            click.echo(f"clusterbus reload: note: the daemon re-reads its own file {theirs}, "
+                       f"not {cfg.file}", err=True)
         os.kill(pid, signal.SIGHUP)
     except (TimeoutError, asyncio.TimeoutError, OSError, ClusterbusError, KeyError,
             ValueError) as exc:
