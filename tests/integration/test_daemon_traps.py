@@ -64,7 +64,10 @@ def test_emit_via_signal_refuses_a_process_that_would_die_of_it(tmp_path: Path):
     # no daemon answers: --pid names the target, whose signal masks decide
     cfg = tmp_path / "c.toml"
     cfg.write_text(f'[bus]\nsnapshot = "ipc://{tmp_path}/nobody-home"\n')
-    victim = subprocess.Popen(["sleep", "60"])
+    # SIG_DFL: a `clusterbus run` invoked in this pytest process (CliRunner) set SIG_IGN,
+    # which children inherit
+    victim = subprocess.Popen(["sleep", "60"],
+                              preexec_fn=lambda: signal.signal(SIGCLUSTER, signal.SIG_DFL))
     try:
         p = subprocess.run([CLUSTERBUS, "emit", "node-down", "3", "--via", "signal",
                             "--pid", str(victim.pid), "-c", str(cfg)],
