@@ -58,6 +58,13 @@ def _no_status() -> dict[str, Any]:
     return {}
 
 
+def _bind_error(key: str, endpoint: str, exc: zmq.ZMQError) -> zmq.ZMQError:
+    # the same error, in one line that names the configuration key and the endpoint
+    # (pyzmq's own message repeats the endpoint as "(addr='...')")
+    reason = zmq.strerror(exc.errno) if exc.errno is not None else str(exc)
+    return zmq.ZMQError(exc.errno, f"[bus] {key}: cannot bind {endpoint}: {reason}")
+
+
 def _split_envelope(frames: list[bytes]) -> tuple[list[bytes], list[bytes]]:
     # ROUTER prefixes the peer identity. A REQ peer (or a DEALER imitating one) adds an
     # empty delimiter frame; commands are never empty, so the two shapes are unambiguous.
@@ -123,7 +130,8 @@ class BusService:
     async def run(self) -> None:
         """Bind the three endpoints and serve until cancelled; sockets are closed on exit.
 
-        :raises zmq.ZMQError: an endpoint cannot be bound (address in use, bad endpoint).
+        :raises zmq.ZMQError: an endpoint cannot be bound (address in use, bad endpoint);
+            its message names the ``[bus]`` key and the endpoint.
         """
         actx = zmq.asyncio.Context()
         sctx: zmq.Context[Any] = zmq.Context.shadow(actx.underlying)
@@ -134,8 +142,11 @@ class BusService:
                 prepare_ipc_dir(endpoint)
             if security is not None:
                 security.start(actx)
-            self.publisher.open(sctx, None if security is None
-                               else functools.partial(security.server, name="publish"))
+            try:
+                self.publisher.open(sctx, None if security is None
+                                    else functools.partial(security.server, name="publish"))
+            except zmq.ZMQError as exc:
+                raise _bind_error("publish", self.endpoints["publish"], exc) from None
             self.endpoints["publish"] = self.publisher.bound
             pull = self._bind(actx, zmq.PULL, "ingest", socks)
             router = self._bind(actx, zmq.ROUTER, "snapshot", socks)
@@ -175,8 +186,7 @@ class BusService:
         try:
             sock.bind(self.endpoints[name])
         except zmq.ZMQError as exc:
-            log.error("cannot bind bus.%s to %s: %s", name, self.endpoints[name], exc)
-            raise
+            raise _bind_error(name, self.endpoints[name], exc) from None
         self.endpoints[name] = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         log.info("bus %s endpoint on %s", name, self.endpoints[name])
         return sock

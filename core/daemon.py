@@ -1,14 +1,22 @@
 """The daemon: one asyncio loop, every source an fd on it, plugins and the ZeroMQ bus.
 
 Start-up is ordered and fails early: configuration, plugins (``clusterbus_configure``),
-sources are built, then everything runs in one ``asyncio.TaskGroup``. A core source that
-fails stops the daemon with the error (systemd restarts it); a plugin service that fails
-is logged with the plugin's name and counted, and the daemon keeps going.
+sources are built, plugins' ``clusterbus_startup`` runs, then the services start one by
+one in :data:`SOURCES` order in one ``asyncio.TaskGroup``, each ready (sockets bound, files
+open) before the next; only then do plugin services start and the daemon log "running".
+A service that cannot start stops the daemon with one error line and exit code 2 (its
+configuration cannot work) or 1 (anything else, e.g. a port in use). A core service that fails later stops the daemon the same way
+(systemd restarts it); a plugin service that fails is logged with the plugin's name and
+counted, and the daemon keeps going.
+
+A reload (SIGHUP) records its verdict in :attr:`Daemon.last_reload`, numbered by a
+generation counter, which ``status`` reports and ``clusterbus reload`` waits for.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import importlib
 import logging
 import os
@@ -24,13 +32,19 @@ from .errors import ClusterbusError, ConfigError
 from .looplag import LoopLagMonitor
 from .pluginhost import PluginHost
 
-__all__ = ["Daemon", "Service", "SOURCES"]
+__all__ = ["Daemon", "Service", "SOURCES", "ServiceFailed", "run_daemon"]
 
 log = logging.getLogger(__name__)
 
 
 class Service(Protocol):
-    """What the daemon runs: a source, the speaker, the bus."""
+    """What the daemon runs: a source, the speaker, the bus.
+
+    ``run`` opens what the service needs (sockets, files) and serves until cancelled. A
+    service that opens everything before its first ``await`` is ready after one loop step;
+    one that awaits while it opens has a ``ready`` :class:`asyncio.Event`, set once it
+    serves, which the daemon waits for before starting the next service.
+    """
 
     counters: dict[str, int]
 
@@ -47,6 +61,34 @@ class SourceSpec:
     target: str  #: "module:Class", built as Class(engine, config)
     enabled: Callable[[Config], bool]
     wants_status: bool = False  #: also gets ``status_provider=Daemon.status`` (the bus)
+
+
+class ServiceFailed(ClusterbusError):
+    """A core service failed (already logged, one line); the daemon stopped.
+
+    :param service: the service's name (``bus``, ``netlink``, ...).
+    :param error: what it raised.
+    :param started: whether the daemon had announced "running".
+    """
+
+    def __init__(self, service: str, error: BaseException, *, started: bool) -> None:
+        super().__init__(f"stopped because a service failed: {service}: {error}")
+        self.service = service
+        self.error = error
+        self.started = started
+
+    @property
+    def exit_code(self) -> int:
+        """2 when the configuration cannot work as written, else 1 (README's convention)."""
+        if isinstance(self.error, ConfigError):
+            return 2
+        code = getattr(self.error, "errno", None)
+        return 2 if code in _CONFIG_ERRNOS else 1
+
+
+#: Errors of an endpoint or address that cannot work as written (bad syntax, unknown
+#: protocol or interface), unlike a busy port or a missing permission.
+_CONFIG_ERRNOS = frozenset({errno.EINVAL, errno.EPROTONOSUPPORT, errno.ENODEV})
 
 
 #: Built-in services, started in this order.
@@ -92,6 +134,10 @@ class Daemon:
         self._load_entrypoints = load_entrypoints
         self._stop: asyncio.Event | None = None
         self._set_up = False
+        self._announced = False
+        #: the verdict of the last reload (``status`` reports it, ``clusterbus reload``
+        #: waits for its generation to change); generation 0: no reload yet
+        self.last_reload: dict[str, Any] = {"generation": 0, "result": None}
 
     # -- start-up -----------------------------------------------------------------------
 
@@ -124,16 +170,26 @@ class Daemon:
         a plugin without the hook, ...) is logged as needing a restart. A bad file is
         logged and changes nothing; the daemon keeps running on what it had.
 
+        The verdict goes to :attr:`last_reload` with the next generation number:
+        ``result`` ``"applied"`` or ``"refused"`` (``reason`` says why), ``file``,
+        ``restart_needed`` (sections, e.g. ``["bus", "daemon"]``, and what a live service
+        could not apply, e.g. ``"vrrp: VI_1 vrid"``) and ``failed`` (service -> why it
+        refused its part).
+
         :returns: whether the new configuration was applied.
         """
         if self.config.file == DEFAULT_FILE:
             log.info("reload: running on the embedded default; nothing to re-read")
+            self._verdict("refused", reason="the daemon runs on the embedded default; "
+                          "there is no file to re-read (start it with -c FILE)")
             return False
         try:
             new = load_config(self.config.file)
         except ConfigError as exc:
             log.error("reload refused, keeping the running configuration: %s", exc)
+            self._verdict("refused", reason=str(exc))
             return False
+        failed: dict[str, str] = {}
         for name, service in self.services.items():
             apply = getattr(service, "reload", None)
             if apply is None:
@@ -142,25 +198,68 @@ class Daemon:
                 apply(new)
             except ConfigError as exc:
                 log.error("reload: %s refused the new configuration: %s", name, exc)
-            except Exception:
+                failed[name] = str(exc)
+            except Exception as exc:
                 log.exception("reload: %s failed", name)
+                failed[name] = f"failed: {exc!r}"
         reloaded = self.plugins.reload(new, self.engine.cluster)
         old = self.initial_config
+        restart: list[str] = self._restart_needed_inside()
         # core services are named after their sections (SOURCES)
         live = {name for name, service in self.services.items() if hasattr(service, "reload")}
         for section in sorted((set(new.core) | set(old.core)) - live):
             if new.core.get(section) != old.core.get(section):
+                restart.append(section)
                 log.warning("reload: [%s] changed, but it applies at start-up only: restart "
                             "the daemon to apply it", section)
         for section in sorted(set(new.plugin_sections) | set(old.plugin_sections)):
             if section in reloaded:
                 continue
             if new.plugin_sections.get(section) != old.plugin_sections.get(section):
+                restart.append(section)
                 log.warning("reload: [%s] changed, but plugin %s applies its section at "
                             "start-up only: restart the daemon to apply it", section, section)
         self.config = new
         log.info("configuration reloaded from %s", new.file)
+        self._verdict("applied", restart_needed=restart, failed=failed)
         return True
+
+    def _restart_needed_inside(self) -> list[str]:
+        """``"vrrp: VI_1 vrid"`` for each item of a live service's status (its
+        ``instances``, or its own ``restart_needed`` table, e.g. ``{"VI_9": "added"}``)
+        that needs a restart: what the service could not apply."""
+        out: list[str] = []
+        for name, service in self.services.items():
+            if not hasattr(service, "reload"):
+                continue
+            try:
+                st = service.status()
+            except Exception:  # status is best effort here; the verdict must still be given
+                log.debug("reload: status of %s failed", name, exc_info=True)
+                continue
+            top = st.get("restart_needed")  # e.g. the speaker's {"VI_9": "added"}
+            if isinstance(top, dict):
+                out += [f"{name}: {k} {v}" for k, v in top.items()]
+            for inst in st.get("instances") or ():
+                if isinstance(inst, dict) and inst.get("restart_needed"):
+                    what = inst["restart_needed"]
+                    if isinstance(what, (list, tuple, dict)):
+                        what = ", ".join(str(w) for w in what)
+                    out.append(f"{name}: {inst.get('name', '?')} {what}")
+        return out
+
+    def _verdict(self, result: str, *, reason: str | None = None,
+                 restart_needed: list[str] | None = None,
+                 failed: dict[str, str] | None = None) -> None:
+        self.last_reload = {
+            "generation": int(self.last_reload["generation"]) + 1,
+            "result": result,
+            "reason": reason,
+            "file": self.config.file,
+            "time": time.time(),
+            "restart_needed": restart_needed or [],
+            "failed": failed or {},
+        }
 
     def stop(self) -> None:
         """Ask the running daemon to stop (safe from a signal handler)."""
@@ -168,9 +267,12 @@ class Daemon:
             self._stop.set()
 
     async def run(self, *, install_signal_handlers: bool = True) -> None:
-        """Run until :meth:`stop`, SIGTERM or SIGINT.
+        """Start every service, then plugins, and run until :meth:`stop`, SIGTERM or SIGINT.
 
-        :raises ClusterbusError: a core service failed (after everything was stopped).
+        "running" is logged only once every service is ready (sockets bound, files open).
+
+        :raises ServiceFailed: a core service failed, at start-up or later (it was logged,
+            one line; everything was stopped).
         """
         self.setup()
         self._stop = asyncio.Event()
@@ -179,13 +281,24 @@ class Daemon:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.stop)
             loop.add_signal_handler(signal.SIGHUP, self.reload)
-        failed: list[BaseException] = []
+        failed: list[tuple[str, BaseException]] = []
+        started = False
         try:
             async with asyncio.TaskGroup() as tg:
-                for name, service in self.services.items():
-                    tg.create_task(self._core(name, service.run(), failed), name=name)
                 tg.create_task(self._core("looplag", self.looplag.run(), failed), name="looplag")
+                # before any service serves: a STATUS request never finds a plugin unstarted
                 self.plugins.call_historic("clusterbus_startup", cluster=self.engine.cluster)
+                for name, service in self.services.items():
+                    busy = _ipc_in_use(self.config) if name == "bus" else None
+                    if busy is not None:
+                        log.error("cannot start %s: %s", name, busy)
+                        failed.append((name, OSError(errno.EADDRINUSE, busy)))
+                        raise _Stopping()
+                    task = tg.create_task(self._core(name, service.run(), failed), name=name)
+                    await self._until_ready(service, task)
+                    if failed or self._stop.is_set():
+                        raise _Stopping()
+                started = self._announced = True
                 for plugin, services in self.plugins.call_each("clusterbus_services",
                                                                cluster=self.engine.cluster):
                     for fn in services or ():
@@ -202,22 +315,43 @@ class Daemon:
                 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                     loop.remove_signal_handler(sig)
             self.plugins.call_each("clusterbus_shutdown", cluster=self.engine.cluster)
-            log.info("clusterbus node %d stopped", self.engine.origin)
+            if started:
+                log.info("clusterbus node %d stopped", self.engine.origin)
+            self._announced = False
         if failed:
-            raise ClusterbusError(f"stopped because a service failed: {failed[0]}") from failed[0]
+            name, exc = failed[0]
+            raise ServiceFailed(name, exc, started=started) from exc
 
-    async def _core(self, name: str, coro: Awaitable[None], failed: list[BaseException]) -> None:
+    @staticmethod
+    async def _until_ready(service: Service, task: asyncio.Task[None]) -> None:
+        # One loop step runs the service up to its first await: a service that binds and
+        # opens synchronously is serving (or has failed) after it.
+        await asyncio.sleep(0)
+        ready = getattr(service, "ready", None)
+        if not isinstance(ready, asyncio.Event) or ready.is_set() or task.done():
+            return
+        waiter = asyncio.ensure_future(ready.wait())
+        try:
+            await asyncio.wait({waiter, task}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+
+    async def _core(self, name: str, coro: Awaitable[None],
+                    failed: list[tuple[str, BaseException]]) -> None:
         try:
             await coro
         except asyncio.CancelledError:
             raise
-        except (ClusterbusError, OSError) as exc:
-            log.error("%s: %s", name, exc)
-            failed.append(exc)
-            self.stop()
         except Exception as exc:
-            log.exception("%s failed", name)
-            failed.append(exc)
+            # typed errors, OSError and zmq.ZMQError (errno) are one line; the rest is a bug
+            if isinstance(exc, ClusterbusError) or isinstance(getattr(exc, "errno", None), int):
+                if self._announced:
+                    log.error("%s failed, stopping: %s", name, exc)
+                else:
+                    log.error("cannot start %s: %s", name, exc)
+            else:
+                log.exception("%s failed", name)
+            failed.append((name, exc))
             self.stop()
 
     async def _plugin_service(self, plugin: str, fn: Callable[[], Awaitable[None]]) -> None:
@@ -240,6 +374,7 @@ class Daemon:
         return {
             "node": self.engine.origin,
             "pid": os.getpid(),
+            "config": self.config.file,
             "uptime": round(time.time() - self.started, 3),
             "view": self.engine.view.view_id,
             "seq": self.engine.seq,
@@ -248,7 +383,33 @@ class Daemon:
             "looplag": self.looplag.status(),
             "plugins": [asdict(p) for p in self.plugins.describe()],
             "plugin_status": plugin_status,
+            "reload": dict(self.last_reload),
         }
+
+
+def _ipc_in_use(config: Config) -> str | None:
+    """Whether a ``[bus]`` ``ipc://`` endpoint is another process's, as one line.
+
+    ZeroMQ binds an ``ipc://`` path by replacing whatever socket file is there, so a second
+    daemon would silently take the endpoints of a running one. A path that accepts a
+    connection belongs to a live process; one that refuses it is a stale file (replaced).
+    """
+    import socket
+
+    for key in ("publish", "ingest", "snapshot"):
+        endpoint = str(config["bus"][key])
+        path = endpoint[len("ipc://"):] if endpoint.startswith("ipc://") else ""
+        if not path or path.startswith("@") or not os.path.exists(path):
+            continue  # abstract sockets fail to bind with EADDRINUSE by themselves
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            probe.settimeout(1.0)
+            try:
+                probe.connect(path)
+            except OSError:
+                continue
+        return (f"[bus] {key}: cannot bind {endpoint}: another process listens on it "
+                "(Address already in use)")
+    return None
 
 
 class _Stopping(Exception):
@@ -256,15 +417,27 @@ class _Stopping(Exception):
 
 
 def run_daemon(config: Config) -> int:
-    """Run a daemon in a fresh event loop; the CLI's ``run``. Returns an exit code."""
+    """Run a daemon in a fresh event loop; the CLI's ``run``. Returns an exit code:
+    0 after a clean stop, 2 when the configuration cannot work (including a service that
+    cannot start because of it), 1 for any other failure. Every failure is one log line.
+
+    First, whether ``[sigcluster]`` is on or not, the configured cluster signal is set to
+    SIG_IGN, so that a queued cluster signal never kills the daemon (the real-time
+    signal's default action); see :mod:`clusterbus.sources.sigcluster`.
+    """
+    from .sources import sigcluster
+
+    sigcluster.ignore(sigcluster.parse_signal(config["sigcluster"]["signal"]))
     daemon = Daemon(config)
     try:
         daemon.setup()
-    except (ConfigError, ClusterbusError) as exc:
+    except ClusterbusError as exc:
         log.error("%s", exc)
         return 2
     try:
         asyncio.run(daemon.run())
+    except ServiceFailed as exc:  # logged where it happened
+        return exc.exit_code
     except ClusterbusError as exc:
         log.error("%s", exc)
         return 1

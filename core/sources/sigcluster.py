@@ -14,6 +14,18 @@ Only senders whose uid is in ``[sigcluster] allowed_uids`` are believed (root by
 a plain ``kill`` (no payload, ``si_code`` is not SI_QUEUE) and unknown commands are dropped
 and counted. Real-time signals queue (up to RLIMIT_SIGPENDING), so back-to-back changes
 are not merged the way classic signals are.
+
+A real-time signal's default action terminates the process, so ``clusterbus run`` sets the
+default signal (SIGRTMIN+2) and the configured one to SIG_IGN before anything else
+(:func:`ignore`), whether ``[sigcluster]`` is on or off: with it off the kernel discards
+them on arrival (nothing queues, nothing dies); with it on the source also blocks the
+signal, and a blocked signal is queued for the signalfd even though its disposition is
+SIG_IGN (a thread that somehow missed the block then ignores it instead of dying).
+Children the daemon starts inherit SIG_IGN for that signal.
+
+A sender learns whether anyone will read its signal from :func:`disposition` (the target's
+``/proc/PID/status`` masks): ``clusterbus emit --via signal`` refuses to send when the
+daemon ignores the signal or would die of it.
 """
 
 from __future__ import annotations
@@ -31,7 +43,8 @@ from ..engine import Engine
 from ..errors import ConfigError, DecodeError
 from ..view import NodeReport, NodeState
 
-__all__ = ["SigclusterSource", "encode_payload", "decode_payload", "parse_signal", "sigqueue"]
+__all__ = ["SigclusterSource", "DEFAULT_SIGNAL", "encode_payload", "decode_payload",
+           "parse_signal", "sigqueue", "ignore", "disposition", "signal_name"]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +54,8 @@ _SIGINFO_SIZE = 128
 _COMMANDS = {1: NodeState.UP, 2: NodeState.DOWN, 3: NodeState.COMING_UP, 4: NodeState.GOING_DOWN}
 _CODES = {v: k for k, v in _COMMANDS.items()}
 NODE_MASK = (1 << 28) - 1
+#: ``[sigcluster] signal`` unless configured otherwise (the default in clusterbus.config).
+DEFAULT_SIGNAL = "SIGRTMIN+2"
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -71,6 +86,46 @@ def sigqueue(pid: int, signo: int, value: int) -> None:
                       ctypes.c_void_p(value & 0xFFFFFFFF)) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"sigqueue({pid}, {signo}): {os.strerror(err)}")
+
+
+def signal_name(signo: int) -> str:
+    """``SIGRTMIN+2`` for a real-time signal, ``SIGUSR1`` for a classic one."""
+    if signal.SIGRTMIN <= signo <= signal.SIGRTMAX:
+        return f"SIGRTMIN+{signo - signal.SIGRTMIN}"
+    try:
+        return signal.Signals(signo).name
+    except ValueError:
+        return f"signal {signo}"
+
+
+def ignore(signo: int) -> None:
+    """Set ``signo``'s disposition to SIG_IGN (process-wide; main thread only).
+
+    A blocked signal still queues (the kernel never treats a blocked signal as ignored), so
+    this does not stop a :class:`SigclusterSource` from reading it.
+    """
+    signal.signal(signo, signal.SIG_IGN)
+
+
+def disposition(pid: int, signo: int) -> str:
+    """How process ``pid`` treats ``signo``, from the masks in ``/proc/PID/status``.
+
+    :returns: ``"blocked"`` (held for a signalfd or sigwait: someone reads it),
+        ``"caught"`` (a handler runs), ``"ignored"`` (discarded on arrival) or
+        ``"default"`` (the default action: terminate, for a real-time signal).
+    :raises OSError: no such process (ENOENT), or /proc is not readable.
+    """
+    masks: dict[str, int] = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("SigBlk", "SigIgn", "SigCgt"):
+                masks[key] = int(value.strip(), 16)
+    bit = 1 << (signo - 1)
+    for key, name in (("SigBlk", "blocked"), ("SigCgt", "caught"), ("SigIgn", "ignored")):
+        if masks.get(key, 0) & bit:
+            return name
+    return "default"
 
 
 def _signalfd(signo: int) -> int:
@@ -110,8 +165,9 @@ class SigclusterSource:
         self.fd = _signalfd(self.signo)
 
     def status(self) -> dict[str, Any]:
-        """Signal number, pid to signal and counters."""
-        return {"signal": self.signo, "pid": os.getpid(), "counters": dict(self.counters)}
+        """Signal number and name, pid to signal and counters."""
+        return {"signal": self.signo, "signal_name": signal_name(self.signo),
+                "pid": os.getpid(), "counters": dict(self.counters)}
 
     async def run(self) -> None:
         """Read the signalfd until cancelled."""

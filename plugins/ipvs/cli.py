@@ -7,8 +7,14 @@ from typing import Any
 
 import click
 
-from clusterbus import ConfigError, NodemapConfig, load_config
-from clusterbus.cli import BadConfig
+from clusterbus import ConfigError, NodemapConfig
+from clusterbus.cli import (
+    CONFIG_ENV,
+    SYSTEM_CONFIG,
+    BadConfig,
+    load_cli_config,
+    resolve_config,
+)
 
 from .model import IpvsConfig, desired_table, parse
 from .table import FORWARD_NAMES, PROTOCOL_NAMES, Entry, Table, diff
@@ -17,8 +23,8 @@ __all__ = ["ipvs"]
 
 
 def _load(path: str | None) -> tuple[IpvsConfig, dict[int, tuple[str, ...]]]:
+    cfg = load_cli_config(path)  # -c, $CLUSTERBUS_CONFIG, /etc/..., as every command
     try:
-        cfg = load_config(path)
         section = cfg.plugin_sections.get("ipvs")
         if section is None:
             raise BadConfig(f"{cfg.file}: no [ipvs] section")
@@ -52,11 +58,12 @@ def ipvs() -> None:
 
 
 @ipvs.command()
-@click.option("-c", "--config", "path", type=click.Path(dir_okay=False), required=True,
-              help="configuration file with an [ipvs] section")
+@click.option("-c", "--config", "path", type=click.Path(dir_okay=False), default=None,
+              help=f"configuration file with an [ipvs] section (default: ${CONFIG_ENV}, "
+                   f"else {SYSTEM_CONFIG} when it exists)")
 @click.option("--dry-run", is_flag=True, help="print the operations, change nothing")
 @click.option("--no-prune", is_flag=True, help="keep kernel services that are not configured")
-def apply(path: str, dry_run: bool, no_prune: bool) -> None:
+def apply(path: str | None, dry_run: bool, no_prune: bool) -> None:
     """One-shot reconcile: like ``ipvsadm -R``, but only the differences are sent."""
     cfg, nodes = _load(path)
     want = _desired(cfg, nodes)
@@ -90,11 +97,12 @@ def _entry_data(entry: Entry) -> dict[str, Any]:
 
 @ipvs.command()
 @click.option("-c", "--config", "path", type=click.Path(dir_okay=False), default=None,
-              help="configuration file (default: the embedded default, i.e. nothing desired)")
+              help=f"configuration file (default: ${CONFIG_ENV}, else {SYSTEM_CONFIG} when "
+                   "it exists, else the embedded default, i.e. nothing desired)")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 def show(path: str | None, as_json: bool) -> None:
     """Desired vs kernel table; differences are marked (+ missing, - extra, ~ differs)."""
-    if path is not None:
+    if resolve_config(path)[0] is not None:
         cfg, nodes = _load(path)
         want = _desired(cfg, nodes)
     else:

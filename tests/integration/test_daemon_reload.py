@@ -31,10 +31,22 @@ def test_reload_refuses_a_bad_file_and_applies_a_good_one(tmp_path):
         _wait_log(d, "reload refused, keeping the running configuration")
         assert "bus.heartbeat_interval" in d.log.read_text()
         assert d.proc.poll() is None and d.status()["node"] == 7
+        assert d.status()["reload"]["result"] == "refused"
+        assert "bus.heartbeat_interval" in d.status()["reload"]["reason"]
+        # the CLI shows the daemon's verdict: applied...
+        d.config.write_text(good)
+        p = d.cli("reload")
+        assert f"reloaded {d.config} (pid {d.proc.pid}): applied" in p.stdout
+        assert "restart" not in p.stdout and "note" not in p.stderr
+        # ...or applied except what needs a restart (exit 1: the file is not all in force)
         d.config.write_text(good + "\n[nodemap.nodes]\n1 = ['10.0.0.1']\n")
-        assert "sent SIGHUP" in d.cli("reload").stdout
-        _wait_log(d, "configuration reloaded from")
+        p = d.cli("reload", check=False)
+        assert p.returncode == 1, p
+        assert "applied except" in p.stdout and "needs a restart to apply: [nodemap]" in p.stdout
         assert "[nodemap] changed, but plugin nodemap applies its section at start-up only" in d.log.read_text()
+        st = d.status()["reload"]
+        assert st["result"] == "applied" and list(st["restart_needed"]) == ["nodemap"]
+        assert st["generation"] == 3
         assert d.proc.poll() is None
     finally:
         assert d.stop() == 0

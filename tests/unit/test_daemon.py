@@ -28,3 +28,50 @@ def test_reload_reports_core_sections_that_need_a_restart(tmp_path, caplog) -> N
     with caplog.at_level(logging.WARNING, logger="clusterbus.daemon"):
         assert d.reload()
     assert any("[daemon] changed" in r.getMessage() for r in caplog.records)
+
+
+def test_reload_records_its_verdict_with_a_generation(tmp_path) -> None:
+    conf = tmp_path / "cb.toml"
+    conf.write_text("[daemon]\nnode = 3\n")
+    d = Daemon(load_config(conf), load_entrypoints=False)
+    assert d.status()["reload"] == {"generation": 0, "result": None}
+    conf.write_text("[daemon]\nnode = 3\n[bus]\nheartbeat_interval = -1\n")
+    assert not d.reload()
+    v = d.status()["reload"]
+    assert (v["generation"], v["result"], v["file"]) == (1, "refused", str(conf))
+    assert "bus.heartbeat_interval" in v["reason"]
+    conf.write_text("[daemon]\nnode = 3\n")
+    assert d.reload()
+    v = d.status()["reload"]
+    assert (v["generation"], v["result"], v["restart_needed"], v["failed"]) == (
+        2, "applied", [], {})
+    conf.write_text("[daemon]\nnode = 4\n[netlink]\ngroup = 9\n")
+    assert d.reload()
+    assert d.status()["reload"]["restart_needed"] == ["daemon", "netlink"]
+
+
+def test_a_daemon_on_the_embedded_default_refuses_a_reload_and_says_why() -> None:
+    d = Daemon(load_config(None), load_entrypoints=False)
+    assert not d.reload()
+    v = d.status()["reload"]
+    assert v["result"] == "refused" and "embedded default" in v["reason"]
+
+
+def test_reload_verdict_names_what_a_live_service_could_not_apply(tmp_path) -> None:
+    class Speaker:  # a live service (it has reload) whose status reports restart_needed
+        counters: dict[str, int] = {}
+
+        def reload(self, config) -> None:
+            pass
+
+        def status(self):
+            return {"restart_needed": {"VI_9": "added"},
+                    "instances": ({"name": "VI_1", "restart_needed": ("vrid",)},
+                                  {"name": "VI_2", "restart_needed": ()})}
+
+    conf = tmp_path / "cb.toml"
+    conf.write_text("[daemon]\nnode = 3\n")
+    d = Daemon(load_config(conf), load_entrypoints=False)
+    d.services["vrrp"] = Speaker()
+    assert d.reload()
+    assert d.status()["reload"]["restart_needed"] == ["vrrp: VI_9 added", "vrrp: VI_1 vrid"]
