@@ -95,10 +95,13 @@ class BusService:
         self.config = config
         self.status_provider = status_provider or _no_status
         self.epoch = epoch if epoch is not None else (secrets.randbits(64) or 1)
-        #: what happened, by reason; ``*_dropped.<code>`` keys count discarded input.
+        #: what happened, in dotted keys: ``ingest.received``, ``ingest.accepted``,
+        #: ``ingest.unchanged``, ``ingest.dropped.<code>``, ``request.received``,
+        #: ``request.<command>``, ``request.dropped.<code>``, ``reply.dropped.<why>``
+        #: and the publisher's (see :class:`~clusterbus.bus.publisher.Publisher`).
         self.counters: dict[str, int] = {
-            "ingest_received": 0, "ingest_accepted": 0, "ingest_unchanged": 0,
-            "requests": 0, "replies_dropped": 0,
+            "ingest.received": 0, "ingest.accepted": 0, "ingest.unchanged": 0,
+            "request.received": 0,
         }
         self.ring = Ring(bus["replay_ring"])
         self.publisher = Publisher(
@@ -183,41 +186,42 @@ class BusService:
             self._ingest(frames)
 
     def _ingest(self, frames: list[bytes]) -> None:
-        self.counters["ingest_received"] += 1
+        self.counters["ingest.received"] += 1
         try:
             report = decode_ingest(frames)
         except FrameError as exc:
-            self._count(f"ingest_dropped.{exc.code}")
+            self._count(f"ingest.dropped.{exc.code}")
             log.debug("dropped ingest frame (%s): %s", exc.code, exc)
             return
         if self.engine.report(report) is None:
-            self.counters["ingest_unchanged"] += 1
+            self.counters["ingest.unchanged"] += 1
         else:
-            self.counters["ingest_accepted"] += 1
+            self.counters["ingest.accepted"] += 1
 
     # -- snapshot / replay / status ---------------------------------------------------------
 
     async def _serve_requests(self, sock: zmq.asyncio.Socket) -> None:
         while True:
             frames = await sock.recv_multipart()
-            self.counters["requests"] += 1
+            self.counters["request.received"] += 1
             envelope, body = _split_envelope(frames)
             try:
                 command, args = decode_request(body)
                 reply = self._answer(command, args)
             except FrameError as exc:
-                self._count(f"request_dropped.{exc.code}")
+                self._count(f"request.dropped.{exc.code}")
                 log.debug("bad request (%s): %s", exc.code, exc)
                 reply = encode_reply("ERROR", {"epoch": self.epoch, "error": exc.code,
                                                "message": str(exc)})
             try:
                 await sock.send_multipart(envelope + reply, flags=zmq.NOBLOCK)
             except zmq.ZMQError as exc:  # EHOSTUNREACH: peer gone; EAGAIN: its queue is full
-                self.counters["replies_dropped"] += 1
+                self._count("reply.dropped.unroutable" if exc.errno == zmq.EHOSTUNREACH
+                            else "reply.dropped.queue_full")
                 log.debug("reply not sent: %s", exc)
 
     def _answer(self, command: str, args: tuple[int, ...]) -> list[bytes]:
-        self._count(f"requests.{command.lower()}")
+        self._count(f"request.{command.lower()}")
         if command == "SNAPSHOT":
             return encode_reply("SNAPSHOT", {"epoch": self.epoch, **self.engine.snapshot()})
         if command == "REPLAY":
@@ -243,14 +247,14 @@ class BusService:
             status = self.status_provider()
         except Exception:  # supervisor boundary: a broken provider must not stop the bus
             log.exception("status provider failed")
-            self._count("request_dropped.status_failed")
+            self._count("request.dropped.status_failed")
             return encode_reply("ERROR", {"epoch": self.epoch, "error": "status_failed",
                                           "message": "the status provider raised"})
         try:
             return encode_reply("STATUS", {"epoch": self.epoch, "status": status})
         except (TypeError, ValueError, OverflowError) as exc:
             log.error("status is not msgpack-able: %s", exc)
-            self._count("request_dropped.status_unencodable")
+            self._count("request.dropped.status_unencodable")
             return encode_reply("ERROR", {"epoch": self.epoch, "error": "status_unencodable",
                                           "message": str(exc)})
 

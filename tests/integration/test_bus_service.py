@@ -121,15 +121,15 @@ def test_ingest_good_frames_change_the_view() -> None:
     async def main() -> None:
         async with bus() as svc:
             await emit(svc.endpoints["ingest"], "node.up", 3, ["10.77.0.3"], incarnation=2)
-            await until(lambda: svc.counters["ingest_accepted"] == 1)
+            await until(lambda: svc.counters["ingest.accepted"] == 1)
             info = svc.engine.view.nodes[3]
             assert info.state is NodeState.UP and info.addrs == ("10.77.0.3",)
             assert info.incarnation == 2
             await emit(svc.endpoints["ingest"], "node.going_down", 3)
             await emit(svc.endpoints["ingest"], "node.going_down", 3)  # duplicate
-            await until(lambda: svc.counters["ingest_received"] == 3)
+            await until(lambda: svc.counters["ingest.received"] == 3)
             assert svc.engine.view.state(3) is NodeState.GOING_DOWN
-            assert svc.counters["ingest_unchanged"] == 1
+            assert svc.counters["ingest.unchanged"] == 1
     run(main())
 
 
@@ -160,17 +160,17 @@ def test_ingest_malformed_frames_change_only_counters() -> None:
             push.connect(svc.endpoints["ingest"])
             for frames, _ in malformed:
                 await push.send_multipart(frames)
-            await until(lambda: svc.counters["ingest_received"] == len(malformed))
+            await until(lambda: svc.counters["ingest.received"] == len(malformed))
             assert (engine.snapshot(), engine.seq, svc.counters["published"]) == before
             expected: dict[str, int] = {}
             for _, code in malformed:
-                expected[f"ingest_dropped.{code}"] = expected.get(f"ingest_dropped.{code}", 0) + 1
-            dropped = {k: v for k, v in svc.counters.items() if k.startswith("ingest_dropped.")}
+                expected[f"ingest.dropped.{code}"] = expected.get(f"ingest.dropped.{code}", 0) + 1
+            dropped = {k: v for k, v in svc.counters.items() if k.startswith("ingest.dropped.")}
             assert dropped == expected
-            assert svc.counters["ingest_accepted"] == 0
+            assert svc.counters["ingest.accepted"] == 0
             # ... and the daemon keeps going: a good frame after all that still works.
             await push.send_multipart([b"node.up", good])
-            await until(lambda: svc.counters["ingest_accepted"] == 1)
+            await until(lambda: svc.counters["ingest.accepted"] == 1)
             assert engine.view.state(4) is NodeState.UP
             push.close(0)
             ctx.term()
@@ -213,7 +213,7 @@ def test_snapshot_status_and_bad_requests() -> None:
                 await req.send_multipart(bad)
                 name, header, _ = codec.decode_reply(await req.recv_multipart())
                 assert name == "ERROR" and header["error"] == code
-                assert svc.counters[f"request_dropped.{code}"] >= 1
+                assert svc.counters[f"request.dropped.{code}"] >= 1
             req.close(0)
             ctx.term()
             # The endpoint survived all of it.
