@@ -66,7 +66,7 @@ from .codec import (
     encode_ingest,
     encode_request,
 )
-from .sockets import EVENTS, FD, NOBLOCK, POLLIN
+from .sockets import TURN_BUDGET, Reader
 
 __all__ = [
     "Subscriber",
@@ -356,8 +356,7 @@ class Subscriber:
         }
         self._sub: zmq.asyncio.Socket | None = None
         self._sync: zmq.Socket[Any] | None = None
-        self._waiter: asyncio.Future[None] | None = None
-        self._reader: tuple[asyncio.AbstractEventLoop, int] | None = None
+        self._reader: Reader | None = None
         #: receiving batch frames (subscribed to ``_batch`` and ``_hb``) rather than
         #: single-event frames (subscribed to everything); switched by heartbeats.
         self.batching = False
@@ -395,12 +394,15 @@ class Subscriber:
         sub.connect(self.publish)
         self._sub = sub
         self._sync = zmq.Socket.shadow(sub.underlying)
+        self._reader = Reader(self._sync)
         self.batching = False
         self._opened_at = time.monotonic()
 
     def close(self) -> None:
         """Close the sockets (and the private context)."""
-        self._unwatch()
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
         if self._sub is not None:
             self._sub.close(0)
             self._sub = self._sync = None
@@ -489,89 +491,35 @@ class Subscriber:
             await self._handle(await self._receive())
             # Handle whatever else is already queued (up to a batch) while we are here:
             # one wake-up per burst instead of one per frame.
-            for _ in range(256):
-                sync = self._sync
-                if sync is None or not int(sync.getsockopt(EVENTS)) & POLLIN:
-                    break
-                try:
-                    frames = sync.recv_multipart(NOBLOCK)
-                except zmq.Again:
+            for _ in range(TURN_BUDGET):
+                reader = self._reader
+                frames = reader.poll() if reader is not None else None
+                if frames is None:
                     break
                 await self._handle(frames)
         return self._ready.popleft()
 
     async def _receive(self) -> list[bytes]:
-        sync = self._sync
-        assert sync is not None
+        reader = self._reader
+        assert reader is not None
         while True:
-            # EVENTS first: a refused non-blocking recv costs an exception
-            if int(sync.getsockopt(EVENTS)) & POLLIN:
-                try:
-                    return sync.recv_multipart(NOBLOCK)
-                except zmq.Again:
-                    pass
+            frames = reader.poll()
+            if frames is not None:
+                return frames
             # Nothing there (just checked, on this loop turn): wait for a wake-up that
-            # saw a message, then take it without asking EVENTS again.
+            # saw a message.
             if not self.raise_when_dead:
-                await self._readable()
-            else:
-                left = self.effective_dead_after - self.since_heartbeat
-                if left <= 0:
-                    raise PublisherLost(f"{self.publish}: no heartbeat for "
-                                        f"{self.since_heartbeat:.1f}s")
-                try:
-                    async with asyncio.timeout(left):
-                        await self._readable()
-                except TimeoutError:
-                    continue
-            try:
-                return sync.recv_multipart(NOBLOCK)
-            except zmq.Again:
+                await reader.readable()
                 continue
-
-    async def _readable(self) -> None:
-        """Wait until a wake-up finds a message on the SUB socket.
-
-        The caller has just found ``EVENTS`` without ``POLLIN``, on this loop turn. The
-        socket's ZMQ_FD only signals that ``EVENTS`` may have changed (and reading
-        ``EVENTS`` re-arms it), so it is watched directly on the loop and :meth:`_wake`
-        reads ``EVENTS`` on every wake-up, completing the wait only when a message is
-        there: one future per wait, no pyzmq asyncio machinery on the per-message path,
-        and no second ``EVENTS`` read here (each costs a microsecond or two). The fd stays
-        registered until :meth:`close` (registering per wait costs two epoll_ctl calls
-        and the selector's bookkeeping).
-        """
-        sync = self._sync
-        assert sync is not None
-        loop = asyncio.get_running_loop()
-        if self._reader is None or self._reader[0] is not loop:
-            self._unwatch()
-            fd = int(sync.getsockopt(FD))
-            loop.add_reader(fd, self._wake)
-            self._reader = (loop, fd)
-        self._waiter = loop.create_future()
-        try:
-            await self._waiter
-        finally:
-            self._waiter = None
-
-    def _wake(self) -> None:
-        # Reading EVENTS also drains the socket's command queue, which is what makes the
-        # fd stop being readable: without it the loop would call us again and again.
-        sync = self._sync
-        if sync is None:
-            return
-        ready = int(sync.getsockopt(EVENTS)) & POLLIN
-        waiter = self._waiter
-        if ready and waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def _unwatch(self) -> None:
-        if self._reader is not None:
-            loop, fd = self._reader
-            self._reader = None
-            if not loop.is_closed():
-                loop.remove_reader(fd)
+            left = self.effective_dead_after - self.since_heartbeat
+            if left <= 0:
+                raise PublisherLost(f"{self.publish}: no heartbeat for "
+                                    f"{self.since_heartbeat:.1f}s")
+            try:
+                async with asyncio.timeout(left):
+                    await reader.readable()
+            except TimeoutError:
+                continue
 
     async def _start(self) -> None:
         if self.resume is not None:

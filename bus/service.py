@@ -20,7 +20,6 @@ from collections.abc import Callable
 from typing import Any
 
 import zmq
-import zmq.asyncio
 
 from ..config import Config
 from ..engine import Engine
@@ -33,7 +32,7 @@ from .codec import (
 )
 from .publisher import Publisher
 from .ring import OK, Ring
-from .sockets import NOBLOCK
+from .sockets import NOBLOCK, Reader
 
 __all__ = ["BusService", "REPLAY_BATCH", "MAX_REPLAY_BATCH", "MAX_INBOUND"]
 
@@ -115,6 +114,7 @@ class BusService:
         }
         #: set once every socket is bound (tests and the daemon may wait for it).
         self.ready = asyncio.Event()
+        self._router: zmq.Socket[Any] | None = None
         engine.sinks.append(self.publisher)
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -124,34 +124,42 @@ class BusService:
 
         :raises zmq.ZMQError: an endpoint cannot be bound (address in use, bad endpoint).
         """
-        actx = zmq.asyncio.Context()
-        sctx: zmq.Context[Any] = zmq.Context.shadow(actx.underlying)
-        socks: list[zmq.asyncio.Socket] = []
+        ctx: zmq.Context[Any] = zmq.Context()
+        socks: list[zmq.Socket[Any]] = []
+        readers: list[Reader] = []
         try:
-            self.publisher.open(sctx)
+            self.publisher.open(ctx)
             self.endpoints["publish"] = self.publisher.bound
-            pull = self._bind(actx, zmq.PULL, "ingest", socks)
-            router = self._bind(actx, zmq.ROUTER, "snapshot", socks)
+            pull = self._bind(ctx, zmq.PULL, "ingest", socks)
+            router = self._bind(ctx, zmq.ROUTER, "snapshot", socks)
+            readers += (Reader(pull), Reader(router))
+            self._router = router
             self.ready.set()
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.publisher.run_heartbeats(), name="bus-heartbeats")
-                tg.create_task(self._serve_ingest(pull), name="bus-ingest")
-                tg.create_task(self._serve_requests(router), name="bus-requests")
+                # Each socket gets a bounded share of every loop turn (TURN_BUDGET
+                # messages): a flood of reports or requests never stops heartbeats,
+                # STATUS replies or the rest of the daemon.
+                tg.create_task(readers[0].serve(self._ingest), name="bus-ingest")
+                tg.create_task(readers[1].serve(self._request), name="bus-requests")
         finally:
             self.ready.clear()
+            self._router = None
             self._detach()
+            for reader in readers:
+                reader.close()
             self.publisher.close()
             for sock in socks:
                 sock.close(0)
-            actx.term()
+            ctx.term()
 
     def _detach(self) -> None:
         if self.publisher in self.engine.sinks:
             self.engine.sinks.remove(self.publisher)
 
-    def _bind(self, ctx: zmq.asyncio.Context, kind: int, name: str,
-              socks: list[zmq.asyncio.Socket]) -> zmq.asyncio.Socket:
-        sock = ctx.socket(kind)
+    def _bind(self, ctx: zmq.Context[Any], kind: int, name: str,
+              socks: list[zmq.Socket[Any]]) -> zmq.Socket[Any]:
+        sock: zmq.Socket[Any] = ctx.socket(kind)
         socks.append(sock)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, MAX_INBOUND)
@@ -173,18 +181,6 @@ class BusService:
 
     # -- ingest ---------------------------------------------------------------------------
 
-    async def _serve_ingest(self, sock: zmq.asyncio.Socket) -> None:
-        # A synchronous shadow drains whatever is already queued without a future per
-        # frame; the asyncio socket is only awaited when the queue is empty (it re-checks
-        # EVENTS whenever a recv is awaited, so the shadow never hides a wake-up).
-        sync: zmq.Socket[Any] = zmq.Socket.shadow(sock.underlying)
-        while True:
-            try:
-                frames = sync.recv_multipart(NOBLOCK)
-            except zmq.Again:
-                frames = await sock.recv_multipart()
-            self._ingest(frames)
-
     def _ingest(self, frames: list[bytes]) -> None:
         self.counters["ingest.received"] += 1
         try:
@@ -200,25 +196,29 @@ class BusService:
 
     # -- snapshot / replay / status ---------------------------------------------------------
 
-    async def _serve_requests(self, sock: zmq.asyncio.Socket) -> None:
-        while True:
-            frames = await sock.recv_multipart()
-            self.counters["request.received"] += 1
-            envelope, body = _split_envelope(frames)
-            try:
-                command, args = decode_request(body)
-                reply = self._answer(command, args)
-            except FrameError as exc:
-                self._count(f"request.dropped.{exc.code}")
-                log.debug("bad request (%s): %s", exc.code, exc)
-                reply = encode_reply("ERROR", {"epoch": self.epoch, "error": exc.code,
-                                               "message": str(exc)})
-            try:
-                await sock.send_multipart(envelope + reply, flags=zmq.NOBLOCK)
-            except zmq.ZMQError as exc:  # EHOSTUNREACH: peer gone; EAGAIN: its queue is full
-                self._count("reply.dropped.unroutable" if exc.errno == zmq.EHOSTUNREACH
-                            else "reply.dropped.queue_full")
-                log.debug("reply not sent: %s", exc)
+    def _request(self, frames: list[bytes]) -> None:
+        self.counters["request.received"] += 1
+        envelope, body = _split_envelope(frames)
+        try:
+            command, args = decode_request(body)
+            reply = self._answer(command, args)
+        except FrameError as exc:
+            self._count(f"request.dropped.{exc.code}")
+            log.debug("bad request (%s): %s", exc.code, exc)
+            reply = encode_reply("ERROR", {"epoch": self.epoch, "error": exc.code,
+                                           "message": str(exc)})
+        self._reply(envelope, reply)
+
+    def _reply(self, envelope: list[bytes], reply: list[bytes]) -> None:
+        sock = self._router
+        if sock is None:
+            return
+        try:
+            sock.send_multipart(envelope + reply, NOBLOCK)
+        except zmq.ZMQError as exc:  # EHOSTUNREACH: peer gone; EAGAIN: its queue is full
+            self._count("reply.dropped.unroutable" if exc.errno == zmq.EHOSTUNREACH
+                        else "reply.dropped.queue_full")
+            log.debug("reply not sent: %s", exc)
 
     def _answer(self, command: str, args: tuple[int, ...]) -> list[bytes]:
         self._count(f"request.{command.lower()}")
