@@ -15,14 +15,15 @@ Frames:
   "batch"?}``
 * ingest:     ``[topic, body]`` -- ``{"v": 1, "node", "addrs"?, "incarnation"?}``
 * requests:   ``[b"SNAPSHOT"]``, ``[b"REPLAY", after_seq (+ limit)]``, ``[b"STATUS"]``
-* replies:    ``[command, header map, *payload]``; errors ``[b"ERROR", {"error", "message"}]``
+* replies:    ``[command, header map, *payload]``; errors ``[b"ERROR", {"error", "message"}]``;
+  a header bigger than a frame is split (``{"v": 2, "parts": n}`` and ``n`` frames)
 """
 
 from __future__ import annotations
 
 import operator
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -79,6 +80,10 @@ __all__ = [
     "decode_request",
     "encode_reply",
     "decode_reply",
+    "SPLIT_VERSION",
+    "MAX_REPLY_HEADER",
+    "snapshot_node",
+    "encode_snapshot",
 ]
 
 #: Version of the bus's own messages (heartbeat, ingest body, request/reply headers).
@@ -97,6 +102,12 @@ MAX_BATCH_EVENTS = 512
 #: Largest frame accepted by any decoder (bytes). Events are a few hundred bytes; the cap
 #: bounds the memory a hostile peer can make us spend on one frame.
 MAX_FRAME = 64 * 1024
+#: Version of a reply header that only says how many frames the real (version 1) header
+#: was split into, because it did not fit in one frame.
+SPLIT_VERSION = 2
+#: Largest reply header a client joins from split frames (bytes): a snapshot of 10,000
+#: nodes with 4 addresses each is about 1.6 MB.
+MAX_REPLY_HEADER = 64 * 1024 * 1024
 #: Largest topic frame accepted (bytes).
 MAX_TOPIC = 255
 U64 = 2**64 - 1
@@ -229,16 +240,17 @@ def _topic(raw: bytes) -> str:
         raise FrameError("bad_topic", "topic is not UTF-8", offset=exc.start) from None
 
 
-def unpack_map(raw: bytes, what: str = "body") -> dict[str, Any]:
+def unpack_map(raw: bytes, what: str = "body", *, limit: int = MAX_FRAME) -> dict[str, Any]:
     """Decode one msgpack map (with string keys) that fills ``raw`` exactly.
 
     Arrays come back as tuples (``use_list=False``).
 
+    :param limit: largest ``raw`` accepted (bytes).
     :raises FrameError: ``bad_body`` -- not msgpack, trailing bytes, not a map, a key that
-        is not a string, or larger than :data:`MAX_FRAME`.
+        is not a string; ``oversized`` -- larger than ``limit``.
     """
-    if len(raw) > MAX_FRAME:
-        raise FrameError("oversized", f"{what} is {len(raw)} bytes (max {MAX_FRAME})")
+    if len(raw) > limit:
+        raise FrameError("oversized", f"{what} is {len(raw)} bytes (max {limit})")
     try:
         obj = msgpack.unpackb(raw, raw=False, strict_map_key=True, use_list=False)
     except _UNPACK_ERRORS as exc:
@@ -666,13 +678,25 @@ def decode_request(frames: Sequence[Any]) -> tuple[str, tuple[int, ...]]:
 def encode_reply(command: str, header: dict[str, Any], payload: Sequence[bytes] = ()) -> list[bytes]:
     """Encode a reply: ``[command, msgpack {"v": 1, **header}, *payload]``.
 
+    A header that does not fit in one frame (:data:`MAX_FRAME`) is split: frame 1 is then
+    ``{"v": 2, "epoch"?, "parts": n}`` and the next ``n`` frames, joined, are the version 1
+    header (docs/wire-protocol.md, "Replies bigger than a frame").
+
     :raises TypeError: ``header`` holds something msgpack cannot encode.
     """
-    return [command.encode("ascii"), pack({"v": WIRE_VERSION, **header}), *payload]
+    raw = pack({"v": WIRE_VERSION, **header})
+    name = command.encode("ascii")
+    if len(raw) <= MAX_FRAME:
+        return [name, raw, *payload]
+    parts = [raw[i:i + MAX_FRAME] for i in range(0, len(raw), MAX_FRAME)]
+    split: dict[str, Any] = {"v": SPLIT_VERSION, "parts": len(parts)}
+    if "epoch" in header:
+        split["epoch"] = header["epoch"]
+    return [name, pack(split), *parts, *payload]
 
 
 def decode_reply(frames: Sequence[Any]) -> tuple[str, dict[str, Any], list[bytes]]:
-    """Decode a reply (the frames after any envelope).
+    """Decode a reply (the frames after any envelope), joining a split header.
 
     :returns: (command, header map without ``v``, payload frames).
     :raises FrameError: malformed reply.
@@ -680,18 +704,46 @@ def decode_reply(frames: Sequence[Any]) -> tuple[str, dict[str, Any], list[bytes
     if isinstance(frames, (bytes, bytearray, memoryview, str)) or not isinstance(frames, Sequence) \
             or len(frames) < 2:
         raise FrameError("frame_count", "a reply has at least 2 frames")
-    command = frames[0]
-    if not isinstance(command, (bytes, bytearray, memoryview)):
-        raise FrameError("frame_count", "command frame is not bytes")
+    if not all(isinstance(f, (bytes, bytearray, memoryview)) for f in frames):
+        raise FrameError("frame_count", "a reply frame is not bytes")
     try:
-        name = bytes(command).decode("ascii")
+        name = bytes(frames[0]).decode("ascii")
     except UnicodeDecodeError:
         raise FrameError("bad_reply", "command is not ASCII") from None
-    header_raw = frames[1]
-    if not isinstance(header_raw, (bytes, bytearray, memoryview)):
-        raise FrameError("frame_count", "header frame is not bytes")
-    header = unpack_map(bytes(header_raw), "reply header")
-    if _version(header, "reply") != WIRE_VERSION:
+    header = unpack_map(bytes(frames[1]), "reply header")
+    version = _version(header, "reply")
+    rest = 2
+    if version == SPLIT_VERSION:
+        n = header.get("parts")
+        if type(n) is not int or not 1 <= n <= MAX_REPLY_HEADER // MAX_FRAME \
+                or len(frames) < 2 + n:
+            raise FrameError("bad_reply", f"split reply header: bad 'parts' {n!r}")
+        if any(len(f) > MAX_FRAME for f in frames[2:2 + n]):
+            raise FrameError("oversized", "split reply header: a part exceeds MAX_FRAME")
+        header = unpack_map(b"".join(bytes(f) for f in frames[2:2 + n]), "reply header",
+                            limit=MAX_REPLY_HEADER)
+        version = _version(header, "reply")
+        rest = 2 + n
+    if version != WIRE_VERSION:
         raise FrameError("bad_version", "unsupported reply version")
-    payload = [bytes(f) for f in frames[2:]]
+    payload = [bytes(f) for f in frames[rest:]]
     return name, header, payload
+
+
+# -- snapshot replies ---------------------------------------------------------------------------
+
+def snapshot_node(node: Mapping[str, Any]) -> dict[str, Any]:
+    """One element of a ``SNAPSHOT`` reply's ``nodes`` from one of the view's snapshot
+    nodes (docs/wire-protocol.md, "SNAPSHOT reply"): the one place that lists its keys."""
+    return {"node": node["node"], "state": node["state"], "addrs": list(node["addrs"]),
+            "incarnation": node["incarnation"], "view": node["view"]}
+
+
+def encode_snapshot(epoch: int, snapshot: Mapping[str, Any]) -> list[bytes]:
+    """The ``SNAPSHOT`` reply for the engine's ``snapshot()`` (``origin``, ``seq``,
+    ``view``, ``nodes``, ``nodemap``); split over several frames when it is big."""
+    return encode_reply("SNAPSHOT", {
+        "epoch": epoch, "origin": snapshot["origin"], "seq": snapshot["seq"],
+        "view": snapshot["view"], "nodes": [snapshot_node(n) for n in snapshot["nodes"]],
+        "nodemap": snapshot["nodemap"],
+    })

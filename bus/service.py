@@ -16,6 +16,7 @@ import asyncio
 import logging
 import secrets
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -29,12 +30,15 @@ from .codec import (
     decode_ingest,
     decode_request,
     encode_reply,
+    encode_snapshot,
 )
 from .publisher import Publisher
 from .ring import OK, Ring
-from .sockets import NOBLOCK, Reader
+from .sockets import NOBLOCK, SNDMORE, Reader
 
-__all__ = ["BusService", "REPLAY_BATCH", "MAX_REPLAY_BATCH", "MAX_INBOUND"]
+__all__ = ["BusService", "REPLAY_BATCH", "MAX_REPLAY_BATCH", "MAX_REPLAY_BYTES",
+           "MAX_INBOUND", "MAX_PEER_REQUESTS", "MAX_PEER_REPLIES", "MAX_PEER_BYTES",
+           "MAX_QUEUED_BYTES", "MAX_QUEUED_PEERS"]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +51,21 @@ MAX_REPLAY_BATCH = 10_000
 #: bigger frame. Frames between MAX_FRAME and this reach the decoder and are counted as
 #: ``oversized``; beyond it they cost no memory at all.
 MAX_INBOUND = 16 * MAX_FRAME
+
+#: Bytes of events in one REPLAY reply: a reply stops early (``more`` = true) rather
+#: than grow past this.
+MAX_REPLAY_BYTES = 1024 * 1024
+#: Requests ZeroMQ queues per peer before it stops reading that peer (ROUTER RCVHWM).
+MAX_PEER_REQUESTS = 16
+#: Replies to one peer that may wait in ZeroMQ's queues (sent by us, not yet taken by
+#: the peer's connection); more are dropped and counted (``reply.dropped.peer_limit``).
+MAX_PEER_REPLIES = 8
+#: Bytes of replies to one peer that may wait so (one reply of any size always may).
+MAX_PEER_BYTES = 8 * 1024 * 1024
+#: Bytes of replies to all peers together that may wait (``reply.dropped.total_limit``).
+MAX_QUEUED_BYTES = 64 * 1024 * 1024
+#: Peers that may have replies waiting at once.
+MAX_QUEUED_PEERS = 1024
 
 StatusProvider = Callable[[], dict[str, Any]]
 
@@ -115,6 +134,9 @@ class BusService:
         #: set once every socket is bound (tests and the daemon may wait for it).
         self.ready = asyncio.Event()
         self._router: zmq.Socket[Any] | None = None
+        #: peer identity -> (tracker, bytes) of each reply still in ZeroMQ's queues
+        self._queued: dict[bytes, deque[tuple[zmq.MessageTracker, int]]] = {}
+        self._queued_bytes = 0
         engine.sinks.append(self.publisher)
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -167,6 +189,12 @@ class BusService:
             # Unroutable replies (the requester went away) raise EHOSTUNREACH instead of
             # vanishing, so they are counted.
             sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            # Requests and replies queued per peer: a peer can make us hold only a few.
+            sock.setsockopt(zmq.RCVHWM, MAX_PEER_REQUESTS)
+            sock.setsockopt(zmq.SNDHWM, 2 * MAX_PEER_REPLIES)
+            # send(copy=False) of a small frame copies it and returns a finished tracker
+            # unless the threshold is 0: replies must be tracked (see _reply)
+            sock.copy_threshold = 0
         try:
             sock.bind(self.endpoints[name])
         except zmq.ZMQError as exc:
@@ -210,20 +238,53 @@ class BusService:
         self._reply(envelope, reply)
 
     def _reply(self, envelope: list[bytes], reply: list[bytes]) -> None:
+        """Send a reply unless its peer (or all peers together) already has too much of
+        ours waiting in ZeroMQ's queues: a peer that sends requests and never reads
+        must cost a bounded amount of memory (:data:`MAX_PEER_REPLIES`,
+        :data:`MAX_PEER_BYTES`, :data:`MAX_QUEUED_BYTES`); what is refused is counted
+        and the peer's own timeout and retry take over (the Lazy Pirate pattern)."""
         sock = self._router
         if sock is None:
             return
+        size = sum(map(len, reply))
+        self._release()
+        peer = envelope[0]
+        queued = self._queued.get(peer)
+        if queued is not None and (len(queued) >= MAX_PEER_REPLIES
+                                   or sum(n for _, n in queued) + size > MAX_PEER_BYTES):
+            self._count("reply.dropped.peer_limit")
+            return
+        if self._queued_bytes and (self._queued_bytes + size > MAX_QUEUED_BYTES
+                                   or (queued is None and len(self._queued) >= MAX_QUEUED_PEERS)):
+            self._count("reply.dropped.total_limit")
+            return
         try:
-            sock.send_multipart(envelope + reply, NOBLOCK)
+            # Every part but the last is copied into ZeroMQ; the last one is tracked:
+            # libzmq releases a message's parts in order once its connection took them,
+            # so the reply stops costing memory when the last part is released.
+            sock.send_multipart(envelope + reply[:-1], NOBLOCK | SNDMORE)
+            tracker = sock.send(reply[-1], NOBLOCK, copy=False, track=True)
         except zmq.ZMQError as exc:  # EHOSTUNREACH: peer gone; EAGAIN: its queue is full
             self._count("reply.dropped.unroutable" if exc.errno == zmq.EHOSTUNREACH
                         else "reply.dropped.queue_full")
             log.debug("reply not sent: %s", exc)
+            return
+        if not tracker.done:
+            self._queued.setdefault(peer, deque()).append((tracker, size))
+            self._queued_bytes += size
+
+    def _release(self) -> None:
+        """Forget the replies ZeroMQ has handed to their connections."""
+        for peer, queued in list(self._queued.items()):
+            while queued and queued[0][0].done:
+                self._queued_bytes -= queued.popleft()[1]
+            if not queued:
+                del self._queued[peer]
 
     def _answer(self, command: str, args: tuple[int, ...]) -> list[bytes]:
         self._count(f"request.{command.lower()}")
         if command == "SNAPSHOT":
-            return encode_reply("SNAPSHOT", {"epoch": self.epoch, **self.engine.snapshot()})
+            return encode_snapshot(self.epoch, self.engine.snapshot())
         if command == "REPLAY":
             return self._replay(args[0], args[1] if len(args) > 1 else REPLAY_BATCH)
         return self._status_reply()
@@ -232,7 +293,12 @@ class BusService:
         limit = max(1, min(limit, MAX_REPLAY_BATCH))
         status, entries = self.ring.after(after, limit)
         payload: list[bytes] = []
-        for entry in entries:
+        size = 0
+        for i, entry in enumerate(entries):
+            size += len(entry.topic) + len(entry.body)
+            if size > MAX_REPLAY_BYTES and i:
+                del entries[i:]  # the rest comes with the next request ("more")
+                break
             payload += (entry.topic, entry.body)
         last = entries[-1].seq if entries else after
         header = {

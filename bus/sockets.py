@@ -13,9 +13,10 @@ from typing import Any
 
 import zmq
 
-__all__ = ["EVENTS", "POLLIN", "NOBLOCK", "FD", "Reader", "TURN_BUDGET"]
+__all__ = ["EVENTS", "POLLIN", "NOBLOCK", "SNDMORE", "FD", "Reader", "TURN_BUDGET"]
 
 EVENTS, POLLIN, NOBLOCK, FD = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK), int(zmq.FD)
+SNDMORE = int(zmq.SNDMORE)
 
 #: Messages :meth:`Reader.serve` handles per loop turn before it lets the loop run the
 #: rest (heartbeats, requests, timers): a flood costs latency elsewhere of at most this
