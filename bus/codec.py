@@ -8,7 +8,7 @@ services drop the input, count it by ``code`` and keep running.
 Frames:
 
 * event:      ``[topic, body]`` -- ``body`` = msgpack map ``{"v": version, **event.to_dict()}``
-* batch:      ``[b"_batch", {"v": 1, "events": [[topic, body], ...]}]`` -- several events
+* batch:      ``[b"_batch", {"v": 1, "epoch", "events": [[topic, body], ...]}]`` -- several events
   in one frame, each ``body`` exactly an event frame's body; sent only to subscribers of
   ``_batch`` (the heartbeat's ``batch`` key says the daemon does it)
 * heartbeat:  ``[b"_hb", body]`` -- ``{"v": 1, "epoch", "origin", "seq", "time", "interval",
@@ -68,6 +68,8 @@ __all__ = [
     "EventEncoder",
     "event_encoder",
     "decode_batch",
+    "decode_batch_epoch",
+    "batch_head",
     "unpack_map",
     "pack",
     "new_packer",
@@ -463,9 +465,10 @@ def _element_head(topic: bytes) -> bytes:
     return head
 
 
-def encode_batch(events: Sequence[tuple[bytes, bytes]]) -> list[bytes]:
+def encode_batch(events: Sequence[tuple[bytes, bytes]], epoch: int | None = None) -> list[bytes]:
     """Encode already encoded events ``(topic, body)`` (as :func:`encode` made them) as one
-    batch frame ``[b"_batch", {"v": 1, "events": [[topic, body], ...]}]``.
+    batch frame ``[b"_batch", {"v": 1, "epoch": epoch, "events": [[topic, body], ...]}]``
+    (without ``epoch`` when it is None).
 
     The bodies are spliced in as they are (each is one msgpack map), so a batch costs no
     re-encoding. The caller keeps the frame under :data:`MAX_FRAME` and
@@ -474,24 +477,48 @@ def encode_batch(events: Sequence[tuple[bytes, bytes]]) -> list[bytes]:
     parts: list[bytes] = []
     for topic, body in events:
         parts += (_element_head(topic), body)
-    return batch_frame(parts)
+    return batch_frame(parts, batch_head(epoch))
 
 
-def batch_frame(parts: list[bytes]) -> list[bytes]:
+def batch_head(epoch: int | None = None) -> bytes:
+    """The start of a batch frame's map, up to its ``events`` array (for
+    :func:`batch_frame`): ``{"v": 1, "epoch": epoch, "events": ``, or without ``epoch``.
+
+    :raises ValueError: ``epoch`` is not a u64.
+    """
+    if epoch is None:
+        return _BATCH_HEAD
+    if type(epoch) is not int or not 0 < epoch <= U64:
+        raise ValueError(f"batch epoch must be 1..2**64-1, got {epoch!r}")
+    return b"\x83\xa1v\x01\xa5epoch" + pack(epoch) + b"\xa6events"
+
+
+def batch_frame(parts: list[bytes], head: bytes = _BATCH_HEAD) -> list[bytes]:
     """The batch frame of already encoded elements: ``parts`` holds, for each event in
-    order, its element head (:attr:`EventEncoder.element`) and then its body.
+    order, its element head (:attr:`EventEncoder.element`) and then its body; ``head``
+    is :func:`batch_head`'s (the daemon's epoch).
 
     Same bytes as :func:`encode_batch` of the same events; the same limits apply.
     """
-    return [BATCH_TOPIC, b"".join((_BATCH_HEAD, _array_header(len(parts) // 2), *parts))]
+    return [BATCH_TOPIC, b"".join((head, _array_header(len(parts) // 2), *parts))]
 
 
 def decode_batch(frames: Sequence[Any]) -> list[tuple[str, dict[str, Any]]]:
     """Split a batch frame into ``(topic, body map)`` pairs, in order; turn each into an
     event with :func:`decode_event` (one bad event does not spoil the others).
 
-    :raises FrameError: not a batch frame, oversized, not msgpack, bad version, more than
-        :data:`MAX_BATCH_EVENTS` events, or an element that is not ``[str, map]``.
+    :raises FrameError: see :func:`decode_batch_epoch`.
+    """
+    return decode_batch_epoch(frames)[1]
+
+
+def decode_batch_epoch(frames: Sequence[Any]) -> tuple[int | None, list[tuple[str, dict[str, Any]]]]:
+    """Split a batch frame into its epoch (None when it carries none: an older daemon)
+    and its ``(topic, body map)`` pairs.
+
+    :raises FrameError: not a batch frame, oversized, not msgpack, bad version, a bad
+        ``epoch``, more than :data:`MAX_BATCH_EVENTS` events, or an element that is not
+        ``[str, map]``.
     """
     topic, raw = _check_frames(frames, 2)
     if topic != BATCH_TOPIC:
@@ -503,13 +530,14 @@ def decode_batch(frames: Sequence[Any]) -> list[tuple[str, dict[str, Any]]]:
     if type(events) is not tuple or len(events) > MAX_BATCH_EVENTS:
         raise FrameError("bad_body", f"batch: 'events' must be an array of at most "
                                      f"{MAX_BATCH_EVENTS} elements")
-    out = []
+    epoch = body.get("epoch")
+    if epoch is not None and (type(epoch) is not int or not 0 < epoch <= U64):
+        raise FrameError("bad_field", "batch: 'epoch' must be an integer 1..2**64-1")
     for item in events:
         if type(item) is not tuple or len(item) != 2 or type(item[0]) is not str \
                 or type(item[1]) is not dict or not 0 < len(item[0]) <= MAX_TOPIC:
             raise FrameError("bad_body", "batch: every element must be [topic, map]")
-        out.append(item)
-    return out
+    return epoch, list(events)
 
 
 # -- heartbeats -----------------------------------------------------------------------------

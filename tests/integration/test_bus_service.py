@@ -25,6 +25,7 @@ from clusterbus.bus.client import (
     item_to_dict,
 )
 from clusterbus.bus.service import BusService
+from clusterbus.config import parse_config
 from clusterbus.engine import Engine
 from clusterbus.events import Event, IpvsApplied, NodeDown, NodeUp, VrrpTransition
 from clusterbus.view import NodeReport, NodeState
@@ -356,4 +357,50 @@ def test_bind_failure_raises_and_cleans_up() -> None:
             # the failed service detached its sink from its own engine; svc1 still runs
             up(svc1.engine, 1)
             assert (await fetch_snapshot(svc1.endpoints["snapshot"])).seq == 1
+    run(main())
+
+
+def test_restart_is_detected_from_the_first_event_of_the_new_run() -> None:
+    async def no_heartbeats() -> None:
+        await asyncio.Event().wait()
+
+    async def main() -> None:
+        async with bus() as svc1:
+            endpoints = dict(svc1.endpoints)
+            sub = subscriber(svc1)
+            await subscribed(svc1, sub)
+            for n in range(1, 6):
+                up(svc1.engine, n)
+            got = await take(sub, 5)
+            assert [e.seq for e in got] == [1, 2, 3, 4, 5]  # type: ignore[union-attr]
+            while not sub.batching:  # receiving batch frames, which carry the epoch
+                try:
+                    await sub.next(timeout=0.05)  # heartbeats are read while waiting
+                except TimeoutError:
+                    pass
+        engine2 = new_engine()
+        svc2 = BusService(engine2, parse_config({"bus": endpoints}, file="<test>"))
+        svc2.publisher.run_heartbeats = no_heartbeats  # type: ignore[method-assign]
+        heartbeats, duplicates = sub.counters["heartbeats"], sub.counters["duplicates"]
+        task = asyncio.create_task(svc2.run())
+        try:
+            await svc2.ready.wait()
+            await until(lambda: svc2.counters["subscribe"] >= 2)  # _batch and _hb again
+            up(engine2, 7, "10.77.0.7")  # seq 1 of the new run: not a duplicate of seq 1
+            item = await sub.next()
+            assert isinstance(item, Snapshot)
+            assert item.reason == "epoch_changed" and item.epoch == svc2.epoch
+            assert [n["node"] for n in item.nodes] == [7] and item.seq == 1
+            up(engine2, 8)
+            nxt = await sub.next()
+            assert isinstance(nxt, NodeUp) and nxt.node == 8 and nxt.seq == 2
+            assert sub.counters["heartbeats"] == heartbeats  # no heartbeat told it
+            assert sub.counters["duplicates"] == duplicates  # none of the new run's
+        finally:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+            sub.close()
     run(main())
