@@ -218,11 +218,11 @@ class Sequencer:
     def events(self, items: Iterable[Item], epoch: int | None = None) -> None:
         """The events of one batch frame, in order (same as :meth:`event` for each)."""
         ready, prefixes, counters = self.ready, self.prefixes, self.counters
+        # in order, same run, nothing pending: accept inline (the per-event path)
+        inline = epoch is not None and epoch == self.epoch and self.request is None
         for item in items:
             seq = self.seq
-            # in order, same run, nothing pending: accept inline (the per-event path)
-            if seq is not None and item.seq == seq + 1 and epoch == self.epoch \
-                    and epoch is not None and self.request is None \
+            if inline and seq is not None and item.seq == seq + 1 \
                     and type(item) is not Unknown:
                 self.seq = seq + 1
                 if not prefixes or item.topic.startswith(prefixes):
@@ -232,6 +232,7 @@ class Sequencer:
                     counters["filtered"] += 1
             else:
                 self.event(item, epoch)
+                inline = epoch is not None and epoch == self.epoch and self.request is None
 
     def missing(self, code: str) -> None:
         """An event frame that cannot be decoded and whose seq is unknown (``code``
