@@ -10,12 +10,15 @@ snapshot where continuity was re-established, and it ends where the daemon is.
 
 from __future__ import annotations
 
+import ast
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from clusterbus.bus import sequencer
 from clusterbus.bus.sequencer import (
     RequestReplay,
     RequestSnapshot,
@@ -282,3 +285,17 @@ def test_liveness_from_the_time_passed_in() -> None:
     assert seqr.alive(103.4) and not seqr.alive(103.5)  # 3 intervals
     seqr.dead_after = 10.0
     assert seqr.alive(111.9)
+
+
+def test_the_sequencer_is_sans_io_and_standard_library_only() -> None:
+    assert sequencer.__file__ is not None
+    tree = ast.parse(open(sequencer.__file__).read())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, "no imports from clusterbus"
+            names.add((node.module or "").split(".")[0])
+    assert names and names <= set(sys.stdlib_module_names), names
+    assert not names & {"asyncio", "socket", "selectors", "time", "zmq", "threading"}, names
