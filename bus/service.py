@@ -37,7 +37,7 @@ from .ring import OK, Ring
 from .sockets import NOBLOCK, SNDMORE, Reader
 
 __all__ = ["BusService", "REPLAY_BATCH", "MAX_REPLAY_BATCH", "MAX_REPLAY_BYTES",
-           "MAX_INBOUND", "MAX_PEER_REQUESTS", "MAX_PEER_REPLIES", "MAX_PEER_BYTES",
+           "MAX_INBOUND", "MAX_PEER_REQUESTS", "MAX_PEER_REPLIES",
            "MAX_QUEUED_BYTES", "MAX_QUEUED_PEERS"]
 
 log = logging.getLogger(__name__)
@@ -58,10 +58,9 @@ MAX_REPLAY_BYTES = 1024 * 1024
 #: Requests ZeroMQ queues per peer before it stops reading that peer (ROUTER RCVHWM).
 MAX_PEER_REQUESTS = 16
 #: Replies to one peer that may wait in ZeroMQ's queues (sent by us, not yet taken by
-#: the peer's connection); more are dropped and counted (``reply.dropped.peer_limit``).
+#: the peer's connection: ROUTER SNDHWM); more are dropped and counted
+#: (``reply.dropped.queue_full``). A REPLAY reply is at most MAX_REPLAY_BYTES.
 MAX_PEER_REPLIES = 8
-#: Bytes of replies to one peer that may wait so (one reply of any size always may).
-MAX_PEER_BYTES = 8 * 1024 * 1024
 #: Bytes of replies to all peers together that may wait (``reply.dropped.total_limit``).
 MAX_QUEUED_BYTES = 64 * 1024 * 1024
 #: Peers that may have replies waiting at once.
@@ -191,7 +190,7 @@ class BusService:
             sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
             # Requests and replies queued per peer: a peer can make us hold only a few.
             sock.setsockopt(zmq.RCVHWM, MAX_PEER_REQUESTS)
-            sock.setsockopt(zmq.SNDHWM, 2 * MAX_PEER_REPLIES)
+            sock.setsockopt(zmq.SNDHWM, MAX_PEER_REPLIES)
             # send(copy=False) of a small frame copies it and returns a finished tracker
             # unless the threshold is 0: replies must be tracked (see _reply)
             sock.copy_threshold = 0
@@ -238,30 +237,30 @@ class BusService:
         self._reply(envelope, reply)
 
     def _reply(self, envelope: list[bytes], reply: list[bytes]) -> None:
-        """Send a reply unless its peer (or all peers together) already has too much of
-        ours waiting in ZeroMQ's queues: a peer that sends requests and never reads
-        must cost a bounded amount of memory (:data:`MAX_PEER_REPLIES`,
-        :data:`MAX_PEER_BYTES`, :data:`MAX_QUEUED_BYTES`); what is refused is counted
-        and the peer's own timeout and retry take over (the Lazy Pirate pattern)."""
+        """Send a reply unless its peer, or all peers together, already have too much of
+        ours waiting in ZeroMQ's queues: a peer that sends requests and never reads must
+        cost a bounded amount of memory. Per peer, libzmq refuses a reply while
+        :data:`MAX_PEER_REPLIES` wait (SNDHWM; ``reply.dropped.queue_full``); in total,
+        replies are refused while :data:`MAX_QUEUED_BYTES` or replies to
+        :data:`MAX_QUEUED_PEERS` peers wait (``reply.dropped.total_limit``). The peer's
+        own timeout and retry take over (the Lazy Pirate pattern)."""
         sock = self._router
         if sock is None:
             return
         size = sum(map(len, reply))
         self._release()
         peer = envelope[0]
-        queued = self._queued.get(peer)
-        if queued is not None and (len(queued) >= MAX_PEER_REPLIES
-                                   or sum(n for _, n in queued) + size > MAX_PEER_BYTES):
-            self._count("reply.dropped.peer_limit")
-            return
         if self._queued_bytes and (self._queued_bytes + size > MAX_QUEUED_BYTES
-                                   or (queued is None and len(self._queued) >= MAX_QUEUED_PEERS)):
+                                   or (peer not in self._queued
+                                       and len(self._queued) >= MAX_QUEUED_PEERS)):
             self._count("reply.dropped.total_limit")
             return
         try:
             # Every part but the last is copied into ZeroMQ; the last one is tracked:
             # libzmq releases a message's parts in order once its connection took them,
-            # so the reply stops costing memory when the last part is released.
+            # so the reply stops costing memory when the last part is released. (The
+            # release is reported by pyzmq's collector thread, a little late: only the
+            # total is judged by it, the per-peer limit is libzmq's own.)
             sock.send_multipart(envelope + reply[:-1], NOBLOCK | SNDMORE)
             tracker = sock.send(reply[-1], NOBLOCK, copy=False, track=True)
         except zmq.ZMQError as exc:  # EHOSTUNREACH: peer gone; EAGAIN: its queue is full

@@ -15,6 +15,7 @@ from loopbus import bus, dead_endpoint, new_engine, run, until
 from clusterbus.bus import codec
 from clusterbus.bus.client import (
     PublisherLost,
+    Requester,
     RequestFailed,
     RequestTimeout,
     Snapshot,
@@ -403,4 +404,29 @@ def test_restart_is_detected_from_the_first_event_of_the_new_run() -> None:
             except asyncio.CancelledError:
                 pass
             sub.close()
+    run(main())
+
+
+def test_a_client_that_reads_its_replies_is_never_limited() -> None:
+    async def main() -> None:
+        async with bus() as svc:
+            for i in range(3000):
+                svc.engine.publish(IpvsApplied, added=i, removed=0, changed=0, duration=0.0,
+                                   reason="x" * 60)
+            ctx = zmq.asyncio.Context()
+            try:
+                req = Requester(svc.endpoints["snapshot"], ctx, timeout=10, retries=1)
+                after, replies = 0, 0
+                while True:  # back to back, as a subscriber repairing a long gap does
+                    header, payload = await req.request("REPLAY", after, 10)
+                    replies += 1
+                    after += len(payload) // 2
+                    if not header["more"]:
+                        break
+                    await req.request("SNAPSHOT")
+                assert after == 3000 and replies == 300
+                req.close()
+            finally:
+                ctx.term()
+            assert not any(k.startswith("reply.dropped") for k in svc.counters), svc.counters
     run(main())
