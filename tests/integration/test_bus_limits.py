@@ -18,7 +18,7 @@ from cbdaemon import CLUSTERBUS
 
 from clusterbus.bus import codec
 from clusterbus.bus.client import Snapshot, Subscriber, fetch_snapshot, fetch_status
-from clusterbus.bus.service import MAX_PEER_REPLIES, MAX_REPLAY_BYTES
+from clusterbus.bus.service import MAX_PEER_REPLIES, MAX_QUEUED_BYTES, MAX_REPLAY_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -140,3 +140,37 @@ def test_a_peer_that_never_reads_its_replies_costs_bounded_memory() -> None:
         assert after - before < 100 * MiB
         # and it still answers everyone else
         assert counters(snapshot)["request.replay"] == requests
+
+
+def test_many_peers_that_never_read_share_one_bounded_budget() -> None:
+    peers, each = 24, MAX_PEER_REPLIES  # 24 x 8 x 1 MiB = 192 MiB if nothing bounded it
+    reports = [codec.encode_ingest("node.up", n, [f"fd00:1234:5678:9abc:{n:x}:{k:x}:ffff:1"
+                                                  for k in range(64)])
+               for n in range(1, 1001)]
+    with BusProcess(heartbeat_interval=0.05) as svc:
+        report_all(svc, reports)
+        snapshot = svc.endpoints["snapshot"]
+        before = svc.rss()
+        ctx = zmq.Context()
+        attackers = []  # referenced: a collected socket is a closed one
+        try:
+            for _ in range(peers):
+                attacker = ctx.socket(zmq.DEALER)
+                attackers.append(attacker)
+                attacker.setsockopt(zmq.RCVHWM, 1)
+                attacker.setsockopt(zmq.RCVBUF, 4096)
+                attacker.connect(snapshot)
+                for _ in range(each):
+                    attacker.send_multipart(codec.encode_request("REPLAY", 0))
+            for _ in range(2000):
+                c = counters(snapshot)
+                if c.get("request.replay", 0) >= peers * each:
+                    break
+            else:
+                raise AssertionError(f"not every request was read: {c}")
+            after = svc.rss()
+            log.info("RSS %d -> %d, counters %s", before, after, c)
+        finally:
+            ctx.destroy(linger=0)
+        assert c.get("reply.dropped.total_limit", 0) >= 1, c
+        assert after - before < MAX_QUEUED_BYTES + 16 * MiB, (before, after)
