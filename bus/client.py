@@ -19,8 +19,13 @@ stream and, when it notices it missed something, asks the daemon's snapshot endp
 * an event whose seq jumps over the next expected one, or a heartbeat announcing a seq
   ahead of the last one seen: ``REPLAY`` the missing events from the daemon's ring;
 * the ring no longer holds them, or the epoch changed (the daemon restarted and counts
-  from 1 again): ``SNAPSHOT`` -- the iterator then yields a :class:`Snapshot` (the view as
-  the daemon has it now) and continues with the events after it.
+  from 1 again; a heartbeat, a reply or the batch frame of the new run's first event says
+  so): ``SNAPSHOT`` -- the iterator then yields a :class:`Snapshot` (the view as the
+  daemon has it now) and continues with the events after it.
+
+The rules live in a sans-IO state machine, :class:`~clusterbus.bus.sequencer.Sequencer`;
+:class:`Subscriber` only reads the sockets, decodes, feeds it, and carries out its
+requests.
 
 Events are therefore delivered in seq order with no hole: either every event, or a
 :class:`Snapshot` that says exactly where continuity was re-established. Prefix filtering
@@ -40,11 +45,10 @@ import asyncio
 import logging
 import re
 import time
-from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, NamedTuple
+from typing import Any
 
 import zmq
 import zmq.asyncio
@@ -59,7 +63,7 @@ from .codec import (
     Heartbeat,
     UnknownTopic,
     decode,
-    decode_batch,
+    decode_batch_epoch,
     decode_event,
     decode_heartbeat,
     decode_reply,
@@ -67,7 +71,8 @@ from .codec import (
     encode_request,
 )
 from .security import load_client_keys
-from .sockets import EVENTS, FD, NOBLOCK, POLLIN
+from .sequencer import Request, RequestSnapshot, Sequencer, Unknown
+from .sockets import TURN_BUDGET, Reader
 
 __all__ = [
     "Subscriber",
@@ -87,19 +92,11 @@ log = logging.getLogger(__name__)
 
 
 
-class _Unknown(NamedTuple):
-    """Stands in for an event of a topic not registered here: it takes its place in the
-    seq order and is never delivered (docs/wire-protocol.md, "Events")."""
-
-    seq: int
-    topic: str
-
-
-def _stand_in(exc: FrameError) -> _Unknown | None:
+def _stand_in(exc: FrameError) -> Unknown | None:
     """The stand-in for an undecodable event that must still count toward the sequence,
     or ``None`` when its seq cannot be known (it is then missing, i.e. a gap)."""
     if isinstance(exc, UnknownTopic) and exc.seq is not None:
-        return _Unknown(exc.seq, exc.topic)
+        return Unknown(exc.seq, exc.topic)
     return None
 
 
@@ -341,7 +338,6 @@ class Subscriber:
         self.publish = publish
         self.snapshot_endpoint = snapshot
         self.prefixes = (prefixes,) if isinstance(prefixes, str) else tuple(prefixes)
-        self.dead_after = dead_after
         self.raise_when_dead = raise_when_dead
         self.resume = resume
         self.initial_snapshot = initial_snapshot
@@ -353,31 +349,37 @@ class Subscriber:
         self.context = context or zmq.asyncio.Context()
         self.requester = Requester(snapshot, self.context, timeout=request_timeout,
                                    retries=request_retries, sockopts=curve)
-        #: the daemon run we follow (None until the first heartbeat or reply).
-        self.epoch: int | None = None
-        #: the last seq accounted for (delivered, filtered out, or covered by a snapshot).
-        self.seq: int | None = None
+        #: gap repair: the protocol core this class adapts to sockets and awaits
+        self.sequencer = Sequencer(prefixes=self.prefixes, resume=resume,
+                                   initial_snapshot=initial_snapshot,
+                                   deliver_snapshots=deliver_snapshots, dead_after=dead_after,
+                                   now=time.monotonic())
         self.last_heartbeat: Heartbeat | None = None
-        self.last_snapshot: Snapshot | None = None
-        #: what happened: delivered, filtered, unknown_topic (skipped, seq counted),
-        #: heartbeats, duplicates, gaps (detected), gaps_repaired, replayed,
-        #: resyncs.<reason>, dropped.<code>, request_timeouts.
-        self.counters: dict[str, int] = {
-            "delivered": 0, "filtered": 0, "unknown_topic": 0, "heartbeats": 0,
-            "duplicates": 0, "gaps": 0, "gaps_repaired": 0, "replayed": 0,
-        }
+        #: what happened (the sequencer's counters, see :class:`Sequencer`, plus
+        #: batching_on / batching_off).
+        self.counters: dict[str, int] = self.sequencer.counters
         self._sub: zmq.asyncio.Socket | None = None
         self._sync: zmq.Socket[Any] | None = None
-        self._waiter: asyncio.Future[None] | None = None
-        self._reader: tuple[asyncio.AbstractEventLoop, int] | None = None
+        self._reader: Reader | None = None
         #: receiving batch frames (subscribed to ``_batch`` and ``_hb``) rather than
         #: single-event frames (subscribed to everything); switched by heartbeats.
         self.batching = False
-        self._ready: deque[Event | Snapshot] = deque()
-        self._floor = 0
-        self._started = False
-        self._opened_at = 0.0
-        self._heard_at: float | None = None
+
+    @property
+    def epoch(self) -> int | None:
+        """The daemon run followed (None until a heartbeat, an event frame or a reply)."""
+        return self.sequencer.epoch
+
+    @property
+    def seq(self) -> int | None:
+        """The last seq accounted for (delivered, filtered out, or covered by a snapshot)."""
+        return self.sequencer.seq
+
+    @property
+    def last_snapshot(self) -> Snapshot | None:
+        """The last snapshot taken to re-establish continuity."""
+        snap: Snapshot | None = self.sequencer.last_snapshot
+        return snap
 
     @classmethod
     def from_config(cls, config: Config, **kwargs: Any) -> Subscriber:
@@ -407,12 +409,15 @@ class Subscriber:
         sub.connect(self.publish)
         self._sub = sub
         self._sync = zmq.Socket.shadow(sub.underlying)
+        self._reader = Reader(self._sync)
         self.batching = False
-        self._opened_at = time.monotonic()
+        self.sequencer.opened(time.monotonic())
 
     def close(self) -> None:
         """Close the sockets (and the private context)."""
-        self._unwatch()
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
         if self._sub is not None:
             self._sub.close(0)
             self._sub = self._sync = None
@@ -437,31 +442,34 @@ class Subscriber:
     # -- liveness -----------------------------------------------------------------------------
 
     @property
+    def dead_after(self) -> float | None:
+        """Seconds without a heartbeat after which :attr:`alive` is false (None: three
+        announced intervals)."""
+        return self.sequencer.dead_after
+
+    @dead_after.setter
+    def dead_after(self, value: float | None) -> None:
+        self.sequencer.dead_after = value
+
+    @property
     def effective_dead_after(self) -> float:
         """``dead_after``, or three announced heartbeat intervals (3 s before any)."""
-        if self.dead_after is not None:
-            return self.dead_after
-        if self.last_heartbeat is not None:
-            return 3 * self.last_heartbeat.interval
-        return 3.0
+        return self.sequencer.effective_dead_after
 
     @property
     def since_heartbeat(self) -> float:
         """Seconds since the last heartbeat (since :meth:`open` when none came yet)."""
-        ref = self._heard_at if self._heard_at is not None else self._opened_at
-        return time.monotonic() - ref
+        return self.sequencer.since_heartbeat(time.monotonic())
 
     @property
     def alive(self) -> bool:
         """True while heartbeats arrive within :attr:`effective_dead_after`."""
-        return self._heard_at is not None and self.since_heartbeat < self.effective_dead_after
+        return self.sequencer.alive(time.monotonic())
 
     @property
     def position(self) -> tuple[int, int] | None:
         """``(epoch, seq)`` to pass as ``resume=`` to a later subscriber."""
-        if self.epoch is None or self.seq is None:
-            return None
-        return self.epoch, self.seq
+        return self.sequencer.position
 
     # -- requests --------------------------------------------------------------------------------
 
@@ -482,10 +490,13 @@ class Subscriber:
 
         :param timeout: give up after this many seconds (``TimeoutError``).
         :raises PublisherLost: ``raise_when_dead`` and no heartbeat for too long.
-        :raises RequestTimeout: a needed replay/snapshot request got no answer.
+        :raises RequestTimeout: a needed replay/snapshot request got no answer (the next
+            call asks again).
         """
-        if self._ready:
-            return self._ready.popleft()
+        ready = self.sequencer.ready
+        if ready:
+            item: Event | Snapshot = ready.popleft()
+            return item
         if timeout is None:
             return await self._fill()
         async with asyncio.timeout(timeout):
@@ -494,217 +505,139 @@ class Subscriber:
     async def _fill(self) -> Event | Snapshot:
         # next() without an item ready (no asyncio.timeout object when there is no timeout)
         self.open()
-        if not self._started:
-            self._started = True
-            await self._start()
-        while not self._ready:
-            await self._handle(await self._receive())
-            # Handle whatever else is already queued (up to a batch) while we are here:
-            # one wake-up per burst instead of one per frame.
-            for _ in range(256):
-                sync = self._sync
-                if sync is None or not int(sync.getsockopt(EVENTS)) & POLLIN:
+        seqr = self.sequencer
+        ready = seqr.ready
+        while not ready:
+            if seqr.request is not None:
+                await self._ask(seqr.request)
+                continue
+            self._handle(await self._receive())
+            # Handle whatever else is already queued (up to a budget) while we are here:
+            # one wake-up per burst instead of one per frame. A request decision is
+            # answered before anything else is read.
+            reader = self._reader
+            for _ in range(TURN_BUDGET):
+                if seqr.request is not None or reader is None:
                     break
-                try:
-                    frames = sync.recv_multipart(NOBLOCK)
-                except zmq.Again:
+                frames = reader.poll()
+                if frames is None:
                     break
-                await self._handle(frames)
-        return self._ready.popleft()
+                self._handle(frames)
+        item: Event | Snapshot = ready.popleft()
+        return item
 
     async def _receive(self) -> list[bytes]:
-        sync = self._sync
-        assert sync is not None
+        reader = self._reader
+        assert reader is not None
         while True:
-            # EVENTS first: a refused non-blocking recv costs an exception
-            if int(sync.getsockopt(EVENTS)) & POLLIN:
-                try:
-                    return sync.recv_multipart(NOBLOCK)
-                except zmq.Again:
-                    pass
+            frames = reader.poll()
+            if frames is not None:
+                return frames
             # Nothing there (just checked, on this loop turn): wait for a wake-up that
-            # saw a message, then take it without asking EVENTS again.
+            # saw a message.
             if not self.raise_when_dead:
-                await self._readable()
-            else:
-                left = self.effective_dead_after - self.since_heartbeat
-                if left <= 0:
-                    raise PublisherLost(f"{self.publish}: no heartbeat for "
-                                        f"{self.since_heartbeat:.1f}s")
-                try:
-                    async with asyncio.timeout(left):
-                        await self._readable()
-                except TimeoutError:
-                    continue
+                await reader.readable()
+                continue
+            left = self.effective_dead_after - self.since_heartbeat
+            if left <= 0:
+                raise PublisherLost(f"{self.publish}: no heartbeat for "
+                                    f"{self.since_heartbeat:.1f}s")
             try:
-                return sync.recv_multipart(NOBLOCK)
-            except zmq.Again:
+                async with asyncio.timeout(left):
+                    await reader.readable()
+            except TimeoutError:
                 continue
 
-    async def _readable(self) -> None:
-        """Wait until a wake-up finds a message on the SUB socket.
-
-        The caller has just found ``EVENTS`` without ``POLLIN``, on this loop turn. The
-        socket's ZMQ_FD only signals that ``EVENTS`` may have changed (and reading
-        ``EVENTS`` re-arms it), so it is watched directly on the loop and :meth:`_wake`
-        reads ``EVENTS`` on every wake-up, completing the wait only when a message is
-        there: one future per wait, no pyzmq asyncio machinery on the per-message path,
-        and no second ``EVENTS`` read here (each costs a microsecond or two). The fd stays
-        registered until :meth:`close` (registering per wait costs two epoll_ctl calls
-        and the selector's bookkeeping).
-        """
-        sync = self._sync
-        assert sync is not None
-        loop = asyncio.get_running_loop()
-        if self._reader is None or self._reader[0] is not loop:
-            self._unwatch()
-            fd = int(sync.getsockopt(FD))
-            loop.add_reader(fd, self._wake)
-            self._reader = (loop, fd)
-        self._waiter = loop.create_future()
-        try:
-            await self._waiter
-        finally:
-            self._waiter = None
-
-    def _wake(self) -> None:
-        # Reading EVENTS also drains the socket's command queue, which is what makes the
-        # fd stop being readable: without it the loop would call us again and again.
-        sync = self._sync
-        if sync is None:
-            return
-        ready = int(sync.getsockopt(EVENTS)) & POLLIN
-        waiter = self._waiter
-        if ready and waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def _unwatch(self) -> None:
-        if self._reader is not None:
-            loop, fd = self._reader
-            self._reader = None
-            if not loop.is_closed():
-                loop.remove_reader(fd)
-
-    async def _start(self) -> None:
-        if self.resume is not None:
-            self.epoch, self.seq = self.resume
-            self._floor = self.seq + 1
-            await self._repair()
-        elif self.initial_snapshot:
-            await self._resync("initial")
-
-    async def _handle(self, frames: list[bytes]) -> None:
+    def _handle(self, frames: list[bytes]) -> None:
         head = frames[0] if frames else b""
+        seqr = self.sequencer
         if head == BATCH_TOPIC:
             try:
-                items = decode_batch(frames)
+                epoch, items = decode_batch_epoch(frames)
             except FrameError as exc:
-                self._count(f"dropped.{exc.code}")
+                seqr.missing(exc.code)
                 log.debug("dropped batch from %s (%s): %s", self.publish, exc.code, exc)
                 return
-            ready, prefixes, counters = self._ready, self.prefixes, self.counters
+            events: list[Event | Unknown] = []
             for topic, body in items:
-                event: Event | _Unknown | None
                 try:
-                    event = decode_event(topic, body)
+                    events.append(decode_event(topic, body))
                 except FrameError as exc:
-                    event = self._undecodable(exc)
-                    if event is None:
-                        continue
-                    if self.seq is not None and event.seq == self.seq + 1 \
-                            and self.epoch is not None:
-                        self._accept(event)
-                    else:
-                        await self._event(event)
-                    continue
-                seq = self.seq
-                # in order and nothing to learn: _accept inline, no coroutine per event
-                if seq is not None and event.seq == seq + 1 and self.epoch is not None:
-                    self.seq = seq + 1
-                    if not prefixes or topic.startswith(prefixes):
-                        ready.append(event)
-                        counters["delivered"] += 1
-                    else:
-                        counters["filtered"] += 1
-                else:
-                    await self._event(event)
+                    unknown = self._undecodable(exc)
+                    if unknown is not None:
+                        events.append(unknown)
+            seqr.events(events, epoch)
             return
         if head == HEARTBEAT_TOPIC:
-            await self._heartbeat(frames)
+            self._heartbeat(frames)
             return
         try:
-            event = decode(frames)
+            event: Event | Unknown = decode(frames)
         except FrameError as exc:
-            event = self._undecodable(exc)
-            if event is None:
+            unknown = self._undecodable(exc)
+            if unknown is None:
                 return
-        await self._event(event)
+            event = unknown
+        seqr.event(event)
 
-    def _undecodable(self, exc: FrameError) -> _Unknown | None:
+    def _undecodable(self, exc: FrameError) -> Unknown | None:
         """An event from the PUB stream that cannot be decoded: its stand-in when it still
         counts toward the sequence, else count it as dropped (its seq is then missing)."""
         unknown = _stand_in(exc)
         if unknown is not None:
             log.debug("skipping seq %d from %s: %s", unknown.seq, self.publish, exc)
         else:
-            self._count(f"dropped.{exc.code}")
+            self.sequencer.missing(exc.code)
             log.debug("dropped frame from %s (%s): %s", self.publish, exc.code, exc)
         return unknown
 
-    async def _event(self, event: Event | _Unknown) -> None:
-        if self.seq is None:
-            self.seq, self._floor = event.seq - 1, event.seq  # the first event sets the baseline
-        if self.epoch is None:
-            # Events do not carry the epoch; learn it (and anything already after the
-            # baseline) from the snapshot endpoint before delivering anything, so that
-            # :attr:`position` is always resumable.
-            if await self._repair():
-                return
-        if event.seq == self.seq + 1:
-            self._accept(event)
-        elif event.seq <= self.seq:
-            if event.seq >= self._floor:
-                # Already replayed (or received in the other format while switching to
-                # or from batches), now arriving on the PUB stream as well.
-                self.counters["duplicates"] += 1
-                return
-            # The PUB stream cannot repeat what it delivered live before the last repair:
-            # the daemon probably restarted. Check the epoch through a (cheap) replay.
-            self._count("suspect")
-            resynced = await self._repair()
-            if not resynced:
-                self._floor = min(self._floor, event.seq)
-        else:
-            self.counters["gaps"] += 1
-            log.debug("gap: expected seq %d, got %d", self.seq + 1, event.seq)
-            if not await self._repair() and event.seq == self.seq + 1:
-                self._accept(event)
-
-    async def _heartbeat(self, frames: list[bytes]) -> None:
+    def _heartbeat(self, frames: list[bytes]) -> None:
         try:
             hb = decode_heartbeat(frames)
         except FrameError as exc:
-            self._count(f"dropped.{exc.code}")
+            self.sequencer.missing(exc.code)
             log.debug("dropped heartbeat (%s): %s", exc.code, exc)
             return
-        self.counters["heartbeats"] += 1
         self.last_heartbeat = hb
-        self._heard_at = time.monotonic()
         if hb.batch != self.batching and self.batch:
             self._set_batching(hb.batch)
-        if self.epoch is None:
-            self.epoch = hb.epoch
-            if self.seq is None:
-                self.seq, self._floor = hb.seq, hb.seq + 1
-                return
-        if hb.epoch != self.epoch:
-            log.info("daemon at %s restarted (epoch %016x -> %016x)", self.publish,
-                     self.epoch, hb.epoch)
-            await self._resync("epoch_changed")
-        elif self.seq is not None and hb.seq > self.seq:
-            self.counters["gaps"] += 1
-            log.debug("heartbeat says seq %d, we have %d", hb.seq, self.seq)
-            await self._repair()
+        before = self.sequencer.epoch
+        self.sequencer.heartbeat(epoch=hb.epoch, seq=hb.seq, interval=hb.interval,
+                                 now=time.monotonic())
+        if before is not None and hb.epoch != before:
+            log.info("daemon at %s restarted (epoch %016x -> %016x)", self.publish, before,
+                     hb.epoch)
+
+    async def _ask(self, request: Request) -> None:
+        """Carry out the sequencer's request decision and hand it the answer.
+
+        :raises RequestTimeout: no answer (the decision stays: the next call asks again).
+        """
+        seqr = self.sequencer
+        if isinstance(request, RequestSnapshot):
+            snap = await self.fetch_snapshot(request.reason)
+            seqr.resynced(snap)
+            log.info("resynchronised from a snapshot at seq %d (%s)", snap.seq, request.reason)
+            return
+        header, payload = await self.requester.request("REPLAY", request.after)
+        items: list[Event | Unknown | None] | None = None
+        if len(payload) % 2 == 0:
+            items = []
+            for i in range(0, len(payload), 2):
+                try:
+                    items.append(decode(payload[i:i + 2]))
+                except FrameError as exc:
+                    unknown = _stand_in(exc)
+                    if unknown is None:
+                        log.warning("undecodable event in a replay from %s: %s",
+                                    self.snapshot_endpoint, exc)
+                    items.append(unknown)
+        replayed = seqr.counters["replayed"]
+        seqr.replayed(epoch=header.get("epoch"), status=header.get("status"),
+                      more=bool(header.get("more")), items=items)
+        if seqr.counters["replayed"] != replayed:
+            log.debug("replayed %d event(s) up to seq %s",
+                      seqr.counters["replayed"] - replayed, seqr.seq)
 
     def _set_batching(self, on: bool) -> None:
         """Switch between single-event frames and batch frames.
@@ -727,78 +660,8 @@ class Subscriber:
         self._count("batching_on" if on else "batching_off")
         log.debug("%s: %s batch frames", self.publish, "receiving" if on else "not receiving")
 
-    def _accept(self, event: Event | _Unknown) -> None:
-        self.seq = event.seq
-        if isinstance(event, _Unknown):
-            self.counters["unknown_topic"] += 1
-        elif not self.prefixes or event.topic.startswith(self.prefixes):
-            self._ready.append(event)
-            self.counters["delivered"] += 1
-        else:
-            self.counters["filtered"] += 1
-
     def _count(self, key: str) -> None:
         self.counters[key] = self.counters.get(key, 0) + 1
-
-    async def _repair(self) -> bool:
-        """REPLAY everything after :attr:`seq`; fall back to a snapshot.
-
-        :returns: True when it had to resynchronise from a snapshot.
-        """
-        assert self.seq is not None
-        self._floor = self.seq + 1
-        replayed = 0
-        while True:
-            header, payload = await self.requester.request("REPLAY", self.seq)
-            epoch, status = header.get("epoch"), header.get("status")
-            if self.epoch is None and type(epoch) is int:
-                self.epoch = epoch
-            if epoch != self.epoch:
-                await self._resync("epoch_changed")
-                return True
-            if status != "ok":
-                await self._resync(f"replay_{status}")
-                return True
-            if len(payload) % 2:
-                await self._resync("replay_invalid")
-                return True
-            for i in range(0, len(payload), 2):
-                event: Event | _Unknown | None
-                try:
-                    event = decode(payload[i:i + 2])
-                except FrameError as exc:
-                    event = _stand_in(exc)
-                    if event is None:
-                        log.warning("undecodable event in a replay from %s: %s",
-                                    self.snapshot_endpoint, exc)
-                        await self._resync("replay_invalid")
-                        return True
-                if event.seq <= self.seq:
-                    continue
-                if event.seq != self.seq + 1:
-                    await self._resync("replay_hole")
-                    return True
-                self._accept(event)
-                replayed += 1
-            if not header.get("more") or not payload:
-                break
-        if replayed:
-            self.counters["gaps_repaired"] += 1
-            self.counters["replayed"] += replayed
-            log.debug("replayed %d event(s) up to seq %d", replayed, self.seq)
-        return False
-
-    async def _resync(self, reason: str) -> None:
-        snap = await self.fetch_snapshot(reason)
-        self.epoch, self.seq = snap.epoch, snap.seq
-        # After a snapshot the PUB queue may still hold anything older: none of it is a
-        # sign of a restart any more (heartbeats will tell).
-        self._floor = 0
-        self.last_snapshot = snap
-        self._count(f"resyncs.{reason}")
-        log.info("resynchronised from a snapshot at seq %d (%s)", snap.seq, reason)
-        if self.deliver_snapshots:
-            self._ready.append(snap)
 
 
 # -- one-shot helpers ----------------------------------------------------------------------------

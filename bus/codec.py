@@ -8,21 +8,22 @@ services drop the input, count it by ``code`` and keep running.
 Frames:
 
 * event:      ``[topic, body]`` -- ``body`` = msgpack map ``{"v": version, **event.to_dict()}``
-* batch:      ``[b"_batch", {"v": 1, "events": [[topic, body], ...]}]`` -- several events
+* batch:      ``[b"_batch", {"v": 1, "epoch", "events": [[topic, body], ...]}]`` -- several events
   in one frame, each ``body`` exactly an event frame's body; sent only to subscribers of
   ``_batch`` (the heartbeat's ``batch`` key says the daemon does it)
 * heartbeat:  ``[b"_hb", body]`` -- ``{"v": 1, "epoch", "origin", "seq", "time", "interval",
   "batch"?}``
 * ingest:     ``[topic, body]`` -- ``{"v": 1, "node", "addrs"?, "incarnation"?}``
 * requests:   ``[b"SNAPSHOT"]``, ``[b"REPLAY", after_seq (+ limit)]``, ``[b"STATUS"]``
-* replies:    ``[command, header map, *payload]``; errors ``[b"ERROR", {"error", "message"}]``
+* replies:    ``[command, header map, *payload]``; errors ``[b"ERROR", {"error", "message"}]``;
+  a header bigger than a frame is split (``{"v": 2, "parts": n}`` and ``n`` frames)
 """
 
 from __future__ import annotations
 
 import operator
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -67,6 +68,8 @@ __all__ = [
     "EventEncoder",
     "event_encoder",
     "decode_batch",
+    "decode_batch_epoch",
+    "batch_head",
     "unpack_map",
     "pack",
     "new_packer",
@@ -79,6 +82,10 @@ __all__ = [
     "decode_request",
     "encode_reply",
     "decode_reply",
+    "SPLIT_VERSION",
+    "MAX_REPLY_HEADER",
+    "snapshot_node",
+    "encode_snapshot",
 ]
 
 #: Version of the bus's own messages (heartbeat, ingest body, request/reply headers).
@@ -97,6 +104,12 @@ MAX_BATCH_EVENTS = 512
 #: Largest frame accepted by any decoder (bytes). Events are a few hundred bytes; the cap
 #: bounds the memory a hostile peer can make us spend on one frame.
 MAX_FRAME = 64 * 1024
+#: Version of a reply header that only says how many frames the real (version 1) header
+#: was split into, because it did not fit in one frame.
+SPLIT_VERSION = 2
+#: Largest reply header a client joins from split frames (bytes): a snapshot of 10,000
+#: nodes with 4 addresses each is about 1.6 MB.
+MAX_REPLY_HEADER = 64 * 1024 * 1024
 #: Largest topic frame accepted (bytes).
 MAX_TOPIC = 255
 U64 = 2**64 - 1
@@ -229,16 +242,17 @@ def _topic(raw: bytes) -> str:
         raise FrameError("bad_topic", "topic is not UTF-8", offset=exc.start) from None
 
 
-def unpack_map(raw: bytes, what: str = "body") -> dict[str, Any]:
+def unpack_map(raw: bytes, what: str = "body", *, limit: int = MAX_FRAME) -> dict[str, Any]:
     """Decode one msgpack map (with string keys) that fills ``raw`` exactly.
 
     Arrays come back as tuples (``use_list=False``).
 
+    :param limit: largest ``raw`` accepted (bytes).
     :raises FrameError: ``bad_body`` -- not msgpack, trailing bytes, not a map, a key that
-        is not a string, or larger than :data:`MAX_FRAME`.
+        is not a string; ``oversized`` -- larger than ``limit``.
     """
-    if len(raw) > MAX_FRAME:
-        raise FrameError("oversized", f"{what} is {len(raw)} bytes (max {MAX_FRAME})")
+    if len(raw) > limit:
+        raise FrameError("oversized", f"{what} is {len(raw)} bytes (max {limit})")
     try:
         obj = msgpack.unpackb(raw, raw=False, strict_map_key=True, use_list=False)
     except _UNPACK_ERRORS as exc:
@@ -451,9 +465,10 @@ def _element_head(topic: bytes) -> bytes:
     return head
 
 
-def encode_batch(events: Sequence[tuple[bytes, bytes]]) -> list[bytes]:
+def encode_batch(events: Sequence[tuple[bytes, bytes]], epoch: int | None = None) -> list[bytes]:
     """Encode already encoded events ``(topic, body)`` (as :func:`encode` made them) as one
-    batch frame ``[b"_batch", {"v": 1, "events": [[topic, body], ...]}]``.
+    batch frame ``[b"_batch", {"v": 1, "epoch": epoch, "events": [[topic, body], ...]}]``
+    (without ``epoch`` when it is None).
 
     The bodies are spliced in as they are (each is one msgpack map), so a batch costs no
     re-encoding. The caller keeps the frame under :data:`MAX_FRAME` and
@@ -462,24 +477,48 @@ def encode_batch(events: Sequence[tuple[bytes, bytes]]) -> list[bytes]:
     parts: list[bytes] = []
     for topic, body in events:
         parts += (_element_head(topic), body)
-    return batch_frame(parts)
+    return batch_frame(parts, batch_head(epoch))
 
 
-def batch_frame(parts: list[bytes]) -> list[bytes]:
+def batch_head(epoch: int | None = None) -> bytes:
+    """The start of a batch frame's map, up to its ``events`` array (for
+    :func:`batch_frame`): ``{"v": 1, "epoch": epoch, "events": ``, or without ``epoch``.
+
+    :raises ValueError: ``epoch`` is not a u64.
+    """
+    if epoch is None:
+        return _BATCH_HEAD
+    if type(epoch) is not int or not 0 < epoch <= U64:
+        raise ValueError(f"batch epoch must be 1..2**64-1, got {epoch!r}")
+    return b"\x83\xa1v\x01\xa5epoch" + pack(epoch) + b"\xa6events"
+
+
+def batch_frame(parts: list[bytes], head: bytes = _BATCH_HEAD) -> list[bytes]:
     """The batch frame of already encoded elements: ``parts`` holds, for each event in
-    order, its element head (:attr:`EventEncoder.element`) and then its body.
+    order, its element head (:attr:`EventEncoder.element`) and then its body; ``head``
+    is :func:`batch_head`'s (the daemon's epoch).
 
     Same bytes as :func:`encode_batch` of the same events; the same limits apply.
     """
-    return [BATCH_TOPIC, b"".join((_BATCH_HEAD, _array_header(len(parts) // 2), *parts))]
+    return [BATCH_TOPIC, b"".join((head, _array_header(len(parts) // 2), *parts))]
 
 
 def decode_batch(frames: Sequence[Any]) -> list[tuple[str, dict[str, Any]]]:
     """Split a batch frame into ``(topic, body map)`` pairs, in order; turn each into an
     event with :func:`decode_event` (one bad event does not spoil the others).
 
-    :raises FrameError: not a batch frame, oversized, not msgpack, bad version, more than
-        :data:`MAX_BATCH_EVENTS` events, or an element that is not ``[str, map]``.
+    :raises FrameError: see :func:`decode_batch_epoch`.
+    """
+    return decode_batch_epoch(frames)[1]
+
+
+def decode_batch_epoch(frames: Sequence[Any]) -> tuple[int | None, list[tuple[str, dict[str, Any]]]]:
+    """Split a batch frame into its epoch (None when it carries none: an older daemon)
+    and its ``(topic, body map)`` pairs.
+
+    :raises FrameError: not a batch frame, oversized, not msgpack, bad version, a bad
+        ``epoch``, more than :data:`MAX_BATCH_EVENTS` events, or an element that is not
+        ``[str, map]``.
     """
     topic, raw = _check_frames(frames, 2)
     if topic != BATCH_TOPIC:
@@ -491,13 +530,14 @@ def decode_batch(frames: Sequence[Any]) -> list[tuple[str, dict[str, Any]]]:
     if type(events) is not tuple or len(events) > MAX_BATCH_EVENTS:
         raise FrameError("bad_body", f"batch: 'events' must be an array of at most "
                                      f"{MAX_BATCH_EVENTS} elements")
-    out = []
+    epoch = body.get("epoch")
+    if epoch is not None and (type(epoch) is not int or not 0 < epoch <= U64):
+        raise FrameError("bad_field", "batch: 'epoch' must be an integer 1..2**64-1")
     for item in events:
         if type(item) is not tuple or len(item) != 2 or type(item[0]) is not str \
                 or type(item[1]) is not dict or not 0 < len(item[0]) <= MAX_TOPIC:
             raise FrameError("bad_body", "batch: every element must be [topic, map]")
-        out.append(item)
-    return out
+    return epoch, list(events)
 
 
 # -- heartbeats -----------------------------------------------------------------------------
@@ -666,13 +706,25 @@ def decode_request(frames: Sequence[Any]) -> tuple[str, tuple[int, ...]]:
 def encode_reply(command: str, header: dict[str, Any], payload: Sequence[bytes] = ()) -> list[bytes]:
     """Encode a reply: ``[command, msgpack {"v": 1, **header}, *payload]``.
 
+    A header that does not fit in one frame (:data:`MAX_FRAME`) is split: frame 1 is then
+    ``{"v": 2, "epoch"?, "parts": n}`` and the next ``n`` frames, joined, are the version 1
+    header (docs/wire-protocol.md, "Replies bigger than a frame").
+
     :raises TypeError: ``header`` holds something msgpack cannot encode.
     """
-    return [command.encode("ascii"), pack({"v": WIRE_VERSION, **header}), *payload]
+    raw = pack({"v": WIRE_VERSION, **header})
+    name = command.encode("ascii")
+    if len(raw) <= MAX_FRAME:
+        return [name, raw, *payload]
+    parts = [raw[i:i + MAX_FRAME] for i in range(0, len(raw), MAX_FRAME)]
+    split: dict[str, Any] = {"v": SPLIT_VERSION, "parts": len(parts)}
+    if "epoch" in header:
+        split["epoch"] = header["epoch"]
+    return [name, pack(split), *parts, *payload]
 
 
 def decode_reply(frames: Sequence[Any]) -> tuple[str, dict[str, Any], list[bytes]]:
-    """Decode a reply (the frames after any envelope).
+    """Decode a reply (the frames after any envelope), joining a split header.
 
     :returns: (command, header map without ``v``, payload frames).
     :raises FrameError: malformed reply.
@@ -680,18 +732,46 @@ def decode_reply(frames: Sequence[Any]) -> tuple[str, dict[str, Any], list[bytes
     if isinstance(frames, (bytes, bytearray, memoryview, str)) or not isinstance(frames, Sequence) \
             or len(frames) < 2:
         raise FrameError("frame_count", "a reply has at least 2 frames")
-    command = frames[0]
-    if not isinstance(command, (bytes, bytearray, memoryview)):
-        raise FrameError("frame_count", "command frame is not bytes")
+    if not all(isinstance(f, (bytes, bytearray, memoryview)) for f in frames):
+        raise FrameError("frame_count", "a reply frame is not bytes")
     try:
-        name = bytes(command).decode("ascii")
+        name = bytes(frames[0]).decode("ascii")
     except UnicodeDecodeError:
         raise FrameError("bad_reply", "command is not ASCII") from None
-    header_raw = frames[1]
-    if not isinstance(header_raw, (bytes, bytearray, memoryview)):
-        raise FrameError("frame_count", "header frame is not bytes")
-    header = unpack_map(bytes(header_raw), "reply header")
-    if _version(header, "reply") != WIRE_VERSION:
+    header = unpack_map(bytes(frames[1]), "reply header")
+    version = _version(header, "reply")
+    rest = 2
+    if version == SPLIT_VERSION:
+        n = header.get("parts")
+        if type(n) is not int or not 1 <= n <= MAX_REPLY_HEADER // MAX_FRAME \
+                or len(frames) < 2 + n:
+            raise FrameError("bad_reply", f"split reply header: bad 'parts' {n!r}")
+        if any(len(f) > MAX_FRAME for f in frames[2:2 + n]):
+            raise FrameError("oversized", "split reply header: a part exceeds MAX_FRAME")
+        header = unpack_map(b"".join(bytes(f) for f in frames[2:2 + n]), "reply header",
+                            limit=MAX_REPLY_HEADER)
+        version = _version(header, "reply")
+        rest = 2 + n
+    if version != WIRE_VERSION:
         raise FrameError("bad_version", "unsupported reply version")
-    payload = [bytes(f) for f in frames[2:]]
+    payload = [bytes(f) for f in frames[rest:]]
     return name, header, payload
+
+
+# -- snapshot replies ---------------------------------------------------------------------------
+
+def snapshot_node(node: Mapping[str, Any]) -> dict[str, Any]:
+    """One element of a ``SNAPSHOT`` reply's ``nodes`` from one of the view's snapshot
+    nodes (docs/wire-protocol.md, "SNAPSHOT reply"): the one place that lists its keys."""
+    return {"node": node["node"], "state": node["state"], "addrs": list(node["addrs"]),
+            "incarnation": node["incarnation"], "view": node["view"]}
+
+
+def encode_snapshot(epoch: int, snapshot: Mapping[str, Any]) -> list[bytes]:
+    """The ``SNAPSHOT`` reply for the engine's ``snapshot()`` (``origin``, ``seq``,
+    ``view``, ``nodes``, ``nodemap``); split over several frames when it is big."""
+    return encode_reply("SNAPSHOT", {
+        "epoch": epoch, "origin": snapshot["origin"], "seq": snapshot["seq"],
+        "view": snapshot["view"], "nodes": [snapshot_node(n) for n in snapshot["nodes"]],
+        "nodemap": snapshot["nodemap"],
+    })

@@ -45,6 +45,7 @@ from .codec import (
     EventEncoder,
     Heartbeat,
     batch_frame,
+    batch_head,
     encode_heartbeat,
     event_encoder,
     new_packer,
@@ -137,6 +138,9 @@ class Publisher:
         self._sent_at = 0.0  #: monotonic time of the last send of events
         self._flush_scheduled = False
         self._encoders: dict[type, EventEncoder] = {}
+        #: every batch frame says which run its events belong to (a restarted daemon is
+        #: recognised from the first event of its new run)
+        self._batch_head = batch_head(epoch)
         #: element head -> topic frame, for single-event frames
         self._topics: dict[bytes, bytes] = {}
         # the loop's own packer: no thread-local look-up per event (the sink runs on the
@@ -255,9 +259,10 @@ class Publisher:
                 except zmq.Again:
                     again += 1
         if self._want_batch:
+            head = self._batch_head
             for chunk in split_batches(pending):
                 try:
-                    send(batch_frame(chunk), NOBLOCK)
+                    send(batch_frame(chunk, head), NOBLOCK)
                     batches += 1
                 except zmq.Again:
                     again += 1

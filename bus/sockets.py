@@ -1,4 +1,5 @@
-"""ZeroMQ socket constants as plain ints, for the bus's hot paths.
+"""ZeroMQ on the asyncio loop: the plain-int socket constants and :class:`Reader`, the one
+way the bus drains a socket.
 
 pyzmq's constants are enum members: ``&`` on them and passing them as options run enum
 code in Python, several microseconds per message. Every bus module takes them from here.
@@ -6,8 +7,106 @@ code in Python, several microseconds per message. Every bus module takes them fr
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
 import zmq
 
-__all__ = ["EVENTS", "POLLIN", "NOBLOCK", "FD"]
+__all__ = ["EVENTS", "POLLIN", "NOBLOCK", "SNDMORE", "FD", "Reader", "TURN_BUDGET"]
 
 EVENTS, POLLIN, NOBLOCK, FD = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK), int(zmq.FD)
+SNDMORE = int(zmq.SNDMORE)
+
+#: Messages :meth:`Reader.serve` handles per loop turn before it lets the loop run the
+#: rest (heartbeats, requests, timers): a flood costs latency elsewhere of at most this
+#: many messages' work, never a stall.
+TURN_BUDGET = 256
+
+
+class Reader:
+    """Reads a (synchronous) ZeroMQ socket from an asyncio loop.
+
+    The socket's ZMQ_FD only signals that ``EVENTS`` may have changed (reading
+    ``EVENTS`` re-arms it), so it is watched directly on the loop and :meth:`_wake` reads
+    ``EVENTS`` on every wake-up, completing a wait only when a message is there: one
+    future per wait, no pyzmq asyncio machinery on the per-message path. The fd stays
+    registered until :meth:`close` (registering per wait costs two epoll_ctl calls).
+
+    :param sock: the socket (a ``zmq.asyncio`` socket's ``Socket.shadow`` works too).
+    """
+
+    def __init__(self, sock: zmq.Socket[Any]) -> None:
+        self.sock = sock
+        self._waiter: asyncio.Future[None] | None = None
+        self._reader: tuple[asyncio.AbstractEventLoop, int] | None = None
+
+    def poll(self) -> list[bytes] | None:
+        """The next queued message, or ``None`` when there is none (never waits)."""
+        sock = self.sock
+        # EVENTS first: a refused non-blocking recv costs an exception
+        if int(sock.getsockopt(EVENTS)) & POLLIN:
+            try:
+                return sock.recv_multipart(NOBLOCK)
+            except zmq.Again:
+                pass
+        return None
+
+    async def recv(self) -> list[bytes]:
+        """The next message, waiting for one."""
+        while True:
+            frames = self.poll()
+            if frames is not None:
+                return frames
+            await self.readable()
+
+    async def readable(self) -> None:
+        """Wait until a wake-up finds a message.
+
+        Call it only after :meth:`poll` found nothing on this loop turn (that read of
+        ``EVENTS`` is what re-arms the fd).
+        """
+        loop = asyncio.get_running_loop()
+        if self._reader is None or self._reader[0] is not loop:
+            self.close()
+            fd = int(self.sock.getsockopt(FD))
+            loop.add_reader(fd, self._wake)
+            self._reader = (loop, fd)
+        self._waiter = loop.create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+    def _wake(self) -> None:
+        # Reading EVENTS also drains the socket's command queue, which is what makes the
+        # fd stop being readable: without it the loop would call us again and again.
+        if self.sock.closed:
+            return
+        ready = int(self.sock.getsockopt(EVENTS)) & POLLIN
+        waiter = self._waiter
+        if ready and waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def serve(self, handle: Callable[[list[bytes]], object], *,
+                    budget: int = TURN_BUDGET) -> None:
+        """Hand every message to ``handle``, forever (until cancelled), at most ``budget``
+        messages per loop turn: after that many it yields, so a flood on this socket
+        delays the loop's other work by one budget's worth, never starves it."""
+        while True:
+            for _ in range(budget):
+                frames = self.poll()
+                if frames is None:
+                    await self.readable()
+                    break
+                handle(frames)
+            else:
+                await asyncio.sleep(0)  # budget used up: let the loop run the rest
+
+    def close(self) -> None:
+        """Stop watching the fd (the socket itself belongs to the caller)."""
+        if self._reader is not None:
+            loop, fd = self._reader
+            self._reader = None
+            if not loop.is_closed():
+                loop.remove_reader(fd)

@@ -228,9 +228,12 @@ main.add_command(keygen)
 @curve_options
 @click.option("--filter", "prefixes", multiple=True, metavar="PREFIX",
               help="Topic prefix to receive (repeatable), e.g. node. or vrrp.; default all.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
-@click.option("--count", type=click.IntRange(min=1), default=None,
-              help="Exit after N events.")
+@click.option("--json", "as_json", is_flag=True,
+              help='One JSON object per line; a resync prints {"snapshot": {...}} first.')
+@click.option("--snapshot", "initial", is_flag=True,
+              help="Start with the daemon's current state (a snapshot record).")
+@click.option("--count", type=click.IntRange(min=0), default=None,
+              help="Exit after N events (0 with --snapshot: the snapshot alone).")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Give up (exit 1) unless the wanted events arrived within this many "
                    "seconds.")
@@ -238,27 +241,42 @@ main.add_command(keygen)
               help="Keep waiting when the daemon is silent or restarts (default: exit 1 "
                    "after three missed heartbeats).")
 def events(config_path: str | None, certificate: str | None, server_key: str | None,
-           prefixes: tuple[str, ...], as_json: bool,
+           prefixes: tuple[str, ...], as_json: bool, initial: bool,
            count: int | None, timeout: float | None, follow: bool) -> None:
     """Print events from a running daemon, live, in order, without gaps.
 
     Missed events (a restart of this command, a slow terminal) are repaired from the
-    daemon's replay endpoint, so seq numbers are continuous.
+    daemon's replay endpoint, so seq numbers are continuous. When that is impossible (the
+    daemon restarted, or forgot them) the state is re-read: --json prints it as
+    {"snapshot": {"nodes": [...], ...}}, the text output as a "snapshot" line.
     """
     from clusterbus.bus.client import Snapshot, Subscriber, item_to_dict
 
+    if count == 0 and not initial:
+        raise click.BadParameter("0 (nothing to print) is valid with --snapshot only",
+                                 param_hint="'--count'")
     cfg = _config(config_path)
 
     async def go() -> None:
         n = 0
-        async with Subscriber.from_config(cfg, prefixes=prefixes, raise_when_dead=not follow,
+        async with Subscriber.from_config(cfg, prefixes=prefixes, initial_snapshot=initial,
+                                          raise_when_dead=not follow,
                                           **client_key_files(cfg["bus"], certificate,
                                                              server_key)) as sub:
             async for item in sub:
                 if isinstance(item, Snapshot):
-                    click.echo(f"clusterbus events: resynchronised from a snapshot at seq "
-                               f"{item.seq} ({item.reason}): events before it were lost",
-                               err=True)
+                    if as_json:
+                        click.echo(json.dumps({"snapshot": item.to_dict()},
+                                              separators=(",", ":")))
+                    else:
+                        click.echo(f"{item.seq:>8} snapshot         nodes={len(item.nodes)} "
+                                   f"view={item.view} reason={item.reason}")
+                    if item.reason != "initial":
+                        click.echo(f"clusterbus events: resynchronised from a snapshot at "
+                                   f"seq {item.seq} ({item.reason}): events before it were "
+                                   f"lost", err=True)
+                    if count == 0:
+                        return
                     continue
                 click.echo(json.dumps(item_to_dict(item), separators=(",", ":"))
                            if as_json else _event_line(item))

@@ -60,7 +60,7 @@ def test_authorized_client_gets_events_snapshot_status_and_can_ingest(
             assert svc.endpoints["ingest"].startswith("tcp://127.0.0.1:")
             alice = client(keys, "alice")
             await emit(svc.endpoints["ingest"], "node.up", 3, ["10.9.0.3"], **alice)
-            await until(lambda: svc.counters["ingest_accepted"] == 1)
+            await until(lambda: svc.counters["ingest.accepted"] == 1)
             snap = await fetch_snapshot(svc.endpoints["snapshot"], **alice)
             assert [n["node"] for n in snap.nodes] == [3]
             async with Subscriber(svc.endpoints["publish"], svc.endpoints["snapshot"],
@@ -96,8 +96,8 @@ def test_unknown_key_gets_nothing_and_is_counted(keys: dict[str, Path],
                 assert sub.counters["heartbeats"] == 0
             await until(lambda: svc.counters.get("auth_denied.snapshot", 0) >= 1
                         and svc.counters.get("auth_denied.ingest", 0) >= 1)
-            assert svc.counters["ingest_received"] == 0
-            assert svc.counters["requests"] == 0
+            assert svc.counters["ingest.received"] == 0
+            assert svc.counters["request.received"] == 0
             assert svc.counters["subscribe"] == 0
             assert svc.counters["auth_denied"] >= 3
             assert svc.engine.snapshot()["nodes"] == [] or all(
@@ -133,8 +133,8 @@ def test_plain_client_gets_nothing_and_is_counted(keys: dict[str, Path]) -> None
                 push.close(0)
                 sub.close(0)
                 ctx.term()
-            assert svc.counters["ingest_received"] == 0
-            assert svc.counters["requests"] == 0
+            assert svc.counters["ingest.received"] == 0
+            assert svc.counters["request.received"] == 0
     run(main())
 
 

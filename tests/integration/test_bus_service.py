@@ -15,6 +15,7 @@ from loopbus import bus, dead_endpoint, new_engine, run, until
 from clusterbus.bus import codec
 from clusterbus.bus.client import (
     PublisherLost,
+    Requester,
     RequestFailed,
     RequestTimeout,
     Snapshot,
@@ -25,6 +26,7 @@ from clusterbus.bus.client import (
     item_to_dict,
 )
 from clusterbus.bus.service import BusService
+from clusterbus.config import parse_config
 from clusterbus.engine import Engine
 from clusterbus.events import Event, IpvsApplied, NodeDown, NodeUp, VrrpTransition
 from clusterbus.view import NodeReport, NodeState
@@ -121,15 +123,15 @@ def test_ingest_good_frames_change_the_view() -> None:
     async def main() -> None:
         async with bus() as svc:
             await emit(svc.endpoints["ingest"], "node.up", 3, ["10.77.0.3"], incarnation=2)
-            await until(lambda: svc.counters["ingest_accepted"] == 1)
+            await until(lambda: svc.counters["ingest.accepted"] == 1)
             info = svc.engine.view.nodes[3]
             assert info.state is NodeState.UP and info.addrs == ("10.77.0.3",)
             assert info.incarnation == 2
             await emit(svc.endpoints["ingest"], "node.going_down", 3)
             await emit(svc.endpoints["ingest"], "node.going_down", 3)  # duplicate
-            await until(lambda: svc.counters["ingest_received"] == 3)
+            await until(lambda: svc.counters["ingest.received"] == 3)
             assert svc.engine.view.state(3) is NodeState.GOING_DOWN
-            assert svc.counters["ingest_unchanged"] == 1
+            assert svc.counters["ingest.unchanged"] == 1
     run(main())
 
 
@@ -160,17 +162,17 @@ def test_ingest_malformed_frames_change_only_counters() -> None:
             push.connect(svc.endpoints["ingest"])
             for frames, _ in malformed:
                 await push.send_multipart(frames)
-            await until(lambda: svc.counters["ingest_received"] == len(malformed))
+            await until(lambda: svc.counters["ingest.received"] == len(malformed))
             assert (engine.snapshot(), engine.seq, svc.counters["published"]) == before
             expected: dict[str, int] = {}
             for _, code in malformed:
-                expected[f"ingest_dropped.{code}"] = expected.get(f"ingest_dropped.{code}", 0) + 1
-            dropped = {k: v for k, v in svc.counters.items() if k.startswith("ingest_dropped.")}
+                expected[f"ingest.dropped.{code}"] = expected.get(f"ingest.dropped.{code}", 0) + 1
+            dropped = {k: v for k, v in svc.counters.items() if k.startswith("ingest.dropped.")}
             assert dropped == expected
-            assert svc.counters["ingest_accepted"] == 0
+            assert svc.counters["ingest.accepted"] == 0
             # ... and the daemon keeps going: a good frame after all that still works.
             await push.send_multipart([b"node.up", good])
-            await until(lambda: svc.counters["ingest_accepted"] == 1)
+            await until(lambda: svc.counters["ingest.accepted"] == 1)
             assert engine.view.state(4) is NodeState.UP
             push.close(0)
             ctx.term()
@@ -213,7 +215,7 @@ def test_snapshot_status_and_bad_requests() -> None:
                 await req.send_multipart(bad)
                 name, header, _ = codec.decode_reply(await req.recv_multipart())
                 assert name == "ERROR" and header["error"] == code
-                assert svc.counters[f"request_dropped.{code}"] >= 1
+                assert svc.counters[f"request.dropped.{code}"] >= 1
             req.close(0)
             ctx.term()
             # The endpoint survived all of it.
@@ -356,4 +358,75 @@ def test_bind_failure_raises_and_cleans_up() -> None:
             # the failed service detached its sink from its own engine; svc1 still runs
             up(svc1.engine, 1)
             assert (await fetch_snapshot(svc1.endpoints["snapshot"])).seq == 1
+    run(main())
+
+
+def test_restart_is_detected_from_the_first_event_of_the_new_run() -> None:
+    async def no_heartbeats() -> None:
+        await asyncio.Event().wait()
+
+    async def main() -> None:
+        async with bus() as svc1:
+            endpoints = dict(svc1.endpoints)
+            sub = subscriber(svc1)
+            await subscribed(svc1, sub)
+            for n in range(1, 6):
+                up(svc1.engine, n)
+            got = await take(sub, 5)
+            assert [e.seq for e in got] == [1, 2, 3, 4, 5]  # type: ignore[union-attr]
+            while not sub.batching:  # receiving batch frames, which carry the epoch
+                try:
+                    await sub.next(timeout=0.05)  # heartbeats are read while waiting
+                except TimeoutError:
+                    pass
+        engine2 = new_engine()
+        svc2 = BusService(engine2, parse_config({"bus": endpoints}, file="<test>"))
+        svc2.publisher.run_heartbeats = no_heartbeats  # type: ignore[method-assign]
+        heartbeats, duplicates = sub.counters["heartbeats"], sub.counters["duplicates"]
+        task = asyncio.create_task(svc2.run())
+        try:
+            await svc2.ready.wait()
+            await until(lambda: svc2.counters["subscribe"] >= 2)  # _batch and _hb again
+            up(engine2, 7, "10.77.0.7")  # seq 1 of the new run: not a duplicate of seq 1
+            item = await sub.next()
+            assert isinstance(item, Snapshot)
+            assert item.reason == "epoch_changed" and item.epoch == svc2.epoch
+            assert [n["node"] for n in item.nodes] == [7] and item.seq == 1
+            up(engine2, 8)
+            nxt = await sub.next()
+            assert isinstance(nxt, NodeUp) and nxt.node == 8 and nxt.seq == 2
+            assert sub.counters["heartbeats"] == heartbeats  # no heartbeat told it
+            assert sub.counters["duplicates"] == duplicates  # none of the new run's
+        finally:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+            sub.close()
+    run(main())
+
+
+def test_a_client_that_reads_its_replies_is_never_limited() -> None:
+    async def main() -> None:
+        async with bus() as svc:
+            for i in range(3000):
+                svc.engine.publish(IpvsApplied, added=i, removed=0, changed=0, duration=0.0,
+                                   reason="x" * 60)
+            ctx = zmq.asyncio.Context()
+            try:
+                req = Requester(svc.endpoints["snapshot"], ctx, timeout=10, retries=1)
+                after, replies = 0, 0
+                while True:  # back to back, as a subscriber repairing a long gap does
+                    header, payload = await req.request("REPLAY", after, 10)
+                    replies += 1
+                    after += len(payload) // 2
+                    if not header["more"]:
+                        break
+                    await req.request("SNAPSHOT")
+                assert after == 3000 and replies == 300
+                req.close()
+            finally:
+                ctx.term()
+            assert not any(k.startswith("reply.dropped") for k in svc.counters), svc.counters
     run(main())

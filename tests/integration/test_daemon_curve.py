@@ -155,7 +155,7 @@ def test_unknown_key_and_plain_client_get_nothing_and_are_counted(curve: CurveDa
                        capture_output=True, text=True, timeout=LIMIT)
     assert p.returncode == 1, p.stderr
     counters = curve.status()["services"]["bus"]["counters"]
-    assert counters["ingest_received"] == 0
+    assert counters["ingest.received"] == 0
     assert counters.get("requests.snapshot", 0) == 0
     for name in ("snapshot", "ingest", "publish"):
         assert counters[f"auth_denied.{name}"] >= 1, counters
@@ -193,7 +193,7 @@ def test_default_ingest_is_root_only(tmp_path: Path) -> None:
                            timeout=LIMIT)
         assert p.returncode == 1 and "cannot send via zmq" in p.stderr, p.stderr
         st = asyncio.run(fetch_status(snapshot, timeout=2.0))
-        assert st["services"]["bus"]["counters"]["ingest_received"] == 0
+        assert st["services"]["bus"]["counters"]["ingest.received"] == 0
         assert st["services"]["bus"]["endpoints"]["ingest"] == "ipc:///run/clusterbus/ingest.sock"
         p = subprocess.run([*enter, *emit], capture_output=True, text=True, timeout=LIMIT)
         assert p.returncode == 0, p.stderr

@@ -230,7 +230,7 @@ def test_bad_input_changes_nothing_but_counters(daemon: Daemon):
         st = d.status()
         nl = st["services"]["netlink"]["counters"]
         bus = st["services"]["bus"]["counters"]
-        dropped = sum(v for k, v in bus.items() if k.startswith("ingest_dropped"))
+        dropped = sum(v for k, v in bus.items() if k.startswith("ingest.dropped"))
         return (nl["unauthorised_sender"] == 1 and nl["malformed"] == 1 and dropped == 4
                 and st)
 

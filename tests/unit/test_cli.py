@@ -209,14 +209,14 @@ def test_status_keeps_nested_values_in_shape_and_the_epoch_in_hex():
           "services": {
               "bus": {"epoch": 0x5F0C_0000_0000_0001,
                       "endpoints": {"publish": "tcp://127.0.0.1:7661"},
-                      "counters": {"ingest_dropped.bad_frame": 3, "requests": 12}},
+                      "counters": {"ingest.dropped.bad_frame": 3, "requests": 12}},
               "netlink": {"allowed_uids": (0, 1000), "last_error": None}}}
     console = Console(record=True, width=60)
     render_status(st, console)
     text = console.export_text()
     lines = [line.strip("│├└─ ") for line in text.splitlines()]
     assert "epoch: 5f0c000000000001" in lines  # as the logs print it
-    assert "ingest_dropped.bad_frame: 3" in lines and "requests: 12" in lines
+    assert "ingest.dropped.bad_frame: 3" in lines and "requests: 12" in lines
     assert "publish: tcp://127.0.0.1:7661" in lines
     assert "allowed_uids: 0, 1000" in lines and "last_error: -" in lines
     assert "last reload #2: applied" in text and "restart_needed: bus" in lines

@@ -296,3 +296,43 @@ def test_vrrp_transition_group_flag_survives() -> None:
     ev = VrrpTransition(origin=1, seq=1, time=0.0, instance="VI_1", new="MASTER",
                         reason="keepalived", group=True)
     assert codec.decode(codec.encode(ev)).group is True
+
+
+# -- replies bigger than a frame ----------------------------------------------------------------
+
+def _big_snapshot(nodes: int) -> dict[str, object]:
+    return {"origin": 1, "seq": nodes, "view": nodes, "nodemap": {},
+            "nodes": [{"node": n, "state": "up", "addrs": [f"10.0.{n // 256}.{n % 256}"] * 4,
+                       "incarnation": 0, "view": n} for n in range(1, nodes + 1)]}
+
+
+def test_a_header_bigger_than_a_frame_is_split_and_joined() -> None:
+    frames = codec.encode_snapshot(5, _big_snapshot(3000))
+    assert all(len(f) <= codec.MAX_FRAME for f in frames)
+    split = msgpack.unpackb(frames[1])
+    assert split == {"v": codec.SPLIT_VERSION, "parts": len(frames) - 2, "epoch": 5}
+    assert len(b"".join(frames[2:])) > codec.MAX_FRAME
+    name, header, payload = codec.decode_reply([*frames, b"payload"])
+    assert name == "SNAPSHOT" and payload == [b"payload"]
+    assert header["epoch"] == 5 and len(header["nodes"]) == 3000
+    assert header["nodes"][-1]["addrs"] == ("10.0.11.184",) * 4
+    # a small one is not split: what every receiver read before
+    small = codec.encode_snapshot(5, _big_snapshot(3))
+    assert len(small) == 2 and msgpack.unpackb(small[1])["v"] == 1
+
+
+def test_a_bad_split_header_is_a_frame_error() -> None:
+    frames = codec.encode_snapshot(5, _big_snapshot(3000))
+    parts = len(frames) - 2
+    for bad, code in (
+        ([frames[0], codec.pack({"v": 2, "parts": parts + 1}), *frames[2:]], "bad_reply"),
+        ([frames[0], codec.pack({"v": 2, "parts": 0}), *frames[2:]], "bad_reply"),
+        ([frames[0], codec.pack({"v": 2}), *frames[2:]], "bad_reply"),
+        ([frames[0], frames[1], *frames[2:-1]], "bad_reply"),  # a part missing
+        ([frames[0], codec.pack({"v": 2, "parts": 1}), frames[2] + frames[3]], "oversized"),
+        ([frames[0], codec.pack({"v": 2, "parts": 1}), frames[2]], "bad_body"),  # cut short
+        ([frames[0], codec.pack({"v": 3})], "bad_version"),
+    ):
+        with pytest.raises(codec.FrameError) as info:
+            codec.decode_reply(bad)
+        assert info.value.code == code, (code, info.value)

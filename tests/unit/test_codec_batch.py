@@ -190,3 +190,23 @@ def test_batch_and_heartbeat_topics_cannot_be_event_topics() -> None:
     assert all(not t.startswith("_") for t, _ in EVENT_TYPES)
     assert not codec.BATCH_TOPIC.startswith(codec.HEARTBEAT_TOPIC)
     assert not codec.HEARTBEAT_TOPIC.startswith(codec.BATCH_TOPIC)
+
+
+def test_batch_frames_carry_the_epoch_and_old_readers_ignore_it() -> None:
+    evs = [codec.encode(NodeDown(origin=1, seq=s, time=1.0, node=3, view=s, reason="t"))
+           for s in (1, 2)]
+    frames = codec.encode_batch([(t, b) for t, b in evs], epoch=2**64 - 1)
+    epoch, items = codec.decode_batch_epoch(frames)
+    assert epoch == 2**64 - 1 and [t for t, _ in items] == ["node.down"] * 2
+    raw = msgpack.unpackb(frames[1])
+    assert list(raw) == ["v", "epoch", "events"] and raw["epoch"] == 2**64 - 1
+    # what a reader that predates the key does: take "events", ignore the rest
+    assert codec.decode_batch(frames) == items
+    assert codec.decode_batch_epoch(codec.encode_batch(evs))[0] is None  # an older daemon
+    for bad in (0, -1, "7", 1.5):
+        body = codec.pack({"v": 1, "epoch": bad, "events": []})
+        with pytest.raises(codec.FrameError) as info:
+            codec.decode_batch_epoch([codec.BATCH_TOPIC, body])
+        assert info.value.code in ("bad_field", "bad_body")
+    with pytest.raises(ValueError):
+        codec.batch_head(0)
