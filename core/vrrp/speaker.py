@@ -30,11 +30,14 @@ on the interface, before any router starts; on cancellation it sends priority 0
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import errno
 import ipaddress
 import logging
 import os
 import socket
+import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -45,7 +48,7 @@ from pyroute2 import AsyncIPRoute
 
 from ..config import Config
 from ..engine import Engine
-from ..errors import ConfigError
+from ..errors import ConfigError, LocalProtocolError
 from ..events import Event, VipAcquired, VipReleased, VrrpTransition
 from ..ratelimit import LogLimiter
 from . import addresses, machine
@@ -55,16 +58,33 @@ from .config import InstanceConfig, check_interfaces, instances
 from .reload import InstanceChange, diff
 from .sockets import Announcer, Packet, VrrpSocket, arrival
 
-__all__ = ["VrrpSpeaker", "garp_frame", "unsolicited_na"]
+__all__ = ["VrrpSpeaker", "garp_frame", "unsolicited_na", "ISOLATION_ENV"]
 
 log = logging.getLogger(__name__)
 
 #: How early a timer is armed before its deadline. epoll waits in whole milliseconds and
 #: CPython rounds the timeout up, so a timer armed at its deadline fires 0..1 ms late (0.7 ms
-#: at the median, measured); armed half a millisecond early and handled as at its deadline,
-#: it fires within +-0.5 ms of it. keepalived's timerfd is that close too.
+#: at the median, measured). On the daemon's loop (isolation off) it is armed half a
+#: millisecond early and handled as at its deadline: within +-0.5 ms of it. On the
+#: speaker's own thread it is armed 1.5 ms early and sleeps the rest (``time.sleep`` is a
+#: ``clock_nanosleep``, with the thread's timer slack at 1 ns): at the deadline, tens of
+#: microseconds late, like keepalived's timerfd. Blocking its own loop that long costs the
+#: speaker nothing: nothing else runs there.
 _TIMER_LEAD = 0.0005
+_TIMER_LEAD_OWN_THREAD = 0.0015
 _PREPARE_HOOK = "clusterbus_vrrp_prepare_master"
+#: Environment switch: ``CLUSTERBUS_VRRP_ISOLATION=0`` runs the speaker on the daemon's
+#: loop, as before the speaker had its own thread (for tests and comparisons only).
+ISOLATION_ENV = "CLUSTERBUS_VRRP_ISOLATION"
+#: While the speaker thread runs, the interpreter's switch interval (how long a thread
+#: that wants the GIL waits before it asks the holder to let go). The default, 5 ms, is
+#: what a timer of the speaker would wait behind a busy daemon thread, on each wake-up and
+#: after each blocking call. It only costs anything while a second thread waits.
+_SWITCH_INTERVAL = 0.0005
+#: prctl(2) PR_SET_TIMERSLACK
+_PR_SET_TIMERSLACK = 29
+#: seconds the daemon waits for the speaker thread to step down and remove its VIPs
+_STOP_TIMEOUT = 10.0
 
 
 @dataclass(eq=False)
@@ -97,6 +117,11 @@ def _state_name(state: machine.State) -> str:
     return state.value
 
 
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 class VrrpSpeaker:
     """Runs every ``[[vrrp.instance]]`` of the configuration.
 
@@ -125,16 +150,52 @@ class VrrpSpeaker:
         self._questions = 0
         #: per-packet and per-failure lines, one per key per interval
         self._limited = LogLimiter(log, interval=10.0)
+        #: run on an own thread with an own loop (see docs/architecture.md, "Concurrency
+        #: model"); ``False``: on the daemon's loop
+        self.isolated = os.environ.get(ISOLATION_ENV, "1") != "0"
+        #: the daemon's loop (events and plugin calls go there); the speaker's is _loop
+        self._main: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stop: asyncio.Future[None] | None = None
+        self._stop_lock = threading.Lock()
+        self._stop_requested = False
 
     # -- the daemon side ------------------------------------------------------------------
 
     def _publish(self, event_class: type[Event], **fields: Any) -> None:
-        self.engine.publish(event_class, **fields)
+        """Publish an event on the daemon's loop (its hooks run there, never here)."""
+        self._to_main(self._publish_now, event_class, fields)
+
+    def _publish_now(self, event_class: type[Event], fields: dict[str, Any]) -> None:
+        try:
+            self.engine.publish(event_class, **fields)
+        except Exception:
+            log.exception("VRRP: cannot publish %s", event_class.__name__)
 
     def _to_main(self, fn: Callable[..., None], *args: Any) -> None:
-        """Run ``fn(*args)`` on the daemon's side, later (never inside the caller)."""
-        assert self._loop is not None
-        self._loop.call_soon(fn, *args)
+        """Run ``fn(*args)`` on the daemon's loop, later (never inside the caller)."""
+        main = self._main or self._loop
+        assert main is not None
+        if main is self._loop:
+            main.call_soon(fn, *args)
+            return
+        try:
+            main.call_soon_threadsafe(fn, *args)
+        except RuntimeError:  # the daemon's loop is closed: we are stopping
+            self.counters["errors.daemon_gone"] += 1
+
+    def _to_speaker(self, fn: Callable[..., None], *args: Any) -> None:
+        """Run ``fn(*args)`` on the speaker's loop (from the daemon's side)."""
+        loop = self._loop
+        if loop is None:
+            return
+        if loop is self._main:
+            loop.call_soon(fn, *args)
+            return
+        try:
+            loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:  # the speaker's loop is closed: it stopped
+            pass
 
     # -- start-up -------------------------------------------------------------------------
 
@@ -262,10 +323,15 @@ class VrrpSpeaker:
     def _on_timer(self, inst: _Instance) -> None:
         deadline, inst.timer, inst.deadline = inst.deadline, None, None
         try:
-            # Armed _TIMER_LEAD early (see there): up to that much early counts as on time.
+            # Armed early (see _TIMER_LEAD): on our own thread sleep to the deadline; on
+            # the daemon's loop up to that much early counts as on time.
             now = self._now()
             if deadline is not None and now < deadline:
-                now = deadline
+                if self._loop is not self._main:
+                    time.sleep(deadline - now)
+                    now = max(self._now(), deadline)
+                else:
+                    now = deadline
             inst.router.handle_timer(now)
             self._after(inst)
         except Exception:
@@ -284,7 +350,8 @@ class VrrpSpeaker:
             inst.timer = inst.deadline = None
         if deadline is not None:
             inst.deadline = deadline
-            inst.timer = self._loop.call_at(deadline - _TIMER_LEAD, self._on_timer, inst)
+            lead = _TIMER_LEAD if self._loop is self._main else _TIMER_LEAD_OWN_THREAD
+            inst.timer = self._loop.call_at(deadline - lead, self._on_timer, inst)
 
     # -- effects --------------------------------------------------------------------------
 
@@ -384,7 +451,7 @@ class VrrpSpeaker:
                     veto = f"{plugin}: {reason}"
                     break
         finally:
-            self._answered(name, question, veto)
+            self._to_speaker(self._answered, name, question, veto)
 
     def _answered(self, name: str, question: int, veto: str | None) -> None:
         inst = self._instances.get(name)
@@ -498,6 +565,13 @@ class VrrpSpeaker:
         :raises KeyError: no such instance.
         :raises LocalProtocolError: priority out of range.
         """
+        if instance not in self._instances:
+            raise KeyError(instance)
+        if not isinstance(priority, int) or not 1 <= priority <= 255:
+            raise LocalProtocolError(f"priority must be 1..255, got {priority!r}")
+        self._to_speaker(self._set_priority, instance, priority)
+
+    def _set_priority(self, instance: str, priority: int) -> None:
         inst = self._instances[instance]
         inst.router.set_priority(priority, self._now())
         self._after(inst)
@@ -517,9 +591,15 @@ class VrrpSpeaker:
         still applies. We do not refuse the whole reload for it: a planned handoff (a
         priority drop) must not fail because the same edit also touched an address.
 
+        The speaker applies it on its own loop, a moment after this returns.
+
         :param config: the new, validated configuration.
         """
-        self._reload(config)
+        if self._loop is None:  # not running yet
+            self.config = config
+            self.instance_configs = instances(config)
+            return
+        self._to_speaker(self._reload, config)
 
     def _reload(self, config: Config) -> None:
         if not self._ready:
@@ -568,23 +648,97 @@ class VrrpSpeaker:
     async def run(self) -> None:
         """Run every instance until cancelled; then step down (priority 0) and release VIPs.
 
+        The speaker runs on its own thread with its own asyncio loop (unless
+        ``CLUSTERBUS_VRRP_ISOLATION=0``): nothing the daemon's loop does (a flood of
+        reports, a plugin that blocks) delays an advert or a takeover. Events and plugin
+        calls cross to the daemon's loop; see docs/architecture.md, "Concurrency model".
+
         :raises ConfigError: an unknown interface, or one without a source address.
         :raises OSError: a socket cannot be opened (not root?).
         """
-        await self._run()
+        self._main = asyncio.get_running_loop()
+        check_interfaces(self.config)
+        if not self.isolated:
+            log.warning("VRRP speaker on the daemon's loop (%s=0): a busy daemon delays "
+                        "its adverts", ISOLATION_ENV)
+            await self._run()
+            return
+        done: asyncio.Future[None] = self._main.create_future()
+        self._thread = threading.Thread(target=self._thread_main, args=(done,),
+                                        name="clusterbus-vrrp", daemon=True)
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(min(interval, _SWITCH_INTERVAL))
+        self._thread.start()
+        try:
+            await asyncio.shield(done)
+        except asyncio.CancelledError:
+            self._request_stop()
+            try:
+                await asyncio.wait_for(asyncio.shield(done), _STOP_TIMEOUT)
+            except TimeoutError:
+                log.error("VRRP speaker did not stop within %.0f s", _STOP_TIMEOUT)
+            except Exception:
+                pass  # logged by the daemon when it was the reason we stopped
+            raise
+        finally:
+            sys.setswitchinterval(interval)
+
+    def _thread_main(self, done: asyncio.Future[None]) -> None:
+        """The speaker thread: its own loop until stopped; the outcome goes to ``done``."""
+        main = self._main
+        assert main is not None
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_TIMERSLACK, 1, 0, 0, 0)  # this thread's sleeps: to the ns
+        except (OSError, AttributeError):
+            pass
+        error: BaseException | None = None
+        try:
+            asyncio.run(self._run())
+        except BaseException as exc:  # handed to the daemon's loop, raised there
+            error = exc
+
+        def settle() -> None:
+            if done.done():
+                return
+            if error is None:
+                done.set_result(None)
+            else:
+                done.set_exception(error)
+        try:
+            main.call_soon_threadsafe(settle)
+        except RuntimeError:
+            pass  # the daemon's loop is gone
+
+    def _request_stop(self) -> None:
+        """From the daemon's side: stop the speaker's loop (it steps down first)."""
+        with self._stop_lock:
+            self._stop_requested = True
+            stop, loop = self._stop, self._loop
+        if stop is not None and loop is not None:
+            try:
+                loop.call_soon_threadsafe(_settle, stop)
+            except RuntimeError:
+                pass
 
     async def _run(self) -> None:
         self._loop = asyncio.get_running_loop()
-        check_interfaces(self.config)
+        with self._stop_lock:
+            self._stop = self._loop.create_future()
+            if self._stop_requested:
+                self._stop.set_result(None)
         try:
             async with AsyncIPRoute() as ipr:
                 self._ipr = ipr
                 try:
                     await self._setup()
-                    log.info("VRRP speaker running %d instance(s): %s", len(self._instances),
-                             ", ".join(self._instances))
-                    # Everything happens in reader and timer callbacks until cancelled.
-                    await self._loop.create_future()
+                    log.info("VRRP speaker running %d instance(s) %s: %s",
+                             len(self._instances),
+                             "on its own thread" if self._loop is not self._main
+                             else "on the daemon's loop", ", ".join(self._instances))
+                    # Everything happens in reader and timer callbacks until stopped
+                    # (isolated) or cancelled (on the daemon's loop).
+                    await self._stop
                 finally:
                     await self._shutdown()
         finally:
