@@ -30,7 +30,6 @@ on the interface, before any router starts; on cancellation it sends priority 0
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import errno
 import ipaddress
 import logging
@@ -57,6 +56,7 @@ from .announce import garp_frame, unsolicited_na
 from .config import InstanceConfig, check_interfaces, instances
 from .reload import InstanceChange, diff
 from .sockets import Announcer, Packet, VrrpSocket, arrival
+from .timing import sleep_until, tune_thread
 
 __all__ = ["VrrpSpeaker", "garp_frame", "unsolicited_na", "ISOLATION_ENV"]
 
@@ -81,43 +81,6 @@ ISOLATION_ENV = "CLUSTERBUS_VRRP_ISOLATION"
 #: what a timer of the speaker would wait behind a busy daemon thread, on each wake-up and
 #: after each blocking call. It only costs anything while a second thread waits.
 _SWITCH_INTERVAL = 0.0005
-#: prctl(2) PR_SET_TIMERSLACK
-_PR_SET_TIMERSLACK = 29
-#: nice value of the speaker thread (like keepalived's ``vrrp_priority``): when it wakes
-#: the scheduler prefers it over the daemon's own busy thread and other processes
-_NICE = -10
-_CLOCK_MONOTONIC, _TIMER_ABSTIME = 1, 1
-
-
-class _Timespec(ctypes.Structure):
-    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
-
-
-def _nanosleep() -> Callable[[float], None]:
-    """``clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME)`` called *holding the GIL*
-    (``ctypes.PyDLL``): the last 1.5 ms before a deadline are slept without giving the
-    interpreter lock away, so the speaker does not have to win it back from a busy daemon
-    thread right before it sends (that would be one more wait of up to a switch interval,
-    or longer when that thread is off the CPU). The daemon's thread waits at most that
-    long per speaker timer. ``time.sleep`` when libc cannot be loaded."""
-    try:
-        fn = ctypes.PyDLL(None).clock_nanosleep
-        fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.POINTER(_Timespec), ctypes.c_void_p]
-        fn.restype = ctypes.c_int
-    except (OSError, AttributeError):
-        return lambda deadline: time.sleep(max(0.0, deadline - time.monotonic()))
-
-    def sleep_until(deadline: float) -> None:
-        sec = int(deadline)
-        ts = _Timespec(sec, int((deadline - sec) * 1e9))
-        for _ in range(3):  # EINTR: a signal (the daemon's thread gets them, rarely us)
-            if fn(_CLOCK_MONOTONIC, _TIMER_ABSTIME, ctypes.byref(ts), None) == 0:
-                return
-    return sleep_until
-
-
-#: sleep until a ``time.monotonic()`` (= ``loop.time()``) deadline, holding the GIL
-_sleep_until = _nanosleep()
 #: seconds the daemon waits for the speaker thread to step down and remove its VIPs
 _STOP_TIMEOUT = 10.0
 
@@ -363,7 +326,7 @@ class VrrpSpeaker:
             now = self._now()
             if deadline is not None and now < deadline:
                 if self._loop is not self._main:
-                    _sleep_until(deadline)
+                    sleep_until(deadline)
                     now = max(self._now(), deadline)
                 else:
                     now = deadline
@@ -722,15 +685,7 @@ class VrrpSpeaker:
         """The speaker thread: its own loop until stopped; the outcome goes to ``done``."""
         main = self._main
         assert main is not None
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(_PR_SET_TIMERSLACK, 1, 0, 0, 0)  # this thread's sleeps: to the ns
-        except (OSError, AttributeError):
-            pass
-        try:  # this thread only (Linux: a thread id is a PRIO_PROCESS target)
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), _NICE)
-        except OSError as exc:  # not root: the default priority
-            log.debug("VRRP speaker thread keeps its priority: %s", exc)
+        tune_thread()  # precise sleeps, nice -10
         error: BaseException | None = None
         try:
             asyncio.run(self._run())
