@@ -49,6 +49,7 @@ from ..config import CORE_SECTIONS, Config
 from ..engine import Engine
 from ..errors import ConfigError, DecodeError
 from ..events import VrrpTransition
+from ..ratelimit import LogLimiter
 from ..schema import validate_table
 
 __all__ = ["KeepalivedSource", "KeepalivedConfig", "keepalived_settings", "NotifyLine",
@@ -143,7 +144,7 @@ class KeepalivedSource:
         self.path = settings.notify_fifo
         self._file = config.file
         #: lines, events, reopened, unchanged, ignored_type, non-state notifications and
-        #: dropped lines by reason (``dropped_malformed`` ...)
+        #: dropped lines by reason (``dropped.malformed`` ...)
         self.counters: Counter[str] = Counter()
         #: (kind, name) -> {"state", "priority", "since"}
         self.instances: dict[tuple[str, str], dict[str, Any]] = {}
@@ -151,6 +152,8 @@ class KeepalivedSource:
         self._buf = b""
         self._discarding = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: repeated WARNINGs (another master on the link) cost one line per minute
+        self._limited = LogLimiter(log, interval=60.0)
 
     # -- FIFO -------------------------------------------------------------------------------
 
@@ -191,7 +194,7 @@ class KeepalivedSource:
             self._read()
         except Exception:
             log.exception("keepalived FIFO reader failed; reopening %s", self.path)
-            self.counters["reader_errors"] += 1
+            self.counters["errors.reader"] += 1
             self._reopen()
 
     def _reopen(self) -> None:
@@ -245,7 +248,7 @@ class KeepalivedSource:
     # -- lines ------------------------------------------------------------------------------
 
     def _drop(self, reason: str, raw: bytes) -> None:
-        self.counters[f"dropped_{reason}"] += 1
+        self.counters[f"dropped.{reason}"] += 1
         log.debug("keepalived FIFO: dropped line (%s): %r", reason, raw[:120])
 
     def _handle(self, raw: bytes) -> None:
@@ -270,8 +273,9 @@ class KeepalivedSource:
             if known is not None:
                 known["priority"] = line.priority
             if line.state == "MASTER_RX_LOWER_PRI":
-                log.warning("keepalived %s %s: master received a lower-priority advert "
-                            "(another master on the link?)", line.kind.lower(), line.name)
+                self._limited.warning(("rx_lower_pri", key), "keepalived %s %s: master "
+                                      "received a lower-priority advert (another master on "
+                                      "the link?)", line.kind.lower(), line.name)
             else:
                 log.debug("keepalived %s %s: %s %d", line.kind.lower(), line.name, line.state,
                           line.priority)

@@ -6,6 +6,7 @@ from .machine import (
     Announce,
     Discarded,
     Effect,
+    PrepareMaster,
     RemoveAddresses,
     Router,
     RouterConfig,
@@ -29,4 +30,5 @@ __all__ = [
     "RemoveAddresses",
     "Announce",
     "Discarded",
+    "PrepareMaster",
 ]

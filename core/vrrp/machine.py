@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from ..errors import ConfigError, DecodeError, LocalProtocolError
+from ..ratelimit import LogLimiter
 from .packet import (
     VRRP_TTL,
     Advertisement,
@@ -48,6 +49,7 @@ __all__ = [
     "RemoveAddresses",
     "Announce",
     "Discarded",
+    "PrepareMaster",
 ]
 
 log = logging.getLogger(__name__)
@@ -81,7 +83,16 @@ TRANSITIONS: Mapping[tuple[State, str], State] = MappingProxyType({
     (_M, "higher_priority_seen"): _B,    # §6.4.3: higher priority (or equal, higher address)
     (_M, "priority_changed"): _B,        # set_priority below a peer: planned handoff
     (_M, "shutdown"): _I,                # §6.4.3: send priority 0, release the addresses
+    # Not in the RFC: the adapter was asked before a takeover from BACKUP (PrepareMaster,
+    # the clusterbus_vrrp_prepare_master hook) and a plugin vetoed it. The one transition
+    # that keeps its state: it is reported (``vrrp.transition`` with reason "vetoed") so
+    # the veto is visible; the router listens again for a Master_Down_Interval.
+    (_B, "vetoed"): _B,
 })
+
+
+#: takeovers from BACKUP that ``RouterConfig.ask_prepare`` asks about (PrepareMaster)
+_ASKED = frozenset({"master_down_timer", "priority_zero", "preempt"})
 
 
 # -- effects -------------------------------------------------------------------------------
@@ -174,6 +185,22 @@ class Discarded(Effect):
     detail: str = ""
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PrepareMaster(Effect):
+    """The router would become MASTER (``reason``) and waits for
+    :meth:`Router.answer_prepare` (only with ``RouterConfig.ask_prepare``). Nothing of the
+    takeover has happened yet: no advert, no address. If no answer comes by ``deadline``,
+    :meth:`Router.handle_timer` takes over as if it had been agreed.
+
+    :param reason: the reason the takeover would have (``master_down_timer``,
+        ``priority_zero``, ``preempt``).
+    :param deadline: when the router stops waiting, on the caller's clock.
+    """
+
+    reason: str
+    deadline: float
+
+
 # -- configuration -------------------------------------------------------------------------
 
 
@@ -220,6 +247,11 @@ class RouterConfig:
     :param start_listen: listen for Master_Down_Interval before claiming MASTER at
         start-up (RFC 5798 §6.4.1); ``False`` claims MASTER at once. Ignored for the owner.
     :param interface: interface name, for logs and events.
+    :param ask_prepare: before a takeover from BACKUP, emit :class:`PrepareMaster` and wait
+        for :meth:`Router.answer_prepare` (a veto keeps the router BACKUP). The address
+        owner never asks.
+    :param prepare_timeout: seconds to wait for that answer; then the router takes over
+        anyway. ``None``: one Advertisement_Interval.
     :raises ConfigError: a value out of range (``key`` names the field).
     """
 
@@ -237,6 +269,8 @@ class RouterConfig:
     unicast_peers: tuple[str, ...] = ()
     start_listen: bool = True
     interface: str = ""
+    ask_prepare: bool = False
+    prepare_timeout: float | None = None
 
     def __post_init__(self) -> None:
         def bad(key: str, msg: str) -> ConfigError:
@@ -280,6 +314,10 @@ class RouterConfig:
             math.isfinite(self.preempt_delay) and self.preempt_delay >= 0
         ):
             raise bad("preempt_delay", f"expected seconds >= 0, got {self.preempt_delay!r}")
+        pt = self.prepare_timeout
+        if pt is not None and not (isinstance(pt, (int, float)) and math.isfinite(pt)
+                                   and pt >= 0):
+            raise bad("prepare_timeout", f"expected seconds >= 0, got {pt!r}")
 
 
 def _is_ip(value: object, version: int) -> bool:
@@ -304,6 +342,7 @@ class _Timers:
     adver: float | None = None  # MASTER: next advert (RFC 5798 §6.2 Adver_Timer)
     master_down: float | None = None  # BACKUP: §6.2 Master_Down_Timer
     preempt: float | None = None  # BACKUP: end of preempt_delay
+    prepare: float | None = None  # BACKUP: end of the wait for answer_prepare
 
 
 class Router:
@@ -337,7 +376,11 @@ class Router:
         #: last non-zero priority seen from each other router (for set_priority)
         self._peer_priority: dict[_IP, int] = {}
         self._effects: list[Effect] = []
-        self._warned_mismatch: set[str] = set()
+        #: one line per source per minute, at most 64 sources remembered: spoofed adverts
+        #: from ever-new sources cost neither a line each nor memory
+        self._mismatch_log = LogLimiter(log, interval=60.0, max_keys=64)
+        #: the reason of the takeover waiting for answer_prepare (PrepareMaster), or None
+        self.preparing: str | None = None
 
     # -- derived values (RFC 5798 §6.1, RFC 3768 §6.1) ----------------------------------
 
@@ -395,6 +438,7 @@ class Router:
         was_master = self.state is State.MASTER
         self._transition("shutdown")
         self._timers = _Timers()
+        self.preparing = None
         self.master_seen = None
         if was_master:
             self._send(0)
@@ -473,6 +517,9 @@ class Router:
                 # RFC 5798 §6.4.3: send an advert, reset the Adver_Timer.
                 self._send(self._priority)
                 t.adver = now + self.advert_interval
+            elif self.preparing is not None and t.prepare is not None and t.prepare <= now:
+                # Nobody answered PrepareMaster in time: the takeover goes ahead.
+                self._take_over(now, self.preparing)
             elif self.state is State.BACKUP and t.preempt is not None and t.preempt <= now and (
                 t.master_down is None or t.preempt <= t.master_down
             ):
@@ -488,8 +535,38 @@ class Router:
     def next_deadline(self) -> float | None:
         """When :meth:`handle_timer` must be called next, or ``None`` (INITIALIZE)."""
         pending = [x for x in (self._timers.adver, self._timers.master_down,
-                               self._timers.preempt) if x is not None]
+                               self._timers.preempt, self._timers.prepare) if x is not None]
         return min(pending) if pending else None
+
+    def answer_prepare(self, veto: str | None, now: float) -> bool:
+        """The answer to :class:`PrepareMaster`: ``None`` takes over now; a reason keeps
+        the router BACKUP (transition ``vetoed``). A vetoed takeover that was not a
+        preemption sends a priority-0 advert, so another backup takes over after its
+        Skew_Time (as if we had been master and stepped down); a vetoed preemption sends
+        nothing (the other backups would take it as the live master leaving). Either way
+        the router listens again and asks again one Master_Down_Interval later if nobody
+        else takes over.
+
+        :param veto: ``None`` to agree, or the reason of the veto.
+        :param now: current time.
+        :returns: whether the answer was used: ``False`` when nothing is waiting (the
+            deadline passed, a better master was heard meanwhile, or shutdown).
+        """
+        reason = self.preparing
+        if reason is None or self.state is not State.BACKUP:
+            return False
+        if veto is None:
+            self._take_over(now, reason)
+            return True
+        self.preparing = None
+        self._timers.prepare = None
+        self._transition("vetoed")
+        if reason != "preempt":
+            self._send(0)
+        self.master_seen = None
+        self.master_adver_interval = self.advert_interval
+        self._set_master_down(now + self.master_down_interval, "master_down_timer")
+        return True
 
     def drain(self) -> list[Effect]:
         """Return and forget the effects produced since the last call, in order."""
@@ -515,8 +592,22 @@ class Router:
                                           priority=self._priority))
 
     def _become_master(self, now: float, reason: str) -> None:
+        if (self.config.ask_prepare and self.state is State.BACKUP
+                and reason in _ASKED and self._priority != 255):
+            # Ask first (PrepareMaster); answer_prepare or the deadline takes over.
+            if self.preparing is None:
+                timeout = self.config.prepare_timeout
+                deadline = now + (self.advert_interval if timeout is None else timeout)
+                self.preparing = reason
+                self._timers = _Timers(prepare=deadline)
+                self._effects.append(PrepareMaster(reason=reason, deadline=deadline))
+            return
+        self._take_over(now, reason)
+
+    def _take_over(self, now: float, reason: str) -> None:
         # RFC 5798 §6.4.1 / §6.4.2: send an advert, announce the addresses, start the
         # Adver_Timer. The transition goes first: it raises before any effect if illegal.
+        self.preparing = None
         self._transition(reason)
         self._timers = _Timers(adver=now + self.advert_interval)
         self.master_seen = str(self._primary)
@@ -585,11 +676,9 @@ class Router:
             # RFC 5798 §7.1: a mismatching address list is a misconfiguration to log; we keep
             # the packet (the brief's choice, and keepalived's for adverts from the owner).
             self.counters["address_mismatch"] = self.counters.get("address_mismatch", 0) + 1
-            if source not in self._warned_mismatch:
-                self._warned_mismatch.add(source)
-                log.warning("VRRP %s (vrid %d): %s advertises %s, we protect %s",
-                            cfg.name, cfg.vrid, source, ", ".join(adv.addresses),
-                            ", ".join(self._vips))
+            self._mismatch_log.warning(source, "VRRP %s (vrid %d): %s advertises %s, we "
+                                       "protect %s", cfg.name, cfg.vrid, source,
+                                       ", ".join(adv.addresses), ", ".join(self._vips))
         return adv
 
     def _preempts(self) -> bool:
@@ -598,6 +687,12 @@ class Router:
 
     def _receive_backup(self, adv: Advertisement, src_ip: _IP, now: float) -> None:
         # RFC 5798 §6.4.2 "If an ADVERTISEMENT is received"
+        if self.preparing is not None:
+            if adv.priority == 0 or (self._preempts() and adv.priority < self._priority):
+                return  # the takeover waiting for answer_prepare still stands
+            # A master we must follow after all: the takeover is off.
+            self.preparing = None
+            self._timers.prepare = None
         if adv.priority == 0:
             # The master is stepping down: take over after Skew_Time only.
             self._set_master_down(now + self.skew_time, "priority_zero")

@@ -1,32 +1,26 @@
 """The VRRP speaker: the thin I/O adapter around :class:`clusterbus.vrrp.machine.Router`.
 
 One raw IP protocol 112 socket per (interface, family) carries every instance on that
-interface; each instance is one sans-IO ``Router``. Everything is an fd or a timer on the
-daemon's asyncio loop: ``loop.add_reader`` for the sockets, one ``loop.call_at`` handle per
-router set from ``router.next_deadline()`` after every input (no polling). Time is
-``loop.time()`` (monotonic), the same clock the timers run on.
+interface (:class:`~clusterbus.vrrp.sockets.VrrpSocket`); each instance is one sans-IO
+``Router``. Everything is an fd or a timer on an asyncio loop: ``loop.add_reader`` for the
+sockets, one ``loop.call_at`` handle per router set from ``router.next_deadline()`` after
+every input (no polling). Time is ``loop.time()`` (monotonic), the clock the timers run on.
 
 Effects of the routers:
 
-- ``Transmit`` -> ``sendmsg`` with the instance's primary address as source (IP_PKTINFO /
-  IPV6_PKTINFO), TTL / hop limit 255 (RFC 5798 §5.1.1.3, §5.1.2.3);
-- ``AddAddresses`` / ``RemoveAddresses`` -> one ``RTM_NEWADDR`` / ``RTM_DELADDR`` per VIP on
-  the speaker's own NETLINK_ROUTE socket, sent synchronously from the effect (the kernel
-  applies an address request inside ``sendmsg``, so the VIP is up before the callback
-  returns); the requests are encoded with pyroute2's ``ifaddrmsg`` once at start-up and only
-  their sequence number changes. The kernel's acks come back through ``loop.add_reader``
-  and become ``vip.acquired`` / ``vip.released`` events (or counted, logged errors). This
-  path replaced an ``AsyncIPRoute`` worker task: the queue hop and pyroute2's request
-  machinery cost about a millisecond per takeover (see docs/vrrp.md);
+- ``Transmit`` -> :meth:`VrrpSocket.send <clusterbus.vrrp.sockets.VrrpSocket.send>`;
+- ``AddAddresses`` / ``RemoveAddresses`` -> one rtnetlink request per VIP, sent
+  synchronously from the effect (:class:`~clusterbus.vrrp.addresses.AddressRequests`:
+  the VIP is up when the call returns); the kernel's acks become ``vip.acquired`` /
+  ``vip.released`` events (or counted, logged errors);
+- ``Announce`` -> gratuitous ARP / unsolicited NA bursts
+  (:class:`~clusterbus.vrrp.sockets.Announcer`), and a second burst ``garp_delay`` later;
+- ``PrepareMaster`` (only when a plugin implements ``clusterbus_vrrp_prepare_master``) ->
+  the plugins are asked; their answer goes back through ``Router.answer_prepare`` (a veto
+  is the machine's ``vetoed`` transition);
 - ``StateChanged`` -> a ``vrrp.transition`` event, published after the rest of the batch
   (advert, addresses, announcements), so a takeover is not delayed by logging and hooks;
-  a change to MASTER first calls the ``clusterbus_vrrp_prepare_master`` hook, and a veto
-  keeps the instance from taking the addresses (see :meth:`VrrpSpeaker._prepare_master`);
-- ``Announce`` -> gratuitous ARP (IPv4, RFC 5798 §6.4.1 / §8.1.2: a burst of ``garp_count``
-  ARP requests with sender IP = target IP = VIP to broadcast, as keepalived sends them, and
-  a second burst ``garp_delay`` seconds later) or unsolicited neighbour advertisements (IPv6,
-  RFC 4861 §7.2.6);
-- ``Discarded`` -> a per-instance counter by reason, logged at DEBUG.
+- ``Discarded`` -> already counted by the router, logged at DEBUG.
 
 Beyond keepalived: at start the speaker removes the VIPs of its instances that a crash left
 on the interface, before any router starts; on cancellation it sends priority 0
@@ -41,141 +35,89 @@ import ipaddress
 import logging
 import os
 import socket
-import struct
+import sys
+import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pyroute2 import AsyncIPRoute
-from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NLMSG_ERROR
-from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.rtnl import RTM_DELADDR, RTM_NEWADDR
-from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 
 from ..config import Config
 from ..engine import Engine
-from ..errors import ConfigError
-from ..events import VipAcquired, VipReleased, VrrpTransition
-from . import machine
+from ..errors import ConfigError, LocalProtocolError
+from ..events import Event, VipAcquired, VipReleased, VrrpTransition
+from ..ratelimit import LogLimiter
+from . import addresses, machine
+from .addresses import AddressRequests, NetlinkError, Overrun
+from .announce import garp_frame, unsolicited_na
 from .config import InstanceConfig, check_interfaces, instances
-from .packet import IPPROTO_VRRP, MULTICAST_V4, MULTICAST_V6, VRRP_TTL
+from .reload import InstanceChange, diff
+from .sockets import Announcer, Packet, VrrpSocket, arrival
+from .timing import sleep_until, tune_thread
 
-__all__ = ["VrrpSpeaker", "garp_frame", "unsolicited_na"]
+__all__ = ["VrrpSpeaker", "garp_frame", "unsolicited_na", "ISOLATION_ENV"]
 
 log = logging.getLogger(__name__)
 
-_ETH_P_ARP = 0x0806
-#: Linux IP_PKTINFO (<linux/in.h>); the socket module of Python 3.11 does not export it.
-_IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
-_IFA_F_NODAD = 0x02
-_ALL_NODES_V6 = "ff02::1"
-#: <asm-generic/socket.h> SO_TIMESTAMPNS (= SCM_TIMESTAMPNS); Python 3.11 does not export it.
-_SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
-_TIMESPEC = struct.Struct("=qq")  # struct timespec on 64-bit Linux
-_NLMSGHDR = struct.Struct("=IHHII")  # <linux/netlink.h> struct nlmsghdr
 #: How early a timer is armed before its deadline. epoll waits in whole milliseconds and
 #: CPython rounds the timeout up, so a timer armed at its deadline fires 0..1 ms late (0.7 ms
-#: at the median, measured); armed half a millisecond early and handled as at its deadline,
-#: it fires within +-0.5 ms of it. keepalived's timerfd is that close too.
+#: at the median, measured). On the daemon's loop (isolation off) it is armed half a
+#: millisecond early and handled as at its deadline: within +-0.5 ms of it. On the
+#: speaker's own thread it is armed 1.5 ms early and sleeps the rest (``time.sleep`` is a
+#: ``clock_nanosleep``, with the thread's timer slack at 1 ns): at the deadline, tens of
+#: microseconds late, like keepalived's timerfd. Blocking its own loop that long costs the
+#: speaker nothing: nothing else runs there.
 _TIMER_LEAD = 0.0005
+_TIMER_LEAD_OWN_THREAD = 0.0015
+_PREPARE_HOOK = "clusterbus_vrrp_prepare_master"
+#: Environment switch: ``CLUSTERBUS_VRRP_ISOLATION=0`` runs the speaker on the daemon's
+#: loop, as before the speaker had its own thread (for tests and comparisons only).
+ISOLATION_ENV = "CLUSTERBUS_VRRP_ISOLATION"
+#: While the speaker thread runs, the interpreter's switch interval (how long a thread
+#: that wants the GIL waits before it asks the holder to let go). The default, 5 ms, is
+#: what a timer of the speaker would wait behind a busy daemon thread, on each wake-up and
+#: after each blocking call. It only costs anything while a second thread waits.
+_SWITCH_INTERVAL = 0.0005
+#: seconds the daemon waits for the speaker thread to step down and remove its VIPs
+_STOP_TIMEOUT = 10.0
 
 
-# -- announcements ---------------------------------------------------------------------------
-
-def garp_frame(mac: bytes, vip: str) -> bytes:
-    """A gratuitous ARP request for ``vip`` as keepalived sends it (RFC 5227 §3 "ARP
-    Announcement": sender IP = target IP = the address, to broadcast; the target hardware
-    address is ff:ff:ff:ff:ff:ff like keepalived's, see tests/vectors/vrrp).
-
-    :param mac: the interface's 6-byte MAC.
-    :param vip: an IPv4 address.
-    """
-    ip = ipaddress.IPv4Address(vip).packed
-    eth = b"\xff" * 6 + mac + struct.pack("!H", _ETH_P_ARP)
-    arp = struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1) + mac + ip + b"\xff" * 6 + ip
-    return eth + arp
-
-
-def unsolicited_na(mac: bytes, vip: str) -> bytes:
-    """An unsolicited neighbour advertisement for ``vip`` (RFC 4861 §4.4, §7.2.6): Override
-    set, Solicited clear, with the target link-layer address option. The kernel fills in the
-    ICMPv6 checksum.
-    """
-    target = ipaddress.IPv6Address(vip).packed
-    flags = 0x20000000  # O: override caches that hold the old master's MAC
-    return struct.pack("!BBHI", 136, 0, 0, flags) + target + bytes([2, 1]) + mac
-
-
-# -- per-link sockets --------------------------------------------------------------------------
-
-@dataclass
+@dataclass(eq=False)
 class _Link:
-    """One raw VRRP socket: an interface and a family."""
+    """One raw VRRP socket (an interface and a family) and the instances on it."""
 
-    interface: str
-    family: str
-    ifindex: int
-    sock: socket.socket
+    sock: VrrpSocket
     routers: dict[int, _Instance] = field(default_factory=dict)  # vrid -> instance
 
 
-@dataclass
+@dataclass(eq=False)
 class _Instance:
     cfg: InstanceConfig
-    router: Any
+    router: machine.Router
     link: _Link
     primary: str
     timer: asyncio.TimerHandle | None = None
     deadline: float | None = None  #: the router deadline ``timer`` stands for
     garp_later: asyncio.TimerHandle | None = None
-    counters: Counter[str] = field(default_factory=Counter)
+    vetoes: int = 0
     vetoed: str | None = None
     holding: set[str] = field(default_factory=set)  #: VIPs we put on the interface
     #: keys a reload changed that only a restart applies (shown by status())
     restart_needed: tuple[str, ...] = ()
+    #: the PrepareMaster question outstanding (its number), or None
+    asking: int | None = None
 
 
-def _open_v4(ifname: str, ifindex: int) -> socket.socket:
-    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, IPPROTO_VRRP)
-    try:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, ifname.encode())
-        mreqn = struct.pack("4s4si", socket.inet_aton(MULTICAST_V4), b"\0" * 4, ifindex)
-        s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreqn)
-        s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, mreqn)
-        # RFC 5798 §5.1.1.3: TTL 255, so receivers can tell the advert never crossed a router.
-        s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, VRRP_TTL)
-        s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, VRRP_TTL)
-        s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
-        s.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, 0xC0)  # network control, as keepalived
-        s.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)  # see VrrpSpeaker._arrival
-        s.setblocking(False)
-    except BaseException:
-        s.close()
-        raise
-    return s
+def _state_name(state: machine.State) -> str:
+    return state.value
 
 
-def _open_v6(ifname: str, ifindex: int) -> socket.socket:
-    s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, IPPROTO_VRRP)
-    try:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, ifname.encode())
-        mreq = struct.pack("16si", socket.inet_pton(socket.AF_INET6, MULTICAST_V6), ifindex)
-        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, mreq)
-        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, ifindex)
-        # RFC 5798 §5.1.2.3: hop limit 255.
-        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, VRRP_TTL)
-        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, VRRP_TTL)
-        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 0)
-        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVHOPLIMIT, 1)
-        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
-        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_TCLASS, 0xC0)
-        s.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)  # see VrrpSpeaker._arrival
-        s.setblocking(False)
-    except BaseException:
-        s.close()
-        raise
-    return s
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 class VrrpSpeaker:
@@ -189,46 +131,80 @@ class VrrpSpeaker:
         self.engine = engine
         self.config = config
         self.instance_configs = instances(config)
-        #: speaker-wide counters: received, sent, dropped_* before a router saw the packet
+        #: speaker-wide counters, dotted: received, sent, dropped.<reason> before a router
+        #: saw the packet, errors.<where>, ...
         self.counters: Counter[str] = Counter()
         self._links: dict[tuple[str, str], _Link] = {}
         self._instances: dict[str, _Instance] = {}
         self._ipr: AsyncIPRoute | None = None
-        #: NETLINK_ROUTE socket for VIP changes (see _address_request)
-        self._rtnl: socket.socket | None = None
-        self._seq = 0
-        #: sequence number -> ("add" | "remove", instance, configured address): awaiting ack
-        self._pending: dict[int, tuple[str, _Instance, str]] = {}
-        #: (add?, instance name, VIP as configured) -> request encoded at start-up, seq 0
-        self._requests: dict[tuple[bool, str, str], bytes] = {}
+        self._addr: AddressRequests | None = None
+        self._announcer = Announcer()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._macs: dict[str, bytes] = {}
-        self._garp_socks: dict[str, socket.socket] = {}
-        self._na_socks: dict[str, socket.socket] = {}
         #: the routers run (reload applies to them); before that a reload waits here
         self._ready = False
         self._pending_reload: Config | None = None
         #: instances a reload added or removed: a restart applies them
         self._restart_needed: dict[str, str] = {}
+        self._questions = 0
+        #: per-packet and per-failure lines, one per key per interval
+        self._limited = LogLimiter(log, interval=10.0)
+        #: run on an own thread with an own loop (see docs/architecture.md, "Concurrency
+        #: model"); ``False``: on the daemon's loop
+        self.isolated = os.environ.get(ISOLATION_ENV, "1") != "0"
+        #: the daemon's loop (events and plugin calls go there); the speaker's is _loop
+        self._main: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stop: asyncio.Future[None] | None = None
+        self._stop_lock = threading.Lock()
+        self._stop_requested = False
+
+    # -- the daemon side ------------------------------------------------------------------
+
+    def _publish(self, event_class: type[Event], **fields: Any) -> None:
+        """Publish an event on the daemon's loop (its hooks run there, never here)."""
+        self._to_main(self._publish_now, event_class, fields)
+
+    def _publish_now(self, event_class: type[Event], fields: dict[str, Any]) -> None:
+        try:
+            self.engine.publish(event_class, **fields)
+        except Exception:
+            log.exception("VRRP: cannot publish %s", event_class.__name__)
+
+    def _to_main(self, fn: Callable[..., None], *args: Any) -> None:
+        """Run ``fn(*args)`` on the daemon's loop, later (never inside the caller)."""
+        main = self._main or self._loop
+        assert main is not None
+        if main is self._loop:
+            main.call_soon(fn, *args)
+            return
+        try:
+            main.call_soon_threadsafe(fn, *args)
+        except RuntimeError:  # the daemon's loop is closed: we are stopping
+            self.counters["errors.daemon_gone"] += 1
+
+    def _to_speaker(self, fn: Callable[..., None], *args: Any) -> None:
+        """Run ``fn(*args)`` on the speaker's loop (from the daemon's side)."""
+        loop = self._loop
+        if loop is None:
+            return
+        if loop is self._main:
+            loop.call_soon(fn, *args)
+            return
+        try:
+            loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:  # the speaker's loop is closed: it stopped
+            pass
 
     # -- start-up -------------------------------------------------------------------------
-
-    async def _addresses(self, ifindex: int, family: str) -> list[str]:
-        assert self._ipr is not None
-        fam = socket.AF_INET6 if family == "inet6" else socket.AF_INET
-        out = []
-        async for msg in await self._ipr.addr("dump", index=ifindex, family=fam):
-            if msg.get("index") == ifindex and msg.get("address"):
-                out.append(str(ipaddress.ip_address(msg.get("address"))))
-        return out
 
     async def _primary(self, ifindex: int, inst: InstanceConfig) -> str:
         """The source address of the adverts: ``unicast_src_ip``, else the interface's
         first IPv4 address, or for IPv6 its link-local address (RFC 5798 §5.1.2.1)."""
+        assert self._ipr is not None
         if inst.unicast_src_ip:
             return inst.unicast_src_ip
         vips = {ipaddress.ip_interface(v).ip for v in inst.virtual_ipaddress}
-        for a in await self._addresses(ifindex, inst.family):
+        for a in await addresses.dump(self._ipr, ifindex, inst.family):
             addr = ipaddress.ip_address(a)
             if addr in vips:
                 continue
@@ -240,25 +216,8 @@ class VrrpSpeaker:
             "address to send adverts from; add one or set unicast_src_ip",
             file=self.config.file, key=f"{inst.key}.interface")
 
-    async def _remove_present(self, cfg: InstanceConfig, ifindex: int) -> list[str]:
-        """Remove the instance's VIPs that are on the interface; return those removed."""
-        assert self._ipr is not None
-        present = set(await self._addresses(ifindex, cfg.family))
-        removed = []
-        for vip in cfg.virtual_ipaddress:
-            iface = ipaddress.ip_interface(vip)
-            if str(iface.ip) in present:
-                try:
-                    await self._ipr.addr("del", index=ifindex, address=str(iface.ip),
-                                         prefixlen=iface.network.prefixlen)
-                except NetlinkError as exc:
-                    if exc.code != errno.EADDRNOTAVAIL:
-                        raise
-                    continue
-                removed.append(vip)
-        return removed
-
-    def _router_config(self, inst: InstanceConfig, primary: str) -> Any:
+    def _router_config(self, inst: InstanceConfig, primary: str,
+                       ask: bool) -> machine.RouterConfig:
         return machine.RouterConfig(
             name=inst.name,
             vrid=inst.vrid,
@@ -274,50 +233,49 @@ class VrrpSpeaker:
             unicast_peers=inst.unicast_peer,
             start_listen=True,  # RFC 5798 §6.4.1: listen before claiming MASTER
             interface=inst.interface,
+            ask_prepare=ask,
         )
 
+    def _asks_plugins(self) -> bool:
+        """Whether any plugin implements the veto hook (else no PrepareMaster at all)."""
+        caller = getattr(self.engine.plugins.pm.hook, _PREPARE_HOOK, None)
+        return bool(caller is not None and caller.get_hookimpls())
+
     async def _setup(self) -> None:
-        assert self._loop is not None
+        assert self._loop is not None and self._ipr is not None
+        ask = self._asks_plugins()
+        self._addr = AddressRequests()
         for cfg in self.instance_configs:
             ifindex = socket.if_nametoindex(cfg.interface)
             link = self._links.get((cfg.interface, cfg.family))
             if link is None:
-                opener = _open_v6 if cfg.family == "inet6" else _open_v4
-                link = _Link(cfg.interface, cfg.family, ifindex, opener(cfg.interface, ifindex))
+                link = _Link(VrrpSocket(cfg.interface, cfg.family, ifindex))
                 self._links[(cfg.interface, cfg.family)] = link
                 self._loop.add_reader(link.sock.fileno(), self._on_readable, link)
             # Our VIPs still on the interface were left by a crash (keepalived keeps them until
             # it restarts, and meanwhile two hosts answer ARP for the address).
-            for vip in await self._remove_present(cfg, ifindex):
+            for vip in await addresses.remove_present(self._ipr, cfg.virtual_ipaddress,
+                                                      ifindex, cfg.family):
                 self.counters["stale_vips_removed"] += 1
                 log.warning("%s: removed stale VIP %s from %s (left by a crash)", cfg.name, vip,
                             cfg.interface)
             primary = await self._primary(ifindex, cfg)
-            router = machine.Router(self._router_config(cfg, primary), now=self._now())
+            router = machine.Router(self._router_config(cfg, primary, ask), now=self._now())
             inst = _Instance(cfg, router, link, primary)
             link.routers[cfg.vrid] = inst
             self._instances[cfg.name] = inst
             # keyed as the router's Add/RemoveAddresses effects name them: as configured
-            for full in cfg.virtual_ipaddress:
-                iface = ipaddress.ip_interface(full)
-                for add in (True, False):
-                    self._requests[(add, cfg.name, full)] = _encode_addr(add, ifindex, iface)
-        self._rtnl = _open_rtnl()
-        self._loop.add_reader(self._rtnl.fileno(), self._on_acks)
-        # Announcement sockets and MACs now, not on the first takeover.
-        for inst in self._instances.values():
-            self._mac(inst.cfg.interface)
-            if inst.cfg.family == "inet":
-                self._garp_sock(inst.cfg.interface)
-            else:
-                self._na_sock(inst)
+            self._addr.prepare(cfg.name, ifindex, cfg.virtual_ipaddress)
+            # Announcement sockets and MACs now, not on the first takeover.
+            self._announcer.prepare(cfg.interface, cfg.family, ifindex, primary)
+        self._loop.add_reader(self._addr.fileno(), self._on_acks)
         for inst in self._instances.values():
             inst.router.start(self._now())
             self._after(inst)
         self._ready = True
         if self._pending_reload is not None:  # a SIGHUP came while we were setting up
             pending, self._pending_reload = self._pending_reload, None
-            self.reload(pending)
+            self._reload(pending)
 
     # -- receiving ------------------------------------------------------------------------
 
@@ -325,82 +283,33 @@ class VrrpSpeaker:
         # The supervisor boundary of the receive path: one bad packet never stops the loop.
         try:
             for _ in range(64):  # bounded so one busy link cannot starve the others
-                if not self._receive(link):
+                got = link.sock.read()
+                if got is None:
                     break
+                self.counters["received"] += 1
+                if isinstance(got, str):
+                    self._drop(got, "?")
+                else:
+                    self._receive(link, got)
         except Exception:
-            self.counters["receive_errors"] += 1
-            log.exception("VRRP receive on %s failed", link.interface)
+            self.counters["errors.receive"] += 1
+            self._limited.error(("receive", link.sock.interface), "VRRP receive on %s failed",
+                                link.sock.interface, exc_info=True)
 
-    def _receive(self, link: _Link) -> bool:
-        try:
-            data, anc, _flags, addr = link.sock.recvmsg(65535, 256)
-        except (BlockingIOError, InterruptedError):
-            return False
-        arrived = None
-        if link.family == "inet":
-            for level, kind, value in anc:
-                if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS:
-                    arrived = value
-            parsed = self._strip_ipv4(data)
-            if parsed is None:
-                return True
-            src, dst, ttl, payload = parsed
-        else:
-            payload = data
-            src = addr[0].split("%", 1)[0]
-            ttl, dst = -1, MULTICAST_V6
-            for level, kind, value in anc:
-                if level == socket.IPPROTO_IPV6 and kind == socket.IPV6_HOPLIMIT:
-                    ttl = int.from_bytes(value[:4], "little" if _LITTLE else "big")
-                elif level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO:
-                    dst = str(ipaddress.IPv6Address(value[:16]))
-                elif level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS:
-                    arrived = value
-        self.counters["received"] += 1
-        if len(payload) < 2:
-            self._drop("too_short", src)
-            return True
-        inst = link.routers.get(payload[1])  # RFC 5798 §5.2.3: byte 1 is the VRID
+    def _receive(self, link: _Link, pkt: Packet) -> None:
+        if len(pkt.payload) < 2:
+            self._drop("too_short", pkt.source)
+            return
+        inst = link.routers.get(pkt.payload[1])  # RFC 5798 §5.2.3: byte 1 is the VRID
         if inst is None:
-            self._drop("unknown_vrid", src)
-            return True
-        now = self._arrival(arrived)
-        inst.router.receive(payload, source=src, dst=dst, ttl=ttl, now=now)
+            self._drop("unknown_vrid", pkt.source)
+            return
+        now = arrival(pkt.stamp, self._now(), time.time())
+        inst.router.receive(pkt.payload, source=pkt.source, dst=pkt.dst, ttl=pkt.ttl, now=now)
         self._after(inst)
-        return True
-
-    def _arrival(self, stamp: bytes | None) -> float:
-        """When the packet arrived, on the loop's clock.
-
-        RFC 5798 §6.4.2 restarts the Master_Down_Timer when an advert is received; the
-        kernel's receive timestamp (SO_TIMESTAMPNS, wall clock) says when that was, before
-        the loop got round to reading it (0.1..0.5 ms on a busy host). The wall-clock age
-        of the packet is taken off the loop's monotonic now; an age that is negative or
-        over a second (the wall clock was stepped) is ignored.
-        """
-        now = self._now()
-        if stamp is None or len(stamp) < _TIMESPEC.size:
-            return now
-        sec, nsec = _TIMESPEC.unpack_from(stamp)
-        age = time.time() - (sec + nsec * 1e-9)
-        return now - age if 0 <= age < 1 else now
-
-    def _strip_ipv4(self, data: bytes) -> tuple[str, str, int, bytes] | None:
-        """The raw IPv4 socket hands us the IP header: take TTL, addresses and payload."""
-        if len(data) < 20 or data[0] >> 4 != 4:
-            self._drop("bad_ip_header", "?")
-            return None
-        ihl = (data[0] & 0x0F) * 4
-        total = int.from_bytes(data[2:4], "big")
-        if ihl < 20 or len(data) < ihl or total < ihl:
-            self._drop("bad_ip_header", "?")
-            return None
-        src = socket.inet_ntoa(data[12:16])
-        dst = socket.inet_ntoa(data[16:20])
-        return src, dst, data[8], data[ihl:min(total, len(data))]
 
     def _drop(self, reason: str, source: str) -> None:
-        self.counters[f"dropped_{reason}"] += 1
+        self.counters[f"dropped.{reason}"] += 1
         log.debug("VRRP: dropped packet from %s: %s", source, reason)
 
     # -- timers ---------------------------------------------------------------------------
@@ -412,15 +321,21 @@ class VrrpSpeaker:
     def _on_timer(self, inst: _Instance) -> None:
         deadline, inst.timer, inst.deadline = inst.deadline, None, None
         try:
-            # Armed _TIMER_LEAD early (see there): up to that much early counts as on time.
+            # Armed early (see _TIMER_LEAD): on our own thread sleep to the deadline; on
+            # the daemon's loop up to that much early counts as on time.
             now = self._now()
             if deadline is not None and now < deadline:
-                now = deadline
+                if self._loop is not self._main:
+                    sleep_until(deadline)
+                    now = max(self._now(), deadline)
+                else:
+                    now = deadline
             inst.router.handle_timer(now)
             self._after(inst)
         except Exception:
-            self.counters["timer_errors"] += 1
-            log.exception("%s: VRRP timer failed", inst.cfg.name)
+            self.counters["errors.timer"] += 1
+            self._limited.error(("timer", inst.cfg.name), "%s: VRRP timer failed",
+                                inst.cfg.name, exc_info=True)
             self._schedule(inst)
 
     def _schedule(self, inst: _Instance) -> None:
@@ -433,7 +348,8 @@ class VrrpSpeaker:
             inst.timer = inst.deadline = None
         if deadline is not None:
             inst.deadline = deadline
-            inst.timer = self._loop.call_at(deadline - _TIMER_LEAD, self._on_timer, inst)
+            lead = _TIMER_LEAD if self._loop is self._main else _TIMER_LEAD_OWN_THREAD
+            inst.timer = self._loop.call_at(deadline - lead, self._on_timer, inst)
 
     # -- effects --------------------------------------------------------------------------
 
@@ -444,68 +360,36 @@ class VrrpSpeaker:
         takeover the advert, the VIPs and the gratuitous ARPs go first (RFC 5798 §6.4.2
         lists them in that order), the ``vrrp.transition`` event and its hooks after.
         """
-        changes = []
-        for effect in inst.router.drain():
-            if isinstance(effect, machine.StateChanged):
-                if effect.new is machine.State.MASTER and self._vetoed(inst, effect):
-                    break  # the router was reset: the rest of this batch is void
-                changes.append(effect)
-            else:
-                self._apply(inst, effect)
+        changes: list[machine.StateChanged] = []
+        # An answer to PrepareMaster given at once produces a second batch: bounded.
+        for _ in range(4):
+            effects = inst.router.drain()
+            if not effects:
+                break
+            for effect in effects:
+                if isinstance(effect, machine.StateChanged):
+                    changes.append(effect)
+                else:
+                    self._apply(inst, effect)
         for change in changes:
             self._state_changed(inst, change)
         self._schedule(inst)
 
-    def _vetoed(self, inst: _Instance, effect: Any) -> bool:
-        """Ask the plugins before becoming MASTER; on a veto keep the instance BACKUP.
-
-        The machine has already decided; a veto resets it (shutdown, then start): unless it
-        was preempting a live master, it sends a priority-0 advert, so a peer takes over
-        after its Skew_Time instead of waiting a whole Master_Down_Interval; it listens
-        again; when nobody else takes over, it asks
-        the plugins again one Master_Down_Interval later. Our MASTER advert and the
-        addresses never go out. The address owner (priority 255) cannot be held back: it
-        claims MASTER at start by definition (RFC 5798 §6.4.1), so its veto is only logged.
-        """
-        reason = self._prepare_master(inst)
-        if reason is None:
-            return False
-        if inst.router.priority == 255:
-            log.warning("%s: the address owner (priority 255) ignores the veto", inst.cfg.name)
-            return False
-        now = self._now()
-        inst.router.shutdown(now)
-        inst.router.start(now)
-        # The priority-0 advert tells the other backups to elect a master after their
-        # Skew_Time: right when the master went silent or stepped down. When we were about
-        # to preempt a live master, it would only make them take over from that master
-        # (they do not check who sent it), so it stays unsent.
-        handover = effect.reason != "preempt"
-        for after in inst.router.drain():
-            if isinstance(after, machine.Transmit) and handover:
-                self._send(inst, after.data, after.dst, after.src)  # the priority-0 advert
-            # StateChanged (MASTER -> INITIALIZE -> BACKUP) and RemoveAddresses are internal:
-            # the addresses never went up and, seen from outside, we stayed BACKUP.
-        inst.vetoed = reason
-        self.engine.publish(VrrpTransition, instance=inst.cfg.name, vrid=inst.cfg.vrid,
-                            family=inst.cfg.family, interface=inst.cfg.interface,
-                            old=_state_name(effect.old), new="BACKUP",
-                            priority=effect.priority, reason="vetoed", source="speaker")
-        return True
-
-    def _apply(self, inst: _Instance, effect: Any) -> None:
+    def _apply(self, inst: _Instance, effect: machine.Effect) -> None:
         if isinstance(effect, machine.Transmit):
-            self._send(inst, effect.data, effect.dst, effect.src)
+            self._send(inst, effect)
         elif isinstance(effect, machine.StateChanged):
             self._state_changed(inst, effect)
         elif isinstance(effect, machine.AddAddresses):
             for addr in effect.addrs:
-                self._address_request("add", inst, addr)
+                self._address_request(True, inst, addr)
         elif isinstance(effect, machine.RemoveAddresses):
             for addr in effect.addrs:
-                self._address_request("remove", inst, addr)
+                self._address_request(False, inst, addr)
         elif isinstance(effect, machine.Announce):
             self._announce(inst, effect.addrs, first=True)
+        elif isinstance(effect, machine.PrepareMaster):
+            self._ask(inst, effect)
         elif isinstance(effect, machine.Discarded):
             # The router counts it too (status() shows router.counters).
             log.debug("%s: discarded advert from %s: %s", inst.cfg.name, effect.source,
@@ -513,133 +397,136 @@ class VrrpSpeaker:
         else:
             log.warning("%s: unknown effect %r", inst.cfg.name, effect)
 
-    def _send(self, inst: _Instance, data: bytes, dst: str, src: str) -> None:
-        link = inst.link
+    def _send(self, inst: _Instance, tx: machine.Transmit) -> None:
         try:
-            if link.family == "inet":
-                pktinfo = struct.pack("i4s4s", link.ifindex, socket.inet_aton(src),
-                                      b"\0" * 4)
-                link.sock.sendmsg([data], [(socket.IPPROTO_IP, _IP_PKTINFO, pktinfo)], 0,
-                                  (dst, 0))
-            else:
-                pktinfo = struct.pack("16si", socket.inet_pton(socket.AF_INET6, src),
-                                      link.ifindex)
-                link.sock.sendmsg([data], [(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, pktinfo)],
-                                  0, (dst, 0, 0, link.ifindex))
+            inst.link.sock.send(tx.data, tx.dst, tx.src)
             self.counters["sent"] += 1
         except OSError as exc:
             # A full send buffer or a link going down: the next advert retries.
-            self.counters["send_errors"] += 1
-            log.debug("%s: send to %s failed: %s", inst.cfg.name, dst, exc)
+            self.counters["errors.send"] += 1
+            self._limited.warning(("send", inst.cfg.name), "%s: send to %s failed: %s",
+                                  inst.cfg.name, tx.dst, exc)
 
-    def _state_changed(self, inst: _Instance, effect: Any) -> None:
+    def _state_changed(self, inst: _Instance, effect: machine.StateChanged) -> None:
         old, new = _state_name(effect.old), _state_name(effect.new)
-        if new == "MASTER":
+        if effect.new is machine.State.MASTER:
             inst.vetoed = None
+            if inst.asking is not None:
+                # PrepareMaster's deadline passed without an answer: the takeover went ahead
+                inst.asking = None
+                self.counters["prepare_master.timeouts"] += 1
+                self._limited.warning(("prepare_timeout", inst.cfg.name),
+                                      "%s: no answer from clusterbus_vrrp_prepare_master in "
+                                      "time; taking over", inst.cfg.name)
         elif inst.garp_later is not None:
             inst.garp_later.cancel()
             inst.garp_later = None
         log.info("%s (vrid %d, %s): %s -> %s (%s, priority %d)", inst.cfg.name, inst.cfg.vrid,
                  inst.cfg.interface, old, new, effect.reason, effect.priority)
-        self.engine.publish(VrrpTransition, instance=inst.cfg.name, vrid=inst.cfg.vrid,
-                            family=inst.cfg.family, interface=inst.cfg.interface, old=old,
-                            new=new, priority=effect.priority, reason=effect.reason,
-                            source="speaker")
+        self._publish(VrrpTransition, instance=inst.cfg.name, vrid=inst.cfg.vrid,
+                      family=inst.cfg.family, interface=inst.cfg.interface, old=old,
+                      new=new, priority=effect.priority, reason=effect.reason,
+                      source="speaker")
 
-    def _prepare_master(self, inst: _Instance) -> str | None:
-        """Call ``clusterbus_vrrp_prepare_master`` (every plugin, each isolated); return the
-        first veto as ``"plugin: reason"``, or ``None`` when all agree. Logged and counted."""
-        results = self.engine.plugins.call_each("clusterbus_vrrp_prepare_master",
-                                                instance=inst.cfg.name, vrid=inst.cfg.vrid,
-                                                cluster=self.engine.cluster)
-        for plugin, reason in results:
-            if reason is not None:
-                inst.counters["vetoed"] += 1
-                log.warning("%s: plugin %s vetoed MASTER: %s", inst.cfg.name, plugin, reason)
-                return f"{plugin}: {reason}"
-        return None
+    # -- the veto -------------------------------------------------------------------------
 
-    def _address_request(self, kind: str, inst: _Instance, full: str) -> None:
+    def _ask(self, inst: _Instance, effect: machine.PrepareMaster) -> None:
+        """The router waits for the plugins before a takeover (``PrepareMaster``): ask
+        them on the daemon's side; the answer comes back in :meth:`_answered`."""
+        self._questions += 1
+        inst.asking = self._questions
+        self._to_main(self._call_prepare, inst.cfg.name, inst.cfg.vrid, self._questions)
+
+    def _call_prepare(self, name: str, vrid: int, question: int) -> None:
+        """On the daemon's side: call ``clusterbus_vrrp_prepare_master`` (every plugin, each
+        isolated); the first veto, as ``"plugin: reason"``, or ``None`` goes back."""
+        veto = None
+        try:
+            for plugin, reason in self.engine.plugins.call_each(
+                    _PREPARE_HOOK, instance=name, vrid=vrid, cluster=self.engine.cluster):
+                if reason is not None:
+                    log.warning("%s: plugin %s vetoed MASTER: %s", name, plugin, reason)
+                    veto = f"{plugin}: {reason}"
+                    break
+        finally:
+            self._to_speaker(self._answered, name, question, veto)
+
+    def _answered(self, name: str, question: int, veto: str | None) -> None:
+        inst = self._instances.get(name)
+        if inst is None or inst.asking != question:
+            self.counters["prepare_master.late"] += 1
+            return
+        inst.asking = None
+        if veto is not None:
+            inst.vetoes += 1
+            inst.vetoed = veto
+        if not inst.router.answer_prepare(veto, self._now()):
+            self.counters["prepare_master.late"] += 1
+        self._after(inst)
+
+    # -- addresses ------------------------------------------------------------------------
+
+    def _address_request(self, add: bool, inst: _Instance, full: str) -> None:
         """Add or remove one VIP now: the kernel applies the request inside ``sendmsg``;
         its ack arrives in :meth:`_on_acks`.
 
         :param full: the VIP as configured (``10.77.0.100/24``), as the router's effects
             carry it.
         """
-        request = self._requests.get((kind == "add", inst.cfg.name, full))
-        if request is None or self._rtnl is None:
-            self.counters["address_errors"] += 1
-            log.error("%s: no address request for %s %s", inst.cfg.name, kind, full)
+        verb = "add" if add else "remove"
+        if self._addr is None:
+            self.counters["errors.address"] += 1
+            log.error("%s: no address socket to %s %s", inst.cfg.name, verb, full)
             return
-        self._seq = self._seq % 0xFFFFFFFF + 1
-        data = bytearray(request)
-        struct.pack_into("=I", data, 8, self._seq)  # nlmsghdr.nlmsg_seq
         try:
-            self._rtnl.send(data)
+            self._addr.send(add, inst.cfg.name, full, inst.cfg.name)
+        except KeyError:
+            self.counters["errors.address"] += 1
+            log.error("%s: no address request to %s %s", inst.cfg.name, verb, full)
         except OSError as exc:
-            self.counters["address_errors"] += 1
-            log.error("%s: cannot %s %s on %s: %s", inst.cfg.name, kind, full,
+            self.counters["errors.address"] += 1
+            log.error("%s: cannot %s %s on %s: %s", inst.cfg.name, verb, full,
                       inst.cfg.interface, exc)
-            return
-        self._pending[self._seq] = (kind, inst, full)
 
     def _on_acks(self) -> None:
-        """Read the kernel's answers to :meth:`_address_request` (``NLMSG_ERROR`` with
-        error 0 is the ack) and publish ``vip.acquired`` / ``vip.released``."""
-        assert self._rtnl is not None
-        for _ in range(64):  # bounded, like the receive path
-            try:
-                data = self._rtnl.recv(65536)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:  # ENOBUFS: acks were lost; the addresses are still right
-                self.counters["netlink_overruns"] += 1
-                log.warning("VRRP address socket: %s", exc)
-                self._pending.clear()
-                return
-            offset = 0
-            while offset + _NLMSGHDR.size <= len(data):
-                length, kind, _flags, seq, _pid = _NLMSGHDR.unpack_from(data, offset)
-                if length < _NLMSGHDR.size:
-                    break
-                if kind == NLMSG_ERROR and offset + _NLMSGHDR.size + 4 <= len(data):
-                    (error,) = struct.unpack_from("=i", data, offset + _NLMSGHDR.size)
-                    self._acked(seq, -error)
-                offset += (length + 3) & ~3
-
-    def _acked(self, seq: int, error: int) -> None:
-        pending = self._pending.pop(seq, None)
-        if pending is None:
+        """The kernel's answers to :meth:`_address_request`: ``vip.acquired`` /
+        ``vip.released``."""
+        assert self._addr is not None
+        try:
+            acks = self._addr.read_acks()
+        except Overrun as exc:
+            self.counters["netlink.overruns"] += 1
+            log.warning("VRRP address socket: %s", exc)
             return
-        kind, inst, full = pending
+        for ack in acks:
+            inst = self._instances.get(str(ack.token))
+            if inst is not None:
+                self._acked(inst, ack)
+
+    def _acked(self, inst: _Instance, ack: addresses.Ack) -> None:
+        full, error = ack.full, ack.error
         ip = str(ipaddress.ip_interface(full).ip)
-        if kind == "add":
+        if ack.add:
             if error and error != errno.EEXIST:
-                self.counters["address_errors"] += 1
+                self.counters["errors.address"] += 1
                 log.error("%s: cannot add %s to %s: %s", inst.cfg.name, full,
                           inst.cfg.interface, os.strerror(error))
                 return
             inst.holding.add(ip)
-            self.engine.publish(VipAcquired, instance=inst.cfg.name, address=full,
-                                interface=inst.cfg.interface)
+            self._publish(VipAcquired, instance=inst.cfg.name, address=full,
+                          interface=inst.cfg.interface)
         else:
             inst.holding.discard(ip)
             if error:
                 if error != errno.EADDRNOTAVAIL:
-                    self.counters["address_errors"] += 1
+                    self.counters["errors.address"] += 1
                     log.error("%s: cannot remove %s from %s: %s", inst.cfg.name, full,
                               inst.cfg.interface, os.strerror(error))
                 return
-            self.engine.publish(VipReleased, instance=inst.cfg.name, address=full,
-                                interface=inst.cfg.interface)
+            self._publish(VipReleased, instance=inst.cfg.name, address=full,
+                          interface=inst.cfg.interface)
 
-    def _mac(self, ifname: str) -> bytes:
-        mac = self._macs.get(ifname)
-        if mac is None:
-            with open(f"/sys/class/net/{ifname}/address") as f:
-                mac = bytes.fromhex(f.read().strip().replace(":", ""))
-            self._macs[ifname] = mac
-        return mac
+    # -- announcements --------------------------------------------------------------------
 
     def _announce(self, inst: _Instance, addrs: tuple[str, ...], *, first: bool) -> None:
         """One burst of gratuitous ARPs / unsolicited NAs; the first schedules the second.
@@ -649,26 +536,13 @@ class VrrpSpeaker:
         assert self._loop is not None
         cfg = inst.cfg
         try:
-            mac = self._mac(cfg.interface)
-            # each frame is built once per burst, not once per copy sent
-            if cfg.family == "inet":
-                sock = self._garp_sock(cfg.interface)
-                frames = [garp_frame(mac, ip) for ip in addrs]
-                for _ in range(cfg.garp_count):
-                    for frame in frames:
-                        sock.send(frame)
-                        self.counters["announcements"] += 1
-            else:
-                sock = self._na_sock(inst)
-                dest = (_ALL_NODES_V6, 0, 0, inst.link.ifindex)
-                frames = [unsolicited_na(mac, ip) for ip in addrs]
-                for _ in range(cfg.garp_count):
-                    for frame in frames:
-                        sock.sendto(frame, dest)
-                        self.counters["announcements"] += 1
-        except OSError as exc:
-            self.counters["announce_errors"] += 1
-            log.warning("%s: gratuitous ARP/NA on %s failed: %s", cfg.name, cfg.interface, exc)
+            self.counters["announcements"] += self._announcer.burst(
+                cfg.interface, cfg.family, addrs, cfg.garp_count)
+        except (OSError, KeyError) as exc:
+            self.counters["errors.announce"] += 1
+            self._limited.warning(("announce", cfg.name),
+                                  "%s: gratuitous ARP/NA on %s failed: %s", cfg.name,
+                                  cfg.interface, exc)
         if first and cfg.garp_delay > 0 and cfg.garp_count > 0:
             inst.garp_later = self._loop.call_later(cfg.garp_delay, self._announce_again, inst,
                                                     tuple(addrs))
@@ -677,35 +551,6 @@ class VrrpSpeaker:
         inst.garp_later = None
         if inst.router.state is machine.State.MASTER:
             self._announce(inst, addrs, first=False)
-
-    def _garp_sock(self, ifname: str) -> socket.socket:
-        s = self._garp_socks.get(ifname)
-        if s is None:
-            # Protocol 0: send only. A socket opened for ETH_P_ARP hooks into receive, and
-            # its bind() then waits for an RCU grace period (synchronize_net) to re-hook:
-            # about 10 ms, measured, on the first takeover.
-            s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
-            try:
-                s.bind((ifname, 0))
-                s.setblocking(False)
-            except BaseException:
-                s.close()
-                raise
-            self._garp_socks[ifname] = s
-        return s
-
-    def _na_sock(self, inst: _Instance) -> socket.socket:
-        s = self._na_socks.get(inst.cfg.interface)
-        if s is None:
-            s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, inst.cfg.interface.encode())
-            # RFC 4861 §7.1.2: receivers drop ND messages whose hop limit is not 255.
-            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)
-            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, inst.link.ifindex)
-            s.bind((inst.primary, 0, 0, inst.link.ifindex))
-            s.setblocking(False)
-            self._na_socks[inst.cfg.interface] = s
-        return s
 
     # -- service --------------------------------------------------------------------------
 
@@ -718,6 +563,13 @@ class VrrpSpeaker:
         :raises KeyError: no such instance.
         :raises LocalProtocolError: priority out of range.
         """
+        if instance not in self._instances:
+            raise KeyError(instance)
+        if not isinstance(priority, int) or not 1 <= priority <= 255:
+            raise LocalProtocolError(f"priority must be 1..255, got {priority!r}")
+        self._to_speaker(self._set_priority, instance, priority)
+
+    def _set_priority(self, instance: str, priority: int) -> None:
         inst = self._instances[instance]
         inst.router.set_priority(priority, self._now())
         self._after(inst)
@@ -737,8 +589,17 @@ class VrrpSpeaker:
         still applies. We do not refuse the whole reload for it: a planned handoff (a
         priority drop) must not fail because the same edit also touched an address.
 
+        The speaker applies it on its own loop, a moment after this returns.
+
         :param config: the new, validated configuration.
         """
+        if self._loop is None:  # not running yet
+            self.config = config
+            self.instance_configs = instances(config)
+            return
+        self._to_speaker(self._reload, config)
+
+    def _reload(self, config: Config) -> None:
         if not self._ready:
             # Before the routers run, the new file replaces the old one, unless set-up is
             # under way: then it is applied as soon as set-up is done.
@@ -748,61 +609,130 @@ class VrrpSpeaker:
             else:
                 self._pending_reload = config
             return
-        new = {c.name: c for c in instances(config)}
-        self._restart_needed = {}
-        for name in sorted(set(new) - set(self._instances)):
-            self._restart_needed[name] = "added"
-        for name in sorted(set(self._instances) - set(new)):
-            self._restart_needed[name] = "removed"
+        plan = diff({n: i.cfg for n, i in self._instances.items()}, instances(config))
+        self._restart_needed = plan.restart_needed
         for name, what in self._restart_needed.items():
-            self.counters["reload_restart_needed"] += 1
+            self.counters["reload.restart_needed"] += 1
             log.warning("reload: VRRP instance %s %s; restart the daemon to apply it", name,
                         what)
-        for name, inst in self._instances.items():
-            cfg = new.get(name)
-            if cfg is not None:
-                self._reload_instance(inst, cfg)
+        new = {c.name: c for c in instances(config)}
+        for change in plan.changes:
+            self._reload_instance(self._instances[change.name], new[change.name], change)
         self.counters["reloads"] += 1
 
-    def _reload_instance(self, inst: _Instance, cfg: InstanceConfig) -> None:
+    def _reload_instance(self, inst: _Instance, cfg: InstanceConfig,
+                         change: InstanceChange) -> None:
         old = inst.cfg
-        inst.restart_needed = tuple(k for k in _RESTART_KEYS if getattr(cfg, k) != getattr(old, k))
+        inst.restart_needed = change.restart_needed
         if inst.restart_needed:
-            self.counters["reload_restart_needed"] += 1
+            self.counters["reload.restart_needed"] += 1
             log.warning("reload: %s: %s changed; restart the daemon to apply %s", old.name,
                         ", ".join(inst.restart_needed),
                         "it" if len(inst.restart_needed) == 1 else "them")
-        live = {k: getattr(cfg, k) for k in _LIVE_KEYS}
-        if any(live[k] != getattr(old, k) for k in ("preempt", "preempt_delay", "accept")):
+        if change.router_changed:
             # The router reads these three at each use, so a new RouterConfig that differs
             # only in them is safe to swap in (the rest of it is what the router derived its
             # addresses and destinations from, unchanged).
             inst.router.config = replace(inst.router.config, preempt=cfg.preempt,
                                          preempt_delay=cfg.preempt_delay,
                                          accept_mode=cfg.accept)
-        inst.cfg = replace(old, index=cfg.index, **live)
+        inst.cfg = replace(old, index=cfg.index, **change.live)  # type: ignore[arg-type]
         if cfg.priority != inst.router.priority:
             log.info("reload: %s: priority %d -> %d", old.name, inst.router.priority,
                      cfg.priority)
-            self.set_priority(old.name, cfg.priority)
+            inst.router.set_priority(cfg.priority, self._now())
+            self._after(inst)
 
     async def run(self) -> None:
         """Run every instance until cancelled; then step down (priority 0) and release VIPs.
 
+        The speaker runs on its own thread with its own asyncio loop (unless
+        ``CLUSTERBUS_VRRP_ISOLATION=0``): nothing the daemon's loop does (a flood of
+        reports, a plugin that blocks) delays an advert or a takeover. Events and plugin
+        calls cross to the daemon's loop; see docs/architecture.md, "Concurrency model".
+
         :raises ConfigError: an unknown interface, or one without a source address.
         :raises OSError: a socket cannot be opened (not root?).
         """
-        self._loop = asyncio.get_running_loop()
+        self._main = asyncio.get_running_loop()
         check_interfaces(self.config)
+        if not self.isolated:
+            log.warning("VRRP speaker on the daemon's loop (%s=0): a busy daemon delays "
+                        "its adverts", ISOLATION_ENV)
+            await self._run()
+            return
+        done: asyncio.Future[None] = self._main.create_future()
+        self._thread = threading.Thread(target=self._thread_main, args=(done,),
+                                        name="clusterbus-vrrp", daemon=True)
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(min(interval, _SWITCH_INTERVAL))
+        self._thread.start()
+        try:
+            await asyncio.shield(done)
+        except asyncio.CancelledError:
+            self._request_stop()
+            try:
+                await asyncio.wait_for(asyncio.shield(done), _STOP_TIMEOUT)
+            except TimeoutError:
+                log.error("VRRP speaker did not stop within %.0f s", _STOP_TIMEOUT)
+            except Exception:
+                pass  # logged by the daemon when it was the reason we stopped
+            raise
+        finally:
+            sys.setswitchinterval(interval)
+
+    def _thread_main(self, done: asyncio.Future[None]) -> None:
+        """The speaker thread: its own loop until stopped; the outcome goes to ``done``."""
+        main = self._main
+        assert main is not None
+        tune_thread()  # precise sleeps, nice -10
+        error: BaseException | None = None
+        try:
+            asyncio.run(self._run())
+        except BaseException as exc:  # handed to the daemon's loop, raised there
+            error = exc
+
+        def settle() -> None:
+            if done.done():
+                return
+            if error is None:
+                done.set_result(None)
+            else:
+                done.set_exception(error)
+        try:
+            main.call_soon_threadsafe(settle)
+        except RuntimeError:
+            pass  # the daemon's loop is gone
+
+    def _request_stop(self) -> None:
+        """From the daemon's side: stop the speaker's loop (it steps down first)."""
+        with self._stop_lock:
+            self._stop_requested = True
+            stop, loop = self._stop, self._loop
+        if stop is not None and loop is not None:
+            try:
+                loop.call_soon_threadsafe(_settle, stop)
+            except RuntimeError:
+                pass
+
+    async def _run(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        with self._stop_lock:
+            self._stop = self._loop.create_future()
+            if self._stop_requested:
+                self._stop.set_result(None)
         try:
             async with AsyncIPRoute() as ipr:
                 self._ipr = ipr
                 try:
                     await self._setup()
-                    log.info("VRRP speaker running %d instance(s): %s", len(self._instances),
-                             ", ".join(self._instances))
-                    # Everything happens in reader and timer callbacks until cancelled.
-                    await asyncio.get_running_loop().create_future()
+                    log.info("VRRP speaker running %d instance(s) %s: %s",
+                             len(self._instances),
+                             "on its own thread" if self._loop is not self._main
+                             else "on the daemon's loop", ", ".join(self._instances))
+                    # Everything happens in reader and timer callbacks until stopped
+                    # (isolated) or cancelled (on the daemon's loop).
+                    await self._stop
                 finally:
                     await self._shutdown()
         finally:
@@ -811,6 +741,7 @@ class VrrpSpeaker:
     async def _shutdown(self) -> None:
         """RFC 5798 §6.4.3 Shutdown: a MASTER sends priority 0 so a backup takes over after
         its Skew_Time; then every VIP of ours leaves the interface, whatever was queued."""
+        assert self._ipr is not None
         for inst in self._instances.values():
             if inst.timer is not None:
                 inst.timer.cancel()
@@ -825,9 +756,11 @@ class VrrpSpeaker:
                 log.exception("%s: shutdown failed", inst.cfg.name)
         for inst in self._instances.values():
             try:
-                for vip in await self._remove_present(inst.cfg, inst.link.ifindex):
-                    self.engine.publish(VipReleased, instance=inst.cfg.name, address=vip,
-                                        interface=inst.cfg.interface)
+                for vip in await addresses.remove_present(
+                        self._ipr, inst.cfg.virtual_ipaddress, inst.link.sock.ifindex,
+                        inst.cfg.family):
+                    self._publish(VipReleased, instance=inst.cfg.name, address=vip,
+                                  interface=inst.cfg.interface)
             except (OSError, NetlinkError) as exc:
                 log.error("%s: cannot remove VIPs at shutdown: %s", inst.cfg.name, exc)
             inst.holding.clear()
@@ -837,24 +770,21 @@ class VrrpSpeaker:
             if self._loop is not None:
                 self._loop.remove_reader(link.sock.fileno())
             link.sock.close()
-        if self._rtnl is not None:
+        if self._addr is not None:
             if self._loop is not None:
-                self._loop.remove_reader(self._rtnl.fileno())
-            self._rtnl.close()
-            self._rtnl = None
-        self._pending.clear()
-        for s in (*self._garp_socks.values(), *self._na_socks.values()):
-            s.close()
+                self._loop.remove_reader(self._addr.fileno())
+            self._addr.close()
+            self._addr = None
+        self._announcer.close()
         self._links.clear()
-        self._garp_socks.clear()
-        self._na_socks.clear()
         self._ipr = None
 
     def status(self) -> dict[str, Any]:
         """Per instance: state, priority, master seen, advert interval, VIPs, drop counters."""
         out = []
-        for name, inst in self._instances.items():
+        for name, inst in list(self._instances.items()):
             r = inst.router
+            counters = dict(r.counters)
             out.append({
                 "name": name,
                 "interface": inst.cfg.interface,
@@ -869,60 +799,11 @@ class VrrpSpeaker:
                 "holding": sorted(inst.holding),
                 "vetoed": inst.vetoed,
                 # address_mismatch counts accepted adverts (RFC 5798 §7.1: log, not drop)
-                "dropped": {k: v for k, v in r.counters.items() if k != "address_mismatch"},
-                "address_mismatch": r.counters.get("address_mismatch", 0),
-                "vetoes": inst.counters["vetoed"],
+                "dropped": {k: v for k, v in counters.items() if k != "address_mismatch"},
+                "address_mismatch": counters.get("address_mismatch", 0),
+                "vetoes": inst.vetoes,
                 "master_down_interval": round(r.master_down_interval, 6),
                 "restart_needed": list(inst.restart_needed),
             })
         return {"instances": out, "counters": dict(self.counters),
                 "restart_needed": dict(self._restart_needed)}
-
-
-_LITTLE = struct.pack("=i", 1)[0] == 1
-
-
-def _open_rtnl() -> socket.socket:
-    """A NETLINK_ROUTE socket in no multicast group: it only receives our acks."""
-    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
-                      socket.NETLINK_ROUTE)
-    try:
-        s.bind((0, 0))
-        s.setblocking(False)
-    except BaseException:
-        s.close()
-        raise
-    return s
-
-
-def _encode_addr(add: bool, ifindex: int,
-                 iface: ipaddress.IPv4Interface | ipaddress.IPv6Interface) -> bytes:
-    """``RTM_NEWADDR`` / ``RTM_DELADDR`` for one VIP, as ``ip addr add|del`` sends it
-    (IFA_LOCAL = IFA_ADDRESS = the address), sequence number 0 (set per send).
-
-    IPv6 VIPs skip duplicate address detection (IFA_F_NODAD): the address must answer at
-    once, and the peer that held it before is gone or going.
-    """
-    msg = ifaddrmsg()
-    msg["family"] = socket.AF_INET6 if iface.version == 6 else socket.AF_INET
-    msg["prefixlen"] = iface.network.prefixlen
-    msg["flags"] = _IFA_F_NODAD if iface.version == 6 else 0
-    msg["scope"] = 0
-    msg["index"] = ifindex
-    msg["attrs"] = [("IFA_LOCAL", str(iface.ip)), ("IFA_ADDRESS", str(iface.ip))]
-    msg["header"]["type"] = RTM_NEWADDR if add else RTM_DELADDR
-    # As `ip addr add`: EEXIST when the address is already there, which _acked counts as
-    # holding it.
-    msg["header"]["flags"] = NLM_F_REQUEST | NLM_F_ACK | (NLM_F_CREATE | NLM_F_EXCL if add else 0)
-    msg.encode()
-    return bytes(msg.data)
-
-#: instance keys a reload applies to the running router (see VrrpSpeaker.reload)
-_LIVE_KEYS = ("priority", "preempt", "preempt_delay", "accept", "garp_count", "garp_delay")
-#: instance keys that only a restart applies: sockets, adverts, addresses
-_RESTART_KEYS = ("interface", "vrid", "version", "family", "advert_interval",
-                 "virtual_ipaddress", "unicast_peer", "unicast_src_ip")
-
-
-def _state_name(state: Any) -> str:
-    return str(getattr(state, "name", state)).upper()

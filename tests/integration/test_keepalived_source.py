@@ -71,10 +71,10 @@ async def scenario(ka: Keepalived, kb: Keepalived, fifo: str) -> None:
         w = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
         os.write(w, b'garbage\nINSTANCE "VI_1" DANCING 1\n\xff\xfe\xfd\n' + b"z" * 9000 + b"\n")
         os.close(w)
-        await until(lambda: source.counters["dropped_malformed"] >= 1
-                    and source.counters["dropped_too_long"] >= 1
-                    and source.counters["dropped_unknown_state"] >= 1
-                    and source.counters["dropped_not_ascii"] >= 1, 5, "garbage to be counted")
+        await until(lambda: source.counters["dropped.malformed"] >= 1
+                    and source.counters["dropped.too_long"] >= 1
+                    and source.counters["dropped.unknown_state"] >= 1
+                    and source.counters["dropped.not_ascii"] >= 1, 5, "garbage to be counted")
         assert len(events) == before
 
         # Crash keepalived (no STOP line), then start it again: the FIFO sees EOF, the

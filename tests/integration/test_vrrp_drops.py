@@ -57,7 +57,7 @@ for kind, n in json.loads(sys.argv[2]):
 #: injected kind -> where the speaker counts it: ("router", reason) or ("speaker", counter)
 WHERE = {
     "ttl": ("router", "ttl"),
-    "vrid": ("speaker", "dropped_unknown_vrid"),
+    "vrid": ("speaker", "dropped.unknown_vrid"),
     "checksum": ("router", "checksum"),
     "version": ("router", "version_mismatch"),
     "truncated": ("router", "malformed"),

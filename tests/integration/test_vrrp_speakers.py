@@ -4,8 +4,6 @@ stop hands over with priority 0."""
 
 from __future__ import annotations
 
-import re
-import signal
 import subprocess
 from datetime import datetime
 from pathlib import Path
@@ -13,54 +11,11 @@ from pathlib import Path
 import pytest
 from keepalived import VrrpInstance, ns_has_addr, wait_for
 from netns import Topology
-from speaker import Speaker
+from speaker import AddrMonitor, Speaker, held_intervals
 
 pytestmark = [pytest.mark.root]
 
 VIP = "10.77.0.100"
-_LINE = re.compile(r"^\[(\S+)\] (Deleted )?\d+: eth0\s+inet (\S+)/")
-
-
-class AddrMonitor:
-    """``ip -ts monitor address`` in a namespace: a timestamped record of address changes."""
-
-    def __init__(self, topo: Topology, ns: str, path: Path) -> None:
-        self.topo, self.ns, self.path = topo, ns, path
-        self.out = open(path, "wb")
-        self.proc = subprocess.Popen(Topology.prefix(ns) + ["ip", "-ts", "-o", "monitor",
-                                                            "address"], stdout=self.out)
-        # Make sure it listens before anything happens: a marker address must show up.
-        marker = "10.77.0.250"
-        def seen() -> bool:
-            self.topo.exec(ns, ["ip", "addr", "replace", f"{marker}/32", "dev", "eth0"])
-            return marker in path.read_text()
-        wait_for(seen, 10, interval=0.1, what=f"ip monitor in {ns}")
-        self.topo.exec(ns, ["ip", "addr", "del", f"{marker}/32", "dev", "eth0"])
-
-    def stop(self) -> list[tuple[datetime, bool]]:
-        """Stop; return (time, added) for every change of the VIP."""
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(10)
-        self.out.close()
-        changes = []
-        for line in self.path.read_text().splitlines():
-            m = _LINE.match(line)
-            if m and m.group(3) == VIP:
-                changes.append((datetime.fromisoformat(m.group(1)), m.group(2) is None))
-        return changes
-
-
-def held_intervals(changes: list[tuple[datetime, bool]], end: datetime) -> list[tuple[datetime, datetime]]:
-    out, since = [], None
-    for t, added in changes:
-        if added and since is None:
-            since = t
-        elif not added and since is not None:
-            out.append((since, t))
-            since = None
-    if since is not None:
-        out.append((since, end))
-    return out
 
 
 def test_two_speakers_started_together_never_both_hold_the_vip(tmp_path: Path) -> None:
@@ -70,7 +25,7 @@ def test_two_speakers_started_together_never_both_hold_the_vip(tmp_path: Path) -
         common = dict(vrid=77, advert_int=1, version=3, vips=(f"{VIP}/24",))
         sa = Speaker(a, tmp_path, [VrrpInstance(priority=200, **common)], node=1)
         sb = Speaker(b, tmp_path, [VrrpInstance(priority=100, **common)], node=2)
-        mons = [AddrMonitor(topo, ns, tmp_path / f"mon-{ns}.txt") for ns in (a, b)]
+        mons = [AddrMonitor(topo, ns, tmp_path / f"mon-{ns}.txt", VIP) for ns in (a, b)]
         try:
             sa.start()
             sb.start()

@@ -1,19 +1,28 @@
-"""Run clusterbus's own VRRP speaker (``clusterbus run -c FILE``) inside a test namespace.
+"""Run clusterbus's own VRRP speaker (``clusterbus run -c FILE``) inside a test namespace,
+and watch it from another one.
 
 The daemon runs with the netlink source off and, unless ``bus=True``, the bus off, so
 several can run at once on one machine; its log goes to a file in the test's directory.
 With ``bus=True`` the bus listens on ``ipc://`` sockets in the test's directory (files cross
 network namespaces), so ``clusterbus status``, ``reload`` and ``events`` reach it from the
 test: see :meth:`Speaker.cli`, :meth:`Speaker.status`, :meth:`Speaker.reload`.
+
+Observers: :class:`AddrMonitor` (``ip -ts monitor address``: when a VIP came and went),
+:class:`AdvertSniffer` (the adverts a namespace receives, with kernel timestamps), and
+:func:`ingest_flood` (membership reports pushed into a daemon's ingest socket as fast as
+ZeroMQ takes them, pre-encoded as ``clusterbus emit --via zmq`` sends them).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
+import sys
 from dataclasses import dataclass, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +30,8 @@ from keepalived import VrrpInstance, wait_for
 from cbdaemon import CLUSTERBUS
 from netns import Topology
 
-__all__ = ["Speaker", "CLUSTERBUS"]
+__all__ = ["Speaker", "CLUSTERBUS", "AddrMonitor", "AdvertSniffer", "held_intervals",
+           "ingest_flood", "advert_gaps"]
 
 def _toml_list(items: tuple[str, ...]) -> str:
     return "[" + ", ".join(f'"{i}"' for i in items) + "]"
@@ -173,3 +183,155 @@ class Speaker:
             return self.logfile.read_text(errors="replace")
         except OSError:
             return ""
+
+
+_ADDR_LINE = re.compile(r"^\[(\S+)\] (Deleted )?\d+: \S+\s+inet6? (\S+)/")
+
+
+class AddrMonitor:
+    """``ip -ts monitor address`` in a namespace: a timestamped record of address changes.
+
+    :param vip: the address (no prefix) whose changes :meth:`stop` returns.
+    """
+
+    def __init__(self, topo: Topology, ns: str, path: Path, vip: str,
+                 ifname: str = "eth0") -> None:
+        self.topo, self.ns, self.path, self.vip = topo, ns, path, vip
+        self.out = open(path, "wb")
+        self.proc = subprocess.Popen(Topology.prefix(ns) + ["ip", "-ts", "-o", "monitor",
+                                                            "address"], stdout=self.out)
+        # Make sure it listens before anything happens: a marker address must show up.
+        marker = "10.77.0.250"
+        def seen() -> bool:
+            self.topo.exec(ns, ["ip", "addr", "replace", f"{marker}/32", "dev", ifname])
+            return marker in path.read_text()
+        wait_for(seen, 10, interval=0.1, what=f"ip monitor in {ns}")
+        self.topo.exec(ns, ["ip", "addr", "del", f"{marker}/32", "dev", ifname])
+
+    def changes(self) -> list[tuple[datetime, bool]]:
+        """(time, added) for every change of the VIP so far."""
+        out = []
+        for line in self.path.read_text().splitlines():
+            m = _ADDR_LINE.match(line)
+            if m and m.group(3) == self.vip:
+                out.append((datetime.fromisoformat(m.group(1)), m.group(2) is None))
+        return out
+
+    def stop(self) -> list[tuple[datetime, bool]]:
+        """Stop; return (time, added) for every change of the VIP."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(10)
+        self.out.close()
+        return self.changes()
+
+
+def held_intervals(changes: list[tuple[datetime, bool]],
+                   end: datetime) -> list[tuple[datetime, datetime]]:
+    """The intervals during which the address was held, from :meth:`AddrMonitor.stop`."""
+    out, since = [], None
+    for t, added in changes:
+        if added and since is None:
+            since = t
+        elif not added and since is not None:
+            out.append((since, t))
+            since = None
+    if since is not None:
+        out.append((since, end))
+    return out
+
+
+#: Runs in a namespace: prints "<kernel receive time> <source> <priority>" per IPv4 VRRP
+#: packet (SO_TIMESTAMPNS, wall clock).
+_SNIFFER = r"""
+import socket, struct, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, 112)
+s.setsockopt(socket.SOL_SOCKET, 35, 1)  # SO_TIMESTAMPNS
+mreqn = struct.pack("4s4si", socket.inet_aton("224.0.0.18"), b"\0" * 4,
+                    socket.if_nametoindex(sys.argv[1]))
+s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreqn)
+print("ready", flush=True)
+while True:
+    data, anc, _, (src, _) = s.recvmsg(2048, 64)
+    t = None
+    for level, kind, value in anc:
+        if level == socket.SOL_SOCKET and kind == 35:
+            sec, nsec = struct.unpack("qq", value[:16])
+            t = sec + nsec / 1e9
+    ihl = (data[0] & 15) * 4
+    prio = data[ihl + 2] if len(data) > ihl + 2 else -1
+    print(f"{t:.6f} {src} {prio}", flush=True)
+"""
+
+
+class AdvertSniffer:
+    """The IPv4 VRRP adverts a namespace receives, with kernel receive timestamps."""
+
+    def __init__(self, ns: str, path: Path, ifname: str = "eth0") -> None:
+        self.path = path
+        self.out = open(path, "w+b")
+        self.proc = subprocess.Popen(Topology.prefix(ns) + [sys.executable, "-c", _SNIFFER,
+                                                            ifname], stdout=self.out)
+        wait_for(lambda: b"ready" in path.read_bytes(), 10, what="the advert sniffer")
+
+    def adverts(self, src: str | None = None) -> list[tuple[float, str, int]]:
+        """(time, source, priority) of every advert received (from ``src``)."""
+        out = []
+        for line in self.path.read_text().splitlines()[1:]:
+            parts = line.split()
+            if len(parts) == 3 and (src is None or parts[1] == src):
+                out.append((float(parts[0]), parts[1], int(parts[2])))
+        return out
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.out.close()
+
+
+def advert_gaps(times: list[float], start: float, end: float) -> list[float]:
+    """Gaps between consecutive adverts over ``[start, end]``, the window's edges
+    included: a window with no advert at all is one gap as long as the window."""
+    inside = sorted(t for t in times if start <= t <= end)
+    points = [start, *inside, end]
+    return [b - a for a, b in zip(points, points[1:])]
+
+
+#: Runs anywhere the ipc:// file is reachable: pushes argv[2] reports to argv[1] as fast
+#: as ZeroMQ takes them (node.up / node.down in turns over 5000 nodes, so each one is a
+#: real change), then prints the count and the seconds it took.
+_FLOOD = r"""
+import sys, time, zmq
+from clusterbus.bus.codec import encode_ingest
+endpoint, count = sys.argv[1], int(sys.argv[2])
+nodes = 5000
+frames = []
+for n in range(1, nodes + 1):
+    addr = f"10.200.{n // 250}.{n % 250 + 1}"
+    frames.append((encode_ingest("node.up", n, (addr,)), encode_ingest("node.down", n, (addr,))))
+ctx = zmq.Context()
+s = ctx.socket(zmq.PUSH)
+s.setsockopt(zmq.SNDHWM, 10000)
+s.connect(endpoint)
+t0 = time.monotonic()
+for i in range(count):
+    up, down = frames[i % nodes]
+    s.send_multipart(down if (i // nodes) % 2 else up)
+s.close(linger=60000)
+ctx.term()
+print(count, round(time.monotonic() - t0, 3), flush=True)
+"""
+
+
+def ingest_flood(speaker: Speaker, count: int, *, timeout: float = 300,
+                 background: bool = False) -> subprocess.Popen[str]:
+    """Push ``count`` membership reports into ``speaker``'s ingest socket (``bus=True``)
+    as fast as they are taken. Returns the flooding process (waited for unless
+    ``background``)."""
+    endpoint = f"ipc://{speaker.workdir}/{speaker.ns}.ingest"
+    proc = subprocess.Popen([sys.executable, "-c", _FLOOD, endpoint, str(count)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if not background:
+        proc.wait(timeout)
+    return proc

@@ -56,6 +56,6 @@ def test_lines_to_events(tmp_path) -> None:
     assert all(e.source == "keepalived" and e.reason == "keepalived" for e in trans)
     c = src.counters
     assert c["master_priority"] == 1 and c["unchanged"] == 1
-    assert c["dropped_malformed"] == 1 and c["dropped_too_long"] == 1 and c["events"] == 4
+    assert c["dropped.malformed"] == 1 and c["dropped.too_long"] == 1 and c["events"] == 4
     st = src.status()
     assert {(i["name"], i["state"]) for i in st["instances"]} == {("VI_1", "STOP"), ("VG_1", "FAULT")}

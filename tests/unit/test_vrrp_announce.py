@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from vectors import VECTORS
 
-from clusterbus.vrrp.speaker import garp_frame, unsolicited_na
+from clusterbus.vrrp.announce import garp_frame, unsolicited_na
 
 
 def _vector(name: str) -> bytes:

@@ -1,23 +1,21 @@
-"""The VRRP Router state machine, driven on a fake link with a fake clock.
+"""The VRRP Router state machine, driven on a fake link with a fake clock
+(:mod:`clusterbus.testing.vrrp`, the one plugin authors get).
 
 No sockets and no sleeps: time only moves when the simulation moves it (to the next
 router deadline or packet delivery). Each multicast ``Transmit`` reaches every other
-running router after ``Link.delay`` seconds; a unicast one only the router with that
+running router after ``FakeLink.delay`` seconds; a unicast one only the router with that
 address. Timings are asserted against the RFC 5798 §6.1 / RFC 3768 §6.1 formulas computed
 here, independently of the machine.
 """
 
 from __future__ import annotations
 
-import heapq
-import itertools
-from dataclasses import dataclass, field
-
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from clusterbus.errors import ConfigError, LocalProtocolError
+from clusterbus.testing.vrrp import FakeLink
 from clusterbus.vrrp import (
     TRANSITIONS,
     AddAddresses,
@@ -25,6 +23,7 @@ from clusterbus.vrrp import (
     Announce,
     Discarded,
     Effect,
+    PrepareMaster,
     RemoveAddresses,
     Router,
     RouterConfig,
@@ -63,121 +62,7 @@ def mdi_v2(priority: int, advert_interval: float) -> float:
 approx = pytest.approx  # float rounding only: the fake clock lands exactly on deadlines
 
 
-@dataclass
-class Record:
-    time: float
-    router: str
-    effect: Effect
-
-
-@dataclass
-class Link:
-    delay: float = 0.0
-    now: float = 0.0
-    routers: dict[str, Router] = field(default_factory=dict)
-    running: set[str] = field(default_factory=set)  # started and not crashed
-    trace: list[Record] = field(default_factory=list)
-    max_masters: int = 0
-    _queue: list[tuple[float, int, str, Transmit]] = field(default_factory=list)
-    _seq: itertools.count = field(default_factory=itertools.count)
-
-    # -- building ---------------------------------------------------------------------------
-
-    def add(self, config: RouterConfig) -> Router:
-        router = Router(config, now=self.now)
-        self.routers[config.name] = router
-        return router
-
-    def start(self, name: str) -> None:
-        self.routers[name].start(self.now)
-        self.running.add(name)
-        self._collect(name)
-
-    def shutdown(self, name: str) -> None:
-        self.routers[name].shutdown(self.now)
-        self._collect(name)
-        self.running.discard(name)
-
-    def crash(self, name: str) -> None:
-        """The router vanishes: it sends nothing more and hears nothing."""
-        self.running.discard(name)
-        self.routers[name].drain()
-        # A crashed router is reborn in INITIALIZE when restarted.
-        cfg = self.routers[name].config
-        self.routers[name] = Router(cfg, now=self.now)
-
-    def set_priority(self, name: str, priority: int) -> None:
-        self.routers[name].set_priority(priority, self.now)
-        self._collect(name)
-
-    # -- running ----------------------------------------------------------------------------
-
-    def masters(self) -> list[str]:
-        return sorted(n for n in self.running if self.routers[n].state is State.MASTER)
-
-    def _collect(self, name: str) -> None:
-        for effect in self.routers[name].drain():
-            self.trace.append(Record(self.now, name, effect))
-            if isinstance(effect, Transmit):
-                heapq.heappush(self._queue, (self.now + self.delay, next(self._seq), name, effect))
-        self.max_masters = max(self.max_masters, len(self.masters()))
-
-    def _next_event(self) -> float | None:
-        times = [self._queue[0][0]] if self._queue else []
-        for n in self.running:
-            d = self.routers[n].next_deadline()
-            if d is not None:
-                times.append(d)
-        return min(times) if times else None
-
-    def run_until(self, end: float, *, max_steps: int = 1_000_000) -> None:
-        """Process every delivery and timer up to ``end`` (inclusive), then set now = end."""
-        for _ in range(max_steps):
-            t = self._next_event()
-            if t is None or t > end:
-                break
-            self.now = t
-            while self._queue and self._queue[0][0] <= t:
-                _, _, sender, tx = heapq.heappop(self._queue)
-                for n in sorted(self.running):
-                    r = self.routers[n]
-                    if n == sender or (tx.dst != _group(r) and tx.dst != r.config.primary_address):
-                        continue
-                    r.receive(tx.data, source=tx.src, dst=tx.dst, ttl=255, now=t)
-                    self._collect(n)
-            for n in sorted(self.running):
-                d = self.routers[n].next_deadline()
-                if d is not None and d <= t:
-                    self.routers[n].handle_timer(t)
-                    self._collect(n)
-        else:
-            raise AssertionError("simulation did not settle")
-        self.now = max(self.now, end)
-
-    def run_for(self, seconds: float) -> None:
-        self.run_until(self.now + seconds)
-
-    # -- looking at the trace ---------------------------------------------------------------
-
-    def changes(self, name: str | None = None) -> list[tuple[float, str, State, State, str]]:
-        return [(r.time, r.router, r.effect.old, r.effect.new, r.effect.reason)
-                for r in self.trace if isinstance(r.effect, StateChanged)
-                and (name is None or r.router == name)]
-
-    def adverts(self, name: str) -> list[tuple[float, Advertisement]]:
-        out = []
-        for r in self.trace:
-            if r.router == name and isinstance(r.effect, Transmit):
-                adv = Advertisement.from_bytes(r.effect.data, src=r.effect.src, dst=r.effect.dst)
-                out.append((r.time, adv))
-        return out
-
-
-def _group(router: Router) -> str:
-    return "ff02::12" if router.config.family == "inet6" else "224.0.0.18"
-
-
-def became_master(link: Link, name: str) -> list[tuple[float, str]]:
+def became_master(link: FakeLink, name: str) -> list[tuple[float, str]]:
     return [(t, reason) for t, _, _, new, reason in link.changes(name) if new is State.MASTER]
 
 
@@ -186,7 +71,7 @@ def became_master(link: Link, name: str) -> list[tuple[float, str]]:
 
 @pytest.mark.parametrize("version", [2, 3])
 def test_election_highest_priority_wins_after_its_master_down_interval(version: int) -> None:
-    link = Link()
+    link = FakeLink()
     link.add(cfg("A", 200, version=version))
     link.add(cfg("B", 100, version=version))
     link.start("A")
@@ -208,7 +93,7 @@ def test_election_highest_priority_wins_after_its_master_down_interval(version: 
 def test_v2_and_v3_timers_differ_as_the_rfcs_say() -> None:
     # advert_interval 2: v3 skew scales with the interval, v2 skew does not.
     for version, expected in ((3, mdi_v3(100, 2.0)), (2, mdi_v2(100, 2))):
-        link = Link()
+        link = FakeLink()
         link.add(cfg("A", 100, version=version, advert_interval=2))
         link.start("A")
         assert link.routers["A"].next_deadline() == approx(expected)
@@ -218,7 +103,7 @@ def test_v2_and_v3_timers_differ_as_the_rfcs_say() -> None:
 
 
 def test_address_owner_claims_master_at_once() -> None:
-    link = Link()
+    link = FakeLink()
     link.add(cfg("A", 255))
     link.add(cfg("B", 254))
     link.start("B")
@@ -259,7 +144,7 @@ def test_master_advert_matches_keepalived_vector() -> None:
 
 
 def test_higher_priority_preempts_after_its_master_down_interval() -> None:
-    link = Link()
+    link = FakeLink()
     link.add(cfg("A", 100))
     link.add(cfg("B", 200))
     link.start("A")
@@ -279,7 +164,7 @@ def test_higher_priority_preempts_after_its_master_down_interval() -> None:
 
 
 def test_preempt_false_does_not_take_over() -> None:
-    link = Link()
+    link = FakeLink()
     link.add(cfg("A", 100))
     link.add(cfg("B", 200, preempt=False))
     link.start("A")
@@ -292,7 +177,7 @@ def test_preempt_false_does_not_take_over() -> None:
 
 
 def test_preempt_delay_waits_then_takes_over() -> None:
-    link = Link()
+    link = FakeLink()
     link.add(cfg("A", 100))
     link.add(cfg("B", 200, preempt_delay=5.0))
     link.start("A")
@@ -307,7 +192,7 @@ def test_preempt_delay_waits_then_takes_over() -> None:
 
 
 def test_owner_always_preempts_even_with_preempt_false() -> None:
-    link = Link()
+    link = FakeLink()
     link.add(cfg("A", 100))
     link.add(cfg("B", 255, preempt=False))
     link.start("A")
@@ -321,7 +206,7 @@ def test_owner_always_preempts_even_with_preempt_false() -> None:
 
 
 def test_priority_zero_handoff_takes_skew_time() -> None:
-    link = Link()
+    link = FakeLink()
     link.add(cfg("A", 200, advert_interval=0.5))
     link.add(cfg("B", 100))  # its own interval is 1 s; it learns 0.5 s from A (v3)
     link.start("A")
@@ -338,7 +223,7 @@ def test_priority_zero_handoff_takes_skew_time() -> None:
 
 
 def test_priority_zero_handoff_v2_uses_v2_skew() -> None:
-    link = Link()
+    link = FakeLink()
     link.add(cfg("A", 200, version=2))
     link.add(cfg("B", 100, version=2))
     link.start("A")
@@ -352,7 +237,7 @@ def test_priority_zero_handoff_v2_uses_v2_skew() -> None:
 
 @pytest.mark.parametrize("version", [2, 3])
 def test_master_crash_takes_master_down_interval(version: int) -> None:
-    link = Link()
+    link = FakeLink()
     interval = 0.5 if version == 3 else 1  # v2 intervals must match (RFC 3768 §7.1)
     link.add(cfg("A", 200, version=version, advert_interval=interval))
     link.add(cfg("B", 100, version=version, advert_interval=1))
@@ -367,7 +252,7 @@ def test_master_crash_takes_master_down_interval(version: int) -> None:
 
 
 def test_three_routers_failover_in_priority_order() -> None:
-    link = Link()
+    link = FakeLink()
     for name, prio in (("A", 250), ("B", 150), ("C", 50)):
         link.add(cfg(name, prio))
         link.start(name)
@@ -388,7 +273,7 @@ def test_three_routers_failover_in_priority_order() -> None:
 
 
 def test_set_priority_below_peer_hands_off_at_once() -> None:
-    link = Link()
+    link = FakeLink()
     link.add(cfg("A", 100))
     link.add(cfg("B", 200))
     link.start("A")
@@ -405,7 +290,7 @@ def test_set_priority_below_peer_hands_off_at_once() -> None:
 
 
 def test_set_priority_without_a_higher_peer_keeps_master() -> None:
-    link = Link()
+    link = FakeLink()
     link.add(cfg("A", 200))
     link.add(cfg("B", 100))
     link.start("A")
@@ -421,7 +306,7 @@ def test_set_priority_without_a_higher_peer_keeps_master() -> None:
 
 
 def test_equal_priority_higher_primary_address_wins() -> None:
-    link = Link()
+    link = FakeLink()
     link.add(cfg("A", 100))
     link.add(cfg("B", 100))
     link.start("A")
@@ -433,7 +318,7 @@ def test_equal_priority_higher_primary_address_wins() -> None:
 
 
 def test_equal_priority_backup_does_not_preempt() -> None:
-    link = Link()
+    link = FakeLink()
     link.add(cfg("A", 100))
     link.add(cfg("B", 100))
     link.start("A")
@@ -446,7 +331,7 @@ def test_equal_priority_backup_does_not_preempt() -> None:
 def test_start_listen_avoids_two_masters_at_start() -> None:
     # 5 ms of link delay, sub-second adverts: the situation of keepalived's fault.
     for listen, expect_max in ((True, 1), (False, 2)):
-        link = Link(delay=0.005)
+        link = FakeLink(delay=0.005)
         link.add(cfg("A", 200, advert_interval=0.05, start_listen=listen))
         link.add(cfg("B", 100, advert_interval=0.05, start_listen=listen))
         link.start("A")
@@ -457,7 +342,7 @@ def test_start_listen_avoids_two_masters_at_start() -> None:
 
 
 def test_unicast_peers() -> None:
-    link = Link()
+    link = FakeLink()
     link.add(cfg("A", 200, unicast_peers=(ADDR["B"],)))
     link.add(cfg("B", 100, unicast_peers=(ADDR["A"],)))
     link.start("A")
@@ -469,7 +354,7 @@ def test_unicast_peers() -> None:
 
 
 def test_ipv6_election() -> None:
-    link = Link()
+    link = FakeLink()
     for name, prio, addr in (("A", 200, "fe80::1"), ("B", 100, "fe80::2")):
         link.add(RouterConfig(name=name, vrid=9, priority=prio, family="inet6",
                               primary_address=addr, virtual_addresses=("fd00:77::100/64",)))
@@ -610,7 +495,8 @@ def test_every_state_changed_reason_is_in_the_table() -> None:
             "preempt", "shutdown", "priority_changed"} <= reasons
     assert set(TRANSITIONS.values()) <= set(State)
     for (old, reason), new in TRANSITIONS.items():
-        assert old is not new, reason
+        # the veto is the one transition that keeps its state (reported, not a change)
+        assert old is not new or (old, reason) == (State.BACKUP, "vetoed"), reason
 
 
 def test_config_validation_names_the_key() -> None:
@@ -646,7 +532,7 @@ def router_configs(draw: st.DrawFn, name: str = "B") -> RouterConfig:
     interval = 1 if version == 2 else draw(st.sampled_from([0.05, 1.0, 2.5]))
     return cfg(name, draw(st.integers(1, 255)), version=version, advert_interval=interval,
                preempt=draw(st.booleans()), preempt_delay=draw(st.sampled_from([0.0, 0.5, 3.0])),
-               start_listen=draw(st.booleans()))
+               start_listen=draw(st.booleans()), ask_prepare=draw(st.booleans()))
 
 
 def advert_bytes(draw: st.DrawFn, source: str) -> bytes:
@@ -662,7 +548,7 @@ def advert_bytes(draw: st.DrawFn, source: str) -> bytes:
     return adv.to_bytes(src=source, dst="224.0.0.18")
 
 
-OPS = ("start", "shutdown", "timer", "bytes", "advert", "priority")
+OPS = ("start", "shutdown", "timer", "bytes", "advert", "priority", "answer")
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -703,10 +589,14 @@ def test_any_input_sequence_keeps_the_machine_consistent(config: RouterConfig,
             source = data.draw(st.sampled_from([ADDR["A"], ADDR["C"]]))
             r.receive(advert_bytes(data.draw, source), source=source, dst="224.0.0.18",
                       ttl=255, now=now)
+        elif op == "answer":
+            waiting = r.preparing is not None
+            assert r.answer_prepare(data.draw(st.sampled_from([None, "no"])), now) is waiting
         else:
             r.set_priority(data.draw(st.integers(1, 255)), now)
 
         assert isinstance(r.state, State)
+        assert r.preparing is None or (r.state is State.BACKUP and config.ask_prepare)
         assert (r.next_deadline() is None) == (r.state is State.INITIALIZE)
         if r.state is State.MASTER:
             assert r.master_seen == config.primary_address
@@ -754,7 +644,7 @@ def test_exactly_one_master_after_convergence(
     scenario: tuple[list[RouterConfig], float, list[tuple[float, str, str, int]]],
 ) -> None:
     configs, delay, events = scenario
-    link = Link(delay=delay)
+    link = FakeLink(delay=delay)
     for c in configs:
         link.add(c)
     for at, name, action, prio in events:
@@ -780,3 +670,84 @@ def test_exactly_one_master_after_convergence(
             assert link.routers[n].state is State.BACKUP
     else:
         assert link.masters() == []
+
+
+# -- the veto: PrepareMaster / answer_prepare ----------------------------------------------
+
+
+def _asking(name: str, priority: int, **kw: object) -> RouterConfig:
+    return cfg(name, priority, ask_prepare=True, advert_interval=0.1, **kw)
+
+
+def test_prepare_agreed_takes_over_when_it_would_have() -> None:
+    link = FakeLink()
+    link.add(_asking("B", 100))
+    link.start("B")
+    link.run_for(1)
+    mdi = mdi_v3(100, 0.1)
+    assert became_master(link, "B") == [(approx(mdi), "master_down_timer")]
+    kinds = [type(r.effect) for r in link.trace if r.router == "B"]
+    # asked first; nothing of the takeover before the answer
+    i = kinds.index(PrepareMaster)
+    assert kinds[i + 1:i + 3] == [StateChanged, Transmit]
+
+
+def test_veto_stays_backup_sends_priority_zero_and_asks_again() -> None:
+    link = FakeLink(prepare=lambda name: "maintenance")
+    link.add(_asking("B", 100))
+    link.start("B")
+    mdi = mdi_v3(100, 0.1)
+    link.run_for(mdi * 2.5)
+    assert link.masters() == []
+    vetoes = [c for c in link.changes("B") if c[4] == "vetoed"]
+    assert [(t, old, new) for t, _, old, new, _ in vetoes] == [
+        (approx(mdi), State.BACKUP, State.BACKUP), (approx(2 * mdi), State.BACKUP, State.BACKUP)]
+    # a vetoed takeover after the master went silent hands over with priority 0 ...
+    assert [a.priority for _, a in link.adverts("B")] == [0, 0]
+    # ... and no address ever went up
+    assert not any(isinstance(r.effect, (AddAddresses, Announce)) for r in link.trace)
+
+
+def test_vetoed_preemption_sends_nothing() -> None:
+    link = FakeLink(prepare=lambda name: "no" if name == "A" else None)
+    link.add(cfg("B", 100, advert_interval=0.1))
+    link.start("B")
+    link.run_for(1)
+    assert link.masters() == ["B"]
+    link.add(_asking("A", 200))
+    link.start("A")
+    link.run_for(1)
+    assert link.masters() == ["B"]
+    assert {c[4] for c in link.changes("A")} == {"startup", "vetoed"}
+    assert link.adverts("A") == []  # no priority 0: B would have taken it as leaving
+    assert link.max_masters == 1
+
+
+def test_no_answer_takes_over_at_the_deadline() -> None:
+    link = FakeLink(prepare=FakeLink.SILENT)
+    link.add(_asking("B", 100, prepare_timeout=0.05))
+    link.start("B")
+    link.run_for(1)
+    assert became_master(link, "B") == [(approx(mdi_v3(100, 0.1) + 0.05), "master_down_timer")]
+    assert link.routers["B"].answer_prepare(None, link.now) is False  # too late: ignored
+
+
+def test_a_master_heard_while_asking_cancels_the_takeover() -> None:
+    r = Router(_asking("B", 100), now=0.0)
+    r.start(0.0)
+    r.handle_timer(r.next_deadline())  # type: ignore[arg-type]
+    asked = [e for e in r.drain() if isinstance(e, PrepareMaster)]
+    assert len(asked) == 1 and r.preparing == "master_down_timer"
+    now = asked[0].deadline - 0.01
+    r.receive(_advert(max_adver_int_cs=10), source=ADDR["A"], dst="224.0.0.18", ttl=255,
+              now=now)
+    assert r.preparing is None and r.master_seen == ADDR["A"]
+    assert r.answer_prepare(None, now) is False
+    assert r.state is State.BACKUP and r.next_deadline() == approx(now + mdi_v3(100, 0.1))
+
+
+def test_the_address_owner_never_asks() -> None:
+    r = Router(_asking("A", 255), now=0.0)
+    r.start(0.0)
+    assert r.state is State.MASTER
+    assert not any(isinstance(e, PrepareMaster) for e in r.drain())
