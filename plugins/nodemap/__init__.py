@@ -10,6 +10,7 @@ Configuration::
 
     [nodemap]
     learn = true                 # take addresses from node-up events (default true)
+    forget_after = 3600          # seconds a DOWN node keeps its learned addresses
 
     [nodemap.nodes]
     1 = ["10.0.0.1", "fd00::1"]
@@ -18,17 +19,16 @@ Configuration::
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from collections.abc import Mapping
 from typing import Any
 
 from clusterbus import hookimpl
-from clusterbus.config import Config, Key, validate_table
+from clusterbus.config import Config, Key, between, validate_table
 from clusterbus.engine import Cluster
-from clusterbus.errors import ConfigError
-from clusterbus.events import AddressConflict, NodemapChanged, NodeUp
-from clusterbus.nodemap import Conflict
+from clusterbus.errors import ConfigError, InvalidEvent
+from clusterbus.events import MAX_NODE_ADDRS, AddressConflict, NodemapChanged, NodeUp, node_addr
+from clusterbus.nodemap import FORGET_AFTER, Conflict
 
 __all__ = ["cluster_node_num", "config_nodes", "parse_nodes", "read_section"]
 
@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 SCHEMA = {
     "learn": Key(bool, True, None, "learn node addresses from node-up events"),
     "nodes": Key(dict, {}, None, "table: node number -> array of addresses"),
+    "forget_after": Key(float, FORGET_AFTER, between(1, 10 * 365 * 86400),
+                        "seconds a DOWN node keeps its learned addresses"),
 }
 
 _live: Cluster | None = None
@@ -52,18 +54,20 @@ def parse_nodes(nodes: Mapping[str, Any], *, file: str) -> dict[int, tuple[str, 
     owner: dict[str, int] = {}
     for key, addrs in nodes.items():
         path = f"nodemap.nodes.{key}"
-        if not key.isdigit() or not 0 <= int(key) < 2**32:
-            raise ConfigError("expected a node number (0 .. 4294967295) as the key", file=file, key=path)
+        if not key.isdigit() or not 0 < int(key) < 2**32:
+            raise ConfigError("expected a node number (1 .. 4294967295) as the key", file=file, key=path)
         node = int(key)
         if isinstance(addrs, str) or not isinstance(addrs, list):
             raise ConfigError(f"expected an array of IP addresses, got {addrs!r}", file=file, key=path)
+        if len(addrs) > MAX_NODE_ADDRS:
+            raise ConfigError(f"{len(addrs)} addresses, at most {MAX_NODE_ADDRS} per node",
+                              file=file, key=path)
         canon = []
         for i, addr in enumerate(addrs):
             try:
-                a = str(ipaddress.ip_address(addr))
-            except ValueError:
-                raise ConfigError(f"{addr!r} is not an IPv4 or IPv6 address",
-                                  file=file, key=f"{path}[{i}]") from None
+                a = node_addr(addr, "address")  # the membership boundary's one rule
+            except InvalidEvent as exc:
+                raise ConfigError(str(exc), file=file, key=f"{path}[{i}]") from None
             if a in owner and owner[a] != node:
                 raise ConfigError(f"address {a} is already given to node {owner[a]}",
                                   file=file, key=f"{path}[{i}]")
@@ -110,8 +114,10 @@ class NodemapPlugin:
     def clusterbus_configure(self, config: Config, section: Mapping[str, Any] | None,
                              cluster: Cluster) -> None:
         self.learn, nodes = read_section(section, file=config.file)
+        # validated by read_section (SCHEMA); configured addresses are pinned: never aged
+        cluster.nodemap.forget_after = float((section or {}).get("forget_after", FORGET_AFTER))
         for node, addrs in nodes.items():
-            cluster.nodemap.add(node, addrs)  # parse_nodes already refused conflicts
+            cluster.nodemap.add(node, addrs, pinned=True)  # parse_nodes refused conflicts
 
     @hookimpl
     def clusterbus_startup(self, cluster: Cluster) -> None:
