@@ -303,7 +303,7 @@ async def bench_ours(args: argparse.Namespace) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="cb-bench-"))
     cfg = tmp / "bench.toml"
     cfg.write_text(
-        '[daemon]\nnode = 1\nlog_level = "warning"\n'
+        f'[daemon]\nnode = 1\nlog_level = "warning"\nstate_dir = "{tmp}/state"\n'
         f'[bus]\npublish = "tcp://127.0.0.1:*"\ningest = "ipc://{tmp}/ingest"\n'
         'snapshot = "tcp://127.0.0.1:*"\n'
         f'[netlink]\nenabled = true\ngroup = {GROUP}\nallowed_uids = [0]\n'

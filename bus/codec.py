@@ -39,11 +39,10 @@ from ..events import (
     NodeDown,
     NodeGoingDown,
     NodeUp,
-    _canonical_or_none,
-    _membership_event,
     check_float,
     check_int,
     event_from_dict,
+    membership_event,
 )
 from ..view import NodeReport, NodeState
 
@@ -392,39 +391,19 @@ _U32 = MAX_NODE
 
 
 def _fast_membership(cls: type[MembershipEvent], body: dict[str, Any]) -> Event | None:
-    """The membership event ``body`` describes when every field is already in the form
-    the class's validators would leave it in, else ``None`` (the caller then takes the
-    general path, which converts or refuses).
-
-    Accepts a subset of what the constructor accepts and builds an equal event
-    (tests/unit/test_codec_fast.py checks both against the general path): at most one
-    address (canonical), ``joined``/``left`` empty or one node. ``origin``, ``seq`` and
-    ``time`` are checked by ``_membership_event`` itself, which hands anything not final
-    to the constructor; its refusal is turned into a ``bad_field`` FrameError here.
+    """The membership event ``body`` (every field present, nothing else) describes, built
+    by :func:`~clusterbus.events.membership_event` (which checks every field inline and
+    skips the second validation when all are final); ``None`` for another version.
+    A refusal is a ``bad_field`` FrameError, as on the general path
+    (tests/unit/test_codec_fast.py checks both paths agree).
     """
     v = body["v"]
-    node = body["node"]
-    addrs = body["addrs"]
-    view = body["view"]
-    joined = body["joined"]
-    left = body["left"]
-    reason = body["reason"]
-    inc = body["incarnation"]
-    if type(v) is not int or v != cls.VERSION \
-            or type(node) is not int or not 0 <= node <= _U32 \
-            or type(addrs) is not tuple or len(addrs) > 1 \
-            or (addrs and (type(addrs[0]) is not str or _canonical_or_none(addrs[0]) != addrs[0])) \
-            or type(view) is not int or not 1 <= view <= U64 \
-            or type(joined) is not tuple or len(joined) > 1 \
-            or (joined and (type(joined[0]) is not int or not 0 <= joined[0] <= _U32)) \
-            or type(left) is not tuple or len(left) > 1 \
-            or (left and (type(left[0]) is not int or not 0 <= left[0] <= _U32)) \
-            or type(reason) is not str or not 0 < len(reason) <= 64 \
-            or type(inc) is not int or not 0 <= inc <= _U32:
-        return None
+    if type(v) is not int or v != cls.VERSION:
+        return None  # the general path explains the version
     try:
-        return _membership_event(cls, body["origin"], body["seq"], body["time"], node, addrs,
-                                 view, joined, left, reason, inc)
+        return membership_event(cls, body["origin"], body["seq"], body["time"], body["node"],
+                                body["addrs"], body["view"], body["joined"], body["left"],
+                                body["reason"], body["incarnation"])
     except InvalidEvent as exc:
         raise FrameError("bad_field", f"{cls.TOPIC}: {exc}") from None
 

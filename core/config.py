@@ -368,6 +368,8 @@ CORE_SECTIONS: dict[str, Section] = {
         "node": Key(int, 1, between(0, 2**32 - 1), "this director's node number (the event origin)"),
         "log_level": Key(str, "info", lambda v: None if v in LOG_LEVELS else
                          f"expected one of {', '.join(LOG_LEVELS)}"),
+        "state_dir": Key(str, "/var/lib/clusterbus", None,
+                         "directory of the membership state file (\"\": not persisted)"),
     }),
     "plugins": Section(doc="which plugins load, and how their hook calls are watched", schema={
         "enable": Key(list, [], str_list, "when non-empty, load only these plugins"),

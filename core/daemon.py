@@ -31,6 +31,7 @@ from .engine import Engine
 from .errors import ClusterbusError, ConfigError
 from .looplag import LoopLagMonitor
 from .pluginhost import PluginHost
+from .view import ViewStore
 
 __all__ = ["Daemon", "Service", "SOURCES", "ServiceFailed", "run_daemon"]
 
@@ -152,6 +153,9 @@ class Daemon:
         if self._load_entrypoints:
             self.plugins.load_entrypoints(file=self.config.file)
         self.plugins.configure(self.config, self.engine.cluster)
+        state_dir = self.config["daemon"]["state_dir"]
+        if state_dir:  # restore the view (unconfirmed) before any source reports
+            self.engine.attach_store(ViewStore(state_dir))
         for spec in SOURCES:
             if not spec.enabled(self.config):
                 continue
@@ -315,6 +319,7 @@ class Daemon:
                 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                     loop.remove_signal_handler(sig)
             self.plugins.call_each("clusterbus_shutdown", cluster=self.engine.cluster)
+            self.engine.save_state()
             if started:
                 log.info("clusterbus node %d stopped", self.engine.origin)
             self._announced = False
@@ -379,6 +384,7 @@ class Daemon:
             "view": self.engine.view.view_id,
             "seq": self.engine.seq,
             "ignored": dict(self.engine.view.ignored),
+            "membership": self.engine.status(),
             "services": {name: s.status() for name, s in self.services.items()},
             "looplag": self.looplag.status(),
             "plugins": [asdict(p) for p in self.plugins.describe()],

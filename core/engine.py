@@ -4,23 +4,35 @@ Synchronous and I/O-free: the daemon's sources call :meth:`Engine.report` or
 :meth:`Engine.publish` from the asyncio loop; sinks (the ZeroMQ publisher) are plain
 callables. An event a plugin emits while a hook is running is queued and dispatched after
 the current one, so hooks always see events in sequence order.
+
+The one membership path: every source builds a :class:`~clusterbus.view.NodeReport`
+(validated at construction), :meth:`Engine.report` applies it to the view and builds the
+event with :func:`~clusterbus.events.membership_event`. The only I/O the engine starts is
+the view's state file (:meth:`Engine.attach_store`), written at most every
+:data:`SAVE_DELAY` seconds from the running loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
-from .errors import LocalProtocolError
-from .events import Event, MembershipEvent, _membership_event
+from .errors import InvalidEvent, LocalProtocolError
+from .events import Event, MembershipEvent, MembershipResync, NodemapChanged, membership_event
 from .nodemap import NodeMap
 from .pluginhost import PluginHost
-from .view import MembershipView, NodeInfo, NodeReport, NodeState
+from .view import MembershipView, NodeInfo, NodeReport, NodeState, ViewStore
 
-__all__ = ["Engine", "Cluster"]
+__all__ = ["Engine", "Cluster", "SAVE_DELAY"]
+
+#: Seconds between a view change and the state-file write that records it (changes in
+#: between share the write): a kill -9 loses at most this much, and restored nodes are
+#: marked unconfirmed anyway.
+SAVE_DELAY = 1.0
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +118,13 @@ class Engine:
         self.seq = 0
         self._queue: deque[Event] = deque()
         self._dispatching = False
+        #: the view's state file (:meth:`attach_store`), None: not persisted
+        self.store: ViewStore | None = None
+        self._save_pending = False
+        self._next_sweep = 0.0  # the first change sweeps (and starts the ageing clock)
+        #: ``state.saves``, ``state.save_failed``, ``state.load_failed``, ``state.restored``
+        self.counters: dict[str, int] = {"state.saves": 0, "state.save_failed": 0,
+                                         "state.load_failed": 0, "state.restored": 0}
 
     # -- producing ----------------------------------------------------------------------
 
@@ -137,38 +156,135 @@ class Engine:
         """
         if type(report) is not NodeReport:
             raise LocalProtocolError(f"expected a NodeReport, got {type(report).__name__}")
-        return self._report(report.state, report.node, report.addrs, report.incarnation,
-                            report.reason)
-
-    def _report(self, state: NodeState, node: int, addrs: tuple[str, ...], incarnation: int,
-                reason: str) -> MembershipEvent | None:
-        """:meth:`report` without the :class:`NodeReport` (package-internal).
-
-        The arguments must hold what :class:`NodeReport` checks: ``state`` a NodeState,
-        ``node`` and ``incarnation`` ints in 0..2**32-1, ``addrs`` a tuple of distinct
-        canonical address strings, ``reason`` a string of 1..64 characters. Callers:
-        :meth:`report`, and the netlink source with what
-        :func:`~clusterbus.netlink.message.decode_fields` returned (which guarantees the
-        same; tests/unit/test_hot_path.py checks it).
-        """
-        change = self.view._change(state, node, addrs, incarnation)
+        change = self.view.apply(report)
+        state = report.state
         if change is None:
             if log.isEnabledFor(logging.DEBUG):
-                log.debug("ignored %s node %d (%s): no change", state.value, node, reason)
+                log.debug("ignored %s node %d (%s): no change", state.label, report.node,
+                          report.reason)
             return None
-        info, _prev, joined, left = change
-        # Every field is valid by construction: the view stored the report's node,
-        # addresses and incarnation (or kept its own), its view id counts from 1, and
-        # joined/left are () or (node,); _membership_event checks origin, seq and time
-        # itself. seq moves only once the event exists.
-        event = _membership_event(
-            state.event_class, self.origin, self.seq + 1, self.clock(), node,
-            info.addrs, info.view, joined, left, reason, info.incarnation)
-        self.seq += 1
+        view, info, _prev, joined, left = change
+        now = self.clock()
+        event = membership_event(state.event_class, self.origin, self.seq + 1, now,
+                                 info.node, info.addrs, view, joined, left, report.reason,
+                                 info.incarnation)
+        self.seq += 1  # only once the event exists: seq stays continuous
         if log.isEnabledFor(logging.INFO):  # spares evaluating the arguments per event
-            log.info("view %d: node %d %s (%s)", info.view, node, state.value, reason)
+            log.info("view %d: node %d %s (%s)", view, info.node, state.label, report.reason)
+        if self.store is not None and not self._save_pending:
+            self._schedule_save()
         self._enqueue(event)
+        if now >= self._next_sweep:
+            self.expire(event.time)
         return event
+
+    def resync(self, reports: Iterable[NodeReport], *, source: str,
+               owned: Callable[[NodeInfo], bool]) -> MembershipResync:
+        """Reconcile the view with a source's full table (after it lost messages).
+
+        Every report is applied as by :meth:`report` (events for the real changes); then
+        each node the source is responsible for (``owned(info)``) that is in the view, not
+        DOWN, and absent from the table is reported DOWN (``reason`` ``source``): the
+        source no longer knows it. Finally a ``membership.resync`` event says what was
+        done.
+
+        :param reports: the table, one report per node (later ones win).
+        :param source: the source's name (``netlink``), the events' ``reason``.
+        :param owned: which view entries the table is authoritative for.
+        :returns: the published :class:`~clusterbus.events.MembershipResync`.
+        """
+        listed: set[int] = set()
+        changed = 0
+        for report in reports:
+            listed.add(report.node)
+            if self.report(report) is not None:
+                changed += 1
+        missing = [i.node for i in list(self.view.nodes.values())
+                   if i.node not in listed and i.state is not NodeState.DOWN and owned(i)]
+        for node in missing:
+            if self.report(NodeReport(state=NodeState.DOWN, node=node, reason=source)):
+                changed += 1
+        return self.publish(MembershipResync, source=source, reported=len(listed),
+                            changed=changed, down=len(missing), view=max(self.view.view_id, 1))
+
+    def expire(self, now: float | None = None) -> int:
+        """Age the node map (:meth:`~clusterbus.nodemap.NodeMap.age`: the learned
+        addresses of nodes DOWN for ``forget_after`` seconds or more are forgotten), each
+        with a ``nodemap.changed`` (``reason`` ``expired``). Runs by itself after a
+        membership change once ``forget_after`` seconds passed since the last sweep; the
+        daemon may call it on a timer too.
+
+        :returns: the number of nodes that lost addresses.
+        """
+        now = self.clock() if now is None else now
+        nodemap = self.nodemap
+        self._next_sweep = now + nodemap.forget_after
+        down = {n: i.view for n, i in self.view.nodes.items() if i.state is NodeState.DOWN}
+        gone = nodemap.age(down, now)
+        for node, keep in gone:
+            self.publish(NodemapChanged, node=node, addrs=keep, reason="expired")
+        return len(gone)
+
+    # -- the state file -------------------------------------------------------------------
+
+    def attach_store(self, store: ViewStore) -> int:
+        """Restore the view from ``store`` (each node unconfirmed) and keep the file up
+        to date from now on. Call once, at start, before any source runs.
+
+        A file that cannot be read or is invalid is logged, renamed ``*.bad`` and
+        ignored: the daemon starts with an empty view rather than not at all.
+
+        :returns: the number of nodes restored.
+        """
+        self.store = store
+        try:
+            loaded = store.load()
+        except (InvalidEvent, OSError) as exc:
+            self.counters["state.load_failed"] += 1
+            log.error("state file ignored, starting with an empty view: %s", exc)
+            try:
+                store.path.rename(store.path.with_name(store.path.name + ".bad"))
+            except OSError:
+                pass
+            return 0
+        if loaded is None:
+            log.info("no state file at %s: starting with an empty view", store.path)
+            return 0
+        view_id, nodes = loaded
+        self.view.restore(view_id, nodes)
+        self.counters["state.restored"] = len(nodes)
+        log.info("restored %d node(s) from %s (view %d), unconfirmed until a source reports "
+                 "them", len(nodes), store.path, self.view.view_id)
+        return len(nodes)
+
+    def _schedule_save(self) -> None:
+        self._save_pending = True
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a test, a tool): write now
+            self.save_state()
+            return
+        loop.call_later(SAVE_DELAY, self.save_state)
+
+    def save_state(self) -> bool:
+        """Write the state file now (the daemon calls it at shutdown too).
+
+        :returns: whether it was written; a failure is counted (``state.save_failed``)
+            and logged, never raised: the daemon keeps running without it.
+        """
+        self._save_pending = False
+        if self.store is None:
+            return False
+        try:
+            self.store.save(self.origin, self.view)
+        except OSError as exc:
+            self.counters["state.save_failed"] += 1
+            level = logging.WARNING if self.counters["state.save_failed"] == 1 else logging.DEBUG
+            log.log(level, "cannot write the state file %s: %s (counted as "
+                    "state.save_failed)", self.store.path, exc)
+            return False
+        self.counters["state.saves"] += 1
+        return True
 
     # -- dispatching --------------------------------------------------------------------
 
@@ -197,3 +313,9 @@ class Engine:
         snap = self.view.snapshot()
         snap.update(origin=self.origin, seq=self.seq, nodemap=self.nodemap.snapshot())
         return snap
+
+    def status(self) -> dict[str, Any]:
+        """Counters of the engine, the node map and the state file, for ``status``."""
+        return {**self.counters, **self.nodemap.counters,
+                "state.file": str(self.store.path) if self.store else None,
+                "unconfirmed": len(self.view.unconfirmed())}

@@ -13,6 +13,7 @@ Standard library only: this module is imported by sans-IO code.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import functools
 import ipaddress
 import math
@@ -26,7 +27,9 @@ from .errors import DecodeError, InvalidEvent
 
 __all__ = [
     "Event",
+    "NodeState",
     "MembershipEvent",
+    "membership_event",
     "NodeUp",
     "NodeDown",
     "NodeComingUp",
@@ -36,16 +39,32 @@ __all__ = [
     "VipReleased",
     "NodemapChanged",
     "AddressConflict",
+    "MembershipResync",
     "IpvsApplied",
     "register_event",
     "event_class",
     "event_from_dict",
     "EVENT_TYPES",
     "MAX_NODE",
+    "MIN_NODE",
+    "MAX_NODE_ADDRS",
     "canonical_addr",
+    "node_addr",
+    "node_addrs",
+    "check_node",
+    "check_incarnation",
+    "check_reason",
 ]
 
+#: Node numbers are 1 .. 2**32-1 (u32; 0 is refused at the membership boundary: it is
+#: the "no node" value of C senders and of a zeroed signal payload).
+MIN_NODE = 1
 MAX_NODE = 2**32 - 1
+#: The most addresses one node may have, and one membership report, membership event,
+#: netlink message or ``nodemap.changed`` may carry (docs/netlink.md, the wire document).
+MAX_NODE_ADDRS = 16
+#: Longest ``reason`` of a membership report or event.
+MAX_REASON = 64
 _U64 = 2**64 - 1
 _TOPIC_RE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
 
@@ -97,11 +116,39 @@ _FLOAT_MAX = sys.float_info.max
 @functools.lru_cache(maxsize=ADDR_CACHE_SIZE)
 def _canonical_or_none(value: str) -> str | None:
     # None (cached too) for a string that is not an address: the caller raises, with the
-    # field name it knows.
+    # field name it knows. An IPv4-mapped IPv6 address (::ffff:10.0.0.3) is the IPv4
+    # address it maps: one address has one text form, so it cannot dodge a comparison.
     try:
-        return str(ipaddress.ip_address(value))
+        addr = ipaddress.ip_address(value)
     except ValueError:
         return None
+    if addr.version == 6 and addr.ipv4_mapped is not None:
+        return str(addr.ipv4_mapped)
+    return str(addr)
+
+
+def _not_a_node_addr(canon: str) -> str | None:
+    """Why the canonical address ``canon`` cannot be a node's address, else ``None``."""
+    addr = ipaddress.ip_address(canon)
+    if addr.is_unspecified:
+        return "is unspecified"
+    if addr.is_loopback:
+        return "is a loopback address"
+    if addr.is_multicast:
+        return "is a multicast address"
+    if addr.version == 4 and canon == "255.255.255.255":
+        return "is the broadcast address"
+    return None
+
+
+@functools.lru_cache(maxsize=ADDR_CACHE_SIZE)
+def _node_addr_or_none(value: str) -> str | None:
+    # the canonical form of a string that is a node address (unicast, not loopback, not
+    # unspecified), else None; bounded like _canonical_or_none
+    canon = _canonical_or_none(value)
+    if canon is None or _not_a_node_addr(canon) is not None:
+        return None
+    return canon
 
 
 def canonical_addr(value: object, field: str = "addr") -> str:
@@ -120,26 +167,81 @@ def canonical_addr(value: object, field: str = "addr") -> str:
     return canon
 
 
-def canonical_addrs(values: object, field: str = "addrs") -> tuple[str, ...]:
-    """Canonicalise a tuple or list of addresses, dropping repeats (first one kept).
+def node_addr(value: object, field: str = "addr") -> str:
+    """Validate one address of a node (the membership boundary's rule, the one home of
+    it): an IPv4/IPv6 address that is unicast, not loopback and not unspecified; returned
+    in canonical form (an IPv4-mapped IPv6 address becomes the IPv4 address).
 
-    :raises InvalidEvent: not a tuple/list, or an element is not an IP address string.
+    :raises InvalidEvent: not an address string, or not one a node can have.
+    """
+    if type(value) is str:
+        canon = _node_addr_or_none(value)
+        if canon is not None:
+            return canon
+    canon = canonical_addr(value, field)
+    why = _not_a_node_addr(canon)
+    if why is not None:
+        raise InvalidEvent(f"{field}: {canon} {why}, not a node address")
+    return canon
+
+
+def node_addrs(values: object, field: str = "addrs") -> tuple[str, ...]:
+    """Validate a node's addresses: a tuple or list of at most :data:`MAX_NODE_ADDRS`
+    :func:`node_addr` strings, returned canonical with repeats dropped (first one kept).
+
+    :raises InvalidEvent: not a tuple/list, too many, or an element is not a node address.
     """
     if type(values) is tuple and len(values) < 2:
         # the common case: nothing, or one address already canonical, returned as is
         if not values:
             return values
         first = values[0]
-        if type(first) is str and _canonical_or_none(first) == first:
+        if type(first) is str and _node_addr_or_none(first) == first:
             return values
     if not isinstance(values, (tuple, list)):
         raise InvalidEvent(f"{field}: expected a tuple of addresses, got {type(values).__name__}")
     if not values:
         return ()
-    canon = tuple(canonical_addr(a, field) for a in values)
+    if len(values) > MAX_NODE_ADDRS:
+        raise InvalidEvent(f"{field}: {len(values)} addresses, at most {MAX_NODE_ADDRS} "
+                           "per node")
+    canon = tuple(node_addr(a, field) for a in values)
     if len(canon) > 1 and len(set(canon)) != len(canon):
         canon = tuple(dict.fromkeys(canon))
     return canon
+
+
+def check_node(owner: str, v: object, name: str = "node", lo: int = MIN_NODE) -> int:
+    """Return ``v`` if it is a node number (:data:`MIN_NODE` .. :data:`MAX_NODE`).
+
+    :param lo: 0 for events, which accept the whole u32 on the wire (what an older daemon
+        may have published); reports (the membership boundary) refuse node 0.
+    :raises InvalidEvent: otherwise.
+    """
+    if type(v) is int and lo <= v <= MAX_NODE:
+        return v
+    return check_int(owner, name, v, lo, MAX_NODE)
+
+
+def check_incarnation(owner: str, v: object) -> int:
+    """Return ``v`` if it is an incarnation number (u32, 0 = unknown).
+
+    :raises InvalidEvent: otherwise.
+    """
+    if type(v) is int and 0 <= v <= MAX_NODE:
+        return v
+    return check_int(owner, "incarnation", v, 0, MAX_NODE)
+
+
+def check_reason(owner: str, v: object) -> str:
+    """Return ``v`` if it is a membership ``reason``: a string of 1..64 characters.
+
+    :raises InvalidEvent: otherwise.
+    """
+    if type(v) is str and 0 < len(v) <= MAX_REASON:
+        return v
+    raise InvalidEvent(f"{owner}.reason: must be a string of 1..{MAX_REASON} characters, "
+                       f"got {v!r:.80}")
 
 
 def check_int(owner: str, name: str, v: object, lo: int, hi: int) -> int:
@@ -196,15 +298,18 @@ def _float(obj: object, name: str) -> None:
 
 
 def _addrs(obj: object, name: str) -> None:
+    # a field of node addresses: node_addr each, at most MAX_NODE_ADDRS, no repeats
     v = getattr(obj, name)
     if type(v) is tuple and not v:
         return
     if isinstance(v, list):
         v = tuple(v)
-    if not isinstance(v, tuple):
-        raise InvalidEvent(f"{type(obj).__name__}.{name}: expected a tuple of addresses")
     where = f"{type(obj).__name__}.{name}"
-    canon = tuple(canonical_addr(a, where) for a in v)
+    if not isinstance(v, tuple):
+        raise InvalidEvent(f"{where}: expected a tuple of addresses")
+    if len(v) > MAX_NODE_ADDRS:
+        raise InvalidEvent(f"{where}: {len(v)} addresses, at most {MAX_NODE_ADDRS} per node")
+    canon = tuple(node_addr(a, where) for a in v)
     if len(canon) > 1 and len(set(canon)) != len(canon):
         raise InvalidEvent(f"{where}: duplicate address in {canon}")
     object.__setattr__(obj, name, canon)
@@ -299,8 +404,10 @@ class Event:
 class MembershipEvent(Event):
     """A node changed state in the membership view.
 
-    :param node: the node number (0 .. 2**32-1).
-    :param addrs: the node's addresses as canonical IPv4/IPv6 strings (may be empty).
+    :param node: the node number (0 .. 2**32-1 on the wire; the daemon's reports are
+        1 .. 2**32-1: node 0 is refused at the membership boundary).
+    :param addrs: the node's addresses as canonical IPv4/IPv6 strings (may be empty), at
+        most :data:`MAX_NODE_ADDRS`, each one a node address (see :func:`node_addr`).
     :param view: the membership view id after this change (increases on every real change).
     :param joined: nodes that became UP in this view change.
     :param left: nodes that became DOWN in this view change.
@@ -319,13 +426,14 @@ class MembershipEvent(Event):
     def _validate(self) -> None:
         # The hottest validator (every membership event, built and decoded): the common
         # case is checked inline, the helpers only run to convert or to explain a refusal.
+        # membership_event() makes exactly these checks inline too.
         v = self.node
         if type(v) is not int or not 0 <= v <= MAX_NODE:
-            _int(self, "node", 0, MAX_NODE)
+            check_node(type(self).__name__, v, lo=0)
         a = self.addrs
         # fast: a tuple of one address already in canonical form (what the view passes)
         if type(a) is not tuple or len(a) > 1 \
-                or (a and (type(a[0]) is not str or _canonical_or_none(a[0]) != a[0])):
+                or (a and (type(a[0]) is not str or _node_addr_or_none(a[0]) != a[0])):
             _addrs(self, "addrs")
         v = self.view
         if type(v) is not int or not 1 <= v <= _U64:
@@ -336,14 +444,14 @@ class MembershipEvent(Event):
                     or (n and (type(n[0]) is not int or not 0 <= n[0] <= MAX_NODE)):
                 _nodes(self, name)
         r = self.reason
-        if type(r) is not str or not 0 < len(r) <= 64:
-            _str(self, "reason", maxlen=64)
+        if type(r) is not str or not 0 < len(r) <= MAX_REASON:
+            check_reason(type(self).__name__, r)
         v = self.incarnation
         if type(v) is not int or not 0 <= v <= MAX_NODE:
-            _int(self, "incarnation", 0, MAX_NODE)
+            check_incarnation(type(self).__name__, v)
 
 
-# The slot setters of MembershipEvent's fields: _membership_event fills them directly
+# The slot setters of MembershipEvent's fields: membership_event fills them directly
 # (a frozen dataclass's __init__ goes through object.__setattr__ per field, then runs
 # the validators). A field added to MembershipEvent must be added here too.
 _PUT = {name: getattr(MembershipEvent, name).__set__ for name in MembershipEvent.field_names()}
@@ -352,32 +460,40 @@ _put_node, _put_addrs, _put_view = _PUT.pop("node"), _PUT.pop("addrs"), _PUT.pop
 _put_joined, _put_left, _put_reason = _PUT.pop("joined"), _PUT.pop("left"), _PUT.pop("reason")
 _put_incarnation = _PUT.pop("incarnation")
 if _PUT:
-    raise TypeError(f"_membership_event does not fill {', '.join(sorted(_PUT))}")
+    raise TypeError(f"membership_event does not fill {', '.join(sorted(_PUT))}")
 del _PUT
 
 
-def _membership_event(cls: type[M], origin: int, seq: int, time: float, node: int,
-                      addrs: tuple[str, ...], view: int, joined: tuple[int, ...],
-                      left: tuple[int, ...], reason: str, incarnation: int) -> M:
-    """Build a membership event from fields that are valid by construction, without
-    running its validators again (the engine's per-event path; not public).
+def membership_event(cls: type[M], origin: Any, seq: Any, time: Any, node: Any,
+                     addrs: Any, view: Any, joined: Any, left: Any, reason: Any,
+                     incarnation: Any) -> M:
+    """Build a membership event: the one function the engine and the bus codec use.
 
-    Only for the engine, with fields from the membership view: ``node``, ``addrs``,
-    ``incarnation`` and ``reason`` as :class:`~clusterbus.view.NodeReport` checked them
-    (or the netlink decoder, which guarantees the same), ``view`` from the view's own
-    counter (>= 1), ``joined``/``left`` empty or ``(node,)``. ``origin``, ``seq`` and
-    ``time`` come from the engine's settings, counter and clock, so they are checked
-    here, inline; when one is not already in its final form (an ``int`` time, say) the
-    ordinary constructor converts or refuses it. The one other caller is the bus codec
-    (``clusterbus.bus.codec._fast_membership``), after checking every other field as
-    ``MembershipEvent._validate`` would accept it unchanged.
+    Equal to ``cls(origin=..., ...)``, and as strict: every field is checked here, inline,
+    against what :meth:`MembershipEvent._validate` accepts unchanged (at most one address,
+    already canonical; ``joined``/``left`` empty or one node). When they all pass, the
+    event is filled in without a second validation (the per-event path of the daemon and
+    of every subscriber); anything else (a conversion, two addresses, a refusal) goes to
+    the validating constructor, which converts or raises. tests/unit/test_hot_path.py and
+    tests/unit/test_codec_fast.py check that both give the same event or the same refusal.
 
     :param cls: NodeUp, NodeDown, NodeComingUp or NodeGoingDown (no fields of their own).
-    :raises InvalidEvent: ``origin``, ``seq`` or ``time`` is invalid.
+    :raises InvalidEvent: a field is invalid.
     """
-    if type(origin) is not int or not 0 <= origin <= MAX_NODE \
+    if cls not in _STATE_FOR_CLASS \
+            or type(origin) is not int or not 0 <= origin <= MAX_NODE \
             or type(seq) is not int or not 1 <= seq <= _U64 \
-            or type(time) is not float or not 0.0 <= time <= _FLOAT_MAX:
+            or type(time) is not float or not 0.0 <= time <= _FLOAT_MAX \
+            or type(node) is not int or not 0 <= node <= MAX_NODE \
+            or type(addrs) is not tuple or len(addrs) > 1 \
+            or (addrs and (type(addrs[0]) is not str or _node_addr_or_none(addrs[0]) != addrs[0])) \
+            or type(view) is not int or not 1 <= view <= _U64 \
+            or type(joined) is not tuple or len(joined) > 1 \
+            or (joined and (type(joined[0]) is not int or not 0 <= joined[0] <= MAX_NODE)) \
+            or type(left) is not tuple or len(left) > 1 \
+            or (left and (type(left[0]) is not int or not 0 <= left[0] <= MAX_NODE)) \
+            or type(reason) is not str or not 0 < len(reason) <= MAX_REASON \
+            or type(incarnation) is not int or not 0 <= incarnation <= MAX_NODE:
         return cls(origin=origin, seq=seq, time=time, node=node, addrs=addrs, view=view,
                    joined=joined, left=left, reason=reason, incarnation=incarnation)
     event = object.__new__(cls)
@@ -424,6 +540,70 @@ class NodeGoingDown(MembershipEvent):
     """A node announced it is leaving (CLMS ``NODE_GOINGDOWN``)."""
 
     TOPIC: ClassVar[str] = "node.going_down"
+
+
+class NodeState(enum.IntEnum):
+    """State of a node in the membership view (the OpenSSI CLMS transitions).
+
+    The one definition of the node-state codes: the values are the netlink message's
+    ``command`` byte (docs/netlink.md), the SIGCLUSTER payload's top four bits and the
+    C emitter's commands; :attr:`label` is the name in snapshots, ``status`` and logs.
+    """
+
+    UP = 1  #: full member (``node.up``)
+    DOWN = 2  #: not a member: left or died (``node.down``)
+    COMING_UP = 3  #: joining, not a full member yet (``node.coming_up``)
+    GOING_DOWN = 4  #: announced that it is leaving (``node.going_down``)
+
+    @property
+    def label(self) -> str:
+        """``up``, ``down``, ``coming_up`` or ``going_down``."""
+        return _LABELS[self]
+
+    @property
+    def event_class(self) -> type[MembershipEvent]:
+        """The event class announcing a move into this state."""
+        return _CLASS_FOR_STATE[self]
+
+    @classmethod
+    def from_topic(cls, topic: str) -> NodeState:
+        """``node.up`` -> UP, ... :raises ValueError: not a membership topic."""
+        for state, klass in _CLASS_FOR_STATE.items():
+            if klass.TOPIC == topic:
+                return state
+        raise ValueError(f"{topic!r} is not a membership topic")
+
+    @classmethod
+    def parse(cls, value: object) -> NodeState:
+        """A NodeState, or a name: ``up``, ``down``, ``coming_up``/``comingup``,
+        ``going_down``/``goingdown`` (any case), optionally prefixed ``node-``,
+        ``node_`` or ``node.``.
+
+        :raises ValueError: not a state name.
+        """
+        if isinstance(value, NodeState):
+            return value
+        if isinstance(value, str):
+            key = value.strip().lower()
+            for prefix in ("node-", "node_", "node."):
+                if key.startswith(prefix):
+                    key = key[len(prefix):]
+            found = _BY_NAME.get(key.replace("_", "").replace("-", ""))
+            if found is not None:
+                return found
+        raise ValueError(f"unknown node state {value!r}; expected up, down, comingup or "
+                         "goingdown")
+
+
+_LABELS = {state: state.name.lower() for state in NodeState}
+_BY_NAME = {state.name.lower().replace("_", ""): state for state in NodeState}
+_CLASS_FOR_STATE: dict[NodeState, type[MembershipEvent]] = {
+    NodeState.UP: NodeUp,
+    NodeState.DOWN: NodeDown,
+    NodeState.COMING_UP: NodeComingUp,
+    NodeState.GOING_DOWN: NodeGoingDown,
+}
+_STATE_FOR_CLASS = {cls: state for state, cls in _CLASS_FOR_STATE.items()}
 
 
 #: VRRP instance states as RFC 5798 names them, plus keepalived's extra ones.
@@ -522,8 +702,10 @@ class NodemapChanged(Event):
     """The addresses known for a node changed.
 
     :param node: the node number.
-    :param addrs: the node's complete address list after the change.
-    :param reason: ``config`` or the topic of the event that taught it (``node.up``).
+    :param addrs: the node's complete address list after the change (at most
+        :data:`MAX_NODE_ADDRS`; empty once they were forgotten).
+    :param reason: ``config``, the topic of the event that taught it (``node.up``), or
+        ``expired`` (a node down for ``[nodemap] forget_after`` seconds).
     """
 
     TOPIC: ClassVar[str] = "nodemap.changed"
@@ -533,9 +715,9 @@ class NodemapChanged(Event):
     reason: str
 
     def _validate(self) -> None:
-        _int(self, "node", 0, MAX_NODE)
+        check_node(type(self).__name__, self.node, lo=0)
         _addrs(self, "addrs")
-        _str(self, "reason", maxlen=64)
+        check_reason(type(self).__name__, self.reason)
 
 
 @register_event
@@ -557,10 +739,42 @@ class AddressConflict(Event):
     reason: str
 
     def _validate(self) -> None:
-        object.__setattr__(self, "addr", canonical_addr(self.addr, "AddressConflict.addr"))
-        _int(self, "owner", 0, MAX_NODE)
-        _int(self, "claimant", 0, MAX_NODE)
-        _str(self, "reason", maxlen=64)
+        object.__setattr__(self, "addr", node_addr(self.addr, "AddressConflict.addr"))
+        check_node("AddressConflict", self.owner, "owner", lo=0)
+        check_node("AddressConflict", self.claimant, "claimant", lo=0)
+        check_reason("AddressConflict", self.reason)
+
+
+@register_event
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MembershipResync(Event):
+    """The view was reconciled with a source's full table after the source lost messages
+    (a netlink receive-buffer overrun: docs/netlink.md "Overrun recovery").
+
+    The membership events of the nodes whose state differed come first, each as usual;
+    this event follows them and says the view is whole again.
+
+    :param source: the source that resynchronised (``netlink``).
+    :param reported: nodes listed in the answers to the dump request.
+    :param changed: view changes the resync made (the events before this one).
+    :param down: nodes the source had reported, missing from every answer, so reported
+        DOWN (counted in ``changed`` when they were not DOWN already).
+    :param view: the view id after the resync.
+    """
+
+    TOPIC: ClassVar[str] = "membership.resync"
+
+    source: str
+    reported: int
+    changed: int
+    down: int
+    view: int
+
+    def _validate(self) -> None:
+        _str(self, "source", maxlen=64)
+        for name in ("reported", "changed", "down"):
+            _int(self, name, 0, _U64)
+        _int(self, "view", 1, _U64)
 
 
 @register_event

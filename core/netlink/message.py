@@ -20,21 +20,29 @@ import ipaddress
 import struct
 from dataclasses import dataclass
 
-from ..errors import DecodeError, LocalProtocolError
-from ..events import MAX_NODE
-from ..view import NodeState
+from typing import NamedTuple
+
+from ..errors import DecodeError, InvalidEvent, LocalProtocolError
+from ..events import MAX_NODE, MAX_NODE_ADDRS, NodeState, _not_a_node_addr, node_addr
+from ..view import NodeReport, node_report
 
 __all__ = [
     "NETLINK_USERSOCK",
     "MSG_TYPE",
     "VERSION",
-    "Command",
+    "CMD_DUMP",
+    "CMD_DUMP_DONE",
     "Attr",
     "NodeMessage",
+    "DumpRequest",
+    "DumpEntry",
+    "DumpDone",
     "MessageError",
     "encode",
+    "encode_dump_request",
+    "encode_dump_done",
     "decode",
-    "decode_fields",
+    "decode_reports",
 ]
 
 #: The netlink protocol clusterbus messages travel on (include/uapi/linux/netlink.h).
@@ -66,7 +74,14 @@ NLMSG_HDRLEN = _NLMSGHDR.size  # 16
 FAMHDR_LEN = _FAMHDR.size  # 4
 NLA_HDRLEN = _NLATTR.size  # 4
 NLMSG_MAX_LEN = 0xFFFF  # one message never exceeds this (netlink's documented maximum)
-MAX_ADDRS = 256  # keeps a message well below NLMSG_MAX_LEN (256 * 20 bytes)
+#: Most ADDR attributes in one message: the one limit of addresses per node
+#: (:data:`clusterbus.events.MAX_NODE_ADDRS`).
+MAX_ADDRS = MAX_NODE_ADDRS
+#: ``command`` byte of a dump request: "answer with your full table" (docs/netlink.md,
+#: "Overrun recovery"). Commands 1..4 are the :class:`~clusterbus.events.NodeState` codes.
+CMD_DUMP = 5
+#: ``command`` byte that ends one emitter's answer to a dump request.
+CMD_DUMP_DONE = 6
 
 
 class MessageError(DecodeError):
@@ -77,7 +92,7 @@ class MessageError(DecodeError):
     :param kind: one of ``empty``, ``truncated``, ``bad_length``, ``control_message``,
         ``foreign_type``, ``bad_version``, ``unknown_command``, ``bad_header``,
         ``bad_attribute``, ``duplicate_attribute``, ``bad_address``, ``too_many_addrs``,
-        ``missing_node``.
+        ``missing_node``, ``bad_node``, ``missing_cookie``.
     """
 
     def __init__(self, msg: str, *, offset: int | None = None, kind: str) -> None:
@@ -90,34 +105,6 @@ def _align(n: int) -> int:
     return (n + 3) & ~3
 
 
-class Command(enum.IntEnum):
-    """Family header ``command`` byte: the state the node moved into."""
-
-    NODE_UP = 1  #: the node is a full member
-    NODE_DOWN = 2  #: the node left or died
-    NODE_COMINGUP = 3  #: the node is joining
-    NODE_GOINGDOWN = 4  #: the node announced that it is leaving
-
-    @property
-    def state(self) -> NodeState:
-        """The :class:`~clusterbus.view.NodeState` this command announces."""
-        return _STATE_FOR_COMMAND[self]
-
-    @classmethod
-    def for_state(cls, state: NodeState) -> Command:
-        """The command announcing ``state``."""
-        return _COMMAND_FOR_STATE[state]
-
-
-_STATE_FOR_COMMAND = {
-    Command.NODE_UP: NodeState.UP,
-    Command.NODE_DOWN: NodeState.DOWN,
-    Command.NODE_COMINGUP: NodeState.COMING_UP,
-    Command.NODE_GOINGDOWN: NodeState.GOING_DOWN,
-}
-_COMMAND_FOR_STATE = {v: k for k, v in _STATE_FOR_COMMAND.items()}
-
-
 class Attr(enum.IntEnum):
     """Attribute types (``nla_type``). Unknown types are skipped (forward compatibility)."""
 
@@ -125,11 +112,38 @@ class Attr(enum.IntEnum):
     NODE = 1  #: u32, host byte order; exactly once
     ADDR = 2  #: 4 (IPv4) or 16 (IPv6) bytes, network byte order; repeated, one per address
     INCARNATION = 3  #: u32, host byte order; at most once (absent = 0, unknown)
+    COOKIE = 4  #: u32, non-zero: the dump request a message belongs to; at most once
+    COUNT = 5  #: u32: node messages in a dump answer (DUMP_DONE only); at most once
 
 
-#: One decoded message as :func:`decode_fields` returns it:
-#: ``(state, node, addrs, incarnation, seq, pid, flags)``.
-Fields = tuple[NodeState, int, tuple[str, ...], int, int, int, int]
+#: One decoded message, internal: ``(command, node, addrs, incarnation, seq, pid, flags,
+#: cookie, count)`` (node 0 in DUMP/DUMP_DONE, which carry no NODE).
+_Fields = tuple[int, int, tuple[str, ...], int, int, int, int, int, int]
+
+
+class DumpRequest(NamedTuple):
+    """A dump request seen on the group (another daemon's, or ours echoed)."""
+
+    cookie: int
+    pid: int  #: ``nlmsg_pid``: the requester's port id, where answers go
+
+
+class DumpEntry(NamedTuple):
+    """One node of an emitter's answer to the dump request ``cookie``."""
+
+    cookie: int
+    report: NodeReport
+
+
+class DumpDone(NamedTuple):
+    """The end of one emitter's answer: ``total`` node messages were sent for ``cookie``."""
+
+    cookie: int
+    total: int
+
+
+#: What :func:`decode_reports` returns per message.
+Item = NodeReport | DumpRequest | DumpEntry | DumpDone
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -145,6 +159,7 @@ class NodeMessage:
     :param pid: ``nlmsg_pid`` as the sender set it (informational; the trusted sender
         identity comes from SCM_CREDENTIALS, not from this field).
     :param flags: ``nlmsg_flags`` as sent.
+    :param cookie: non-zero when the message is part of an answer to a dump request.
     """
 
     state: NodeState
@@ -154,13 +169,14 @@ class NodeMessage:
     seq: int = 0
     pid: int = 0
     flags: int = 0
+    cookie: int = 0
 
 
 def _addr_bytes(addr: str) -> bytes:
     try:
-        return ipaddress.ip_address(addr).packed
-    except ValueError:
-        raise LocalProtocolError(f"{addr!r} is not an IPv4 or IPv6 address") from None
+        return ipaddress.ip_address(node_addr(addr)).packed
+    except InvalidEvent as exc:
+        raise LocalProtocolError(str(exc)) from None
 
 
 def _u32(value: int, what: str) -> int:
@@ -183,19 +199,22 @@ def encode(
     seq: int = 0,
     pid: int = 0,
     flags: int = 0,
+    cookie: int = 0,
 ) -> bytes:
     """Build one clusterbus netlink message.
 
-    Attributes go out in the order NODE, ADDR..., INCARNATION (the decoder accepts any
-    order). INCARNATION is always sent, 0 meaning unknown.
+    Attributes go out in the order NODE, ADDR..., INCARNATION, COOKIE (the decoder accepts
+    any order). INCARNATION is always sent, 0 meaning unknown; COOKIE only when non-zero.
 
-    :param state: the state to announce.
+    :param state: the state to announce (its code is the ``command`` byte).
     :param node: node number (u32).
-    :param addrs: IPv4/IPv6 addresses as text, one ADDR attribute each.
+    :param addrs: IPv4/IPv6 addresses as text, one ADDR attribute each (at most
+        :data:`MAX_ADDRS`).
     :param incarnation: u32, 0 = unknown.
     :param seq: ``nlmsg_seq``.
     :param pid: ``nlmsg_pid`` (the kernel does not check it for user-to-user multicast).
     :param flags: ``nlmsg_flags``.
+    :param cookie: the dump request this message answers (0: a plain report).
     :returns: the message, its length a multiple of 4.
     :raises LocalProtocolError: a value does not fit the format (a bug in the caller).
     """
@@ -205,10 +224,44 @@ def encode(
         raise LocalProtocolError("addrs: expected a sequence of addresses, got one string")
     if len(addrs) > MAX_ADDRS:
         raise LocalProtocolError(f"at most {MAX_ADDRS} addresses fit one message")
-    parts = [_nla(Attr.NODE, _U32.pack(_u32(node, "node")))]
+    if _u32(node, "node") == 0:
+        raise LocalProtocolError("node 0 is not a node number")
+    parts = [_nla(Attr.NODE, _U32.pack(node))]
     parts += [_nla(Attr.ADDR, _addr_bytes(a)) for a in addrs]
     parts.append(_nla(Attr.INCARNATION, _U32.pack(_u32(incarnation, "incarnation"))))
-    body = _FAMHDR.pack(Command.for_state(state), VERSION, 0) + b"".join(parts)
+    if cookie:
+        parts.append(_nla(Attr.COOKIE, _U32.pack(_u32(cookie, "cookie"))))
+    return _message(int(state), parts, seq, pid, flags)
+
+
+def encode_dump_request(cookie: int, *, seq: int = 0, pid: int = 0) -> bytes:
+    """A dump request (command :data:`CMD_DUMP`): emitters that keep state answer it
+    with their full table, sent to the requester's port id (docs/netlink.md).
+
+    :param cookie: non-zero u32 naming this request; every answer carries it.
+    :raises LocalProtocolError: ``cookie`` is 0 or not a u32.
+    """
+    if cookie == 0:
+        raise LocalProtocolError("a dump request needs a non-zero cookie")
+    return _message(CMD_DUMP, [_nla(Attr.COOKIE, _U32.pack(_u32(cookie, "cookie")))],
+                    seq, pid, 0)
+
+
+def encode_dump_done(cookie: int, count: int, *, seq: int = 0, pid: int = 0) -> bytes:
+    """The last message of an answer to dump request ``cookie``: ``count`` node messages
+    (each with the COOKIE attribute) came before it.
+
+    :raises LocalProtocolError: ``cookie`` is 0, or a value is not a u32.
+    """
+    if cookie == 0:
+        raise LocalProtocolError("a dump answer needs a non-zero cookie")
+    return _message(CMD_DUMP_DONE, [_nla(Attr.COOKIE, _U32.pack(_u32(cookie, "cookie"))),
+                                    _nla(Attr.COUNT, _U32.pack(_u32(count, "count")))],
+                    seq, pid, 0)
+
+
+def _message(command: int, parts: list[bytes], seq: int, pid: int, flags: int) -> bytes:
+    body = _FAMHDR.pack(command, VERSION, 0) + b"".join(parts)
     for value, what in ((seq, "seq"), (pid, "pid")):
         _u32(value, what)
     if type(flags) is not int or not 0 <= flags <= 0xFFFF:
@@ -216,7 +269,7 @@ def encode(
     return _NLMSGHDR.pack(NLMSG_HDRLEN + len(body), MSG_TYPE, flags, seq, pid) + body
 
 
-def decode(data: bytes | bytearray | memoryview) -> list[NodeMessage]:
+def decode(data: bytes | bytearray | memoryview) -> list[NodeMessage | DumpRequest | DumpDone]:
     """Decode one datagram: one or more netlink messages back to back.
 
     All or nothing: if any message in the datagram is bad, the whole datagram is
@@ -225,39 +278,40 @@ def decode(data: bytes | bytearray | memoryview) -> list[NodeMessage]:
     foreign type is an error, since only clusterbus senders belong on this group.
 
     :param data: the datagram as received.
-    :returns: the messages, in order (empty only when the datagram held only NOOPs).
+    :returns: the messages, in order (empty only when the datagram held only NOOPs): a
+        :class:`NodeMessage` per node message (``cookie`` set in dump answers), a
+        :class:`DumpRequest` or :class:`DumpDone` per dump control message.
     :raises MessageError: (a :class:`~clusterbus.errors.DecodeError`) the datagram is not
         a valid sequence of clusterbus messages; ``offset`` is where the fault was found.
     """
-    return [NodeMessage(state=state, node=node, addrs=addrs, incarnation=incarnation,
-                        seq=seq, pid=pid, flags=flags)
-            for state, node, addrs, incarnation, seq, pid, flags in decode_fields(data)]
+    out: list[NodeMessage | DumpRequest | DumpDone] = []
+    for cmd, node, addrs, incarnation, seq, pid, flags, cookie, count in _decode_all(bytes(data)):
+        if cmd == CMD_DUMP:
+            out.append(DumpRequest(cookie, pid))
+        elif cmd == CMD_DUMP_DONE:
+            out.append(DumpDone(cookie, count))
+        else:
+            out.append(NodeMessage(state=_STATE_FOR_BYTE[cmd], node=node, addrs=addrs,
+                                   incarnation=incarnation, seq=seq, pid=pid, flags=flags,
+                                   cookie=cookie))
+    return out
 
 
-def decode_fields(data: bytes | bytearray | memoryview) -> list[Fields]:
-    """Decode one datagram: one or more netlink messages back to back.
+def decode_reports(data: bytes | bytearray | memoryview,
+                   reason: str = "netlink") -> list[Item]:
+    """Decode one datagram into what the netlink source acts on: a
+    :class:`~clusterbus.view.NodeReport` per plain node message (``reason`` ``reason``),
+    a :class:`DumpEntry` per node message of a dump answer, a :class:`DumpRequest` or
+    :class:`DumpDone` per dump control message. Same checks as :func:`decode` (all or
+    nothing): the reports are built with NodeReport's own checks, and the decoder refuses
+    first, with its ``kind``, what they would refuse (node 0: ``bad_node``; an address
+    that is not a node address: ``bad_address``; too many: ``too_many_addrs``).
 
-    All or nothing: if any message in the datagram is bad, the whole datagram is
-    rejected, so a half-understood datagram never changes the view. NLMSG_NOOP messages
-    are skipped; every other netlink control type (ERROR, DONE, OVERRUN, ...) and every
-    foreign type is an error, since only clusterbus senders belong on this group.
-
-    This is :func:`decode` without building a :class:`NodeMessage` per message (the
-    netlink source's per-datagram path); the checks are the same.
-
-    Every message's fields hold what :class:`~clusterbus.view.NodeReport` checks:
-    ``node`` and ``incarnation`` are u32, ``addrs`` is a tuple of distinct canonical
-    address strings (the engine takes them as they are).
-
-    :param data: the datagram as received.
-    :returns: ``(state, node, addrs, incarnation, seq, pid, flags)`` per message, in
-        order (empty only when the datagram held only NOOPs).
-    :raises MessageError: (a :class:`~clusterbus.errors.DecodeError`) the datagram is not
-        a valid sequence of clusterbus messages; ``offset`` is where the fault was found.
+    :raises MessageError: the datagram is not a valid sequence of clusterbus messages.
     """
     buf = bytes(data)
     n = len(buf)
-    out: list[Fields] = []
+    out: list[Item] = []
     pos = 0
     # The two shapes the encoder makes for nearly every message: NODE, then INCARNATION,
     # with or without one IPv4 ADDR, no attribute flags, 36 or 44 bytes (multiples of
@@ -266,33 +320,52 @@ def decode_fields(data: bytes | bytearray | memoryview) -> list[Fields]:
     # (or any field out of line) the whole datagram takes the general path.
     while pos < n:
         if n - pos < 36:
-            return _decode_all(buf)
-        length, mtype, flags, seq, pid, cmd, version, reserved, nla_len, nla_type, node = \
+            return _reports(_decode_all(buf), reason)
+        length, mtype, _flags, _seq, _pid, cmd, version, reserved, nla_len, nla_type, node = \
             _FAST_HEAD.unpack_from(buf, pos)
         state = _STATE_FOR_BYTE.get(cmd)
         if mtype != MSG_TYPE or version != VERSION or reserved or nla_len != 8 \
-                or nla_type != _ATTR_NODE or state is None or pos + length > n:
-            return _decode_all(buf)
+                or nla_type != _ATTR_NODE or state is None or pos + length > n or not node:
+            return _reports(_decode_all(buf), reason)
         if length == 36:
             ilen, itype, incarnation = _FAST_INC.unpack_from(buf, pos + 28)
             if ilen != 8 or itype != _ATTR_INCARNATION:
-                return _decode_all(buf)
-            out.append((state, node, (), incarnation, seq, pid, flags))
+                return _reports(_decode_all(buf), reason)
+            out.append(node_report(state, node, (), incarnation, reason))
         elif length == 44:
             alen, atype, addr, ilen, itype, incarnation = _FAST_V4_INC.unpack_from(buf, pos + 28)
-            if alen != 8 or atype != _ATTR_ADDR or ilen != 8 or itype != _ATTR_INCARNATION:
-                return _decode_all(buf)
-            out.append((state, node, (_addr_text(addr),), incarnation, seq, pid, flags))
+            text = _node_addr_text(addr)
+            if alen != 8 or atype != _ATTR_ADDR or ilen != 8 or itype != _ATTR_INCARNATION \
+                    or text is None:
+                return _reports(_decode_all(buf), reason)
+            out.append(node_report(state, node, (text,), incarnation, reason))
         else:
-            return _decode_all(buf)
+            return _reports(_decode_all(buf), reason)
         pos += length
-    return out or _decode_all(buf)  # an empty datagram: the general path says why
+    return out or _reports(_decode_all(buf), reason)  # empty: the general path says why
 
 
-def _decode_all(buf: bytes) -> list[Fields]:
+def _reports(fields: list[_Fields], reason: str) -> list[Item]:
+    out: list[Item] = []
+    for cmd, node, addrs, incarnation, _seq, pid, _flags, cookie, count in fields:
+        if cmd == CMD_DUMP:
+            out.append(DumpRequest(cookie, pid))
+        elif cmd == CMD_DUMP_DONE:
+            out.append(DumpDone(cookie, count))
+        else:
+            try:
+                report = NodeReport(state=_STATE_FOR_BYTE[cmd], node=node, addrs=addrs,
+                                    incarnation=incarnation, reason=reason)
+            except InvalidEvent as exc:  # the decoder refuses all of it first; kept safe
+                raise MessageError(str(exc), kind="bad_field") from None
+            out.append(DumpEntry(cookie, report) if cookie else report)
+    return out
+
+
+def _decode_all(buf: bytes) -> list[_Fields]:
     if not buf:
         raise MessageError("empty datagram", offset=0, kind="empty")
-    out: list[Fields] = []
+    out: list[_Fields] = []
     pos = 0
     while pos < len(buf):
         remaining = len(buf) - pos
@@ -323,7 +396,7 @@ def _decode_all(buf: bytes) -> list[Fields]:
 
 
 def _decode_body(buf: bytes, start: int, length: int, flags: int, seq: int,
-                 pid: int) -> Fields:
+                 pid: int) -> _Fields:
     end = start + length
     pos = start + NLMSG_HDRLEN
     if end - pos < FAMHDR_LEN:
@@ -333,8 +406,7 @@ def _decode_body(buf: bytes, start: int, length: int, flags: int, seq: int,
     if version != VERSION:
         raise MessageError(f"unsupported version {version} (expected {VERSION})",
                            offset=pos + 1, kind="bad_version")
-    state = _STATE_FOR_BYTE.get(cmd)
-    if state is None:
+    if cmd not in _STATE_FOR_BYTE and cmd != CMD_DUMP and cmd != CMD_DUMP_DONE:
         raise MessageError(f"unknown command {cmd}", offset=pos, kind="unknown_command")
     if reserved != 0:
         raise MessageError(f"reserved field is {reserved:#x}, must be 0", offset=pos + 2,
@@ -342,6 +414,8 @@ def _decode_body(buf: bytes, start: int, length: int, flags: int, seq: int,
     pos += FAMHDR_LEN
     node: int | None = None
     incarnation: int | None = None
+    cookie: int | None = None
+    count: int | None = None
     addrs: list[str] = []
     while pos < end:
         left = end - pos
@@ -366,6 +440,8 @@ def _decode_body(buf: bytes, start: int, length: int, flags: int, seq: int,
                 raise MessageError("duplicate NODE attribute", offset=pos,
                                    kind="duplicate_attribute")
             node = _payload_u32(payload, "NODE", pos)
+            if node == 0:
+                raise MessageError("node 0 is not a node number", offset=pos, kind="bad_node")
         elif atype == _ATTR_INCARNATION:
             if incarnation is not None:
                 raise MessageError("duplicate INCARNATION attribute", offset=pos,
@@ -378,32 +454,67 @@ def _decode_body(buf: bytes, start: int, length: int, flags: int, seq: int,
             if len(payload) != 4 and len(payload) != 16:
                 raise MessageError(f"ADDR payload is {len(payload)} bytes, expected 4 (IPv4) "
                                    "or 16 (IPv6)", offset=pos, kind="bad_address")
-            addrs.append(_addr_text(payload))
+            text = _node_addr_text(payload)
+            if text is None:
+                canon = _canonical_text(payload)
+                raise MessageError(f"ADDR {canon} {_not_a_node_addr(canon)}, not a node "
+                                   "address", offset=pos, kind="bad_address")
+            addrs.append(text)
+        elif atype == _ATTR_COOKIE:
+            if cookie is not None:
+                raise MessageError("duplicate COOKIE attribute", offset=pos,
+                                   kind="duplicate_attribute")
+            cookie = _payload_u32(payload, "COOKIE", pos)
+            if cookie == 0:
+                raise MessageError("COOKIE 0", offset=pos, kind="bad_attribute")
+        elif atype == _ATTR_COUNT:
+            if count is not None:
+                raise MessageError("duplicate COUNT attribute", offset=pos,
+                                   kind="duplicate_attribute")
+            count = _payload_u32(payload, "COUNT", pos)
         elif atype == _ATTR_UNSPEC:
             raise MessageError("attribute type 0 (UNSPEC)", offset=pos + 2,
                                kind="bad_attribute")
         # NLA_NEXT (NLA_ALIGN inline); an attribute at the very end of the message may
         # lack its padding.
         pos += min((nla_len + 3) & ~3, left)
+    if cmd == CMD_DUMP or cmd == CMD_DUMP_DONE:
+        if cookie is None:
+            raise MessageError("dump message without COOKIE", offset=start,
+                               kind="missing_cookie")
+        if cmd == CMD_DUMP_DONE and count is None:
+            raise MessageError("DUMP_DONE without COUNT", offset=start, kind="bad_attribute")
+        return cmd, 0, (), 0, seq, pid, flags, cookie, count or 0
     if node is None:
         raise MessageError("missing NODE attribute", offset=start, kind="missing_node")
     # a repeated address counts once (first place kept), as NodeReport would keep it
     distinct = tuple(addrs) if len(addrs) < 2 else tuple(dict.fromkeys(addrs))
-    return state, node, distinct, incarnation or 0, seq, pid, flags
+    return cmd, node, distinct, incarnation or 0, seq, pid, flags, cookie or 0, 0
 
 
-_KNOWN_ATTRS = frozenset((Attr.NODE, Attr.ADDR, Attr.INCARNATION))
-_ATTR_UNSPEC, _ATTR_NODE, _ATTR_ADDR, _ATTR_INCARNATION = (
-    int(Attr.UNSPEC), int(Attr.NODE), int(Attr.ADDR), int(Attr.INCARNATION))
+_KNOWN_ATTRS = frozenset(int(a) for a in Attr if a)
+_ATTR_UNSPEC, _ATTR_NODE, _ATTR_ADDR, _ATTR_INCARNATION, _ATTR_COOKIE, _ATTR_COUNT = (
+    int(Attr.UNSPEC), int(Attr.NODE), int(Attr.ADDR), int(Attr.INCARNATION),
+    int(Attr.COOKIE), int(Attr.COUNT))
 #: command byte -> state, for the decoder (no enum construction per message)
-_STATE_FOR_BYTE = {int(c): s for c, s in _STATE_FOR_COMMAND.items()}
+_STATE_FOR_BYTE = {int(s): s for s in NodeState}
+
+
+def _canonical_text(packed: bytes) -> str:
+    addr = ipaddress.ip_address(packed)
+    if addr.version == 6 and addr.ipv4_mapped is not None:
+        return str(addr.ipv4_mapped)
+    return str(addr)
 
 
 @functools.lru_cache(maxsize=4096)
-def _addr_text(packed: bytes) -> str:
-    """Canonical text of a 4- or 16-byte address. Cached: the same few addresses come
-    back in every message about a node; bounded, so new addresses only cost a parse."""
-    return str(ipaddress.ip_address(packed))
+def _node_addr_text(packed: bytes) -> str | None:
+    """Canonical text of a 4- or 16-byte node address (the rule of
+    :func:`clusterbus.events.node_addr`), ``None`` when it is not one. Cached: the same
+    few addresses come back in every message about a node; bounded, so new addresses
+    only cost a parse."""
+    text = _canonical_text(packed)
+    return None if _not_a_node_addr(text) is not None else text
 
 
 def _payload_u32(payload: bytes, name: str, offset: int) -> int:

@@ -12,6 +12,11 @@ to its groups, so this check is what keeps an ordinary user from declaring nodes
 
 Every datagram that is not believed is dropped, counted by reason and logged; the source
 never stops on input.
+
+Overrun recovery (docs/netlink.md): after ENOBUFS the source cannot know what it missed,
+so it multicasts a dump request; emitters that keep state answer with their full table,
+unicast to this socket, and the view is reconciled with each complete answer
+(:meth:`~clusterbus.engine.Engine.resync`, a ``membership.resync`` event).
 """
 
 from __future__ import annotations
@@ -22,11 +27,21 @@ import logging
 import os
 import socket
 import struct
+from collections.abc import Callable
 from typing import Any
 
 from ..config import Config
 from ..engine import Engine
-from ..netlink.message import NETLINK_USERSOCK, MessageError, decode_fields
+from ..netlink.message import (
+    NETLINK_USERSOCK,
+    DumpDone,
+    DumpEntry,
+    DumpRequest,
+    MessageError,
+    decode_reports,
+    encode_dump_request,
+)
+from ..view import NodeInfo, NodeReport
 
 __all__ = ["NetlinkSource", "NETLINK_USERSOCK", "SOL_NETLINK", "NETLINK_ADD_MEMBERSHIP"]
 
@@ -51,6 +66,12 @@ _CMSG_SPACE = socket.CMSG_SPACE(_UCRED.size)
 # run Python code, once per datagram.
 _MSG_TRUNC, _MSG_CTRUNC = int(socket.MSG_TRUNC), int(socket.MSG_CTRUNC)
 _SOL_SOCKET, _SCM_CREDENTIALS = int(socket.SOL_SOCKET), int(socket.SCM_CREDENTIALS)
+#: Seconds between two dump requests (an overrun during a resync asks again, no sooner).
+RESYNC_INTERVAL = 1.0
+#: Seconds a dump request waits for answers before it is counted ``resync.unanswered``.
+RESYNC_WAIT = 5.0
+#: Most node messages one answer may hold (the answers are held until their DUMP_DONE).
+MAX_ANSWER = 1 << 20
 
 
 class NetlinkSource:
@@ -65,7 +86,10 @@ class NetlinkSource:
     ``unauthorised_sender``, ``no_credentials``, ``oversize``, ``malformed`` (plus
     ``malformed.<kind>``, see :class:`~clusterbus.netlink.message.MessageError`),
     ``overrun`` (ENOBUFS: the kernel dropped messages because our buffer was full),
-    ``recv_error`` and ``internal_error``.
+    ``recv_error`` and ``internal_error``; the overrun recovery: ``resync.requests``,
+    ``resync.done``, ``resync.incomplete``, ``resync.unanswered``, ``resync.stale``
+    (answers to an older request), ``resync.too_large``, ``dump_requests_seen`` (another
+    daemon's requests).
     """
 
     def __init__(self, engine: Engine, config: Config) -> None:
@@ -88,7 +112,24 @@ class NetlinkSource:
             "overrun": 0,
             "recv_error": 0,
             "internal_error": 0,
+            "resync.requests": 0,
+            "resync.done": 0,
+            "resync.incomplete": 0,
+            "resync.unanswered": 0,
+            "resync.stale": 0,
+            "resync.too_large": 0,
+            "dump_requests_seen": 0,
         }
+        #: node -> pid of the process that last reported it (whose answer is authoritative
+        #: for it in a resync); one entry per node the source ever reported
+        self._reporter: dict[int, int] = {}
+        #: the cookie of the outstanding dump request (0: none), its answers by pid
+        self._cookie = 0
+        self._answers: dict[int, list[NodeReport]] = {}
+        self._answered: set[int] = set()
+        self._resync_needed = False
+        self._last_request = -RESYNC_INTERVAL
+        self._timer: asyncio.TimerHandle | None = None
         #: set once the socket has joined the group (tests and the daemon may wait on it)
         self.ready = asyncio.Event()
         self.last_error: str | None = None
@@ -146,6 +187,8 @@ class NetlinkSource:
             await asyncio.Future()  # everything happens in _on_readable
         finally:
             loop.remove_reader(fd)
+            if self._timer is not None:
+                self._timer.cancel()
             sock.close()
             self._sock = None
             self.ready.clear()
@@ -162,6 +205,7 @@ class NetlinkSource:
             "allowed_uids": sorted(self.allowed_uids),
             "counters": dict(self.counters),
             "last_error": self.last_error,
+            "resync_pending": bool(self._cookie),
         }
 
     # -- input ----------------------------------------------------------------------------
@@ -178,14 +222,19 @@ class NetlinkSource:
             try:
                 data, ancdata, msg_flags, _addr = sock.recvmsg(RECV_SIZE, _CMSG_SPACE)
             except BlockingIOError:
+                if self._resync_needed:  # drained: now ask for the full tables
+                    self._request_dump()
                 return
             except InterruptedError:
                 continue
             except OSError as exc:
                 if exc.errno == errno.ENOBUFS:
-                    # The kernel dropped datagrams for us; the view may now miss a change.
+                    # The kernel dropped datagrams for us; the view may now miss a change:
+                    # once the queue is drained, ask the emitters for their tables.
+                    self._resync_needed = True
                     self._drop("overrun", "receive buffer overrun (ENOBUFS): messages lost; "
-                               "consider a larger [netlink] rcvbuf")
+                               "asking emitters for their tables (consider a larger "
+                               "[netlink] rcvbuf)")
                     continue
                 self._drop("recv_error", f"recvmsg failed: {os.strerror(exc.errno or 0)}")
                 return
@@ -218,27 +267,118 @@ class NetlinkSource:
                        key=f"uid{uid}")
             return
         try:
-            messages = decode_fields(data)
+            items = decode_reports(data)
         except MessageError as exc:
             self.counters[f"malformed.{exc.kind}"] = (
                 self.counters.get(f"malformed.{exc.kind}", 0) + 1)
             self._drop("malformed", f"malformed datagram from uid {uid} pid {pid}: {exc}",
                        key=f"malformed.{exc.kind}")
             return
-        if log.isEnabledFor(logging.DEBUG):  # spares the joins below per message
-            for state, node, addrs, incarnation, _seq, _pid, _flags in messages:
-                log.debug("netlink: node %d %s addrs=%s incarnation=%d from pid %d uid %d",
-                          node, state.value, ",".join(addrs), incarnation, pid, uid)
         counters = self.counters
-        counters["messages"] += len(messages)
-        counters["reported"] += len(messages)
-        # decode_fields' fields hold what NodeReport would check (u32 node and
-        # incarnation, distinct canonical addresses), so they go to the engine as they
-        # are, without a NodeReport per message.
-        report = self.engine._report
-        for state, node, addrs, incarnation, _seq, _pid, _flags in messages:
-            if report(state, node, addrs, incarnation, "netlink") is not None:
-                counters["changes"] += 1
+        counters["messages"] += len(items)
+        report = self.engine.report
+        reporter = self._reporter
+        debug = log.isEnabledFor(logging.DEBUG)
+        for item in items:
+            if isinstance(item, NodeReport):
+                if debug:
+                    log.debug("netlink: node %d %s addrs=%s incarnation=%d from pid %d uid %d",
+                              item.node, item.state.label, ",".join(item.addrs),
+                              item.incarnation, pid, uid)
+                counters["reported"] += 1
+                reporter[item.node] = pid
+                if report(item) is not None:
+                    counters["changes"] += 1
+            else:
+                self._dump_item(item, pid)
+
+    # -- overrun recovery -------------------------------------------------------------------
+
+    def _dump_item(self, item: DumpRequest | DumpEntry | DumpDone, pid: int) -> None:
+        if type(item) is DumpRequest:
+            self.counters["dump_requests_seen"] += 1
+            return
+        if item.cookie != self._cookie:
+            self.counters["resync.stale"] += 1
+            return
+        if type(item) is DumpEntry:
+            answer = self._answers.setdefault(pid, [])
+            if len(answer) >= MAX_ANSWER:
+                self.counters["resync.too_large"] += 1
+                return
+            answer.append(item.report)
+            return
+        assert type(item) is DumpDone
+        answer = self._answers.pop(pid, [])
+        if len(answer) != item.total:
+            # part of the answer was lost too: apply what came, and ask again
+            self.counters["resync.incomplete"] += 1
+            log.warning("netlink: incomplete answer from pid %d (%d of %d nodes): asking again",
+                        pid, len(answer), item.total)
+            for rep in answer:
+                self._reporter[rep.node] = pid
+                if self.engine.report(rep) is not None:
+                    self.counters["changes"] += 1
+            self._resync_needed = True
+            self._request_dump()
+            return
+        self._answered.add(pid)
+        owned = self._owned_by(pid)
+        for rep in answer:
+            self._reporter[rep.node] = pid
+        event = self.engine.resync(answer, source="netlink", owned=owned)
+        self.counters["resync.done"] += 1
+        self.counters["changes"] += event.changed
+        log.warning("netlink: resynchronised from pid %d: %d node(s) listed, %d change(s), "
+                    "%d reported down as missing", pid, event.reported, event.changed,
+                    event.down)
+
+    def _owned_by(self, pid: int) -> Callable[[NodeInfo], bool]:
+        reporter = self._reporter
+        return lambda info: reporter.get(info.node) == pid
+
+    def _request_dump(self) -> None:
+        """Multicast a dump request now, or when RESYNC_INTERVAL has passed since the last."""
+        sock = self._sock
+        if sock is None:
+            return
+        loop = asyncio.get_running_loop()
+        wait = self._last_request + RESYNC_INTERVAL - loop.time()
+        if wait > 0:
+            if self._timer is None:
+                self._timer = loop.call_later(wait, self._retry_request)
+            return
+        self._resync_needed = False
+        self._last_request = loop.time()
+        self._cookie = (self._cookie % 0xFFFFFFFF) + 1 if self._cookie else \
+            int.from_bytes(os.urandom(4), "little") or 1
+        self._answers.clear()
+        self._answered.clear()
+        data = encode_dump_request(self._cookie, pid=self._port_id)
+        try:
+            sock.sendto(data, (0, 1 << (self.group - 1)))
+        except ConnectionRefusedError:
+            pass  # the unicast leg to the absent kernel socket; the multicast went out
+        except OSError as exc:
+            self._drop("recv_error", f"cannot send the dump request: {exc}")
+            return
+        self.counters["resync.requests"] += 1
+        log.warning("netlink: dump request %#010x sent: emitters that keep state answer "
+                    "with their tables", self._cookie)
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = loop.call_later(RESYNC_WAIT, self._check_answered, self._cookie)
+
+    def _retry_request(self) -> None:
+        self._timer = None
+        if self._resync_needed:
+            self._request_dump()
+
+    def _check_answered(self, cookie: int) -> None:
+        self._timer = None
+        if cookie == self._cookie and not self._answered:
+            self._drop("resync.unanswered", "no emitter answered the dump request: the view "
+                       "may miss what the overrun dropped")
 
     def _drop(self, reason: str, detail: str, *, key: str | None = None) -> None:
         self.counters[reason] = self.counters.get(reason, 0) + 1

@@ -7,8 +7,9 @@ polls and the payload and the sender's uid come from the kernel (``signalfd_sigi
 
 Payload (``si_value.sival_int``, 32 bits, host order):
 
-    bits 31..28  command: 1 NODE_UP, 2 NODE_DOWN, 3 NODE_COMINGUP, 4 NODE_GOINGDOWN
-    bits 27..0   node number (0 .. 268435455)
+    bits 31..28  command: a clusterbus.events.NodeState code (1 UP, 2 DOWN, 3 COMING_UP,
+                 4 GOING_DOWN)
+    bits 27..0   node number (1 .. 268435455; 0 is dropped as invalid)
 
 Only senders whose uid is in ``[sigcluster] allowed_uids`` are believed (root by default);
 a plain ``kill`` (no payload, ``si_code`` is not SI_QUEUE) and unknown commands are dropped
@@ -51,8 +52,7 @@ log = logging.getLogger(__name__)
 SI_QUEUE = -1
 _SIGINFO = struct.Struct("=IiiIIiIIIIii")  # the leading fields of struct signalfd_siginfo
 _SIGINFO_SIZE = 128
-_COMMANDS = {1: NodeState.UP, 2: NodeState.DOWN, 3: NodeState.COMING_UP, 4: NodeState.GOING_DOWN}
-_CODES = {v: k for k, v in _COMMANDS.items()}
+_COMMANDS = {int(s): s for s in NodeState}  # the payload's command is the state's code
 NODE_MASK = (1 << 28) - 1
 #: ``[sigcluster] signal`` unless configured otherwise (the default in clusterbus.config).
 DEFAULT_SIGNAL = "SIGRTMIN+2"
@@ -62,9 +62,9 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 def encode_payload(state: NodeState, node: int) -> int:
     """The 32-bit ``sival_int`` for a state and node (as an unsigned value)."""
-    if not 0 <= node <= NODE_MASK:
-        raise ValueError(f"node {node} does not fit in 28 bits")
-    return (_CODES[state] << 28) | node
+    if not 1 <= node <= NODE_MASK:
+        raise ValueError(f"node {node} is not a node number of 28 bits (1 .. {NODE_MASK})")
+    return (int(state) << 28) | node
 
 
 def decode_payload(value: int) -> tuple[NodeState, int]:
@@ -73,6 +73,8 @@ def decode_payload(value: int) -> tuple[NodeState, int]:
     cmd = value >> 28
     if cmd not in _COMMANDS:
         raise DecodeError(f"unknown command {cmd} in signal payload {value:#010x}")
+    if not value & NODE_MASK:
+        raise DecodeError(f"node 0 in signal payload {value:#010x}")
     return _COMMANDS[cmd], value & NODE_MASK
 
 

@@ -13,6 +13,7 @@ Configuration::
 
     [nodemap]
     learn = true                 # take addresses from node-up events (default true)
+    forget_after = 3600          # seconds a DOWN node keeps its learned addresses
 
     [nodemap.nodes]
     1 = ["10.0.0.1", "fd00::1"]
@@ -61,8 +62,10 @@ class NodemapPlugin:
                              cluster: Cluster) -> None:
         conf = NodemapConfig.from_section(section, file=config.file)
         self.learn = conf.learn
+        cluster.nodemap.forget_after = conf.forget_after
         for node, addrs in conf.nodes.items():
-            cluster.nodemap.add(node, addrs)  # NodemapConfig already refused conflicts
+            # NodemapConfig refused conflicts; configured addresses are pinned: never aged
+            cluster.nodemap.add(node, addrs, pinned=True)
 
     @hookimpl
     def clusterbus_startup(self, cluster: Cluster) -> None:

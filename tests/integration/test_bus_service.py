@@ -197,7 +197,7 @@ def test_snapshot_status_and_bad_requests() -> None:
             assert (snap.epoch, snap.origin, snap.seq, snap.view) == (svc.epoch, 1, 2, 2)
             assert [dict(n) for n in snap.nodes] == [
                 {"node": 2, "state": "down", "addrs": ("10.77.0.2",), "incarnation": 0,
-                 "view": 2}]
+                 "view": 2, "confirmed": True}]
             status = await fetch_status(svc.endpoints["snapshot"])
             assert status == {"daemon": {"node": 1}, "ok": True}
 

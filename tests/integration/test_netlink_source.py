@@ -268,7 +268,7 @@ def test_malformed_messages_change_only_counters(ns: str, receiver: Receiver):
     raw = [
         "00" * 7,  # (an empty datagram never arrives: the kernel refuses it with ENODATA)
         "deadbeef" * 8,  # nlmsg_len far past the end
-        _hdr_msg("05010000" + node1),  # unknown command 5
+        _hdr_msg("07010000" + node1),  # unknown command 7 (5 and 6: dump messages)
         _hdr_msg("01010000" + node1 + node1),  # duplicate NODE
         _hdr_msg("01010000" + node1 + "0900" "0200" "0a4d0003" "05000000"),  # 5-byte address
         _hdr_msg("00000000" + "00" * 16, mtype=2),  # NLMSG_ERROR

@@ -41,7 +41,7 @@ class Daemon:
         self.snapshot = f"ipc://{workdir}/snap"
         self.config = workdir / "clusterbus.toml"
         self.config.write_text(
-            f"[daemon]\nnode = {node}\nlog_level = \"debug\"\n\n"
+            f"[daemon]\nnode = {node}\nlog_level = \"debug\"\nstate_dir = \"{workdir}/state\"\n\n"
             f"[bus]\npublish = \"{self.publish}\"\ningest = \"{self.ingest}\"\n"
             f"snapshot = \"{self.snapshot}\"\nheartbeat_interval = 0.2\n\n{extra}\n")
         self.log = workdir / "daemon.log"

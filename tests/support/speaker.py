@@ -69,7 +69,8 @@ class Speaker:
                 f'snapshot = "{ep}.snap"\nheartbeat_interval = 0.2\n\n')
 
     def render(self) -> str:
-        text = (f"[daemon]\nnode = {self.node}\nlog_level = \"{self.log_level}\"\n\n"
+        text = (f"[daemon]\nnode = {self.node}\nlog_level = \"{self.log_level}\"\n"
+                f"state_dir = \"{self.workdir}/state-{self.ns}\"\n\n"
                 f"{self._bus()}[netlink]\nenabled = false\n\n")
         for i in self.instances:
             text += (

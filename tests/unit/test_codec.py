@@ -13,7 +13,14 @@ from hypothesis import strategies as st
 
 from clusterbus.bus import codec
 from clusterbus.errors import DecodeError, InvalidEvent
-from clusterbus.events import EVENT_TYPES, VRRP_STATES, NodeDown, NodeUp, VrrpTransition
+from clusterbus.events import (
+    EVENT_TYPES,
+    VRRP_STATES,
+    NodeDown,
+    NodeUp,
+    VrrpTransition,
+    node_addrs,
+)
 from clusterbus.view import NodeReport, NodeState
 
 U32 = st.integers(0, 2**32 - 1)
@@ -23,13 +30,23 @@ IFNAME = st.text(string.ascii_letters + string.digits + ".-_", min_size=1, max_s
 FLOAT = st.floats(min_value=0, max_value=1e12, allow_nan=False, allow_infinity=False)
 IPV4 = st.ip_addresses(v=4).map(str)
 IPV6 = st.ip_addresses(v=6).map(str)
-ADDR = st.one_of(IPV4, IPV6)
+# node addresses: unicast, not loopback, not unspecified, canonical (not IPv4-mapped)
+ADDR = st.one_of(IPV4, IPV6).filter(lambda a: _ok(a) and node_addrs((a,)) == (a,))
 ADDRS = st.lists(ADDR, max_size=4, unique=True).map(tuple)
 NODES = st.lists(U32, max_size=4).map(tuple)
 VIP = st.one_of(
     st.tuples(st.ip_addresses(v=4), st.integers(0, 32)),
     st.tuples(st.ip_addresses(v=6), st.integers(0, 128)),
 ).map(lambda t: str(ipaddress.ip_interface(f"{t[0]}/{t[1]}")))
+
+
+def _ok(addr: str) -> bool:
+    try:
+        node_addrs((addr,))
+    except InvalidEvent:
+        return False
+    return True
+
 
 #: A strategy per field name. A new event class with a new field makes the round-trip test
 #: fail until the field is listed here, so every registered class stays covered.
@@ -41,6 +58,7 @@ FIELDS = {
     "new": st.sampled_from(sorted(VRRP_STATES)), "priority": st.integers(0, 255),
     "source": TEXT, "group": st.booleans(), "address": VIP, "addr": ADDR,
     "owner": U32, "claimant": U32, "added": st.integers(0, 2**64 - 1),
+    "reported": st.integers(0, 2**64 - 1), "down": st.integers(0, 2**64 - 1),
     "removed": st.integers(0, 2**64 - 1), "changed": st.integers(0, 2**64 - 1),
     "duration": FLOAT,
     "quorate": st.booleans(), "members": NODES,

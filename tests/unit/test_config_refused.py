@@ -62,8 +62,10 @@ CASES = {
                                  "bus.publish"),
     "integer_as_address": (lambda t: _base(t) + "[nodemap.nodes]\n1 = [167772161]\n",
                            "nodemap.nodes.1[0]"),
-    "ipv4_mapped_node_address": (lambda t: _base(t) + '[nodemap.nodes]\n2 = ["::ffff:10.0.0.2"]\n',
-                                 "nodemap.nodes.2[0]"),
+    # an IPv4-mapped node address is the IPv4 address (the membership rule): it cannot
+    # dodge the check that one address belongs to one node
+    "ipv4_mapped_node_address": (lambda t: _base(t) + '[nodemap.nodes]\n1 = ["10.0.0.2"]\n'
+                                 '2 = ["::ffff:10.0.0.2"]\n', "nodemap.nodes.2[0]"),
     "loopback_node_address": (lambda t: _base(t) + '[nodemap.nodes]\n2 = ["127.0.0.2"]\n',
                               "nodemap.nodes.2[0]"),
     "unspecified_vip": (lambda t: _base(t) + VRRP.format(vip='"0.0.0.0"', peer=""),

@@ -80,6 +80,7 @@ def test_registry_round_trip_through_dict_every_class():
         ev.DirectorUp(**BASE, node=2, reason="corosync.join"),
         ev.DirectorDown(**BASE, node=2, reason="corosync.procdown"),
         ev.ClusterQuorum(**BASE, quorate=False, members=(3,)),
+        ev.MembershipResync(**BASE, source="netlink", reported=5, changed=2, down=1, view=9),
     ]
     assert {type(s) for s in samples} == set(ev.EVENT_TYPES.values())
     for s in samples:
@@ -124,3 +125,58 @@ def test_register_event_rejects_bad_topics_and_collisions():
 
     with pytest.raises(ValueError):
         ev.register_event(Clash)
+
+
+@pytest.mark.parametrize("bad", ["127.0.0.1", "::1", "0.0.0.0", "::", "224.0.0.18", "ff02::1",
+                                 "255.255.255.255", "not-an-ip", ""])
+def test_node_addresses_refuse_what_a_node_cannot_have(bad):
+    with pytest.raises(InvalidEvent):
+        ev.node_addr(bad)
+    with pytest.raises(InvalidEvent):
+        ev.NodeUp(**BASE, node=3, addrs=(bad,), view=1, reason="x")
+
+
+def test_ipv4_mapped_addresses_are_their_ipv4_address_everywhere():
+    assert ev.node_addr("::ffff:10.0.0.3") == "10.0.0.3"
+    assert ev.canonical_addr("::FFFF:10.0.0.3") == "10.0.0.3"
+    e = ev.NodeUp(**BASE, node=3, addrs=("::ffff:10.0.0.3",), view=1, reason="x")
+    assert e.addrs == ("10.0.0.3",)
+    with pytest.raises(InvalidEvent, match="loopback"):
+        ev.node_addr("::ffff:127.0.0.1")
+
+
+def test_one_cap_of_addresses_per_node():
+    many = tuple(f"10.0.0.{i}" for i in range(1, ev.MAX_NODE_ADDRS + 2))
+    assert ev.MAX_NODE_ADDRS == 16
+    assert len(ev.node_addrs(many[:-1])) == ev.MAX_NODE_ADDRS
+    with pytest.raises(InvalidEvent, match="at most 16"):
+        ev.node_addrs(many)
+    with pytest.raises(InvalidEvent, match="at most 16"):
+        ev.NodeUp(**BASE, node=3, addrs=many, view=1, reason="x")
+    with pytest.raises(InvalidEvent, match="at most 16"):
+        ev.NodemapChanged(**BASE, node=3, addrs=many, reason="x")
+
+
+def test_node_state_codes_are_one_enum():
+    assert [int(s) for s in ev.NodeState] == [1, 2, 3, 4]
+    assert [s.label for s in ev.NodeState] == ["up", "down", "coming_up", "going_down"]
+    assert ev.NodeState.parse("node.going_down") is ev.NodeState.GOING_DOWN
+    assert ev.NodeState.parse("ComingUp") is ev.NodeState.COMING_UP
+    assert ev.NodeState.from_topic("node.down") is ev.NodeState.DOWN
+    assert ev.NodeState.UP.event_class is ev.NodeUp
+    with pytest.raises(ValueError):
+        ev.NodeState.parse("sideways")
+
+
+def test_membership_event_is_the_validating_constructor():
+    fields = dict(BASE, node=3, addrs=("10.0.0.3",), view=1, joined=(3,), left=(),
+                  reason="x", incarnation=0)
+    order = ("origin", "seq", "time", "node", "addrs", "view", "joined", "left", "reason",
+             "incarnation")
+    fast = ev.membership_event(ev.NodeUp, *(fields[k] for k in order))
+    assert fast == ev.NodeUp(**fields) and type(fast) is ev.NodeUp
+    for bad in ({"addrs": ("127.0.0.1",)}, {"reason": ""}, {"node": -1}, {"seq": 0}):
+        with pytest.raises(InvalidEvent):
+            ev.membership_event(ev.NodeUp, *({**fields, **bad}[k] for k in order))
+    with pytest.raises(InvalidEvent):  # abstract: no TOPIC
+        ev.membership_event(ev.MembershipEvent, *(fields[k] for k in order))

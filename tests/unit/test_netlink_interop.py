@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from clusterbus.errors import LocalProtocolError
-from clusterbus.netlink.message import MSG_TYPE, VERSION, Command, decode, encode
+from clusterbus.netlink.message import MSG_TYPE, VERSION, decode, encode
 from clusterbus.netlink.nlmsg import cbmsg
 from clusterbus.netlink.sender import parse_state
 from clusterbus.view import NodeState
@@ -13,7 +13,7 @@ from clusterbus.view import NodeState
 
 def test_pyroute2_encoding_is_byte_identical():
     m = cbmsg()
-    m["cmd"] = Command.NODE_UP
+    m["cmd"] = NodeState.UP
     m["version"] = VERSION
     m["reserved"] = 0
     m["header"]["type"] = MSG_TYPE
@@ -30,7 +30,7 @@ def test_pyroute2_encoding_is_byte_identical():
 def test_pyroute2_parses_our_message():
     p = cbmsg(encode(NodeState.GOING_DOWN, 8, ("192.0.2.8",), 4, seq=9, pid=77))
     p.decode()
-    assert p["cmd"] == Command.NODE_GOINGDOWN and p["version"] == VERSION
+    assert p["cmd"] == NodeState.GOING_DOWN and p["version"] == VERSION
     assert p["header"]["type"] == MSG_TYPE and p["header"]["pid"] == 77
     assert p.get_attr("CB_ATTR_NODE") == 8
     assert p.get_attrs("CB_ATTR_ADDR") == ["192.0.2.8"]

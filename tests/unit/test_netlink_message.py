@@ -10,11 +10,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from clusterbus.errors import DecodeError, LocalProtocolError
+from clusterbus.events import _node_addr_or_none
 from clusterbus.netlink.message import (
     MSG_TYPE,
     VERSION,
     Attr,
-    Command,
     MessageError,
     NodeMessage,
     decode,
@@ -69,7 +69,7 @@ def test_layout_is_netlink():
     length, mtype, flags, seq, pid = struct.unpack_from("=IHHII", data)
     assert (length, mtype, flags) == (len(data), MSG_TYPE, 0)
     assert mtype >= 0x10  # NLMSG_MIN_TYPE
-    assert data[16:20] == bytes([Command.NODE_GOINGDOWN, VERSION, 0, 0])
+    assert data[16:20] == bytes([NodeState.GOING_DOWN, VERSION, 0, 0])
     assert len(data) % 4 == 0
 
 
@@ -90,9 +90,10 @@ def test_several_messages_in_one_datagram_and_noop_skipped():
 
 def test_attributes_in_any_order_and_unknown_attributes_skipped():
     body = (_nla(Attr.INCARNATION, _u32(5)) + _nla(99, b"\x01\x02\x03")
-            + _nla(Attr.ADDR, bytes(16)) + _nla(Attr.NODE, _u32(8)))
-    [m] = decode(_msg(body, cmd=Command.NODE_COMINGUP))
-    assert (m.state, m.node, m.incarnation, m.addrs) == (NodeState.COMING_UP, 8, 5, ("::",))
+            + _nla(Attr.ADDR, bytes.fromhex("fd00" + "00" * 13 + "08"))
+            + _nla(Attr.NODE, _u32(8)))
+    [m] = decode(_msg(body, cmd=NodeState.COMING_UP))
+    assert (m.state, m.node, m.incarnation, m.addrs) == (NodeState.COMING_UP, 8, 5, ("fd00::8",))
 
 
 def test_last_attribute_and_message_may_lack_padding():
@@ -119,7 +120,15 @@ BAD = {
     "no_family_header": _hdr(18) + b"\x01\x01",
     "bad_version": _msg(_nla(Attr.NODE, _u32(1)), version=2),
     "command_zero": _msg(_nla(Attr.NODE, _u32(1)), cmd=0),
-    "command_unknown": _msg(_nla(Attr.NODE, _u32(1)), cmd=5),
+    "command_unknown": _msg(_nla(Attr.NODE, _u32(1)), cmd=7),
+    "node_zero": _msg(_nla(Attr.NODE, _u32(0))),
+    "addr_loopback": _msg(_nla(Attr.NODE, _u32(1)) + _nla(Attr.ADDR, bytes([127, 0, 0, 1]))),
+    "addr_unspecified": _msg(_nla(Attr.NODE, _u32(1)) + _nla(Attr.ADDR, bytes(16))),
+    "addr_multicast": _msg(_nla(Attr.NODE, _u32(1)) + _nla(Attr.ADDR, bytes([224, 0, 0, 1]))),
+    "addr_mapped_loopback": _msg(_nla(Attr.NODE, _u32(1)) + _nla(
+        Attr.ADDR, bytes(10) + b"\xff\xff" + bytes([127, 0, 0, 1]))),
+    "dump_without_cookie": _msg(b"", cmd=5),
+    "dump_done_without_count": _msg(_nla(Attr.COOKIE, _u32(3)), cmd=6),
     "reserved_set": _msg(_nla(Attr.NODE, _u32(1)), reserved=1),
     "missing_node": _msg(_nla(Attr.INCARNATION, _u32(1))),
     "duplicate_node": _msg(_nla(Attr.NODE, _u32(1)) + _nla(Attr.NODE, _u32(2))),
@@ -135,7 +144,8 @@ BAD = {
     "nla_trailing_bytes": _msg(_nla(Attr.NODE, _u32(1)) + b"\x00\x00"),
     "unspec_attr": _msg(_nla(Attr.NODE, _u32(1)) + _nla(0, b"")),
     "nested_flag_on_node": _msg(_nla(Attr.NODE | 0x8000, _u32(1))),
-    "too_many_addrs": _msg(_nla(Attr.NODE, _u32(1)) + _nla(Attr.ADDR, bytes(4)) * 257),
+    "too_many_addrs": _msg(_nla(Attr.NODE, _u32(1))
+                           + b"".join(_nla(Attr.ADDR, bytes([10, 0, 0, i])) for i in range(1, 18))),
     "good_then_trailing": encode(NodeState.UP, 1) + b"\x00" * 8,
     "good_then_bad": encode(NodeState.UP, 1) + _msg(b"", cmd=9),
 }
@@ -160,6 +170,11 @@ def test_error_kinds_are_specific():
     assert kind("nlmsg_error") == "control_message"
     assert kind("missing_node") == "missing_node"
     assert kind("nlmsg_len_past_end") == "truncated"
+    assert kind("node_zero") == "bad_node"
+    assert kind("too_many_addrs") == "too_many_addrs"
+    for name in ("addr_loopback", "addr_unspecified", "addr_multicast", "addr_mapped_loopback"):
+        assert kind(name) == "bad_address"
+    assert kind("dump_without_cookie") == "missing_cookie"
 
 
 @pytest.mark.parametrize("args", [
@@ -169,7 +184,10 @@ def test_error_kinds_are_specific():
     dict(state=NodeState.UP, node=1, incarnation=2**32),
     dict(state=NodeState.UP, node=1, addrs=("not-an-ip",)),
     dict(state=NodeState.UP, node=1, addrs="10.0.0.1"),
-    dict(state=NodeState.UP, node=1, addrs=("10.0.0.1",) * 257),
+    dict(state=NodeState.UP, node=1, addrs=tuple(f"10.0.0.{i}" for i in range(1, 18))),
+    dict(state=NodeState.UP, node=0),
+    dict(state=NodeState.UP, node=1, addrs=("127.0.0.1",)),
+    dict(state=NodeState.UP, node=1, addrs=("ff02::1",)),
 ])
 def test_encode_rejects_bad_arguments(args):
     with pytest.raises(LocalProtocolError):
@@ -181,11 +199,11 @@ def test_encode_rejects_bad_arguments(args):
 addresses = st.one_of(
     st.builds(lambda n: str(ipaddress.IPv4Address(n)), st.integers(0, 2**32 - 1)),
     st.builds(lambda n: str(ipaddress.IPv6Address(n)), st.integers(0, 2**128 - 1)),
-)
+).filter(lambda a: _node_addr_or_none(a) == a)  # node addresses, canonical
 messages = st.builds(
     lambda state, node, addrs, inc, seq, pid: (state, node, tuple(addrs), inc, seq, pid),
     st.sampled_from(list(NodeState)),
-    st.integers(0, 2**32 - 1),
+    st.integers(1, 2**32 - 1),
     st.lists(addresses, max_size=6),
     st.integers(0, 2**32 - 1),
     st.integers(0, 2**32 - 1),
@@ -234,3 +252,30 @@ def test_mutated_messages_decode_or_raise_decode_error(msg, data):
         assert exc.offset is not None
     else:
         assert all(isinstance(m, NodeMessage) for m in out)
+
+
+def test_dump_messages_round_trip():
+    from clusterbus.netlink.message import (
+        DumpDone,
+        DumpEntry,
+        DumpRequest,
+        decode_reports,
+        encode_dump_done,
+        encode_dump_request,
+    )
+    from clusterbus.view import NodeReport
+
+    data = (encode_dump_request(77, pid=9)
+            + encode(NodeState.UP, 3, ("10.0.0.3",), 2, cookie=77)
+            + encode_dump_done(77, 1) + encode(NodeState.DOWN, 4))
+    got = decode_reports(data)
+    assert got == [DumpRequest(77, 9),
+                   DumpEntry(77, NodeReport(state=NodeState.UP, node=3, addrs=("10.0.0.3",),
+                                            incarnation=2, reason="netlink")),
+                   DumpDone(77, 1),
+                   NodeReport(state=NodeState.DOWN, node=4, reason="netlink")]
+    assert [type(m).__name__ for m in decode(data)] == [
+        "DumpRequest", "NodeMessage", "DumpDone", "NodeMessage"]
+    assert decode(data)[1].cookie == 77
+    with pytest.raises(LocalProtocolError):
+        encode_dump_request(0)

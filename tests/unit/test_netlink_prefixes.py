@@ -10,17 +10,17 @@ from clusterbus.view import NodeState
 
 VALID = {
     "up_v4_v6": encode(NodeState.UP, 3, ("10.77.0.3", "fd00:77::3"), 9, seq=7, pid=1234),
-    "down_bare": encode(NodeState.DOWN, 0),
+    "down_bare": encode(NodeState.DOWN, 1),
     "comingup_many": encode(NodeState.COMING_UP, 2**32 - 1,
                             tuple(f"10.78.0.{i}" for i in range(1, 9)), 2**32 - 1),
-    "goingdown_v6": encode(NodeState.GOING_DOWN, 77, ("::1",), 1),
+    "goingdown_v6": encode(NodeState.GOING_DOWN, 77, ("fd00::77",), 1),
 }
 
 
 @pytest.mark.parametrize("name", sorted(VALID))
 def test_whole_message_decodes(name):
     [m] = decode(VALID[name])
-    assert m.node in (3, 0, 2**32 - 1, 77)
+    assert m.node in (3, 1, 2**32 - 1, 77)
 
 
 @pytest.mark.parametrize("name", sorted(VALID))

@@ -73,3 +73,113 @@ def test_no_daemon_in_process_is_an_error(monkeypatch):
     monkeypatch.setattr(nm, "_live", None)
     with pytest.raises(RuntimeError):
         nm.cluster_node_num("10.0.0.1")
+
+
+def test_mapped_ipv6_cannot_dodge_the_conflict_check():
+    engine, seen = daemon_with({"nodes": {"3": ["10.0.0.3"]}})
+    engine.report(NodeReport(state=NodeState.UP, node=4, addrs=("::ffff:10.0.0.3",),
+                             reason="t"))
+    conflicts = [e for e in seen if e.topic == "nodemap.conflict"]
+    assert [(c.addr, c.owner, c.claimant) for c in conflicts] == [("10.0.0.3", 3, 4)]
+    assert engine.nodemap.node_num("::ffff:10.0.0.3") == 3
+
+
+@pytest.mark.parametrize("addr", ["127.0.0.1", "0.0.0.0", "224.0.0.1", "::1", "::ffff:127.0.0.1"])
+def test_config_refuses_addresses_a_node_cannot_have(addr):
+    with pytest.raises(ConfigError) as info:
+        daemon_with({"nodes": {"3": [addr]}})
+    assert info.value.key == "nodemap.nodes.3[0]"
+    with pytest.raises(ConfigError):
+        daemon_with({"nodes": {"0": ["10.0.0.1"]}})
+
+
+def test_a_node_keeps_at_most_16_addresses_and_nodemap_changed_stays_small():
+    engine, seen = daemon_with({"nodes": {"3": ["10.0.0.3"]}})
+    for i in range(40):  # a node that keeps announcing new addresses
+        engine.report(NodeReport(state=NodeState.UP, node=3, addrs=(f"10.3.0.{i + 1}",),
+                                 incarnation=i + 1, reason="t"))
+    held = engine.nodemap.addrs(3)
+    assert len(held) == 16 and "10.0.0.3" in held  # the configured one is pinned
+    assert held[-1] == "10.3.0.40" and engine.nodemap.counters["nodemap.evicted"] == 25
+    changed = [e for e in seen if e.topic == "nodemap.changed"]
+    assert changed and max(len(e.addrs) for e in changed) == 16
+
+
+def test_learned_addresses_of_a_down_node_expire_config_ones_never():
+    now = [1000.0]
+    host = PluginHost()
+    host.register(nm.NodemapPlugin(), "nodemap")
+    engine = Engine(origin=1, plugins=host, clock=lambda: now[0])
+    host.configure(parse_config({"nodemap": {"forget_after": 60,
+                                             "nodes": {"2": ["10.0.0.2"]}}}, file="n.toml"),
+                   engine.cluster)
+    seen: list = []
+    engine.sinks.append(seen.append)
+    for node in (2, 5, 6):
+        engine.report(NodeReport(state=NodeState.UP, node=node, addrs=(f"10.1.0.{node}",),
+                                 reason="t"))
+    for node in (2, 5, 6):
+        engine.report(NodeReport(state=NodeState.DOWN, node=node, reason="t"))
+    now[0] += 30
+    assert engine.expire() == 0  # too soon after the last sweep: nothing happens
+    now[0] += 31
+    assert engine.expire() == 0  # the sweep notes the DOWN nodes
+    now[0] += 30
+    engine.report(NodeReport(state=NodeState.UP, node=6, reason="t"))  # back in time
+    now[0] += 31  # 122 s after the downs, 61 s after the sweep that noted them
+    assert engine.expire() == 2
+    assert engine.nodemap.addrs(2) == ("10.0.0.2",) and engine.nodemap.addrs(5) == ()
+    assert engine.nodemap.addrs(6) == ("10.1.0.6",)  # came back: not forgotten
+    assert engine.nodemap.node_num("10.1.0.5") is None
+    expired = [(e.node, e.addrs) for e in seen if e.topic == "nodemap.changed"
+               and e.reason == "expired"]
+    assert expired == [(2, ("10.0.0.2",)), (5, ())]
+    # the sweep also runs by itself with membership changes, forget_after apart
+    engine.report(NodeReport(state=NodeState.DOWN, node=6, reason="t"))
+    for _ in range(3):
+        now[0] += 61
+        engine.report(NodeReport(state=NodeState.UP, node=9, incarnation=int(now[0]),
+                                 reason="t"))
+    assert engine.nodemap.addrs(6) == () and engine.nodemap.counters["nodemap.expired"] == 3
+
+
+RSS_SCRIPT = r"""
+import sys
+from clusterbus import Engine, NodeReport, NodeState, PluginHost
+from clusterbus.plugins import nodemap as nm
+
+def rss():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+
+host = PluginHost()
+host.register(nm.NodemapPlugin(), "nodemap")
+now = [1.0]
+engine = Engine(origin=1, plugins=host, clock=lambda: now[0])
+host.call_historic("clusterbus_startup", cluster=engine.cluster)
+kept = []  # like the replay ring: every event stays referenced
+engine.sinks.append(kept.append)
+before = rss()
+for i in range(8000):  # 8000 distinct small reports: one new address each
+    node = 2 + i % 4
+    now[0] += 1.0
+    engine.report(NodeReport(state=NodeState.UP, node=node,
+                             addrs=(f"10.{(i >> 8) & 255}.{i & 255}.7",),
+                             incarnation=i + 1, reason="t"))
+print(rss() - before, len(kept), max(len(e.addrs) for e in kept if e.topic == "nodemap.changed"))
+"""
+
+
+def test_8000_distinct_reports_keep_memory_bounded(tmp_path):
+    # Before the per-node cap, node 2..5 each collected 2000 addresses and every
+    # nodemap.changed carried all of them: about 8000**2 / 2 references held by the
+    # kept events, 250 MB and more. Now a node holds 16 and an event carries 16 at most.
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", RSS_SCRIPT], capture_output=True, text=True,
+                         check=True, timeout=300).stdout.split()
+    grown, events, widest = int(out[0]), int(out[1]), int(out[2])
+    assert events >= 16000 and widest == 16
+    assert grown < 64 * 1024 * 1024, f"RSS grew by {grown / 2**20:.1f} MiB"

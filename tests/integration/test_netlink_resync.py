@@ -1,0 +1,152 @@
+"""Overrun recovery end to end: a real flood overruns the source's receive buffer
+(SO_RCVBUF 64 KiB, receiver stopped while the emitter floods), the source asks for a dump,
+the emitter that keeps state (the Python sender, then cb-emit -d) answers with its table,
+and the view ends right, with a ``membership.resync`` event. The events before the resync
+show that without it the view would have stayed wrong.
+
+Uses the receiver and namespace helpers of test_netlink_source.py.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import struct
+import subprocess
+import termios
+import time
+from pathlib import Path
+
+import pytest
+from netns import Topology
+from test_netlink_source import PYTHON, Receiver, cb_emit, ns, receiver_script  # noqa: F401
+
+pytestmark = pytest.mark.root
+
+FIRST = range(1, 201)  # up with an address, then down during the flood
+FLOOD = range(1000, 4000)  # up during the flood
+
+STATEFUL = r'''
+import json, select, sys
+from clusterbus.netlink.sender import Sender
+spec = json.loads(sys.argv[1])
+with Sender(spec["group"], keep_state=True) as s:
+    s.send_many([("up", n, [f"10.9.{n >> 8}.{n & 255}"], 1) for n in spec["first"]])
+    print("phase1", flush=True)
+    sys.stdin.readline()
+    for n in spec["first"]:
+        s.send("down", n, (), 1)
+    for n in spec["flood"]:
+        s.send("up", n, (), 1)
+    print("phase2", flush=True)
+    for _ in range(600):  # bounded: at most about two minutes of answering
+        if select.select([sys.stdin], [], [], 0)[0]:
+            break
+        if s.answer_dumps(timeout=0.2):
+            print("answered", flush=True)
+'''
+
+
+def truth() -> dict[int, str]:
+    return {**{n: "down" for n in FIRST}, **{n: "up" for n in FLOOD}}
+
+
+def view_from(events: list[dict]) -> dict[int, str]:
+    """The states the membership events give, in order (what a subscriber would hold)."""
+    states: dict[int, str] = {}
+    for e in events:
+        if e["event"].startswith("node."):
+            states[e["node"]] = e["event"][len("node."):]
+    return states
+
+
+def check_recovered(r: Receiver) -> None:
+    resync = r.expect(lambda m: m.get("event") == "membership.resync", timeout=60)
+    # the resync's own repairs are the `changed` events right before it
+    before = r.events[:r.events.index(resync) - resync["changed"]]
+    lost = {n for n, s in truth().items() if view_from(before).get(n) != s}
+    # the flood did overrun: without the resync, the view would stay wrong for these
+    assert lost, "the flood did not overrun: nothing to recover"
+    st = r.status()
+    assert st["status"]["counters"]["overrun"] >= 1
+    assert st["status"]["counters"]["resync.requests"] >= 1
+    assert st["status"]["counters"]["resync.done"] >= 1
+    nodes = {n["node"]: n["state"] for n in st["snapshot"]["nodes"]}
+    assert nodes == truth()
+    # and a subscriber following the events (resync included) holds the same view
+    assert {n: s for n, s in view_from(r.events).items()} == truth()
+    assert resync["source"] == "netlink" and resync["changed"] >= len(lost)
+    assert resync["reported"] == len(truth())
+    seqs = [e["seq"] for e in r.events]
+    assert seqs == list(range(1, len(seqs) + 1))
+
+
+def test_python_sender_answers_the_dump_and_the_view_ends_right(ns: str,  # noqa: F811
+                                                                receiver_script: Path) -> None:  # noqa: F811
+    r = Receiver(ns, receiver_script, group=22, allowed_uids=[0], rcvbuf=65536)
+    spec = {"group": 22, "first": list(FIRST), "flood": list(FLOOD)}
+    sender = subprocess.Popen([*Topology.prefix(ns), PYTHON, "-c", STATEFUL, json.dumps(spec)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd="/")
+    assert sender.stdin and sender.stdout
+    try:
+        assert sender.stdout.readline().strip() == "phase1"
+        r.event_for(FIRST[-1], "node.up")
+        os.kill(r.proc.pid, signal.SIGSTOP)  # a stopped receiver cannot drain
+        try:
+            sender.stdin.write("go\n")
+            sender.stdin.flush()
+            assert sender.stdout.readline().strip() == "phase2"
+        finally:
+            os.kill(r.proc.pid, signal.SIGCONT)
+        check_recovered(r)
+    finally:
+        if sender.poll() is None:
+            sender.stdin.close()
+            try:
+                sender.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                sender.kill()
+                sender.wait(timeout=10)
+        r.close()
+
+
+def _pending(pipe_fd: int) -> int:
+    return struct.unpack("i", fcntl.ioctl(pipe_fd, termios.FIONREAD, b"\0" * 4))[0]
+
+
+def test_c_emitter_keeping_state_answers_the_dump(ns: str, receiver_script: Path,  # noqa: F811
+                                                  cb_emit: Path) -> None:  # noqa: F811
+    r = Receiver(ns, receiver_script, group=22, allowed_uids=[0], rcvbuf=65536)
+    emitter = subprocess.Popen([*Topology.prefix(ns), str(cb_emit), "-d", "-g", "22"],
+                               stdin=subprocess.PIPE, stderr=subprocess.PIPE, cwd="/")
+    assert emitter.stdin
+    fd = emitter.stdin.fileno()
+    try:
+        emitter.stdin.write("".join(f"up {n} 10.9.{n >> 8}.{n & 255} -i 1\n"
+                                    for n in FIRST).encode())
+        emitter.stdin.flush()
+        r.event_for(FIRST[-1], "node.up")
+        os.kill(r.proc.pid, signal.SIGSTOP)
+        try:
+            lines = [f"down {n} -i 1\n" for n in FIRST] + [f"up {n} -i 1\n" for n in FLOOD]
+            emitter.stdin.write("".join(lines).encode())
+            emitter.stdin.flush()
+            for _ in range(300):  # until cb-emit has read every line (bounded)
+                if _pending(fd) == 0:
+                    break
+                time.sleep(0.05)
+            time.sleep(0.3)  # the last chunk read is being sent
+        finally:
+            os.kill(r.proc.pid, signal.SIGCONT)
+        check_recovered(r)
+    finally:
+        emitter.terminate()
+        try:
+            emitter.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            emitter.kill()
+            emitter.wait(timeout=10)
+        r.close()
+    assert emitter.returncode == 0, emitter.stderr.read() if emitter.stderr else ""
