@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -62,6 +63,8 @@ class PluginHost:
         # event topic -> what notify_event() calls for it, in call order: the topic's own
         # hook's implementations, then clusterbus_event's. Cleared with _order.
         self._event_calls: dict[str, tuple[EventCall, ...]] = {}
+        #: ``observer(plugin, hook, seconds)`` after every hook call (:meth:`set_observer`)
+        self.observer: Callable[[str, str, float], None] | None = None
 
     # -- loading ------------------------------------------------------------------------
 
@@ -133,6 +136,13 @@ class PluginHost:
         self._order.clear()
         self._event_calls.clear()
 
+    def set_observer(self, observer: Callable[[str, str, float], None] | None) -> None:
+        """Time every hook call from now on: ``observer(plugin, hook, seconds)`` after each
+        one, failed calls included (the metrics endpoint's per-plugin histogram). ``None``
+        stops timing; untimed calls cost nothing extra."""
+        self.observer = observer
+        self._forget_order()
+
     def _impls_of(self, name: str) -> Iterable[pluggy.HookImpl]:
         plugin = self.pm.get_plugin(name)
         for caller in self.pm.get_hookcallers(plugin) or ():
@@ -153,12 +163,17 @@ class PluginHost:
         return impls
 
     def _call_impl(self, hook_name: str, impl: pluggy.HookImpl, kwargs: dict[str, Any]) -> Any:
+        observe = self.observer
+        start = time.perf_counter() if observe is not None else 0.0
         try:
             return impl.function(*[kwargs[a] for a in impl.argnames])
         except Exception:
             self.failures[impl.plugin_name] += 1
             log.exception("plugin %s failed in %s", impl.plugin_name, hook_name)
             return None
+        finally:
+            if observe is not None:
+                observe(impl.plugin_name, hook_name, time.perf_counter() - start)
 
     def call_each(self, hook_name: str, **kwargs: Any) -> list[tuple[str, Any]]:
         """Call every implementation of a hook, each isolated.
@@ -190,7 +205,10 @@ class PluginHost:
 
     def _event_table(self, topic: str) -> tuple[EventCall, ...]:
         hooks = (hookspecs.TOPIC_HOOKS[topic],) if topic in hookspecs.TOPIC_HOOKS else ()
-        return tuple((impl.plugin_name, hook_name, _event_caller(impl))
+        observe = self.observer
+        return tuple((impl.plugin_name, hook_name,
+                      _event_caller(impl) if observe is None
+                      else _timed(_event_caller(impl), impl.plugin_name, hook_name, observe))
                      for hook_name in (*hooks, "clusterbus_event")
                      for impl in self._impls(hook_name))
 
@@ -280,6 +298,19 @@ def _event_caller(impl: pluggy.HookImpl) -> Callable[[Any, Any], Any]:
     def call(event: Any, cluster: Any) -> Any:
         kwargs = {"event": event, "cluster": cluster}
         return function(*[kwargs[a] for a in argnames])
+
+    return call
+
+
+def _timed(function: Callable[[Any, Any], Any], plugin: str, hook: str,
+           observe: Callable[[str, str, float], None]) -> Callable[[Any, Any], Any]:
+    """``function`` reporting its duration to ``observe``, when it raises too."""
+    def call(event: Any, cluster: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return function(event, cluster)
+        finally:
+            observe(plugin, hook, time.perf_counter() - start)
 
     return call
 
