@@ -182,6 +182,19 @@ def _signal(v: str | int) -> str | None:
     return None
 
 
+def listen_address(v: str) -> str | None:
+    """Check: ``HOST:PORT`` (``[V6ADDR]:PORT``) to listen on, or ``""`` (off)."""
+    if v == "":
+        return None
+    host, sep, port = v.rpartition(":")
+    bracketed = host.startswith("[") and host.endswith("]")
+    host = host[1:-1] if bracketed else host
+    if (sep and port.isdigit() and int(port) < 65536 and ip_address(host) is None
+            and bracketed == (":" in host)):
+        return None
+    return 'expected "ADDRESS:PORT" such as "127.0.0.1:9661" or "[::1]:9661", or "" (off)'
+
+
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 #: Schemas of the core sections. Plugins validate their own sections.
@@ -217,6 +230,10 @@ CORE_SECTIONS: dict[str, dict[str, Key]] = {
         "signal": Key((str, int), "SIGRTMIN+2", lambda v: _signal(v),
                       "signal name or number, e.g. SIGRTMIN+2"),
         "allowed_uids": Key(list, [0], uid_list, "senders accepted (from signalfd_siginfo)"),
+    },
+    "metrics": {
+        "listen": Key(str, "", listen_address,
+                      'Prometheus endpoint "ADDRESS:PORT" (e.g. "127.0.0.1:9661"); "": off'),
     },
 }
 

@@ -22,6 +22,7 @@ from .config import DEFAULT_FILE, Config, load_config
 from .engine import Engine
 from .errors import ClusterbusError, ConfigError
 from .pluginhost import PluginHost
+from .sdnotify import Notifier
 
 __all__ = ["Daemon", "Service", "SOURCES"]
 
@@ -61,6 +62,8 @@ SOURCES: tuple[SourceSpec, ...] = (
                lambda c: "keepalived" in c.core),
     SourceSpec("vrrp", "clusterbus.vrrp.speaker:VrrpSpeaker",
                lambda c: bool(c.core.get("vrrp"))),
+    SourceSpec("metrics", "clusterbus.metrics:MetricsService",
+               lambda c: bool(c["metrics"]["listen"]), wants_status=True),
 )
 
 
@@ -171,10 +174,12 @@ class Daemon:
         self.setup()
         self._stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+        # systemd Type=notify: READY/WATCHDOG/STOPPING from a task, RELOADING around SIGHUP
+        notifier = Notifier.from_environ()
         if install_signal_handlers:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.stop)
-            loop.add_signal_handler(signal.SIGHUP, self.reload)
+            loop.add_signal_handler(signal.SIGHUP, notifier.reload, self.reload)
         failed: list[BaseException] = []
         try:
             async with asyncio.TaskGroup() as tg:
@@ -185,6 +190,7 @@ class Daemon:
                                                                cluster=self.engine.cluster):
                     for fn in services or ():
                         tg.create_task(self._plugin_service(plugin, fn), name=f"{plugin}:{fn}")
+                tg.create_task(notifier.supervise(self), name="sdnotify")
                 log.info("clusterbus node %d running (pid %d): services %s, plugins %s",
                          self.engine.origin, os.getpid(), ", ".join(self.services) or "none",
                          ", ".join(self.plugins.names()) or "none")
