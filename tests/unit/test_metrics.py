@@ -143,3 +143,41 @@ def test_collector_reads_on_the_loop_and_reports_a_stuck_loop():
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
         loop.close()
+
+
+def test_every_metric_docs_operations_names_is_produced():
+    """docs/operations.md stays true: each metric named in it exists."""
+    from pathlib import Path
+
+    from clusterbus.config import parse_config
+    from clusterbus.daemon import Daemon
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
+    table = doc.split("### What is exported", 1)[1].split("**Every other counter", 1)[0]
+    documented = set(re.findall(r"`(clusterbus_[a-z0-9_]+)`", table))
+    cfg = parse_config({"netlink": {"enabled": False}, "bus": {"enabled": False},
+                        "metrics": {"listen": "127.0.0.1:0"}}, file="t.toml")
+    d = Daemon(cfg, load_entrypoints=False)
+    d.setup()
+    service = d.services["metrics"]
+    try:
+        from clusterbus.events import IpvsApplied, VrrpTransition
+
+        d.engine.publish(VrrpTransition, instance="VI_1", vrid=1, family="inet",
+                         interface="eth0", old="BACKUP", new="MASTER", priority=100,
+                         reason="test", source="speaker")
+        d.engine.publish(IpvsApplied, added=1, removed=0, changed=0, duration=0.1,
+                         reason="test")
+        d.plugins.call_each("clusterbus_startup", cluster=d.engine.cluster)
+        service.observe_hook("p", "clusterbus_event", 0.001)
+        families = (families_from_status(STATUS) + families_from_status(d.status())
+                    + service._families(0.0))
+        names = {s.name for f in families for s in f.samples}
+        names |= {s.name for m in service.registry.collect() if m.name != "clusterbus"
+                  for s in m.samples if not m.name.startswith("clusterbus_loop")}
+        names |= {n.removesuffix("_bucket").removesuffix("_count") for n in set(names)}
+    finally:
+        service.close()
+    missing = sorted(n for n in documented
+                     if n not in names and f"{n}_total" not in names and n != "clusterbus_info")
+    assert not missing, f"documented but never produced: {missing}"
