@@ -66,6 +66,9 @@ APPLY_BUCKETS = (1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5
 #: one-hot state gauges list every state, so a dashboard sees the zeros too
 VRRP_STATES = ("INIT", "BACKUP", "MASTER", "FAULT")
 
+#: metric names already warned about (a clash is logged once)
+_CLASHES: set[str] = set()
+
 _UNSAFE = re.compile(r"[^a-zA-Z0-9_]+")
 
 
@@ -93,21 +96,31 @@ class _Families:
 
     def __init__(self) -> None:
         self.by_name: dict[str, Metric] = {}
+        self.labels: dict[str, tuple[str, ...]] = {}  #: label names by family key
 
     def counter(self, name: str, doc: str, value: float, labels: Mapping[str, str] = {}) -> None:
-        # keyed by the exposed name: a counter "x" is "x_total", beside any gauge "x"
-        fam = self.by_name.get(f"{name}_total")
-        if fam is None:
-            fam = self.by_name[f"{name}_total"] = CounterMetricFamily(name, doc,
-                                                                      labels=list(labels))
-        assert isinstance(fam, CounterMetricFamily)
-        fam.add_metric([str(v) for v in labels.values()], value)
+        key = f"{name}_total"  # the exposed name: a counter "x" is "x_total", beside a gauge "x"
+        if key not in self.by_name:
+            self.by_name[key] = CounterMetricFamily(name, doc, labels=list(labels))
+        self._add(key, CounterMetricFamily, labels, value)
 
     def gauge(self, name: str, doc: str, value: float, labels: Mapping[str, str] = {}) -> None:
-        fam = self.by_name.get(name)
-        if fam is None:
-            fam = self.by_name[name] = GaugeMetricFamily(name, doc, labels=list(labels))
-        assert isinstance(fam, GaugeMetricFamily)
+        if name not in self.by_name:
+            self.by_name[name] = GaugeMetricFamily(name, doc, labels=list(labels))
+        self._add(name, GaugeMetricFamily, labels, value)
+
+    def _add(self, key: str, kind: type[CounterMetricFamily] | type[GaugeMetricFamily],
+             labels: Mapping[str, str], value: float) -> None:
+        # A status counter whose generated name meets a metric of another type or labels
+        # (a new counter in some service) is left out: one clash must not fail the scrape.
+        fam = self.by_name[key]
+        names = self.labels.setdefault(key, tuple(labels))
+        if not isinstance(fam, kind) or names != tuple(labels):
+            if fam.name not in _CLASHES:
+                _CLASHES.add(fam.name)
+                log.warning("metrics: %s clashes with another metric of that name; left out",
+                            fam.name)
+            return
         fam.add_metric([str(v) for v in labels.values()], value)
 
     def counters(self, service: str, counters: Any) -> None:
@@ -135,6 +148,11 @@ class _Families:
 def families_from_status(st: Mapping[str, Any], *, now: float | None = None) -> list[Metric]:
     """Every counter and gauge a daemon ``status()`` holds, as Prometheus metric families."""
     f = _Families()
+    _from_status(f, st, now)
+    return list(f.by_name.values())
+
+
+def _from_status(f: _Families, st: Mapping[str, Any], now: float | None) -> None:
     version = _version()
     f.by_name["clusterbus"] = info = InfoMetricFamily(
         "clusterbus", "The daemon: its node number and version")
@@ -178,11 +196,9 @@ def families_from_status(st: Mapping[str, Any], *, now: float | None = None) -> 
             value = _number(raw)
             if value is not None:
                 f.gauge(_name("clusterbus_loop_status", key), f"loop monitor: {key}", value)
-    return list(f.by_name.values())
 
 
 def _service(f: _Families, name: str, svc: Mapping[str, Any]) -> None:
-    f.counters(name, svc.get("counters"))
     for key in ("listening", "open"):
         if isinstance(svc.get(key), bool) and svc.get("enabled", True) is not False:
             f.gauge("clusterbus_source_open", "1 while a source's socket/FIFO is open",
@@ -209,6 +225,7 @@ def _service(f: _Families, name: str, svc: Mapping[str, Any]) -> None:
                 if value is not None:
                     f.gauge("clusterbus_vrrp_priority", "Current VRRP priority", value,
                             {"vrrp_instance": str(inst.get("name", "")), "source": "keepalived"})
+    f.counters(name, svc.get("counters"))  # last: the named metrics above win a clash
 
 
 def _publisher(f: _Families, service: str, pub: Mapping[str, Any]) -> None:
@@ -277,7 +294,6 @@ def _vrrp_instance(f: _Families, inst: Mapping[str, Any]) -> None:
 
 
 def _plugin_status(f: _Families, plugin: str, data: Mapping[str, Any]) -> None:
-    f.counters(plugin, data.get("counters"))
     last = data.get("last")
     if plugin == "ipvs" and isinstance(last, Mapping):
         value = _number(last.get("duration"))
@@ -288,6 +304,7 @@ def _plugin_status(f: _Families, plugin: str, data: Mapping[str, Any]) -> None:
         value = _number(data.get(key))
         if plugin == "ipvs" and value is not None:
             f.gauge(_name("clusterbus_ipvs", key), f"IPVS applier: {key}", value)
+    f.counters(plugin, data.get("counters"))
 
 
 def _version() -> str:
@@ -434,8 +451,8 @@ class MetricsService:
     def _families(self, lag: float) -> list[Metric]:
         # on the loop: nothing else runs while the status is read
         self.counters["scrapes"] += 1
-        out = families_from_status(self.status_provider())
-        f = _Families()
+        st = self.status_provider()
+        f = _Families()  # what is measured here first: it wins a clash with a status name
         f.gauge("clusterbus_loop_responsive", "1 when the event loop answered the scrape in time",
                 1.0)
         f.gauge("clusterbus_loop_lag_seconds",
@@ -450,4 +467,5 @@ class MetricsService:
         for node_state in NodeState:
             f.gauge("clusterbus_nodes", "Nodes in the membership view, by state",
                     float(counts.get(node_state, 0)), {"state": node_state.value})
-        return out + list(f.by_name.values())
+        _from_status(f, st, None)
+        return list(f.by_name.values())

@@ -181,3 +181,14 @@ def test_every_metric_docs_operations_names_is_produced():
     missing = sorted(n for n in documented
                      if n not in names and f"{n}_total" not in names and n != "clusterbus_info")
     assert not missing, f"documented but never produced: {missing}"
+
+
+def test_a_generated_name_that_clashes_is_left_out_not_fatal(caplog):
+    # service "vrrp" counter "priority" would be a counter beside the priority gauge: fine;
+    # a counter named like an explicit labelled counter is left out, the scrape still works
+    st = {"node": 1, "services": {"vrrp": {
+        "counters": {"vetoes": 5},
+        "instances": [{"name": "VI_1", "state": "MASTER", "vetoes": 2}]}}}
+    m = _scrape(families_from_status(st))
+    assert m["clusterbus_vrrp_vetoes_total"] == {L(vrrp_instance="VI_1"): 2}
+    assert "clashes" in caplog.text
