@@ -133,6 +133,19 @@ def _signal(v: str | int) -> str | None:
     return None
 
 
+def listen_address(v: str) -> str | None:
+    """Check: ``HOST:PORT`` (``[V6ADDR]:PORT``) to listen on, or ``""`` (off)."""
+    if v == "":
+        return None
+    host, sep, port = v.rpartition(":")
+    bracketed = host.startswith("[") and host.endswith("]")
+    host = host[1:-1] if bracketed else host
+    if (sep and port.isdigit() and int(port) < 65536 and ip_address(host) is None
+            and bracketed == (":" in host)):
+        return None
+    return 'expected "ADDRESS:PORT" such as "127.0.0.1:9661" or "[::1]:9661", or "" (off)'
+
+
 # -- endpoints --------------------------------------------------------------------------
 
 #: ``sockaddr_un.sun_path`` holds 108 bytes, the terminating NUL included.
@@ -420,6 +433,10 @@ CORE_SECTIONS: dict[str, Section] = {
         "group": Key(str, "clusterbus", lambda v: None if 0 < len(v.encode()) <= 128 else
                      "expected a CPG group name of 1..128 bytes", "CPG group the daemons join"),
         "quorum": Key(bool, True, None, "publish cluster.quorum from libquorum's quorate flag"),
+    }),
+    "metrics": Section(doc="the Prometheus endpoint", schema={
+        "listen": Key(str, "", listen_address,
+                      'Prometheus endpoint "ADDRESS:PORT" (e.g. "127.0.0.1:9661"); "": off'),
     }),
 }
 

@@ -32,6 +32,7 @@ from .errors import ClusterbusError, ConfigError
 from .looplag import LoopLagMonitor
 from .pluginhost import PluginHost
 from .view import ViewStore
+from .sdnotify import Notifier
 
 __all__ = ["Daemon", "Service", "SOURCES", "ServiceFailed", "run_daemon"]
 
@@ -107,6 +108,8 @@ SOURCES: tuple[SourceSpec, ...] = (
                lambda c: bool(c.core.get("vrrp"))),
     SourceSpec("corosync", "clusterbus.sources.corosync:CorosyncSource",
                lambda c: bool(c["corosync"]["enabled"])),
+    SourceSpec("metrics", "clusterbus.metrics:MetricsService",
+               lambda c: bool(c["metrics"]["listen"]), wants_status=True),
 )
 
 
@@ -281,10 +284,12 @@ class Daemon:
         self.setup()
         self._stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+        # systemd Type=notify: READY/WATCHDOG/STOPPING from a task, RELOADING around SIGHUP
+        notifier = Notifier.from_environ()
         if install_signal_handlers:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.stop)
-            loop.add_signal_handler(signal.SIGHUP, self.reload)
+            loop.add_signal_handler(signal.SIGHUP, notifier.reload, self.reload)
         failed: list[tuple[str, BaseException]] = []
         started = False
         try:
@@ -307,6 +312,7 @@ class Daemon:
                                                                cluster=self.engine.cluster):
                     for fn in services or ():
                         tg.create_task(self._plugin_service(plugin, fn), name=f"{plugin}:{fn}")
+                tg.create_task(notifier.supervise(self), name="sdnotify")
                 log.info("clusterbus node %d running (pid %d): services %s, plugins %s",
                          self.engine.origin, os.getpid(), ", ".join(self.services) or "none",
                          ", ".join(self.plugins.names()) or "none")

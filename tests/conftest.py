@@ -23,3 +23,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason="keepalived is not installed (tests/run installs it)"))
         if item.get_closest_marker("uml") and not shutil.which("linux.uml"):
             item.add_marker(pytest.mark.skip(reason="user-mode-linux is not installed (tests/run installs it)"))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_state_dir(tmp_path_factory: pytest.TempPathFactory):
+    """In-process daemons save their membership view under a private directory, never in
+    the machine's /var/lib/clusterbus (the default of ``[daemon] state_dir``). Daemons run
+    as subprocesses get their own ``state_dir`` in tests/support."""
+    import dataclasses
+
+    from clusterbus.config import CORE_SECTIONS
+
+    schema = CORE_SECTIONS["daemon"].schema
+    assert schema is not None
+    old = schema["state_dir"]
+    schema["state_dir"] = dataclasses.replace(old, default=str(tmp_path_factory.mktemp("state")))
+    yield
+    schema["state_dir"] = old

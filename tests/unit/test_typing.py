@@ -42,6 +42,8 @@ CLEAN = [
     "-m", "clusterbus.daemon",
     "-m", "clusterbus.cli",
     "-m", "clusterbus.statusview",
+    "-m", "clusterbus.metrics",
+    "-m", "clusterbus.sdnotify",
     "-m", "clusterbus.sources.sigcluster",
     "-m", "clusterbus.sources.netlink",
     "-p", "clusterbus.netlink",
