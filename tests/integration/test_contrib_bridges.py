@@ -1,0 +1,220 @@
+"""contrib/pacemaker/clusterbus-alert and contrib/serf/clusterbus-serf-handler, run the way
+Pacemaker and Serf run them (environment, stdin), against a real daemon.
+
+The daemon listens on ``ipc://`` endpoints in the test's directory (netlink off, so it
+hears nothing from the host); ``clusterbus events --json --count N`` receives what the
+bridges reported. The netlink variant runs the daemon and the agent in a namespace (root).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from cbdaemon import CLUSTERBUS, Daemon
+from loopbus import dead_endpoint
+from netns import Topology
+
+ROOT = Path(__file__).resolve().parents[2]
+ALERT = ROOT / "contrib" / "pacemaker" / "clusterbus-alert"
+SERF = ROOT / "contrib" / "serf" / "clusterbus-serf-handler"
+BIN = str(Path(CLUSTERBUS).parent)
+
+
+def _wait(pred, timeout=15.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _subscribers(d: Daemon) -> int:
+    c = d.status()["services"]["bus"]["counters"]
+    return c.get("subscribe", 0) - c.get("unsubscribe", 0)
+
+
+class Events:
+    """``clusterbus events --json --filter node. --count N`` started before the bridge runs."""
+
+    def __init__(self, d: Daemon, count: int, prefix: list[str] | None = None) -> None:
+        self.proc = subprocess.Popen(
+            [*(prefix or []), CLUSTERBUS, "events", "--json", "--filter", "node.", "--count",
+             str(count), "--timeout", "60", "-c", str(d.config)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        _wait(lambda: _subscribers(d) >= 1, what="the events subscriber")
+
+    def result(self) -> list[dict]:
+        out, err = self.proc.communicate(timeout=90)
+        assert self.proc.returncode == 0, err
+        return [json.loads(line) for line in out.splitlines()]
+
+
+def _env(**kw: str) -> dict[str, str]:
+    """The process environment Pacemaker/Serf would give: PATH finds ``clusterbus``."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("CRM_", "SERF_", "clusterbus_"))}
+    env["PATH"] = f"{BIN}:{env.get('PATH', '/usr/bin:/bin')}"
+    env.update(kw)
+    return env
+
+
+def alert(prefix: list[str] | None = None, **kw: str) -> subprocess.CompletedProcess[str]:
+    base = {"CRM_alert_version": "2.1.5", "CRM_alert_timestamp": "01:02:03.456789",
+            "CRM_alert_node_sequence": "7"}
+    return subprocess.run([*(prefix or []), str(ALERT)], env=_env(**{**base, **kw}),
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+
+
+def serf(event: str, stdin: str, *args: str, **kw: str) -> subprocess.CompletedProcess[str]:
+    env = _env(SERF_EVENT=event, SERF_SELF_NAME="lvs1", SERF_SELF_ROLE="director", **kw)
+    return subprocess.run([str(SERF), *args], env=env, input=stdin, capture_output=True,
+                          text=True, timeout=60)
+
+
+@pytest.fixture()
+def daemon(tmp_path):
+    d = Daemon(tmp_path, None, extra="[netlink]\nenabled = false\n").start()
+    try:
+        yield d
+    finally:
+        assert d.stop() == 0, d.log.read_text()
+
+
+def test_pacemaker_alerts_reach_the_daemon(daemon: Daemon):
+    d = daemon
+    ev = Events(d, 4)
+    to = f"zmq:{d.config}"
+    # node alerts: member -> node.up, lost -> node.down; the node number is CRM_alert_nodeid
+    p = alert(CRM_alert_kind="node", CRM_alert_node="lvs3", CRM_alert_nodeid="3",
+              CRM_alert_desc="member", CRM_alert_recipient=to)
+    assert (p.returncode, p.stderr) == (0, "")
+    # ignored with exit 0, nothing sent: resource and attribute alerts, failed fencing, "on"
+    for kw in ({"CRM_alert_kind": "resource", "CRM_alert_rsc": "vip", "CRM_alert_task": "start",
+                "CRM_alert_rc": "0", "CRM_alert_desc": "ok", "CRM_alert_node": "lvs3",
+                "CRM_alert_interval": "0", "CRM_alert_target_rc": "0", "CRM_alert_status": "0"},
+               {"CRM_alert_kind": "attribute", "CRM_alert_node": "lvs3",
+                "CRM_alert_attribute_name": "x", "CRM_alert_attribute_value": "1"},
+               {"CRM_alert_kind": "fencing", "CRM_alert_node": "lvs3", "CRM_alert_task": "reboot",
+                "CRM_alert_rc": "1", "CRM_alert_desc": "Operation reboot of lvs3 by lvs1: Error"},
+               {"CRM_alert_kind": "fencing", "CRM_alert_node": "lvs3", "CRM_alert_task": "on",
+                "CRM_alert_rc": "0", "CRM_alert_desc": "Operation on of lvs3 by lvs1: OK"},
+               ):
+        p = alert(CRM_alert_recipient=to, **kw)
+        assert (p.returncode, p.stderr) == (0, ""), kw
+    # no recipient: the options decide; a duplicate member alert is sent, the view ignores it
+    p = alert(CRM_alert_kind="node", CRM_alert_node="lvs3", CRM_alert_nodeid="3",
+              CRM_alert_desc="member", clusterbus_via="zmq", clusterbus_config=str(d.config))
+    assert (p.returncode, p.stderr) == (0, "")
+    # a successful fencing of a node: node.down, its number from the name's trailing digits
+    p = alert(CRM_alert_kind="fencing", CRM_alert_node="lvs3.example.net", CRM_alert_task="reboot",
+              CRM_alert_rc="0", CRM_alert_desc="Operation reboot of lvs3 by lvs1 for x: OK",
+              CRM_alert_recipient=str(d.config), clusterbus_via="zmq")
+    assert (p.returncode, p.stderr) == (0, "")
+    # the clusterbus_nodes map wins over the nodeid
+    p = alert(CRM_alert_kind="node", CRM_alert_node="beta", CRM_alert_nodeid="2",
+              CRM_alert_desc="member", CRM_alert_recipient=to, clusterbus_nodes="alpha=4, beta=5")
+    assert (p.returncode, p.stderr) == (0, "")
+    p = alert(CRM_alert_kind="node", CRM_alert_node="beta", CRM_alert_nodeid="2",
+              CRM_alert_desc="lost", CRM_alert_recipient=to, clusterbus_nodes="beta=5")
+    assert (p.returncode, p.stderr) == (0, "")
+    got = ev.result()
+    assert [(e["topic"], e["node"], e["reason"]) for e in got] == [
+        ("node.up", 3, "zmq"), ("node.down", 3, "zmq"), ("node.up", 5, "zmq"),
+        ("node.down", 5, "zmq")]
+    assert [e["seq"] for e in got] == sorted(e["seq"] for e in got)
+    # the duplicate member alert changed nothing
+    assert d.status()["ignored"]["duplicate"] == 1
+
+
+def test_pacemaker_alert_errors_are_one_line_and_an_exit_code(tmp_path: Path):
+    cfg = tmp_path / "cb.toml"
+    cfg.write_text(f'[bus]\ningest = "{dead_endpoint()}"\n')
+    # no daemon: exit 1, one line naming the node and the failure
+    p = alert(CRM_alert_kind="node", CRM_alert_node="lvs3", CRM_alert_nodeid="3",
+              CRM_alert_desc="lost", CRM_alert_recipient=f"zmq:{cfg}")
+    assert p.returncode == 1 and len(p.stderr.splitlines()) == 1, p.stderr
+    assert p.stderr.startswith("clusterbus-alert: node lvs3 lost: clusterbus node-down 3 via zmq")
+    for kw, words in (
+            ({}, "CRM_alert_kind is not set"),
+            ({"CRM_alert_kind": "node", "CRM_alert_node": "lvs3", "CRM_alert_nodeid": "3",
+              "CRM_alert_desc": "member", "CRM_alert_recipient": "mail@example.org"},
+             "recipient 'mail@example.org'"),
+            ({"CRM_alert_kind": "fencing", "CRM_alert_node": "alpha", "CRM_alert_task": "off",
+              "CRM_alert_rc": "0"}, "node 'alpha': no number"),
+            ({"CRM_alert_kind": "node", "CRM_alert_node": "x", "CRM_alert_nodeid": "99999999999",
+              "CRM_alert_desc": "member"}, "not a node number"),
+            ({"CRM_alert_kind": "node", "CRM_alert_node": "x", "CRM_alert_nodeid": "3",
+              "CRM_alert_desc": "member", "clusterbus_nodes": "x:3"}, "is not NAME=NUMBER")):
+        p = alert(**kw)
+        assert p.returncode == 2 and len(p.stderr.splitlines()) == 1, (kw, p.stderr)
+        assert words in p.stderr, p.stderr
+    # the ClusterMon-era names work too
+    p = alert(CRM_notify_kind="resource")
+    assert (p.returncode, p.stderr) == (0, "")
+
+
+def test_serf_handler_reports_members(daemon: Daemon):
+    d = daemon
+    ev = Events(d, 4)
+    args = ("--via", "zmq", "-c", str(d.config))
+    # two members in one event: a tag names one's node, the other's name does
+    p = serf("member-join", "lvs3\t10.0.0.3\tdirector\tclusterbus_node=3,dc=a\n"
+                            "web-node\tfd00::9\t\tclusterbus_node=9\n", *args)
+    assert (p.returncode, p.stderr) == (0, "")
+    # ignored: reap, user events, queries
+    for event in ("member-reap", "user", "query"):
+        p = serf(event, "lvs3\t10.0.0.3\tdirector\t\n", *args, SERF_USER_EVENT="deploy")
+        assert (p.returncode, p.stderr) == (0, ""), event
+    # one bad line (no number) does not stop the next member: exit 2, one stderr line
+    p = serf("member-failed", "nonumber\t10.0.0.8\t\t\nlvs3\t10.0.0.3\tdirector\t\n", *args)
+    assert p.returncode == 2 and len(p.stderr.splitlines()) == 1, p.stderr
+    assert "member 'nonumber'" in p.stderr
+    p = serf("member-leave", "web-node 10.0.0.9 web clusterbus_node=9\n", *args)
+    assert (p.returncode, p.stderr) == (0, "")
+    got = ev.result()
+    assert [(e["topic"], e["node"], e["addrs"]) for e in got] == [
+        ("node.up", 3, ["10.0.0.3"]), ("node.up", 9, ["fd00::9"]), ("node.down", 3, ["10.0.0.3"]),
+        ("node.down", 9, ["fd00::9"])]
+    assert {e["reason"] for e in got} == {"zmq"}
+
+
+def test_serf_handler_errors(tmp_path: Path):
+    cfg = tmp_path / "cb.toml"
+    cfg.write_text(f'[bus]\ningest = "{dead_endpoint()}"\n')
+    p = serf("member-join", "lvs3\t10.0.0.3\t\t\n", "--via", "zmq", "-c", str(cfg))
+    assert p.returncode == 1 and len(p.stderr.splitlines()) == 1, p.stderr
+    assert "member-join lvs3: clusterbus node-up 3 via zmq failed" in p.stderr
+    p = serf("member-join", "lvs3\tnot-an-ip\t\t\n", "--via", "zmq", "-c", str(cfg))
+    assert p.returncode == 2 and "is not an IP address" in p.stderr
+    p = subprocess.run([str(SERF)], env=_env(), input="", capture_output=True, text=True,
+                       timeout=30)
+    assert p.returncode == 2 and "SERF_EVENT is not set" in p.stderr
+
+
+@pytest.mark.root
+def test_pacemaker_alert_via_netlink(tmp_path: Path):
+    """The default delivery: netlink, from the agent running in the daemon's namespace."""
+    with Topology() as topo:
+        ns = topo.netns("pcmk")
+        d = Daemon(tmp_path, ns, extra="[netlink]\ngroup = 22\n").start()
+        try:
+            ev = Events(d, 2)
+            pre = Topology.prefix(ns)
+            p = alert(pre, CRM_alert_kind="node", CRM_alert_node="lvs6", CRM_alert_nodeid="6",
+                      CRM_alert_desc="member", CRM_alert_recipient="netlink",
+                      clusterbus_config=str(d.config))
+            assert (p.returncode, p.stderr) == (0, "")
+            p = alert(pre, CRM_alert_kind="fencing", CRM_alert_node="lvs6", CRM_alert_rc="0",
+                      CRM_alert_task="off", clusterbus_config=str(d.config))
+            assert (p.returncode, p.stderr) == (0, "")
+            got = ev.result()
+        finally:
+            assert d.stop() == 0, d.log.read_text()
+    assert [(e["topic"], e["node"], e["reason"]) for e in got] == [
+        ("node.up", 6, "netlink"), ("node.down", 6, "netlink")]
