@@ -511,8 +511,10 @@ static int repair(void)
             enum kind k = EV_BAD;
             if (unpack_exact(&body, zmq_msg_data(&r.parts[i + 1]), zmq_msg_size(&r.parts[i + 1])))
                 k = classify(topic, tlen, &body.data, &seq);
-            if (k == EV_BAD)
+            if (k == EV_BAD) {
                 why = "undecodable";
+                st.undecodable++;
+            }
             else if (seq <= st.last_seq)
                 ;
             else if (seq != st.last_seq + 1)

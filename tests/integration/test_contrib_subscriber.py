@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import msgpack
 import zmq
 from cbdaemon import Daemon
 
@@ -40,6 +41,9 @@ def _missing() -> str | None:
 
 @pytest.fixture(scope="module")
 def cbsub(tmp_path_factory) -> str:
+    """The Makefile's build; CB_SUB=/path/to/cb-sub tests another (e.g. a sanitizer build)."""
+    if os.environ.get("CB_SUB"):
+        return os.environ["CB_SUB"]
     why = _missing()
     if why and not IN_CI:
         pytest.skip(why)
@@ -200,3 +204,107 @@ def test_restart_detected_by_epoch(cbsub: str, daemon: Daemon):
     snap = sub.of("_snapshot")[0]
     assert snap["reason"] == "restart" and snap["epoch"] != first_epoch
     assert [(x["seq"], x["node"]) for x in sub.events()] == [(1, 1), (2, 2), (snap["seq"] + 1, 5)]
+
+
+# -- against a scripted daemon: what a real one never sends -----------------------------
+
+EPOCH1 = 2**64 - 5  # beyond 2^53: must print exactly, as a string
+EPOCH2 = 12345
+
+
+def _body(seq: int, node: int, **over) -> bytes:
+    body = {"v": 1, "origin": 7, "seq": seq, "time": 1.5, "node": node, "addrs": ["10.0.0.1"],
+            "view": seq, "joined": [node], "left": [], "reason": "zmq", "incarnation": 0}
+    body.update(over)
+    return msgpack.packb({k: v for k, v in body.items() if v is not None})
+
+
+class Scripted:
+    """An XPUB and a ROUTER on ipc:// answering SNAPSHOT/REPLAY from a script."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.ctx = zmq.Context()
+        self.pub = self.ctx.socket(zmq.XPUB)
+        self.router = self.ctx.socket(zmq.ROUTER)
+        self.publish, self.snapshot = f"ipc://{tmp_path}/pub", f"ipc://{tmp_path}/snap"
+        self.pub.bind(self.publish)
+        self.router.bind(self.snapshot)
+        self.replays: dict[int, list[bytes]] = {}  # after -> payload frames
+        self.epoch = EPOCH1
+        self.snap_seq = 0
+        self.requests: list[tuple] = []
+
+    def wait_subscriber(self) -> None:
+        assert self.pub.poll(30_000), "no subscription"
+        assert self.pub.recv() == b"\x01"
+
+    def send(self, topic: bytes, body: bytes) -> None:
+        self.pub.send_multipart([topic, body])
+
+    def hb(self, seq: int) -> None:
+        self.send(b"_hb", msgpack.packb({"v": 1, "epoch": self.epoch, "origin": 7, "seq": seq,
+                                         "time": 1.0, "interval": 0.2, "extra": "ignored"}))
+
+    def serve(self, n: int) -> None:
+        """Answer n requests."""
+        for _ in range(n):
+            assert self.router.poll(30_000), f"no request; got {self.requests}"
+            ident, cmd, *args = self.router.recv_multipart()
+            args = [msgpack.unpackb(a) for a in args]
+            self.requests.append((cmd.decode(), *args))
+            if cmd == b"SNAPSHOT":
+                hdr = {"v": 1, "epoch": self.epoch, "origin": 7, "seq": self.snap_seq, "view": 1,
+                       "nodes": [], "nodemap": {}}
+                self.router.send_multipart([ident, cmd, msgpack.packb(hdr)])
+            else:
+                payload = self.replays[args[0]]
+                hdr = {"v": 1, "epoch": self.epoch, "origin": 7, "status": "ok", "after": args[0],
+                       "first": 1, "head": 99, "count": len(payload) // 2, "more": False}
+                self.router.send_multipart([ident, cmd, msgpack.packb(hdr), *payload])
+
+    def close(self) -> None:
+        self.pub.close(0)
+        self.router.close(0)
+        self.ctx.term()
+
+
+def test_unknown_undecodable_and_restart_against_a_scripted_daemon(cbsub: str, tmp_path: Path):
+    bus = Scripted(tmp_path)
+    try:
+        sub = subprocess.Popen([cbsub, "-p", bus.publish, "-s", bus.snapshot, "-t", "60", "-H",
+                                "-n", "3"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+        bus.wait_subscriber()
+        time.sleep(0.2)  # the subscription is in place once XPUB saw it; let it settle
+        bus.hb(0)
+        bus.send(b"node.up", _body(1, 1))
+        bus.send(b"plugin.thing", msgpack.packb({"v": 1, "origin": 7, "seq": 2, "x": 1}))
+        bus.send(b"node.up", _body(3, 3, v=2))            # unknown version: accounted
+        bus.send(b"_batch", msgpack.packb({"v": 1, "events": []}))  # not subscribed: ignored
+        bad4 = _body(4, 4, bogus=1)                        # unknown field: undecodable
+        bus.send(b"node.up", bad4)
+        # seq 5 shows the gap after 3; the replay holds the undecodable 4: resynchronise
+        bus.replays[3] = [b"node.up", bad4, b"node.up", _body(5, 5)]
+        bus.snap_seq = 5
+        bus.send(b"node.up", _body(5, 5))
+        bus.serve(2)                                       # REPLAY after=3, then SNAPSHOT
+        bus.send(b"node.up", _body(6, 6))
+        bus.epoch, bus.snap_seq = EPOCH2, 0                # restarted
+        bus.hb(0)
+        bus.serve(1)                                       # SNAPSHOT
+        bus.send(b"node.up", _body(1, 8))
+        out, err = sub.communicate(timeout=60)
+    finally:
+        if sub.poll() is None:
+            sub.kill()
+            sub.wait(5)
+        bus.close()
+    assert sub.returncode == 0, err
+    lines = [json.loads(x) for x in out.splitlines()]
+    assert [(x["topic"], x.get("seq"), x.get("reason")) for x in lines if x["topic"] != "_hb"] == [
+        ("node.up", 1, "zmq"), ("_snapshot", 5, "undecodable"), ("node.up", 6, "zmq"),
+        ("_snapshot", 0, "restart"), ("node.up", 1, "zmq")]
+    hbs = [x for x in lines if x["topic"] == "_hb"]
+    assert [x["epoch"] for x in hbs] == [str(EPOCH1), str(EPOCH2)]
+    assert bus.requests == [("REPLAY", 3, 1000), ("SNAPSHOT",), ("SNAPSHOT",)]
+    assert "2 unknown, 2 undecodable" in err, err
