@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -218,3 +219,56 @@ def test_pacemaker_alert_via_netlink(tmp_path: Path):
             assert d.stop() == 0, d.log.read_text()
     assert [(e["topic"], e["node"], e["reason"]) for e in got] == [
         ("node.up", 6, "netlink"), ("node.down", 6, "netlink")]
+
+
+def _serf_binary() -> str | None:
+    return os.environ.get("SERF_BIN") or shutil.which("serf")
+
+
+@pytest.mark.root
+def test_serf_handler_under_real_serf_agents(daemon: Daemon, tmp_path: Path):
+    """Two real Serf agents in a namespace; the first runs the handler on its events."""
+    serf_bin = _serf_binary()
+    if serf_bin is None:
+        pytest.skip("no serf binary (apt-get install serf, or SERF_BIN=/path/to/serf)")
+    d = daemon
+    ev = Events(d, 3)
+    handler = f"{SERF} --via zmq -c {d.config} --clusterbus {CLUSTERBUS}"
+    agents: list[subprocess.Popen] = []
+    logs = []
+    with Topology() as topo:
+        ns = topo.netns("serf")
+        try:
+            for i, extra in ((1, ["-event-handler", f"member-join,member-leave,member-failed={handler}"]),
+                             (2, ["-join", "127.0.0.1:7946"])):
+                log = open(tmp_path / f"serf{i}.log", "w")
+                logs.append(log)
+                agents.append(subprocess.Popen(
+                    [*Topology.prefix(ns), serf_bin, "agent", "-node", f"lvs{i}",
+                     "-bind", f"127.0.0.{i}:7946", "-rpc-addr", f"127.0.0.{i}:7373",
+                     "-tag", f"clusterbus_node={i}", "-log-level", "debug", *extra],
+                    stdout=log, stderr=subprocess.STDOUT, env=_env()))
+                if i == 1:
+                    _wait(lambda: "Handshaking" in (tmp_path / "serf1.log").read_text() or
+                          "serf: EventMemberJoin: lvs1" in (tmp_path / "serf1.log").read_text(),
+                          what="serf agent 1")
+            # Serf coalesces member events: let the join reach clusterbus before the leave
+            _wait(lambda: d.status()["view"] >= 2, timeout=60, what="both joins reported")
+            # a graceful leave of lvs2: member-leave on lvs1
+            subprocess.run([*Topology.prefix(ns), serf_bin, "leave", "-rpc-addr", "127.0.0.2:7373"],
+                           capture_output=True, timeout=30)
+            got = ev.result()
+        finally:
+            for a in agents:
+                if a.poll() is None:
+                    a.terminate()
+                    try:
+                        a.wait(10)
+                    except subprocess.TimeoutExpired:
+                        a.kill()
+                        a.wait(5)
+            for log in logs:
+                log.close()
+    assert sorted((e["topic"], e["node"]) for e in got[:2]) == [("node.up", 1), ("node.up", 2)]
+    assert (got[2]["topic"], got[2]["node"]) == ("node.down", 2)
+    assert {e["node"]: e["addrs"] for e in got[:2]} == {1: ["127.0.0.1"], 2: ["127.0.0.2"]}
