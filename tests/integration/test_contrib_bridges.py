@@ -89,7 +89,7 @@ def daemon(tmp_path):
 
 def test_pacemaker_alerts_reach_the_daemon(daemon: Daemon):
     d = daemon
-    ev = Events(d, 4)
+    ev = Events(d, 5)
     to = f"zmq:{d.config}"
     # node alerts: member -> node.up, lost -> node.down; the node number is CRM_alert_nodeid
     p = alert(CRM_alert_kind="node", CRM_alert_node="lvs3", CRM_alert_nodeid="3",
@@ -124,10 +124,14 @@ def test_pacemaker_alerts_reach_the_daemon(daemon: Daemon):
     p = alert(CRM_alert_kind="node", CRM_alert_node="beta", CRM_alert_nodeid="2",
               CRM_alert_desc="lost", CRM_alert_recipient=to, clusterbus_nodes="beta=5")
     assert (p.returncode, p.stderr) == (0, "")
+    # a Pacemaker Remote node (its id is its name): the name's digits
+    p = alert(CRM_alert_kind="node", CRM_alert_node="remote8", CRM_alert_nodeid="remote8",
+              CRM_alert_desc="member", CRM_alert_recipient=to)
+    assert (p.returncode, p.stderr) == (0, "")
     got = ev.result()
     assert [(e["topic"], e["node"], e["reason"]) for e in got] == [
         ("node.up", 3, "zmq"), ("node.down", 3, "zmq"), ("node.up", 5, "zmq"),
-        ("node.down", 5, "zmq")]
+        ("node.down", 5, "zmq"), ("node.up", 8, "zmq")]
     assert [e["seq"] for e in got] == sorted(e["seq"] for e in got)
     # the duplicate member alert changed nothing
     assert d.status()["ignored"]["duplicate"] == 1
@@ -150,6 +154,9 @@ def test_pacemaker_alert_errors_are_one_line_and_an_exit_code(tmp_path: Path):
               "CRM_alert_rc": "0"}, "node 'alpha': no number"),
             ({"CRM_alert_kind": "node", "CRM_alert_node": "x", "CRM_alert_nodeid": "99999999999",
               "CRM_alert_desc": "member"}, "not a node number"),
+            # a Pacemaker Remote node: its id is its name, which has no number here
+            ({"CRM_alert_kind": "node", "CRM_alert_node": "remote-a", "CRM_alert_nodeid": "remote-a",
+              "CRM_alert_desc": "member"}, "node 'remote-a': no number"),
             ({"CRM_alert_kind": "node", "CRM_alert_node": "x", "CRM_alert_nodeid": "3",
               "CRM_alert_desc": "member", "clusterbus_nodes": "x:3"}, "is not NAME=NUMBER")):
         p = alert(**kw)
