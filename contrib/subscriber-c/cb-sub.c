@@ -55,6 +55,8 @@ struct options {
     int nfilters;
     uint64_t drop_from[MAX_DROPS], drop_to[MAX_DROPS]; /* injected losses (testing) */
     int ndrops;
+    /* CURVE (both sockets): the daemon's public key, this client's key pair (Z85) */
+    char server_key[41], public_key[41], secret_key[41];
 };
 
 struct state {
@@ -75,6 +77,20 @@ static void *zctx;
 static volatile sig_atomic_t stop_flag;
 
 static void on_signal(int sig) { (void)sig; stop_flag = 1; }
+
+/* With -K: make `s` a CURVE client of the daemon. 0 on success. */
+static int set_curve(void *s)
+{
+    if (!opt.server_key[0])
+        return 0;
+    if (zmq_setsockopt(s, ZMQ_CURVE_SERVERKEY, opt.server_key, 40) != 0 ||
+        zmq_setsockopt(s, ZMQ_CURVE_PUBLICKEY, opt.public_key, 40) != 0 ||
+        zmq_setsockopt(s, ZMQ_CURVE_SECRETKEY, opt.secret_key, 40) != 0) {
+        fprintf(stderr, "%s: CURVE: %s\n", prog, zmq_strerror(errno));
+        return -1;
+    }
+    return 0;
+}
 
 static double now_mono(void)
 {
@@ -357,7 +373,7 @@ static int request(const char *cmd, const uint64_t *args, int nargs, struct repl
         void *s = zmq_socket(zctx, ZMQ_DEALER);
         int zero = 0;
         zmq_setsockopt(s, ZMQ_LINGER, &zero, sizeof zero);
-        if (zmq_connect(s, opt.snapshot) != 0) {
+        if (set_curve(s) != 0 || zmq_connect(s, opt.snapshot) != 0) {
             logf_("connect %s: %s", opt.snapshot, zmq_strerror(errno));
             zmq_close(s);
             return -1;
@@ -663,7 +679,10 @@ static void usage(FILE *f)
         "  -D            exit 1 when the daemon is dead (no heartbeat for 3 intervals)\n"
         "  -r SECONDS    request timeout (default 1), -R N retries (default 3)\n"
         "  -w N          ZMQ_RCVHWM of the subscriber socket\n"
-        "  -x SEQ[-SEQ]  testing: discard these live events, as if lost (repeatable)\n",
+        "  -x SEQ[-SEQ]  testing: discard these live events, as if lost (repeatable)\n"
+        "  -K KEY        CURVE: the daemon's public key (Z85, 40 characters)\n"
+        "  -k FILE       CURVE: this client's key pair, a file of two lines: public, secret\n"
+        "                (Z85; default: a new key pair for this run)\n",
         prog);
 }
 
@@ -683,7 +702,8 @@ int main(int argc, char **argv)
     int c;
     opt.request_timeout = 1.0;
     opt.request_retries = 3;
-    while ((c = getopt(argc, argv, "p:s:Sf:n:t:HDr:R:w:x:h")) != -1) {
+    const char *keyfile = NULL;
+    while ((c = getopt(argc, argv, "p:s:Sf:n:t:HDr:R:w:x:K:k:h")) != -1) {
         switch (c) {
         case 'p': opt.publish = optarg; break;
         case 's': opt.snapshot = optarg; break;
@@ -715,6 +735,14 @@ int main(int argc, char **argv)
             opt.drop_to[opt.ndrops++] = b;
             break;
         }
+        case 'K':
+            if (strlen(optarg) != 40) {
+                fprintf(stderr, "%s: -K: want a Z85 key of 40 characters\n", prog);
+                return 2;
+            }
+            memcpy(opt.server_key, optarg, 41);
+            break;
+        case 'k': keyfile = optarg; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -722,6 +750,31 @@ int main(int argc, char **argv)
     if (!opt.publish || !opt.snapshot || optind != argc || opt.request_timeout <= 0) {
         usage(stderr);
         return 2;
+    }
+    if (keyfile != NULL && !opt.server_key[0]) {
+        fprintf(stderr, "%s: -k needs -K\n", prog);
+        return 2;
+    }
+    if (keyfile != NULL) {
+        FILE *kf = fopen(keyfile, "r");
+        char line[2][128];
+        bool ok = kf != NULL && fgets(line[0], sizeof line[0], kf) && fgets(line[1], sizeof line[1], kf);
+        if (kf)
+            fclose(kf);
+        for (int i = 0; ok && i < 2; i++) {
+            line[i][strcspn(line[i], "\r\n")] = 0;
+            ok = strlen(line[i]) == 40;
+        }
+        if (!ok) {
+            fprintf(stderr, "%s: -k %s: want two lines, the public and the secret key (Z85)\n",
+                    prog, keyfile);
+            return 2;
+        }
+        memcpy(opt.public_key, line[0], 41);
+        memcpy(opt.secret_key, line[1], 41);
+    } else if (opt.server_key[0] && zmq_curve_keypair(opt.public_key, opt.secret_key) != 0) {
+        fprintf(stderr, "%s: CURVE: %s\n", prog, zmq_strerror(errno));
+        return 1;
     }
     signal(SIGINT, on_signal);
     signal(SIGTERM, on_signal);
@@ -733,6 +786,8 @@ int main(int argc, char **argv)
     zmq_setsockopt(sub, ZMQ_LINGER, &zero, sizeof zero);
     if (opt.rcvhwm > 0)
         zmq_setsockopt(sub, ZMQ_RCVHWM, &opt.rcvhwm, sizeof opt.rcvhwm);
+    if (set_curve(sub) != 0)
+        return 1;
     /* everything: seq spans all topics, so filtering happens after the seq check */
     zmq_setsockopt(sub, ZMQ_SUBSCRIBE, "", 0);
     if (zmq_connect(sub, opt.publish) != 0) {

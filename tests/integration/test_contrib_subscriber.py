@@ -222,10 +222,13 @@ def _body(seq: int, node: int, **over) -> bytes:
 class Scripted:
     """An XPUB and a ROUTER on ipc:// answering SNAPSHOT/REPLAY from a script."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, curve_secret: bytes | None = None) -> None:
         self.ctx = zmq.Context()
         self.pub = self.ctx.socket(zmq.XPUB)
         self.router = self.ctx.socket(zmq.ROUTER)
+        for sock in (self.pub, self.router) if curve_secret else ():
+            sock.curve_server = True
+            sock.curve_secretkey = curve_secret
         self.publish, self.snapshot = f"ipc://{tmp_path}/pub", f"ipc://{tmp_path}/snap"
         self.pub.bind(self.publish)
         self.router.bind(self.snapshot)
@@ -307,3 +310,34 @@ def test_unknown_undecodable_and_restart_against_a_scripted_daemon(cbsub: str, t
     assert [x["epoch"] for x in hbs] == [str(EPOCH1), str(EPOCH2)]
     assert bus.requests == [("REPLAY", 3, 1000), ("SNAPSHOT",), ("SNAPSHOT",)]
     assert "2 unknown, 2 undecodable" in err, err
+
+
+def test_curve(cbsub: str, tmp_path: Path):
+    """-K: both sockets are CURVE clients of a daemon's key; a wrong key gets nothing."""
+    if not zmq.has("curve"):
+        pytest.skip("libzmq without CURVE")
+    public, secret = zmq.curve_keypair()
+    bus = Scripted(tmp_path, curve_secret=secret)
+    try:
+        wrong = subprocess.run([cbsub, "-p", bus.publish, "-s", bus.snapshot, "-S", "-r", "0.3",
+                                "-R", "1", "-K", zmq.curve_keypair()[0].decode()],
+                               capture_output=True, text=True, timeout=60)
+        assert wrong.returncode == 1 and "no SNAPSHOT" in wrong.stderr, wrong.stderr
+        assert bus.requests == []
+        sub = subprocess.Popen([cbsub, "-p", bus.publish, "-s", bus.snapshot, "-t", "60", "-S",
+                                "-n", "1", "-K", public.decode()],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            bus.serve(1)  # the SNAPSHOT, through CURVE
+            bus.wait_subscriber()
+            bus.send(b"node.up", _body(1, 4))
+            out, err = sub.communicate(timeout=60)
+        finally:
+            if sub.poll() is None:
+                sub.kill()
+                sub.wait(5)
+    finally:
+        bus.close()
+    assert sub.returncode == 0, err
+    lines = [json.loads(x) for x in out.splitlines()]
+    assert [(x["topic"], x["seq"]) for x in lines] == [("_snapshot", 0), ("node.up", 1)]
