@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -101,10 +102,12 @@ def test_pacemaker_alerts_reach_the_daemon(daemon: Daemon):
                 "CRM_alert_interval": "0", "CRM_alert_target_rc": "0", "CRM_alert_status": "0"},
                {"CRM_alert_kind": "attribute", "CRM_alert_node": "lvs3",
                 "CRM_alert_attribute_name": "x", "CRM_alert_attribute_value": "1"},
-               {"CRM_alert_kind": "fencing", "CRM_alert_node": "lvs3", "CRM_alert_task": "reboot",
-                "CRM_alert_rc": "1", "CRM_alert_desc": "Operation reboot of lvs3 by lvs1: Error"},
-               {"CRM_alert_kind": "fencing", "CRM_alert_node": "lvs3", "CRM_alert_task": "on",
-                "CRM_alert_rc": "0", "CRM_alert_desc": "Operation on of lvs3 by lvs1: OK"},
+               {"CRM_alert_kind": "fencing", "CRM_alert_node": "lvs3",
+                "CRM_alert_task": "st_notify_fence", "CRM_alert_rc": "1",
+                "CRM_alert_desc": "Operation reboot of lvs3 by lvs1 for x@lvs1: Error"},
+               {"CRM_alert_kind": "fencing", "CRM_alert_node": "lvs3",
+                "CRM_alert_task": "st_notify_fence", "CRM_alert_rc": "0",
+                "CRM_alert_desc": "Operation on of lvs3 by lvs1 for x@lvs1: OK (ref=1)"},
                ):
         p = alert(CRM_alert_recipient=to, **kw)
         assert (p.returncode, p.stderr) == (0, ""), kw
@@ -113,8 +116,11 @@ def test_pacemaker_alerts_reach_the_daemon(daemon: Daemon):
               CRM_alert_desc="member", clusterbus_via="zmq", clusterbus_config=str(d.config))
     assert (p.returncode, p.stderr) == (0, "")
     # a successful fencing of a node: node.down, its number from the name's trailing digits
-    p = alert(CRM_alert_kind="fencing", CRM_alert_node="lvs3.example.net", CRM_alert_task="reboot",
-              CRM_alert_rc="0", CRM_alert_desc="Operation reboot of lvs3 by lvs1 for x: OK",
+    # (what Pacemaker 2.1 sets: the action is only in the description)
+    p = alert(CRM_alert_kind="fencing", CRM_alert_node="lvs3.example.net",
+              CRM_alert_task="st_notify_fence", CRM_alert_rc="0",
+              CRM_alert_desc="Operation off of lvs3.example.net by a human for "
+                             "stonith_admin.356@lvs1: OK (ref=651876df)",
               CRM_alert_recipient=str(d.config), clusterbus_via="zmq")
     assert (p.returncode, p.stderr) == (0, "")
     # the clusterbus_nodes map wins over the nodeid
@@ -279,3 +285,172 @@ def test_serf_handler_under_real_serf_agents(daemon: Daemon, tmp_path: Path):
     assert sorted((e["topic"], e["node"]) for e in got[:2]) == [("node.up", 1), ("node.up", 2)]
     assert (got[2]["topic"], got[2]["node"]) == ("node.down", 2)
     assert {e["node"]: e["addrs"] for e in got[:2]} == {1: ["127.0.0.1"], 2: ["127.0.0.2"]}
+
+
+# -- under a real Pacemaker -------------------------------------------------------------
+
+COROSYNC_CONF = """totem {{
+  version: 2
+  cluster_name: cbtest{tag}
+  transport: knet
+  crypto_cipher: none
+  crypto_hash: none
+  token: 1000
+}}
+nodelist {{
+  node {{
+    ring0_addr: {a1}
+    name: lvs1
+    nodeid: 1
+  }}
+  node {{
+    ring0_addr: {a2}
+    name: lvs2
+    nodeid: 2
+  }}
+}}
+quorum {{
+  provider: corosync_votequorum
+  two_node: 1
+  wait_for_all: 0
+}}
+logging {{
+  to_stderr: yes
+  to_syslog: no
+  to_logfile: no
+}}
+"""
+
+
+def _hacluster_clusterbus(world: Path) -> str | None:
+    """A ``clusterbus`` command the hacluster user (alert agents' user) can run: this one,
+    or the system python3 with this environment's site-packages (same minor version)."""
+    import sys
+    import sysconfig
+    as_hacluster = ["runuser", "-u", "hacluster", "--"]
+    candidates = [CLUSTERBUS]
+    site = sysconfig.get_paths()["purelib"]
+    for py in (f"/usr/bin/python3.{sys.version_info.minor}",):
+        if os.path.exists(py):
+            wrapper = world / "clusterbus"
+            wrapper.write_text(
+                "#!/bin/sh\nexec %s -c \"import site, sys; site.addsitedir('%s'); "
+                "sys.argv[0] = 'clusterbus'; from clusterbus.cli import main; main()\" \"$@\"\n"
+                % (py, site))
+            wrapper.chmod(0o755)
+            candidates.append(str(wrapper))
+    for exe in candidates:
+        p = subprocess.run([*as_hacluster, exe, "--help"], capture_output=True, timeout=60)
+        if p.returncode == 0:
+            return exe
+    return None
+
+
+@pytest.mark.root
+def test_pacemaker_alert_under_real_pacemaker(tmp_path: Path):
+    """corosync + Pacemaker (node lvs1) in one namespace, corosync alone (lvs2) in another:
+    lvs2 joining and leaving makes Pacemaker run the agent with node alerts; a confirmed
+    fencing of lvs3 makes it run the agent with a fencing alert."""
+    import tempfile
+    tools = ("corosync", "pacemakerd", "cibadmin", "stonith_admin", "crm_mon", "runuser",
+             "unshare")
+    if not all(shutil.which(t) for t in tools):
+        pytest.skip("pacemaker and corosync are not installed")
+    if subprocess.run(["pgrep", "-x", "pacemakerd"], capture_output=True).returncode == 0:
+        pytest.skip("a pacemakerd is running on this host")
+    world = Path(tempfile.mkdtemp(prefix="cbpcmk"))  # readable by hacluster
+    world.chmod(0o755)
+    procs: list[subprocess.Popen] = []
+    namespaces: list[str] = []
+    d: Daemon | None = None
+    topo: Topology | None = None
+    try:
+        cb = _hacluster_clusterbus(world)
+        if cb is None:
+            pytest.skip("no clusterbus command the hacluster user can run")
+        varlib = world / "varlib"
+        for sub in ("cib", "pengine", "blackbox", "cores"):
+            (varlib / sub).mkdir(parents=True)
+        subprocess.run(["chown", "-R", "hacluster:haclient", str(varlib)], check=True)
+        topo = Topology()
+        a1, a2 = "10.79.0.1", "10.79.0.2"
+        ns1 = topo.host("pcmk1", f"{a1}/24")
+        ns2 = topo.host("pcmk2", f"{a2}/24")
+        namespaces += [ns1, ns2]
+        conf = world / "corosync.conf"
+        conf.write_text(COROSYNC_CONF.format(tag=topo.tag, a1=a1, a2=a2))
+        # the daemon beside Pacemaker; its ingest on the namespace's loopback
+        d = Daemon(world, ns1, extra="[netlink]\nenabled = false\n")
+        d.config.write_text(d.config.read_text().replace(
+            f'ingest = "{d.ingest}"', 'ingest = "tcp://127.0.0.1:7662"'))
+        d.config.chmod(0o644)
+        d.start()
+
+        def start(ns: str, argv: list[str], log: str) -> subprocess.Popen:
+            with open(world / log, "w") as f:
+                p = subprocess.Popen(argv if argv[0] == "unshare" else
+                                     [*Topology.prefix(ns), *argv],
+                                     stdout=f, stderr=subprocess.STDOUT,
+                                     start_new_session=True,
+                                     env={**os.environ, "PCMK_logfile": str(world / "pcmk.log")})
+            procs.append(p)
+            return p
+
+        start(ns1, ["corosync", "-f", "-c", str(conf)], "corosync1.log")
+        # Pacemaker keeps its CIB in /var/lib/pacemaker: a private one, in a mount namespace
+        start(ns1, ["unshare", "-m", "--propagation", "private", "sh", "-c",
+                    f"mount --bind {varlib} /var/lib/pacemaker && "
+                    f"exec ip netns exec {ns1} pacemakerd -f"], "pacemakerd.log")
+
+        def crm_mon() -> str:
+            return subprocess.run([*Topology.prefix(ns1), "crm_mon", "-1"],
+                                  capture_output=True, text=True, timeout=30).stdout
+        _wait(lambda: "partition with quorum" in crm_mon(), timeout=120,
+              what="a Pacemaker DC")
+        alerts = (f'<alerts><alert id="cb" path="{ALERT}"><instance_attributes id="cb-ia">'
+                  f'<nvpair id="cb-bin" name="clusterbus_bin" value="{cb}"/>'
+                  f'</instance_attributes>'
+                  f'<recipient id="cb-to" value="zmq:{d.config}"/></alert></alerts>')
+        subprocess.run([*Topology.prefix(ns1), "cibadmin", "--create", "-o", "configuration",
+                        "--xml-text", alerts], check=True, capture_output=True, timeout=30)
+        ev = Events(d, 4)
+        # node alerts: lvs2's corosync joins, then goes away
+        # a second corosync on this host: its own lock file (/run/corosync.pid)
+        (world / "corosync2.pid").touch()
+        c2 = start(ns2, ["unshare", "-m", "--propagation", "private", "sh", "-c",
+                         f"mount --bind {world}/corosync2.pid /run/corosync.pid && "
+                         f"exec ip netns exec {ns2} corosync -f -c {conf}"], "corosync2.log")
+        _wait(lambda: d.status()["view"] >= 1, timeout=120, what="lvs2 member -> node.up")
+        c2.terminate()
+        c2.wait(30)
+        _wait(lambda: d.status()["view"] >= 2, timeout=120, what="lvs2 lost -> node.down")
+        # a fencing alert: lvs3 up (by hand), then its fencing confirmed
+        d.cli("emit", "node-up", "3", "--via", "zmq", ns=True)
+        subprocess.run([*Topology.prefix(ns1), "stonith_admin", "--confirm", "lvs3"],
+                       check=True, capture_output=True, timeout=60)
+        got = ev.result()
+        assert d.stop() == 0, d.log.read_text()
+    finally:
+        # Pacemaker's daemons leave pacemakerd's session: end everything in the namespaces
+        for ns in namespaces:
+            pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True,
+                                  text=True).stdout.split()
+            for pid in map(int, pids):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait(10)
+        if d is not None:
+            d.stop()
+        if topo is not None:
+            topo.close()
+        for log in world.glob("*.log"):  # kept for a failure's report
+            shutil.copy(log, tmp_path / log.name)
+        shutil.rmtree(world, ignore_errors=True)
+    assert [(e["topic"], e["node"], e["reason"]) for e in got] == [
+        ("node.up", 2, "zmq"), ("node.down", 2, "zmq"), ("node.up", 3, "zmq"),
+        ("node.down", 3, "zmq")]
