@@ -9,9 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from clusterbus.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "contrib" / "systemd" / "clusterbus.service"
