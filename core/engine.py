@@ -25,6 +25,7 @@ from .errors import InvalidEvent, LocalProtocolError
 from .events import Event, MembershipEvent, MembershipResync, NodemapChanged, membership_event
 from .nodemap import NodeMap
 from .pluginhost import PluginHost
+from .ratelimit import LogLimiter
 from .view import MembershipView, NodeInfo, NodeReport, NodeState, ViewStore
 
 __all__ = ["Engine", "Cluster", "SAVE_DELAY"]
@@ -35,6 +36,10 @@ __all__ = ["Engine", "Cluster", "SAVE_DELAY"]
 SAVE_DELAY = 1.0
 
 log = logging.getLogger(__name__)
+
+#: Membership-change INFO lines written per second at most; the rest are counted and
+#: summed up in the next line (a flood of reports must not flood the log).
+CHANGE_LOG_BURST = 20
 
 E = TypeVar("E", bound=Event)
 Sink = Callable[[Event], None]
@@ -112,6 +117,7 @@ class Engine:
         self.plugins = plugins
         self.clock = clock
         self.view = MembershipView()
+        self._change_log = LogLimiter(log, interval=1.0, burst=CHANGE_LOG_BURST)
         self.nodemap = NodeMap()
         self.cluster = Cluster(self)
         self.sinks: list[Sink] = []
@@ -170,7 +176,10 @@ class Engine:
                                  info.incarnation)
         self.seq += 1  # only once the event exists: seq stays continuous
         if log.isEnabledFor(logging.INFO):  # spares evaluating the arguments per event
-            log.info("view %d: node %d %s (%s)", view, info.node, state.label, report.reason)
+            # a flood of reports must not become a flood of log lines: up to
+            # CHANGE_LOG_BURST lines a second, then one line saying how many were not written
+            self._change_log.info("change", "view %d: node %d %s (%s)", view, info.node,
+                                  state.label, report.reason)
         if self.store is not None and not self._save_pending:
             self._schedule_save()
         self._enqueue(event)

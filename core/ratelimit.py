@@ -22,19 +22,23 @@ class LogLimiter:
     >>> limited.warning(("spoofed", "10.0.0.9"), "advert from %s dropped: %s", "10.0.0.9", "bad auth")
 
     :param logger: where lines go.
-    :param interval: seconds between two lines of one key.
+    :param interval: seconds between two lines of one key (the window of ``burst``).
+    :param burst: lines one key may write per window before the rest are suppressed (1:
+        one line per interval; more suits lines that are each worth reading unless they
+        come in a flood, such as membership changes).
     :param max_keys: keys remembered at most (the oldest are forgotten first), so hostile
         input with ever-new keys cannot grow memory.
     :param clock: monotonic clock (tests pass a fake one).
     """
 
     def __init__(self, logger: logging.Logger, *, interval: float = 10.0, max_keys: int = 1024,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 burst: int = 1, clock: Callable[[], float] = time.monotonic) -> None:
         self.logger = logger
         self.interval = interval
+        self.burst = burst
         self.max_keys = max_keys
         self._clock = clock
-        #: key -> [time of the last line, occurrences suppressed since]
+        #: key -> [start of its window, lines written in it, occurrences suppressed since]
         self._keys: dict[Hashable, list[float]] = {}
         #: lines suppressed in total (for status)
         self.suppressed = 0
@@ -49,13 +53,17 @@ class LogLimiter:
         now = self._clock()
         entry = self._keys.get(key)
         if entry is not None and now - entry[0] < self.interval:
+            if entry[1] >= self.burst:
+                entry[2] += 1
+                self.suppressed += 1
+                return False
             entry[1] += 1
-            self.suppressed += 1
-            return False
-        skipped = int(entry[1]) if entry is not None else 0
-        if entry is None and len(self._keys) >= self.max_keys:
-            self._keys.pop(next(iter(self._keys)))
-        self._keys[key] = [now, 0]
+            skipped = 0
+        else:
+            skipped = int(entry[2]) if entry is not None else 0
+            if entry is None and len(self._keys) >= self.max_keys:
+                self._keys.pop(next(iter(self._keys)))
+            self._keys[key] = [now, 1, 0]
         if skipped:
             msg = f"{msg} (%d similar suppressed in the last %.0f s)"
             args = (*args, skipped, self.interval)
