@@ -44,7 +44,7 @@ from typing import Any
 from .addresses import canonical_address
 from .errors import ConfigError
 from .schema import REQUIRED, Check, Key, between, show, show_key, validate_table
-from .vrrp.config import check_vrrp_host, validate_vrrp
+from .vrrp.config import check_fast_takeover, check_vrrp_host, validate_vrrp
 
 __all__ = [
     "Key",
@@ -509,7 +509,9 @@ def parse_config(data: Mapping[str, Any], *, file: str) -> Config:
     both = set(enable) & set(disable)
     if both:
         raise ConfigError(f"{sorted(both)} both enabled and disabled", file=file, key="plugins")
-    return Config(file=file, core=core, plugin_sections=plugin_sections)
+    config = Config(file=file, core=core, plugin_sections=plugin_sections)
+    check_fast_takeover(config)  # across [vrrp] and [corosync]
+    return config
 
 
 def check_host(config: Config) -> None:

@@ -37,6 +37,8 @@ __all__ = [
     "check_vrrp_host",
     "instances",
     "check_interfaces",
+    "check_fast_takeover",
+    "FAST_TAKEOVER",
 ]
 
 
@@ -57,6 +59,16 @@ def _addr_list(v: list[Any]) -> str | None:
     if all(isinstance(a, str) for a in v):
         return None
     return "expected an array of strings"
+
+
+#: the values of ``fast_takeover`` ("" is off)
+FAST_TAKEOVER = ("", "corosync")
+
+
+def _fast_takeover(v: str) -> str | None:
+    if v in FAST_TAKEOVER:
+        return None
+    return 'expected "corosync" (or leave the key out: off)'
 
 
 INSTANCE_SCHEMA: dict[str, Key] = {
@@ -81,6 +93,9 @@ INSTANCE_SCHEMA: dict[str, Key] = {
                       "gratuitous ARPs / unsolicited NAs per burst on takeover"),
     "garp_delay": Key(float, 5.0, between(0, 3600),
                       "seconds between the first and the second burst (0: one burst only)"),
+    "fast_takeover": Key(str, "", _fast_takeover,
+                         '"corosync": take over after Skew_Time when the master\'s daemon '
+                         "left the Corosync group (off by default; docs/vrrp.md)"),
 }
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -107,6 +122,7 @@ class InstanceConfig:
     garp_delay: float
     family: str
     index: int
+    fast_takeover: str = ""
 
     @property
     def key(self) -> str:
@@ -239,3 +255,15 @@ def check_interfaces(config: Config) -> None:
     :raises ConfigError: naming ``vrrp.instance[N].interface``.
     """
     check_vrrp_host(config.core.get("vrrp") or {}, config.file)
+
+
+def check_fast_takeover(config: Config) -> None:
+    """``fast_takeover = "corosync"`` needs ``[corosync] enabled = true`` (the speaker
+    calls it at start; the hint comes from the Corosync source's ``director.down``).
+
+    :raises ConfigError: naming ``vrrp.instance[N].fast_takeover``.
+    """
+    for inst in instances(config):
+        if inst.fast_takeover == "corosync" and not config["corosync"]["enabled"]:
+            raise ConfigError('fast_takeover = "corosync" needs [corosync] enabled = true',
+                              file=config.file, key=f"{inst.key}.fast_takeover")

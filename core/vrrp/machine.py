@@ -16,6 +16,14 @@ Deviations from the RFC, each deliberate:
 - :meth:`Router.set_priority` below a peer's last seen priority makes the master give up
   at once with a priority-0 advert (planned handoff), instead of waiting for the peer's
   Master_Down_Interval.
+- :meth:`Router.master_gone`: the caller learned out of band (Corosync's CPG: the master's
+  daemon process left the group while its host stayed up) that the current master's
+  speaker is gone, so no advert will ever come from it again. The backup treats it exactly
+  as a priority-0 advert from that master (RFC 5798 §6.4.2: Master_Down_Timer =
+  Skew_Time, transition ``master_gone``) instead of waiting Master_Down_Interval. Safe
+  because the speaker died with its process (it cannot advertise any more), and the
+  Skew_Time wait keeps the RFC's own tie-break between several backups: the
+  highest-priority one takes over first and the others hear its advert.
 """
 
 from __future__ import annotations
@@ -79,6 +87,10 @@ TRANSITIONS: Mapping[tuple[State, str], State] = MappingProxyType({
     (_B, "master_down_timer"): _M,       # §6.4.2: the master went silent
     (_B, "priority_zero"): _M,           # §6.4.2: the master stepped down (timer = Skew_Time)
     (_B, "preempt"): _M,                 # §6.4.2: a lower-priority master was preempted
+    # Not in the RFC: master_gone(): the master's daemon left the Corosync group (process
+    # gone, host up), so its speaker can send no more adverts; handled like a priority-0
+    # advert (§6.4.2: Master_Down_Timer = Skew_Time), the takeover asked like the others.
+    (_B, "master_gone"): _M,
     (_B, "shutdown"): _I,                # §6.4.2
     (_M, "higher_priority_seen"): _B,    # §6.4.3: higher priority (or equal, higher address)
     (_M, "priority_changed"): _B,        # set_priority below a peer: planned handoff
@@ -92,7 +104,7 @@ TRANSITIONS: Mapping[tuple[State, str], State] = MappingProxyType({
 
 
 #: takeovers from BACKUP that ``RouterConfig.ask_prepare`` asks about (PrepareMaster)
-_ASKED = frozenset({"master_down_timer", "priority_zero", "preempt"})
+_ASKED = frozenset({"master_down_timer", "priority_zero", "preempt", "master_gone"})
 
 
 # -- effects -------------------------------------------------------------------------------
@@ -566,6 +578,39 @@ class Router:
         self.master_seen = None
         self.master_adver_interval = self.advert_interval
         self._set_master_down(now + self.master_down_interval, "master_down_timer")
+        return True
+
+    def master_gone(self, source: str, now: float) -> bool:
+        """The master whose adverts come from ``source`` is known to be gone for good (its
+        daemon's process left the Corosync group while its host stayed up): behave as on a
+        priority-0 advert from it (RFC 5798 §6.4.2): take over after Skew_Time (reason
+        ``master_gone``, asked through :class:`PrepareMaster` like any takeover) instead of
+        after Master_Down_Interval. Outside RFC 5798; see the module docstring.
+
+        Ignored (returns ``False``) unless BACKUP, following ``source`` as the current
+        master and not already waiting for :meth:`answer_prepare`: a stale or wrong hint
+        changes nothing, and the RFC timer still runs.
+
+        :param source: the master's advert source address, as :attr:`master_seen` has it.
+        :param now: current time.
+        :returns: whether the hint was used.
+        """
+        if (self.state is not State.BACKUP or self.preparing is not None
+                or self.master_seen is None):
+            return False
+        try:
+            same = ipaddress.ip_address(source) == ipaddress.ip_address(self.master_seen)
+        except (ValueError, TypeError):
+            return False
+        if not same:
+            return False
+        self._peer_priority.pop(ipaddress.ip_address(source), None)
+        self.master_seen = None
+        self._timers.preempt = None
+        at = now + self.skew_time
+        current = self._timers.master_down
+        if current is None or at < current:
+            self._set_master_down(at, "master_gone")
         return True
 
     def drain(self) -> list[Effect]:

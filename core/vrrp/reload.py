@@ -20,7 +20,7 @@ LIVE_KEYS = ("priority", "preempt", "preempt_delay", "accept", "garp_count", "ga
 ROUTER_KEYS = ("preempt", "preempt_delay", "accept")
 #: instance keys that only a restart applies: sockets, adverts, addresses
 RESTART_KEYS = ("interface", "vrid", "version", "family", "advert_interval",
-                "virtual_ipaddress", "unicast_peer", "unicast_src_ip")
+                "virtual_ipaddress", "unicast_peer", "unicast_src_ip", "fast_takeover")
 
 
 class _Named(Protocol):

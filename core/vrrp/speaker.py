@@ -22,6 +22,14 @@ Effects of the routers:
   (advert, addresses, announcements), so a takeover is not delayed by logging and hooks;
 - ``Discarded`` -> already counted by the router, logged at DEBUG.
 
+``fast_takeover = "corosync"``: a sink on the daemon's loop (``engine.sinks``) takes every
+``director.down`` whose reason says the peer's *process* left the Corosync group while its
+host stayed up (:data:`FAST_REASONS`), looks the peer node's addresses up in the node map
+and hands them to the speaker's loop (``call_soon_threadsafe``). There each fast instance
+in BACKUP whose current master (the source address of its adverts) is one of them gets
+``Router.master_gone``: it takes over after Skew_Time instead of Master_Down_Interval. A
+node loss (``corosync.nodedown``) changes nothing: host failures follow the RFC timer.
+
 Beyond keepalived: at start the speaker removes the VIPs of its instances that a crash left
 on the interface, before any router starts; on cancellation it sends priority 0
 (RFC 5798 §6.4.3) and removes its VIPs.
@@ -53,12 +61,12 @@ from ..ratelimit import LogLimiter
 from . import addresses, machine
 from .addresses import AddressRequests, NetlinkError, Overrun
 from .announce import garp_frame, unsolicited_na
-from .config import InstanceConfig, check_interfaces, instances
+from .config import InstanceConfig, check_fast_takeover, check_interfaces, instances
 from .reload import InstanceChange, diff
 from .sockets import Announcer, Packet, VrrpSocket, arrival
 from .timing import sleep_until, tune_thread
 
-__all__ = ["VrrpSpeaker", "garp_frame", "unsolicited_na", "ISOLATION_ENV"]
+__all__ = ["VrrpSpeaker", "garp_frame", "unsolicited_na", "ISOLATION_ENV", "FAST_REASONS"]
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +91,11 @@ ISOLATION_ENV = "CLUSTERBUS_VRRP_ISOLATION"
 _SWITCH_INTERVAL = 0.0005
 #: seconds the daemon waits for the speaker thread to step down and remove its VIPs
 _STOP_TIMEOUT = 10.0
+#: ``director.down`` reasons that mean the peer daemon's process is gone while its host
+#: (and its Corosync) stay up: the only ones fast_takeover acts on. ``corosync.nodedown``
+#: (the host, its Corosync or its link died) and ``corosync.resync`` (seen by comparing
+#: lists after our own reconnection: the cause is unknown) follow the RFC timer.
+FAST_REASONS = frozenset({"corosync.procdown", "corosync.leave"})
 
 
 @dataclass(eq=False)
@@ -194,6 +207,56 @@ class VrrpSpeaker:
             loop.call_soon_threadsafe(fn, *args)
         except RuntimeError:  # the speaker's loop is closed: it stopped
             pass
+
+    # -- fast_takeover: the master's daemon left the Corosync group ----------------------
+
+    def _on_event(self, event: Event) -> None:
+        """A sink on the daemon's loop: forward a peer daemon's process leaving the
+        Corosync group, with the node's addresses from the node map, to the speaker."""
+        if event.topic != "director.down":
+            return
+        reason = getattr(event, "reason", "")
+        node = getattr(event, "node", 0)
+        if reason not in FAST_REASONS:
+            self.counters["fast_takeover.ignored"] += 1
+            log.debug("fast_takeover: director %d down (%s): not a process exit; the RFC "
+                      "timer decides", node, reason)
+            return
+        addrs = self.engine.nodemap.addrs(node)
+        self._to_speaker(self._master_daemon_gone, node, addrs, reason)
+
+    def _master_daemon_gone(self, node: int, addrs: tuple[str, ...], reason: str) -> None:
+        """On the speaker's loop: every fast instance following a master at one of
+        ``addrs`` takes over after Skew_Time (``Router.master_gone``)."""
+        wanted = set()
+        for a in addrs:
+            try:
+                wanted.add(ipaddress.ip_address(a))
+            except ValueError:
+                continue
+        used = 0
+        for inst in self._instances.values():
+            r = inst.router
+            if inst.cfg.fast_takeover != "corosync" or r.master_seen is None:
+                continue
+            try:
+                master = ipaddress.ip_address(r.master_seen)
+            except ValueError:
+                continue
+            if master not in wanted or master == ipaddress.ip_address(inst.primary):
+                continue
+            if r.master_gone(r.master_seen, self._now()):
+                used += 1
+                self.counters["fast_takeover.triggered"] += 1
+                log.warning("%s: the master %s (node %d) lost its daemon (%s): taking over "
+                            "after Skew_Time %.3f s, not Master_Down_Interval %.3f s",
+                            inst.cfg.name, master, node, reason, r.skew_time,
+                            r.master_down_interval)
+                self._after(inst)
+        if not used:
+            self.counters["fast_takeover.not_master"] += 1
+            log.debug("fast_takeover: director %d down (%s; addresses %s): no instance "
+                      "follows a master there", node, reason, ", ".join(addrs) or "none known")
 
     # -- start-up -------------------------------------------------------------------------
 
@@ -656,6 +719,18 @@ class VrrpSpeaker:
         """
         self._main = asyncio.get_running_loop()
         check_interfaces(self.config)
+        check_fast_takeover(self.config)
+        fast = any(i.fast_takeover for i in self.instance_configs)
+        if fast:
+            self.engine.sinks.append(self._on_event)
+        try:
+            await self._run_speaker()
+        finally:
+            if fast and self._on_event in self.engine.sinks:
+                self.engine.sinks.remove(self._on_event)
+
+    async def _run_speaker(self) -> None:
+        assert self._main is not None
         if not self.isolated:
             log.warning("VRRP speaker on the daemon's loop (%s=0): a busy daemon delays "
                         "its adverts", ISOLATION_ENV)
@@ -804,6 +879,7 @@ class VrrpSpeaker:
                 "vetoes": inst.vetoes,
                 "master_down_interval": round(r.master_down_interval, 6),
                 "restart_needed": list(inst.restart_needed),
+                "fast_takeover": inst.cfg.fast_takeover or None,
             })
         return {"instances": out, "counters": dict(self.counters),
                 "restart_needed": dict(self._restart_needed)}

@@ -187,3 +187,28 @@ def test_unknown_interface_is_refused_by_the_host_check() -> None:
     with pytest.raises(ConfigError) as info:
         check_host(cfg)
     assert info.value.key == "vrrp.instance[0].interface"
+
+
+def test_fast_takeover_is_off_by_default_and_validated() -> None:
+    assert vconf.instances(parse(GOOD))[0].fast_takeover == ""
+    fast = GOOD.replace("preempt = true", 'preempt = true\nfast_takeover = "corosync"')
+    on = fast + "\n[corosync]\nenabled = true\n"
+    assert vconf.instances(parse(on))[0].fast_takeover == "corosync"
+    bad = error(on.replace('"corosync"\n', '"Corosync"\n', 1))
+    assert bad.key == "vrrp.instance[0].fast_takeover" and "corosync" in str(bad)
+    assert error(on.replace('fast_takeover = "corosync"', "fast_takeover = true")).key == \
+        "vrrp.instance[0].fast_takeover"
+    # the hint comes from the Corosync source: without it the key cannot work
+    off = error(fast)
+    assert off.key == "vrrp.instance[0].fast_takeover" and "[corosync] enabled" in str(off)
+
+
+def test_fast_takeover_change_needs_a_restart() -> None:
+    from clusterbus.vrrp.reload import diff
+
+    old = vconf.instances(parse(GOOD))
+    new = vconf.instances(parse(GOOD.replace("preempt = true", 'preempt = true\n'
+                                             'fast_takeover = "corosync"')
+                                + "\n[corosync]\nenabled = true\n"))
+    plan = diff({c.name: c for c in old}, new)
+    assert plan.changes[0].restart_needed == ("fast_takeover",)

@@ -751,3 +751,101 @@ def test_the_address_owner_never_asks() -> None:
     r.start(0.0)
     assert r.state is State.MASTER
     assert not any(isinstance(e, PrepareMaster) for e in r.drain())
+
+
+# -- master_gone: the master's daemon left the Corosync group (fast_takeover) ---------------
+
+
+def _gone(link: FakeLink, name: str, source: str) -> bool:
+    used = link.routers[name].master_gone(source, link.now)
+    link._collect(name)
+    return used
+
+
+def test_master_gone_takes_over_after_skew_time_not_master_down_interval() -> None:
+    link = FakeLink()
+    link.add(cfg("A", 200))
+    link.add(cfg("B", 100))
+    link.start("A")
+    link.start("B")
+    link.run_for(10)
+    assert link.masters() == ["A"] and link.routers["B"].master_seen == ADDR["A"]
+    link.crash("A")
+    t0 = link.now
+    assert _gone(link, "B", ADDR["A"]) is True
+    link.run_for(10)
+    assert link.masters() == ["B"]
+    assert became_master(link, "B") == [(approx(t0 + skew_v3(100, 1.0)), "master_gone")]
+    assert skew_v3(100, 1.0) < mdi_v3(100, 1.0)
+
+
+def test_without_master_gone_the_rfc_timer_decides() -> None:
+    link = FakeLink()
+    link.add(cfg("A", 200))
+    link.add(cfg("B", 100))
+    link.start("A")
+    link.start("B")
+    link.run_for(10)
+    last_advert = link.adverts("A")[-1][0]
+    link.crash("A")
+    link.run_for(10)
+    assert became_master(link, "B") == [(approx(last_advert + mdi_v3(100, 1.0)),
+                                         "master_down_timer")]
+
+
+def test_master_gone_ignores_a_hint_about_another_router_or_in_the_wrong_state() -> None:
+    link = FakeLink()
+    link.add(cfg("A", 200))
+    link.add(cfg("B", 100))
+    link.start("A")
+    link.start("B")
+    link.run_for(10)
+    assert _gone(link, "B", ADDR["C"]) is False   # not the master B follows
+    assert _gone(link, "B", "not an address") is False
+    assert _gone(link, "A", ADDR["B"]) is False   # a MASTER ignores it
+    link.run_for(10)
+    assert link.masters() == ["A"]
+    assert became_master(link, "B") == []
+    idle = Router(cfg("C", 100), now=0.0)
+    assert idle.master_gone(ADDR["A"], 0.0) is False  # INITIALIZE
+    assert idle.drain() == []
+
+
+def test_master_gone_with_two_backups_keeps_one_master() -> None:
+    # Both backups get the hint; the Skew_Time wait lets the higher priority win and the
+    # other hear its advert first (as on a priority-0 advert).
+    link = FakeLink(delay=0.001)
+    link.add(cfg("A", 200))
+    link.add(cfg("B", 150))
+    link.add(cfg("C", 100))
+    for n in "ABC":
+        link.start(n)
+    link.run_for(10)
+    link.crash("A")
+    assert _gone(link, "B", ADDR["A"]) and _gone(link, "C", ADDR["A"])
+    link.run_for(10)
+    assert link.masters() == ["B"]
+    assert became_master(link, "C") == []
+    assert link.max_masters == 1
+
+
+def test_master_gone_is_asked_and_a_veto_holds() -> None:
+    link = FakeLink(prepare=lambda name: "maintenance" if name == "B" else None)
+    link.add(_asking("A", 200))
+    link.add(_asking("B", 100))
+    link.start("A")
+    link.start("B")
+    link.run_for(5)
+    link.crash("A")
+    t0 = link.now
+    assert _gone(link, "B", ADDR["A"])
+    link.run_for(skew_v3(100, 0.1) * 1.5)
+    asked = [r for r in link.trace if r.router == "B" and isinstance(r.effect, PrepareMaster)]
+    assert [a.effect.reason for a in asked] == ["master_gone"]
+    assert asked[0].time == approx(t0 + skew_v3(100, 0.1))
+    assert link.routers["B"].state is State.BACKUP
+    assert [c[4] for c in link.changes("B")][-1] == "vetoed"
+
+
+def test_master_gone_is_in_the_transition_table() -> None:
+    assert TRANSITIONS[(State.BACKUP, "master_gone")] is State.MASTER
