@@ -375,14 +375,23 @@ class Section:
         return out
 
 
+#: Where the membership view is saved unless ``[daemon] state_dir`` says otherwise: the
+#: first directory of ``$STATE_DIRECTORY`` (set by systemd for a unit with
+#: ``StateDirectory=``), else /var/lib/clusterbus.
+DEFAULT_STATE_DIR = (os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+                     or "/var/lib/clusterbus")
+
+
 #: Every core section. Plugins' sections are theirs (``clusterbus_configure``).
 CORE_SECTIONS: dict[str, Section] = {
     "daemon": Section(doc="this director", schema={
         "node": Key(int, 1, between(0, 2**32 - 1), "this director's node number (the event origin)"),
         "log_level": Key(str, "info", lambda v: None if v in LOG_LEVELS else
                          f"expected one of {', '.join(LOG_LEVELS)}"),
-        "state_dir": Key(str, "/var/lib/clusterbus", None,
-                         "directory of the membership state file (\"\": not persisted)"),
+        "state_dir": Key(str, DEFAULT_STATE_DIR, None,
+                         "directory of the membership state file (\"\": not persisted); "
+                         "default $STATE_DIRECTORY (systemd's StateDirectory=), else "
+                         "/var/lib/clusterbus"),
     }),
     "plugins": Section(doc="which plugins load, and how their hook calls are watched", schema={
         "enable": Key(list, [], str_list, "when non-empty, load only these plugins"),

@@ -25,18 +25,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason="user-mode-linux is not installed (tests/run installs it)"))
 
 
-@pytest.fixture(autouse=True, scope="session")
-def _private_state_dir(tmp_path_factory: pytest.TempPathFactory):
-    """In-process daemons save their membership view under a private directory, never in
-    the machine's /var/lib/clusterbus (the default of ``[daemon] state_dir``). Daemons run
-    as subprocesses get their own ``state_dir`` in tests/support."""
+@pytest.fixture(autouse=True)
+def _private_state_dir(tmp_path_factory: pytest.TempPathFactory,
+                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test's daemons save their membership view in a directory of that test, never
+    in the machine's /var/lib/clusterbus nor in another test's: in-process daemons through
+    the default of ``[daemon] state_dir``, subprocess daemons through $STATE_DIRECTORY
+    (which that default reads when clusterbus.config is imported, as systemd sets it)."""
     import dataclasses
 
     from clusterbus.config import CORE_SECTIONS
 
+    state = str(tmp_path_factory.mktemp("state"))
+    monkeypatch.setenv("STATE_DIRECTORY", state)
     schema = CORE_SECTIONS["daemon"].schema
     assert schema is not None
-    old = schema["state_dir"]
-    schema["state_dir"] = dataclasses.replace(old, default=str(tmp_path_factory.mktemp("state")))
-    yield
-    schema["state_dir"] = old
+    monkeypatch.setitem(schema, "state_dir", dataclasses.replace(schema["state_dir"], default=state))
