@@ -251,6 +251,7 @@ def events(config_path: str | None, certificate: str | None, server_key: str | N
     {"snapshot": {"nodes": [...], ...}}, the text output as a "snapshot" line.
     """
     from clusterbus.bus.client import Snapshot, Subscriber, item_to_dict
+    from clusterbus.statusview import json_safe
 
     if count == 0 and not initial:
         raise click.BadParameter("0 (nothing to print) is valid with --snapshot only",
@@ -266,7 +267,7 @@ def events(config_path: str | None, certificate: str | None, server_key: str | N
             async for item in sub:
                 if isinstance(item, Snapshot):
                     if as_json:
-                        click.echo(json.dumps({"snapshot": item.to_dict()},
+                        click.echo(json.dumps({"snapshot": json_safe(item.to_dict())},
                                               separators=(",", ":")))
                     else:
                         click.echo(f"{item.seq:>8} snapshot         nodes={len(item.nodes)} "
@@ -278,7 +279,7 @@ def events(config_path: str | None, certificate: str | None, server_key: str | N
                     if count == 0:
                         return
                     continue
-                click.echo(json.dumps(item_to_dict(item), separators=(",", ":"))
+                click.echo(json.dumps(json_safe(item_to_dict(item)), separators=(",", ":"))
                            if as_json else _event_line(item))
                 n += 1
                 if count is not None and n >= count:
@@ -493,7 +494,9 @@ def status(config_path: str | None, certificate: str | None, server_key: str | N
         raise click.ClickException(
             f"no daemon answered on {cfg['bus']['snapshot']} ({str(exc) or 'timeout'})") from None
     if as_json:
-        click.echo(json.dumps(st, indent=2, default=str))
+        from .statusview import json_safe
+
+        click.echo(json.dumps(json_safe(st), indent=2))
         return
     from .statusview import render_status
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import functools
 import ipaddress
 import math
 import re
@@ -23,6 +22,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
+from .addresses import (
+    address_or_none,
+    canonical_address,
+    canonical_node_address,
+    node_address_or_none,
+)
 from .errors import DecodeError, InvalidEvent
 
 __all__ = [
@@ -105,84 +110,44 @@ def event_class(topic: str, version: int = 1) -> type[Event]:
         raise DecodeError(f"unknown topic {topic!r} (known: {', '.join(known)})") from None
 
 
-#: Distinct address strings whose canonical form is remembered. Membership traffic
-#: repeats the same few addresses over and over; parsing one with :mod:`ipaddress` costs
-#: microseconds, a cache hit tens of nanoseconds. Bounded (LRU), so hostile input that
-#: invents new strings costs a parse each, never memory.
-ADDR_CACHE_SIZE = 4096
 _FLOAT_MAX = sys.float_info.max
 
-
-@functools.lru_cache(maxsize=ADDR_CACHE_SIZE)
-def _canonical_or_none(value: str) -> str | None:
-    # None (cached too) for a string that is not an address: the caller raises, with the
-    # field name it knows. An IPv4-mapped IPv6 address (::ffff:10.0.0.3) is the IPv4
-    # address it maps: one address has one text form, so it cannot dodge a comparison.
-    try:
-        addr = ipaddress.ip_address(value)
-    except ValueError:
-        return None
-    if addr.version == 6 and addr.ipv4_mapped is not None:
-        return str(addr.ipv4_mapped)
-    return str(addr)
-
-
-def _not_a_node_addr(canon: str) -> str | None:
-    """Why the canonical address ``canon`` cannot be a node's address, else ``None``."""
-    addr = ipaddress.ip_address(canon)
-    if addr.is_unspecified:
-        return "is unspecified"
-    if addr.is_loopback:
-        return "is a loopback address"
-    if addr.is_multicast:
-        return "is a multicast address"
-    if addr.version == 4 and canon == "255.255.255.255":
-        return "is the broadcast address"
-    return None
-
-
-@functools.lru_cache(maxsize=ADDR_CACHE_SIZE)
-def _node_addr_or_none(value: str) -> str | None:
-    # the canonical form of a string that is a node address (unicast, not loopback, not
-    # unspecified), else None; bounded like _canonical_or_none
-    canon = _canonical_or_none(value)
-    if canon is None or _not_a_node_addr(canon) is not None:
-        return None
-    return canon
-
-
 def canonical_addr(value: object, field: str = "addr") -> str:
-    """Validate an IPv4/IPv6 address and return its canonical text form.
+    """Validate an IPv4/IPv6 address and return its canonical text form
+    (:func:`clusterbus.addresses.canonical_address`).
 
     :raises InvalidEvent: not a string holding an IP address.
     """
     if type(value) is str:
-        canon = _canonical_or_none(value)
-    elif isinstance(value, str):  # a str subclass: parse a plain copy, do not cache it
-        canon = _canonical_or_none.__wrapped__(str.__str__(value))
-    else:
+        canon = address_or_none(value)
+        if canon is not None:
+            return canon
+    if not isinstance(value, str):
         raise InvalidEvent(f"{field}: expected an IP address string, got {type(value).__name__}")
-    if canon is None:
-        raise InvalidEvent(f"{field}: {value!r} is not an IPv4 or IPv6 address")
-    return canon
+    try:  # a str subclass (parsed as a plain copy, not cached) or a refusal, with its reason
+        return canonical_address(str.__str__(value))
+    except ValueError as exc:
+        raise InvalidEvent(f"{field}: {exc}") from None
 
 
 def node_addr(value: object, field: str = "addr") -> str:
-    """Validate one address of a node (the membership boundary's rule, the one home of
-    it): an IPv4/IPv6 address that is unicast, not loopback and not unspecified; returned
-    in canonical form (an IPv4-mapped IPv6 address becomes the IPv4 address).
+    """Validate one address of a node (the membership boundary's rule, that of
+    :func:`clusterbus.addresses.canonical_node_address`): an IPv4/IPv6 address that is
+    unicast, not loopback and not unspecified; returned in canonical form (an IPv4-mapped
+    IPv6 address becomes the IPv4 address).
 
     :raises InvalidEvent: not an address string, or not one a node can have.
     """
     if type(value) is str:
-        canon = _node_addr_or_none(value)
+        canon = node_address_or_none(value)
         if canon is not None:
             return canon
-    canon = canonical_addr(value, field)
-    why = _not_a_node_addr(canon)
-    if why is not None:
-        raise InvalidEvent(f"{field}: {canon} {why}, not a node address")
-    return canon
+    if not isinstance(value, str):
+        raise InvalidEvent(f"{field}: expected an IP address string, got {type(value).__name__}")
+    try:
+        return canonical_node_address(str.__str__(value))
+    except ValueError as exc:
+        raise InvalidEvent(f"{field}: {exc}") from None
 
 
 def node_addrs(values: object, field: str = "addrs") -> tuple[str, ...]:
@@ -196,7 +161,7 @@ def node_addrs(values: object, field: str = "addrs") -> tuple[str, ...]:
         if not values:
             return values
         first = values[0]
-        if type(first) is str and _node_addr_or_none(first) == first:
+        if type(first) is str and node_address_or_none(first) == first:
             return values
     if not isinstance(values, (tuple, list)):
         raise InvalidEvent(f"{field}: expected a tuple of addresses, got {type(values).__name__}")
@@ -433,7 +398,7 @@ class MembershipEvent(Event):
         a = self.addrs
         # fast: a tuple of one address already in canonical form (what the view passes)
         if type(a) is not tuple or len(a) > 1 \
-                or (a and (type(a[0]) is not str or _node_addr_or_none(a[0]) != a[0])):
+                or (a and (type(a[0]) is not str or node_address_or_none(a[0]) != a[0])):
             _addrs(self, "addrs")
         v = self.view
         if type(v) is not int or not 1 <= v <= _U64:
@@ -486,7 +451,7 @@ def membership_event(cls: type[M], origin: Any, seq: Any, time: Any, node: Any,
             or type(time) is not float or not 0.0 <= time <= _FLOAT_MAX \
             or type(node) is not int or not 0 <= node <= MAX_NODE \
             or type(addrs) is not tuple or len(addrs) > 1 \
-            or (addrs and (type(addrs[0]) is not str or _node_addr_or_none(addrs[0]) != addrs[0])) \
+            or (addrs and (type(addrs[0]) is not str or node_address_or_none(addrs[0]) != addrs[0])) \
             or type(view) is not int or not 1 <= view <= _U64 \
             or type(joined) is not tuple or len(joined) > 1 \
             or (joined and (type(joined[0]) is not int or not 0 <= joined[0] <= MAX_NODE)) \

@@ -261,6 +261,15 @@ def clusterbus_vrrp_prepare_master(instance: str, vrid: int, cluster: Cluster) -
         ``vrrp.transition`` with ``reason="vetoed"`` and ``new="BACKUP"``. The address
         owner (priority 255) ignores vetoes.
 
+    Deadline: the speaker waits at most **one advertisement interval** of the instance
+    (``advert_interval``) for the answers, still BACKUP. No answer by then counts as no
+    veto: the takeover goes ahead, counted as ``prepare_master.timeouts`` in the speaker's
+    counters (``clusterbus status``) with a rate-limited warning. An answer that arrives
+    after the deadline (or after the speaker stopped waiting for another reason: a better
+    master was heard, the instance was removed) changes nothing and is counted as
+    ``prepare_master.late``. The hook runs on the daemon's event loop, the speaker on its
+    own thread: a slow hook delays the takeover by at most that interval.
+
     Called by the built-in speaker only (keepalived's notify FIFO reports a transition
     after it happened). Must not block.
     """

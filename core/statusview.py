@@ -16,7 +16,7 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-__all__ = ["render_status", "epoch_text"]
+__all__ = ["render_status", "epoch_text", "json_safe", "JSON_SAFE_INT"]
 
 #: the columns worth a terminal's width, per service; the rest is in ``status --json``
 COLUMNS = {
@@ -31,6 +31,26 @@ PIPE_WIDTH = 1000
 def epoch_text(epoch: Any) -> str:
     """A bus epoch as the logs print it: 16 hex digits."""
     return f"{epoch:016x}" if isinstance(epoch, int) and not isinstance(epoch, bool) else str(epoch)
+
+
+#: the largest integer every JSON parser reads exactly (a double's 53-bit mantissa)
+JSON_SAFE_INT = 2**53 - 1
+
+
+def json_safe(value: Any, key: str = "") -> Any:
+    """``value`` (a status or snapshot, as decoded from msgpack) ready for ``json.dumps``
+    and for any JSON reader: an ``epoch`` (a random u64) and any integer beyond
+    +-(2^53-1) become decimal strings (docs/wire-protocol.md, "Conventions"); tuples
+    become lists; keys become strings."""
+    if isinstance(value, bool) or value is None or isinstance(value, (str, float)):
+        return value
+    if isinstance(value, int):
+        return str(value) if key == "epoch" or abs(value) > JSON_SAFE_INT else value
+    if isinstance(value, dict):
+        return {str(k): json_safe(v, str(k)) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v, key) for v in value]
+    return str(value)
 
 
 def _scalar(key: str, value: Any) -> str:

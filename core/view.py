@@ -23,13 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from .addresses import node_address_or_none
 from .errors import InvalidEvent
 from .events import (
     MAX_NODE,
     MAX_REASON,
     MIN_NODE,
     NodeState,
-    _node_addr_or_none,
     check_incarnation,
     check_node,
     check_reason,
@@ -106,7 +106,7 @@ def node_report(state: NodeState, node: int, addrs: Iterable[str], incarnation: 
             or type(reason) is not str or not 0 < len(reason) <= MAX_REASON \
             or type(addrs) is not tuple or len(addrs) > 1 \
             or (addrs and (type(addrs[0]) is not str
-                           or _node_addr_or_none(addrs[0]) != addrs[0])):
+                           or node_address_or_none(addrs[0]) != addrs[0])):
         if type(state) is not NodeState:
             raise InvalidEvent(f"NodeReport.state: expected NodeState, got {state!r}")
         check_node("NodeReport", node)

@@ -22,8 +22,9 @@ from dataclasses import dataclass
 
 from typing import NamedTuple
 
+from ..addresses import canonical_address, node_address_problem
 from ..errors import DecodeError, InvalidEvent, LocalProtocolError
-from ..events import MAX_NODE, MAX_NODE_ADDRS, NodeState, _not_a_node_addr, node_addr
+from ..events import MAX_NODE, MAX_NODE_ADDRS, NodeState, node_addr
 from ..view import NodeReport, node_report
 
 __all__ = [
@@ -457,7 +458,7 @@ def _decode_body(buf: bytes, start: int, length: int, flags: int, seq: int,
             text = _node_addr_text(payload)
             if text is None:
                 canon = _canonical_text(payload)
-                raise MessageError(f"ADDR {canon} {_not_a_node_addr(canon)}, not a node "
+                raise MessageError(f"ADDR {canon} {node_address_problem(canon)}, not a node "
                                    "address", offset=pos, kind="bad_address")
             addrs.append(text)
         elif atype == _ATTR_COOKIE:
@@ -501,20 +502,19 @@ _STATE_FOR_BYTE = {int(s): s for s in NodeState}
 
 
 def _canonical_text(packed: bytes) -> str:
-    addr = ipaddress.ip_address(packed)
-    if addr.version == 6 and addr.ipv4_mapped is not None:
-        return str(addr.ipv4_mapped)
-    return str(addr)
+    # the text of 4 or 16 bytes, then the one rule of clusterbus.addresses (an
+    # IPv4-mapped address becomes the IPv4 address)
+    return canonical_address(str(ipaddress.ip_address(packed)))
 
 
 @functools.lru_cache(maxsize=4096)
 def _node_addr_text(packed: bytes) -> str | None:
     """Canonical text of a 4- or 16-byte node address (the rule of
-    :func:`clusterbus.events.node_addr`), ``None`` when it is not one. Cached: the same
+    :func:`clusterbus.addresses.canonical_node_address`), ``None`` when it is not one. Cached: the same
     few addresses come back in every message about a node; bounded, so new addresses
     only cost a parse."""
     text = _canonical_text(packed)
-    return None if _not_a_node_addr(text) is not None else text
+    return None if node_address_problem(text) is not None else text
 
 
 def _payload_u32(payload: bytes, name: str, offset: int) -> int:

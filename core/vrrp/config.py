@@ -7,7 +7,7 @@ feel at home. :data:`clusterbus.config.CORE_SECTIONS` declares the ``[vrrp]`` se
 this host: ``clusterbus run`` and ``clusterbus check-config``).
 
 Addresses follow :mod:`clusterbus.addresses`: virtual addresses, peers and the source are
-node addresses (unicast, not loopback or unspecified, no IPv4-mapped spelling), canonical.
+node addresses (unicast, not loopback or unspecified; an IPv4-mapped one is the IPv4 address), canonical.
 
 Standard library only: no pyroute2 here, the interface check uses
 :func:`socket.if_nametoindex`. This module imports :mod:`clusterbus.schema`, never

@@ -76,6 +76,8 @@ def test_events_json_prints_the_snapshot_it_resyncs_from(tmp_path: Path) -> None
                 raise AssertionError("no snapshot record")
             snap = record["snapshot"]
             assert snap["reason"] == "epoch_changed" and snap["epoch"] != first["snapshot"]["epoch"]
+            # the epoch (a u64) is a decimal string in JSON (docs/wire-protocol.md)
+            assert isinstance(snap["epoch"], str) and int(snap["epoch"]) > 0
             nodes = [n["node"] for n in snap["nodes"]]
             assert set(nodes) <= {77} and snap["seq"] == len(nodes)
             report(endpoints["ingest"], 78)

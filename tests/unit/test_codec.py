@@ -321,7 +321,7 @@ def test_vrrp_transition_group_flag_survives() -> None:
 def _big_snapshot(nodes: int) -> dict[str, object]:
     return {"origin": 1, "seq": nodes, "view": nodes, "nodemap": {},
             "nodes": [{"node": n, "state": "up", "addrs": [f"10.0.{n // 256}.{n % 256}"] * 4,
-                       "incarnation": 0, "view": n} for n in range(1, nodes + 1)]}
+                       "incarnation": 0, "view": n, "confirmed": True} for n in range(1, nodes + 1)]}
 
 
 def test_a_header_bigger_than_a_frame_is_split_and_joined() -> None:

@@ -71,8 +71,8 @@ CASES = {
     "unspecified_vip": (lambda t: _base(t) + VRRP.format(vip='"0.0.0.0"', peer=""),
                         "vrrp.instance[0].virtual_ipaddress[0]"),
     "ipv4_mapped_vrrp_peer": (lambda t: _base(t) + VRRP.format(vip='"10.77.0.100/24"',
-                                                               peer='"::ffff:10.77.0.2"'),
-                              "vrrp.instance[0].unicast_peer[0]"),
+                                                               peer='"10.77.0.2", "::ffff:10.77.0.2"'),
+                              "vrrp.instance[0].unicast_peer"),
     "notify_fifo_directory_missing": (
         lambda t: _base(t) + f'[keepalived]\nnotify_fifo = "{t}/missing/notify.fifo"\n',
         "keepalived.notify_fifo"),

@@ -11,14 +11,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from clusterbus import hookimpl
+from clusterbus.addresses import ADDR_CACHE_SIZE, address_or_none, node_address_or_none
 from clusterbus.engine import Engine
 from clusterbus.errors import InvalidEvent
 from clusterbus.events import (
-    ADDR_CACHE_SIZE,
     NodeDown,
     NodeUp,
-    _canonical_or_none,
-    _node_addr_or_none,
     canonical_addr,
 )
 from clusterbus.netlink import message
@@ -90,7 +88,7 @@ def test_canonical_addr_cache_keeps_every_check() -> None:
         canonical_addr(b"10.0.0.1")  # type: ignore[arg-type]
     with pytest.raises(InvalidEvent):
         canonical_addr(167772161)  # an int is an address to ipaddress, not to us
-    assert _canonical_or_none.cache_info().maxsize == ADDR_CACHE_SIZE
+    assert address_or_none.cache_info().maxsize == ADDR_CACHE_SIZE
 
 
 BASE: dict[str, Any] = dict(origin=1, seq=1, time=1.0, node=3, view=1, reason="netlink")
@@ -239,7 +237,7 @@ def test_decoded_reports_are_what_the_report_constructor_builds(
     assert message.decode_reports(buf) == want
 
 
-node_addresses = addresses.filter(lambda a: _node_addr_or_none(a) is not None)
+node_addresses = addresses.filter(lambda a: node_address_or_none(a) is not None)
 reports = st.lists(st.tuples(st.sampled_from(list(NodeState)), st.integers(1, 4),
                              st.lists(node_addresses, max_size=3), st.integers(0, 3)),
                    max_size=30)

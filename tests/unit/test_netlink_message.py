@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from clusterbus.errors import DecodeError, LocalProtocolError
-from clusterbus.events import _node_addr_or_none
+from clusterbus.addresses import node_address_or_none
 from clusterbus.netlink.message import (
     MSG_TYPE,
     VERSION,
@@ -199,7 +199,7 @@ def test_encode_rejects_bad_arguments(args):
 addresses = st.one_of(
     st.builds(lambda n: str(ipaddress.IPv4Address(n)), st.integers(0, 2**32 - 1)),
     st.builds(lambda n: str(ipaddress.IPv6Address(n)), st.integers(0, 2**128 - 1)),
-).filter(lambda a: _node_addr_or_none(a) == a)  # node addresses, canonical
+).filter(lambda a: node_address_or_none(a) == a)  # node addresses, canonical
 messages = st.builds(
     lambda state, node, addrs, inc, seq, pid: (state, node, tuple(addrs), inc, seq, pid),
     st.sampled_from(list(NodeState)),

@@ -123,15 +123,18 @@ def test_unknown_interface_is_a_startup_error() -> None:
     ('["10.77.0.100/24"]', '["0.0.0.0/0"]', "vrrp.instance[0].virtual_ipaddress[0]",
      "unspecified"),
     ('["10.77.0.100/24"]', '["224.0.0.18"]', "vrrp.instance[0].virtual_ipaddress[0]",
-     "not a unicast"),
+     "multicast"),
     ('["10.77.0.100/24"]', '["10.77.0.100/33"]', "vrrp.instance[0].virtual_ipaddress[0]",
      "prefix length"),
-    ('["10.77.0.100/24"]', '["::ffff:10.77.0.100"]', "vrrp.instance[0].virtual_ipaddress[0]",
-     "write 10.77.0.100"),
+    # an IPv4-mapped address is the IPv4 address: it meets the "twice" check as one
+    ('["10.77.0.100/24"]', '["10.77.0.100/24", "::ffff:10.77.0.100/120"]',
+     "vrrp.instance[0].virtual_ipaddress", "twice"),
+    ('["10.77.0.100/24"]', '["::ffff:10.77.0.100/64"]', "vrrp.instance[0].virtual_ipaddress[0]",
+     "prefix length"),
     ('["10.77.0.100/24"]', '[167772161]', "vrrp.instance[0].virtual_ipaddress",
      "array of strings"),
-    ("preempt = true", 'preempt = true\nunicast_peer = ["::ffff:10.77.0.2"]',
-     "vrrp.instance[0].unicast_peer[0]", "IPv4-mapped"),
+    ("preempt = true", 'preempt = true\nunicast_peer = ["10.77.0.2", "::ffff:10.77.0.2"]',
+     "vrrp.instance[0].unicast_peer", "twice"),
     ("preempt = true", 'preempt = true\nunicast_peer = ["127.0.0.1"]',
      "vrrp.instance[0].unicast_peer[0]", "loopback"),
     ("preempt = true", 'preempt = true\nunicast_peer = ["10.77.0.2", "10.77.0.02"]',
@@ -155,6 +158,15 @@ def test_addresses_are_canonical() -> None:
     (inst,) = vconf.instances(cfg)
     assert inst.virtual_ipaddress == ("fd00:77::100/64", "fe80::77/128")
     assert inst.unicast_peer == ("fd00:77::2",) and inst.unicast_src_ip == "fd00:77::1"
+
+
+def test_ipv4_mapped_addresses_are_the_ipv4_addresses() -> None:
+    cfg = parse(replace('["10.77.0.100/24"]', '["::FFFF:10.77.0.100/120", "::ffff:10.77.0.101"]')
+                .replace("preempt = true", 'preempt = true\nunicast_peer = ["::ffff:10.77.0.2"]'))
+    (inst,) = vconf.instances(cfg)
+    assert inst.family == "inet"
+    assert inst.virtual_ipaddress == ("10.77.0.100/24", "10.77.0.101/32")
+    assert inst.unicast_peer == ("10.77.0.2",)
 
 
 def test_sections_are_declared_in_one_table() -> None:
