@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import gc
 import importlib
 import logging
 import os
@@ -37,6 +38,9 @@ from .sdnotify import Notifier
 __all__ = ["Daemon", "Service", "SOURCES", "ServiceFailed", "run_daemon"]
 
 log = logging.getLogger(__name__)
+
+#: seconds after "running" when :func:`freeze_heap` runs a second time
+_FREEZE_AGAIN_S = 10.0
 
 
 class Service(Protocol):
@@ -139,6 +143,8 @@ class Daemon:
         self._stop: asyncio.Event | None = None
         self._set_up = False
         self._announced = False
+        #: gc.freeze() once running (:func:`freeze_heap`); set by :func:`run_daemon`
+        self.freeze_heap = False
         #: the verdict of the last reload (``status`` reports it, ``clusterbus reload``
         #: waits for its generation to change); generation 0: no reload yet
         self.last_reload: dict[str, Any] = {"generation": 0, "result": None}
@@ -316,6 +322,11 @@ class Daemon:
                 log.info("clusterbus node %d running (pid %d): services %s, plugins %s",
                          self.engine.origin, os.getpid(), ", ".join(self.services) or "none",
                          ", ".join(self.plugins.names()) or "none")
+                if self.freeze_heap:
+                    # and again once the services' own start-up (the speaker thread's
+                    # netlink modules, imported on first use) is surely over
+                    freeze_heap("running")
+                    loop.call_later(_FREEZE_AGAIN_S, freeze_heap, "running for a while")
                 await self._stop.wait()
                 raise _Stopping()
         except* _Stopping:
@@ -428,6 +439,19 @@ class _Stopping(Exception):
     """Raised inside the task group to cancel every task on a clean stop."""
 
 
+def freeze_heap(when: str) -> None:
+    """Move every object the process holds now out of the cyclic garbage collector's
+    reach (``gc.freeze()``): modules, classes, functions, plugins, sockets. They live as
+    long as the process, and scanning them made each full collection of the daemon's heap
+    50..90 ms, holding the GIL, so long the VRRP speaker's thread missed adverts (see
+    docs/architecture.md, "Concurrency model"). A full collection then scans only what
+    came after: the node map, events in flight. Called by :func:`run_daemon` only (the
+    process is the daemon's), never in a process that runs daemons for tests.
+    """
+    gc.freeze()
+    log.debug("garbage collector: %d objects frozen (%s)", gc.get_freeze_count(), when)
+
+
 def run_daemon(config: Config) -> int:
     """Run a daemon in a fresh event loop; the CLI's ``run``. Returns an exit code:
     0 after a clean stop, 2 when the configuration cannot work (including a service that
@@ -446,6 +470,9 @@ def run_daemon(config: Config) -> int:
     except ClusterbusError as exc:
         log.error("%s", exc)
         return 2
+    gc.collect()  # start-up garbage, once, before anything is time-critical
+    freeze_heap("set up")
+    daemon.freeze_heap = True
     try:
         asyncio.run(daemon.run())
     except ServiceFailed as exc:  # logged where it happened
