@@ -238,7 +238,7 @@ def test_garbage_from_an_authorized_peer_changes_only_counters(tmp_path: Path) -
         garbage = [[b"node.up", b"\xc1\xff not msgpack"], [b"_hb", b"\x00"], [b"\xff" * 300],
                    [b"_batch", b"junk", b"junk"], [b"node.down"]]
         seq_hb = encode_heartbeat(Heartbeat(epoch=77, origin=9, seq=0, time=time.time(),
-                                            interval=0.2))
+                                            interval=5.0))  # alive while checked
 
         def dropped() -> int:
             c = d2.peer(9)["counters"]
