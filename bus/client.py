@@ -683,7 +683,8 @@ class MultiSubscriber:
     :raises ValueError: no daemon given.
     """
 
-    def __init__(self, daemons: Sequence[tuple[str, ...]], **kwargs: Any) -> None:
+    def __init__(self, daemons: Sequence[tuple[str, str] | tuple[str, str, str | None]],
+                 **kwargs: Any) -> None:
         if not daemons:
             raise ValueError("MultiSubscriber needs at least one daemon")
         kwargs.pop("context", None)
@@ -769,17 +770,17 @@ def split_connect(text: str) -> tuple[str, str, str | None]:
     """``clusterbus events --connect`` argument -> ``(publish, snapshot, server_key)``.
 
     ``PUB``, ``PUB,SNAPSHOT`` or ``PUB,SNAPSHOT,KEYFILE`` (KEYFILE: that daemon's public
-    ``.key``). Without SNAPSHOT, a ``tcp://HOST:PORT`` publish endpoint gives
+    ``.key``). Without SNAPSHOT (absent or empty: ``PUB,,KEYFILE``), a ``tcp://HOST:PORT`` publish endpoint gives
     ``tcp://HOST:PORT+2`` (the defaults are 7661 and 7663).
 
-    :raises ValueError: an empty part, too many parts, or a SNAPSHOT that cannot be
+    :raises ValueError: no PUB, too many parts, or a SNAPSHOT that cannot be
         derived (not ``tcp://HOST:PORT``).
     """
     parts = text.split(",")
-    if len(parts) > 3 or any(not p.strip() for p in parts[:2]):
+    if len(parts) > 3 or not parts[0].strip():
         raise ValueError(f"{text!r}: expected PUB[,SNAPSHOT[,KEYFILE]]")
     publish = parts[0].strip()
-    if len(parts) >= 2:
+    if len(parts) >= 2 and parts[1].strip():
         snapshot = parts[1].strip()
     else:
         m = re.fullmatch(r"(tcp://.+):(\d+)", publish)

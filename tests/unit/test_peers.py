@@ -108,3 +108,16 @@ def test_liveness_restart_after_timeout_is_up_restarted() -> None:
     lv.observe(alive=True, epoch=5)
     lv.observe(alive=False, epoch=5)
     assert lv.observe(alive=True, epoch=7) == [Transition(up=True, reason="restarted")]
+
+
+def test_split_connect() -> None:
+    from clusterbus.bus.client import split_connect
+
+    assert split_connect("tcp://10.0.0.1:7661") == ("tcp://10.0.0.1:7661",
+                                                     "tcp://10.0.0.1:7663", None)
+    assert split_connect("tcp://10.0.0.1:7661,,/k/d1.key") == (
+        "tcp://10.0.0.1:7661", "tcp://10.0.0.1:7663", "/k/d1.key")
+    assert split_connect("ipc:///a,ipc:///b") == ("ipc:///a", "ipc:///b", None)
+    for bad in ("ipc:///a", ",x", "a,b,c,d", "tcp://h:65535"):
+        with pytest.raises(ValueError):
+            split_connect(bad)
