@@ -121,3 +121,46 @@ def test_split_connect() -> None:
     for bad in ("ipc:///a", ",x", "a,b,c,d", "tcp://h:65535"):
         with pytest.raises(ValueError):
             split_connect(bad)
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, int, int]] = []
+
+    @__import__("clusterbus").hookimpl
+    def clusterbus_event(self, event: object) -> None:
+        self.seen.append((event.topic, event.origin, event.seq))  # type: ignore[attr-defined]
+
+
+def test_peer_events_reach_hooks_not_the_view_nor_the_sinks(keys: Path) -> None:
+    from clusterbus.engine import Engine
+    from clusterbus.events import NodeUp
+    from clusterbus.peers import PeersService
+    from clusterbus.pluginhost import PluginHost
+
+    host = PluginHost()
+    rec = _Recorder()
+    host.register(rec, "rec")
+    engine = Engine(origin=1, plugins=host)
+    sunk: list[object] = []
+    engine.sinks.append(sunk.append)
+    service = PeersService(engine, parse_config(conf(keys), file="f.toml"))
+    link = service.links[2]
+    try:
+        up = NodeUp(origin=2, seq=5, time=1.0, node=42, addrs=(), view=3, joined=(42,),
+                    left=(), reason="test")
+        link.deliver(up)
+        link.deliver(NodeUp(origin=3, seq=6, time=1.0, node=43, addrs=(), view=4,
+                            joined=(43,), left=(), reason="test"))
+        assert rec.seen == [("node.up", 2, 5)]
+        assert engine.view.state(42) is None and sunk == []
+        assert link.counters["events.delivered"] == 1
+        assert link.counters["dropped.wrong_origin"] == 1
+        # liveness: a heartbeat makes the peer a live director, published locally
+        assert engine.cluster.directors() == (1,)
+        link.liveness.observe(alive=True, epoch=9)
+        assert engine.cluster.directors() == (1, 2)
+        st = service.status()
+        assert st["alive"] == [2] and st["peers"]["2"]["counters"]["events.delivered"] == 1
+    finally:
+        link.sub.close()
