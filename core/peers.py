@@ -81,8 +81,6 @@ class PeerLiveness:
         """The transitions this observation causes (often none)."""
         out: list[Transition] = []
         restarted = epoch is not None and self.epoch is not None and epoch != self.epoch
-        if restarted:
-            self.counters["restarts"] += 1
         if alive:
             if self.up and restarted:
                 out += [Transition(up=False, reason="restarted"),
@@ -91,8 +89,10 @@ class PeerLiveness:
                 out.append(Transition(up=True, reason="restarted" if restarted else "heartbeat"))
         elif self.up:
             out.append(Transition(up=False, reason="heartbeat_timeout"))
-        if epoch is not None:
+        if epoch is not None and alive:  # a dead peer's new epoch counts when it is back
             self.epoch = epoch
+            if restarted:
+                self.counters["restarts"] += 1
         for t in out:
             self.up = t.up
             self.counters["up" if t.up else "down"] += 1
@@ -126,11 +126,18 @@ class PeerLink:
 
     # -- liveness -------------------------------------------------------------------------
 
-    def check(self) -> None:
-        """Compare what the subscription saw with the last decision; publish the change."""
+    def check(self, *, new_epoch: int | None = None) -> None:
+        """Compare what the subscription saw with the last decision; publish the change.
+
+        :param new_epoch: the epoch of a reply from the peer's new run (proof of life
+            before its first heartbeat arrives).
+        """
         hb = self.sub.last_heartbeat
-        for t in self.liveness.observe(alive=self.sub.alive,
-                                       epoch=hb.epoch if hb is not None else None):
+        if new_epoch is not None:
+            alive, epoch = True, new_epoch
+        else:
+            alive, epoch = self.sub.alive, (hb.epoch if hb is not None else None)
+        for t in self.liveness.observe(alive=alive, epoch=epoch):
             (log.info if t.up else log.warning)(
                 "peer director %d is %s (%s)", self.node, "up" if t.up else "DOWN", t.reason)
             self.engine.publish(DirectorUp if t.up else DirectorDown, node=self.node,
@@ -183,8 +190,9 @@ class PeerLink:
     async def _resynced(self, snap: Snapshot) -> None:
         """Continuity was re-established at ``snap.seq``. After a restart (new epoch), the
         new run's events up to there are replayed from the peer's ring and delivered."""
-        self.check()  # a restart is a director.down/up before the new run's events
-        if snap.reason != "epoch_changed":
+        if snap.reason == "epoch_changed":  # director.down/up before the new run's events
+            self.check(new_epoch=snap.epoch)
+        else:
             self._count("resyncs")
             log.warning("peer %d: events lost (%s), continuing at seq %d", self.node,
                         snap.reason, snap.seq)

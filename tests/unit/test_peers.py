@@ -164,3 +164,12 @@ def test_peer_events_reach_hooks_not_the_view_nor_the_sinks(keys: Path) -> None:
         assert st["alive"] == [2] and st["peers"]["2"]["counters"]["events.delivered"] == 1
     finally:
         link.sub.close()
+
+
+def test_liveness_new_epoch_seen_while_dead_is_still_a_restart() -> None:
+    lv = PeerLiveness()
+    lv.observe(alive=True, epoch=5)
+    lv.observe(alive=False, epoch=5)
+    assert lv.observe(alive=False, epoch=8) == []
+    assert lv.observe(alive=True, epoch=8) == [Transition(up=True, reason="restarted")]
+    assert lv.counters == {"up": 2, "down": 1, "restarts": 1}
