@@ -133,6 +133,7 @@ class PeerLink:
             before its first heartbeat arrives).
         """
         hb = self.sub.last_heartbeat
+        epoch: int | None
         if new_epoch is not None:
             alive, epoch = True, new_epoch
         else:
