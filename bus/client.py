@@ -76,6 +76,8 @@ from .sockets import TURN_BUDGET, Reader
 
 __all__ = [
     "Subscriber",
+    "MultiSubscriber",
+    "split_connect",
     "Snapshot",
     "Requester",
     "PublisherLost",
@@ -662,6 +664,132 @@ class Subscriber:
 
     def _count(self, key: str) -> None:
         self.counters[key] = self.counters.get(key, 0) + 1
+
+
+class MultiSubscriber:
+    """Several daemons' streams merged: one :class:`Subscriber` per daemon, gap repair per
+    origin.
+
+    Each daemon publishes only its own events (a director never re-publishes a peer's), so
+    one subscriber per daemon is one gap-repaired, seq-ordered stream per origin. Items
+    are yielded as they become ready: in order within an origin, interleaved across
+    origins (an event's ``origin`` and a :class:`Snapshot`'s ``origin`` say whose).
+
+    :param daemons: ``(publish, snapshot)`` endpoints, or ``(publish, snapshot,
+        server_key)`` with that daemon's public ``.key`` file (else ``server_key``).
+    :param kwargs: as for :class:`Subscriber` (``prefixes``, ``certificate``,
+        ``server_key``, ``raise_when_dead``, ...), given to each one.
+    :raises ConfigError: a key file cannot be used.
+    :raises ValueError: no daemon given.
+    """
+
+    def __init__(self, daemons: Sequence[tuple[str, str] | tuple[str, str, str | None]],
+                 **kwargs: Any) -> None:
+        if not daemons:
+            raise ValueError("MultiSubscriber needs at least one daemon")
+        kwargs.pop("context", None)
+        self.context = zmq.asyncio.Context()
+        self.subscribers: list[Subscriber] = []
+        for entry in daemons:
+            publish, snapshot, *rest = entry
+            kw = dict(kwargs)
+            if rest and rest[0]:
+                kw["server_key"] = rest[0]
+            self.subscribers.append(Subscriber(publish, snapshot, context=self.context, **kw))
+        self._queue: asyncio.Queue[tuple[Event | Snapshot | None, BaseException | None]] \
+            = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def open(self) -> None:
+        """Connect every subscriber and start reading them (idempotent)."""
+        if self._tasks:
+            return
+        for sub in self.subscribers:
+            sub.open()
+            self._tasks.append(asyncio.ensure_future(self._pump(sub)))
+
+    async def _pump(self, sub: Subscriber) -> None:
+        while True:
+            try:
+                item = await sub.next()
+            except RequestTimeout as exc:  # asked again on the next call
+                log.debug("%s: %s", sub.publish, exc)
+                await asyncio.sleep(0.1)
+                continue
+            except Exception as exc:  # PublisherLost, RequestFailed: the caller decides
+                await self._queue.put((None, exc))
+                return
+            await self._queue.put((item, None))
+
+    def close(self) -> None:
+        """Stop reading and close every subscriber and the shared context."""
+        for task in self._tasks:
+            task.cancel()
+        self._tasks.clear()
+        for sub in self.subscribers:
+            sub.close()
+        if not self.context.closed:
+            self.context.destroy(0)
+
+    async def __aenter__(self) -> MultiSubscriber:
+        self.open()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    def __aiter__(self) -> MultiSubscriber:
+        return self
+
+    async def __anext__(self) -> Event | Snapshot:
+        return await self.next()
+
+    async def next(self, timeout: float | None = None) -> Event | Snapshot:
+        """The next item of any daemon.
+
+        :raises PublisherLost: a daemon's subscriber has ``raise_when_dead`` and it fell
+            silent (the other daemons' items already queued stay queued).
+        :raises RequestFailed: a daemon answered a repair request with something unusable.
+        """
+        self.open()
+        async with asyncio.timeout(timeout):
+            item, exc = await self._queue.get()
+        if exc is not None:
+            raise exc
+        assert item is not None
+        return item
+
+    @property
+    def counters(self) -> dict[str, dict[str, int]]:
+        """Each subscriber's counters, by publish endpoint."""
+        return {sub.publish: dict(sub.counters) for sub in self.subscribers}
+
+
+def split_connect(text: str) -> tuple[str, str, str | None]:
+    """``clusterbus events --connect`` argument -> ``(publish, snapshot, server_key)``.
+
+    ``PUB``, ``PUB,SNAPSHOT`` or ``PUB,SNAPSHOT,KEYFILE`` (KEYFILE: that daemon's public
+    ``.key``). Without SNAPSHOT (absent or empty: ``PUB,,KEYFILE``), a ``tcp://HOST:PORT`` publish endpoint gives
+    ``tcp://HOST:PORT+2`` (the defaults are 7661 and 7663).
+
+    :raises ValueError: no PUB, too many parts, or a SNAPSHOT that cannot be
+        derived (not ``tcp://HOST:PORT``).
+    """
+    parts = text.split(",")
+    if len(parts) > 3 or not parts[0].strip():
+        raise ValueError(f"{text!r}: expected PUB[,SNAPSHOT[,KEYFILE]]")
+    publish = parts[0].strip()
+    if len(parts) >= 2 and parts[1].strip():
+        snapshot = parts[1].strip()
+    else:
+        m = re.fullmatch(r"(tcp://.+):(\d+)", publish)
+        if m is None or not 0 < int(m.group(2)) <= 65533:
+            raise ValueError(f"{publish}: cannot derive the snapshot endpoint (only from "
+                             "tcp://HOST:PORT); give it as PUB,SNAPSHOT")
+        snapshot = f"{m.group(1)}:{int(m.group(2)) + 2}"
+    key = parts[2].strip() if len(parts) == 3 and parts[2].strip() else None
+    return publish, snapshot, key
 
 
 # -- one-shot helpers ----------------------------------------------------------------------------

@@ -240,9 +240,15 @@ main.add_command(keygen)
 @click.option("--follow", is_flag=True,
               help="Keep waiting when the daemon is silent or restarts (default: exit 1 "
                    "after three missed heartbeats).")
+@click.option("--connect", "connect", multiple=True, metavar="PUB[,SNAPSHOT[,KEYFILE]]",
+              help="Read this daemon instead of the configured one (repeatable: the "
+                   "streams are merged, gaps repaired per daemon). SNAPSHOT defaults to "
+                   "PUB's port + 2 (tcp only); KEYFILE is that daemon's public .key "
+                   "(default: --server-key).")
 def events(config_path: str | None, certificate: str | None, server_key: str | None,
            prefixes: tuple[str, ...], as_json: bool, initial: bool,
-           count: int | None, timeout: float | None, follow: bool) -> None:
+           count: int | None, timeout: float | None, follow: bool,
+           connect: tuple[str, ...]) -> None:
     """Print events from a running daemon, live, in order, without gaps.
 
     Missed events (a restart of this command, a slow terminal) are repaired from the
@@ -250,20 +256,33 @@ def events(config_path: str | None, certificate: str | None, server_key: str | N
     daemon restarted, or forgot them) the state is re-read: --json prints it as
     {"snapshot": {"nodes": [...], ...}}, the text output as a "snapshot" line.
     """
-    from clusterbus.bus.client import Snapshot, Subscriber, item_to_dict
+    from clusterbus.bus.client import (
+        MultiSubscriber,
+        Snapshot,
+        Subscriber,
+        item_to_dict,
+        split_connect,
+    )
     from clusterbus.statusview import json_safe
 
     if count == 0 and not initial:
         raise click.BadParameter("0 (nothing to print) is valid with --snapshot only",
                                  param_hint="'--count'")
+    try:
+        daemons = [split_connect(c) for c in connect]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--connect'") from None
     cfg = _config(config_path)
 
     async def go() -> None:
         n = 0
-        async with Subscriber.from_config(cfg, prefixes=prefixes, initial_snapshot=initial,
-                                          raise_when_dead=not follow,
-                                          **client_key_files(cfg["bus"], certificate,
-                                                             server_key)) as sub:
+        options: dict[str, Any] = dict(
+            prefixes=prefixes, initial_snapshot=initial, raise_when_dead=not follow,
+            **client_key_files(cfg["bus"], certificate, server_key))
+        stream: Subscriber | MultiSubscriber = (
+            MultiSubscriber(daemons, **options) if daemons
+            else Subscriber.from_config(cfg, **options))
+        async with stream as sub:
             async for item in sub:
                 if isinstance(item, Snapshot):
                     if as_json:

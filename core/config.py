@@ -336,6 +336,86 @@ def _check_keepalived_host(table: dict[str, Any], file: str) -> None:
         raise ConfigError(f"{path} exists and is not a FIFO", file=file, key=key)
 
 
+# -- links between directors ([[cluster.peer]]) --------------------------------------------
+
+def _connect_endpoint(v: str) -> str:
+    """A peer's endpoint: one a client can connect to (no wildcard host, no ``*`` port)."""
+    ep = parse_endpoint(v)
+    if ep.transport == "tcp" and (ep.wildcard or str(ep).endswith(":*")):
+        raise ValueError("expected an endpoint to connect to (tcp://ADDRESS:PORT), not a "
+                         "wildcard address or port")
+    return str(ep)
+
+
+PEER_SCHEMA: dict[str, Key] = {
+    "node": Key(int, REQUIRED, between(0, 2**32 - 1), "the peer director's node number"),
+    "publish": Key(str, REQUIRED, None, "the peer's [bus] publish endpoint",
+                   convert=_connect_endpoint),
+    "snapshot": Key(str, REQUIRED, None, "the peer's [bus] snapshot endpoint",
+                    convert=_connect_endpoint),
+    "public_key": Key(str, REQUIRED, _absolute_path,
+                      "the peer's public NAME.key file (from clusterbus keygen)"),
+}
+
+
+def validate_cluster(value: Any, file: str) -> dict[str, Any]:
+    """Validate the ``[cluster]`` table (``[[cluster.peer]]`` entries).
+
+    Each peer's ``public_key`` file is read here (a missing or unusable file stops
+    start-up, like ``[bus] certificate``). That ``[bus] certificate`` is set and that no
+    peer is this director itself is checked by :func:`parse_config` (it needs the other
+    sections).
+
+    :returns: ``{"peer": [dict, ...]}``.
+    :raises ConfigError: naming the file and the key (``cluster.peer[0].node``).
+    """
+    if not isinstance(value, Mapping):
+        raise ConfigError("expected a table ([[cluster.peer]])", file=file, key="cluster")
+    for k in value:
+        if k != "peer":
+            raise ConfigError("unknown key; known keys here: peer", file=file,
+                              key=f"cluster.{show_key(str(k))}")
+    raw = value.get("peer", [])
+    if not isinstance(raw, list):
+        raise ConfigError("expected an array of tables ([[cluster.peer]])", file=file,
+                          key="cluster.peer")
+    from .bus.security import load_public_key
+
+    out: list[dict[str, Any]] = []
+    nodes: dict[int, int] = {}
+    for i, table in enumerate(raw):
+        prefix = f"cluster.peer[{i}]"
+        peer = validate_table(table, PEER_SCHEMA, file=file, prefix=prefix)
+        if peer["node"] in nodes:
+            raise ConfigError(f"node {peer['node']} already used by cluster.peer"
+                              f"[{nodes[peer['node']]}]", file=file, key=f"{prefix}.node")
+        nodes[peer["node"]] = i
+        if peer["publish"] == peer["snapshot"]:
+            raise ConfigError("the same endpoint as publish; a daemon's publish and snapshot "
+                              "endpoints differ", file=file, key=f"{prefix}.snapshot")
+        load_public_key(peer["public_key"], file=file, key=f"{prefix}.public_key")
+        out.append(peer)
+    return {"peer": out}
+
+
+def _check_cluster(core: Mapping[str, dict[str, Any]], file: str) -> None:
+    """Rules across sections: a peer link needs this daemon's CURVE certificate, and no
+    peer is this director itself."""
+    peers = core["cluster"]["peer"]
+    if not peers:
+        return
+    from .bus.security import KEYGEN_HINT
+
+    if not core["bus"]["certificate"]:
+        raise ConfigError("a link to a peer director is CURVE-only and needs this daemon's "
+                          f"key pair in [bus] certificate; {KEYGEN_HINT}", file=file,
+                          key="cluster.peer")
+    for i, peer in enumerate(peers):
+        if peer["node"] == core["daemon"]["node"]:
+            raise ConfigError(f"node {peer['node']} is this director ([daemon] node); list "
+                              "only the other directors", file=file, key=f"cluster.peer[{i}].node")
+
+
 # -- the core sections ------------------------------------------------------------------
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -443,6 +523,8 @@ CORE_SECTIONS: dict[str, Section] = {
                      "expected a CPG group name of 1..128 bytes", "CPG group the daemons join"),
         "quorum": Key(bool, True, None, "publish cluster.quorum from libquorum's quorate flag"),
     }),
+    "cluster": Section(doc="links to the peer directors ([[cluster.peer]])",
+                       parse=validate_cluster),
     "metrics": Section(doc="the Prometheus endpoint", schema={
         "listen": Key(str, "", listen_address,
                       'Prometheus endpoint "ADDRESS:PORT" (e.g. "127.0.0.1:9661"); "": off'),
@@ -514,6 +596,7 @@ def parse_config(data: Mapping[str, Any], *, file: str) -> Config:
     from .bus.security import check_bus_security
 
     check_bus_security(core["bus"], file)
+    _check_cluster(core, file)
     enable, disable = core["plugins"]["enable"], core["plugins"]["disable"]
     both = set(enable) & set(disable)
     if both:

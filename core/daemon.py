@@ -112,6 +112,8 @@ SOURCES: tuple[SourceSpec, ...] = (
                lambda c: bool(c.core.get("vrrp"))),
     SourceSpec("corosync", "clusterbus.sources.corosync:CorosyncSource",
                lambda c: bool(c["corosync"]["enabled"])),
+    SourceSpec("peers", "clusterbus.peers:PeersService",
+               lambda c: bool(c["cluster"]["peer"])),
     SourceSpec("metrics", "clusterbus.metrics:MetricsService",
                lambda c: bool(c["metrics"]["listen"]), wants_status=True),
 )

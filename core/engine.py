@@ -82,6 +82,14 @@ class Cluster:
         """The node map (node number <-> addresses)."""
         return self._engine.nodemap
 
+    def directors(self) -> tuple[int, ...]:
+        """Sorted node numbers of the live directors: this one and every peer director a
+        service reports up (``[[cluster.peer]]`` links: see :mod:`clusterbus.peers`)."""
+        live = {self._engine.origin}
+        for provider in self._engine.director_sources.values():
+            live.update(provider())
+        return tuple(sorted(live))
+
     def resolve_node(self, addr: str) -> int | None:
         """Address -> node number through ``clusterbus_resolve_node`` (None: unknown)."""
         # the hookspec promises int | None; pluggy's results are untyped
@@ -121,6 +129,9 @@ class Engine:
         self.nodemap = NodeMap()
         self.cluster = Cluster(self)
         self.sinks: list[Sink] = []
+        #: name -> callable giving the peer directors a service knows to be up
+        #: (:meth:`Cluster.directors`)
+        self.director_sources: dict[str, Callable[[], Iterable[int]]] = {}
         self.seq = 0
         self._queue: deque[Event] = deque()
         self._dispatching = False

@@ -222,6 +222,6 @@ def test_plugins_slow_call_ms():
 
 def test_every_core_section_is_declared_once():
     assert set(CORE_SECTIONS) == {"daemon", "plugins", "bus", "netlink", "sigcluster",
-                                  "keepalived", "vrrp", "corosync", "metrics"}
+                                  "keepalived", "vrrp", "corosync", "cluster", "metrics"}
     for name, section in CORE_SECTIONS.items():
         assert (section.schema is None) != (section.parse is None), name
