@@ -104,10 +104,11 @@ def test_snapshot_of_10000_nodes_with_4_addresses(tmp_path: Path) -> None:
 
 def test_a_peer_that_never_reads_its_replies_costs_bounded_memory() -> None:
     requests = 400
-    # 1000 events of about 2 KB each: a REPLAY reply of 1 MiB (its byte cap).
+    # 4000 events of about 0.5 KB each (16 addresses, the most a node may have): a REPLAY
+    # reply of 1 MiB (its byte cap) holds about 2000 of them.
     reports = [codec.encode_ingest("node.up", n, [f"fd00:1234:5678:9abc:{n:x}:{k:x}:ffff:1"
-                                                  for k in range(64)])
-               for n in range(1, 1001)]
+                                                  for k in range(16)])
+               for n in range(1, 4001)]
     with BusProcess(heartbeat_interval=0.05) as svc:
         report_all(svc, reports)
         snapshot = svc.endpoints["snapshot"]
@@ -145,8 +146,8 @@ def test_a_peer_that_never_reads_its_replies_costs_bounded_memory() -> None:
 def test_many_peers_that_never_read_share_one_bounded_budget() -> None:
     peers, each = 24, MAX_PEER_REPLIES  # 24 x 8 x 1 MiB = 192 MiB if nothing bounded it
     reports = [codec.encode_ingest("node.up", n, [f"fd00:1234:5678:9abc:{n:x}:{k:x}:ffff:1"
-                                                  for k in range(64)])
-               for n in range(1, 1001)]
+                                                  for k in range(16)])
+               for n in range(1, 4001)]
     with BusProcess(heartbeat_interval=0.05) as svc:
         report_all(svc, reports)
         snapshot = svc.endpoints["snapshot"]

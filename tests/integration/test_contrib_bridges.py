@@ -379,12 +379,16 @@ def test_pacemaker_alert_under_real_pacemaker(tmp_path: Path):
         namespaces += [ns1, ns2]
         conf = world / "corosync.conf"
         conf.write_text(COROSYNC_CONF.format(tag=topo.tag, a1=a1, a2=a2))
-        # the daemon beside Pacemaker; its ingest on the namespace's loopback
+        # the daemon beside Pacemaker; Pacemaker runs the agent as hacluster, so the ingest
+        # socket is opened to it here (a stock install keeps ingest root-only; TCP ingest
+        # needs CURVE)
         d = Daemon(world, ns1, extra="[netlink]\nenabled = false\n")
+        sock = world / "pcmk-ingest.sock"
         d.config.write_text(d.config.read_text().replace(
-            f'ingest = "{d.ingest}"', 'ingest = "tcp://127.0.0.1:7662"'))
+            f'ingest = "{d.ingest}"', f'ingest = "ipc://{sock}"'))
         d.config.chmod(0o644)
         d.start()
+        sock.chmod(0o666)
 
         def start(ns: str, argv: list[str], log: str) -> subprocess.Popen:
             with open(world / log, "w") as f:

@@ -45,6 +45,7 @@ CLEAN = [
     "-m", "clusterbus.metrics",
     "-m", "clusterbus.nodemap",
     "-m", "clusterbus.nodemapconfig",
+    "-m", "clusterbus.peers",
     "-m", "clusterbus.pluginhost",
     "-m", "clusterbus.ratelimit",
     "-m", "clusterbus.schema",
