@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import signal
 import statistics
@@ -136,7 +135,7 @@ def bench_director_down(cc: CorosyncCluster, base: Path, site: Path, trials: int
             time.sleep(0.2)
             t0 = time.monotonic()
             d2.kill9()
-            e = wait_for(lambda: d1.event_after("director.down", t0, node=2), 30,
+            e = wait_for(lambda t0=t0: d1.event_after("director.down", t0, node=2), 30,
                          what="director.down on node 1")
             out.append(e["t"] - t0)
             d2.daemon.start()
@@ -159,7 +158,7 @@ def bench_clusterbus(cc: CorosyncCluster, base: Path, site: Path, phases: list[f
         d[1].daemon.start()
         wait_for(lambda: ns_has_addr(cc.ns[1], VIP), 30, what="VIP on node 1")
         d[2].daemon.start()
-        for n, phase in enumerate(phases):
+        for phase in phases:
             wait_for(lambda: ns_has_addr(cc.ns[1], VIP) and not ns_has_addr(cc.ns[2], VIP)
                      and d[2].directors() == 2, 60, what="node 1 master, node 2 in the group")
             time.sleep(interval + phase)

@@ -21,9 +21,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import statistics
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time

@@ -42,8 +42,7 @@ sys.path.insert(0, str(ROOT / "tests" / "support"))
 
 from keepalived import VrrpInstance, ns_has_addr, wait_for  # noqa: E402
 from netns import Topology  # noqa: E402
-from speaker import (AddrMonitor, AdvertSniffer, Speaker, held_intervals,  # noqa: E402
-                     ingest_flood)
+from speaker import AddrMonitor, AdvertSniffer, Speaker, held_intervals, ingest_flood  # noqa: E402
 
 VIP = "10.77.0.100"
 A_ADDR = "10.77.0.1"

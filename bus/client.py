@@ -770,7 +770,8 @@ def split_connect(text: str) -> tuple[str, str, str | None]:
     """``clusterbus events --connect`` argument -> ``(publish, snapshot, server_key)``.
 
     ``PUB``, ``PUB,SNAPSHOT`` or ``PUB,SNAPSHOT,KEYFILE`` (KEYFILE: that daemon's public
-    ``.key``). Without SNAPSHOT (absent or empty: ``PUB,,KEYFILE``), a ``tcp://HOST:PORT`` publish endpoint gives
+    ``.key``). Without SNAPSHOT (absent or empty: ``PUB,,KEYFILE``), a ``tcp://HOST:PORT``
+    publish endpoint gives
     ``tcp://HOST:PORT+2`` (the defaults are 7661 and 7663).
 
     :raises ValueError: no PUB, too many parts, or a SNAPSHOT that cannot be

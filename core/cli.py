@@ -306,7 +306,7 @@ def events(config_path: str | None, certificate: str | None, server_key: str | N
 
     try:
         asyncio.run(asyncio.wait_for(go(), timeout))
-    except (TimeoutError, asyncio.TimeoutError):
+    except TimeoutError:
         raise click.ClickException(f"no (more) events within {timeout} s") from None
     except ConfigError as exc:  # e.g. an ephemeral [bus] port nobody can connect to
         raise BadConfig(str(exc)) from None
@@ -398,7 +398,7 @@ def _daemon_status(cfg: Config, timeout: float, certificate: str | None = None,
     """The daemon's STATUS reply, or None when no daemon answers."""
     try:
         return asyncio.run(_request_status(cfg, timeout, certificate, server_key))
-    except (TimeoutError, asyncio.TimeoutError, OSError, ClusterbusError, ValueError):
+    except (TimeoutError, OSError, ClusterbusError, ValueError):
         return None
 
 
@@ -509,7 +509,7 @@ def status(config_path: str | None, certificate: str | None, server_key: str | N
         st = asyncio.run(_request_status(cfg, timeout, certificate, server_key))
     except ConfigError as exc:
         raise BadConfig(str(exc)) from None
-    except (TimeoutError, asyncio.TimeoutError, OSError, ClusterbusError) as exc:
+    except (TimeoutError, OSError, ClusterbusError) as exc:
         raise click.ClickException(
             f"no daemon answered on {cfg['bus']['snapshot']} ({str(exc) or 'timeout'})") from None
     if as_json:
@@ -553,8 +553,7 @@ def reload(config_path: str | None, timeout: float) -> None:
             click.echo(f"clusterbus reload: note: the daemon re-reads its own file {theirs}, "
                        f"not {cfg.file}", err=True)
         os.kill(pid, signal.SIGHUP)
-    except (TimeoutError, asyncio.TimeoutError, OSError, ClusterbusError, KeyError,
-            ValueError) as exc:
+    except (TimeoutError, OSError, ClusterbusError, KeyError, ValueError) as exc:
         raise click.ClickException(
             f"cannot reach the daemon on {cfg['bus']['snapshot']}: "
             f"{str(exc) or 'timeout'}") from None
@@ -602,7 +601,7 @@ def plugins(config_path: str | None, as_json: bool, local: bool) -> None:
     if not local:
         try:
             rows = asyncio.run(_request_status(cfg, 1.0)).get("plugins")
-        except (TimeoutError, asyncio.TimeoutError, OSError, ClusterbusError):
+        except (TimeoutError, OSError, ClusterbusError):
             rows = None
     if rows is None:
         from .pluginhost import PluginHost
@@ -666,7 +665,7 @@ def nodemap_lookup(addr: str, config_path: str | None, local: bool) -> None:
             snap = asyncio.run(fetch_snapshot(connectable(cfg["bus"]["snapshot"]), timeout=1.0,
                                               **client_key_files(cfg["bus"], None, None)))
             table = {k: list(v) for k, v in snap.nodemap.items()}
-        except (TimeoutError, asyncio.TimeoutError, OSError, ClusterbusError, ValueError):
+        except (TimeoutError, OSError, ClusterbusError, ValueError):
             table = None
     if table is None:
         from .nodemapconfig import NodemapConfig

@@ -5,7 +5,8 @@ sources are built, plugins' ``clusterbus_startup`` runs, then the services start
 one in :data:`SOURCES` order in one ``asyncio.TaskGroup``, each ready (sockets bound, files
 open) before the next; only then do plugin services start and the daemon log "running".
 A service that cannot start stops the daemon with one error line and exit code 2 (its
-configuration cannot work) or 1 (anything else, e.g. a port in use). A core service that fails later stops the daemon the same way
+configuration cannot work) or 1 (anything else, e.g. a port in use). A core service that
+fails later stops the daemon the same way
 (systemd restarts it); a plugin service that fails is logged with the plugin's name and
 counted, and the daemon keeps going.
 
@@ -32,8 +33,8 @@ from .engine import Engine
 from .errors import ClusterbusError, ConfigError
 from .looplag import LoopLagMonitor
 from .pluginhost import PluginHost
-from .view import ViewStore
 from .sdnotify import Notifier
+from .view import ViewStore
 
 __all__ = ["Daemon", "Service", "SOURCES", "ServiceFailed", "run_daemon"]
 

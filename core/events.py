@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import enum
 import ipaddress
-import math
 import re
 import sys
 from collections.abc import Mapping

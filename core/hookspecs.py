@@ -101,7 +101,8 @@ def clusterbus_reload(config: Config, section: Mapping[str, Any] | None, cluster
 
     Called once per plugin with its own section of the new file, after the core sections
     were validated and handed to the services that apply them at run time (the VRRP
-    speaker; other changed core sections are logged as needing a restart). Apply what can change at run time (the IPVS applier swaps
+    speaker; other changed core sections are logged as needing a restart). Apply what can
+    change at run time (the IPVS applier swaps
     its desired table and reconciles); a plugin that does not implement this hook keeps
     the configuration it started with, and a changed section is reported as needing a
     restart.

@@ -19,7 +19,6 @@ import functools
 import ipaddress
 import struct
 from dataclasses import dataclass
-
 from typing import NamedTuple
 
 from ..addresses import canonical_address, node_address_problem

@@ -9,3 +9,5 @@ Nothing here is used by the daemon itself.
 """
 
 from .bus import HookCall, PluginBus  # clusterbus.testing.bus
+
+__all__ = ["HookCall", "PluginBus"]

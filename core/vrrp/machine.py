@@ -33,7 +33,7 @@ import ipaddress
 import logging
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import MappingProxyType
 
 from ..errors import ConfigError, DecodeError, LocalProtocolError

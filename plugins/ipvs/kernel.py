@@ -254,7 +254,9 @@ class Kernel:
                     return None
                 raise
 
-    def dump(self, *, counters: dict[tuple[ServiceKey, tuple[str, int]], dict[str, int]] | None = None) -> Table:
+    def dump(self, *,
+             counters: dict[tuple[ServiceKey, tuple[str, int]], dict[str, int]] | None = None,
+             ) -> Table:
         """The kernel's whole table, from raw attributes (no defaults filled in).
 
         :param counters: when given, filled with each real server's connection counters.

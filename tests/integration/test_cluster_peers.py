@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import zmq
 from cbdaemon import CLUSTERBUS
 from loopbus import dead_endpoint
 from netns import Topology, is_root

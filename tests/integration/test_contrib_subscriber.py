@@ -14,8 +14,8 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
 import msgpack
+import pytest
 import zmq
 from cbdaemon import Daemon
 

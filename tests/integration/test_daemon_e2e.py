@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import importlib.metadata
 import json
-import os
-import socket
 import subprocess
 import sys
 import textwrap

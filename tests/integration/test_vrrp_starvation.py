@@ -29,8 +29,7 @@ from pathlib import Path
 import pytest
 from keepalived import VrrpInstance, ns_has_addr, wait_for
 from netns import Topology
-from speaker import (AddrMonitor, AdvertSniffer, Speaker, advert_gaps, held_intervals,
-                     ingest_flood)
+from speaker import AddrMonitor, AdvertSniffer, Speaker, advert_gaps, held_intervals, ingest_flood
 
 pytestmark = [pytest.mark.root]
 

@@ -9,7 +9,13 @@ from __future__ import annotations
 import subprocess
 
 from clusterbus.plugins.ipvs.table import (
-    AF_INET6, SVC_F_ONEPACKET, SVC_F_PERSISTENT, SVC_F_SCHED1, SVC_F_SCHED2, SVC_F_SCHED3, Table,
+    AF_INET6,
+    SVC_F_ONEPACKET,
+    SVC_F_PERSISTENT,
+    SVC_F_SCHED1,
+    SVC_F_SCHED2,
+    SVC_F_SCHED3,
+    Table,
 )
 
 FWD_WORDS = {0: "Masq", 1: "Local", 2: "Tunnel", 3: "Route"}

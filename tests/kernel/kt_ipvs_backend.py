@@ -16,7 +16,15 @@ from ipvsadm_view import expected_view, ipvsadm, kernel_view
 from clusterbus.plugins.ipvs import model
 from clusterbus.plugins.ipvs.kernel import IpvsKernelError, Kernel
 from clusterbus.plugins.ipvs.table import (
-    AF_INET, Dest, Entry, Op, OpKind, Service, ServiceKey, Table, diff,
+    AF_INET,
+    Dest,
+    Entry,
+    Op,
+    OpKind,
+    Service,
+    ServiceKey,
+    Table,
+    diff,
 )
 
 CONFIG = """

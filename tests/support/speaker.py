@@ -26,8 +26,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from keepalived import VrrpInstance, wait_for
 from cbdaemon import CLUSTERBUS
+from keepalived import VrrpInstance, wait_for
 from netns import Topology
 
 __all__ = ["Speaker", "CLUSTERBUS", "AddrMonitor", "AdvertSniffer", "held_intervals",

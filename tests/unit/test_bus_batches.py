@@ -20,7 +20,7 @@ def encoded(n: int, reason_len: int = 8) -> list[tuple[bytes, bytes]]:
 
 def flat(events: list[tuple[bytes, bytes]]) -> list[bytes]:
     parts: list[bytes] = []
-    for topic, body in events:
+    for _topic, body in events:
         parts += (codec.event_encoder(NodeUp).element, body)
     return parts
 

@@ -16,7 +16,6 @@ import zmq.auth
 from click.testing import CliRunner
 
 from clusterbus.bus.security import (
-    check_bus_security,
     is_loopback_endpoint,
     load_client_keys,
     prepare_ipc_dir,

@@ -3,7 +3,17 @@
 from __future__ import annotations
 
 from clusterbus.plugins.ipvs.table import (
-    AF_INET, Dest, Entry, Op, OpKind, Service, ServiceKey, Table, apply_ops, copy_table, diff,
+    AF_INET,
+    Dest,
+    Entry,
+    Op,
+    OpKind,
+    Service,
+    ServiceKey,
+    Table,
+    apply_ops,
+    copy_table,
+    diff,
 )
 
 

@@ -7,7 +7,15 @@ import pytest
 from clusterbus.errors import DecodeError
 from clusterbus.plugins.ipvs import codec
 from clusterbus.plugins.ipvs.table import (
-    AF_INET, AF_INET6, Dest, Entry, Op, OpKind, Service, ServiceKey, diff,
+    AF_INET,
+    AF_INET6,
+    Dest,
+    Entry,
+    Op,
+    OpKind,
+    Service,
+    ServiceKey,
+    diff,
 )
 
 SERVICES = [

@@ -9,7 +9,12 @@ import pytest
 from clusterbus.errors import ConfigError
 from clusterbus.plugins.ipvs import model
 from clusterbus.plugins.ipvs.table import (
-    AF_INET6, FORWARD, SVC_F_PERSISTENT, SVC_F_SCHED1, SVC_F_SCHED2, ServiceKey,
+    AF_INET6,
+    FORWARD,
+    SVC_F_PERSISTENT,
+    SVC_F_SCHED1,
+    SVC_F_SCHED2,
+    ServiceKey,
 )
 
 GOOD = """

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clusterbus.errors import DecodeError, LocalProtocolError
 from clusterbus.addresses import node_address_or_none
+from clusterbus.errors import DecodeError, LocalProtocolError
 from clusterbus.netlink.message import (
     MSG_TYPE,
     VERSION,

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "contrib" / "systemd" / "clusterbus.service"
 EXAMPLE = ROOT / "contrib" / "systemd" / "clusterbus.toml"

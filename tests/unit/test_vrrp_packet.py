@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import ipaddress
 import struct
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from vectors import VECTORS as _ALL
 
 from clusterbus.errors import DecodeError, LocalProtocolError
 from clusterbus.vrrp.packet import (
@@ -20,8 +20,6 @@ from clusterbus.vrrp.packet import (
     internet_checksum,
     split_ipv4_frame,
 )
-
-from vectors import VECTORS as _ALL
 
 VECTORS = _ALL / "vrrp"
 

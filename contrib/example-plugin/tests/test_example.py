@@ -8,10 +8,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from clusterbus_example import ExamplePlugin
 
 import clusterbus
 from clusterbus.testing.bus import PluginBus, run, until
-from clusterbus_example import ExamplePlugin
 
 
 def test_membership_changes_reach_the_hooks_in_order():
