@@ -743,7 +743,8 @@ def snapshot_node(node: Mapping[str, Any]) -> dict[str, Any]:
     """One element of a ``SNAPSHOT`` reply's ``nodes`` from one of the view's snapshot
     nodes (docs/wire-protocol.md, "SNAPSHOT reply"): the one place that lists its keys."""
     return {"node": node["node"], "state": node["state"], "addrs": list(node["addrs"]),
-            "incarnation": node["incarnation"], "view": node["view"]}
+            "incarnation": node["incarnation"], "view": node["view"],
+            "confirmed": bool(node.get("confirmed", True))}
 
 
 def encode_snapshot(epoch: int, snapshot: Mapping[str, Any]) -> list[bytes]:
