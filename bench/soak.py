@@ -122,7 +122,12 @@ def subscriber_child(args: argparse.Namespace) -> int:
         nonlocal snapshots, last_seq
         async with Subscriber(conf["publish"], conf["snapshot"], request_timeout=2.0) as sub:
             Path(args.out + ".ready").touch()
+            checked = time.monotonic()
             while True:
+                if time.monotonic() - checked > 0.5:  # a busy (or slow) one is told too
+                    checked = time.monotonic()
+                    if stop.exists():
+                        break
                 try:
                     item = await sub.next(timeout=0.5)
                 except (TimeoutError, RequestTimeout):
