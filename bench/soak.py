@@ -282,7 +282,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "rate": args.rate, "seconds": args.seconds, "window_s": window,
         "sent": sent, "refused": refused, "achieved_rate": round(sent / elapsed, 1),
         "published": published, "plugins": ready["plugins"],
-        "rss_baseline_at_s": settled, "rss_start_kb": rss_start, "rss_baseline_kb": rss_baseline, "rss_end_kb": rss_end,
+        "rss_baseline_at_s": settled, "rss_start_kb": rss_start,
+        "rss_baseline_kb": rss_baseline, "rss_end_kb": rss_end,
         "rss_growth_pct": round((rss_end - rss_baseline) / rss_baseline * 100, 2)
         if rss_baseline else None,
         "lost": lost,
