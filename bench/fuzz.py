@@ -118,6 +118,30 @@ vrrp_bytes = st.one_of(
     st.builds(lambda ver, vrid, prio, count, rest: bytes([ver, vrid, prio, count]) + rest,
               st.sampled_from([0x21, 0x31, 0x11, 0x32]), st.integers(0, 255),
               st.integers(0, 255), st.integers(0, 255), st.binary(max_size=80)))
+
+
+def _valid_then_mutated(vrid: int, prio: int, n: int, pos: int, byte: int, cut: int) -> bytes:
+    """A correct v3 advert, one byte changed (or none), maybe cut short, with the checksum
+    made right again (for v3 it covers the IPv4 pseudo-header): past the checksum gate."""
+    from clusterbus.vrrp import packet
+
+    adv = packet.Advertisement(version=3, vrid=vrid, priority=prio,
+                               addresses=tuple(f"10.0.0.{i + 1}" for i in range(n)),
+                               family="inet", max_adver_int_cs=100)
+    body = bytearray(adv.to_bytes(src="10.0.0.1", dst="224.0.0.18"))
+    if pos < len(body) and pos not in (6, 7):
+        body[pos] = byte
+    if cut:
+        del body[-cut:]
+    if len(body) >= 8:
+        pseudo = packet._pseudo_header("10.0.0.1", "224.0.0.18", len(body))
+        body[6:8] = packet._checksum_for(bytes(body), pseudo).to_bytes(2, "big")
+    return bytes(body)
+
+
+vrrp_bytes = st.one_of(vrrp_bytes, st.builds(
+    _valid_then_mutated, st.integers(1, 255), st.integers(0, 255), st.integers(1, 20),
+    st.integers(0, 100), st.integers(0, 255), st.sampled_from([0, 0, 0, 1, 3, 4, 15])))
 ipv4_frame = st.one_of(st.binary(max_size=120), st.builds(
     lambda head, ihl, rest: head + bytes([ihl]) + rest, st.just(b"\x01" * 12 + b"\x08\x00"),
     st.sampled_from([0x45, 0x46, 0x4f, 0x44, 0x65]), st.binary(max_size=100)))
@@ -169,11 +193,14 @@ def _decoders(tmp: Path) -> dict[str, tuple[Any, Callable[[Any], Any]]]:
         return load_config(config_file, host_checks=False)
 
     def vrrp(data: bytes) -> Any:
-        Advertisement.from_bytes(data, src="10.0.0.1", dst="224.0.0.18")
+        return Advertisement.from_bytes(data, src="10.0.0.1", dst="224.0.0.18")
+
+    def vrrp6(data: bytes) -> Any:
         return Advertisement.from_bytes(data, src="fe80::1", dst="ff02::12")
 
     return {
         "vrrp.advertisement": (vrrp_bytes, vrrp),
+        "vrrp.advertisement6": (vrrp_bytes, vrrp6),
         "vrrp.ipv4_frame": (ipv4_frame, split_ipv4_frame),
         "netlink.decode": (netlink_bytes, message.decode),
         "netlink.decode_reports": (netlink_bytes, message.decode_reports),
