@@ -263,6 +263,12 @@ class Requester:
                               self.timeout)
                     self.close()
                     continue
+                except BaseException:
+                    # Cancelled mid-request (the caller's own timeout, as with
+                    # ``Subscriber.next(timeout=...)``): the reply may still come, and would
+                    # then be read as the answer to the next request. A fresh socket next time.
+                    self.close()
+                    raise
                 try:
                     name, header, payload = decode_reply(reply)
                 except FrameError as exc:

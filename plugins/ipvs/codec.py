@@ -252,6 +252,8 @@ def _get_str(a: dict[int, memoryview], kind: int) -> str:
 
 
 def _get_addr(v: memoryview, af: int) -> str:
+    if af not in (AF_INET, AF_INET6):
+        raise DecodeError(f"address of family {af}")
     size = 16 if af == AF_INET6 else 4
     if len(v) < size:
         raise DecodeError(f"address of {len(v)} bytes for family {af}")

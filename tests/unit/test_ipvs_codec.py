@@ -93,3 +93,15 @@ def test_diff_orders_and_counts() -> None:
     assert diff(current, desired, prune=False).removed == 1
     assert diff(desired, desired).ops == []
     assert Op(OpKind.SET_DEST, want_a, d1w).describe() == "set-dest tcp 10.78.0.100:80 -> 10.78.0.11:80 nat weight 0"
+
+
+def test_dest_of_an_unknown_address_family_raises_decode_error() -> None:
+    # found by bench/fuzz.py: a ValueError from inet_ntop escaped instead
+    d = Dest(af=AF_INET, addr="10.78.0.100", port=8080, forward=3, weight=7, u_threshold=9,
+             l_threshold=2)
+    a = codec.attrs(codec.dest_full(d))
+    assert a[codec.DEST_ADDR_FAMILY][:2] == AF_INET.to_bytes(2, "little")
+    payload = (codec._u16(codec.DEST_ADDR_FAMILY, 16588)
+               + codec._nla(codec.DEST_ADDR, bytes(a[codec.DEST_ADDR])))
+    with pytest.raises(DecodeError):
+        codec.decode_dest(memoryview(payload), AF_INET)
