@@ -26,7 +26,6 @@ import asyncio
 import json
 import os
 import random
-import select
 import subprocess
 import threading
 import time
@@ -270,7 +269,7 @@ def test_kill_9_under_load_repeatedly(tmp_path: Path, ns: str) -> None:
     assert last[final] == head
     snaps = [x for x in sub.log if x[1] == "snapshot"]
     assert sub.counters.get("restarts", 0) >= 1 and snaps, sub.counters
-    for epoch, _, _, snap in snaps:
+    for _epoch, _, _, snap in snaps:
         static = [n for n in snap.nodes if n["node"] in STATIC]
         if snap.reason == "epoch_changed":
             assert static and not any(n["confirmed"] for n in static), static
