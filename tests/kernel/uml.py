@@ -5,7 +5,7 @@ runs as a process and ships the IPVS modules. :func:`boot` starts it with the ho
 filesystem as root (hostfs), a per-run init script that mounts ``/proc``, ``/sys`` and a
 private ``/run`` (so ``ip netns`` inside UML never writes into the host's ``/run/netns``),
 loads ``ip_vs`` and the schedulers from a depmod'ed module root in a temporary directory,
-runs the payload with the project's ``.venv`` python, and ends with ``halt -f``. The
+runs the payload with the virtualenv's python (see :data:`PYTHON`), and ends with ``halt -f``. The
 payload writes its results to a host file (hostfs is the host filesystem), which the
 caller reads after the kernel has halted.
 
@@ -20,6 +20,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -31,7 +32,9 @@ __all__ = ["UML_BINARY", "ROOT", "available", "kernel_version", "boot", "BootRes
 UML_BINARY = shutil.which("linux.uml") or "/usr/bin/linux.uml"
 MODULES_BASE = Path("/usr/lib/uml/modules")
 ROOT = Path(__file__).resolve().parents[2]
-PYTHON = ROOT / ".venv" / "bin" / "python"
+#: The payload's python: the virtualenv running this code (tests/run's .venv-test for the
+#: suite, .venv for the benchmarks), whose packages UML sees through hostfs.
+PYTHON = (Path(sys.prefix) if sys.prefix != sys.base_prefix else ROOT / ".venv-test") / "bin" / "python"
 
 #: Modules loaded before the payload runs (dependencies such as nf_conntrack come along).
 MODULES = (
