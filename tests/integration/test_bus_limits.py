@@ -18,7 +18,12 @@ from cbdaemon import CLUSTERBUS
 
 from clusterbus.bus import codec
 from clusterbus.bus.client import Snapshot, Subscriber, fetch_snapshot, fetch_status
-from clusterbus.bus.service import MAX_PEER_REPLIES, MAX_QUEUED_BYTES, MAX_REPLAY_BYTES
+from clusterbus.bus.service import (
+    MAX_PEER_REPLIES,
+    MAX_QUEUED_BYTES,
+    MAX_REPLAY_BATCH,
+    MAX_REPLAY_BYTES,
+)
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +125,7 @@ def test_a_peer_that_never_reads_its_replies_costs_bounded_memory() -> None:
             attacker.setsockopt(zmq.RCVBUF, 4096)
             attacker.connect(snapshot)
             for _ in range(requests):
-                attacker.send_multipart(codec.encode_request("REPLAY", 0))
+                attacker.send_multipart(codec.encode_request("REPLAY", 0, MAX_REPLAY_BATCH))
             # every request read (the attacker's and our STATUS requests)
             for _ in range(2000):
                 c = counters(snapshot)
@@ -162,7 +167,7 @@ def test_many_peers_that_never_read_share_one_bounded_budget() -> None:
                 attacker.setsockopt(zmq.RCVBUF, 4096)
                 attacker.connect(snapshot)
                 for _ in range(each):
-                    attacker.send_multipart(codec.encode_request("REPLAY", 0))
+                    attacker.send_multipart(codec.encode_request("REPLAY", 0, MAX_REPLAY_BATCH))
             for _ in range(2000):
                 c = counters(snapshot)
                 if c.get("request.replay", 0) >= peers * each:
