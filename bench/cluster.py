@@ -40,24 +40,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "support"))
 
 from cbdaemon import Daemon  # noqa: E402
-from corosync_cluster import SUBNET, CorosyncCluster, have_corosync  # noqa: E402
+from corosync_cluster import RECORDER, SUBNET, CorosyncCluster, have_corosync  # noqa: E402
 from keepalived import Keepalived, VrrpInstance, ns_has_addr, wait_for  # noqa: E402
 
 VIP = f"{SUBNET}.100"
 PRIORITY = {1: 150, 2: 100}
-RECORDER = '''
-import json, os, time
-import clusterbus
-
-class Recorder:
-    @clusterbus.hookimpl
-    def clusterbus_event(self, event):
-        with open(os.environ["CB_RECORD"], "a") as f:
-            f.write(json.dumps({"topic": event.topic, "t": time.monotonic(),
-                                **event.to_dict()}) + "\\n")
-
-plugin = Recorder()
-'''
 
 
 def install_recorder(site: Path) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 from cbdaemon import Daemon
-from corosync_cluster import CorosyncCluster, have_corosync
+from corosync_cluster import RECORDER, CorosyncCluster, have_corosync
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(600)]
 
@@ -30,19 +30,6 @@ _WHY = have_corosync()
 if _WHY:
     pytestmark.append(pytest.mark.skip(reason=_WHY))
 
-RECORDER = '''
-import json, os, time
-import clusterbus
-
-class Recorder:
-    @clusterbus.hookimpl
-    def clusterbus_event(self, event):
-        with open(os.environ["CB_RECORD"], "a") as f:
-            f.write(json.dumps({"topic": event.topic, "t": time.monotonic(),
-                                **event.to_dict()}) + "\\n")
-
-plugin = Recorder()
-'''
 
 WAIT = 30.0  # bound on every wait below (detection takes ~1 s with token 500)
 

@@ -30,7 +30,7 @@ from typing import Any
 
 import pytest
 from cbdaemon import Daemon
-from corosync_cluster import SUBNET, CorosyncCluster, have_corosync
+from corosync_cluster import RECORDER, SUBNET, CorosyncCluster, have_corosync
 from keepalived import ns_has_addr, wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(600)]
@@ -39,19 +39,6 @@ _WHY = have_corosync()
 if _WHY:
     pytestmark.append(pytest.mark.skip(reason=_WHY))
 
-RECORDER = '''
-import json, os, time
-import clusterbus
-
-class Recorder:
-    @clusterbus.hookimpl
-    def clusterbus_event(self, event):
-        with open(os.environ["CB_RECORD"], "a") as f:
-            f.write(json.dumps({"topic": event.topic, "t": time.monotonic(),
-                                **event.to_dict()}) + "\\n")
-
-plugin = Recorder()
-'''
 
 VIP = f"{SUBNET}.100"
 ADVERT = 1.0

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from netns import Topology
 
-__all__ = ["CorosyncCluster", "have_corosync", "SUBNET"]
+__all__ = ["CorosyncCluster", "have_corosync", "RECORDER", "SUBNET"]
 
 SUBNET = "10.79.0"
 
@@ -179,3 +179,20 @@ class CorosyncCluster:
                         os.unlink(path)
                     except OSError:
                         pass
+
+
+#: A plugin module (write it as ``cb_recorder.py`` on the daemon's path) that appends every
+#: event it sees, with a monotonic time, to the JSON-lines file named by $CB_RECORD.
+RECORDER = '''
+import json, os, time
+import clusterbus
+
+class Recorder:
+    @clusterbus.hookimpl
+    def clusterbus_event(self, event):
+        with open(os.environ["CB_RECORD"], "a") as f:
+            f.write(json.dumps({"topic": event.topic, "t": time.monotonic(),
+                                **event.to_dict()}) + "\\n")
+
+plugin = Recorder()
+'''
