@@ -1,10 +1,27 @@
 #!/usr/bin/env python3
-"""Director-cluster benchmark (issue 9): Corosync detection and the fast VRRP takeover.
+"""Director-cluster benchmark (issue 9): peer-link latency and RSS, Corosync detection and
+the fast VRRP takeover.
 
 Run as root from the repository: ``.venv/bin/python bench/cluster.py [--trials 7]
-[--interval 1.0] [--json]``. Not a test: it prints figures and ratios, it asserts nothing.
+[--interval 1.0] [--samples 1000] [--json]``. Not a test: it prints figures and ratios, it
+asserts nothing.
 
-Two Corosync 3 instances (token 500 ms, token_coefficient 0), one per network namespace on
+Four directors, one network namespace each on one bridge, each a whole ``clusterbus run``
+daemon with its own CURVE keys, linked to the three others by ``[[cluster.peer]]`` over TCP
+(every socket CURVE), each with the recorder plugin below:
+
+- ``p50_ms`` / ``p99_ms``: ``--samples`` membership changes reported to director 1's
+  ingest, one every ``--pace`` s; for each, the time from director 1's hook call to
+  director 2's hook call for the same event (origin 1, same seq), both stamped with
+  CLOCK_MONOTONIC. Beside it, in the same run and the same namespaces, the raw floor: one
+  pyzmq PUB in director 1's namespace, one SUB in director 2's, both CURVE with the same
+  keys, one msgpack event of the same shape per frame at the same pace, stamped by the
+  sender and timed by the receiver on the same clock (one way, as the daemon figure).
+  ``p99_ratio`` = ``p99_ms`` / ``raw_p99_ms`` (target <= 2).
+- ``rss_mb``: the largest VmRSS of the four daemons after that run (each with 3 peers and
+  CURVE on every socket; target <= 80 MB); ``rss_mb_each`` lists them.
+
+Then two Corosync 3 instances (token 500 ms, token_coefficient 0), one per network namespace on
 one bridge (tests/support/corosync_cluster.py), each with a whole ``clusterbus run`` daemon
 and a recorder plugin that stamps every event with CLOCK_MONOTONIC (the bench's clock).
 
@@ -25,10 +42,13 @@ and a recorder plugin that stamps every event with CLOCK_MONOTONIC (the bench's 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import os
 import random
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import textwrap
@@ -39,12 +59,245 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "support"))
 
-from cbdaemon import Daemon  # noqa: E402
+from cbdaemon import CLUSTERBUS, Daemon  # noqa: E402
 from corosync_cluster import RECORDER, SUBNET, CorosyncCluster, have_corosync  # noqa: E402
 from keepalived import Keepalived, VrrpInstance, ns_has_addr, wait_for  # noqa: E402
+from netns import Topology  # noqa: E402
 
 VIP = f"{SUBNET}.100"
 PRIORITY = {1: 150, 2: 100}
+
+
+# -- peer links: hook-to-hook latency beside raw pyzmq CURVE, and RSS ------------------------
+
+PEER_NET = "10.78.0"
+PEERS = (1, 2, 3, 4)
+RAW_PORT = 7700
+
+
+class PeerDirector:
+    """Director ``node`` in namespace ``ns``: TCP publish/snapshot, every socket CURVE, a
+    ``[[cluster.peer]]`` for each other director, the recorder plugin."""
+
+    def __init__(self, node: int, base: Path, ns: str, keys: Path, auth: Path,
+                 site: Path) -> None:
+        self.node, self.ns, self.keys = node, ns, keys
+        self.dir = base / f"peer{node}"
+        self.dir.mkdir()
+        self.record = self.dir / "events.jsonl"
+        self.ingest = f"ipc://{self.dir}/ingest"
+        peers = "".join(
+            f'[[cluster.peer]]\nnode = {n}\npublish = "tcp://{PEER_NET}.{n}:7661"\n'
+            f'snapshot = "tcp://{PEER_NET}.{n}:7663"\npublic_key = "{keys}/d{n}.key"\n\n'
+            for n in PEERS if n != node)
+        self.config = self.dir / "clusterbus.toml"
+        self.config.write_text(
+            f'[daemon]\nnode = {node}\nstate_dir = "{self.dir}/state"\n\n'
+            f'[bus]\npublish = "tcp://{PEER_NET}.{node}:7661"\n'
+            f'snapshot = "tcp://{PEER_NET}.{node}:7663"\ningest = "{self.ingest}"\n'
+            f'certificate = "{keys}/d{node}.key_secret"\nauthorized_keys = "{auth}"\n\n'
+            f'[netlink]\nenabled = false\n\n{peers}')
+        self.log = self.dir / "daemon.log"
+        self.env = {"PYTHONPATH": str(site), "CB_RECORD": str(self.record)}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [*Topology.prefix(self.ns), CLUSTERBUS, "run", "-c", str(self.config)],
+                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env})
+
+    def alive_peers(self) -> list[int]:
+        """The peers this daemon sees up (``status`` inside its namespace, its own keys)."""
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"director {self.node} exited:\n{self.log.read_text()[-3000:]}")
+        p = subprocess.run([*Topology.prefix(self.ns), CLUSTERBUS, "status", "--json",
+                            "--timeout", "1", "-c", str(self.config)],
+                           capture_output=True, text=True, timeout=30)
+        if p.returncode != 0:
+            return []
+        return sorted(json.loads(p.stdout)["services"]["peers"]["alive"])
+
+    def hook_times(self, origin: int) -> dict[int, float]:
+        """seq -> the time this daemon's hook saw the node.up/down of ``origin``."""
+        out: dict[int, float] = {}
+        try:
+            lines = self.record.read_text().splitlines()
+        except FileNotFoundError:
+            return out
+        for line in lines:
+            if line.endswith("}"):
+                e = json.loads(line)
+                if e["origin"] == origin and e["topic"] in ("node.up", "node.down"):
+                    out.setdefault(e["seq"], e["t"])
+        return out
+
+    def rss_mb(self) -> float:
+        assert self.proc is not None  # ip netns exec execs: this pid is the daemon's
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+        return float("nan")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+async def feed_ingest(d: PeerDirector, samples: int, pace: float) -> None:
+    """``samples`` alternating node.up/node.down of node 42 (each a real change) to
+    ``d``'s ingest over CURVE, one every ``pace`` s, on one connection."""
+    import zmq
+    import zmq.asyncio
+
+    from clusterbus.bus.codec import encode_ingest
+    from clusterbus.bus.security import load_client_keys
+
+    keys = load_client_keys(d.keys / f"d{d.node}.key_secret", d.keys / f"d{d.node}.key")
+    assert keys is not None
+    ctx = zmq.asyncio.Context()
+    sock = ctx.socket(zmq.PUSH)
+    for option, value in keys.sockopts().items():
+        sock.setsockopt(option, value)
+    sock.setsockopt(zmq.IMMEDIATE, 1)
+    sock.connect(d.ingest)
+    try:
+        for i in range(samples):
+            topic = "node.up" if i % 2 == 0 else "node.down"
+            await asyncio.wait_for(sock.send_multipart(
+                encode_ingest(topic, 42, [f"{PEER_NET}.42"] if i % 2 == 0 else [])), 10)
+            await asyncio.sleep(pace)
+    finally:
+        sock.close(linger=2000)
+        ctx.term()
+
+
+def raw_body(i: int, stamp: int) -> dict[str, Any]:
+    """An event of the same shape as the daemon's node.up/node.down bodies."""
+    up = i % 2 == 0
+    return {"v": 1, "origin": 1, "seq": i + 1, "time": time.time(), "node": 42,
+            "addrs": [f"{PEER_NET}.42"] if up else [], "view": i + 1,
+            "joined": [42] if up else [], "left": [] if up else [42],
+            "reason": "ingest", "incarnation": 0, "t": stamp}
+
+
+def raw_publisher(keys: Path, samples: int, pace: float) -> int:
+    """(In director 1's namespace) a CURVE pyzmq PUB with director 1's keys."""
+    import msgpack
+    import zmq
+    import zmq.auth
+
+    public, secret = zmq.auth.load_certificate(keys / "d1.key_secret")
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.XPUB)  # XPUB only to wait for the subscription
+    pub.curve_secretkey, pub.curve_publickey, pub.curve_server = secret, public, True
+    pub.setsockopt(zmq.LINGER, 2000)
+    pub.bind(f"tcp://{PEER_NET}.1:{RAW_PORT}")
+    if not pub.poll(30_000):
+        return 1
+    pub.recv()  # the subscription
+    for _ in range(20):
+        pub.send_multipart([b"warm", b""])
+        time.sleep(pace)
+    for i in range(samples):
+        pub.send_multipart([b"node.up" if i % 2 == 0 else b"node.down",
+                            msgpack.packb(raw_body(i, time.perf_counter_ns()))])
+        time.sleep(pace)
+    pub.send_multipart([b"end", b""])
+    pub.close()
+    ctx.term()
+    return 0
+
+
+def raw_subscriber(keys: Path) -> int:
+    """(In director 2's namespace) a CURVE pyzmq SUB with director 2's keys; prints the
+    one-way latencies (ns) as one JSON list."""
+    import msgpack
+    import zmq
+    import zmq.auth
+
+    public, secret = zmq.auth.load_certificate(keys / "d2.key_secret")
+    server, _ = zmq.auth.load_certificate(keys / "d1.key")
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.curve_secretkey, sub.curve_publickey, sub.curve_serverkey = secret, public, server
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.setsockopt(zmq.RCVTIMEO, 60_000)
+    sub.connect(f"tcp://{PEER_NET}.1:{RAW_PORT}")
+    lat = []
+    try:
+        while True:
+            topic, body = sub.recv_multipart()
+            now = time.perf_counter_ns()
+            if topic == b"end":
+                break
+            if topic != b"warm":
+                lat.append(now - msgpack.unpackb(body, raw=False)["t"])
+    finally:
+        sub.close(0)
+        ctx.term()
+    print(json.dumps(lat))
+    return 0
+
+
+def bench_raw(ns: dict[int, str], keys: Path, samples: int, pace: float) -> list[float]:
+    me = [sys.executable, __file__, "--keys", str(keys), "--samples", str(samples),
+          "--pace", str(pace)]
+    sub = subprocess.Popen([*Topology.prefix(ns[2]), *me, "--role", "raw-sub"],
+                           stdout=subprocess.PIPE, text=True)
+    pub = subprocess.Popen([*Topology.prefix(ns[1]), *me, "--role", "raw-pub"])
+    try:
+        out, _ = sub.communicate(timeout=60 + samples * pace * 4)
+        pub.wait(30)
+    finally:
+        for p in (sub, pub):
+            if p.poll() is None:
+                p.kill()
+                p.wait(5)
+    return [x / 1e9 for x in json.loads(out)]
+
+
+def bench_peers(base: Path, site: Path, samples: int, pace: float
+                ) -> tuple[list[float], list[float], dict[int, float]]:
+    """(director 1 -> 2 hook latencies, raw latencies, RSS MB per director)."""
+    keys, auth = base / "keys", base / "authorized_keys"
+    auth.mkdir(mode=0o700)
+    for n in PEERS:
+        subprocess.run([CLUSTERBUS, "keygen", "--dir", str(keys), "--name", f"d{n}"],
+                       capture_output=True, check=True, timeout=30)
+        (auth / f"d{n}.key").write_bytes((keys / f"d{n}.key").read_bytes())
+    with Topology() as topo:
+        ns = {n: topo.host(f"d{n}", f"{PEER_NET}.{n}/24") for n in PEERS}
+        ds = {n: PeerDirector(n, base, ns[n], keys, auth, site) for n in PEERS}
+        try:
+            for d in ds.values():
+                d.start()
+            for d in ds.values():
+                others = [n for n in PEERS if n != d.node]
+                wait_for(lambda d=d, o=others: d.alive_peers() == o, 60, interval=0.5,
+                         what=f"director {d.node} sees its 3 peers up")
+            asyncio.run(feed_ingest(ds[1], samples, pace))
+            sent = wait_for(lambda: len(ds[1].hook_times(1)) >= samples and ds[1].hook_times(1),
+                            60, interval=0.5, what="director 1's hooks saw every event")
+            got = wait_for(lambda: len(ds[2].hook_times(1)) >= samples and ds[2].hook_times(1),
+                           60, interval=0.5, what="director 2's hooks saw director 1's events")
+            lat = [got[s] - t for s, t in sent.items() if s in got]
+            rss = {n: d.rss_mb() for n, d in ds.items()}
+            raw = bench_raw(ns, keys, samples, pace)
+        finally:
+            for d in ds.values():
+                d.stop()
+    return lat, raw, rss
+
+
+def percentile_ms(xs: list[float], p: int) -> float:
+    return round(statistics.quantiles(xs, n=100, method="inclusive")[p - 1] * 1000, 3)
 
 
 def install_recorder(site: Path) -> None:
@@ -191,8 +444,16 @@ def main() -> int:
     ap.add_argument("--trials", type=int, default=7)
     ap.add_argument("--interval", type=float, default=1.0, help="VRRP advert interval (s)")
     ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--samples", type=int, default=1000, help="peer-link latency samples")
+    ap.add_argument("--pace", type=float, default=0.005, help="seconds between two samples")
     ap.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    ap.add_argument("--role", choices=("raw-pub", "raw-sub"), help=argparse.SUPPRESS)
+    ap.add_argument("--keys", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.role == "raw-pub":
+        return raw_publisher(args.keys, args.samples, args.pace)
+    if args.role == "raw-sub":
+        return raw_subscriber(args.keys)
     why = have_corosync()
     if why:
         print(f"cannot run: {why}", file=sys.stderr)
@@ -204,6 +465,7 @@ def main() -> int:
         base = Path(d)
         site = base / "site"
         install_recorder(site)
+        lat, raw, rss = bench_peers(base, site, args.samples, args.pace)
         with CorosyncCluster(base / "corosync", 2, token=500) as cc:
             cc.start_all()
             down = bench_director_down(cc, base, site, args.trials)
@@ -212,6 +474,17 @@ def main() -> int:
     med = lambda xs: round(statistics.median(xs) * 1000, 1)  # noqa: E731
     skew = (256 - PRIORITY[2]) * i / 256
     out: dict[str, Any] = {
+        "samples": len(lat),
+        "raw_samples": len(raw),
+        "pace_s": args.pace,
+        "p50_ms": percentile_ms(lat, 50),
+        "p99_ms": percentile_ms(lat, 99),
+        "raw_p50_ms": percentile_ms(raw, 50),
+        "raw_p99_ms": percentile_ms(raw, 99),
+        "p50_ratio": round(percentile_ms(lat, 50) / percentile_ms(raw, 50), 2),
+        "p99_ratio": round(percentile_ms(lat, 99) / percentile_ms(raw, 99), 2),
+        "rss_mb_each": {str(n): v for n, v in rss.items()},
+        "rss_mb": max(rss.values()),
         "trials": args.trials,
         "advert_interval": i,
         "rfc_master_down_ms": round((3 * i + skew) * 1000, 1),
@@ -224,6 +497,11 @@ def main() -> int:
         "keepalived_crash_median_ms": med(ka),
         "fast_takeover_ratio": round(statistics.median(fast) / statistics.median(ka), 3),
     }
+    print(f"event on director 1 -> hook on director 2: p50 {out['p50_ms']} ms, p99 "
+          f"{out['p99_ms']} ms; raw pyzmq CURVE PUB/SUB: p50 {out['raw_p50_ms']} ms, p99 "
+          f"{out['raw_p99_ms']} ms; p99 ratio {out['p99_ratio']} (target <= 2)")
+    print(f"daemon RSS with 3 peers and CURVE: {out['rss_mb']} MB (largest of "
+          f"{len(rss)}; target <= 80)")
     print(f"daemon kill -9 -> director.down on the peer: median "
           f"{out['director_down_median_ms']} ms (target <= 50)")
     print(f"VRRPv3 advert_interval {i} s: RFC Master_Down_Interval {out['rfc_master_down_ms']}"
