@@ -84,7 +84,11 @@ class Cluster:
 
     def directors(self) -> tuple[int, ...]:
         """Sorted node numbers of the live directors: this one and every peer director a
-        service reports up (``[[cluster.peer]]`` links: see :mod:`clusterbus.peers`)."""
+        director source reports up (:attr:`Engine.director_sources`: the ``[[cluster.peer]]``
+        links, :mod:`clusterbus.peers`, and the Corosync CPG group,
+        :mod:`clusterbus.sources.corosync`). A director counts while any source reports
+        it up; each source updates it before the hooks get its ``director.up`` /
+        ``director.down``."""
         live = {self._engine.origin}
         for provider in self._engine.director_sources.values():
             live.update(provider())
@@ -130,7 +134,8 @@ class Engine:
         self.cluster = Cluster(self)
         self.sinks: list[Sink] = []
         #: name -> callable giving the peer directors a service knows to be up
-        #: (:meth:`Cluster.directors`)
+        #: (:meth:`Cluster.directors`): ``peers`` (:class:`~clusterbus.peers.PeersService`),
+        #: ``corosync`` (:class:`~clusterbus.sources.corosync.CorosyncSource`)
         self.director_sources: dict[str, Callable[[], Iterable[int]]] = {}
         self.seq = 0
         self._queue: deque[Event] = deque()

@@ -7,6 +7,10 @@ Three things come from the local Corosync 3, through ctypes (:mod:`clusterbus.co
 - ``director.up`` / ``director.down`` from the CPG group ``[corosync] group`` that every
   daemon joins: a peer daemon's process leaving the group is seen in milliseconds (a
   killed process closes its IPC connection at once), long before any heartbeat timer.
+  The source is a director source of the engine (``Engine.director_sources["corosync"]``,
+  as the peer links are ``"peers"``): the directors in the group count for
+  :meth:`Cluster.directors() <clusterbus.engine.Cluster.directors>`, which already holds
+  the change when the hooks get its ``director.up`` / ``director.down``.
 - ``cluster.quorum`` from libquorum's quorate flag (``[corosync] quorum = true``), only
   when it changes. Losing the local Corosync counts as losing quorum.
 
@@ -124,6 +128,17 @@ class CorosyncSource:
         self._quorum: Quorum | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lost: asyncio.Future[None] | None = None
+        if self.enabled:
+            engine.director_sources["corosync"] = self.directors
+
+    def directors(self) -> list[int]:
+        """The peer directors in the CPG group: those of its ``director.up`` not followed
+        by a ``director.down`` (this daemon's own process is not one). While the local
+        Corosync is away they are kept, as the events are, until the next connection's
+        lists are compared with them."""
+        m = self.membership
+        me = (m.local_nodeid, m.local_pid)
+        return sorted({node for node, pid in m.processes if (node, pid) != me})
 
     # -- service ------------------------------------------------------------------------
 

@@ -147,7 +147,11 @@ def test_nodes_directors_and_quorum_at_start(cluster):
         for node in (1, 2, 3):
             n.wait_event("node.up", 0, node=node, reason="corosync")
         for peer in set(nodes) - {i}:
-            n.wait_event("director.up", 0, node=peer)
+            e = n.wait_event("director.up", 0, node=peer)
+            # the CPG group counts for Cluster.directors(), already at its director.up
+            assert i in e["directors"] and peer in e["directors"], e
+        last = [e for e in n.events() if e["topic"] == "director.up"][-1]
+        assert last["directors"] == [1, 2, 3], last
         n.wait_event("cluster.quorum", 0, quorate=True)
         # never itself a peer director
         assert not [e for e in n.events() if e["topic"] == "director.up" and e["node"] == i]
@@ -163,6 +167,7 @@ def test_killed_daemon_is_director_down_on_the_others(cluster):
     for i in (1, 2):
         e = nodes[i].wait_event("director.down", t0, node=3)
         assert e["reason"] == "corosync.procdown"
+        assert e["directors"] == [1, 2], e  # gone from Cluster.directors() at its event
         _latency(f"daemon 3 kill -9 -> director.down on node {i}", t0, e)
     # the node itself is still up: no node.down for it
     assert not [e for e in nodes[1].events() if e["t"] >= t0 and e["topic"] == "node.down"]
@@ -172,6 +177,7 @@ def test_killed_daemon_is_director_down_on_the_others(cluster):
     for i in (1, 2):
         e = nodes[i].wait_event("director.up", t1, node=3)
         assert e["reason"] == "corosync.join"
+        assert e["directors"] == [1, 2, 3], e
     nodes[3].wait_status(lambda s: s["connected"] and len(s["directors"]) == 3, "rejoined")
 
 

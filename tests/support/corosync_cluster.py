@@ -182,16 +182,18 @@ class CorosyncCluster:
 
 
 #: A plugin module (write it as ``cb_recorder.py`` on the daemon's path) that appends every
-#: event it sees, with a monotonic time, to the JSON-lines file named by $CB_RECORD.
+#: event it sees, with a monotonic time and ``cluster.directors()`` at that moment, to the
+#: JSON-lines file named by $CB_RECORD.
 RECORDER = '''
 import json, os, time
 import clusterbus
 
 class Recorder:
     @clusterbus.hookimpl
-    def clusterbus_event(self, event):
+    def clusterbus_event(self, event, cluster):
         with open(os.environ["CB_RECORD"], "a") as f:
             f.write(json.dumps({"topic": event.topic, "t": time.monotonic(),
+                                "directors": list(cluster.directors()),
                                 **event.to_dict()}) + "\\n")
 
 plugin = Recorder()

@@ -177,3 +177,57 @@ def test_disabled_source_returns_and_missing_library_stops_the_source(source, mo
             await source.run()
 
     asyncio.run(main())
+
+
+def test_directors_in_the_group_count_for_cluster_directors_at_their_events(source):
+    """The source is an engine director source: Cluster.directors() holds a CPG peer from
+    its director.up to its director.down, already when the hooks get those events."""
+    import clusterbus
+
+    me = os.getpid()
+    seen: list[tuple[str, int, tuple[int, ...]]] = []
+
+    class Watch:
+        @clusterbus.hookimpl
+        def clusterbus_event(self, event, cluster):
+            if event.topic.startswith("director."):
+                seen.append((event.topic, event.node, cluster.directors()))
+
+    source.engine.plugins.register(Watch(), "watch")
+    assert source.engine.director_sources["corosync"] == source.directors
+    cluster = source.engine.cluster
+
+    def group(*members: tuple[int, int], left: tuple[CpgAddress, ...] = ()) -> GroupConfchg:
+        return GroupConfchg(group="clusterbus",
+                            members=tuple(CpgAddress(nodeid=n, pid=p) for n, p in members),
+                            left=left)
+
+    async def main() -> None:
+        task = asyncio.create_task(source.run())
+        try:
+            await _until(lambda: source.connected, "connected")
+            assert cluster.directors() == (1,)
+            cpg = next(h for h in FakeHandle.instances if isinstance(h, FakeCpg))
+            cpg.push(group((1, me), (2, 20), (3, 30)))
+            await _until(lambda: len(seen) == 2, "two director.up")
+            assert seen == [("director.up", 2, (1, 2, 3)), ("director.up", 3, (1, 2, 3))]
+            assert cluster.directors() == (1, 2, 3)
+            cpg.push(group((1, me), (2, 20), left=(CpgAddress(nodeid=3, pid=30, reason=3),)))
+            await _until(lambda: len(seen) == 3, "director.down")
+            assert seen[2] == ("director.down", 3, (1, 2))
+            assert source.directors() == [2] and cluster.directors() == (1, 2)
+            # a peer link's view joins in: a director counts while any source has it up
+            source.engine.director_sources["peers"] = lambda: [3, 4]
+            assert cluster.directors() == (1, 2, 3, 4)
+        finally:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+    asyncio.run(main())
+
+
+def test_a_disabled_source_is_no_director_source():
+    engine = Engine(origin=1, plugins=PluginHost())
+    src.CorosyncSource(engine, parse_config({"corosync": {"enabled": False}}, file="t.toml"))
+    assert "corosync" not in engine.director_sources
