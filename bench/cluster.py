@@ -44,14 +44,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -60,13 +57,17 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "support"))
 
 from cbdaemon import CLUSTERBUS, Daemon  # noqa: E402
-from corosync_cluster import RECORDER, SUBNET, CorosyncCluster, have_corosync  # noqa: E402
+from corosync_cluster import (  # noqa: E402
+    PRIORITY,
+    VIP,
+    CorosyncCluster,
+    Director,
+    director_config,
+    have_corosync,
+    install_recorder,
+)
 from keepalived import Keepalived, VrrpInstance, ns_has_addr, wait_for  # noqa: E402
 from netns import Topology  # noqa: E402
-
-VIP = f"{SUBNET}.100"
-PRIORITY = {1: 150, 2: 100}
-
 
 # -- peer links: hook-to-hook latency beside raw pyzmq CURVE, and RSS ------------------------
 
@@ -75,44 +76,43 @@ PEERS = (1, 2, 3, 4)
 RAW_PORT = 7700
 
 
-class PeerDirector:
+class PeerDirector(Daemon):
     """Director ``node`` in namespace ``ns``: TCP publish/snapshot, every socket CURVE, a
     ``[[cluster.peer]]`` for each other director, the recorder plugin."""
 
     def __init__(self, node: int, base: Path, ns: str, keys: Path, auth: Path,
                  site: Path) -> None:
-        self.node, self.ns, self.keys = node, ns, keys
-        self.dir = base / f"peer{node}"
-        self.dir.mkdir()
-        self.record = self.dir / "events.jsonl"
-        self.ingest = f"ipc://{self.dir}/ingest"
+        workdir = base / f"peer{node}"
+        workdir.mkdir()
+        self.record = workdir / "events.jsonl"
+        super().__init__(workdir, ns, node=node,
+                         env={"PYTHONPATH": str(site), "CB_RECORD": str(self.record)})
+        self.node, self.keys = node, keys
         peers = "".join(
             f'[[cluster.peer]]\nnode = {n}\npublish = "tcp://{PEER_NET}.{n}:7661"\n'
             f'snapshot = "tcp://{PEER_NET}.{n}:7663"\npublic_key = "{keys}/d{n}.key"\n\n'
             for n in PEERS if n != node)
-        self.config = self.dir / "clusterbus.toml"
-        self.config.write_text(
-            f'[daemon]\nnode = {node}\nstate_dir = "{self.dir}/state"\n\n'
+        self.config.write_text(  # in place of Daemon's: TCP and CURVE
+            f'[daemon]\nnode = {node}\nstate_dir = "{workdir}/state"\n\n'
             f'[bus]\npublish = "tcp://{PEER_NET}.{node}:7661"\n'
             f'snapshot = "tcp://{PEER_NET}.{node}:7663"\ningest = "{self.ingest}"\n'
             f'certificate = "{keys}/d{node}.key_secret"\nauthorized_keys = "{auth}"\n\n'
             f'[netlink]\nenabled = false\n\n{peers}')
-        self.log = self.dir / "daemon.log"
-        self.env = {"PYTHONPATH": str(site), "CB_RECORD": str(self.record)}
-        self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
+    def start(self, timeout: float = 20.0) -> PeerDirector:
+        """Start the daemon without waiting (:meth:`alive_peers` tells when it is up)."""
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [*Topology.prefix(self.ns), CLUSTERBUS, "run", "-c", str(self.config)],
-                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env})
+                [*Topology.prefix(self.ns or ""), CLUSTERBUS, "run", "-c", str(self.config)],
+                stdout=log, stderr=subprocess.STDOUT, env=self.env)
+        return self
 
     def alive_peers(self) -> list[int]:
         """The peers this daemon sees up (``status`` inside its namespace, its own keys)."""
         assert self.proc is not None
         if self.proc.poll() is not None:
             raise RuntimeError(f"director {self.node} exited:\n{self.log.read_text()[-3000:]}")
-        p = subprocess.run([*Topology.prefix(self.ns), CLUSTERBUS, "status", "--json",
+        p = subprocess.run([*Topology.prefix(self.ns or ""), CLUSTERBUS, "status", "--json",
                             "--timeout", "1", "-c", str(self.config)],
                            capture_output=True, text=True, timeout=30)
         if p.returncode != 0:
@@ -139,15 +139,6 @@ class PeerDirector:
             if line.startswith("VmRSS:"):
                 return round(int(line.split()[1]) / 1024, 1)
         return float("nan")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
 
 
 async def feed_ingest(d: PeerDirector, samples: int, pace: float) -> None:
@@ -300,81 +291,18 @@ def percentile_ms(xs: list[float], p: int) -> float:
     return round(statistics.quantiles(xs, n=100, method="inclusive")[p - 1] * 1000, 3)
 
 
-def install_recorder(site: Path) -> None:
-    site.mkdir()
-    (site / "cb_recorder.py").write_text(RECORDER)
-    info = site / "cb_recorder-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: cb-recorder\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[clusterbus]\nrecorder = cb_recorder:plugin\n")
-
-
-class Director:
-    """A daemon in node ``i``'s namespace and the file its recorder writes."""
-
-    def __init__(self, i: int, workdir: Path, ns: str, site: Path, vrrp: float | None) -> None:
-        workdir.mkdir()
-        self.record = workdir / "events.jsonl"
-        extra = "[netlink]\nenabled = false\n\n[corosync]\nenabled = true\n"
-        if vrrp is not None:
-            extra += textwrap.dedent(f"""
-                [nodemap.nodes]
-                1 = ["{SUBNET}.1"]
-                2 = ["{SUBNET}.2"]
-
-                [[vrrp.instance]]
-                name = "VI_1"
-                interface = "eth0"
-                vrid = 51
-                priority = {PRIORITY[i]}
-                advert_interval = {vrrp}
-                virtual_ipaddress = ["{VIP}/24"]
-                garp_delay = 0.0
-                fast_takeover = "corosync"
-                """)
-        self.daemon = Daemon(workdir, ns, node=i, extra=extra,
-                             env={"PYTHONPATH": str(site), "CB_RECORD": str(self.record)})
-
-    def event_after(self, topic: str, since: float, **fields: Any) -> dict[str, Any] | None:
-        try:
-            lines = self.record.read_text().splitlines()
-        except FileNotFoundError:
-            return None
-        for line in lines:
-            if not line.endswith("}"):
-                continue
-            e = json.loads(line)
-            if e["topic"] == topic and e["t"] >= since and all(
-                    e.get(k) == v for k, v in fields.items()):
-                return e
-        return None
-
-    def directors(self) -> int:
-        try:
-            return len(self.daemon.status()["services"]["corosync"]["directors"])
-        except Exception:
-            return 0
-
-    def kill9(self) -> None:
-        p = self.daemon.proc
-        assert p is not None
-        p.send_signal(signal.SIGKILL)
-        p.wait(10)
-
-
 def bench_director_down(cc: CorosyncCluster, base: Path, site: Path, trials: int) -> list[float]:
-    d1 = Director(1, base / "dd1", cc.ns[1], site, None)
-    d2 = Director(2, base / "dd2", cc.ns[2], site, None)
+    d1 = Director(1, base / "dd1", cc.ns[1], site)
+    d2 = Director(2, base / "dd2", cc.ns[2], site)
     out = []
     try:
         d1.daemon.start()
         d2.daemon.start()
         for _ in range(trials):
-            wait_for(lambda: d1.directors() == 2 and d2.directors() == 2, 30,
+            wait_for(lambda: d1.group_size() == 2 and d2.group_size() == 2, 30,
                      what="both daemons in the group")
             time.sleep(0.2)
-            t0 = time.monotonic()
-            d2.kill9()
+            t0 = d2.kill9()
             e = wait_for(lambda t0=t0: d1.event_after("director.down", t0, node=2), 30,
                          what="director.down on node 1")
             out.append(e["t"] - t0)
@@ -392,7 +320,8 @@ def vip_on(ns: str, t0: float) -> float:
 
 def bench_clusterbus(cc: CorosyncCluster, base: Path, site: Path, phases: list[float],
                      interval: float) -> list[float]:
-    d = {i: Director(i, base / f"vr{i}", cc.ns[i], site, interval) for i in (1, 2)}
+    d = {i: Director(i, base / f"vr{i}", cc.ns[i], site, director_config(i, advert=interval))
+         for i in (1, 2)}
     out = []
     try:
         d[1].daemon.start()
@@ -400,10 +329,9 @@ def bench_clusterbus(cc: CorosyncCluster, base: Path, site: Path, phases: list[f
         d[2].daemon.start()
         for phase in phases:
             wait_for(lambda: ns_has_addr(cc.ns[1], VIP) and not ns_has_addr(cc.ns[2], VIP)
-                     and d[2].directors() == 2, 60, what="node 1 master, node 2 in the group")
+                     and d[2].group_size() == 2, 60, what="node 1 master, node 2 in the group")
             time.sleep(interval + phase)
-            t0 = time.monotonic()
-            d[1].kill9()
+            t0 = d[1].kill9()
             out.append(vip_on(cc.ns[2], t0))
             d[1].daemon.start()  # removes its stale VIP, listens, preempts back
     finally:

@@ -12,17 +12,12 @@ The tests run in order on one cluster (module fixture): each leaves it as it fou
 
 from __future__ import annotations
 
-import glob
-import json
 import signal
-import textwrap
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
-from cbdaemon import Daemon
-from corosync_cluster import RECORDER, CorosyncCluster, have_corosync
+from corosync_cluster import CorosyncCluster, Director, have_corosync, install_recorder
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(600)]
 
@@ -31,89 +26,17 @@ if _WHY:
     pytestmark.append(pytest.mark.skip(reason=_WHY))
 
 
-WAIT = 30.0  # bound on every wait below (detection takes ~1 s with token 500)
-
-
-def _install_recorder(site: Path) -> None:
-    site.mkdir()
-    (site / "cb_recorder.py").write_text(RECORDER)
-    info = site / "cb_recorder-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: cb-recorder\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[clusterbus]\nrecorder = cb_recorder:plugin\n")
-
-
-class Node:
-    """Node ``i``: its daemon and the file its recorder writes."""
-
-    def __init__(self, i: int, workdir: Path, ns: str, site: Path) -> None:
-        self.i = i
-        self.record = workdir / "events.jsonl"
-        self.daemon = Daemon(workdir, ns, node=i,
-                             extra=textwrap.dedent("""
-                                 [netlink]
-                                 enabled = false
-
-                                 [corosync]
-                                 enabled = true
-                                 """),
-                             env={"PYTHONPATH": str(site), "CB_RECORD": str(self.record)})
-
-    def events(self) -> list[dict[str, Any]]:
-        try:
-            text = self.record.read_text()
-        except FileNotFoundError:
-            return []
-        return [json.loads(line) for line in text.splitlines() if line.endswith("}")]
-
-    def wait_event(self, topic: str, since: float, timeout: float = WAIT,
-                   **fields: Any) -> dict[str, Any]:
-        """The first event of ``topic`` with these fields seen after ``since``."""
-        deadline = time.monotonic() + timeout
-        while True:
-            for e in self.events():
-                if e["topic"] == topic and e["t"] >= since and \
-                        all(e.get(k) == v for k, v in fields.items()):
-                    return e
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"node {self.i}: no {topic} {fields} in {timeout}s; saw "
-                    f"{[(e['topic'], e.get('node'), e.get('reason'), e.get('quorate')) for e in self.events() if e['t'] >= since]}"
-                    f"\n{self.daemon.log.read_text()[-3000:]}")
-            time.sleep(0.02)
-
-    def corosync_status(self) -> dict[str, Any]:
-        # through JSON: the status arrives with tuples for lists
-        st: dict[str, Any] = json.loads(json.dumps(self.daemon.status()["services"]["corosync"]))
-        return st
-
-    def wait_status(self, pred: Any, what: str, timeout: float = WAIT) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                st = self.corosync_status()
-            except Exception:
-                st = {}
-            if st and pred(st):
-                return st
-            if time.monotonic() > deadline:
-                raise AssertionError(f"node {self.i}: {what} not reached in {timeout}s: {st}")
-            time.sleep(0.05)
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     base = tmp_path_factory.mktemp("corosync")
     site = base / "site"
-    _install_recorder(site)
-    nodes: dict[int, Node] = {}
+    install_recorder(site)
+    nodes: dict[int, Director] = {}
     with CorosyncCluster(base / "corosync", 3, token=500) as cc:
         cc.start_all()
         try:
             for i in cc.ids:
-                wd = base / f"daemon{i}"
-                wd.mkdir()
-                nodes[i] = Node(i, wd, cc.ns[i], site)
+                nodes[i] = Director(i, base / f"daemon{i}", cc.ns[i], site)
                 nodes[i].daemon.start()
             for n in nodes.values():
                 n.wait_status(lambda s: s["connected"] and len(s["directors"]) == 3,
@@ -124,8 +47,7 @@ def cluster(tmp_path_factory):
                 n.daemon.stop()
     # every corosync this test started is gone, and so are its /dev/shm files
     assert all(p.poll() is not None for p in cc.procs.values())
-    left = [p for pid in cc.pids for p in glob.glob(f"/dev/shm/qb-*{pid}-*")]
-    assert not left, f"corosync leftovers in /dev/shm: {left}"
+    assert not cc.leftovers(), f"corosync leftovers in /dev/shm: {cc.leftovers()}"
 
 
 def _latency(label: str, since: float, event: dict[str, Any]) -> float:
@@ -160,10 +82,7 @@ def test_nodes_directors_and_quorum_at_start(cluster):
 def test_killed_daemon_is_director_down_on_the_others(cluster):
     cc, nodes = cluster
     d3 = nodes[3].daemon
-    assert d3.proc is not None
-    t0 = time.monotonic()
-    d3.proc.send_signal(signal.SIGKILL)
-    d3.proc.wait(10)
+    t0 = nodes[3].kill9()
     for i in (1, 2):
         e = nodes[i].wait_event("director.down", t0, node=3)
         assert e["reason"] == "corosync.procdown"

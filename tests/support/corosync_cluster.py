@@ -11,23 +11,38 @@ its own Corosync without any setting.
 Only processes started here are killed, by pid. ``kill -9`` of Corosync leaves
 ``/dev/shm/qb-<corosync pid>-*`` files (3 MiB each) and ``qb-corosync-<pid>-blackbox-*``
 behind: :meth:`CorosyncCluster.close` removes the ones of the pids it started.
+
+The daemons on top (the Corosync tests and bench/cluster.py): :func:`install_recorder`
+puts the :data:`RECORDER` plugin on a path, :func:`director_config` writes a director's
+``[corosync]`` (and VRRP) configuration, and :class:`Director` runs a whole
+``clusterbus run`` daemon in a node's namespace and reads what its recorder wrote.
 """
 
 from __future__ import annotations
 
 import glob
+import json
 import os
 import shutil
 import signal
 import subprocess
+import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
+from cbdaemon import Daemon
 from netns import Topology
 
-__all__ = ["CorosyncCluster", "have_corosync", "RECORDER", "SUBNET"]
+__all__ = ["CorosyncCluster", "have_corosync", "RECORDER", "SUBNET", "VIP", "PRIORITY",
+           "install_recorder", "director_config", "Director"]
 
 SUBNET = "10.79.0"
+#: The VRRP instance of :func:`director_config`: its VIP and each director's priority.
+VIP = f"{SUBNET}.100"
+PRIORITY = {1: 150, 2: 100}
+#: Bound on the waits of :class:`Director` (Corosync detection takes ~1 s with token 500).
+WAIT = 30.0
 
 CONF = """\
 totem {{
@@ -167,6 +182,10 @@ class CorosyncCluster:
         self.topo.close()
         self.cleanup_shm()
 
+    def leftovers(self) -> list[str]:
+        """The /dev/shm files left by the Corosync pids this object started."""
+        return [p for pid in self.pids for p in glob.glob(f"/dev/shm/qb-*{pid}-*")]
+
     def cleanup_shm(self) -> None:
         """Remove the /dev/shm files of the Corosync pids this object started."""
         for pid in self.pids:
@@ -198,3 +217,120 @@ class Recorder:
 
 plugin = Recorder()
 '''
+
+
+def install_recorder(site: Path) -> None:
+    """Make ``site`` (a new directory) hold the :data:`RECORDER` plugin, installed: put it
+    on the daemon's ``PYTHONPATH`` and set ``CB_RECORD``."""
+    site.mkdir()
+    (site / "cb_recorder.py").write_text(RECORDER)
+    info = site / "cb_recorder-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: cb-recorder\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[clusterbus]\nrecorder = cb_recorder:plugin\n")
+
+
+def director_config(i: int, *, advert: float | None = None, fast: bool = True) -> str:
+    """Director ``i``'s daemon configuration: no netlink, ``[corosync]`` on; with
+    ``advert`` (s) also a node map with every director's address and VRRP instance VI_1
+    on eth0 (vrid 51, :data:`VIP`, priority :data:`PRIORITY`), ``fast_takeover =
+    "corosync"`` when ``fast``."""
+    text = "[netlink]\nenabled = false\n\n[corosync]\nenabled = true\n"
+    if advert is None:
+        return text
+    return text + textwrap.dedent(f"""
+        [nodemap.nodes]
+        1 = ["{SUBNET}.1"]
+        2 = ["{SUBNET}.2"]
+
+        [[vrrp.instance]]
+        name = "VI_1"
+        interface = "eth0"
+        vrid = 51
+        priority = {PRIORITY[i]}
+        advert_interval = {advert}
+        virtual_ipaddress = ["{VIP}/24"]
+        garp_delay = 0.0
+        {'fast_takeover = "corosync"' if fast else ''}
+        """)
+
+
+class Director:
+    """Director ``i``: a ``clusterbus run`` daemon in namespace ``ns`` (config ``extra``,
+    :func:`director_config` by default) with the recorder plugin from ``site``, and the
+    events the recorder wrote (CLOCK_MONOTONIC times, the same clock as the caller's)."""
+
+    def __init__(self, i: int, workdir: Path, ns: str, site: Path,
+                 extra: str | None = None) -> None:
+        self.i = i
+        workdir.mkdir(exist_ok=True)
+        self.record = workdir / "events.jsonl"
+        self.daemon = Daemon(workdir, ns, node=i,
+                             extra=director_config(i) if extra is None else extra,
+                             env={"PYTHONPATH": str(site), "CB_RECORD": str(self.record)})
+
+    def events(self) -> list[dict[str, Any]]:
+        try:
+            text = self.record.read_text()
+        except FileNotFoundError:
+            return []
+        return [json.loads(line) for line in text.splitlines() if line.endswith("}")]
+
+    def event_after(self, topic: str, since: float, **fields: Any) -> dict[str, Any] | None:
+        """The first event of ``topic`` with these fields seen at ``since`` or later."""
+        for e in self.events():
+            if e["topic"] == topic and e["t"] >= since and \
+                    all(e.get(k) == v for k, v in fields.items()):
+                return e
+        return None
+
+    def wait_event(self, topic: str, since: float, timeout: float = WAIT,
+                   **fields: Any) -> dict[str, Any]:
+        """:meth:`event_after`, waited for; AssertionError with what was seen after
+        ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            e = self.event_after(topic, since, **fields)
+            if e is not None:
+                return e
+            if time.monotonic() > deadline:
+                seen = [(e["topic"], e.get("node"), e.get("reason"), e.get("quorate"))
+                        for e in self.events() if e["t"] >= since]
+                raise AssertionError(f"node {self.i}: no {topic} {fields} in {timeout}s; saw "
+                                     f"{seen}\n{self.daemon.log.read_text()[-3000:]}")
+            time.sleep(0.02)
+
+    def corosync_status(self) -> dict[str, Any]:
+        # through JSON: the status arrives with tuples for lists
+        st: dict[str, Any] = json.loads(json.dumps(self.daemon.status()["services"]["corosync"]))
+        return st
+
+    def group_size(self) -> int:
+        """How many daemons are in the CPG group (0: no answer)."""
+        try:
+            return len(self.corosync_status()["directors"])
+        except Exception:
+            return 0
+
+    def wait_status(self, pred: Any, what: str, timeout: float = WAIT) -> dict[str, Any]:
+        """Wait until ``pred`` holds for the ``[corosync]`` status; returns it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                st = self.corosync_status()
+            except Exception:
+                st = {}
+            if st and pred(st):
+                return st
+            if time.monotonic() > deadline:
+                raise AssertionError(f"node {self.i}: {what} not reached in {timeout}s: {st}")
+            time.sleep(0.05)
+
+    def kill9(self) -> float:
+        """SIGKILL the daemon and reap it; returns the time of the kill."""
+        p = self.daemon.proc
+        assert p is not None
+        t0 = time.monotonic()
+        p.send_signal(signal.SIGKILL)
+        p.wait(10)
+        return t0
