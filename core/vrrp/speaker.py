@@ -32,7 +32,10 @@ node loss (``corosync.nodedown``) changes nothing: host failures follow the RFC 
 
 Beyond keepalived: at start the speaker removes the VIPs of its instances that a crash left
 on the interface, before any router starts; on cancellation it sends priority 0
-(RFC 5798 §6.4.3) and removes its VIPs.
+(RFC 5798 §6.4.3) and removes its VIPs. The VIPs a run is configured with are written to
+:data:`VIPS_FILE` in ``[daemon] state_dir`` at start (a reload cannot change them), so a
+run after a crash also removes those the previous run may have left that its own
+configuration no longer lists.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import ipaddress
+import json
 import logging
 import os
 import socket
@@ -49,6 +53,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from pyroute2 import AsyncIPRoute
@@ -96,6 +101,41 @@ _STOP_TIMEOUT = 10.0
 #: (the host, its Corosync or its link died) and ``corosync.resync`` (seen by comparing
 #: lists after our own reconnection: the cause is unknown) follow the RFC timer.
 FAST_REASONS = frozenset({"corosync.procdown", "corosync.leave"})
+#: In ``[daemon] state_dir``: the VIPs the last run was configured with, as
+#: ``[[interface, family, vip], ...]`` (JSON).
+VIPS_FILE = "vrrp-vips.json"
+
+
+def _read_vips(path: Path) -> list[tuple[str, str, str]]:
+    """The VIPs recorded in ``path`` (none when it is missing).
+
+    :raises ValueError: the file is not a list of ``[interface, family, vip]``.
+    :raises OSError: it cannot be read.
+    """
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return []
+    if not isinstance(data, list) or not all(
+            isinstance(x, list) and len(x) == 3 and all(isinstance(y, str) for y in x)
+            and x[1] in ("inet", "inet6") for x in data):
+        raise ValueError("not a list of [interface, family, vip]")
+    out = []
+    for iface, family, vip in data:
+        ipaddress.ip_interface(vip)  # ValueError when it is not an address
+        out.append((iface, family, vip))
+    return out
+
+
+def _write_vips(path: Path, vips: list[tuple[str, str, str]]) -> None:
+    """Replace ``path`` with ``vips`` (atomically).
+
+    :raises OSError: it cannot be written.
+    """
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps([list(v) for v in vips]))
+    os.replace(tmp, path)
 
 
 @dataclass(eq=False)
@@ -304,9 +344,48 @@ class VrrpSpeaker:
         caller = getattr(self.engine.plugins.pm.hook, _PREPARE_HOOK, None)
         return bool(caller is not None and caller.get_hookimpls())
 
+    async def _remove_unconfigured(self) -> None:
+        """Remove the VIPs the previous run was configured with that this run is not (a
+        crash may have left them: no instance of this run would ever remove them), then
+        record this run's. A file that cannot be used is logged and counted
+        (``errors.vips_file``), never fatal."""
+        state_dir = self.config["daemon"]["state_dir"]
+        if not state_dir:
+            return
+        assert self._ipr is not None
+        path = Path(state_dir) / VIPS_FILE
+        try:
+            previous = _read_vips(path)
+        except (OSError, ValueError) as exc:
+            self.counters["errors.vips_file"] += 1
+            log.warning("cannot use %s (%s): VIPs of an earlier configuration left by a "
+                        "crash are not removed", path, exc)
+            previous = []
+        configured = {(c.interface, str(ipaddress.ip_interface(v).ip))
+                      for c in self.instance_configs for v in c.virtual_ipaddress}
+        for iface, family, vip in previous:
+            if (iface, str(ipaddress.ip_interface(vip).ip)) in configured:
+                continue  # as every configured VIP: removed by _setup if present
+            try:
+                ifindex = socket.if_nametoindex(iface)
+            except OSError:
+                continue  # the interface is gone, and its addresses with it
+            for gone in await addresses.remove_present(self._ipr, [vip], ifindex, family):
+                self.counters["stale_vips_removed"] += 1
+                log.warning("removed stale VIP %s from %s (left by a crash, no longer "
+                            "configured)", gone, iface)
+        try:
+            _write_vips(path, [(c.interface, c.family, v) for c in self.instance_configs
+                               for v in c.virtual_ipaddress])
+        except OSError as exc:
+            self.counters["errors.vips_file"] += 1
+            log.warning("cannot write %s (%s): after a crash, the next run will not know "
+                        "these VIPs if its configuration drops them", path, exc)
+
     async def _setup(self) -> None:
         assert self._loop is not None and self._ipr is not None
         ask = self._asks_plugins()
+        await self._remove_unconfigured()
         self._addr = AddressRequests()
         for cfg in self.instance_configs:
             ifindex = socket.if_nametoindex(cfg.interface)
