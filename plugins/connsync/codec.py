@@ -19,7 +19,7 @@ from __future__ import annotations
 import ipaddress
 import struct
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from clusterbus import errors
 
@@ -119,15 +119,12 @@ def _text(raw: bytes) -> str:
     text = _TEXT.get(raw)
     if text is None:
         if len(raw) == 4:
-            text, af = f"{raw[0]}.{raw[1]}.{raw[2]}.{raw[3]}", AF_INET
+            text = f"{raw[0]}.{raw[1]}.{raw[2]}.{raw[3]}"
         else:
-            text, af = str(ipaddress.IPv6Address(raw)), AF_INET6
+            text = str(ipaddress.IPv6Address(raw))
         if len(_TEXT) >= _CACHE_MAX:
             _TEXT.clear()
-        if len(_CANONICAL) >= _CACHE_MAX:
-            _CANONICAL.clear()
         _TEXT[raw] = text
-        _CANONICAL[text] = af
     return text
 
 
@@ -199,6 +196,15 @@ class SyncConn:
         return (self.af, self.protocol, self.caddr, self.cport, self.vaddr, self.vport,
                 self.daddr, self.dport, self.fwmark, bool(self.flags & F_TEMPLATE))
 
+    def with_timeout(self, timeout: int) -> SyncConn:
+        """A copy with another ``timeout`` (seconds); the other fields are not checked again."""
+        _check(type(timeout) is int and 0 <= timeout <= _U32, f"timeout not a u32: {timeout!r}")
+        new = object.__new__(SyncConn)
+        for name in _CONN_FIELDS:
+            _set(new, name, getattr(self, name))
+        _set(new, "timeout", timeout)
+        return new
+
     def v0_problem(self) -> str | None:
         """Why this entry cannot be sent in a version 0 message (None when it can)."""
         if self.af != AF_INET:
@@ -210,6 +216,21 @@ class SyncConn:
         if bool(self.flags & F_SEQ_MASK) != (self.in_seq is not None):
             return "version 0 carries sequence data exactly when flags has IN_SEQ or OUT_SEQ"
         return None
+
+
+_CONN_FIELDS = tuple(f.name for f in fields(SyncConn))
+_set = object.__setattr__
+# the slots' own setters: they skip the frozen dataclass's __setattr__ (a third faster)
+_SETTERS = tuple(SyncConn.__dict__[name].__set__ for name in _CONN_FIELDS)
+
+
+def _trusted(*values: object) -> SyncConn:
+    """A SyncConn from fields the decoder has already checked (no second validation: it
+    would cost more than the decoding). The order is that of the dataclass fields."""
+    conn = object.__new__(SyncConn)
+    for setter, value in zip(_SETTERS, values):
+        setter(conn, value)
+    return conn
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -361,9 +382,8 @@ def _decode_v0(data: bytes, count: int) -> tuple[SyncConn, ...]:
                 raise DecodeError(f"entry {i}: sequence data truncated", offset=off)
             in_seq, out_seq = _seq_opts(_SEQ0, data, off)
             off += _SEQ0.size
-        conns.append(SyncConn(af=AF_INET, protocol=proto, flags=flags, state=state, cport=cport,
-                              vport=vport, dport=dport, caddr=_text(ca), vaddr=_text(va),
-                              daddr=_text(da), in_seq=in_seq, out_seq=out_seq))
+        conns.append(_trusted(AF_INET, proto, flags, state, cport, vport, dport, _text(ca),
+                              _text(va), _text(da), 0, 0, in_seq, out_seq, None, None))
     if off != n:
         raise DecodeError(f"{n - off} bytes after the last of {count} entries", offset=off)
     return tuple(conns)
@@ -426,10 +446,8 @@ def _decode_v1(data: bytes, count: int) -> tuple[SyncConn, ...]:
                                       offset=p + 1)
                 pe_name = data[p + 2:p + 2 + plen]
             p += 2 + plen
-        conns.append(SyncConn(af=af, protocol=proto, flags=flags, state=state, cport=cport,
-                              vport=vport, dport=dport, caddr=caddr, vaddr=vaddr, daddr=daddr,
-                              fwmark=fwmark, timeout=timeout, in_seq=in_seq, out_seq=out_seq,
-                              pe_name=pe_name, pe_data=pe_data))
+        conns.append(_trusted(af, proto, flags, state, cport, vport, dport, caddr, vaddr, daddr,
+                              fwmark, timeout, in_seq, out_seq, pe_name, pe_data))
         off = end
         if i + 1 < count:
             pad = -size % 4
