@@ -13,9 +13,11 @@ the netlink membership messages (``decode``, ``decode_reports``), the IPVS gener
 netlink attributes (``decode_service``, ``decode_dest``, ``decode_daemon``), the ZeroMQ
 frames (``decode`` of an event, ``decode_batch_epoch``, ``decode_heartbeat``,
 ``decode_ingest``, ``decode_request``, ``decode_reply``), keepalived notify FIFO lines
-(``parse_line``), the SIGCLUSTER payload (``decode_payload``) and the config loader
-(``load_config`` on random TOML text). There is no IPVS sync-protocol decoder in the
-tree yet (tests/vectors/ipvs_sync holds vectors only), so none is fuzzed.
+(``parse_line``), the SIGCLUSTER payload (``decode_payload``), the config loader
+(``load_config`` on random TOML text) and the IPVS sync protocol (conn-sync's
+``connsync.codec.decode``, v0 and v1: random bytes, datagrams built field by field with
+random options and lying size fields, and mutated captured vectors; whatever decodes must
+also re-encode to the same bytes, or it counts as a crash).
 
 Each decoder gets random bytes plus inputs shaped like the real thing (a netlink header
 with a matching length, a msgpack map with the right keys and random values, a TOML
@@ -175,12 +177,74 @@ toml_text = st.one_of(
 )
 
 
+
+def _sync_entry(kind: int, proto: int, lie: int, fields: bytes, addrs: bytes,
+                opts: list[tuple[int, int, bytes]], pad: int) -> bytes:
+    """One IPVS sync v1 entry: header fields, addresses, TLV options (length may lie)."""
+    body = fields + addrs + b"".join(bytes([t, n & 255]) + d for t, n, d in opts)
+    size = max(0, min(0xFFFF, 4 + len(body) + lie))
+    return bytes([kind, proto]) + size.to_bytes(2, "big") + body + b"\0" * pad
+
+
+sync_option = st.tuples(st.sampled_from([1, 2, 3, 0x41, 0x42, 7, 0]), st.integers(0, 30),
+                        st.binary(max_size=30)).map(
+    lambda t: (t[0], len(t[2]) if t[1] % 3 else t[1], t[2]))
+sync_entry = st.builds(
+    _sync_entry, st.sampled_from([0, 0, 1, 2, 0x81]), st.sampled_from([6, 17, 132, 0]),
+    st.sampled_from([0, 0, 0, -1, 1, -4, 4, 0x1000, 0x2000]), st.binary(min_size=20, max_size=20),
+    st.one_of(st.binary(min_size=12, max_size=12), st.binary(min_size=48, max_size=48)),
+    st.lists(sync_option, max_size=4), st.sampled_from([0, 0, 1, 2, 3, 4]))
+
+
+def _sync_v1(syncid: int, entries: list[bytes], count_lie: int, size_lie: int, version: int,
+             spare: int) -> bytes:
+    body = b"".join(entries)
+    size = max(0, min(0xFFFF, 8 + len(body) + size_lie))
+    count = max(0, min(255, len(entries) + count_lie))
+    return struct.pack(">BBHBBH", 0, syncid, size, count, version, spare) + body
+
+
+def _sync_v0(count: int, syncid: int, entries: bytes, size_lie: int) -> bytes:
+    size = max(0, min(0xFFFF, 4 + len(entries) + size_lie))
+    return struct.pack(">BBH", count, syncid, size) + entries
+
+
+def _sync_vectors() -> list[bytes]:
+    path = Path(__file__).resolve().parents[1] / "tests" / "vectors" / "ipvs_sync" / "sync_v1.hex"
+    return [bytes.fromhex(line) for line in path.read_text().split()]
+
+
+def _mutate(raw: bytes, edits: list[tuple[int, int]], cut: int, fix_size: bool) -> bytes:
+    b = bytearray(raw)
+    for pos, byte in edits:
+        b[pos % len(b)] = byte
+    if cut:
+        del b[-cut:]
+    if fix_size and len(b) >= 4:
+        b[2:4] = len(b).to_bytes(2, "big")
+    return bytes(b)
+
+
+ipvs_sync_bytes = st.one_of(
+    st.binary(max_size=400),
+    st.builds(_sync_v1, st.integers(0, 255), st.lists(sync_entry, max_size=5),
+              st.sampled_from([0, 0, 0, 1, -1, 5]), st.sampled_from([0, 0, 0, 1, -1, -3, 8]),
+              st.sampled_from([1, 1, 1, 0, 2, 255]), st.sampled_from([0, 0, 0, 1, 0x100])),
+    st.builds(_sync_v0, st.integers(0, 20), st.integers(0, 255),
+              st.binary(max_size=300), st.sampled_from([0, 0, 0, 1, -1, 24])),
+    st.builds(_mutate, st.sampled_from(_sync_vectors()),
+              st.lists(st.tuples(st.integers(0, 500), st.integers(0, 255)), max_size=4),
+              st.integers(0, 60), st.booleans()),
+)
+
+
 # -- the decoders -------------------------------------------------------------------------
 
 def _decoders(tmp: Path) -> dict[str, tuple[Any, Callable[[Any], Any]]]:
     from clusterbus.bus import codec
     from clusterbus.config import load_config
     from clusterbus.netlink import message
+    from clusterbus.plugins.connsync import codec as connsync
     from clusterbus.plugins.ipvs import codec as ipvs
     from clusterbus.sources.keepalived import parse_line
     from clusterbus.sources.sigcluster import decode_payload
@@ -191,6 +255,13 @@ def _decoders(tmp: Path) -> dict[str, tuple[Any, Callable[[Any], Any]]]:
     def config(text: str) -> Any:
         config_file.write_text(text, encoding="utf-8", errors="surrogateescape")
         return load_config(config_file, host_checks=False)
+
+    def ipvs_sync(data: bytes) -> Any:
+        msg = connsync.decode(data)
+        again = connsync.encode(msg)
+        if again != data:  # decode accepts only what encode writes: anything else is a bug
+            raise AssertionError(f"re-encoded {again.hex()} differs")
+        return msg
 
     def vrrp(data: bytes) -> Any:
         return Advertisement.from_bytes(data, src="10.0.0.1", dst="224.0.0.18")
@@ -218,6 +289,7 @@ def _decoders(tmp: Path) -> dict[str, tuple[Any, Callable[[Any], Any]]]:
         "sigcluster.decode_payload": (st.integers(min_value=-2**40, max_value=2**40),
                                       decode_payload),
         "config.load": (toml_text, config),
+        "connsync.ipvs_sync": (ipvs_sync_bytes, ipvs_sync),
     }
 
 

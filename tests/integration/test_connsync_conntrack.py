@@ -1,0 +1,162 @@
+"""conn-sync's netfilter side (clusterbus.plugins.connsync.conntrack) on the host kernel's
+real conntrack, in two network namespaces this test creates.
+
+Namespace A carries a real TCP connection (over its loopback); its ctnetlink events
+arrive through the event loop and its dump holds the connection. The dumped entry crosses
+to namespace B as msgpack (``to_wire``), is created there through ctnetlink, and B's table
+(``conntrack -L`` when installed, and a dump) shows it. A fresh namespace tracks nothing
+until a ruleset asks for conntrack, so A gets a one-rule nftables table (``nft`` needed).
+The pytest process never changes namespace: each side runs as a script inside its own.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import msgpack
+import pytest
+from netns import Topology
+
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.skipif(shutil.which("nft") is None,
+                       reason="nft is needed to switch conntrack on in a fresh namespace"),
+]
+
+ROOT = Path(__file__).resolve().parents[2]
+PYTHON = str(ROOT / ".venv" / "bin" / "python")
+if not Path(PYTHON).exists():
+    PYTHON = sys.executable
+
+SIDE_A = r'''
+import asyncio, json, socket, sys, msgpack
+from clusterbus.plugins.connsync.conntrack import Conntrack
+
+PORT = int(sys.argv[1])
+
+async def main():
+    ct = Conntrack()
+    seen = []
+    established = asyncio.Event()
+    def on_event(ev):
+        if ev.entry.dport == PORT:
+            seen.append(ev)
+            if ev.entry.tcp and ev.entry.tcp[0] == 3:      # TCP_CONNTRACK_ESTABLISHED
+                established.set()
+    ct.subscribe(on_event)
+    srv = socket.socket(); srv.bind(("127.0.0.1", PORT)); srv.listen()
+    cli = socket.create_connection(("127.0.0.1", PORT)); acc, _ = srv.accept()
+    cli.sendall(b"x"); acc.recv(1); acc.sendall(b"y"); cli.recv(1)
+    try:
+        await asyncio.wait_for(established.wait(), 10)
+    except TimeoutError:
+        pass
+    dump = [e for e in await ct.dump() if e.dport == PORT]
+    print(json.dumps({
+        "client_port": cli.getsockname()[1],
+        "events": [[ev.kind, ev.entry.sport, ev.entry.tcp] for ev in seen],
+        "dump": [msgpack.packb(e.to_wire()).hex() for e in dump],
+        "counters": ct.counters}))
+    ct.close()
+    for s in (cli, acc, srv):
+        s.close()
+
+asyncio.run(main())
+'''
+
+SIDE_B = r'''
+import asyncio, json, sys, msgpack
+from clusterbus.plugins.connsync.conntrack import Conntrack, CtEntry
+
+async def main():
+    ct = Conntrack()
+    entries = [CtEntry.from_wire(msgpack.unpackb(bytes.fromhex(h), use_list=False)) for h in sys.argv[1:]]
+    first = [await ct.apply(e) for e in entries]
+    again = [await ct.apply(e, timeout=777) for e in entries]
+    keys = {e.key() for e in entries}
+    dump = [e for e in await ct.dump() if e.key() in keys]
+    print(json.dumps({"first": first, "again": again,
+                      "dump": [msgpack.packb(e.to_wire()).hex() for e in dump],
+                      "counters": ct.counters}))
+
+asyncio.run(main())
+'''
+
+
+def _entry(hexed: str):
+    from clusterbus.plugins.connsync.conntrack import CtEntry
+
+    return CtEntry.from_wire(msgpack.unpackb(bytes.fromhex(hexed), use_list=False))
+
+
+def _run(t: Topology, ns: str, script: str, *args: str) -> dict:
+    p = t.exec(ns, [PYTHON, "-c", script, *args], timeout=60)
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def test_dump_events_and_create_on_a_peer() -> None:
+    with Topology() as t:
+        a, b = t.netns("cta"), t.netns("ctb")
+        t.exec(a, ["nft", "add table inet cb; add chain inet cb in { type filter hook input priority 0; };"
+                          " add rule inet cb in ct state established counter"])
+        out = _run(t, a, SIDE_A, "5555")
+        cport = out["client_port"]
+        # events came through the event loop: a "new" one, then one carrying ESTABLISHED
+        kinds = [k for k, sport, _ in out["events"] if sport == cport]
+        assert "new" in kinds, out
+        assert any(tcp and tcp[0] == 3 for _, sport, tcp in out["events"] if sport == cport), out
+        # the dump holds the real connection
+        dumped = [_entry(h) for h in out["dump"]]
+        ours = [e for e in dumped if e.sport == cport]
+        assert len(ours) == 1, out
+        e = ours[0]
+        assert (e.src, e.dst, e.dport, e.rsrc, e.rdst, e.rsport, e.rdport) == (
+            "127.0.0.1", "127.0.0.1", 5555, "127.0.0.1", "127.0.0.1", 5555, cport)
+        assert e.tcp is not None and e.tcp[0] == 3 and e.timeout > 0
+
+        # B has nothing of it, then gets it through ctnetlink from A's dump
+        if shutil.which("conntrack"):
+            before = t.exec(b, ["conntrack", "-L"], check=False).stdout
+            assert f"sport={cport}" not in before
+        res = _run(t, b, SIDE_B, *[h for h in out["dump"] if _entry(h).sport == cport])
+        assert res["first"] == ["created"] and res["again"] == ["updated"], res
+        got = [_entry(h) for h in res["dump"]]
+        assert len(got) == 1, res
+        g = got[0]
+        assert g.key() == e.key()
+        assert (g.rsrc, g.rdst, g.rsport, g.rdport) == (e.rsrc, e.rdst, e.rsport, e.rdport)
+        assert g.tcp is not None and g.tcp[0] == 3                   # ESTABLISHED, as in A
+        assert 700 < g.timeout <= 777                                # the update took effect
+        if shutil.which("conntrack"):
+            listed = t.exec(b, ["conntrack", "-L"]).stdout
+            line = [ln for ln in listed.splitlines() if f"sport={cport} dport=5555" in ln]
+            assert len(line) == 1 and "ESTABLISHED" in line[0], listed
+
+
+def test_created_nat_and_ipv6_entries_keep_their_tuples() -> None:
+    """Hand-built entries, as a peer would send them: a DNAT one (reply tuple translated)
+    and an IPv6 UDP one."""
+    from clusterbus.plugins.connsync.conntrack import IPS_ASSURED, IPS_DST_NAT, IPS_SEEN_REPLY, CtEntry
+
+    dnat = CtEntry(family=2, proto=6, src="10.61.0.7", dst="10.62.0.100", sport=40001, dport=80,
+                   rsrc="10.63.0.3", rdst="10.61.0.7", rsport=8080, rdport=40001,
+                   status=IPS_SEEN_REPLY | IPS_ASSURED | IPS_DST_NAT, timeout=300,
+                   tcp=(3, 7, 7, 0x23, 0x23))
+    udp6 = CtEntry(family=10, proto=17, src="2001:db8::7", dst="2001:db8::100", sport=5353,
+                   dport=53, rsrc="2001:db8::100", rdst="2001:db8::7", rsport=53, rdport=5353,
+                   status=IPS_SEEN_REPLY, timeout=120, mark=42)
+    hexed = [msgpack.packb(x.to_wire()).hex() for x in (dnat, udp6)]
+    with Topology() as t:
+        b = t.netns("ctn")
+        res = _run(t, b, SIDE_B, *hexed)
+        assert res["first"] == ["created", "created"], res
+        got = {g.key(): g for g in map(_entry, res["dump"])}
+        assert set(got) == {dnat.key(), udp6.key()}, res
+        g = got[dnat.key()]
+        assert (g.rsrc, g.rdst, g.rsport, g.rdport) == ("10.63.0.3", "10.61.0.7", 8080, 40001)
+        assert g.status & IPS_DST_NAT
+        g6 = got[udp6.key()]
+        assert (g6.rsrc, g6.rdst, g6.mark) == ("2001:db8::100", "2001:db8::7", 42)
