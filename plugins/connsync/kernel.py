@@ -146,7 +146,7 @@ def _kernel() -> Any:
 
 
 def set_sync_knobs(*, kernel_maxlen: int, sync_threshold: tuple[int, int],
-                   kernel: Any | None = None) -> None:
+                   sock_size: int | None = None, kernel: Any | None = None) -> None:
     """Make the local master daemon send soon after a connection is established.
 
     Writes ``net.ipv4.vs.sync_threshold`` in the current network namespace. The datagram
@@ -160,6 +160,9 @@ def set_sync_knobs(*, kernel_maxlen: int, sync_threshold: tuple[int, int],
     :param kernel_maxlen: the master's ``sync_maxlen`` in bytes (1 = one entry per datagram).
     :param sync_threshold: ``(threshold, period)``: sync at the threshold-th packet of a
         connection, then every period packets.
+    :param sock_size: ``net.ipv4.vs.sync_sock_size`` in bytes (None: leave it): the backup
+        socket's receive buffer becomes twice this (capped by ``net.core.rmem_max``), so
+        a burst of injected datagrams is not dropped; it applies to daemons started later.
     :param kernel: a :class:`clusterbus.plugins.ipvs.kernel.Kernel` to use (one is opened and
         closed otherwise).
     :raises ConfigError: a value the kernel would refuse.
@@ -167,6 +170,11 @@ def set_sync_knobs(*, kernel_maxlen: int, sync_threshold: tuple[int, int],
     """
     _check_knobs(kernel_maxlen, sync_threshold)
     _write_sysctl("sync_threshold", f"{sync_threshold[0]} {sync_threshold[1]}")
+    if sock_size is not None:
+        if sock_size < 0:
+            raise ConfigError(f"must be >= 0 bytes (0: the system default), got {sock_size}",
+                              key="connsync.sync_sock_size")
+        _write_sysctl("sync_sock_size", str(sock_size))
     own = kernel is None
     k = _kernel() if own else kernel
     try:
@@ -574,14 +582,16 @@ def _proc_udp(lines: Iterable[str], ports: range) -> tuple[int, int, int]:
 
 
 def backup_queue(*, port: int = SYNC_PORT) -> BackupQueue:
-    """Read the backup daemon's receive queue and drops (current network namespace).
+    """Read the backup daemon's receive queue and drops (this thread's network namespace).
 
     Every UDP socket bound to the sync port counts: nothing but the backup daemon should
     bind it in a director's namespace.
     """
     ports = _sync_ports(port)
     total = [0, 0, 0]
-    for name in ("/proc/net/udp", "/proc/net/udp6"):
+    # /proc/net is the namespace of the process's main thread; thread-self/net is this
+    # thread's (they differ when a thread entered another namespace with setns)
+    for name in ("/proc/thread-self/net/udp", "/proc/thread-self/net/udp6"):
         try:
             with open(name) as f:
                 next(f, None)
