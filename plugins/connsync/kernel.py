@@ -1,0 +1,650 @@
+"""The kernel side of conn-sync: capture, inject, knobs and the commit check (Linux I/O).
+
+Every director runs the kernel's IPVS master and backup sync daemons at once, in its own
+network namespace, on the sync interface (``[connsync] interface``; a dummy interface keeps
+the kernel's own multicast off the wire). conn-sync sits between them:
+
+- :class:`Capture` reads what the local *master* daemon sends: an ``AF_PACKET`` socket sees
+  its datagrams as ``PACKET_OUTGOING``, byte for byte as a peer would receive them (a UDP
+  socket joined to the group sees nothing: the kernel's send socket has multicast loop off).
+- :class:`Injector` hands a peer's datagrams to the local *backup* daemon: a UDP socket
+  sending to the sync group with ``IP_MULTICAST_IF`` = the interface, multicast loop on
+  and TTL 0, so the looped-back copy reaches the backup socket and nothing goes on the wire.
+- :func:`committed` says when the backup daemon has consumed everything injected so far.
+- :func:`set_sync_knobs` / :func:`ensure_daemons` make the master send within tens of
+  milliseconds instead of seconds (``sync_threshold`` and the master's ``sync_maxlen``).
+
+The payloads are opaque here; :mod:`.codec` decodes them. Blocking calls are short system
+calls; :func:`committed` is the only coroutine. Typed errors: :class:`SyncKernelError`
+(and :class:`InterfaceError`) for the kernel and the host, ``ConfigError`` for knob values.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import errno
+import fcntl
+import ipaddress
+import logging
+import socket
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from clusterbus.errors import ClusterbusError, ConfigError
+
+__all__ = [
+    "SYNC_GROUP4", "SYNC_PORT", "SyncKernelError", "InterfaceError", "set_sync_knobs",
+    "sync_knobs", "ensure_daemons", "Capture", "Injector", "BackupQueue", "backup_queue",
+    "committed", "interface_address",
+]
+
+log = logging.getLogger(__name__)
+
+#: The kernel's default sync group and port (``IP_VS_SYNC_GROUP``/``IP_VS_SYNC_PORT``).
+#: There is no default IPv6 group: an IPv6 daemon needs an explicit one.
+SYNC_GROUP4 = "224.0.0.81"
+SYNC_PORT = 8848
+
+#: ``/proc/sys/net/ipv4/vs`` of the current network namespace (exists once ip_vs is loaded).
+VS_SYSCTL = Path("/proc/sys/net/ipv4/vs")
+#: The master clamps ``sync_maxlen`` to 1 .. 65535 - IP and UDP headers.
+MAXLEN_MAX4 = 65535 - 28
+
+ETH_P_ALL = 0x0003
+ETH_P_IP = 0x0800
+ETH_P_IPV6 = 0x86DD
+SOL_PACKET = 263
+PACKET_STATISTICS = 6
+PACKET_OUTGOING = 4
+SO_ATTACH_FILTER = 26
+SO_RCVBUFFORCE = 33
+SIOCGIFADDR = 0x8915
+
+# classic BPF (linux/filter.h, linux/bpf_common.h)
+_LD_W_ABS, _LD_H_ABS, _LD_B_ABS = 0x20, 0x28, 0x30
+_LDX_B_MSH, _LD_H_IND = 0xB1, 0x48
+_JEQ_K, _JSET_K, _RET_K = 0x15, 0x45, 0x06
+_SKF_AD_OFF = -0x1000
+_SKF_AD_PROTOCOL, _SKF_AD_PKTTYPE = 0, 4
+
+#: Datagrams one :meth:`Capture.read` returns at most (the rest stay queued for the next).
+READ_BATCH = 4096
+
+
+class SyncKernelError(ClusterbusError, OSError):
+    """The kernel or the host refused what conn-sync needs (one line, with the errno).
+
+    :param msg: what failed and what would fix it.
+    :param code: the errno, when there is one.
+    """
+
+    def __init__(self, msg: str, *, code: int = 0) -> None:
+        super().__init__(code, msg)
+        self.msg = msg
+
+    def __str__(self) -> str:
+        return self.msg
+
+
+class InterfaceError(SyncKernelError):
+    """The sync interface is missing, or has no address to send from."""
+
+
+# -- knobs and daemons ----------------------------------------------------------------
+
+
+def _check_knobs(kernel_maxlen: int, sync_threshold: tuple[int, int]) -> None:
+    if not 1 <= kernel_maxlen <= MAXLEN_MAX4:
+        raise ConfigError(f"must be 1..{MAXLEN_MAX4} bytes (1: every entry is its own "
+                          f"datagram, the lowest lag), got {kernel_maxlen}",
+                          key="connsync.kernel_maxlen")
+    threshold, period = sync_threshold
+    # the kernel's rule (proc_do_sync_threshold): both >= 0, threshold < period unless period 0
+    if threshold < 0 or period < 0 or (period and threshold >= period):
+        raise ConfigError(f"needs [threshold, period] with 0 <= threshold < period (or period "
+                          f"0), e.g. [2, 50]; got {list(sync_threshold)}",
+                          key="connsync.sync_threshold")
+
+
+def _write_sysctl(name: str, value: str) -> None:
+    path = VS_SYSCTL / name
+    try:
+        path.write_text(value)
+    except FileNotFoundError:
+        raise SyncKernelError(f"no {path}: the kernel has no IPVS here (modprobe ip_vs)",
+                              code=errno.ENOENT) from None
+    except OSError as exc:
+        raise SyncKernelError(f"the kernel refused {name} = {value!r}: {exc.strerror}",
+                              code=exc.errno or 0) from None
+
+
+def sync_knobs() -> dict[str, Any]:
+    """The sync sysctls of the current network namespace (``sync_threshold`` as a tuple).
+
+    :raises SyncKernelError: the kernel has no IPVS.
+    """
+    if not VS_SYSCTL.is_dir():
+        raise SyncKernelError(f"no {VS_SYSCTL}: the kernel has no IPVS here (modprobe ip_vs)",
+                              code=errno.ENOENT)
+    out: dict[str, Any] = {}
+    for path in sorted(VS_SYSCTL.glob("sync_*")):
+        words = path.read_text().split()
+        nums = tuple(int(w) for w in words if w.lstrip("-").isdigit())
+        out[path.name] = nums if len(nums) > 1 else (nums[0] if nums else " ".join(words))
+    return out
+
+
+def _kernel() -> Any:
+    # plugins.ipvs owns the IPVS generic-netlink code (and pulls in pyroute2): load it late.
+    from clusterbus.plugins.ipvs.kernel import Kernel
+
+    return Kernel()
+
+
+def set_sync_knobs(*, kernel_maxlen: int, sync_threshold: tuple[int, int],
+                   sock_size: int | None = None, kernel: Any | None = None) -> None:
+    """Make the local master daemon send soon after a connection is established.
+
+    Writes ``net.ipv4.vs.sync_threshold`` in the current network namespace. The datagram
+    size ``kernel_maxlen`` is not a sysctl but a parameter of the running master daemon
+    (``ipvsadm --sync-maxlen``, genetlink ``IPVS_DAEMON_ATTR_SYNC_MAXLEN``): when a master
+    runs with another maxlen it is restarted with the same interface, syncid, group, port
+    and TTL (the at most one buffered datagram it held is lost; the connections are synced
+    again at their next threshold packet). Without a running master nothing else changes:
+    start the daemons with :func:`ensure_daemons`.
+
+    :param kernel_maxlen: the master's ``sync_maxlen`` in bytes (1 = one entry per datagram).
+    :param sync_threshold: ``(threshold, period)``: sync at the threshold-th packet of a
+        connection, then every period packets.
+    :param sock_size: ``net.ipv4.vs.sync_sock_size`` in bytes (None: leave it): the backup
+        socket's receive buffer becomes twice this (capped by ``net.core.rmem_max``), so
+        a burst of injected datagrams is not dropped; it applies to daemons started later.
+    :param kernel: a :class:`clusterbus.plugins.ipvs.kernel.Kernel` to use (one is opened and
+        closed otherwise).
+    :raises ConfigError: a value the kernel would refuse.
+    :raises SyncKernelError: no IPVS, or the kernel refused.
+    """
+    _check_knobs(kernel_maxlen, sync_threshold)
+    _write_sysctl("sync_threshold", f"{sync_threshold[0]} {sync_threshold[1]}")
+    if sock_size is not None:
+        if sock_size < 0:
+            raise ConfigError(f"must be >= 0 bytes (0: the system default), got {sock_size}",
+                              key="connsync.sync_sock_size")
+        _write_sysctl("sync_sock_size", str(sock_size))
+    own = kernel is None
+    k = _kernel() if own else kernel
+    try:
+        for d in k.daemons():
+            if d["state"] == "master" and d["maxlen"] != kernel_maxlen:
+                log.info("restarting the master sync daemon on %s: maxlen %s -> %d",
+                         d["interface"], d["maxlen"], kernel_maxlen)
+                k.stop_daemon("master")
+                k.start_daemon("master", interface=d["interface"], syncid=d["syncid"],
+                               maxlen=kernel_maxlen, group=str(d.get("group", "")),
+                               port=int(d["port"]), ttl=int(d.get("ttl", 0)))
+    finally:
+        if own:
+            k.close()
+
+
+def ensure_daemons(interface: str, *, syncid: int, kernel_maxlen: int,
+                   group: str = SYNC_GROUP4, port: int = SYNC_PORT, ttl: int = 1,
+                   kernel: Any | None = None) -> list[str]:
+    """Run the master and the backup sync daemon together on ``interface``.
+
+    A daemon already running with exactly these settings is left alone; one running with
+    other settings is restarted; a missing one is started. The backup keeps the kernel's
+    default receive size (the interface MTU minus headers), which fits any datagram a
+    master with ``kernel_maxlen`` <= that size sends.
+
+    :param interface: the sync interface (it must exist and hold an address).
+    :param syncid: the sync id both daemons use (0..255; a backup with 0 accepts any).
+    :param kernel_maxlen: the master's datagram size (see :func:`set_sync_knobs`).
+    :param ttl: the master's multicast TTL.
+    :returns: what was done, e.g. ``["started master", "kept backup"]``.
+    :raises InterfaceError: no such interface.
+    :raises SyncKernelError: the kernel refused (its message names the daemon).
+    """
+    if not 0 <= syncid <= 255:
+        raise ConfigError(f"must be 0..255, got {syncid}", key="connsync.syncid")
+    _check_knobs(kernel_maxlen, (0, 0))
+    _ifindex(interface)
+    own = kernel is None
+    k = _kernel() if own else kernel
+    done: list[str] = []
+    try:
+        running = {d["state"]: d for d in k.daemons()}
+        for state, maxlen in (("backup", 0), ("master", kernel_maxlen)):
+            d = running.get(state)
+            if d is not None:
+                same = (d["interface"] == interface and d["syncid"] == syncid
+                        and d["port"] == port and d.get("group", group) == group
+                        and (maxlen == 0 or d["maxlen"] == maxlen))
+                if same:
+                    done.append(f"kept {state}")
+                    continue
+                k.stop_daemon(state)
+            k.start_daemon(state, interface=interface, syncid=syncid, maxlen=maxlen,
+                           group=group, port=port, ttl=ttl if state == "master" else 0)
+            done.append(f"{'restarted' if d is not None else 'started'} {state}")
+    except OSError as exc:
+        raise SyncKernelError(f"sync daemons on {interface!r}: {exc}",
+                              code=exc.errno or 0) from None
+    finally:
+        if own:
+            k.close()
+    log.info("sync daemons on %s syncid %d: %s", interface, syncid, ", ".join(done))
+    return done
+
+
+# -- interfaces -------------------------------------------------------------------------
+
+
+def _ifindex(interface: str) -> int:
+    try:
+        return socket.if_nametoindex(interface)
+    except OSError:
+        raise InterfaceError(f"no interface {interface!r} in this network namespace",
+                             code=errno.ENODEV) from None
+
+
+def interface_address(interface: str) -> str:
+    """The (first) IPv4 address of ``interface``.
+
+    :raises InterfaceError: no such interface, or it has no IPv4 address.
+    """
+    _ifindex(interface)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        req = struct.pack("256s", interface.encode()[:15])
+        try:
+            res = fcntl.ioctl(s.fileno(), SIOCGIFADDR, req)
+        except OSError as exc:
+            if exc.errno == errno.EADDRNOTAVAIL:
+                raise InterfaceError(f"interface {interface!r} has no IPv4 address (the sync "
+                                     "daemons and the injector send from it)",
+                                     code=exc.errno) from None
+            raise InterfaceError(f"interface {interface!r}: {exc.strerror}",
+                                 code=exc.errno or 0) from None
+    return socket.inet_ntoa(res[20:24])
+
+
+# -- capture ----------------------------------------------------------------------------
+
+
+def _bpf(program: list[tuple[int, str | int, str | int, int]]) -> bytes:
+    """Assemble ``(code, jt, jf, k)`` rows whose jumps name labels (str) or are 0."""
+    labels = {"accept": len(program), "drop": len(program) + 1}
+    rows = [*program, (_RET_K, 0, 0, 0x40000), (_RET_K, 0, 0, 0)]
+    out = b""
+    for i, (code, jt, jf, k) in enumerate(rows):
+        jt_off = labels[jt] - i - 1 if isinstance(jt, str) else jt
+        jf_off = labels[jf] - i - 1 if isinstance(jf, str) else jf
+        out += struct.pack("=HBBI", code, jt_off, jf_off, k & 0xFFFFFFFF)
+    return out
+
+
+def sync_filter(group: str, port: int) -> bytes:
+    """Classic BPF for a ``SOCK_DGRAM`` packet socket (data starts at the IP header).
+
+    Keeps outgoing, unfragmented UDP to ``group``:``port``; everything else never reaches
+    user space.
+    """
+    ip = ipaddress.ip_address(group)
+    prog: list[tuple[int, str | int, str | int, int]] = [
+        (_LD_W_ABS, 0, 0, _SKF_AD_OFF + _SKF_AD_PKTTYPE),
+        (_JEQ_K, 0, "drop", PACKET_OUTGOING),
+        (_LD_W_ABS, 0, 0, _SKF_AD_OFF + _SKF_AD_PROTOCOL),
+    ]
+    if ip.version == 4:
+        prog += [
+            (_JEQ_K, 0, "drop", ETH_P_IP),
+            (_LD_B_ABS, 0, 0, 9), (_JEQ_K, 0, "drop", socket.IPPROTO_UDP),
+            (_LD_H_ABS, 0, 0, 6), (_JSET_K, "drop", 0, 0x1FFF),   # a fragment: no UDP header
+            (_LD_W_ABS, 0, 0, 16), (_JEQ_K, 0, "drop", int(ip)),
+            (_LDX_B_MSH, 0, 0, 0), (_LD_H_IND, 0, 0, 2), (_JEQ_K, "accept", "drop", port),
+        ]
+    else:
+        words = struct.unpack("!4I", ip.packed)
+        prog += [(_JEQ_K, 0, "drop", ETH_P_IPV6),
+                 (_LD_B_ABS, 0, 0, 6), (_JEQ_K, 0, "drop", socket.IPPROTO_UDP)]
+        for i, w in enumerate(words):
+            prog += [(_LD_W_ABS, 0, 0, 24 + 4 * i), (_JEQ_K, 0, "drop", w)]
+        prog += [(_LD_H_ABS, 0, 0, 42), (_JEQ_K, "accept", "drop", port)]
+    return _bpf(prog)
+
+
+def udp_payload(packet: bytes, *, group: bytes, port: int) -> bytes | None:
+    """The UDP payload of an IPv4/IPv6 packet to ``group``:``port``, else ``None``."""
+    if len(packet) < 1:
+        return None
+    version = packet[0] >> 4
+    if version == 4 and len(packet) >= 20 and len(group) == 4:
+        ihl = (packet[0] & 0x0F) * 4
+        if (ihl < 20 or packet[9] != socket.IPPROTO_UDP or packet[16:20] != group
+                or struct.unpack_from("!H", packet, 6)[0] & 0x3FFF):  # MF or an offset
+            return None
+        udp = ihl
+    elif version == 6 and len(packet) >= 40 and len(group) == 16:
+        if packet[6] != socket.IPPROTO_UDP or packet[24:40] != group:
+            return None
+        udp = 40
+    else:
+        return None
+    if len(packet) < udp + 8:
+        return None
+    dport, length = struct.unpack_from("!2xHH", packet, udp)
+    if dport != port or length < 8 or udp + length > len(packet):
+        return None
+    return packet[udp + 8:udp + length]
+
+
+class Capture:
+    """The datagrams the local master sync daemon sends on ``interface``.
+
+    An ``AF_PACKET``/``SOCK_DGRAM`` socket (no link header, so any link type) bound to the
+    interface with a classic BPF filter: only ``PACKET_OUTGOING`` UDP to ``group``:``port``
+    reaches user space, and :meth:`read` checks each packet again before it strips the IP
+    and UDP headers. Drive it with ``loop.add_reader(capture.fileno(), ...)``.
+
+    Injected datagrams are never captured: their looped-back copy is ``PACKET_LOOPBACK``
+    and, with TTL 0, no copy is transmitted.
+
+    Counters: ``capture.datagrams``, ``capture.bytes``, ``capture.dropped.kernel`` (the
+    socket's receive queue overflowed), ``capture.dropped.foreign`` (a packet that passed
+    the filter but is not a sync datagram: never expected).
+    """
+
+    def __init__(self, interface: str, *, port: int = SYNC_PORT, group: str = SYNC_GROUP4,
+                 rcvbuf: int = 8 << 20) -> None:
+        self.interface = interface
+        self.port = port
+        self.group = group
+        self._group = ipaddress.ip_address(group).packed
+        self.rcvbuf = rcvbuf
+        self.sock: socket.socket | None = None
+        self.counters: dict[str, int] = {"capture.datagrams": 0, "capture.bytes": 0,
+                                         "capture.dropped.kernel": 0,
+                                         "capture.dropped.foreign": 0}
+
+    def open(self) -> None:
+        """Open the socket; datagrams sent from now on are captured.
+
+        :raises InterfaceError: no such interface.
+        :raises SyncKernelError: the socket cannot be opened (e.g. not root).
+        """
+        ifindex = _ifindex(self.interface)
+        try:
+            # protocol 0: nothing is queued before the filter is attached and bound
+            s = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, 0)
+        except OSError as exc:
+            raise SyncKernelError(f"capture on {self.interface!r}: AF_PACKET socket: "
+                                  f"{exc.strerror} (needs CAP_NET_RAW)",
+                                  code=exc.errno or 0) from None
+        try:
+            try:
+                s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, self.rcvbuf)
+            except PermissionError:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)
+            prog = sync_filter(self.group, self.port)
+            cbuf = ctypes.create_string_buffer(prog, len(prog))  # the kernel copies it
+            fprog = struct.pack("HL", len(prog) // 8, ctypes.addressof(cbuf))
+            s.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+            s.bind((self.interface, ETH_P_ALL, 0, 0, b""))
+            s.setblocking(False)
+            s.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8)  # reset the kernel's counters
+        except OSError as exc:
+            s.close()
+            raise SyncKernelError(f"capture on {self.interface!r} (ifindex {ifindex}): "
+                                  f"{exc.strerror}", code=exc.errno or 0) from None
+        self.sock = s
+        log.debug("capturing sync datagrams on %s to %s:%d", self.interface, self.group,
+                  self.port)
+
+    def close(self) -> None:
+        """Close the socket (idempotent)."""
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+    def __enter__(self) -> Capture:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def fileno(self) -> int:
+        """The socket's descriptor, for ``loop.add_reader``."""
+        if self.sock is None:
+            raise SyncKernelError("capture is not open")
+        return self.sock.fileno()
+
+    def read(self) -> list[bytes]:
+        """Drain what is queued (at most :data:`READ_BATCH`): the sync UDP payloads, in order.
+
+        Never blocks; returns ``[]`` when nothing is queued.
+        """
+        if self.sock is None:
+            raise SyncKernelError("capture is not open")
+        out: list[bytes] = []
+        c = self.counters
+        for _ in range(READ_BATCH):
+            try:
+                packet, addr = self.sock.recvfrom(65535)
+            except (BlockingIOError, InterruptedError):
+                break
+            payload = (udp_payload(packet, group=self._group, port=self.port)
+                       if addr[2] == PACKET_OUTGOING else None)
+            if payload is None:
+                c["capture.dropped.foreign"] += 1
+                log.debug("capture: dropped a foreign packet (%d bytes, type %d)",
+                          len(packet), addr[2])
+                continue
+            c["capture.datagrams"] += 1
+            c["capture.bytes"] += len(payload)
+            out.append(payload)
+        _packets, drops = struct.unpack("II", self.sock.getsockopt(SOL_PACKET,
+                                                                   PACKET_STATISTICS, 8))
+        if drops:
+            c["capture.dropped.kernel"] += drops
+            log.warning("capture on %s: the kernel dropped %d datagrams (receive queue full)",
+                        self.interface, drops)
+        return out
+
+
+# -- injection --------------------------------------------------------------------------
+
+
+class Injector:
+    """Hands datagrams to the local backup sync daemon, as if a peer's master sent them.
+
+    A UDP socket sending to ``group``:``port`` out of ``interface`` with multicast loop on
+    (the looped-back copy reaches the backup socket, which is bound to the group and that
+    interface) and TTL 0 (no copy goes on the wire). The backup then applies each
+    datagram exactly like one from the kernel sync protocol.
+
+    Counters: ``inject.datagrams``, ``inject.bytes``, ``inject.dropped.send_failed``.
+    """
+
+    def __init__(self, interface: str, *, port: int = SYNC_PORT,
+                 group: str = SYNC_GROUP4) -> None:
+        self.interface = interface
+        self.port = port
+        self.group = group
+        self.address: str | None = None
+        self.sock: socket.socket | None = None
+        self.counters: dict[str, int] = {"inject.datagrams": 0, "inject.bytes": 0,
+                                         "inject.dropped.send_failed": 0}
+
+    def open(self) -> None:
+        """Open the socket.
+
+        :raises InterfaceError: no such interface, or (IPv4) it has no address.
+        """
+        ifindex = _ifindex(self.interface)
+        v6 = ipaddress.ip_address(self.group).version == 6
+        if v6:
+            s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, ifindex)
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 1)
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 0)
+            self._dest: tuple[Any, ...] = (self.group, self.port, 0, ifindex)
+        else:
+            self.address = interface_address(self.interface)
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF,
+                         socket.inet_aton(self.address))
+            s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 1)
+            s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 0)
+            self._dest = (self.group, self.port)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+        self.sock = s
+
+    def close(self) -> None:
+        """Close the socket (idempotent)."""
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+    def __enter__(self) -> Injector:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def send(self, datagram: bytes) -> None:
+        """Send one sync datagram to the local backup daemon.
+
+        When this returns, the datagram is in the backup socket's receive queue (or counted
+        in its drops): the loopback delivery runs inside the send on Linux >= 5.18.
+
+        :raises SyncKernelError: the kernel refused the send (counted).
+        """
+        if self.sock is None:
+            raise SyncKernelError("injector is not open")
+        try:
+            self.sock.sendto(datagram, self._dest)
+        except OSError as exc:
+            self.counters["inject.dropped.send_failed"] += 1
+            raise SyncKernelError(f"inject on {self.interface!r}: {exc.strerror}",
+                                  code=exc.errno or 0) from None
+        self.counters["inject.datagrams"] += 1
+        self.counters["inject.bytes"] += len(datagram)
+
+
+# -- commit check -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BackupQueue:
+    """The backup daemon's UDP socket(s) as ``/proc/net/udp{,6}`` shows them.
+
+    :param sockets: UDP sockets bound to the sync port(s) in this network namespace.
+    :param rx_queue: bytes waiting in their receive queues.
+    :param drops: datagrams they dropped (receive buffer full), since they were opened.
+    """
+
+    sockets: int
+    rx_queue: int
+    drops: int
+
+
+def _sync_ports(port: int) -> range:
+    # with net.ipv4.vs.sync_ports = n the daemons use n threads on ports port .. port+n-1
+    try:
+        n = int((VS_SYSCTL / "sync_ports").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        n = 1
+    return range(port, port + max(1, n))
+
+
+def _proc_udp(lines: Iterable[str], ports: range) -> tuple[int, int, int]:
+    sockets = rx = drops = 0
+    for line in lines:
+        f = line.split()
+        if len(f) < 13 or ":" not in f[1] or ":" not in f[4]:
+            continue
+        try:
+            local_port = int(f[1].rsplit(":", 1)[1], 16)
+            if local_port not in ports:
+                continue
+            rx += int(f[4].split(":")[1], 16)
+            drops += int(f[-1])
+        except ValueError:
+            continue
+        sockets += 1
+    return sockets, rx, drops
+
+
+def backup_queue(*, port: int = SYNC_PORT) -> BackupQueue:
+    """Read the backup daemon's receive queue and drops (this thread's network namespace).
+
+    Every UDP socket bound to the sync port counts: nothing but the backup daemon should
+    bind it in a director's namespace.
+    """
+    ports = _sync_ports(port)
+    total = [0, 0, 0]
+    # /proc/net is the namespace of the process's main thread; thread-self/net is this
+    # thread's (they differ when a thread entered another namespace with setns)
+    for name in ("/proc/thread-self/net/udp", "/proc/thread-self/net/udp6"):
+        try:
+            with open(name) as f:
+                next(f, None)
+                got = _proc_udp(f, ports)
+        except FileNotFoundError:
+            continue
+        total = [a + b for a, b in zip(total, got, strict=True)]
+    return BackupQueue(sockets=total[0], rx_queue=total[1], drops=total[2])
+
+
+#: How long the receive queue must stay empty: the backup thread dequeues a datagram
+#: before it applies it, so one empty reading may come just before the last apply.
+SETTLE_S = 0.002
+POLL_S = 0.001
+
+
+async def committed(*, port: int = SYNC_PORT, timeout: float,
+                    drops_before: int | None = None) -> bool:
+    """True once the local backup daemon has consumed everything injected so far.
+
+    :meth:`Injector.send` returns with the datagram in the backup socket's receive queue
+    (or in its drops), and the backup kernel thread empties that queue, applying each
+    datagram right after taking it. So an empty queue that stays empty for
+    :data:`SETTLE_S` means every injected entry is in the connection table. Datagrams the
+    socket dropped (its buffer was full) are lost: pass the :class:`BackupQueue` ``drops``
+    read before injecting as ``drops_before``, and this returns False when it grew.
+
+    :param port: the sync port.
+    :param timeout: seconds to wait at most.
+    :param drops_before: the backup socket's drops before the injection, to detect loss.
+    :returns: True when committed; False on timeout, loss, or no backup daemon (logged).
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    empty_since: float | None = None
+    while True:
+        q = backup_queue(port=port)
+        now = loop.time()
+        if q.sockets == 0:
+            log.warning("commit check: no UDP socket on port %d (is the backup sync daemon "
+                        "running?)", port)
+            return False
+        if drops_before is not None and q.drops > drops_before:
+            log.warning("commit check: the backup daemon dropped %d datagrams (receive "
+                        "buffer full): resend them", q.drops - drops_before)
+            return False
+        if q.rx_queue == 0:
+            if empty_since is None:
+                empty_since = now
+            elif now - empty_since >= SETTLE_S:
+                return True
+        else:
+            empty_since = None
+        if now >= deadline:
+            return False
+        await asyncio.sleep(POLL_S)
