@@ -355,6 +355,8 @@ PEER_SCHEMA: dict[str, Key] = {
                     convert=_connect_endpoint),
     "public_key": Key(str, REQUIRED, _absolute_path,
                       "the peer's public NAME.key file (from clusterbus keygen)"),
+    "connsync": Key(str, "", None, "the peer's [connsync] listen endpoint (conn-sync; "
+                    "optional)", convert=_connect_endpoint),
 }
 
 
@@ -393,6 +395,12 @@ def validate_cluster(value: Any, file: str) -> dict[str, Any]:
         if peer["publish"] == peer["snapshot"]:
             raise ConfigError("the same endpoint as publish; a daemon's publish and snapshot "
                               "endpoints differ", file=file, key=f"{prefix}.snapshot")
+        if not peer["connsync"]:
+            del peer["connsync"]  # optional: present only when given
+        elif peer["connsync"] in (peer["publish"], peer["snapshot"]):
+            raise ConfigError("the same endpoint as publish or snapshot; conn-sync has an "
+                              "endpoint of its own ([connsync] listen on that peer)",
+                              file=file, key=f"{prefix}.connsync")
         load_public_key(peer["public_key"], file=file, key=f"{prefix}.public_key")
         out.append(peer)
     return {"peer": out}

@@ -1,0 +1,1 @@
+"""connsync: replicate the IPVS connection table between directors (built-in plugin)."""

@@ -1,0 +1,388 @@
+"""The conn-sync transport: a dedicated ZeroMQ channel between directors, CURVE only.
+
+Bulk connection entries never travel on the bus (they would fill its replay ring and reach
+every outside subscriber): each director binds one ROUTER socket on ``[connsync] listen``
+and connects one DEALER to every peer's ``[[cluster.peer]] connsync`` endpoint.
+
+* Security is the bus's: this daemon's ``[bus] certificate`` is the key pair of both
+  sides; the ROUTER is a CURVE server whose authorized keys are the peers' ``public_key``
+  files (and the daemon's own key, for ``clusterbus connsync show`` run as root), checked
+  by pyzmq's authenticator through :class:`clusterbus.bus.security.BusSecurity`; each
+  DEALER is a CURVE client with the peer's public key as server key. A refused handshake
+  (an unknown key) is counted as ``auth_denied`` and logged once per address.
+* Who sent a message is the CURVE key that authenticated it (ZeroMQ's ``User-Id``
+  property), never a field of the message.
+* Frames are msgpack (:func:`pack` / :func:`unpack`); anything that is not a well-formed
+  relay message is dropped and counted by reason (``dropped.<code>``), logged
+  rate-limited, never a traceback.
+* Sends never block: a peer that is not connected or whose queue is full loses the
+  message (``dropped.send``); the relay sends it again.
+
+:class:`RelayLink` runs a sans-IO :class:`~clusterbus.plugins.connsync.relay.Relay` on a
+:class:`Channel`: the relay's ``Send`` effects go out here, its other effects to a
+callback, its timers on the loop (``next_deadline``, no polling).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+import zmq
+import zmq.asyncio
+
+from clusterbus import DecodeError
+from clusterbus.bus.security import (
+    BusSecurity,
+    ServerKeys,
+    load_public_key,
+    load_secret_certificate,
+)
+from clusterbus.bus.sockets import EVENTS, NOBLOCK, POLLIN, TURN_BUDGET, Reader
+from clusterbus.ratelimit import LogLimiter
+
+from .relay import Effect, Relay, RelayError, Send
+
+__all__ = ["Channel", "ChannelPeer", "FrameError", "RelayLink", "pack", "unpack",
+           "MAX_FRAME", "SHOW", "request_show", "peers_from_config"]
+
+log = logging.getLogger(__name__)
+
+#: A frame larger than this is dropped unread (``dropped.frame_too_large``).
+MAX_FRAME = 16 << 20
+#: Queued messages per peer (ZeroMQ high-water mark) before sends are dropped.
+SEND_HWM = 10_000
+#: The local request for the synced table (``clusterbus connsync show``).
+SHOW = "SHOW"
+#: ZAP identity of the daemon's own key (a local administrator, not a peer).
+LOCAL = 0
+
+
+class FrameError(DecodeError):
+    """A frame that is not a relay message; ``code`` names the counter (``dropped.<code>``)."""
+
+    def __init__(self, code: str, msg: str) -> None:
+        super().__init__(msg)
+        self.code = code
+
+
+def pack(message: Any) -> bytes:
+    """One message as a frame."""
+    data: bytes = msgpack.packb(message, use_bin_type=True)
+    return data
+
+
+def unpack(data: bytes) -> Any:
+    """A frame as a message (lists, ints, str, bytes).
+
+    :raises FrameError: too large, not msgpack, or trailing bytes.
+    """
+    if len(data) > MAX_FRAME:
+        raise FrameError("frame_too_large", f"frame of {len(data)} bytes (max {MAX_FRAME})")
+    try:
+        return msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)
+    except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError,
+            msgpack.StackError, UnicodeDecodeError) as exc:
+        raise FrameError("bad_frame", f"not a msgpack frame: {exc}") from None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChannelPeer:
+    """A peer director as ``[[cluster.peer]]`` gives it.
+
+    :param node: its node number.
+    :param public_key: its public ``.key`` file.
+    :param endpoint: its ``connsync`` endpoint (``""``: it connects to us only; we then
+        cannot send to it).
+    """
+
+    node: int
+    public_key: str
+    endpoint: str = ""
+
+
+class _FrameReader(Reader):
+    """The bus's socket reader, receiving without copy so that ``User-Id`` can be read."""
+
+    def poll(self) -> list[Any] | None:
+        sock = self.sock
+        if int(sock.getsockopt(EVENTS)) & POLLIN:
+            try:
+                frames: list[Any] = sock.recv_multipart(NOBLOCK, copy=False)
+                return frames
+            except zmq.Again:
+                pass
+        return None
+
+
+class Channel:
+    """The sockets: one ROUTER we listen on, one DEALER per peer we send to.
+
+    :param listen: ``[connsync] listen`` (``tcp://ADDR:PORT``).
+    :param certificate: this daemon's ``.key_secret`` file (``[bus] certificate``).
+    :param peers: the peer directors.
+    :raises ConfigError: a key file cannot be used.
+    """
+
+    def __init__(self, *, listen: str, certificate: str, peers: list[ChannelPeer]) -> None:
+        self.listen = listen
+        self.public, self.secret = load_secret_certificate(certificate)
+        self.peers = {p.node: p for p in peers}
+        self.keys: dict[bytes, int] = {load_public_key(p.public_key): p.node for p in peers}
+        self.keys[self.public] = LOCAL
+        #: ``frames.received``, ``frames.sent``, ``dropped.<code>``, ``auth_denied``...
+        self.counters: dict[str, int] = {"frames.received": 0, "frames.sent": 0,
+                                         "dropped.send": 0, "auth_denied": 0}
+        self.security = BusSecurity(ServerKeys(public=self.public, secret=self.secret,
+                                               authorized=frozenset(self.keys)), self.counters)
+        self.limited = LogLimiter(log, interval=60.0)
+        self.bound = ""
+        self._ctx: zmq.Context[Any] | None = None
+        self._router: zmq.Socket[Any] | None = None
+        self._dealers: dict[int, zmq.Socket[Any]] = {}
+        self._reader: _FrameReader | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Bind and connect (on the running loop: the authenticator lives there).
+
+        :raises zmq.ZMQError: the listen endpoint cannot be bound.
+        """
+        ctx: zmq.Context[Any] = zmq.Context()
+        self._ctx = ctx
+        self.security.start(zmq.asyncio.Context.shadow(ctx.underlying))
+        router = ctx.socket(zmq.ROUTER)
+        router.setsockopt(zmq.LINGER, 0)
+        router.setsockopt(zmq.RCVHWM, SEND_HWM)
+        router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a reply to a gone client: Again, not lost
+        self.security.server(router, "connsync")
+        try:
+            router.bind(self.listen)
+        except zmq.ZMQError:
+            router.close(0)
+            self.close()
+            raise
+        self._router = router
+        self.bound = router.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._reader = _FrameReader(router)
+        for node, peer in self.peers.items():
+            if not peer.endpoint:
+                continue
+            d = ctx.socket(zmq.DEALER)
+            d.setsockopt(zmq.LINGER, 0)
+            d.setsockopt(zmq.SNDHWM, SEND_HWM)
+            d.setsockopt(zmq.IMMEDIATE, 1)  # nothing queued for a peer that is not there
+            d.setsockopt(zmq.CURVE_SERVERKEY, load_public_key(peer.public_key))
+            d.setsockopt(zmq.CURVE_PUBLICKEY, self.public)
+            d.setsockopt(zmq.CURVE_SECRETKEY, self.secret)
+            d.connect(peer.endpoint)
+            self._dealers[node] = d
+        log.info("connsync: listening on %s; sending to %d peer(s)", self.bound,
+                 len(self._dealers))
+
+    def close(self) -> None:
+        """Close every socket (idempotent)."""
+        self.security.stop()
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+        for d in self._dealers.values():
+            d.close(0)
+        self._dealers.clear()
+        if self._router is not None:
+            self._router.close(0)
+            self._router = None
+        if self._ctx is not None:
+            self._ctx.term()
+            self._ctx = None
+
+    # -- sending --------------------------------------------------------------------------
+
+    def send(self, peer: int, message: Any) -> bool:
+        """Send one message to ``peer`` now, or drop it (counted): never waits."""
+        d = self._dealers.get(peer)
+        if d is None:
+            self._count("dropped.send")
+            return False
+        try:
+            d.send(pack(message), NOBLOCK)
+        except zmq.Again:
+            self._count("dropped.send")
+            return False
+        self.counters["frames.sent"] += 1
+        return True
+
+    # -- receiving ------------------------------------------------------------------------
+
+    async def serve(self, handle: Callable[[int, Any], None],
+                    request: Callable[[Any], Any] | None = None) -> None:
+        """Hand every peer message to ``handle(node, message)`` until cancelled.
+
+        Messages from the daemon's own key are local requests: ``request(message)``
+        returns the reply (``clusterbus connsync show``). Garbage is counted and dropped.
+        """
+        assert self._reader is not None, "open() first"
+        reader = self._reader
+        while True:
+            for _ in range(TURN_BUDGET):
+                frames = reader.poll()
+                if frames is None:
+                    await reader.readable()
+                    break
+                self._one(frames, handle, request)
+            else:
+                await asyncio.sleep(0)
+
+    def _one(self, frames: list[Any], handle: Callable[[int, Any], None],
+             request: Callable[[Any], Any] | None) -> None:
+        self.counters["frames.received"] += 1
+        try:
+            if len(frames) != 2:
+                raise FrameError("bad_frame", f"{len(frames) - 1} payload frames, expected 1")
+            frame = frames[1]
+            try:
+                user = frame.get("User-Id")
+            except (zmq.ZMQError, KeyError):
+                user = ""
+            node = self.keys.get(user.encode("ascii", "replace") if user else b"")
+            if node is None:
+                raise FrameError("unknown_key", f"a frame from key {user!r}")
+            message = unpack(frame.bytes)
+            if node == LOCAL:
+                reply = request(message) if request is not None else ["ERROR", "no requests"]
+                self._reply(frames[0].bytes, reply)
+                return
+            handle(node, message)
+        except (FrameError, RelayError) as exc:
+            self._dropped(exc.code, str(exc))
+        except DecodeError as exc:  # an entry the decoder refused
+            self._dropped("bad_entry", str(exc))
+
+    def _reply(self, ident: bytes, reply: Any) -> None:
+        assert self._router is not None
+        try:
+            self._router.send_multipart([ident, pack(reply)], NOBLOCK)
+        except zmq.ZMQError:  # the client left (ROUTER_MANDATORY) or its queue is full
+            self._count("dropped.reply")
+
+    def _dropped(self, code: str, why: str) -> None:
+        self._count(f"dropped.{code}")
+        self.limited.warning(("dropped", code), "connsync: dropped a frame: %s", why)
+
+    def _count(self, key: str) -> None:
+        self.counters[key] = self.counters.get(key, 0) + 1
+
+    async def run_security(self) -> None:
+        """Count refused handshakes until cancelled."""
+        await self.security.run()
+
+
+class RelayLink:
+    """A :class:`Relay` driven over a :class:`Channel` on the asyncio loop.
+
+    :param relay: the protocol core.
+    :param channel: the sockets (opened by :meth:`run`).
+    :param on_effect: called with every effect that is not a ``Send`` (``Deliver``,
+        ``ResyncStarted``, ``ResyncDone``), in order, on the loop.
+    :param request: local requests (see :meth:`Channel.serve`).
+    :param clock: monotonic seconds (the relay's ``now``).
+    """
+
+    def __init__(self, relay: Relay, channel: Channel, on_effect: Callable[[Effect], None],
+                 *, request: Callable[[Any], Any] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.relay = relay
+        self.channel = channel
+        self.on_effect = on_effect
+        self.request = request
+        self.clock = clock
+        self._wake: asyncio.Event | None = None
+
+    def originate(self, entries: list[Any]) -> None:
+        """Entries this director originated: relayed to every peer at once."""
+        self.relay.originate(entries)
+        self.kick()
+
+    def kick(self) -> None:
+        """Make the timer task poll the relay now."""
+        if self._wake is not None:
+            self._wake.set()
+
+    def _apply(self, effects: list[Effect]) -> None:
+        for e in effects:
+            if isinstance(e, Send):
+                self.channel.send(e.peer, e.message)
+            else:
+                self.on_effect(e)
+
+    def _receive(self, node: int, message: Any) -> None:
+        self._apply(self.relay.receive(node, message, self.clock()))
+        if self.relay.next_deadline() == float("-inf"):
+            self.kick()
+
+    async def _timers(self) -> None:
+        assert self._wake is not None
+        while True:
+            self._wake.clear()
+            self._apply(self.relay.poll(self.clock()))
+            deadline = self.relay.next_deadline()
+            if deadline == float("-inf"):
+                await asyncio.sleep(0)
+                continue
+            timeout = None if deadline is None else max(0.0, deadline - self.clock())
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+
+    async def run(self) -> None:
+        """Open the channel and relay until cancelled; the sockets are closed on exit."""
+        self._wake = asyncio.Event()
+        self.channel.open()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self.channel.serve(self._receive, self.request),
+                               name="connsync-receive")
+                tg.create_task(self._timers(), name="connsync-timers")
+                tg.create_task(self.channel.run_security(), name="connsync-security")
+        finally:
+            self.channel.close()
+            self._wake = None
+
+
+async def request_show(endpoint: str, certificate: str, server_key: str, *,
+                       timeout: float = 2.0) -> Any:
+    """Ask a daemon's conn-sync channel for its synced table (``clusterbus connsync
+    show``), with the daemon's own key pair.
+
+    :raises TimeoutError: no answer (no daemon, or the key is not the daemon's).
+    :raises FrameError: an answer that is not msgpack.
+    """
+    public, secret = load_secret_certificate(certificate)
+    ctx = zmq.asyncio.Context()
+    sock = ctx.socket(zmq.DEALER)
+    try:
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.CURVE_SERVERKEY, load_public_key(server_key))
+        sock.setsockopt(zmq.CURVE_PUBLICKEY, public)
+        sock.setsockopt(zmq.CURVE_SECRETKEY, secret)
+        sock.connect(endpoint)
+        async with asyncio.timeout(timeout):
+            await sock.send(pack([SHOW]))
+            data = await sock.recv()
+        return unpack(data)
+    finally:
+        sock.close(0)
+        ctx.term()
+
+
+def peers_from_config(config_peers: list[Mapping[str, Any]]) -> list[ChannelPeer]:
+    return [ChannelPeer(node=int(p["node"]), public_key=str(p["public_key"]),
+                        endpoint=str(p.get("connsync", "") or "")) for p in config_peers]

@@ -1,0 +1,189 @@
+"""The conn-sync channel over real ZeroMQ CURVE sockets on loopback: two directors'
+relays converge while the test's transport shim drops 20 % of the messages; garbage from
+an authorized peer only changes counters; a client with an unknown key is refused."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import zmq
+import zmq.asyncio
+import zmq.auth
+from loopbus import dead_endpoint
+
+from clusterbus.plugins.connsync.channel import Channel, ChannelPeer, RelayLink, request_show
+from clusterbus.plugins.connsync.relay import Deliver, Effect, Relay, ResyncStarted
+
+
+class LossyChannel(Channel):
+    """The transport shim: drops a share of what it is asked to send (both directions)."""
+
+    def __init__(self, *, loss: float, seed: int, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.loss = loss
+        self.rnd = random.Random(seed)
+        self.shim_dropped = 0
+
+    def send(self, peer: int, message: Any) -> bool:
+        if self.rnd.random() < self.loss:
+            self.shim_dropped += 1
+            return False
+        return super().send(peer, message)
+
+
+class Director:
+    def __init__(self, node: int, keys: Path, listen: str, peers: list[ChannelPeer],
+                 *, loss: float = 0.0) -> None:
+        self.node = node
+        self.table: dict[str, list[Any]] = {}
+        self.received: dict[int, dict[str, list[Any]]] = {p.node: {} for p in peers}
+        self.channel = LossyChannel(loss=loss, seed=node, listen=listen,
+                                    certificate=str(keys / f"d{node}.key_secret"), peers=peers)
+        self.relay = Relay(run=node * 1000, peers=[p.node for p in peers],
+                           snapshot=lambda: list(self.table.values()), batch_max=16,
+                           window=8, rto=0.05, rto_max=0.5, keepalive=0.2)
+        self.link = RelayLink(self.relay, self.channel, self.effect,
+                              request=lambda m: ["TABLE", len(self.table)])
+
+    def effect(self, e: Effect) -> None:
+        if isinstance(e, ResyncStarted):
+            self.received[e.peer] = {}
+        elif isinstance(e, Deliver):
+            for entry in e.entries:
+                self.received[e.peer][entry[0]] = entry
+
+    def originate(self, entries: list[list[Any]]) -> None:
+        for entry in entries:
+            self.table[entry[0]] = entry
+        self.link.originate(entries)
+
+
+def _keys(tmp: Path) -> Path:
+    keys = tmp / "keys"
+    keys.mkdir()
+    for name in ("d1", "d2", "stranger"):
+        zmq.auth.create_certificates(keys, name)
+    return keys
+
+
+def _pair(tmp: Path, loss: float) -> tuple[Director, Director, str, str, Path]:
+    keys = _keys(tmp)
+    ep1, ep2 = dead_endpoint(), dead_endpoint()
+    d1 = Director(1, keys, ep1, [ChannelPeer(node=2, public_key=str(keys / "d2.key"),
+                                             endpoint=ep2)], loss=loss)
+    d2 = Director(2, keys, ep2, [ChannelPeer(node=1, public_key=str(keys / "d1.key"),
+                                             endpoint=ep1)], loss=loss)
+    return d1, d2, ep1, ep2, keys
+
+
+async def _until(cond: Any, timeout: float = 20.0) -> bool:
+    for _ in range(int(timeout / 0.02)):
+        if cond():
+            return True
+        await asyncio.sleep(0.02)
+    return bool(cond())
+
+
+def test_two_channels_converge_with_20_percent_loss(tmp_path: Path) -> None:
+    d1, d2, *_ = _pair(tmp_path, loss=0.2)
+
+    async def main() -> None:
+        async with asyncio.TaskGroup() as tg:
+            t1 = tg.create_task(d1.link.run())
+            t2 = tg.create_task(d2.link.run())
+            for i in range(50):  # both directions, while the links come up
+                d1.originate([[f"a{i}.{j}", i, j] for j in range(10)])
+                d2.originate([[f"b{i}", i, 0]])
+                if i % 10 == 0:
+                    d1.originate([["a0.0", "updated", i]])  # a key updated: last one wins
+                await asyncio.sleep(0.005)
+            ok = await _until(lambda: d2.received[1] == d1.table and d1.received[2] == d2.table)
+            t1.cancel()
+            t2.cancel()
+        assert ok, (len(d2.received[1]), len(d1.table), len(d1.received[2]), len(d2.table))
+
+    asyncio.run(main())
+    assert len(d1.table) == 500 and d1.table["a0.0"] == ["a0.0", "updated", 40]
+    assert d1.channel.shim_dropped > 0 and d2.channel.shim_dropped > 0
+    c = d1.relay.status(0.0)[2]["counters"]
+    assert c["resends"] + d2.relay.status(0.0)[1]["counters"]["nacks.sent"] > 0
+    assert d1.channel.counters["frames.received"] > 0
+
+
+def test_garbage_from_an_authorized_peer_changes_only_counters(tmp_path: Path) -> None:
+    d1, d2, ep1, _ep2, keys = _pair(tmp_path, loss=0.0)
+    pub2, sec2 = zmq.auth.load_certificate(keys / "d2.key_secret")
+    pub1, _ = zmq.auth.load_certificate(keys / "d1.key")
+
+    async def main() -> None:
+        ctx = zmq.asyncio.Context()
+        evil = ctx.socket(zmq.DEALER)  # d2's key: authorized, but a broken program
+        evil.setsockopt(zmq.LINGER, 0)
+        evil.curve_serverkey, evil.curve_publickey, evil.curve_secretkey = pub1, pub2, sec2
+        try:
+            async with asyncio.TaskGroup() as tg:
+                t1 = tg.create_task(d1.link.run())
+                t2 = tg.create_task(d2.link.run())
+                d2.originate([["k1", 1, 1]])
+                assert await _until(lambda: d1.received[2] == d2.table)
+                evil.connect(ep1)
+                garbage = [b"", b"\xc1", b"\x92\x01", msgpack.packb(["B", 1]),
+                           msgpack.packb(["B", 2000, 1, 1, 9, []]),
+                           msgpack.packb(["B", 2000, 1, 5, 0, "x" * 10]),
+                           msgpack.packb(["A", 2000, 1000, 1, 99]),
+                           msgpack.packb(["Q", 1, 2, 3]), msgpack.packb({"a": 1}),
+                           bytes(range(256)) * 64]
+                for g in garbage:
+                    await evil.send(g)
+                await evil.send_multipart([b"two", b"frames"])
+                assert await _until(lambda: sum(
+                    v for k, v in d1.channel.counters.items() if k.startswith("dropped.")) >= 10)
+                d2.originate([["k2", 2, 2]])  # the link still works
+                assert await _until(lambda: d1.received[2] == d2.table)
+                t1.cancel()
+                t2.cancel()
+        finally:
+            evil.close(0)
+            ctx.term()
+
+    asyncio.run(main())
+    dropped = {k: v for k, v in d1.channel.counters.items() if k.startswith("dropped.") and v}
+    assert dropped.get("dropped.bad_frame", 0) >= 3 and dropped.get("dropped.bad_message", 0) >= 4
+    assert d1.received[2] == {"k1": ["k1", 1, 1], "k2": ["k2", 2, 2]}
+
+
+def test_unknown_key_is_refused_and_the_daemon_key_may_ask(tmp_path: Path) -> None:
+    d1, _d2, ep1, _ep2, keys = _pair(tmp_path, loss=0.0)
+    pub_s, sec_s = zmq.auth.load_certificate(keys / "stranger.key_secret")
+    pub1, _ = zmq.auth.load_certificate(keys / "d1.key")
+
+    async def main() -> Any:
+        ctx = zmq.asyncio.Context()
+        stranger = ctx.socket(zmq.DEALER)
+        stranger.setsockopt(zmq.LINGER, 0)
+        stranger.curve_serverkey, stranger.curve_publickey, stranger.curve_secretkey = \
+            pub1, pub_s, sec_s
+        try:
+            async with asyncio.TaskGroup() as tg:
+                t1 = tg.create_task(d1.link.run())
+                await asyncio.sleep(0.1)
+                stranger.connect(ep1)
+                await stranger.send(msgpack.packb(["A", 5, 0, 1, 0]))
+                refused = await _until(lambda: d1.channel.counters["auth_denied"] >= 1, 10.0)
+                shown = await request_show(ep1, str(keys / "d1.key_secret"),
+                                           str(keys / "d1.key"))
+                t1.cancel()
+        finally:
+            stranger.close(0)
+            ctx.term()
+        return refused, shown
+
+    refused, shown = asyncio.run(main())
+    assert refused
+    assert d1.channel.counters["frames.received"] == 1  # only the SHOW request got in
+    assert d1.relay.peers[2].counters["acks.received"] == 0
+    assert shown == ["TABLE", 0]

@@ -1,0 +1,313 @@
+"""The conn-sync relay protocol (sans-IO) over a simulated channel that loses, duplicates
+and reorders messages: every entry reaches every peer, each at most once per stream and in
+the order it was originated, and a restarted director gets the full table again."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from clusterbus import DecodeError
+from clusterbus.plugins.connsync.relay import (
+    Deliver,
+    Relay,
+    RelayError,
+    ResyncDone,
+    ResyncStarted,
+    Send,
+)
+
+#: an entry is (key, value, uid): uid grows with every entry a director originates
+Entry = tuple[int, int, int]
+
+
+def _decode(v: Any) -> Entry:
+    if not isinstance(v, list) or len(v) != 3 or not all(type(x) is int for x in v):
+        raise DecodeError(f"bad entry {v!r}")
+    return (v[0], v[1], v[2])
+
+
+@dataclass
+class Node:
+    """One director: its own table, its relay, and what it received per origin."""
+
+    node: int
+    peers: list[int]
+    run: int
+    table: dict[int, Entry] = field(default_factory=dict)
+    received: dict[int, dict[int, Entry]] = field(default_factory=dict)
+    uid: int = 0
+    last_uid: dict[int, int] = field(default_factory=dict)  # per origin, this stream
+    violations: list[str] = field(default_factory=list)
+    relay: Relay = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.start()
+
+    def start(self) -> None:
+        self.relay = Relay(run=self.run, peers=self.peers, snapshot=self.snapshot,
+                           encode=list, decode=_decode, batch_max=4, window=4, rto=0.05,
+                           rto_max=0.4, keepalive=0.2, max_pending=64)
+        self.received = {p: {} for p in self.peers}
+        self.last_uid = {p: -1 for p in self.peers}
+        self.snapshot_keys: dict[int, set[int]] = {p: set() for p in self.peers}
+
+    def snapshot(self) -> list[Entry]:
+        return list(self.table.values())
+
+    def originate(self, keys: Iterable[int]) -> None:
+        entries = []
+        for k in keys:
+            self.uid += 1
+            e = (k, self.uid * 7 % 1000, self.uid)
+            self.table[k] = e  # the table first: a resync snapshot holds it
+            entries.append(e)
+        self.relay.originate(entries)
+
+    def apply(self, effects: list[Any], out: list[tuple[int, int, Any]]) -> None:
+        for eff in effects:
+            if isinstance(eff, Send):
+                out.append((self.node, eff.peer, eff.message))
+            elif isinstance(eff, ResyncStarted):
+                self.received[eff.peer] = {}  # the full table follows
+                self.last_uid[eff.peer] = -1
+                self.snapshot_keys[eff.peer] = set()
+            elif isinstance(eff, ResyncDone):
+                self.last_uid[eff.peer] = max(
+                    (e[2] for e in self.received[eff.peer].values()), default=-1)
+            elif isinstance(eff, Deliver):
+                got = self.received[eff.peer]
+                for key, value, uid in eff.entries:
+                    if eff.snapshot:
+                        if key in self.snapshot_keys[eff.peer]:
+                            self.violations.append(f"{eff.peer}: key {key} twice in a resync")
+                        self.snapshot_keys[eff.peer].add(key)
+                    else:
+                        if uid <= self.last_uid[eff.peer]:
+                            self.violations.append(
+                                f"{eff.peer}: uid {uid} after {self.last_uid[eff.peer]}")
+                        self.last_uid[eff.peer] = uid
+                    got[key] = (key, value, uid)
+
+
+class Net:
+    """Loses, duplicates and delays (so reorders) every message; msgpack on the way."""
+
+    def __init__(self, rnd: random.Random, loss: float, dup: float, jitter: float) -> None:
+        self.rnd, self.loss, self.dup, self.jitter = rnd, loss, dup, jitter
+        self.flight: list[tuple[float, int, int, bytes]] = []
+        self.sent = self.lost = 0
+
+    def send(self, now: float, msgs: list[tuple[int, int, Any]]) -> None:
+        for src, dst, msg in msgs:
+            self.sent += 1
+            data = msgpack.packb(msg)
+            for _ in range(2 if self.rnd.random() < self.dup else 1):
+                if self.rnd.random() < self.loss:
+                    self.lost += 1
+                    continue
+                self.flight.append((now + self.rnd.uniform(0, self.jitter), src, dst, data))
+
+    def due(self, now: float) -> list[tuple[int, int, Any]]:
+        ready = [m for m in self.flight if m[0] <= now]
+        self.flight = [m for m in self.flight if m[0] > now]
+        self.rnd.shuffle(ready)
+        return [(src, dst, msgpack.unpackb(data)) for _, src, dst, data in ready]
+
+
+def run_cluster(nodes: dict[int, Node], net: Net, now: float, steps: int,
+                script: dict[int, list[tuple[str, Any]]] | None = None) -> float:
+    """Step the simulation ``steps`` times of 10 ms; ``script`` maps a step to actions."""
+    for step in range(steps):
+        for action, arg in (script or {}).get(step, []):
+            if action == "originate":
+                node, keys = arg
+                nodes[node].originate(keys)
+            elif action == "restart":
+                n = nodes[arg]
+                n.run += 1000
+                n.start()
+        outbox: list[tuple[int, int, Any]] = []
+        for src, dst, msg in net.due(now):
+            try:
+                effects = nodes[dst].relay.receive(src, msg, now)
+            except RelayError:
+                continue
+            nodes[dst].apply(effects, outbox)
+        for n in nodes.values():
+            n.apply(n.relay.poll(now), outbox)
+        net.send(now, outbox)
+        now += 0.01
+    return now
+
+
+def converged(nodes: dict[int, Node]) -> bool:
+    return all(nodes[b].received[a] == nodes[a].table
+               for a in nodes for b in nodes if a != b)
+
+
+def settle(nodes: dict[int, Node], net: Net, now: float, limit: int = 6000) -> float:
+    """Run until every peer holds every other's table and nothing is in flight (bounded)."""
+    for _ in range(limit // 50):
+        if converged(nodes) and all(n.relay.idle() for n in nodes.values()):
+            return now
+        now = run_cluster(nodes, net, now, 50)
+    return now
+
+
+def make(n: int) -> dict[int, Node]:
+    ids = list(range(1, n + 1))
+    return {i: Node(i, [j for j in ids if j != i], run=i) for i in ids}
+
+
+workload = st.lists(
+    st.tuples(st.integers(0, 60), st.integers(1, 3),
+              st.lists(st.integers(0, 40), min_size=1, max_size=12)),
+    min_size=1, max_size=25)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow],
+          report_multiple_bugs=False)
+@given(seed=st.integers(0, 2**32 - 1), loss=st.sampled_from([0.0, 0.05, 0.2, 0.3]),
+       dup=st.sampled_from([0.0, 0.1, 0.3]), jitter=st.sampled_from([0.0, 0.03, 0.2]),
+       ops=workload, restart=st.one_of(st.none(), st.tuples(st.integers(0, 60),
+                                                             st.integers(1, 3))))
+def test_converges_over_a_lossy_duplicating_reordering_channel(
+        seed: int, loss: float, dup: float, jitter: float,
+        ops: list[tuple[int, int, list[int]]], restart: tuple[int, int] | None) -> None:
+    nodes = make(3)
+    net = Net(random.Random(seed), loss, dup, jitter)
+    script: dict[int, list[tuple[str, Any]]] = {}
+    for step, node, keys in ops:
+        script.setdefault(step, []).append(("originate", (node, keys)))
+    if restart is not None:
+        script.setdefault(restart[0], []).append(("restart", restart[1]))
+    now = run_cluster(nodes, net, 0.0, 61, script)
+    now = settle(nodes, net, now)
+    for n in nodes.values():
+        assert n.violations == []
+    assert converged(nodes), {(a, b): (nodes[b].received[a], nodes[a].table)
+                              for a in nodes for b in nodes if a != b}
+    assert all(n.relay.idle() for n in nodes.values())
+
+
+def test_twenty_percent_loss_every_entry_delivered_once_in_order() -> None:
+    nodes = make(2)
+    net = Net(random.Random(7), 0.2, 0.05, 0.05)
+    # 400 distinct keys: every one must arrive, each once, in order
+    script = {s: [("originate", (1, range(s * 10, s * 10 + 10)))] for s in range(40)}
+    now = run_cluster(nodes, net, 0.0, 40, script)
+    settle(nodes, net, now)
+    assert net.lost > 0
+    assert nodes[2].received[1] == nodes[1].table and len(nodes[1].table) == 400
+    assert nodes[2].violations == []
+    c1 = nodes[1].relay.status(now)[2]["counters"]
+    assert c1["resends"] > 0 and c1["entries.sent"] >= 400
+
+
+def test_restarted_director_gets_the_full_table_before_incremental_entries() -> None:
+    nodes = make(2)
+    net = Net(random.Random(1), 0.0, 0.0, 0.0)
+    now = run_cluster(nodes, net, 0.0, 20, {0: [("originate", (1, range(30)))]})
+    assert nodes[2].received[1] == nodes[1].table
+    nodes[2].run += 1000
+    nodes[2].start()  # restarted: knows nothing
+    assert nodes[2].received[1] == {}
+    kinds: list[str] = []
+    orig = nodes[2].apply
+
+    def spy(effects: list[Any], out: list[tuple[int, int, Any]]) -> None:
+        for e in effects:
+            if isinstance(e, Deliver):
+                kinds.append("snapshot" if e.snapshot else "incremental")
+            elif isinstance(e, ResyncDone):
+                kinds.append("done")
+        orig(effects, out)
+
+    nodes[2].apply = spy  # type: ignore[method-assign]
+    now = run_cluster(nodes, net, now, 30, {10: [("originate", (1, [100]))]})
+    assert nodes[2].received[1] == nodes[1].table and 100 in nodes[2].received[1]
+    assert kinds.index("done") < kinds.index("incremental")
+    st1 = nodes[1].relay.status(now)[2]
+    assert st1["counters"]["peer.restarts"] == 1 and st1["counters"]["resyncs.sent"] == 2
+
+
+def test_duplicates_and_stale_runs_are_dropped() -> None:
+    a = Relay(run=5, peers=[2], snapshot=list)
+    b = Relay(run=9, peers=[1], snapshot=list)
+    msgs = [e.message for e in a.poll(0.0) if isinstance(e, Send)]  # the empty snapshot
+    a.originate([["x", 1]])
+    msgs += [e.message for e in a.poll(0.0) if isinstance(e, Send)]
+    assert [m[4] for m in msgs if m[0] == "B"] == [2, 0]  # snapshot end, then incremental
+    eff = [e for m in msgs for e in b.receive(1, m, 0.0)]
+    eff += [e for m in reversed(msgs) for e in b.receive(1, m, 0.0)]  # all again
+    delivered = [e for e in eff if isinstance(e, Deliver)]
+    assert [(d.entries, d.snapshot) for d in delivered] == [((["x", 1],), False)]
+    assert b.peers[1].counters["duplicates"] == 2
+    # a's new run: b drops a late message of the old one afterwards
+    b.receive(1, ["A", 6, 0, 1, 0], 0.1)
+    assert b.peers[1].counters["peer.restarts"] == 1
+    assert b.receive(1, msgs[0], 0.2) == []
+    assert b.peers[1].counters["dropped.stale"] == 1
+
+
+@pytest.mark.parametrize("message", [
+    None, [], "B", ["Z"], ["B", 1, 1, 1, 0], ["B", 0, 1, 1, 0, []], ["B", 1, 1, 1, 7, []],
+    ["B", 1, 1, -1, 0, []], ["B", 1, 1, 1, 0, "xx"], ["B", 1, 1, 1, 0, [["bad"]]],
+    ["A", 1, 0, 1], ["A", True, 0, 1, 0], ["N", 1, 1, 1, 5, 2], ["B", 2**64, 1, 1, 0, []],
+])
+def test_garbage_raises_a_typed_error_and_changes_nothing(message: Any) -> None:
+    r = Relay(run=1, peers=[2], snapshot=list, decode=_decode)
+    before = r.status(0.0)
+    with pytest.raises(DecodeError):
+        r.receive(2, message, 0.0)
+    assert r.status(0.0) == before
+
+
+def test_unknown_peer_is_a_typed_error() -> None:
+    r = Relay(run=1, peers=[2], snapshot=list)
+    with pytest.raises(RelayError) as info:
+        r.receive(3, ["A", 1, 0, 1, 0], 0.0)
+    assert info.value.code == "unknown_peer"
+
+
+def test_queue_overflow_drops_counted_and_resyncs_from_the_table() -> None:
+    table = {k: (k, 0, k) for k in range(10)}
+    a = Relay(run=1, peers=[2], snapshot=lambda: list(table.values()), max_pending=5,
+              window=1, batch_max=2)
+    b = Relay(run=2, peers=[1], snapshot=list)
+    a.poll(0.0)  # stream 1 starts (its snapshot is in flight, not acknowledged)
+    a.originate([(k, 1, k) for k in range(10)])  # over max_pending
+    st_a = a.status(0.0)[2]
+    assert st_a["counters"]["dropped.queue_full"] == 10 and st_a["pending_entries"] == 0
+    got: dict[int, Any] = {}
+    now = 0.0
+    for _ in range(200):
+        for e in a.poll(now):
+            if isinstance(e, Send):
+                for f in b.receive(1, e.message, now):
+                    if isinstance(f, Deliver):
+                        got.update({x[0]: x for x in f.entries})
+                    elif isinstance(f, Send):
+                        a.receive(2, f.message, now)
+        now += 0.05
+        if a.idle():
+            break
+    assert a.status(now)[2]["counters"]["resyncs.sent"] == 2
+    assert got == table
+
+
+def test_next_deadline_and_keepalive() -> None:
+    r = Relay(run=1, peers=[2], snapshot=list, keepalive=0.5)
+    assert r.next_deadline() == float("-inf")  # the first stream is due
+    effs = r.poll(0.0)
+    assert any(isinstance(e, Send) and e.message[0] == "A" for e in effs)
+    d = r.next_deadline()
+    assert d is not None and 0 < d <= 0.5
