@@ -176,7 +176,7 @@ def set_sync_knobs(*, kernel_maxlen: int, sync_threshold: tuple[int, int],
                               key="connsync.sync_sock_size")
         _write_sysctl("sync_sock_size", str(sock_size))
     own = kernel is None
-    k = _kernel() if own else kernel
+    k: Any = kernel if kernel is not None else _kernel()
     try:
         for d in k.daemons():
             if d["state"] == "master" and d["maxlen"] != kernel_maxlen:
@@ -214,7 +214,7 @@ def ensure_daemons(interface: str, *, syncid: int, kernel_maxlen: int,
     _check_knobs(kernel_maxlen, (0, 0))
     _ifindex(interface)
     own = kernel is None
-    k = _kernel() if own else kernel
+    k: Any = kernel if kernel is not None else _kernel()
     done: list[str] = []
     try:
         running = {d["state"]: d for d in k.daemons()}
