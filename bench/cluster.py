@@ -17,6 +17,8 @@ daemon with its own CURVE keys, linked to the three others by ``[[cluster.peer]]
   pyzmq PUB in director 1's namespace, one SUB in director 2's, both CURVE with the same
   keys, one msgpack event of the same shape per frame at the same pace, stamped by the
   sender and timed by the receiver on the same clock (one way, as the daemon figure).
+  Both are taken in ``--rounds`` alternating rounds, so a change of the machine's load
+  weighs on both.
   ``p99_ratio`` = ``p99_ms`` / ``raw_p99_ms`` (target <= 2).
 - ``rss_mb``: the largest VmRSS of the four daemons after that run (each with 3 peers and
   CURVE on every socket; target <= 80 MB); ``rss_mb_each`` lists them.
@@ -254,7 +256,7 @@ def bench_raw(ns: dict[int, str], keys: Path, samples: int, pace: float) -> list
     return [x / 1e9 for x in json.loads(out)]
 
 
-def bench_peers(base: Path, site: Path, samples: int, pace: float
+def bench_peers(base: Path, site: Path, samples: int, pace: float, rounds: int
                 ) -> tuple[list[float], list[float], dict[int, float]]:
     """(director 1 -> 2 hook latencies, raw latencies, RSS MB per director)."""
     keys, auth = base / "keys", base / "authorized_keys"
@@ -273,14 +275,19 @@ def bench_peers(base: Path, site: Path, samples: int, pace: float
                 others = [n for n in PEERS if n != d.node]
                 wait_for(lambda d=d, o=others: d.alive_peers() == o, 60, interval=0.5,
                          what=f"director {d.node} sees its 3 peers up")
-            asyncio.run(feed_ingest(ds[1], samples, pace))
-            sent = wait_for(lambda: len(ds[1].hook_times(1)) >= samples and ds[1].hook_times(1),
-                            60, interval=0.5, what="director 1's hooks saw every event")
-            got = wait_for(lambda: len(ds[2].hook_times(1)) >= samples and ds[2].hook_times(1),
-                           60, interval=0.5, what="director 2's hooks saw director 1's events")
+            raw: list[float] = []
+            per = max(2, samples // rounds // 2 * 2)  # even: node 42 ends each round down
+            for r in range(1, rounds + 1):  # interleaved, so a load change hits both sides
+                asyncio.run(feed_ingest(ds[1], per, pace))
+                sent = wait_for(lambda r=r: len(ds[1].hook_times(1)) >= r * per
+                                and ds[1].hook_times(1), 60, interval=0.5,
+                                what="director 1's hooks saw every event")
+                got = wait_for(lambda r=r: len(ds[2].hook_times(1)) >= r * per
+                               and ds[2].hook_times(1), 60, interval=0.5,
+                               what="director 2's hooks saw director 1's events")
+                raw += bench_raw(ns, keys, per, pace)
             lat = [got[s] - t for s, t in sent.items() if s in got]
             rss = {n: d.rss_mb() for n, d in ds.items()}
-            raw = bench_raw(ns, keys, samples, pace)
         finally:
             for d in ds.values():
                 d.stop()
@@ -374,6 +381,8 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--samples", type=int, default=1000, help="peer-link latency samples")
     ap.add_argument("--pace", type=float, default=0.005, help="seconds between two samples")
+    ap.add_argument("--rounds", type=int, default=4,
+                    help="peer-link and raw samples are taken in this many alternating rounds")
     ap.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     ap.add_argument("--role", choices=("raw-pub", "raw-sub"), help=argparse.SUPPRESS)
     ap.add_argument("--keys", type=Path, help=argparse.SUPPRESS)
@@ -393,7 +402,7 @@ def main() -> int:
         base = Path(d)
         site = base / "site"
         install_recorder(site)
-        lat, raw, rss = bench_peers(base, site, args.samples, args.pace)
+        lat, raw, rss = bench_peers(base, site, args.samples, args.pace, args.rounds)
         with CorosyncCluster(base / "corosync", 2, token=500) as cc:
             cc.start_all()
             down = bench_director_down(cc, base, site, args.trials)
@@ -405,6 +414,7 @@ def main() -> int:
         "samples": len(lat),
         "raw_samples": len(raw),
         "pace_s": args.pace,
+        "rounds": args.rounds,
         "p50_ms": percentile_ms(lat, 50),
         "p99_ms": percentile_ms(lat, 99),
         "raw_p50_ms": percentile_ms(raw, 50),

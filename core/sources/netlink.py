@@ -130,6 +130,9 @@ class NetlinkSource:
         self._resync_needed = False
         self._last_request = -RESYNC_INTERVAL
         self._timer: asyncio.TimerHandle | None = None
+        #: the throttled dump request's retry (its own slot: _timer may hold the answer
+        #: check of the request before, which must not swallow it)
+        self._retry_timer: asyncio.TimerHandle | None = None
         #: set once the socket has joined the group (tests and the daemon may wait on it)
         self.ready = asyncio.Event()
         self.last_error: str | None = None
@@ -187,8 +190,9 @@ class NetlinkSource:
             await asyncio.Future()  # everything happens in _on_readable
         finally:
             loop.remove_reader(fd)
-            if self._timer is not None:
-                self._timer.cancel()
+            for handle in (self._timer, self._retry_timer):
+                if handle is not None:
+                    handle.cancel()
             sock.close()
             self._sock = None
             self.ready.clear()
@@ -345,8 +349,8 @@ class NetlinkSource:
         loop = asyncio.get_running_loop()
         wait = self._last_request + RESYNC_INTERVAL - loop.time()
         if wait > 0:
-            if self._timer is None:
-                self._timer = loop.call_later(wait, self._retry_request)
+            if self._retry_timer is None:
+                self._retry_timer = loop.call_later(wait, self._retry_request)
             return
         self._resync_needed = False
         self._last_request = loop.time()
@@ -370,7 +374,7 @@ class NetlinkSource:
         self._timer = loop.call_later(RESYNC_WAIT, self._check_answered, self._cookie)
 
     def _retry_request(self) -> None:
-        self._timer = None
+        self._retry_timer = None
         if self._resync_needed:
             self._request_dump()
 

@@ -16,7 +16,6 @@ import os
 import shutil
 import subprocess
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from typing import Any
 import pytest
 from cbdaemon import Daemon
 from ipvsadm_view import ipvsadm, kernel_view
+from keepalived import wait_for
 
 KEPT, GONE = "10.78.0.100", "10.78.0.101"  # VIPs: GONE leaves the configuration
 NODES = {1: "10.78.0.11", 2: "10.78.0.12"}
@@ -80,15 +80,10 @@ def vips_on_eth0() -> set[str]:
 
 
 def until(pred: Callable[[], Any], what: str, daemon: Daemon) -> Any:
-    deadline = time.monotonic() + LIMIT
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}\n"
-                                 f"{daemon.log.read_text()[-4000:]}")
-        time.sleep(0.05)
+    try:
+        return wait_for(pred, LIMIT, interval=0.05, what=what)
+    except TimeoutError as exc:
+        raise AssertionError(f"{exc}\n{daemon.log.read_text()[-4000:]}") from None
 
 
 def vrrp(daemon: Daemon) -> dict[str, Any]:
