@@ -126,7 +126,7 @@ class CtEntry:
         if missing:
             raise DecodeError(f"conntrack entry lacks {sorted(missing)}")
         family = obj["f"]
-        if family not in _ADDR_LEN or type(family) is not int:
+        if type(family) is not int or family not in _ADDR_LEN:
             raise DecodeError(f"conntrack entry: unknown address family {family!r}")
         orig, reply = (_wire_tuple(obj[k], family, k) for k in ("o", "r"))
         tcp = obj.get("tcp")
@@ -157,7 +157,7 @@ def _int_ok(v: object, top: int) -> bool:
 
 def _problem(e: CtEntry) -> str | None:
     """What is wrong with ``e`` (None when nothing)."""
-    if e.family not in _ADDR_LEN:
+    if type(e.family) is not int or e.family not in _ADDR_LEN:
         return f"unknown address family {e.family!r}"
     if not _int_ok(e.proto, 255) or e.proto not in PORT_PROTOCOLS:
         return f"protocol {e.proto!r} is not one with ports {sorted(PORT_PROTOCOLS)}"
