@@ -40,12 +40,14 @@ PORT = int(sys.argv[1])
 async def main():
     ct = Conntrack()
     seen = []
-    established = asyncio.Event()
+    established, destroyed = asyncio.Event(), asyncio.Event()
     def on_event(ev):
         if ev.entry.dport == PORT:
             seen.append(ev)
             if ev.entry.tcp and ev.entry.tcp[0] == 3:      # TCP_CONNTRACK_ESTABLISHED
                 established.set()
+            if ev.kind == "destroy":
+                destroyed.set()
     ct.subscribe(on_event)
     srv = socket.socket(); srv.bind(("127.0.0.1", PORT)); srv.listen()
     cli = socket.create_connection(("127.0.0.1", PORT)); acc, _ = srv.accept()
@@ -55,8 +57,15 @@ async def main():
     except TimeoutError:
         pass
     dump = [e for e in await ct.dump() if e.dport == PORT]
+    deleted = [await ct.delete(e) for e in dump]
+    deleted_again = [await ct.delete(e) for e in dump]
+    try:
+        await asyncio.wait_for(destroyed.wait(), 10)
+    except TimeoutError:
+        pass
     print(json.dumps({
         "client_port": cli.getsockname()[1],
+        "deleted": deleted, "deleted_again": deleted_again,
         "events": [[ev.kind, ev.entry.sport, ev.entry.tcp] for ev in seen],
         "dump": [msgpack.packb(e.to_wire()).hex() for e in dump],
         "counters": ct.counters}))
@@ -108,7 +117,10 @@ def test_dump_events_and_create_on_a_peer() -> None:
         kinds = [k for k, sport, _ in out["events"] if sport == cport]
         assert "new" in kinds, out
         assert any(tcp and tcp[0] == 3 for _, sport, tcp in out["events"] if sport == cport), out
-        # the dump holds the real connection
+        # deleting it through ctnetlink gives a destroy event; a second delete finds nothing
+        assert out["deleted"] and all(out["deleted"]) and not any(out["deleted_again"]), out
+        assert "destroy" in kinds, out
+        # the dump held the real connection
         dumped = [_entry(h) for h in out["dump"]]
         ours = [e for e in dumped if e.sport == cport]
         assert len(ours) == 1, out
