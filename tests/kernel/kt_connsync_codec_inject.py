@@ -1,4 +1,10 @@
-"""The conn-sync codec against the kernel's own sync receiver (inside UML).
+"""The conn-sync codec against the kernel's own sync daemons (inside UML).
+
+What the master sends (a real director: client namespace -> VIP -> local real server):
+its version 0 datagrams (``sync_version=0``, IPv4) and version 1 IPv6 datagrams decode to
+the connection made and re-encode byte for byte (tests/vectors holds v1 IPv4 only).
+
+What the backup accepts:
 
 Datagrams built by ``clusterbus.plugins.connsync.codec`` (version 1: IPv4, IPv6, sequence
 data, fwmark, a persistence template, a SIP persistence-engine template; version 0: plain,
@@ -118,3 +124,129 @@ def test_codec_datagrams_land_in_the_kernel_exactly() -> None:
         g = got[k]
         assert g[:4] == (ca, va, da, state) and g[5] == pe, (k, g)
         assert expires - 10 <= g[4] <= expires, (k, g)          # counting down since it landed
+
+
+# -- what the kernel's master sends: version 0 (IPv4) and version 1 IPv6 -----------------------
+
+SERVER = r"""
+import socket, threading, time
+def serve(fam, addr):
+    s = socket.socket(fam); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if fam == socket.AF_INET6:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    s.bind((addr, 80)); s.listen()
+    while True:
+        c, _ = s.accept()
+        threading.Thread(target=lambda c=c: [c.sendall(x) for x in iter(lambda: c.recv(100), b"")],
+                         daemon=True).start()
+threading.Thread(target=serve, args=(socket.AF_INET, "0.0.0.0"), daemon=True).start()
+threading.Thread(target=serve, args=(socket.AF_INET6, "::"), daemon=True).start()
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+CAPTURE = r"""
+import json, socket, struct, sys, time
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3)); s.bind(("dv", 0)); s.settimeout(0.2)
+out, end = [], time.time() + float(sys.argv[1])
+while time.time() < end:
+    try:
+        data, addr = s.recvfrom(65535)
+    except socket.timeout:
+        continue
+    if addr[2] != 4 or data[12:14] != b"\x08\x00" or data[23] != 17:   # outgoing IPv4 UDP
+        continue
+    udp = 14 + (data[14] & 15) * 4
+    if struct.unpack(">H", data[udp + 2:udp + 4])[0] == 8848:
+        out.append(data[udp + 8:udp + struct.unpack(">H", data[udp + 4:udp + 6])[0]].hex())
+print(json.dumps(out))
+"""
+
+CLIENT = r"""
+import socket, sys, time
+fam = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+c = socket.socket(fam); c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1); c.connect((sys.argv[1], 80))
+for i in range(6):                       # past sync_threshold's 3 packets
+    c.sendall(b"ping%d" % i); c.recv(100); time.sleep(0.05)
+print(c.getsockname()[1], flush=True)
+time.sleep(float(sys.argv[2])); c.close()
+"""
+
+
+def test_kernel_master_datagrams_v0_and_ipv6_round_trip() -> None:
+    """A real director (client namespace -> VIP -> local real server) with the master
+    daemon on: its version 0 datagram (sync_version=0, IPv4) and its version 1 IPv6
+    datagrams decode to the connection made and re-encode byte for byte."""
+    from clusterbus.plugins.connsync import codec
+
+    tag = uuid.uuid4().hex[:5]
+    d, c = f"cbd{tag}", f"cbc{tag}"
+
+    def ns(name: str, *cmd: str) -> subprocess.CompletedProcess[str]:
+        p = _sh("ip", "netns", "exec", name, *cmd)
+        assert p.returncode == 0, (cmd, p.stderr)
+        return p
+
+    server = None
+    try:
+        for name in (d, c):
+            assert _sh("ip", "netns", "add", name).returncode == 0
+        assert _sh("ip", "link", "add", "dv", "netns", d, "type", "veth", "peer", "name", "cv",
+                   "netns", c).returncode == 0
+        for name, dev, a4, a6 in ((d, "dv", "10.78.0.100/24", "fd78::100/64"),
+                                  (c, "cv", "10.78.0.18/24", "fd78::18/64")):
+            ns(name, "ip", "link", "set", "lo", "up")
+            ns(name, "ip", "addr", "add", a4, "dev", dev)
+            ns(name, "ip", "-6", "addr", "add", a6, "dev", dev, "nodad")
+            ns(name, "ip", "link", "set", dev, "up")
+        for cmd in (["-A", "-t", "10.78.0.100:80", "-s", "rr"],
+                    ["-a", "-t", "10.78.0.100:80", "-r", "127.0.0.1:80", "-g"],
+                    ["-A", "-t", "[fd78::100]:80", "-s", "rr"],
+                    ["-a", "-t", "[fd78::100]:80", "-r", "[::1]:80", "-g"],
+                    ["--start-daemon", "master", "--mcast-interface", "dv", "--syncid", "9"]):
+            ns(d, "ipvsadm", *cmd)
+        server = subprocess.Popen(["ip", "netns", "exec", d, sys.executable, "-c", SERVER],
+                                  stdout=subprocess.PIPE, text=True)
+        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+
+        def one_round(vip: str) -> tuple[int, list[bytes]]:
+            # the master flushes a part-filled buffer after 2 s (checked once a second)
+            cap = subprocess.Popen(["ip", "netns", "exec", d, sys.executable, "-c", CAPTURE, "5"],
+                                   stdout=subprocess.PIPE, text=True)
+            try:
+                cl = subprocess.run(["ip", "netns", "exec", c, sys.executable, "-c", CLIENT, vip, "3"],
+                                    capture_output=True, text=True, timeout=30)
+                assert cl.returncode == 0, cl.stderr
+                out, _ = cap.communicate(timeout=30)
+            finally:
+                if cap.poll() is None:
+                    cap.kill()
+            return int(cl.stdout.split()[0]), [bytes.fromhex(h) for h in json.loads(out)]
+
+        ns(d, "sysctl", "-w", "net.ipv4.vs.sync_version=0")
+        port4, grams4 = one_round("10.78.0.100")
+        ns(d, "sysctl", "-w", "net.ipv4.vs.sync_version=1")
+        port6, grams6 = one_round("fd78::100")
+    finally:
+        if server is not None:
+            server.kill()
+            server.wait()
+        _sh("ip", "netns", "exec", d, "ipvsadm", "--stop-daemon", "master")
+        _sh("ip", "netns", "del", d)
+        _sh("ip", "netns", "del", c)
+
+    assert grams4 and grams6
+    for raw in grams4 + grams6:
+        assert codec.encode(codec.decode(raw)) == raw
+    v0 = [codec.decode(raw) for raw in grams4]
+    assert all(m.version == 0 and m.syncid == 9 for m in v0)
+    conns4 = [x for m in v0 for x in m.conns if x.cport == port4]
+    assert conns4 and all((x.af, x.caddr, x.vaddr, x.daddr, x.vport, x.timeout) ==
+                          (codec.AF_INET, "10.78.0.18", "10.78.0.100", "127.0.0.1", 80, 0) for x in conns4)
+    assert any(x.state == 1 for x in conns4)                       # ESTABLISHED
+    v1 = [codec.decode(raw) for raw in grams6]
+    assert all(m.version == 1 and m.syncid == 9 for m in v1)
+    conns6 = [x for m in v1 for x in m.conns if x.cport == port6]
+    assert conns6 and all((x.af, x.caddr, x.vaddr, x.daddr) ==
+                          (codec.AF_INET6, "fd78::18", "fd78::100", "::1") for x in conns6)
+    assert any(x.state == 1 and x.timeout == 900 for x in conns6)   # ESTABLISHED, 15 min
