@@ -1,6 +1,7 @@
-"""conn-sync's conntrack entry form (clusterbus.plugins.connsync.conntrack): the wire dict
-round-trips through msgpack, bad input raises only its DecodeError, and kernel event bytes
-(built with pyroute2's own nfct_msg encoder) parse; garbage only moves counters.
+"""conn-sync's conntrack entry form and ctnetlink codec (clusterbus.plugins.connsync.conntrack):
+the wire dict round-trips through msgpack, bad input raises only its DecodeError, kernel
+messages built by pyroute2's own nfct_msg encoder decode, and the requests this module
+builds read back through pyroute2's decoder as intended; garbage only moves counters.
 The real-kernel side is tests/integration/test_connsync_conntrack.py."""
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from clusterbus import errors
-from clusterbus.plugins.connsync.conntrack import Conntrack, CtEntry, DecodeError, entry_from_msg
+from clusterbus.plugins.connsync import conntrack as ctmod
+from clusterbus.plugins.connsync.conntrack import Conntrack, CtEntry, DecodeError, decode_ct
 
 
 def _entry(**kw: object) -> CtEntry:
@@ -118,7 +120,16 @@ def test_fuzz_from_wire_raises_only_decode_error(obj: object) -> None:
 
 # -- kernel event bytes ---------------------------------------------------------------------------
 
-def _event_bytes(kind: int, flags: int, family: int = 2, proto: int = 6) -> bytes:
+def _tcp_protoinfo(tcp: tuple[int, int, int, int, int]) -> dict:
+    state, ws_o, ws_r, fl_o, fl_r = tcp
+    return {"attrs": [["CTA_PROTOINFO_TCP", {"attrs": [
+        ["CTA_PROTOINFO_TCP_STATE", state], ["CTA_PROTOINFO_TCP_WSCALE_ORIGINAL", ws_o],
+        ["CTA_PROTOINFO_TCP_WSCALE_REPLY", ws_r], ["CTA_PROTOINFO_TCP_FLAGS_ORIGINAL", (fl_o, 0)],
+        ["CTA_PROTOINFO_TCP_FLAGS_REPLY", (fl_r, 0)]]}]]}
+
+
+def _event_bytes(kind: int, flags: int, family: int = 2, proto: int = 6, tcp: bool = False) -> bytes:
+    """A kernel conntrack message as pyroute2 encodes it."""
     from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple, nfct_msg
 
     if family == 2:
@@ -129,7 +140,8 @@ def _event_bytes(kind: int, flags: int, family: int = 2, proto: int = 6) -> byte
     if proto == 1:
         o = NFCTAttrTuple(family=2, saddr="10.0.0.1", daddr="10.0.0.2", proto=1, icmp_id=5,
                           icmp_type=8, icmp_code=0)
-    m = nfct_msg.create_from(tuple_orig=o, tuple_reply=o.reverse(), status=14, timeout=100, mark=9)
+    extra = {"protoinfo": _tcp_protoinfo((3, 7, 6, 0x23, 0x22))} if tcp else {}
+    m = nfct_msg.create_from(tuple_orig=o, tuple_reply=o.reverse(), status=14, timeout=100, mark=9, **extra)
     m["header"]["type"] = kind
     m["header"]["flags"] = flags
     m["nfgen_family"] = family
@@ -145,24 +157,105 @@ def test_parse_events_kinds_and_counters() -> None:
     assert [e.kind for e in events] == ["new", "update", "destroy"]
     assert events[0].entry == _entry(sport=1000, rdport=1000, timeout=100, mark=9, tcp=None)
     assert events[2].entry.family == 10 and events[2].entry.proto == 17
+    assert events[2].entry.src == "2001:db8::1"
     assert ct.counters == {"events.new": 1, "events.update": 1, "events.destroy": 1,
                            "events.skipped.unsupported": 1}
 
 
-@given(st.binary(max_size=300), st.integers(0, 187), st.integers(0, 255), st.integers(0, 100))
+def test_decode_reads_pyroute2s_tcp_protoinfo() -> None:
+    e = decode_ct(_event_bytes(0x100, 0x600, tcp=True), 16)
+    assert e is not None and e.tcp == (3, 7, 6, 0x23, 0x22)
+
+
+def _pyroute2_view(raw: bytes) -> dict:
+    from pyroute2.netlink.nfnetlink.nfctsocket import nfct_msg
+
+    m = nfct_msg(raw)
+    m.decode()
+
+    def tup(name: str) -> tuple | None:
+        t = m.get_attr(name)
+        if t is None:
+            return None
+        ip, pr = t.get_attr("CTA_TUPLE_IP"), t.get_attr("CTA_TUPLE_PROTO")
+        v = "V4" if m["nfgen_family"] == 2 else "V6"
+        return (ip.get_attr(f"CTA_IP_{v}_SRC"), ip.get_attr(f"CTA_IP_{v}_DST"), pr.get_attr("CTA_PROTO_NUM"),
+                pr.get_attr("CTA_PROTO_SRC_PORT"), pr.get_attr("CTA_PROTO_DST_PORT"))
+
+    def nat(name: str) -> tuple | None:
+        n = m.get_attr(name)
+        if n is None:
+            return None
+        v = "V4" if m["nfgen_family"] == 2 else "V6"
+        p = n.get_attr("CTA_NAT_PROTO")
+        return (n.get_attr(f"CTA_NAT_{v}_MINIP"), n.get_attr(f"CTA_NAT_{v}_MAXIP"),
+                p.get_attr("CTA_PROTONAT_PORT_MIN"), p.get_attr("CTA_PROTONAT_PORT_MAX"))
+
+    info = m.get_attr("CTA_PROTOINFO")
+    tcp = info.get_attr("CTA_PROTOINFO_TCP") if info is not None else None
+    return {"type": m["header"]["type"], "flags": m["header"]["flags"], "seq": m["header"]["sequence_number"],
+            "family": m["nfgen_family"], "orig": tup("CTA_TUPLE_ORIG"), "reply": tup("CTA_TUPLE_REPLY"),
+            "status": m.get_attr("CTA_STATUS"), "timeout": m.get_attr("CTA_TIMEOUT"),
+            "mark": m.get_attr("CTA_MARK"), "zone": m.get_attr("CTA_ZONE"),
+            "nat_src": nat("CTA_NAT_SRC"), "nat_dst": nat("CTA_NAT_DST"),
+            "tcp": None if tcp is None else tuple(tcp.get_attr(f"CTA_PROTOINFO_TCP_{k}") for k in (
+                "STATE", "WSCALE_ORIGINAL", "WSCALE_REPLY", "FLAGS_ORIGINAL", "FLAGS_REPLY"))}
+
+
+def test_requests_read_back_through_pyroute2() -> None:
+    plain = _entry(mark=5)
+    v = _pyroute2_view(ctmod.encode_ct_new(plain, seq=7, create=True))
+    assert v == {"type": 0x100, "flags": 0x1 | 0x4 | 0x200 | 0x400, "seq": 7, "family": 2,
+                 "orig": ("10.0.0.1", "10.0.0.2", 6, 40000, 80), "reply": ("10.0.0.2", "10.0.0.1", 6, 80, 40000),
+                 "status": 0x2 | 0x4 | 0x8, "timeout": 431999, "mark": 5, "zone": None,
+                 "nat_src": None, "nat_dst": None, "tcp": (3, 7, 7, (0x2B, 0xFF), (0x2B, 0xFF))}
+    upd = _pyroute2_view(ctmod.encode_ct_new(plain, seq=8, create=False, timeout=60, with_status=False))
+    assert (upd["flags"], upd["reply"], upd["status"], upd["timeout"]) == (0x5, None, None, 60)
+    # DNAT: mirror reply tuple plus the binding; the kernel derives the translated reply
+    dnat = _entry(rsrc="10.0.0.9", rsport=8080, zone=3)
+    d = _pyroute2_view(ctmod.encode_ct_new(dnat, seq=9, create=True))
+    assert d["reply"] == ("10.0.0.2", "10.0.0.1", 6, 80, 40000) and d["zone"] == 3
+    assert d["nat_dst"] == ("10.0.0.9", "10.0.0.9", 8080, 8080) and d["nat_src"] is None
+    snat6 = _entry(family=10, proto=17, src="2001:db8::1", dst="2001:db8::2", rsrc="2001:db8::2",
+                   rdst="2001:db8::77", rdport=5000, tcp=None)
+    s6 = _pyroute2_view(ctmod.encode_ct_new(snat6, seq=10, create=True))
+    assert s6["nat_src"] == ("2001:db8::77", "2001:db8::77", 5000, 5000) and s6["nat_dst"] is None
+    dl = _pyroute2_view(ctmod.encode_ct_delete(plain, seq=11))
+    assert (dl["type"], dl["flags"], dl["orig"], dl["reply"]) == (0x102, 0x5, v["orig"], None)
+    dump = ctmod.encode_ct_dump(seq=12)
+    assert dump[4:8] == (0x101).to_bytes(2, "little") + (0x301).to_bytes(2, "little") and len(dump) == 20
+
+
+@given(entries())
+@settings(max_examples=200, deadline=None)
+def test_decode_reads_what_a_dump_would_hold(e: CtEntry) -> None:
+    """decode_ct on a create request built from ``e`` (same attribute layout as a dump
+    reply) gives ``e`` back when it has no NAT (a NAT request carries the mirror reply)."""
+    raw = ctmod.encode_ct_new(e, seq=1, create=True)
+    got = decode_ct(raw, 16)
+    assert got is not None
+    if (e.rsrc, e.rdst, e.rsport, e.rdport) == (e.dst, e.src, e.dport, e.sport):
+        tcp = None if e.tcp is None else (*e.tcp[:3], e.tcp[3] | 0x08, e.tcp[4] | 0x08)
+        want = CtEntry(**{**{k: getattr(e, k) for k in e.__slots__},
+                          "status": (e.status & 0x6) | 0x8, "timeout": max(1, e.timeout), "tcp": tcp})
+        assert got == want
+
+
+@given(st.binary(max_size=300), st.integers(0, 300), st.integers(0, 255), st.integers(0, 100))
 @settings(max_examples=300, deadline=None)
 def test_fuzz_event_bytes_only_move_counters(garbage: bytes, pos: int, byte: int, cut: int) -> None:
     ct = Conntrack()
-    good = bytearray(_event_bytes(0x100, 0x600))
+    good = bytearray(_event_bytes(0x100, 0x600, tcp=True))
     good[pos % len(good)] = byte
     for data in (garbage, bytes(good), bytes(good[:len(good) - cut])):
         for ev in ct.parse_events(data):          # whatever parses is a valid entry
             assert CtEntry.from_wire(ev.entry.to_wire()) == ev.entry
 
 
-def test_entry_from_msg_skips_what_it_does_not_carry() -> None:
-    from pyroute2.netlink.nfnetlink.nfctsocket import nfct_msg
-
-    m = nfct_msg(_event_bytes(0x100, 0x600, proto=1))
-    m.decode()
-    assert entry_from_msg(m) is None
+@given(st.binary(max_size=300))
+@settings(max_examples=300, deadline=None)
+def test_fuzz_decode_ct_raises_only_decode_error(data: bytes) -> None:
+    try:
+        decode_ct(data)
+    except DecodeError:
+        pass
