@@ -17,7 +17,9 @@ frames (``decode`` of an event, ``decode_batch_epoch``, ``decode_heartbeat``,
 (``load_config`` on random TOML text) and the IPVS sync protocol (conn-sync's
 ``connsync.codec.decode``, v0 and v1: random bytes, datagrams built field by field with
 random options and lying size fields, and mutated captured vectors; whatever decodes must
-also re-encode to the same bytes, or it counts as a crash).
+also re-encode to the same bytes, or it counts as a crash) and conn-sync's conntrack
+entries (``CtEntry.from_wire`` on msgpack-shaped maps, ``Conntrack.parse_events`` on
+netlink bytes).
 
 Each decoder gets random bytes plus inputs shaped like the real thing (a netlink header
 with a matching length, a msgpack map with the right keys and random values, a TOML
@@ -238,6 +240,30 @@ ipvs_sync_bytes = st.one_of(
 )
 
 
+CT_ADDR = st.one_of(st.binary(min_size=4, max_size=4), st.binary(min_size=16, max_size=16),
+                    st.binary(max_size=20), st.sampled_from(["10.0.0.1", "::1"]))
+CT_INT = st.one_of(st.integers(0, 70000), st.integers(-2, 2**33), st.booleans(), st.floats())
+ct_tuple = st.one_of(st.tuples(CT_ADDR, CT_ADDR, CT_INT, CT_INT).map(list), values)
+ct_wire = st.one_of(values, st.fixed_dictionaries(
+    {"f": st.sampled_from([2, 10, 2, 0, 3, True]), "p": st.sampled_from([6, 17, 132, 1, 256]),
+     "o": ct_tuple, "r": ct_tuple, "s": CT_INT, "t": CT_INT},
+    optional={"m": CT_INT, "z": CT_INT, "x": values,
+              "tcp": st.one_of(st.lists(st.integers(-1, 300), max_size=6), values)}))
+
+
+def _ct_event(kind: int, flags: int, body: bytes, lie: int) -> bytes:
+    return struct.pack("=IHHII", max(0, 16 + len(body) + lie), kind, flags, 0, 0) + body
+
+
+ct_event_bytes = st.one_of(
+    st.binary(max_size=300),
+    st.lists(st.builds(_ct_event, st.sampled_from([0x100, 0x102, 0x101, 2, 3]),
+                       st.sampled_from([0, 0x600, 0x400]),
+                       st.builds(lambda fam, rest: bytes([fam, 0, 0, 0]) + rest,
+                                 st.sampled_from([2, 10, 0, 7]), nlas),
+                       st.sampled_from([0, 0, 0, -1, 1, -16, 4])), max_size=3).map(b"".join))
+
+
 # -- the decoders -------------------------------------------------------------------------
 
 def _decoders(tmp: Path) -> dict[str, tuple[Any, Callable[[Any], Any]]]:
@@ -245,6 +271,7 @@ def _decoders(tmp: Path) -> dict[str, tuple[Any, Callable[[Any], Any]]]:
     from clusterbus.config import load_config
     from clusterbus.netlink import message
     from clusterbus.plugins.connsync import codec as connsync
+    from clusterbus.plugins.connsync.conntrack import Conntrack, CtEntry
     from clusterbus.plugins.ipvs import codec as ipvs
     from clusterbus.sources.keepalived import parse_line
     from clusterbus.sources.sigcluster import decode_payload
@@ -262,6 +289,14 @@ def _decoders(tmp: Path) -> dict[str, tuple[Any, Callable[[Any], Any]]]:
         if again != data:  # decode accepts only what encode writes: anything else is a bug
             raise AssertionError(f"re-encoded {again.hex()} differs")
         return msg
+
+    conntrack = Conntrack()
+
+    def ct_entry(obj: Any) -> Any:
+        entry = CtEntry.from_wire(obj)
+        if CtEntry.from_wire(entry.to_wire()) != entry:
+            raise AssertionError("a decoded conntrack entry does not round-trip")
+        return entry
 
     def vrrp(data: bytes) -> Any:
         return Advertisement.from_bytes(data, src="10.0.0.1", dst="224.0.0.18")
@@ -290,6 +325,8 @@ def _decoders(tmp: Path) -> dict[str, tuple[Any, Callable[[Any], Any]]]:
                                       decode_payload),
         "config.load": (toml_text, config),
         "connsync.ipvs_sync": (ipvs_sync_bytes, ipvs_sync),
+        "connsync.ct_entry": (ct_wire, ct_entry),
+        "connsync.ct_events": (ct_event_bytes, conntrack.parse_events),
     }
 
 
