@@ -140,9 +140,8 @@ def topology() -> subprocess.Popen[str]:
 
 def daemons(ns: str, interface: str, *, maxlen: int, threshold: tuple[int, int]) -> None:
     from clusterbus.plugins.connsync import kernel
-    from clusterbus.plugins.ipvs.kernel import Kernel
 
-    with netns(ns), Kernel() as k:
+    with netns(ns), kernel.SyncDaemons() as k:
         for d in k.daemons():
             k.stop_daemon(str(d["state"]))
         if maxlen:
