@@ -48,13 +48,18 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 CLONE_NEWNET = 0x40000000
 VIP, RS = "10.79.9.100", "10.79.0.10"
+#: a second DR service, not persistent (no template follows a connection's entry)
+VIP_PLAIN = "10.79.9.101"
 A_ADDR, B_ADDR = "10.79.0.1", "10.79.0.2"
 SYNCID = 7
 #: net.ipv4.vs.sync_sock_size for the clusterbus phases (the kernel caps it at rmem_max)
 SOCK_SIZE = 1 << 20
+#: (re-packed) datagrams the forwarder injects before it awaits committed(): the backup
+#: socket holds about 90 full datagrams with the default buffer
+WINDOW = 32
 #: one client source address per phase, so entries of different phases never collide
 CLIENTS = {"knobs": "10.79.0.21", "burst": "10.79.0.22", "defaults": "10.79.0.23",
-           "defaults_burst": "10.79.0.24"}
+           "defaults_burst": "10.79.0.24", "plain": "10.79.0.25"}
 
 SERVER = """
 import selectors, socket
@@ -123,14 +128,17 @@ def topology() -> subprocess.Popen[str]:
             nsx(ns, "ip", "addr", "add", f"{a}/24", "dev", "eth0")
         nsx(ns, "ip", "link", "set", "eth0", "up")
     nsx("csC", "ip", "route", "add", "10.79.9.0/24", "via", A_ADDR)
-    nsx("csR", "ip", "addr", "add", f"{VIP}/32", "dev", "lo")
-    nsx("csA", "ip", "addr", "add", f"{VIP}/32", "dev", "lo")
+    for vip in (VIP, VIP_PLAIN):
+        nsx("csR", "ip", "addr", "add", f"{vip}/32", "dev", "lo")
+        nsx("csA", "ip", "addr", "add", f"{vip}/32", "dev", "lo")
     for ns, a in (("csA", "10.79.200.1"), ("csB", "10.79.200.2")):
         nsx(ns, "ip", "link", "add", "sync0", "type", "dummy")
         nsx(ns, "ip", "link", "set", "sync0", "multicast", "on", "up")
         nsx(ns, "ip", "addr", "add", f"{a}/24", "dev", "sync0")
         nsx(ns, "ipvsadm", "-A", "-t", f"{VIP}:80", "-s", "rr", "-p", "300")
         nsx(ns, "ipvsadm", "-a", "-t", f"{VIP}:80", "-r", f"{RS}:80", "-g")
+        nsx(ns, "ipvsadm", "-A", "-t", f"{VIP_PLAIN}:80", "-s", "rr")
+        nsx(ns, "ipvsadm", "-a", "-t", f"{VIP_PLAIN}:80", "-r", f"{RS}:80", "-g")
         nsx(ns, "sysctl", "-qw", "net.core.somaxconn=4096")
     server = subprocess.Popen(["ip", "netns", "exec", "csR", sys.executable, "-c", SERVER],
                               stdout=subprocess.PIPE, text=True)
@@ -140,9 +148,8 @@ def topology() -> subprocess.Popen[str]:
 
 def daemons(ns: str, interface: str, *, maxlen: int, threshold: tuple[int, int]) -> None:
     from clusterbus.plugins.connsync import kernel
-    from clusterbus.plugins.ipvs.kernel import Kernel
 
-    with netns(ns), Kernel() as k:
+    with netns(ns), kernel.SyncDaemons() as k:
         for d in k.daemons():
             k.stop_daemon(str(d["state"]))
         if maxlen:
@@ -175,14 +182,15 @@ def client_socket(caddr: str) -> socket.socket:
     return s
 
 
-def one_connection(caddr: str, *, timeout: float) -> tuple[socket.socket, float | None]:
+def one_connection(caddr: str, *, timeout: float,
+                   vip: str = VIP) -> tuple[socket.socket, float | None]:
     """connect() + 3 short round trips; seconds until B lists the entry (None: never).
 
     Called with this thread in B's namespace (it reads B's table).
     """
     s = client_socket(caddr)
     t0 = time.monotonic()
-    s.connect((VIP, 80))
+    s.connect((vip, 80))
     port = s.getsockname()[1]
     for _ in range(3):  # the kernel's default threshold syncs at the 3rd packet
         s.sendall(b"ping")
@@ -195,15 +203,28 @@ def one_connection(caddr: str, *, timeout: float) -> tuple[socket.socket, float 
     return s, None
 
 
-def burst(caddr: str, n: int) -> tuple[list[socket.socket], set[int]]:
-    """``n`` connections, each ESTABLISHED with one data packet (the 3rd), held open."""
-    socks = []
-    for _ in range(n):
-        s = client_socket(caddr)
-        s.connect((VIP, 80))
-        s.sendall(b"x")
-        socks.append(s)
-    return socks, {s.getsockname()[1] for s in socks}
+BURST = """
+import json, socket, sys
+socks = []
+for _ in range(int(sys.argv[2])):
+    s = socket.socket(); s.bind((sys.argv[1], 0)); s.settimeout(10)
+    s.connect((sys.argv[3], 80)); s.sendall(b"x"); socks.append(s)
+print(json.dumps([s.getsockname()[1] for s in socks]), flush=True)
+sys.stdin.read()
+"""
+
+
+def burst(caddr: str, n: int) -> tuple[subprocess.Popen[str], set[int]]:
+    """``n`` connections from a client process, each ESTABLISHED with one data packet.
+
+    A separate process (the forwarder thread of this one must not wait for the GIL); the
+    connections stay open until its stdin is closed.
+    """
+    p = subprocess.Popen(["ip", "netns", "exec", "csC", sys.executable, "-c", BURST, caddr,
+                          str(n), VIP], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         text=True)
+    assert p.stdout is not None
+    return p, set(json.loads(p.stdout.readline()))
 
 
 class Forwarder(threading.Thread):
@@ -227,6 +248,10 @@ class Forwarder(threading.Thread):
         self.not_committed = 0
         self.backup_drops = 0
         self.failures: list[dict[str, Any]] = []
+        #: where the forwarder's time goes: sending, awaiting commit, waiting for its turn
+        self.timing = {"send_s": 0.0, "commit_s": 0.0, "wait_s": 0.0, "batches": 0,
+                       "injected": 0}
+        self.repack = True
         #: what the master sent, by (template?, state): the wire cost of the knobs
         self.kinds: dict[str, int] = {}
         self.error: BaseException | None = None
@@ -243,31 +268,52 @@ class Forwarder(threading.Thread):
                     continue
                 batch = self.capture.read()
                 t_read = time.monotonic()
-                for d in batch:
-                    self.injector.send(d)
-                    self.entries += d[4]
-                ok = loop.run_until_complete(self.kernel.committed(timeout=1,
-                                                                   drops_before=self.drops0))
-                t_done = time.monotonic()
-                if not ok:
-                    self.not_committed += len(batch)
-                    q = self.kernel.backup_queue()
-                    self.failures.append({"after_ms": (t_done - t_read) * 1000,
-                                          "rx_queue": q.rx_queue, "drops": q.drops,
-                                          "drops0": self.drops0, "sockets": q.sockets,
-                                          "batch": len(batch)})
-                    drops = q.drops
-                    self.backup_drops += drops - self.drops0
-                    self.drops0 = drops
-                self.lags.extend([t_done - t_read] * len(batch))
-                for d in batch:
-                    for off in range(8, len(d), 36):  # hand-parsed: IPv4 entries, no options
-                        flags, state = struct.unpack_from("!IH", d, off + 4)
-                        kind = f"{'template' if flags & 0x1000 else 'conn'}.state{state}"
-                        self.kinds[kind] = self.kinds.get(kind, 0) + 1
+                self.forward(loop, batch, t_read)
             loop.close()
         except BaseException as exc:  # reported by the main thread
             self.error = exc
+
+    def forward(self, loop: asyncio.AbstractEventLoop, batch: list[bytes],
+                t_read: float) -> None:
+        """Inject ``batch`` (re-packed) in windows, each awaited with committed().
+
+        Every captured datagram of the batch is counted with the lag until the last
+        window committed (conservative).
+        """
+        t0 = time.monotonic()
+        for d in batch:
+            self.entries += d[4]
+        out = repack(batch) if self.repack else batch
+        send_s = commit_s = 0.0
+        for i in range(0, len(out), WINDOW):
+            t1 = time.monotonic()
+            for d in out[i:i + WINDOW]:
+                self.injector.send(d)
+                self.timing["injected"] += 1
+            t2 = time.monotonic()
+            ok = loop.run_until_complete(self.kernel.committed(timeout=1,
+                                                               drops_before=self.drops0))
+            send_s += t2 - t1
+            commit_s += time.monotonic() - t2
+            if not ok:
+                self.not_committed += 1
+                q = self.kernel.backup_queue()
+                self.failures.append({"after_ms": (time.monotonic() - t_read) * 1000,
+                                      "rx_queue": q.rx_queue, "drops": q.drops,
+                                      "drops0": self.drops0, "sockets": q.sockets})
+                self.backup_drops += q.drops - self.drops0
+                self.drops0 = q.drops
+        t_done = time.monotonic()
+        self.timing["send_s"] += send_s
+        self.timing["commit_s"] += commit_s
+        self.timing["wait_s"] += t0 - t_read
+        self.timing["batches"] += 1
+        self.lags.extend([t_done - t_read] * len(batch))
+        for d in batch:
+            for off in range(8, len(d), 36):  # hand-parsed: IPv4 entries, no options
+                flags, state = struct.unpack_from("!IH", d, off + 4)
+                kind = f"{'template' if flags & 0x1000 else 'conn'}.state{state}"
+                self.kinds[kind] = self.kinds.get(kind, 0) + 1
 
     def close(self) -> None:
         self.stop.set()
@@ -276,6 +322,31 @@ class Forwarder(threading.Thread):
         self.injector.close()
         if self.error:
             raise self.error
+
+
+def repack(datagrams: list[bytes], maxlen: int = 1472) -> list[bytes]:
+    """The entries of sync v1 datagrams (one syncid), re-packed into as few as fit ``maxlen``.
+
+    The master sends one entry per datagram (maxlen 1, for the low lag); the peer's backup
+    spends about the same per datagram whatever it holds, so conn-sync injects them
+    re-packed. (Hand-walked here; the plugin uses the codec's ``encode_many``.)
+    """
+    out: list[bytes] = []
+    body, n = b"", 0
+    syncid = datagrams[0][1] if datagrams else SYNCID
+    for d in datagrams:
+        off = 8
+        for _ in range(d[4]):
+            size = struct.unpack_from("!H", d, off + 2)[0] & 0x0FFF
+            entry = d[off:off + size] + bytes(-size % 4)
+            off += size + (-size % 4)
+            if body and 8 + len(body) + len(entry) > maxlen or n == 255:
+                out.append(struct.pack("!BBHBBH", 0, syncid, 8 + len(body), n, 1, 0) + body)
+                body, n = b"", 0
+            body, n = body + entry, n + 1
+    if n:
+        out.append(struct.pack("!BBHBBH", 0, syncid, 8 + len(body), n, 1, 0) + body)
+    return out
 
 
 def encode(entries: list[tuple[str, int]], *, syncid: int = SYNCID) -> bytes:
@@ -288,7 +359,7 @@ def encode(entries: list[tuple[str, int]], *, syncid: int = SYNCID) -> bytes:
     return struct.pack("!BBHBBH", 0, syncid, 8 + len(body), len(entries), 1, 0) + body
 
 
-def throughput(n: int, *, per_datagram: int = 40, window: int = 32) -> dict[str, Any]:
+def throughput(n: int, *, per_datagram: int = 40, window: int = WINDOW) -> dict[str, Any]:
     from clusterbus.plugins.connsync import kernel
 
     keys = [(f"10.80.{(i // 250) % 250}.{i % 250 + 1}", 1024 + i // 62500) for i in range(n)]
@@ -330,6 +401,7 @@ def inside(args: argparse.Namespace) -> dict[str, Any]:
     server = topology()
     out: dict[str, Any] = {}
     held: list[socket.socket] = []
+    clients: list[subprocess.Popen[str]] = []
     b_fd = os.open("/run/netns/csB", os.O_RDONLY)
     try:
         # 1 + 2: clusterbus knobs, capture -> inject -> commit
@@ -347,11 +419,17 @@ def inside(args: argparse.Namespace) -> dict[str, Any]:
                     missed += 1
                 else:
                     e2e.append(lag)
+            plain: list[float] = []
+            for _ in range(args.plain_connections):
+                s, lag = one_connection(CLIENTS["plain"], timeout=6, vip=VIP_PLAIN)
+                held.append(s)
+                plain.append(lag if lag is not None else float("inf"))
             fwd.lags.clear()
+            fwd.timing.update(send_s=0.0, commit_s=0.0, wait_s=0.0, batches=0, injected=0)
             out["knobs_kinds"] = dict(fwd.kinds)
             fwd.kinds.clear()
-            socks, ports = burst(CLIENTS["burst"], args.burst)
-            held += socks
+            proc, ports = burst(CLIENTS["burst"], args.burst)
+            clients.append(proc)
             deadline = time.monotonic() + 5
             while time.monotonic() < deadline and not ports <= present(CLIENTS["burst"]):
                 time.sleep(0.05)
@@ -360,6 +438,8 @@ def inside(args: argparse.Namespace) -> dict[str, Any]:
         out["knobs"] = {"connections": args.connections, "e2e_ms": [x * 1000 for x in e2e],
                         "e2e_median_ms": statistics.median(e2e) * 1000 if e2e else None,
                         "e2e_max_ms": max(e2e) * 1000 if e2e else None, "never": missed}
+        out["knobs_plain"] = {"connections": args.plain_connections,
+                              "e2e_ms": [x * 1000 for x in plain]}
         out["burst"] = {"connections": args.burst, "datagrams": len(fwd.lags),
                         "lag_p50_ms": (pct(fwd.lags, 0.5) or 0) * 1000,
                         "lag_p99_ms": (pct(fwd.lags, 0.99) or 0) * 1000,
@@ -367,6 +447,7 @@ def inside(args: argparse.Namespace) -> dict[str, Any]:
                         "lost": burst_missing, "not_committed": fwd.not_committed,
                         "backup_drops": fwd.backup_drops, "entries": fwd.entries,
                         "kinds": fwd.kinds, "failures": fwd.failures[:10],
+                        "forwarder": fwd.timing,
                         "capture": fwd.capture.counters, "inject": fwd.injector.counters}
         # 3: injection throughput
         out["throughput"] = throughput(args.entries)
@@ -383,8 +464,8 @@ def inside(args: argparse.Namespace) -> dict[str, Any]:
                     missed_k += 1
                 else:
                     e2e_k.append(lag)
-            socks, ports = burst(CLIENTS["defaults_burst"], args.burst)
-            held += socks
+            proc, ports = burst(CLIENTS["defaults_burst"], args.burst)
+            clients.append(proc)
             time.sleep(4.5)  # two flush rounds of the master's 2 s buffer age
             lost_kernel = len(ports - present(CLIENTS["defaults_burst"]))
         out["defaults"] = {"connections": args.default_connections,
@@ -394,6 +475,9 @@ def inside(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         for s in held:
             s.close()
+        for p in clients:
+            p.kill()
+            p.wait(timeout=10)
         server.kill()
         server.wait(timeout=10)
         os.close(b_fd)
@@ -416,6 +500,8 @@ def main() -> None:
                     help="sequential connections, clusterbus knobs (end to end)")
     ap.add_argument("--default-connections", type=int, default=5,
                     help="sequential connections, kernel defaults (2-3 s each)")
+    ap.add_argument("--plain-connections", type=int, default=3,
+                    help="sequential connections to a service without persistence")
     ap.add_argument("--burst", type=int, default=300, help="connections per burst")
     ap.add_argument("--entries", type=int, default=20_000,
                     help="hand-built entries for the injection throughput")
@@ -432,7 +518,8 @@ def main() -> None:
     result_file = Path(f"/tmp/cb-bench-connsync-{os.getpid()}.json")
     cmd = ["sh", "-c", f"{uml.PYTHON} {Path(__file__).resolve()} --inside "
            f"--connections {args.connections} --default-connections "
-           f"{args.default_connections} --burst {args.burst} --entries {args.entries} "
+           f"{args.default_connections} --plain-connections {args.plain_connections} "
+           f"--burst {args.burst} --entries {args.entries} "
            f"> {result_file} 2> {result_file}.log"]
     try:
         run = uml.boot(cmd, timeout=args.timeout, mem="1024M")
@@ -452,6 +539,8 @@ def main() -> None:
     print(f"  connect -> entry on B, clusterbus knobs (threshold 2 50, maxlen 1, capture -> "
           f"inject): median {kn['e2e_median_ms']:.0f} ms, max {kn['e2e_max_ms']:.0f} ms "
           f"({kn['connections']} connections, {kn['never']} never)")
+    print(f"  the same to a service without persistence (a lone connection: no template "
+          f"pushes its entry out): {', '.join(f'{x:.0f}' for x in data['knobs_plain']['e2e_ms'])} ms")
     print(f"  connect -> entry on B, kernel syncd alone with defaults (3 50, maxlen 1472): "
           f"median {df['e2e_median_ms']:.0f} ms ({df['connections']} connections, "
           f"{df['never']} never); ratio {data['e2e_ratio'] or 0:.1f}")

@@ -27,6 +27,7 @@ import errno
 import fcntl
 import ipaddress
 import logging
+import os
 import socket
 import struct
 from collections.abc import Iterable
@@ -39,7 +40,7 @@ from clusterbus.errors import ClusterbusError, ConfigError
 __all__ = [
     "SYNC_GROUP4", "SYNC_PORT", "SyncKernelError", "InterfaceError", "set_sync_knobs",
     "sync_knobs", "ensure_daemons", "Capture", "Injector", "BackupQueue", "backup_queue",
-    "committed", "interface_address",
+    "committed", "interface_address", "SyncDaemons",
 ]
 
 log = logging.getLogger(__name__)
@@ -138,15 +139,152 @@ def sync_knobs() -> dict[str, Any]:
     return out
 
 
-def _kernel() -> Any:
-    # plugins.ipvs owns the IPVS generic-netlink code (and pulls in pyroute2): load it late.
-    from clusterbus.plugins.ipvs.kernel import Kernel
+# -- the sync daemons over IPVS generic netlink (linux/ip_vs.h) -------------------------
+# Only the three daemon commands; plugins never share modules (the ipvs plugin has its own).
 
-    return Kernel()
+_CMD_NEW_DAEMON, _CMD_DEL_DAEMON, _CMD_GET_DAEMON = 9, 10, 11
+_ATTR_DAEMON = 3
+_D_STATE, _D_IFN, _D_SYNCID, _D_MAXLEN = 1, 2, 3, 4
+_D_GROUP, _D_GROUP6, _D_PORT, _D_TTL = 5, 6, 7, 8
+_STATES = {"master": 1, "backup": 2}
+_NLMSG_ERROR, _NLMSG_DONE = 2, 3
+_NLM_F_REQUEST, _NLM_F_ACK, _NLM_F_DUMP = 0x1, 0x4, 0x300
+_NLA_F_NESTED = 0x8000
+
+
+def _nla(kind: int, payload: bytes) -> bytes:
+    n = 4 + len(payload)
+    return struct.pack("=HH", n, kind) + payload + bytes(-n % 4)
+
+
+def _nla_walk(data: bytes) -> dict[int, bytes]:
+    out: dict[int, bytes] = {}
+    off = 0
+    while off + 4 <= len(data):
+        n, kind = struct.unpack_from("=HH", data, off)
+        if n < 4 or off + n > len(data):
+            raise SyncKernelError(f"malformed IPVS netlink attribute at byte {off}")
+        out[kind & ~_NLA_F_NESTED] = data[off + 4:off + n]
+        off += (n + 3) & ~3
+    return out
+
+
+class SyncDaemons:
+    """The kernel's IPVS sync daemons in the current network namespace (generic netlink).
+
+    :raises SyncKernelError: the kernel has no IPVS (``modprobe ip_vs``).
+    """
+
+    def __init__(self) -> None:
+        from pyroute2.netlink.exceptions import NetlinkError
+        from pyroute2.netlink.generic.ipvs import IPVSSocket
+
+        try:
+            probe = IPVSSocket()
+        except NetlinkError as exc:
+            raise SyncKernelError("the kernel has no IPVS generic-netlink family "
+                                  "(modprobe ip_vs)", code=exc.code) from None
+        try:
+            self.family = int(probe.prid)
+        finally:
+            probe.close()
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 16)  # NETLINK_GENERIC
+        self.sock.bind((0, 0))
+        self._seq = 0
+
+    def close(self) -> None:
+        """Close the socket."""
+        self.sock.close()
+
+    def __enter__(self) -> SyncDaemons:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, cmd: int, flags: int, payload: bytes, what: str) -> list[dict[int, bytes]]:
+        self._seq += 1
+        body = struct.pack("=BBH", cmd, 1, 0) + payload
+        self.sock.send(struct.pack("=IHHII", 16 + len(body), self.family,
+                                   _NLM_F_REQUEST | flags, self._seq, 0) + body)
+        out: list[dict[int, bytes]] = []
+        while True:
+            data = self.sock.recv(1 << 16)
+            off = 0
+            while off + 16 <= len(data):
+                n, kind, _f, seq, _pid = struct.unpack_from("=IHHII", data, off)
+                if n < 16 or off + n > len(data):
+                    raise SyncKernelError(f"{what}: malformed netlink answer")
+                msg = data[off + 16:off + n]
+                off += (n + 3) & ~3
+                if seq != self._seq:
+                    continue
+                if kind == _NLMSG_DONE:
+                    return out
+                if kind == _NLMSG_ERROR:
+                    code = -struct.unpack_from("=i", msg)[0] if len(msg) >= 4 else 0
+                    if code:
+                        raise SyncKernelError(f"{what}: {os.strerror(code)}", code=code)
+                    return out
+                out.append(_nla_walk(msg[4:]))
+
+    def daemons(self) -> list[dict[str, Any]]:
+        """The running daemons: state, interface, syncid, maxlen, port, group, ttl."""
+        out = []
+        for top in self._call(_CMD_GET_DAEMON, _NLM_F_DUMP, b"", "list sync daemons"):
+            if _ATTR_DAEMON not in top:
+                continue
+            a = _nla_walk(top[_ATTR_DAEMON])
+
+            def num(kind: int, fmt: str, a: dict[int, bytes] = a) -> int:
+                v = a.get(kind, b"")
+                return int(struct.unpack_from(fmt, v)[0]) if len(v) >= struct.calcsize(fmt) else 0
+            d: dict[str, Any] = {
+                "state": {1: "master", 2: "backup"}.get(num(_D_STATE, "=I"), "?"),
+                "interface": a.get(_D_IFN, b"").split(b"\0", 1)[0].decode(errors="replace"),
+                "syncid": num(_D_SYNCID, "=I"), "maxlen": num(_D_MAXLEN, "=H"),
+                "port": num(_D_PORT, "=H"), "ttl": num(_D_TTL, "=B"),
+            }
+            if len(a.get(_D_GROUP, b"")) >= 4:
+                d["group"] = socket.inet_ntop(socket.AF_INET, a[_D_GROUP][:4])
+            elif len(a.get(_D_GROUP6, b"")) >= 16:
+                d["group"] = socket.inet_ntop(socket.AF_INET6, a[_D_GROUP6][:16])
+            out.append(d)
+        return out
+
+    def start_daemon(self, state: str, *, interface: str, syncid: int = 0, maxlen: int = 0,
+                     group: str = "", port: int = 0, ttl: int = 0) -> None:
+        """Start the ``master`` or ``backup`` daemon (0 / "" = the kernel's default).
+
+        :raises SyncKernelError: e.g. EEXIST (already running), ENODEV (no interface).
+        """
+        body = (_nla(_D_STATE, struct.pack("=I", _STATES[state]))
+                + _nla(_D_IFN, interface.encode() + b"\0")
+                + _nla(_D_SYNCID, struct.pack("=I", syncid)))
+        if maxlen:
+            body += _nla(_D_MAXLEN, struct.pack("=H", maxlen))
+        if group:
+            ip = ipaddress.ip_address(group)
+            body += _nla(_D_GROUP6 if ip.version == 6 else _D_GROUP, ip.packed)
+        if port:
+            body += _nla(_D_PORT, struct.pack("=H", port))
+        if ttl:
+            body += _nla(_D_TTL, bytes([ttl]))
+        self._call(_CMD_NEW_DAEMON, _NLM_F_ACK, _nla(_ATTR_DAEMON | _NLA_F_NESTED, body),
+                   f"start the {state} sync daemon on {interface!r} syncid {syncid}")
+
+    def stop_daemon(self, state: str) -> None:
+        """Stop the ``master`` or ``backup`` daemon.
+
+        :raises SyncKernelError: ESRCH when it is not running.
+        """
+        body = _nla(_D_STATE, struct.pack("=I", _STATES[state]))
+        self._call(_CMD_DEL_DAEMON, _NLM_F_ACK, _nla(_ATTR_DAEMON | _NLA_F_NESTED, body),
+                   f"stop the {state} sync daemon")
 
 
 def set_sync_knobs(*, kernel_maxlen: int, sync_threshold: tuple[int, int],
-                   sock_size: int | None = None, kernel: Any | None = None) -> None:
+                   sock_size: int | None = None, kernel: SyncDaemons | None = None) -> None:
     """Make the local master daemon send soon after a connection is established.
 
     Writes ``net.ipv4.vs.sync_threshold`` in the current network namespace. The datagram
@@ -163,8 +301,7 @@ def set_sync_knobs(*, kernel_maxlen: int, sync_threshold: tuple[int, int],
     :param sock_size: ``net.ipv4.vs.sync_sock_size`` in bytes (None: leave it): the backup
         socket's receive buffer becomes twice this (capped by ``net.core.rmem_max``), so
         a burst of injected datagrams is not dropped; it applies to daemons started later.
-    :param kernel: a :class:`clusterbus.plugins.ipvs.kernel.Kernel` to use (one is opened and
-        closed otherwise).
+    :param kernel: a :class:`SyncDaemons` to use (one is opened and closed otherwise).
     :raises ConfigError: a value the kernel would refuse.
     :raises SyncKernelError: no IPVS, or the kernel refused.
     """
@@ -176,7 +313,7 @@ def set_sync_knobs(*, kernel_maxlen: int, sync_threshold: tuple[int, int],
                               key="connsync.sync_sock_size")
         _write_sysctl("sync_sock_size", str(sock_size))
     own = kernel is None
-    k: Any = kernel if kernel is not None else _kernel()
+    k = kernel if kernel is not None else SyncDaemons()
     try:
         for d in k.daemons():
             if d["state"] == "master" and d["maxlen"] != kernel_maxlen:
@@ -193,7 +330,7 @@ def set_sync_knobs(*, kernel_maxlen: int, sync_threshold: tuple[int, int],
 
 def ensure_daemons(interface: str, *, syncid: int, kernel_maxlen: int,
                    group: str = SYNC_GROUP4, port: int = SYNC_PORT, ttl: int = 1,
-                   kernel: Any | None = None) -> list[str]:
+                   kernel: SyncDaemons | None = None) -> list[str]:
     """Run the master and the backup sync daemon together on ``interface``.
 
     A daemon already running with exactly these settings is left alone; one running with
@@ -214,7 +351,7 @@ def ensure_daemons(interface: str, *, syncid: int, kernel_maxlen: int,
     _check_knobs(kernel_maxlen, (0, 0))
     _ifindex(interface)
     own = kernel is None
-    k: Any = kernel if kernel is not None else _kernel()
+    k = kernel if kernel is not None else SyncDaemons()
     done: list[str] = []
     try:
         running = {d["state"]: d for d in k.daemons()}
@@ -603,8 +740,10 @@ def backup_queue(*, port: int = SYNC_PORT) -> BackupQueue:
 
 
 #: How long the receive queue must stay empty: the backup thread dequeues a datagram
-#: before it applies it, so one empty reading may come just before the last apply.
-SETTLE_S = 0.002
+#: before it applies it (tens of microseconds for 40 entries), so one empty reading may
+#: come just before the last apply. Within this window the queue is re-read at once.
+SETTLE_S = 0.0005
+#: Poll interval while the queue is not empty.
 POLL_S = 0.001
 
 
@@ -638,13 +777,14 @@ async def committed(*, port: int = SYNC_PORT, timeout: float,
             log.warning("commit check: the backup daemon dropped %d datagrams (receive "
                         "buffer full): resend them", q.drops - drops_before)
             return False
+        if now >= deadline and q.rx_queue:
+            return False
         if q.rx_queue == 0:
             if empty_since is None:
                 empty_since = now
             elif now - empty_since >= SETTLE_S:
                 return True
+            await asyncio.sleep(0)  # yield, then read again: the window is short
         else:
             empty_since = None
-        if now >= deadline:
-            return False
-        await asyncio.sleep(POLL_S)
+            await asyncio.sleep(POLL_S)

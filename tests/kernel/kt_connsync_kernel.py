@@ -37,7 +37,6 @@ import pytest
 
 from clusterbus.errors import ConfigError
 from clusterbus.plugins.connsync import kernel
-from clusterbus.plugins.ipvs.kernel import Kernel
 
 CLONE_NEWNET = 0x40000000
 VIP_DR, VIP_NAT = "10.79.9.100", "10.79.9.101"
@@ -194,6 +193,15 @@ def entries(datagram: bytes) -> list[dict[str, Any]]:
     return out
 
 
+def encode(keys: list[tuple[str, int]]) -> bytes:
+    """A sync v1 datagram of hand-built DR ESTABLISHED entries ``(caddr, cport)`` -> VIP."""
+    body = b"".join(struct.pack("!BBHIHHHHII4s4s4s", 0, socket.IPPROTO_TCP, 36, 0x3, 1, cport,
+                                80, 80, 0, 900, socket.inet_aton(caddr),
+                                socket.inet_aton(VIP_DR), socket.inet_aton(RS))
+                    for caddr, cport in keys)
+    return struct.pack("!BBHBBH", 0, SYNCID, 8 + len(body), len(keys), 1, 0) + body
+
+
 def ip_vs_conn() -> set[tuple[str, str, int, str, int, str, int, str]]:
     """This namespace's ``/proc/net/ip_vs_conn`` as (proto, c, cport, v, vport, d, dport, state)."""
     def addr(h: str) -> str:
@@ -219,7 +227,7 @@ def wait_for(pred: Callable[[], bool], timeout: float, step: float = 0.01) -> bo
 
 def test_capture_on_a_inject_on_b(lab: dict[str, Any]) -> None:
     with netns("csA"):
-        daemons = {d["state"]: d for d in Kernel().daemons()}
+        daemons = {d["state"]: d for d in kernel.SyncDaemons().daemons()}
         assert daemons["master"]["maxlen"] == 1 and daemons["backup"]["syncid"] == SYNCID
         assert kernel.sync_knobs()["sync_threshold"] == (2, 50)
         cap_a = kernel.Capture("sync0")
@@ -288,7 +296,7 @@ def test_capture_on_a_inject_on_b(lab: dict[str, Any]) -> None:
 
 def test_knobs_daemons_and_errors(lab: dict[str, Any]) -> None:
     with netns("csA"):
-        with Kernel() as k:
+        with kernel.SyncDaemons() as k:
             assert kernel.ensure_daemons("sync0", syncid=SYNCID, kernel_maxlen=1,
                                          kernel=k) == ["kept backup", "kept master"]
             kernel.set_sync_knobs(kernel_maxlen=1472, sync_threshold=(3, 50), kernel=k)
@@ -311,8 +319,17 @@ def test_knobs_daemons_and_errors(lab: dict[str, Any]) -> None:
             kernel.Injector("bare0").open()
         with pytest.raises(kernel.InterfaceError, match="no interface 'nope'"):
             kernel.ensure_daemons("nope", syncid=1, kernel_maxlen=1)
+        # committed() means present: a burst of hand-built entries, unpaced, then one read
+        keys = [(f"10.81.{i // 250}.{i % 250 + 1}", 2000 + i) for i in range(1000)]
+        with kernel.Injector("sync0") as inj:
+            drops = kernel.backup_queue().drops
+            for i in range(0, len(keys), 40):
+                inj.send(encode(keys[i:i + 40]))
+            assert asyncio.run(kernel.committed(timeout=5, drops_before=drops))
+        with open("/proc/net/ip_vs_conn") as f:
+            assert sum(" 0A51" in line for line in f) == len(keys)
         # no backup daemon -> nothing can be committed
-        with Kernel() as k:
+        with kernel.SyncDaemons() as k:
             k.stop_daemon("backup")
         assert kernel.backup_queue().sockets == 0
         assert asyncio.run(kernel.committed(timeout=0.05)) is False
