@@ -358,7 +358,7 @@ class RelayLink:
 
 
 async def request_show(endpoint: str, certificate: str, server_key: str, *,
-                       timeout: float = 2.0) -> Any:
+                       timeout: float = 2.0, limit: int | None = None) -> Any:
     """Ask a daemon's conn-sync channel for its synced table (``clusterbus connsync
     show``), with the daemon's own key pair.
 
@@ -375,7 +375,7 @@ async def request_show(endpoint: str, certificate: str, server_key: str, *,
         sock.setsockopt(zmq.CURVE_SECRETKEY, secret)
         sock.connect(endpoint)
         async with asyncio.timeout(timeout):
-            await sock.send(pack([SHOW]))
+            await sock.send(pack([SHOW] if limit is None else [SHOW, limit]))
             data = await sock.recv()
         return unpack(data)
     finally:
