@@ -307,11 +307,13 @@ class ConnSync:
                                      "%d entries of node %d not injected", lost, e.peer)
             self._queue.extend((e.peer, c, now) for c in e.entries[:max(room, 0)])
             self._wake.set()
+            self._progress.set()
         elif isinstance(e, ResyncStarted):
             log.info("connsync: node %d sends its full table%s", e.peer,
                      " (it restarted)" if e.restarted else "")
         elif isinstance(e, ResyncDone):
             self.resync_done[e.peer] = now
+            self._progress.set()
             log.info("connsync: node %d's full table received", e.peer)
 
     async def _inject_loop(self) -> None:
@@ -357,17 +359,33 @@ class ConnSync:
     # -- the barrier ---------------------------------------------------------------------------
 
     async def barrier(self, instance: str) -> str | None:
-        """Wait until every entry received so far is injected and committed, within
-        ``barrier_timeout``. :returns: ``None``, or the veto (``on_barrier_timeout``)."""
+        """Wait, within ``barrier_timeout``, until every entry received so far is injected
+        and committed, and until every peer heard from lately has sent its full table
+        (a director that just started takes no VIP before it has the peers' tables).
+
+        :returns: ``None``, or the veto (``on_barrier_timeout = "veto"``).
+        """
         start = self.clock()
         target = dict(self.received)
         timeout = self.cfg.barrier_timeout
+        fresh = 3 * self.relay.keepalive
+        resyncing = set(self.relay.incomplete(start, fresh))
         ok = False
         try:
             async with asyncio.timeout(timeout):
-                while any(self.settled[p] < n for p, n in target.items()):
+                while True:
+                    still = set(self.relay.incomplete(self.clock(), fresh)) & resyncing
+                    for p in resyncing - still:  # its full table arrived: wait for it too
+                        target[p] = max(target[p], self.received[p])
+                    resyncing = still
+                    if not resyncing and all(self.settled[p] >= n for p, n in target.items()):
+                        break
                     self._progress.clear()
-                    await self._progress.wait()
+                    try:  # also look again now and then: a peer may have gone quiet
+                        async with asyncio.timeout(0.1):
+                            await self._progress.wait()
+                    except TimeoutError:
+                        pass
             left = max(0.0, timeout - (self.clock() - start))
             ok = bool(await self.kernel.committed(timeout=left)) if self.running else True
         except TimeoutError:

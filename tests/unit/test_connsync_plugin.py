@@ -345,3 +345,19 @@ def test_the_plugin_is_inert_without_a_section() -> None:
     assert host.call_each("clusterbus_vrrp_prepare_master", instance="VI_1", vrid=1,
                           cluster=engine.cluster) == [("connsync", None)]
     assert connsync.plugin.clusterbus_status(engine.cluster) is None
+
+
+def test_the_barrier_waits_for_a_live_peers_full_table(fakes: Kernel, keys: Path) -> None:
+    d = _service(keys, 2, "tcp://127.0.0.1:7702", "tcp://127.0.0.1:7701",
+                 'barrier_timeout = 0.2\non_barrier_timeout = "veto"')
+    resyncing = [1]
+    d.relay.incomplete = lambda now, within: list(resyncing)  # type: ignore[method-assign]
+
+    async def main() -> tuple[str | None, str | None]:
+        stuck = await d.barrier("VI_1")  # peer 1 is sending its table: not done in time
+        resyncing.clear()
+        return stuck, await d.barrier("VI_1")
+
+    stuck, done = asyncio.run(main())
+    assert stuck is not None and done is None
+    assert d.counters["barrier.timeouts"] == 1 and d.counters["barrier.passed"] == 1
