@@ -519,7 +519,15 @@ class ConnsyncPlugin:
         """Validate ``[connsync]``; without one the plugin stays inert."""
         self._cfg.pop(cluster, None)
         if section is not None:
-            self._cfg[cluster] = (parse(config, section), config)
+            cfg = parse(config, section)
+            for part in ("codec", "table", "kernel"):
+                try:
+                    _part(part)
+                except ImportError as exc:
+                    raise ConfigError(f"conn-sync cannot run: its {part} module is missing "
+                                      f"from this installation ({exc})", file=config.file,
+                                      key="connsync") from None
+            self._cfg[cluster] = (cfg, config)
 
     @hookimpl
     def clusterbus_services(self, cluster: Cluster) -> list[Callable[[], Awaitable[None]]] | None:

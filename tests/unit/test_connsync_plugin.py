@@ -361,3 +361,16 @@ def test_the_barrier_waits_for_a_live_peers_full_table(fakes: Kernel, keys: Path
     stuck, done = asyncio.run(main())
     assert stuck is not None and done is None
     assert d.counters["barrier.timeouts"] == 1 and d.counters["barrier.passed"] == 1
+
+
+def test_a_missing_part_stops_start_up_with_a_config_error(
+        fakes: Kernel, keys: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = parse_config(tomllib.loads(_conf(keys, 1, "tcp://127.0.0.1:7700",
+                                              "tcp://127.0.0.1:7701")), file="d1.toml")
+    cluster = Engine(origin=1, plugins=PluginHost()).cluster
+    connsync.plugin.clusterbus_configure(config, config.plugin_sections["connsync"], cluster)
+    monkeypatch.setitem(sys.modules, "clusterbus.plugins.connsync.kernel", None)
+    with pytest.raises(ConfigError) as err:
+        connsync.plugin.clusterbus_configure(config, config.plugin_sections["connsync"],
+                                             cluster)
+    assert "kernel module is missing" in str(err.value) and "d1.toml" in str(err.value)
