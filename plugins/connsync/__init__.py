@@ -227,8 +227,7 @@ class ConnSync:
         for p in peers:
             if not p.endpoint:
                 log.warning("connsync: [[cluster.peer]] node %d has no connsync endpoint: "
-                            "its entries reach this director only if it connects here; ours "
-                            "never reach it", p.node)
+                            "nothing flows until it connects here", p.node)
         self.relay = Relay(run=time.time_ns(), peers=self.peer_nodes,
                            snapshot=lambda: self.table.snapshot(self.local, self.clock()),
                            encode=conn_to_wire,
