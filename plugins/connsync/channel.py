@@ -27,6 +27,7 @@ callback, its timers on the loop (``next_deadline``, no polling).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -247,8 +248,8 @@ class Channel:
                 for node, d in self._dealers.items():
                     r = _FrameReader(d)
                     readers.append(r)
-                    tg.create_task(self._drain(r, lambda f, n=node: self._guarded(
-                        lambda: self._from_dealer(n, f, handle))))
+                    tg.create_task(self._drain(r, functools.partial(
+                        self._from_dealer, node, handle=handle)))
         finally:
             for r in readers:
                 r.close()
@@ -265,12 +266,16 @@ class Channel:
             else:
                 await asyncio.sleep(0)
 
-    def _from_dealer(self, node: int, frames: list[Any],
+    def _from_dealer(self, node: int, frames: list[Any], *,
                      handle: Callable[[int, Any], None]) -> None:
         self.counters["frames.received"] += 1
-        if len(frames) != 1:
-            raise FrameError("bad_frame", f"{len(frames)} frames, expected 1")
-        handle(node, unpack(frames[0].bytes))
+
+        def one() -> None:
+            if len(frames) != 1:
+                raise FrameError("bad_frame", f"{len(frames)} frames, expected 1")
+            handle(node, unpack(frames[0].bytes))
+
+        self._guarded(one)
 
     def _guarded(self, fn: Callable[[], None]) -> None:
         try:
