@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import ipaddress
 import logging
+import socket
 import time
 import weakref
 from collections import deque
@@ -166,11 +166,11 @@ def conn_from_wire(v: Any, codec: ModuleType) -> Any:
             or not all(type(x) is int and 0 <= x < 2**32 for x in u32) \
             or not all(type(p) is int and 0 <= p <= 65535 for p in (cport, vport, dport)):
         raise DecodeError("an entry's numbers are out of range")
+    family = socket.AF_INET if af == 2 else socket.AF_INET6
     for a in (caddr, vaddr, daddr):
         try:
-            if not isinstance(a, str) or ipaddress.ip_address(a).version != (4 if af == 2 else 6):
-                raise ValueError
-        except ValueError:
+            socket.inet_pton(family, a)  # C: a tenth of ipaddress's cost per entry
+        except (OSError, TypeError, ValueError):
             raise DecodeError(f"an entry's address {str(a)[:45]!r} is not an "
                               f"IPv{4 if af == 2 else 6} address") from None
 
