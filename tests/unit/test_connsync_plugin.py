@@ -374,3 +374,21 @@ def test_a_missing_part_stops_start_up_with_a_config_error(
         connsync.plugin.clusterbus_configure(config, config.plugin_sections["connsync"],
                                              cluster)
     assert "kernel module is missing" in str(err.value) and "d1.toml" in str(err.value)
+
+
+@pytest.mark.parametrize(("value", "words"), [
+    ("tcp://127.0.0.1:17002", "same endpoint as publish"),
+    ("tcp://*:7701", "connect to"),
+    ("http://x", "ZeroMQ endpoint"),
+])
+def test_bad_peer_connsync_endpoint_names_the_key(keys: Path, value: str, words: str) -> None:
+    text = _conf(keys, 1, "tcp://127.0.0.1:7700", value)
+    with pytest.raises(ConfigError) as err:
+        parse_config(tomllib.loads(text), file="d1.toml")
+    assert "cluster.peer[0].connsync" in str(err.value) and words in str(err.value)
+
+
+def test_a_peer_without_connsync_keeps_its_table_as_before(keys: Path) -> None:
+    text = _conf(keys, 1, "tcp://127.0.0.1:7700", "x").replace('connsync = "x"\n', "")
+    peer = parse_config(tomllib.loads(text), file="d1.toml")["cluster"]["peer"][0]
+    assert set(peer) == {"node", "publish", "snapshot", "public_key"}
