@@ -247,16 +247,28 @@ def clusterbus_vrrp_transition(event: VrrpTransition, cluster: Cluster) -> None:
 
 
 @hookspec
-def clusterbus_vrrp_prepare_master(instance: str, vrid: int, cluster: Cluster) -> str | None:
+def clusterbus_vrrp_prepare_master(
+        instance: str, vrid: int, cluster: Cluster) -> str | Awaitable[str | None] | None:
     """The speaker is about to become MASTER: prepare, or veto.
 
     Every implementation is called, each isolated. Before the VIPs go up, plugins that
     must prepare (commit synced connections, program IPVS) do so here.
 
+    **Takeover barrier**: an implementation that must wait for something (conn-sync:
+    every synced entry committed in the kernel) returns an *awaitable* (the coroutine of
+    an ``async def`` helper) instead of an answer. The daemon awaits every such awaitable
+    together, on its loop, within the instance's deadline (below, less a few
+    milliseconds for the answer to cross back); the awaitable's result is the answer
+    (``None`` or a veto reason). One still running at the deadline is cancelled and
+    counts as no veto (a WARNING, rate-limited); one that raises is counted as the
+    plugin's failure and counts as no veto. A plugin that must veto when its own wait
+    times out has to give up before the deadline (conn-sync's ``barrier_timeout``).
+
     :param instance: the VRRP instance name.
     :param vrid: its virtual router id.
     :param cluster: the cluster.
-    :returns: ``None`` to agree, or a reason string to veto: the instance stays BACKUP.
+    :returns: ``None`` to agree, or a reason string to veto: the instance stays BACKUP;
+        or an awaitable that gives one of the two.
         The first veto is logged as ``"plugin: reason"`` and shown as the instance's
         ``vetoed`` in ``clusterbus status``; the event published is a
         ``vrrp.transition`` with ``reason="vetoed"`` and ``new="BACKUP"``. The address
@@ -269,10 +281,10 @@ def clusterbus_vrrp_prepare_master(instance: str, vrid: int, cluster: Cluster) -
     after the deadline (or after the speaker stopped waiting for another reason: a better
     master was heard, the instance was removed) changes nothing and is counted as
     ``prepare_master.late``. The hook runs on the daemon's event loop, the speaker on its
-    own thread: a slow hook delays the takeover by at most that interval.
+    own thread: a slow hook (or barrier) delays the takeover by at most that interval.
 
     Called by the built-in speaker only (keepalived's notify FIFO reports a transition
-    after it happened). Must not block.
+    after it happened). Must not block: waiting belongs in the returned awaitable.
     """
 
 

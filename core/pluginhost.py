@@ -14,8 +14,10 @@ the rest are counted.
 
 from __future__ import annotations
 
+import asyncio
 import difflib
 import importlib.metadata
+import inspect
 import logging
 import time
 from collections import Counter
@@ -295,6 +297,43 @@ class PluginHost:
         """
         return [(impl.plugin_name, self._call_impl(hook_name, impl, kwargs))
                 for impl in self._impls(hook_name)]
+
+    async def settle(self, hook_name: str, answers: list[tuple[str, Any]],
+                     timeout: float) -> list[tuple[str, Any]]:
+        """Await the awaitable results of :meth:`call_each`, together, for at most
+        ``timeout`` seconds (the takeover barrier of ``clusterbus_vrrp_prepare_master``).
+
+        :returns: ``answers`` with each awaitable replaced by its result. One that raises
+            is logged with the plugin's name and counted as a failure, like a raising
+            hook, and gives ``None``; one not done within ``timeout`` is cancelled, logged
+            (rate-limited) and gives ``None``. Plain results are kept as they are.
+        """
+        tasks: dict[int, asyncio.Future[Any]] = {
+            i: asyncio.ensure_future(a) for i, (_, a) in enumerate(answers)
+            if inspect.isawaitable(a)}
+        if tasks:
+            _done, late = await asyncio.wait(tasks.values(), timeout=max(0.0, timeout))
+            for t in late:
+                t.cancel()
+        out: list[tuple[str, Any]] = []
+        for i, (name, result) in enumerate(answers):
+            task = tasks.get(i)
+            if task is None:
+                out.append((name, result))
+                continue
+            value = None
+            if task.cancelled() or not task.done():
+                self.limited.warning((name, hook_name, "late"), "plugin %s: %s did not finish "
+                                     "within %.3f s; taken as no answer", name, hook_name,
+                                     timeout)
+            elif task.exception() is not None:
+                self.failures[name] += 1
+                self.limited.error((name, hook_name, "failed"), "plugin %s failed in %s: %r",
+                                   name, hook_name, task.exception())
+            else:
+                value = task.result()
+            out.append((name, value))
+        return out
 
     def notify_event(self, event: Any, cluster: Any) -> None:
         """Call the hooks an event reaches: its topic's own hook (``clusterbus_node_up``

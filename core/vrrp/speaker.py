@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import inspect
 import ipaddress
 import json
 import logging
@@ -199,6 +200,8 @@ class VrrpSpeaker:
         #: instances a reload added or removed: a restart applies them
         self._restart_needed: dict[str, str] = {}
         self._questions = 0
+        #: takeover barriers awaited on the daemon's loop (PrepareMaster answers pending)
+        self._barriers: set[asyncio.Task[None]] = set()
         #: per-packet and per-failure lines, one per key per interval
         self._limited = LogLimiter(log, interval=10.0)
         #: run on an own thread with an own loop (see docs/architecture.md, "Concurrency
@@ -577,21 +580,47 @@ class VrrpSpeaker:
         them on the daemon's side; the answer comes back in :meth:`_answered`."""
         self._questions += 1
         inst.asking = self._questions
-        self._to_main(self._call_prepare, inst.cfg.name, inst.cfg.vrid, self._questions)
+        self._to_main(self._call_prepare, inst.cfg.name, inst.cfg.vrid, self._questions,
+                      max(0.0, effect.deadline - self._now()))
 
-    def _call_prepare(self, name: str, vrid: int, question: int) -> None:
+    def _call_prepare(self, name: str, vrid: int, question: int,
+                      timeout: float = 1.0) -> None:
         """On the daemon's side: call ``clusterbus_vrrp_prepare_master`` (every plugin, each
-        isolated); the first veto, as ``"plugin: reason"``, or ``None`` goes back."""
-        veto = None
-        try:
-            for plugin, reason in self.engine.plugins.call_each(
-                    _PREPARE_HOOK, instance=name, vrid=vrid, cluster=self.engine.cluster):
+        isolated); the first veto, as ``"plugin: reason"``, or ``None`` goes back.
+
+        Implementations that return an awaitable (a takeover barrier) are awaited together
+        on the daemon's loop, for at most ``timeout`` seconds (what is left of the router's
+        wait, less a margin so the answer crosses back in time); one not done by then
+        answers ``None`` (PluginHost.settle). The answer goes back once, in every case.
+        """
+        def first_veto(answers: list[tuple[str, Any]]) -> str | None:
+            for plugin, reason in answers:
                 if reason is not None:
                     log.warning("%s: plugin %s vetoed MASTER: %s", name, plugin, reason)
-                    veto = f"{plugin}: {reason}"
-                    break
-        finally:
-            self._to_speaker(self._answered, name, question, veto)
+                    return f"{plugin}: {reason}"
+            return None
+
+        try:
+            answers = self.engine.plugins.call_each(
+                _PREPARE_HOOK, instance=name, vrid=vrid, cluster=self.engine.cluster)
+        except BaseException:
+            self._to_speaker(self._answered, name, question, None)
+            raise
+        if not any(inspect.isawaitable(a) for _, a in answers):
+            self._to_speaker(self._answered, name, question, first_veto(answers))
+            return
+
+        async def barrier() -> None:
+            veto = None
+            try:
+                veto = first_veto(await self.engine.plugins.settle(
+                    _PREPARE_HOOK, answers, max(0.0, timeout - min(0.02, timeout / 10))))
+            finally:
+                self._to_speaker(self._answered, name, question, veto)
+
+        task = asyncio.get_running_loop().create_task(barrier(), name=f"prepare-{name}")
+        self._barriers.add(task)
+        task.add_done_callback(self._barriers.discard)
 
     def _answered(self, name: str, question: int, veto: str | None) -> None:
         inst = self._instances.get(name)

@@ -16,7 +16,8 @@ and connects one DEALER to every peer's ``[[cluster.peer]] connsync`` endpoint.
   relay message is dropped and counted by reason (``dropped.<code>``), logged
   rate-limited, never a traceback.
 * Sends never block: a peer that is not connected or whose queue is full loses the
-  message (``dropped.send``); the relay sends it again.
+  message (``dropped.send``); the relay sends it again. A peer listed without a
+  ``connsync`` endpoint is answered over its own connection to us.
 
 :class:`RelayLink` runs a sans-IO :class:`~clusterbus.plugins.connsync.relay.Relay` on a
 :class:`Channel`: the relay's ``Send`` effects go out here, its other effects to a
@@ -26,6 +27,7 @@ callback, its timers on the loop (``next_deadline``, no polling).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -97,8 +99,8 @@ class ChannelPeer:
 
     :param node: its node number.
     :param public_key: its public ``.key`` file.
-    :param endpoint: its ``connsync`` endpoint (``""``: it connects to us only; we then
-        cannot send to it).
+    :param endpoint: its ``connsync`` endpoint (``""``: it connects to us only; we answer
+        over that connection once it made one).
     """
 
     node: int
@@ -145,6 +147,8 @@ class Channel:
         self._ctx: zmq.Context[Any] | None = None
         self._router: zmq.Socket[Any] | None = None
         self._dealers: dict[int, zmq.Socket[Any]] = {}
+        #: peers without an endpoint: the routing id of their last connection to us
+        self._routes: dict[int, bytes] = {}
         self._reader: _FrameReader | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -207,12 +211,17 @@ class Channel:
     def send(self, peer: int, message: Any) -> bool:
         """Send one message to ``peer`` now, or drop it (counted): never waits."""
         d = self._dealers.get(peer)
-        if d is None:
-            self._count("dropped.send")
-            return False
         try:
-            d.send(pack(message), NOBLOCK)
-        except zmq.Again:
+            if d is not None:
+                d.send(pack(message), NOBLOCK)
+            else:
+                # no endpoint of its own: answer over its connection to us, once it made one
+                route = self._routes.get(peer)
+                if route is None or self._router is None:
+                    self._count("dropped.send")
+                    return False
+                self._router.send_multipart([route, pack(message)], NOBLOCK)
+        except zmq.ZMQError:  # Again: queue full or not connected; EHOSTUNREACH: it left
             self._count("dropped.send")
             return False
         self.counters["frames.sent"] += 1
@@ -224,25 +233,63 @@ class Channel:
                     request: Callable[[Any], Any] | None = None) -> None:
         """Hand every peer message to ``handle(node, message)`` until cancelled.
 
-        Messages from the daemon's own key are local requests: ``request(message)``
-        returns the reply (``clusterbus connsync show``). Garbage is counted and dropped.
+        Messages come on the ROUTER (the peer connected to us; the sender is the key that
+        authenticated) and on the DEALERs (a peer without an endpoint of ours answering
+        over our connection; the sender is the server key we connected with). Messages
+        from the daemon's own key are local requests: ``request(message)`` returns the
+        reply (``clusterbus connsync show``). Garbage is counted and dropped.
         """
         assert self._reader is not None, "open() first"
-        reader = self._reader
+        readers: list[_FrameReader] = []
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._drain(self._reader,
+                                           lambda f: self._one(f, handle, request)))
+                for node, d in self._dealers.items():
+                    r = _FrameReader(d)
+                    readers.append(r)
+                    tg.create_task(self._drain(r, functools.partial(
+                        self._from_dealer, node, handle=handle)))
+        finally:
+            for r in readers:
+                r.close()
+
+    @staticmethod
+    async def _drain(reader: _FrameReader, one: Callable[[list[Any]], None]) -> None:
         while True:
             for _ in range(TURN_BUDGET):
                 frames = reader.poll()
                 if frames is None:
                     await reader.readable()
                     break
-                self._one(frames, handle, request)
+                one(frames)
             else:
                 await asyncio.sleep(0)
+
+    def _from_dealer(self, node: int, frames: list[Any], *,
+                     handle: Callable[[int, Any], None]) -> None:
+        self.counters["frames.received"] += 1
+
+        def one() -> None:
+            if len(frames) != 1:
+                raise FrameError("bad_frame", f"{len(frames)} frames, expected 1")
+            handle(node, unpack(frames[0].bytes))
+
+        self._guarded(one)
+
+    def _guarded(self, fn: Callable[[], None]) -> None:
+        try:
+            fn()
+        except (FrameError, RelayError) as exc:
+            self._dropped(exc.code, str(exc))
+        except DecodeError as exc:  # an entry the decoder refused
+            self._dropped("bad_entry", str(exc))
 
     def _one(self, frames: list[Any], handle: Callable[[int, Any], None],
              request: Callable[[Any], Any] | None) -> None:
         self.counters["frames.received"] += 1
-        try:
+
+        def one() -> None:
             if len(frames) != 2:
                 raise FrameError("bad_frame", f"{len(frames) - 1} payload frames, expected 1")
             frame = frames[1]
@@ -258,11 +305,11 @@ class Channel:
                 reply = request(message) if request is not None else ["ERROR", "no requests"]
                 self._reply(frames[0].bytes, reply)
                 return
+            if node not in self._dealers:
+                self._routes[node] = frames[0].bytes
             handle(node, message)
-        except (FrameError, RelayError) as exc:
-            self._dropped(exc.code, str(exc))
-        except DecodeError as exc:  # an entry the decoder refused
-            self._dropped("bad_entry", str(exc))
+
+        self._guarded(one)
 
     def _reply(self, ident: bytes, reply: Any) -> None:
         assert self._router is not None
@@ -358,7 +405,7 @@ class RelayLink:
 
 
 async def request_show(endpoint: str, certificate: str, server_key: str, *,
-                       timeout: float = 2.0) -> Any:
+                       timeout: float = 2.0, limit: int | None = None) -> Any:
     """Ask a daemon's conn-sync channel for its synced table (``clusterbus connsync
     show``), with the daemon's own key pair.
 
@@ -375,7 +422,7 @@ async def request_show(endpoint: str, certificate: str, server_key: str, *,
         sock.setsockopt(zmq.CURVE_SECRETKEY, secret)
         sock.connect(endpoint)
         async with asyncio.timeout(timeout):
-            await sock.send(pack([SHOW]))
+            await sock.send(pack([SHOW] if limit is None else [SHOW, limit]))
             data = await sock.recv()
         return unpack(data)
     finally:

@@ -515,6 +515,14 @@ class Relay:
             }
         return out
 
+    def incomplete(self, now: float, within: float) -> list[int]:
+        """The peers heard from within ``within`` seconds whose full table has not been
+        received completely yet (none of its streams yet, or its snapshot in progress):
+        the barrier of a director that just started waits for them."""
+        return [node for node, p in self.peers.items()
+                if p.heard_at is not None and now - p.heard_at <= within
+                and (p.inp.run == 0 or p.inp.in_snapshot)]
+
     def idle(self) -> bool:
         """Nothing queued, in flight or due for any peer (tests: quiescence)."""
         return all(p.out.restart_reason is None and not p.out.unacked and not p.out.pending

@@ -187,3 +187,25 @@ def test_unknown_key_is_refused_and_the_daemon_key_may_ask(tmp_path: Path) -> No
     assert d1.channel.counters["frames.received"] == 1  # only the SHOW request got in
     assert d1.relay.peers[2].counters["acks.received"] == 0
     assert shown == ["TABLE", 0]
+
+
+def test_a_peer_without_an_endpoint_is_answered_over_its_connection(tmp_path: Path) -> None:
+    keys = _keys(tmp_path)
+    ep1, ep2 = dead_endpoint(), dead_endpoint()
+    d1 = Director(1, keys, ep1, [ChannelPeer(node=2, public_key=str(keys / "d2.key"))])
+    d2 = Director(2, keys, ep2, [ChannelPeer(node=1, public_key=str(keys / "d1.key"),
+                                             endpoint=ep1)])
+
+    async def main() -> bool:
+        async with asyncio.TaskGroup() as tg:
+            t1 = tg.create_task(d1.link.run())
+            t2 = tg.create_task(d2.link.run())
+            d1.originate([["x", 1, 1]])
+            d2.originate([["y", 2, 2]])
+            ok = await _until(lambda: d2.received[1] == d1.table and d1.received[2] == d2.table)
+            t1.cancel()
+            t2.cancel()
+        return ok
+
+    assert asyncio.run(main())
+    assert d1.received[2] == {"y": ["y", 2, 2]} and d2.received[1] == {"x": ["x", 1, 1]}

@@ -311,3 +311,17 @@ def test_next_deadline_and_keepalive() -> None:
     assert any(isinstance(e, Send) and e.message[0] == "A" for e in effs)
     d = r.next_deadline()
     assert d is not None and 0 < d <= 0.5
+
+
+def test_incomplete_lists_peers_heard_whose_full_table_is_not_in() -> None:
+    a = Relay(run=1, peers=[2], snapshot=lambda: [[k] for k in range(10)], batch_max=4)
+    b = Relay(run=2, peers=[1], snapshot=list)
+    assert b.incomplete(0.0, 3.0) == []  # never heard: unknown, not waited for
+    msgs = [e.message for e in a.poll(0.0) if isinstance(e, Send)]
+    first = [m for m in msgs if m[0] == "B"][0]
+    b.receive(1, first, 0.0)
+    assert b.incomplete(0.0, 3.0) == [1]  # the snapshot has begun
+    for m in msgs:
+        b.receive(1, m, 0.0)
+    assert b.incomplete(0.0, 3.0) == []  # all three snapshot batches in
+    assert b.incomplete(10.0, 3.0) == []

@@ -1,0 +1,394 @@
+"""The conn-sync plugin wired end to end over its real CURVE channel on loopback, with small
+fakes of the codec, table and kernel modules (other work in progress provides the real
+ones): captured entries of director 1 are injected on director 2, the barrier waits for
+them and times out as configured, status and ``clusterbus connsync show`` report them."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+import sys
+import tomllib
+import types
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+import zmq.auth
+from click.testing import CliRunner
+from loopbus import dead_endpoint
+
+from clusterbus import ConfigError, DecodeError
+from clusterbus.cli import main as cli_main
+from clusterbus.config import parse_config
+from clusterbus.engine import Engine
+from clusterbus.pluginhost import PluginHost
+from clusterbus.plugins import connsync
+from clusterbus.plugins.connsync import ConnSync, conn_from_wire, conn_to_wire, parse
+
+# -- fakes of the modules other helpers write -------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class SeqOpt:
+    init_seq: int
+    delta: int
+    previous_delta: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class SyncConn:
+    af: int
+    protocol: int
+    flags: int
+    state: int
+    cport: int
+    vport: int
+    dport: int
+    caddr: str
+    vaddr: str
+    daddr: str
+    fwmark: int = 0
+    timeout: int = 0
+    in_seq: SeqOpt | None = None
+    out_seq: SeqOpt | None = None
+    pe_name: bytes | None = None
+    pe_data: bytes | None = None
+
+    def key(self) -> tuple[Any, ...]:
+        return (self.af, self.protocol, self.caddr, self.cport, self.vaddr, self.vport,
+                self.daddr, self.dport, self.fwmark, bool(self.flags & 0x1000))
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class SyncMessage:
+    version: int
+    syncid: int
+    conns: tuple[SyncConn, ...]
+
+
+def _codec() -> types.ModuleType:
+    m = types.ModuleType("fake_codec")
+    m.SeqOpt, m.SyncConn, m.SyncMessage = SeqOpt, SyncConn, SyncMessage  # type: ignore[attr-defined]
+
+    def decode(data: bytes) -> SyncMessage:
+        try:
+            syncid, raw = msgpack.unpackb(data)
+            return SyncMessage(version=1, syncid=syncid,
+                               conns=tuple(conn_from_wire(v, m) for v in raw))
+        except (ValueError, TypeError) as exc:
+            raise DecodeError(str(exc)) from None
+
+    def encode_many(conns: list[SyncConn], *, syncid: int, maxlen: int = 1472,
+                    version: int = 1) -> list[bytes]:
+        return [msgpack.packb([syncid, [conn_to_wire(c) for c in conns[i:i + 10]]])
+                for i in range(0, len(conns), 10)]
+
+    m.decode, m.encode_many = decode, encode_many  # type: ignore[attr-defined]
+    return m
+
+
+class ConnTable:
+    def __init__(self) -> None:
+        self.rows: dict[tuple[int, Any], tuple[SyncConn, float]] = {}
+
+    def apply(self, origin: int, conn: SyncConn, now: float) -> None:
+        self.rows[(origin, conn.key())] = (conn, now + conn.timeout)
+
+    def expire(self, now: float) -> int:
+        gone = [k for k, (_, t) in self.rows.items() if t <= now]
+        for k in gone:
+            del self.rows[k]
+        return len(gone)
+
+    def snapshot(self, origin: int, now: float) -> list[SyncConn]:
+        return [dataclasses.replace(c, timeout=max(0, int(t - now)))
+                for (o, _), (c, t) in self.rows.items() if o == origin]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+class Kernel:
+    """One fake kernel per interface name: a pipe stands for the capture socket."""
+
+    def __init__(self) -> None:
+        self.captures: dict[str, Any] = {}
+        self.injected: dict[str, list[bytes]] = {}
+        self.committed_ok = asyncio.Event()
+        self.committed_ok.set()
+        self.knobs: list[dict[str, Any]] = []
+
+    def module(self) -> types.ModuleType:
+        kernel = self
+        m = types.ModuleType("fake_kernel")
+
+        class Capture:
+            def __init__(self, interface: str) -> None:
+                self.interface = interface
+                self.pending: list[bytes] = []
+                self.r, self.w = os.pipe()
+                os.set_blocking(self.r, False)
+                kernel.captures[interface] = self
+
+            def open(self) -> None: ...
+
+            def close(self) -> None:
+                os.close(self.r)
+                os.close(self.w)
+
+            def fileno(self) -> int:
+                return self.r
+
+            def feed(self, data: bytes) -> None:
+                self.pending.append(data)
+                os.write(self.w, b"x")
+
+            def read(self) -> list[bytes]:
+                try:
+                    os.read(self.r, 4096)
+                except BlockingIOError:
+                    pass
+                out, self.pending = self.pending, []
+                return out
+
+        class Injector:
+            def __init__(self, interface: str) -> None:
+                self.interface = interface
+                kernel.injected.setdefault(interface, [])
+
+            def open(self) -> None: ...
+
+            def close(self) -> None: ...
+
+            def send(self, datagram: bytes) -> None:
+                kernel.injected[self.interface].append(datagram)
+
+        async def committed(*, port: int = 8848, timeout: float) -> bool:
+            try:
+                async with asyncio.timeout(timeout):
+                    await kernel.committed_ok.wait()
+                return True
+            except TimeoutError:
+                return False
+
+        def set_sync_knobs(**kw: Any) -> None:
+            kernel.knobs.append(kw)
+
+        m.Capture, m.Injector, m.committed = Capture, Injector, committed  # type: ignore[attr-defined]
+        m.set_sync_knobs = set_sync_knobs  # type: ignore[attr-defined]
+        return m
+
+
+@pytest.fixture
+def fakes(monkeypatch: pytest.MonkeyPatch) -> Iterator[Kernel]:
+    kernel = Kernel()
+    table = types.ModuleType("fake_table")
+    table.ConnTable = ConnTable  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "clusterbus.plugins.connsync.codec", _codec())
+    monkeypatch.setitem(sys.modules, "clusterbus.plugins.connsync.table", table)
+    monkeypatch.setitem(sys.modules, "clusterbus.plugins.connsync.kernel", kernel.module())
+    yield kernel
+
+
+# -- configuration ------------------------------------------------------------------------------
+
+def _conf(tmp: Path, node: int, listen: str, peer_ep: str, extra: str = "") -> str:
+    peer = 2 if node == 1 else 1
+    return f"""
+[daemon]
+node = {node}
+[bus]
+certificate = "{tmp}/d{node}.key_secret"
+[[cluster.peer]]
+node = {peer}
+publish = "tcp://127.0.0.1:{17000 + peer}"
+snapshot = "tcp://127.0.0.1:{17100 + peer}"
+public_key = "{tmp}/d{peer}.key"
+connsync = "{peer_ep}"
+[connsync]
+interface = "d{node}"
+listen = "{listen}"
+syncid = 3
+{extra}
+"""
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> Path:
+    for n in ("d1", "d2"):
+        zmq.auth.create_certificates(tmp_path, n)
+    return tmp_path
+
+
+def _service(keys: Path, node: int, listen: str, peer_ep: str, extra: str = "") -> ConnSync:
+    config = parse_config(tomllib.loads(_conf(keys, node, listen, peer_ep, extra)),
+                          file=f"d{node}.toml")
+    cluster = Engine(origin=node, plugins=PluginHost()).cluster
+    return ConnSync(parse(config, config.plugin_sections["connsync"]), config, cluster)
+
+
+@pytest.mark.parametrize(("extra", "key", "words"), [
+    ('on_barrier_timeout = "maybe"', "connsync.on_barrier_timeout", "proceed"),
+    ("conntrack = true", "connsync.conntrack", "not available"),
+    ("sync_threshold = [1]", "connsync.sync_threshold", "two integers"),
+    ("barrier_timeout = -1", "connsync.barrier_timeout", "expected a value"),
+    ("colour = 1", "connsync.colour", "unknown key"),
+])
+def test_bad_section_names_the_key(keys: Path, extra: str, key: str, words: str) -> None:
+    config = parse_config(tomllib.loads(_conf(keys, 1, "tcp://127.0.0.1:7700",
+                                              "tcp://127.0.0.1:7701", extra)), file="d1.toml")
+    with pytest.raises(ConfigError) as err:
+        parse(config, config.plugin_sections["connsync"])
+    assert key in str(err.value) and words in str(err.value)
+
+
+def test_defaults(keys: Path) -> None:
+    config = parse_config(tomllib.loads(_conf(keys, 1, "tcp://127.0.0.1:7700",
+                                              "tcp://127.0.0.1:7701")), file="d1.toml")
+    cfg = parse(config, config.plugin_sections["connsync"])
+    assert (cfg.barrier_timeout, cfg.on_barrier_timeout, cfg.conntrack) == (0.5, "proceed", False)
+    assert config["cluster"]["peer"][0]["connsync"] == "tcp://127.0.0.1:7701"
+
+
+def test_wire_form_round_trips_and_refuses_garbage(fakes: Kernel) -> None:
+    codec = sys.modules["clusterbus.plugins.connsync.codec"]
+    c = SyncConn(af=10, protocol=6, flags=0x1183, state=1, cport=0, vport=443, dport=443,
+                 caddr="2001:db8::1", vaddr="2001:db8::100", daddr="2001:db8::5", timeout=300,
+                 in_seq=SeqOpt(init_seq=1, delta=2, previous_delta=3), pe_name=b"sip",
+                 pe_data=b"\x01")
+    assert conn_from_wire(msgpack.unpackb(msgpack.packb(conn_to_wire(c))), codec) == c
+    for bad in (None, [], conn_to_wire(c)[:-1], [2] + conn_to_wire(c)[1:],
+                conn_to_wire(c)[:7] + ["1.2.3"] + conn_to_wire(c)[8:],
+                conn_to_wire(c)[:4] + [70000] + conn_to_wire(c)[5:]):
+        with pytest.raises(DecodeError):
+            conn_from_wire(bad, codec)
+
+
+def _conn(i: int) -> SyncConn:
+    return SyncConn(af=2, protocol=6, flags=0x0, state=1, cport=1000 + i, vport=80, dport=80,
+                    caddr="10.0.0.9", vaddr="10.0.0.100", daddr="10.0.1.5", timeout=900)
+
+
+def test_captured_entries_are_injected_on_the_peer_and_the_barrier_waits(
+        fakes: Kernel, keys: Path) -> None:
+    ep1, ep2 = dead_endpoint(), dead_endpoint()
+    d1 = _service(keys, 1, ep1, ep2)
+    d2 = _service(keys, 2, ep2, ep1, 'barrier_timeout = 0.3\non_barrier_timeout = "veto"')
+    codec = sys.modules["clusterbus.plugins.connsync.codec"]
+
+    async def main() -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        async with asyncio.TaskGroup() as tg:
+            t1 = tg.create_task(d1.run())
+            t2 = tg.create_task(d2.run())
+            while "d1" not in fakes.captures or not d1.running or not d2.running:
+                await asyncio.sleep(0.01)
+            cap = fakes.captures["d1"]
+            cap.feed(codec.encode_many([_conn(i) for i in range(25)], syncid=3)[0])
+            cap.feed(codec.encode_many([_conn(99)], syncid=4)[0])  # another syncid
+            cap.feed(b"\xc1garbage")
+            for i in range(10, 25, 10):
+                cap.feed(codec.encode_many([_conn(j) for j in range(i, i + 10)], syncid=3)[0])
+            for _ in range(1000):
+                if d2.injected[1] >= 25:
+                    break
+                await asyncio.sleep(0.01)
+            out["barrier_ok"] = await d2.barrier("VI_1")
+            fakes.committed_ok.clear()  # the backup daemon does not consume
+            out["barrier_stuck"] = await d2.barrier("VI_1")
+            fakes.committed_ok.set()
+            out["show"] = await asyncio.to_thread(
+                CliRunner().invoke, cli_main,
+                ["connsync", "show", "--json", "-c", str(keys / "d2.toml")])
+            t1.cancel()
+            t2.cancel()
+        return out
+
+    (keys / "d2.toml").write_text(_conf(keys, 2, ep2, ep1))
+    out = asyncio.run(main())
+    got = [c for d in fakes.injected["d2"] for c in codec.decode(d).conns]
+    assert sorted(c.cport for c in got)[:25] == [1000 + i for i in range(25)]
+    assert 1099 not in {c.cport for c in got}
+    assert out["barrier_ok"] is None
+    assert out["barrier_stuck"] == "synced connections not committed within 0.3 s"
+    st = d2.status()
+    assert st["peers"]["1"]["entries.received"] >= 25
+    assert st["peers"]["1"]["entries.injected"] >= 25
+    assert st["counters"]["barrier.timeouts"] == 1 and st["counters"]["barrier.vetoes"] == 1
+    assert st["counters"]["barrier.passed"] == 1
+    s1 = d1.status()
+    assert s1["counters"]["capture.dropped.bad_datagram"] == 1
+    assert s1["counters"]["capture.dropped.other_syncid"] == 1
+    assert s1["peers"]["2"]["entries.sent"] >= 25
+    assert fakes.knobs[0] == {"kernel_maxlen": 1, "sync_threshold": (2, 50)}
+    res = out["show"]
+    assert res.exit_code == 0, res.output
+    table = json.loads(res.output)
+    assert table["node"] == 2 and table["total"] >= 25
+    assert {r["origin"] for r in table["rows"]} == {1}
+    assert any(r["client"] == "10.0.0.9:1000" and r["virtual"] == "10.0.0.100:80"
+               and r["real"] == "10.0.1.5:80" and r["protocol"] == "tcp" for r in table["rows"])
+
+
+def test_the_plugin_is_inert_without_a_section() -> None:
+    host = PluginHost()
+    host.register(connsync.plugin, "connsync")
+    engine = Engine(origin=1, plugins=host)
+    config = parse_config({}, file="x.toml")
+    connsync.plugin.clusterbus_configure(config, None, engine.cluster)
+    assert connsync.plugin.clusterbus_services(engine.cluster) is None
+    assert host.call_each("clusterbus_vrrp_prepare_master", instance="VI_1", vrid=1,
+                          cluster=engine.cluster) == [("connsync", None)]
+    assert connsync.plugin.clusterbus_status(engine.cluster) is None
+
+
+def test_the_barrier_waits_for_a_live_peers_full_table(fakes: Kernel, keys: Path) -> None:
+    d = _service(keys, 2, "tcp://127.0.0.1:7702", "tcp://127.0.0.1:7701",
+                 'barrier_timeout = 0.2\non_barrier_timeout = "veto"')
+    resyncing = [1]
+    d.relay.incomplete = lambda now, within: list(resyncing)  # type: ignore[method-assign]
+
+    async def main() -> tuple[str | None, str | None]:
+        stuck = await d.barrier("VI_1")  # peer 1 is sending its table: not done in time
+        resyncing.clear()
+        return stuck, await d.barrier("VI_1")
+
+    stuck, done = asyncio.run(main())
+    assert stuck is not None and done is None
+    assert d.counters["barrier.timeouts"] == 1 and d.counters["barrier.passed"] == 1
+
+
+def test_a_missing_part_stops_start_up_with_a_config_error(
+        fakes: Kernel, keys: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = parse_config(tomllib.loads(_conf(keys, 1, "tcp://127.0.0.1:7700",
+                                              "tcp://127.0.0.1:7701")), file="d1.toml")
+    cluster = Engine(origin=1, plugins=PluginHost()).cluster
+    connsync.plugin.clusterbus_configure(config, config.plugin_sections["connsync"], cluster)
+    monkeypatch.setitem(sys.modules, "clusterbus.plugins.connsync.kernel", None)
+    with pytest.raises(ConfigError) as err:
+        connsync.plugin.clusterbus_configure(config, config.plugin_sections["connsync"],
+                                             cluster)
+    assert "kernel module is missing" in str(err.value) and "d1.toml" in str(err.value)
+
+
+@pytest.mark.parametrize(("value", "words"), [
+    ("tcp://127.0.0.1:17002", "same endpoint as publish"),
+    ("tcp://*:7701", "connect to"),
+    ("http://x", "ZeroMQ endpoint"),
+])
+def test_bad_peer_connsync_endpoint_names_the_key(keys: Path, value: str, words: str) -> None:
+    text = _conf(keys, 1, "tcp://127.0.0.1:7700", value)
+    with pytest.raises(ConfigError) as err:
+        parse_config(tomllib.loads(text), file="d1.toml")
+    assert "cluster.peer[0].connsync" in str(err.value) and words in str(err.value)
+
+
+def test_a_peer_without_connsync_keeps_its_table_as_before(keys: Path) -> None:
+    text = _conf(keys, 1, "tcp://127.0.0.1:7700", "x").replace('connsync = "x"\n', "")
+    peer = parse_config(tomllib.loads(text), file="d1.toml")["cluster"]["peer"][0]
+    assert set(peer) == {"node", "publish", "snapshot", "public_key"}
