@@ -21,14 +21,6 @@ PLUGIN_PACKAGES = {
 }
 
 
-#: Declared dependencies between built-in plugins (plugin -> modules of another plugin it
-#: may import). conn-sync drives the kernel's IPVS sync daemons through the IPVS plugin's
-#: generic-netlink code rather than a second copy of it.
-PLUGIN_DEPENDS: dict[str, frozenset[str]] = {
-    "clusterbus.plugins.connsync": frozenset({"clusterbus.plugins.ipvs.kernel"}),
-}
-
-
 def _public(module: str) -> set[str] | None:
     """The names ``module`` exports (its ``__all__``), or None when it declares none."""
     names = getattr(importlib.import_module(module), "__all__", None)
@@ -54,8 +46,6 @@ def violations(source: str, *, package: str, module: str) -> list[str]:
             return False  # the plugin's own modules
         if name == "clusterbus.plugins":
             return False  # the namespace: what is imported from it is checked below
-        if name in PLUGIN_DEPENDS.get(package, ()):
-            return False  # a declared dependency (PLUGIN_DEPENDS)
         if name.startswith("clusterbus.plugins."):
             out.append(f"{module}:{line}: imports another plugin's module {name}")
             return False
