@@ -456,7 +456,7 @@ class Conntrack:
     ``dump.dropped.bad_message``, ``apply.created``, ``apply.updated``, ``apply.failed``,
     ``events.new``, ``events.update``, ``events.destroy``, ``events.skipped.unsupported``,
     ``events.dropped.bad_message``, ``events.overrun`` (the kernel dropped events: the
-    caller should dump again).
+    caller should dump again), ``events.stopped`` (the events socket failed; logged).
     """
 
     def __init__(self) -> None:
@@ -679,7 +679,12 @@ class Conntrack:
                     if on_overrun is not None:
                         on_overrun()
                     continue
-                raise
+                # anything else would repeat on every wake-up: stop, loudly, and count it
+                self._count("events.stopped")
+                log.error("conntrack events stopped: %s", exc)
+                if self._loop is not None:
+                    self._loop.remove_reader(sock.fileno())
+                return
             for event in self.parse_events(data):
                 callback(event)
 
