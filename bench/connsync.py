@@ -14,6 +14,7 @@ server R behind a persistent virtual service on A, and a client. The phases:
    from A's capture read to B's commit (``p99_lag_ms``), and entries lost on that path.
 3. **injection throughput**: hand-built entries injected into B in windows, each window
    awaited with :func:`committed`; then B's table is counted (``entries_per_s``).
+   Last of all, a **full resync** of 100,000 entries into B the same way.
 4. **kernel syncd alone, defaults** (``sync_threshold`` 3 50, default maxlen, daemons on
    the bridge so A's master reaches B's backup directly): the same end-to-end figure, and
    the entries of a burst that never reach B (``lost_kernel``).
@@ -390,6 +391,54 @@ def throughput(n: int, *, per_datagram: int = 40, window: int = WINDOW) -> dict[
             "count_s": count_s}
 
 
+def active_conns() -> int:
+    """ActiveConn of the real server under VIP in this namespace's table (cheap to read)."""
+    out = sh("ipvsadm", "-Ln", "-t", f"{VIP}:80")
+    for line in out.splitlines():
+        f = line.split()
+        if len(f) >= 6 and f[0] == "->" and f[1] == f"{RS}:80":
+            return int(f[4])
+    return 0
+
+
+def resync(n: int, *, window: int = WINDOW) -> dict[str, Any]:
+    """A full resync into B: ``n`` entries (40 per datagram) from an empty start.
+
+    Counted through the real server's ActiveConn (``/proc/net/ip_vs_conn`` is quadratic),
+    and the latency of one more ``committed()`` with nothing pending (what a takeover
+    barrier pays when everything was already injected).
+    """
+    from clusterbus.plugins.connsync import kernel
+
+    keys = [(f"10.82.{(i // 250) % 250}.{i % 250 + 1}", 1024 + i // 62500) for i in range(n)]
+    with netns("csB"):
+        before = active_conns()
+        inj = kernel.Injector("sync0")
+        inj.open()
+        drops0 = kernel.backup_queue().drops
+        loop = asyncio.new_event_loop()
+        t0 = time.monotonic()
+        datagrams = 0
+        for i in range(0, n, 40 * window):
+            for j in range(i, min(n, i + 40 * window), 40):
+                inj.send(encode(keys[j:j + 40]))
+                datagrams += 1
+            loop.run_until_complete(kernel.committed(timeout=5, drops_before=drops0))
+        elapsed = time.monotonic() - t0
+        idle = []
+        for _ in range(20):
+            t1 = time.monotonic()
+            loop.run_until_complete(kernel.committed(timeout=1))
+            idle.append(time.monotonic() - t1)
+        loop.close()
+        inj.close()
+        drops = kernel.backup_queue().drops - drops0
+        got = active_conns() - before
+    return {"entries": n, "datagrams": datagrams, "seconds": elapsed,
+            "entries_per_s": n / elapsed, "present": got, "lost": n - got,
+            "backup_drops": drops, "commit_idle_ms": statistics.median(idle) * 1000}
+
+
 def pct(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -472,6 +521,11 @@ def inside(args: argparse.Namespace) -> dict[str, Any]:
                            "e2e_ms": [x * 1000 for x in e2e_k],
                            "e2e_median_ms": statistics.median(e2e_k) * 1000 if e2e_k else None,
                            "never": missed_k, "burst": args.burst, "lost": lost_kernel}
+        # 5: last, since B's table then holds 100,000 more entries and every read of
+        # /proc/net/ip_vs_conn (the presence checks above) would take seconds
+        if args.resync_entries:
+            daemons("csB", "sync0", maxlen=1, threshold=(2, 50))
+            out["resync"] = resync(args.resync_entries)
     finally:
         for s in held:
             s.close()
@@ -489,7 +543,8 @@ def inside(args: argparse.Namespace) -> dict[str, Any]:
     out.update(entries_per_s=out["throughput"]["entries_per_s"],
                p99_lag_ms=out["burst"]["lag_p99_ms"], lost_kernel=lost_kernel,
                lost_connsync=None, barrier_100k_s=None, rss_mb=None,
-               lost_capture_inject=out["burst"]["lost"] + out["throughput"]["lost"])
+               lost_capture_inject=out["burst"]["lost"] + out["throughput"]["lost"],
+               resync_100k_s=out["resync"]["seconds"] if "resync" in out else None)
     return out
 
 
@@ -505,6 +560,8 @@ def main() -> None:
     ap.add_argument("--burst", type=int, default=300, help="connections per burst")
     ap.add_argument("--entries", type=int, default=20_000,
                     help="hand-built entries for the injection throughput")
+    ap.add_argument("--resync-entries", type=int, default=100_000,
+                    help="hand-built entries of a full resync into the peer (0: skip)")
     ap.add_argument("--timeout", type=float, default=900)
     ap.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -519,7 +576,7 @@ def main() -> None:
     cmd = ["sh", "-c", f"{uml.PYTHON} {Path(__file__).resolve()} --inside "
            f"--connections {args.connections} --default-connections "
            f"{args.default_connections} --plain-connections {args.plain_connections} "
-           f"--burst {args.burst} --entries {args.entries} "
+           f"--resync-entries {args.resync_entries} --burst {args.burst} --entries {args.entries} "
            f"> {result_file} 2> {result_file}.log"]
     try:
         run = uml.boot(cmd, timeout=args.timeout, mem="1024M")
@@ -550,6 +607,11 @@ def main() -> None:
     print(f"  injection: {th['entries']} entries in {th['datagrams']} datagrams, "
           f"{th['entries_per_s']:.0f} entries/s, lost {th['lost']} (backup drops "
           f"{th['backup_drops']}); counting B's table took {th['count_s']:.2f} s")
+    if "resync" in data:
+        rs = data["resync"]
+        print(f"  full resync into B: {rs['entries']} entries in {rs['seconds']:.2f} s "
+              f"({rs['entries_per_s']:.0f}/s), lost {rs['lost']}; committed() with nothing "
+              f"pending: {rs['commit_idle_ms']:.1f} ms")
     print(f"  kernel syncd alone, burst of {df['burst']}: lost {df['lost']} entries")
     print("  not measured yet (relay/plugin not in this run): lost_connsync, barrier_100k_s, "
           "rss_mb")

@@ -718,19 +718,27 @@ def _proc_udp(lines: Iterable[str], ports: range) -> tuple[int, int, int]:
     return sockets, rx, drops
 
 
-def backup_queue(*, port: int = SYNC_PORT) -> BackupQueue:
+def backup_queue(*, port: int = SYNC_PORT, group: str | None = None,
+                 ports: range | None = None) -> BackupQueue:
     """Read the backup daemon's receive queue and drops (this thread's network namespace).
 
     Every UDP socket bound to the sync port counts: nothing but the backup daemon should
     bind it in a director's namespace.
+
+    :param group: the sync group; its family picks ``udp`` or ``udp6`` (None: both).
+    :param ports: the ports to count (default: from ``net.ipv4.vs.sync_ports``).
     """
-    ports = _sync_ports(port)
+    ports = _sync_ports(port) if ports is None else ports
+    if group is None:
+        names = ("udp", "udp6")
+    else:
+        names = ("udp6",) if ipaddress.ip_address(group).version == 6 else ("udp",)
     total = [0, 0, 0]
     # /proc/net is the namespace of the process's main thread; thread-self/net is this
     # thread's (they differ when a thread entered another namespace with setns)
-    for name in ("/proc/thread-self/net/udp", "/proc/thread-self/net/udp6"):
+    for name in names:
         try:
-            with open(name) as f:
+            with open(f"/proc/thread-self/net/{name}") as f:
                 next(f, None)
                 got = _proc_udp(f, ports)
         except FileNotFoundError:
@@ -748,7 +756,7 @@ POLL_S = 0.001
 
 
 async def committed(*, port: int = SYNC_PORT, timeout: float,
-                    drops_before: int | None = None) -> bool:
+                    drops_before: int | None = None, group: str = SYNC_GROUP4) -> bool:
     """True once the local backup daemon has consumed everything injected so far.
 
     :meth:`Injector.send` returns with the datagram in the backup socket's receive queue
@@ -761,13 +769,15 @@ async def committed(*, port: int = SYNC_PORT, timeout: float,
     :param port: the sync port.
     :param timeout: seconds to wait at most.
     :param drops_before: the backup socket's drops before the injection, to detect loss.
+    :param group: the sync group (its family says where the backup socket is listed).
     :returns: True when committed; False on timeout, loss, or no backup daemon (logged).
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     empty_since: float | None = None
+    ports = _sync_ports(port)
     while True:
-        q = backup_queue(port=port)
+        q = backup_queue(port=port, group=group, ports=ports)
         now = loop.time()
         if q.sockets == 0:
             log.warning("commit check: no UDP socket on port %d (is the backup sync daemon "
