@@ -45,8 +45,13 @@ class Director(Speaker):
                 f'authorized_keys = "{self.auth}"\n\n')
 
     def show(self) -> dict[str, Any]:
-        out: dict[str, Any] = json.loads(self.cli("cvip", "show", "--json").stdout)
-        return out
+        """``clusterbus cvip show --json`` (a loaded machine may need a few tries)."""
+        for _ in range(5):
+            p = self.cli("cvip", "show", "--json", "--timeout", "5", check=False)
+            if p.returncode == 0:
+                out: dict[str, Any] = json.loads(p.stdout)
+                return out
+        raise AssertionError(f"cvip show: {p.stderr}\n{self.log_tail()}")
 
     def owner(self) -> int | None:
         [c] = self.show()["cvips"]
@@ -94,7 +99,7 @@ def test_three_directors_crash_return_and_move(tmp_path: Path) -> None:
             for d in ds.values():
                 d.start()
             for d in ds.values():
-                d.wait_running()
+                d.wait_running(60)
             # 1. one owner, named by all three, holds the CVIP
             def converged() -> int | None:
                 owners = {d.owner() for d in ds.values()}
@@ -122,7 +127,7 @@ def test_three_directors_crash_return_and_move(tmp_path: Path) -> None:
 
             # 3. the old owner comes back and does not take it back
             ds[first].start()
-            ds[first].wait_running()
+            ds[first].wait_running(60)
             wait_for(lambda: ds[first].show()["settled"] and ds[first].owner() == second, 20,
                      interval=0.2, what="the returning director to learn the owner")
             t_back = datetime.now()
