@@ -149,6 +149,8 @@ class _State:
     holding: bool = False
     #: it is decided elsewhere, but we wait for the new owner's claim before releasing
     handing_to: int | None = None
+    #: why that handoff started (the release reports it)
+    handing_reason: str = ""
 
 
 class Policy:
@@ -327,10 +329,14 @@ class Policy:
             # Hand over only once the new owner claimed it (it raised its priority), unless
             # we may not hold it at all (no quorum, nobody else eligible).
             if owner is not None and owner not in st.claims and self.quorate:
-                st.handing_to = owner
+                if st.handing_to != owner:
+                    st.handing_to, st.handing_reason = owner, reason
                 return []
+            if st.handing_to == owner and st.handing_reason:
+                reason = st.handing_reason  # the claim we waited for: report the cause
             st.holding = False
             st.handing_to = None
+            st.handing_reason = ""
             st.claims.pop(self.local, None)
             st.owner = owner
             return [Decision(cvip=cvip, old=self.local, new=owner, reason=reason,

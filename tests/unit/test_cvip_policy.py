@@ -217,7 +217,7 @@ def test_move_waits_for_the_new_owners_claim() -> None:
     assert p1.move(a, 2, gen) == []  # still held: node 2 has not claimed yet
     assert p1.handing_over() == {a: 2}
     out = p1.observe(a, origin=2, new=2, gen=gen + 1)
-    assert [(d.old, d.new, d.release) for d in out] == [(1, 2, True)]
+    assert [(d.old, d.new, d.release, d.reason) for d in out] == [(1, 2, True, "move")]
     assert not p1.holding(a)
 
 
