@@ -165,3 +165,31 @@ def test_router_release_steps_down_without_a_higher_peer() -> None:
     assert r.state is machine.State.BACKUP
     sent = [e for e in r.drain() if isinstance(e, machine.Transmit)]
     assert sent and sent[0].data[2] == 0  # the priority-0 advert
+
+
+def test_drain_and_rebalance_requests() -> None:
+    from clusterbus.plugins.cvip import CvipOwner
+    from clusterbus.plugins.cvip.policy import hrw
+
+    engine, calls, published = setup(section())
+    st = cvip.plugin.state(engine.cluster)
+    assert st is not None and st.policy.holding("10.66.0.100")
+    engine.publish(DirectorUp, node=2, reason="heartbeat")
+    assert cvip.plugin.request(st, {"op": "drain", "node": 9})["ok"] is False  # not up
+    assert cvip.plugin.request(st, {"op": "drain", "node": 1})["ok"]
+    assert st.policy.draining == {1}
+    assert st.policy.handing_over() == {"10.66.0.100": 2}  # waits for 2's claim
+    engine.plugins.notify_event(CvipOwner(origin=2, seq=1, time=1.0, cvip="10.66.0.100",
+                                          old=1, new=2, gen=st.policy.next_gen("10.66.0.100")),
+                                engine.cluster)
+    assert not st.policy.holding("10.66.0.100") and calls[-1][2] is True
+    releases = [e for e in published if e.topic == "cvip.owner" and e.old == 1 and e.new == 2]
+    assert releases[-1].reason == "drain"
+    assert cvip.plugin.request(st, {"op": "drain", "node": 1, "undo": True})["ok"]
+    assert st.policy.draining == set()
+    # rebalance moves the CVIP to its rendezvous choice, or nothing when it is there
+    reply = cvip.plugin.request(st, {"op": "rebalance"})
+    best = hrw("10.66.0.100", (1, 2))
+    assert reply["moves"] == ({} if best == 2 else {"10.66.0.100": 1})
+    show = cvip.plugin.request(st, {"op": "show"})["show"]
+    assert show["cvips"][0]["owner"] == best and show["live"] == [1, 2]
