@@ -146,6 +146,14 @@ def test_three_directors_crash_return_and_move(tmp_path: Path) -> None:
             assert all(d.owner() == first for d in ds.values())
             assert "(priority_changed" in ds[second].log_text()
             assert "MASTER (priority_zero" in ds[first].log_text()
+
+            # 5. only root changes owners: another user is refused, nothing changes
+            nobody = subprocess.run(
+                ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", CLUSTERBUS,
+                 "cvip", "drain", str(first), "--socket", f"{tmp_path}/{ns[first]}.cvip"],
+                capture_output=True, text=True, timeout=60)
+            assert nobody.returncode == 1 and "needs root" in nobody.stderr, nobody
+            assert ds[first].show()["draining"] == []
         except BaseException:
             print(logs())
             raise
