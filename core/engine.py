@@ -94,6 +94,34 @@ class Cluster:
             live.update(provider())
         return tuple(sorted(live))
 
+    def set_vrrp_priority(self, instance: str, priority: int, *, release: bool = False) -> None:
+        """Change a ``[[vrrp.instance]]``'s priority at run time (the built-in speaker).
+
+        The one way a plugin (the CVIP policy) drives the speaker. A MASTER whose priority
+        drops below a peer's, or that is told to ``release``, steps down at once with a
+        priority-0 advert, so the backup with the highest priority takes over after its
+        Skew_Time through its normal takeover path (``clusterbus_vrrp_prepare_master``).
+        Applied on the speaker's own loop a moment later; before the instance runs, it
+        starts with this priority.
+
+        :param instance: the instance name.
+        :param priority: 1..255.
+        :param release: step down even when no higher priority was heard.
+        :raises LookupError: no VRRP speaker runs, or it has no such instance.
+        :raises LocalProtocolError: priority out of range.
+        """
+        setter = self._engine.vrrp_priority
+        if setter is None:
+            raise LookupError("no VRRP speaker runs in this daemon ([[vrrp.instance]])")
+        setter(instance, priority, release=release)
+
+    def cvip_owner(self, cvip: str, candidates: tuple[int, ...]) -> int | None:
+        """A plugin's choice of a CVIP's owner through ``clusterbus_cvip_owner`` (``None``:
+        no plugin has an opinion, or it named no candidate); the CVIP policy asks it first."""
+        node = self._engine.plugins.call_first("clusterbus_cvip_owner", cvip=cvip,
+                                               candidates=tuple(candidates), cluster=self)
+        return node if node in candidates else None
+
     def resolve_node(self, addr: str) -> int | None:
         """Address -> node number through ``clusterbus_resolve_node`` (None: unknown)."""
         # the hookspec promises int | None; pluggy's results are untyped
@@ -137,6 +165,9 @@ class Engine:
         #: (:meth:`Cluster.directors`): ``peers`` (:class:`~clusterbus.peers.PeersService`),
         #: ``corosync`` (:class:`~clusterbus.sources.corosync.CorosyncSource`)
         self.director_sources: dict[str, Callable[[], Iterable[int]]] = {}
+        #: the VRRP speaker's ``set_priority(instance, priority, *, release)`` when one
+        #: runs (see :meth:`Cluster.set_vrrp_priority`)
+        self.vrrp_priority: Callable[..., None] | None = None
         self.seq = 0
         self._queue: deque[Event] = deque()
         self._dispatching = False

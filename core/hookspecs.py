@@ -304,8 +304,12 @@ def clusterbus_cvip_owner(cvip: str, candidates: tuple[int, ...], cluster: Clust
     :param cluster: the cluster.
     :returns: the chosen node number (one of ``candidates``), or ``None`` for no opinion.
 
-    Nothing in clusterbus calls this hook yet: there is no built-in CVIP election (see
-    docs/architecture.md, "CVIP policy"); it fixes the contract for one. Must not block.
+    Called by the built-in CVIP policy (``[cvip]``, docs/cvip.md) through
+    :meth:`Cluster.cvip_owner <clusterbus.Cluster.cvip_owner>` each time it recomputes a
+    CVIP's owner (a director came or went, a claim, a move): an answer replaces the
+    built-in decision (rendezvous hashing, sticky claims, planned moves). Every director
+    must answer the same from the same facts, or two of them raise their VRRP priority for
+    the same CVIP (VRRP then lets one win). Must not block.
     """
 
 

@@ -456,8 +456,8 @@ class Router:
             self._send(0)
             self._effects.append(RemoveAddresses(addrs=self.config.virtual_addresses))
 
-    def set_priority(self, priority: int, now: float) -> None:
-        """Change our priority (configuration reload, tracking).
+    def set_priority(self, priority: int, now: float, *, release: bool = False) -> None:
+        """Change our priority (configuration reload, tracking, a CVIP policy).
 
         A MASTER whose new priority is below the last priority seen from another router
         gives up at once: it sends a priority-0 advert so that router takes over after its
@@ -466,6 +466,9 @@ class Router:
 
         :param priority: 1..255.
         :param now: current time.
+        :param release: a MASTER gives up the same way whatever it heard from the others
+            (a planned handoff to a backup that raised its priority: backups send no
+            adverts, so the master may not know it).
         :raises LocalProtocolError: priority out of range.
         """
         if not isinstance(priority, int) or not 1 <= priority <= 255:
@@ -476,7 +479,7 @@ class Router:
                      self.config.vrid, old, priority)
         if self.state is State.MASTER:
             best = max(self._peer_priority.values(), default=0)
-            if priority < best:
+            if priority < best or release:
                 self._transition("priority_changed")
                 self._send(0)
                 self._effects.append(RemoveAddresses(addrs=self.config.virtual_addresses))

@@ -202,11 +202,14 @@ class VrrpSpeaker:
         self._questions = 0
         #: takeover barriers awaited on the daemon's loop (PrepareMaster answers pending)
         self._barriers: set[asyncio.Task[None]] = set()
+        #: set_priority() calls that came before the instance's router existed
+        self._wanted_priority: dict[str, int] = {}
         #: per-packet and per-failure lines, one per key per interval
         self._limited = LogLimiter(log, interval=10.0)
         #: run on an own thread with an own loop (see docs/architecture.md, "Concurrency
         #: model"); ``False``: on the daemon's loop
         self.isolated = os.environ.get(ISOLATION_ENV, "1") != "0"
+        engine.vrrp_priority = self.set_priority  # Cluster.set_vrrp_priority goes here
         #: the daemon's loop (events and plugin calls go there); the speaker's is _loop
         self._main: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -406,6 +409,9 @@ class VrrpSpeaker:
                             cfg.interface)
             primary = await self._primary(ifindex, cfg)
             router = machine.Router(self._router_config(cfg, primary, ask), now=self._now())
+            wanted = self._wanted_priority.pop(cfg.name, None)
+            if wanted is not None:  # set_priority() before the instance ran
+                router.set_priority(wanted, self._now())
             inst = _Instance(cfg, router, link, primary)
             link.routers[cfg.vrid] = inst
             self._instances[cfg.name] = inst
@@ -725,24 +731,35 @@ class VrrpSpeaker:
 
     # -- service --------------------------------------------------------------------------
 
-    def set_priority(self, instance: str, priority: int) -> None:
+    def set_priority(self, instance: str, priority: int, *, release: bool = False) -> None:
         """Change an instance's priority at run time (a policy or track decision). When it
-        drops below a peer's, the master gives up at once with a priority-0 advert.
+        drops below a peer's, or with ``release``, the master gives up at once with a
+        priority-0 advert (the planned handoff). Callable from the daemon's loop at any
+        time: before the instance runs, the priority is kept and it starts with it.
 
         :param instance: the instance name.
         :param priority: 1..255.
+        :param release: a MASTER steps down whatever it heard (see
+            :meth:`Router.set_priority <clusterbus.vrrp.machine.Router.set_priority>`).
         :raises KeyError: no such instance.
         :raises LocalProtocolError: priority out of range.
         """
-        if instance not in self._instances:
+        if instance not in {c.name for c in self.instance_configs}:
             raise KeyError(instance)
         if not isinstance(priority, int) or not 1 <= priority <= 255:
             raise LocalProtocolError(f"priority must be 1..255, got {priority!r}")
-        self._to_speaker(self._set_priority, instance, priority)
+        if self._loop is None:
+            self._wanted_priority[instance] = priority
+            if self._loop is None:  # else the speaker thread started meanwhile: send it too
+                return
+        self._to_speaker(self._set_priority, instance, priority, release)
 
-    def _set_priority(self, instance: str, priority: int) -> None:
-        inst = self._instances[instance]
-        inst.router.set_priority(priority, self._now())
+    def _set_priority(self, instance: str, priority: int, release: bool = False) -> None:
+        inst = self._instances.get(instance)
+        if inst is None:  # set-up is under way: applied when the router is built
+            self._wanted_priority[instance] = priority
+            return
+        inst.router.set_priority(priority, self._now(), release=release)
         self._after(inst)
 
     def reload(self, config: Config) -> None:

@@ -82,7 +82,9 @@ def test_registry_round_trip_through_dict_every_class():
         ev.ClusterQuorum(**BASE, quorate=False, members=(3,)),
         ev.MembershipResync(**BASE, source="netlink", reported=5, changed=2, down=1, view=9),
     ]
-    assert {type(s) for s in samples} == set(ev.EVENT_TYPES.values())
+    # every core class (plugins register their own topics, e.g. cvip.owner, when loaded)
+    assert {type(s) for s in samples} == {c for c in ev.EVENT_TYPES.values()
+                                          if c.__module__ == ev.__name__}
     for s in samples:
         back = ev.event_from_dict(s.topic, {k: (list(v) if isinstance(v, tuple) else v)
                                             for k, v in s.to_dict().items()})

@@ -1,0 +1,195 @@
+"""The CVIP plugin without I/O: configuration, facts from events, VRRP priorities set
+through ``Cluster.set_vrrp_priority``, control requests, and the machine's release."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from clusterbus.config import parse_config
+from clusterbus.engine import Engine
+from clusterbus.errors import ConfigError
+from clusterbus.events import ClusterQuorum, DirectorDown, DirectorUp
+from clusterbus.pluginhost import PluginHost
+from clusterbus.plugins import cvip
+from clusterbus.vrrp import machine
+
+VRRP = {"instance": [{"name": "VI_1", "interface": "lo", "vrid": 7, "priority": 100,
+                      "virtual_ipaddress": ["10.66.0.100/24"]}]}
+
+
+def section(**over: Any) -> dict[str, Any]:
+    vip = {"address": "10.66.0.100/24", "interface": "lo", "vrid": 7, "directors": [1, 2, 3]}
+    vip.update(over.pop("vip", {}))
+    return {"settle_time": 0.0, "control": "/tmp/cvip-test.sock", "vip": [vip], **over}
+
+
+def setup(sec: dict[str, Any], node: int = 1, extra: dict[str, Any] | None = None
+          ) -> tuple[Engine, list[tuple[str, int, bool]], list[Any]]:
+    host = PluginHost(enable=["cvip"])
+    host.load_entrypoints()
+    engine = Engine(origin=node, plugins=host)
+    calls: list[tuple[str, int, bool]] = []
+    engine.vrrp_priority = lambda i, p, release=False: calls.append((i, p, release))
+    published: list[Any] = []
+    engine.sinks.append(published.append)
+    data = {"daemon": {"node": node}, "vrrp": VRRP, "cvip": sec, **(extra or {})}
+    host.configure(parse_config(data, file="/etc/cb.toml"), engine.cluster)
+    host.call_historic("clusterbus_startup", cluster=engine.cluster)
+    return engine, calls, published
+
+
+@pytest.mark.parametrize(("over", "key"), [
+    ({"vip": {"address": "10.66.0.100"}}, "cvip.vip[0].address"),
+    ({"vip": {"address": "nonsense/24"}}, "cvip.vip[0].address"),
+    ({"vip": {"vrid": 8}}, "cvip.vip[0].vrid"),
+    ({"vip": {"address": "10.66.0.101/24"}}, "cvip.vip[0].address"),
+    ({"vip": {"weight": {"9": 2.0}}}, "cvip.vip[0].weight"),
+    ({"vip": {"weight": {"2": -1}}}, "cvip.vip[0].weight"),
+    ({"vip": {"directors": []}}, "cvip.vip[0].directors"),
+    ({"vip": {"track_file": "relative"}}, "cvip.vip[0].track_file"),
+    ({"priority_backup": 250}, "cvip.priority_backup"),
+    ({"bogus": 1}, "cvip.bogus"),
+])
+def test_bad_sections_are_one_line_config_errors(over: dict[str, Any], key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        setup(section(**over))
+    assert info.value.key == key
+    assert "\n" not in str(info.value)
+
+
+def test_single_director_claims_and_raises_its_priority() -> None:
+    engine, calls, published = setup(section())
+    st = cvip.plugin.state(engine.cluster)
+    assert st is not None and st.policy.holding("10.66.0.100")
+    assert calls[-1] == ("VI_1", 200, False)
+    [ev] = [e for e in published if e.topic == "cvip.owner"]
+    assert (ev.cvip, ev.old, ev.new, ev.gen) == ("10.66.0.100", None, 1, 1)
+
+
+def test_a_peers_newer_claim_makes_us_hand_over_with_priority_zero() -> None:
+    engine, calls, published = setup(section())
+    engine.publish(DirectorUp, node=2, reason="heartbeat")
+    from clusterbus.plugins.cvip import CvipOwner
+
+    peer = CvipOwner(origin=2, seq=1, time=1.0, cvip="10.66.0.100", old=1, new=2, gen=5,
+                     reason="move")
+    engine.plugins.notify_event(peer, engine.cluster)
+    assert calls[-1] == ("VI_1", 100, True)  # released: the handoff
+    st = cvip.plugin.state(engine.cluster)
+    assert st is not None and not st.policy.holding("10.66.0.100")
+    assert st.policy.owner("10.66.0.100") == 2
+
+
+def test_move_request_is_a_command_every_director_applies() -> None:
+    engine, calls, published = setup(section())
+    engine.publish(DirectorUp, node=3, reason="heartbeat")
+    st = cvip.plugin.state(engine.cluster)
+    assert st is not None
+    reply = cvip.plugin.request(st, {"op": "move", "cvip": "10.66.0.100", "node": 3})
+    assert reply["ok"], reply
+    cmd = [e for e in published if e.topic == "cvip.command"]
+    assert [(c.op, c.node) for c in cmd] == [("move", 3)]
+    assert st.policy.handing_over() == {"10.66.0.100": 3}  # waits for 3's claim
+    assert cvip.plugin.request(st, {"op": "move", "cvip": "10.66.0.100", "node": 2})["ok"] \
+        is False  # 2 is not up
+    assert cvip.plugin.request(st, {"op": "nope"})["ok"] is False
+
+
+def test_owner_down_and_quorum() -> None:
+    engine, calls, published = setup(section(), node=2,
+                                     extra={"corosync": {"enabled": True, "quorum": True}})
+    st = cvip.plugin.state(engine.cluster)
+    assert st is not None
+    engine.publish(DirectorUp, node=1, reason="heartbeat")
+    from clusterbus.plugins.cvip import CvipOwner
+
+    engine.plugins.notify_event(CvipOwner(origin=1, seq=1, time=1.0, cvip="10.66.0.100",
+                                          old=None, new=1, gen=9), engine.cluster)
+    assert st.policy.owner("10.66.0.100") == 1 and not st.policy.holding("10.66.0.100")
+    engine.publish(DirectorDown, node=1, reason="heartbeat_timeout")
+    assert st.policy.holding("10.66.0.100")  # the only one left
+    assert calls[-1] == ("VI_1", 200, False)
+    engine.publish(ClusterQuorum, quorate=False, members=(2,))
+    assert not st.policy.holding("10.66.0.100")
+    assert calls[-1][2] is True  # given up at once
+
+
+def test_hook_decides_instead() -> None:
+    class Chooser:
+        @cvip.hookimpl
+        def clusterbus_cvip_owner(self, cvip: str, candidates: tuple[int, ...]) -> int | None:
+            return max(candidates)
+
+    host = PluginHost(enable=["cvip"])
+    host.load_entrypoints()
+    host.register(Chooser(), "chooser")
+    engine = Engine(origin=1, plugins=host)
+    engine.vrrp_priority = lambda *a, **k: None
+    data = {"daemon": {"node": 1}, "vrrp": VRRP, "cvip": section()}
+    host.configure(parse_config(data, file="/etc/cb.toml"), engine.cluster)
+    host.call_historic("clusterbus_startup", cluster=engine.cluster)
+    engine.publish(DirectorUp, node=3, reason="heartbeat")
+    st = cvip.plugin.state(engine.cluster)
+    assert st is not None and st.policy.handing_over() == {"10.66.0.100": 3}
+
+
+def test_track_file_mode_writes_one_on_the_owner(tmp_path: Any) -> None:
+    f = tmp_path / "cvip.track"
+    engine, calls, published = setup(section(vip={"track_file": str(f), "vrid": 99}))
+    assert calls == []  # no speaker involved
+    assert f.read_text() == "1\n"
+    engine.publish(DirectorUp, node=2, reason="heartbeat")
+    from clusterbus.plugins.cvip import CvipOwner
+
+    engine.plugins.notify_event(CvipOwner(origin=2, seq=1, time=1.0, cvip="10.66.0.100",
+                                          old=1, new=2, gen=7), engine.cluster)
+    assert f.read_text() == "0\n"
+
+
+def test_router_release_steps_down_without_a_higher_peer() -> None:
+    cfg = machine.RouterConfig(name="VI_1", vrid=7, priority=200, version=3, family="inet",
+                               advert_interval=1.0, virtual_addresses=("10.66.0.100/24",),
+                               preempt=True, preempt_delay=0.0, accept_mode=False,
+                               primary_address="10.66.0.1", unicast_peers=(),
+                               start_listen=True, interface="lo", ask_prepare=False)
+    r = machine.Router(cfg, now=0.0)
+    r.start(0.0)
+    r.handle_timer(r.next_deadline() or 0.0)
+    assert r.state is machine.State.MASTER
+    r.drain()
+    r.set_priority(100, 5.0)  # nobody heard above 100: stays master
+    assert r.state is machine.State.MASTER
+    r.set_priority(100, 5.0, release=True)
+    assert r.state is machine.State.BACKUP
+    sent = [e for e in r.drain() if isinstance(e, machine.Transmit)]
+    assert sent and sent[0].data[2] == 0  # the priority-0 advert
+
+
+def test_drain_and_rebalance_requests() -> None:
+    from clusterbus.plugins.cvip import CvipOwner
+    from clusterbus.plugins.cvip.policy import hrw
+
+    engine, calls, published = setup(section())
+    st = cvip.plugin.state(engine.cluster)
+    assert st is not None and st.policy.holding("10.66.0.100")
+    engine.publish(DirectorUp, node=2, reason="heartbeat")
+    assert cvip.plugin.request(st, {"op": "drain", "node": 9})["ok"] is False  # not up
+    assert cvip.plugin.request(st, {"op": "drain", "node": 1})["ok"]
+    assert st.policy.draining == {1}
+    assert st.policy.handing_over() == {"10.66.0.100": 2}  # waits for 2's claim
+    engine.plugins.notify_event(CvipOwner(origin=2, seq=1, time=1.0, cvip="10.66.0.100",
+                                          old=1, new=2, gen=st.policy.next_gen("10.66.0.100")),
+                                engine.cluster)
+    assert not st.policy.holding("10.66.0.100") and calls[-1][2] is True
+    releases = [e for e in published if e.topic == "cvip.owner" and e.old == 1 and e.new == 2]
+    assert releases[-1].reason == "drain"
+    assert cvip.plugin.request(st, {"op": "drain", "node": 1, "undo": True})["ok"]
+    assert st.policy.draining == set()
+    # rebalance moves the CVIP to its rendezvous choice, or nothing when it is there
+    reply = cvip.plugin.request(st, {"op": "rebalance"})
+    best = hrw("10.66.0.100", (1, 2))
+    assert reply["moves"] == ({} if best == 2 else {"10.66.0.100": 1})
+    show = cvip.plugin.request(st, {"op": "show"})["show"]
+    assert show["cvips"][0]["owner"] == best and show["live"] == [1, 2]
