@@ -729,6 +729,7 @@ def backup_queue(*, port: int = SYNC_PORT, group: str | None = None,
     :param ports: the ports to count (default: from ``net.ipv4.vs.sync_ports``).
     """
     ports = _sync_ports(port) if ports is None else ports
+    names: tuple[str, ...]
     if group is None:
         names = ("udp", "udp6")
     else:
