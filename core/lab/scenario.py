@@ -76,25 +76,38 @@ def nsx(ns: str, *cmd: str, check: bool = True) -> str:
 
 
 def director_config(n: int, *, sync: bool, drained: bool = False,
-                    connsync: str = "") -> str:
-    """The TOML file of director ``n``; ``connsync`` is an extra block (conn-sync)."""
+                    connsync: Path | None = None) -> str:
+    """The TOML file of director ``n``.
+
+    :param connsync: the key directory (from :func:`make_keys`) when conn-sync runs: the
+        bus then listens with CURVE on the director's lab address, the other director is
+        a ``[[cluster.peer]]`` with its ``connsync`` endpoint, and a ``[connsync]`` section
+        is added (:func:`connsync_block`).
+    """
     def prio(inst: int) -> int:
         if inst == n:
             return DRAINED if (drained and inst == 1) else HIGH
         return LOW
 
-    text = (f'[daemon]\nnode = {n}\nlog_level = "info"\nstate_dir = "{RUN_DIR}/d{n}-state"\n\n'
-            f'[bus]\npublish = "ipc://{RUN_DIR}/d{n}.pub"\n'
-            f'ingest = "ipc://{RUN_DIR}/d{n}.ingest"\nsnapshot = "ipc://{RUN_DIR}/d{n}.snap"\n\n'
-            "[netlink]\nenabled = false\n\n")
+    text = (f'[daemon]\nnode = {n}\nlog_level = "info"\nstate_dir = "{RUN_DIR}/d{n}-state"\n\n')
+    if connsync is None:
+        text += (f'[bus]\npublish = "ipc://{RUN_DIR}/d{n}.pub"\n'
+                 f'ingest = "ipc://{RUN_DIR}/d{n}.ingest"\nsnapshot = "ipc://{RUN_DIR}/d{n}.snap"\n\n')
+    else:
+        text += (f'[bus]\npublish = "tcp://{DIRECTORS[n]}:7661"\n'
+                 f'ingest = "ipc://{RUN_DIR}/d{n}.ingest"\nsnapshot = "tcp://{DIRECTORS[n]}:7663"\n'
+                 f'certificate = "{connsync}/d{n}.key_secret"\n'
+                 f'authorized_keys = "{connsync}/authorized"\n\n')
+    text += "[netlink]\nenabled = false\n\n"
+    plugins = ["nodemap", "ipvs"] + (["connsync"] if connsync else [])
+    text += f"[plugins]\nenable = {json.dumps(plugins)}\n\n"
     for inst, vip in VIPS.items():
         text += ("[[vrrp.instance]]\n"
                  f'name = "VI_{inst}"\ninterface = "eth0"\nvrid = {50 + inst}\n'
                  f"priority = {prio(inst)}\nadvert_interval = {ADVERT}\nversion = 3\n"
                  f'virtual_ipaddress = ["{vip}/{SUBNET}"]\npreempt = true\n'
                  "garp_delay = 1.0\n\n")
-    plugins = ["nodemap", "ipvs"] + (["connsync"] if connsync else [])
-    text += f"[plugins]\nenable = {json.dumps(plugins)}\n\n[ipvs]\nreconcile_interval = 0\n\n"
+    text += "[ipvs]\nreconcile_interval = 0\n\n"
     if sync:
         text += ('[ipvs.sync_daemon]\ninterface = "eth0"\nsyncid = 51\ninstance = "VI_1"\n\n')
     for vip in VIPS.values():
@@ -103,19 +116,40 @@ def director_config(n: int, *, sync: bool, drained: bool = False,
             text += ("  [[ipvs.virtual_server.real_server]]\n"
                      f'  address = "{addr}:{PORT}"\n  forward = "dr"\n')
         text += "\n"
-    return text + connsync
+    return text + (connsync_block(n, connsync) if connsync else "")
 
 
-def connsync_block(n: int) -> str:
-    """The ``[connsync]`` block of director ``n`` when the plugin is installed.
+def connsync_block(n: int, keys: Path) -> str:
+    """The conn-sync part of director ``n``'s file: ``[connsync]`` and the peer.
 
-    The relay between the two directors: each listens on its lab address and knows the
-    other's endpoint. Kept to the keys conn-sync documents; the lab checks the whole file
-    with ``clusterbus check-config`` and runs without the block if it is refused.
+    Each director relays on its lab address, port 7670, to the other, which it knows as a
+    ``[[cluster.peer]]`` (bus endpoints, public key, ``connsync`` endpoint). The lab checks
+    the whole file with ``clusterbus check-config`` and runs with the kernel sync daemon
+    alone (saying why) if it is refused.
     """
     peer = 3 - n
-    return (f'\n[connsync]\nlisten = "tcp://{DIRECTORS[n]}:7670"\n'
-            f'peers = ["tcp://{DIRECTORS[peer]}:7670"]\n')
+    return (f'[connsync]\ninterface = "eth0"\nlisten = "tcp://{DIRECTORS[n]}:7670"\n'
+            "syncid = 51\n\n"
+            f"[[cluster.peer]]\nnode = {peer}\n"
+            f'publish = "tcp://{DIRECTORS[peer]}:7661"\n'
+            f'snapshot = "tcp://{DIRECTORS[peer]}:7663"\n'
+            f'public_key = "{keys}/d{peer}.key"\n'
+            f'connsync = "tcp://{DIRECTORS[peer]}:7670"\n')
+
+
+def make_keys(directory: Path) -> Path:
+    """CURVE key pairs ``d1``, ``d2`` in ``directory``, and ``authorized/`` holding both
+    public keys (the directors' bus and conn-sync channel are CURVE-only)."""
+    import shutil
+
+    from clusterbus.keygen import write_certificates
+
+    authorized = directory / "authorized"
+    authorized.mkdir(parents=True, exist_ok=True)
+    for n in DIRECTORS:
+        public, _ = write_certificates(directory, f"d{n}", force=True)
+        shutil.copy(public, authorized / public.name)
+    return directory
 
 
 class Lab:
@@ -197,8 +231,8 @@ class Lab:
 
     def write_config(self, n: int, *, drained: bool = False) -> Path:
         path = self.workdir / f"d{n}.toml"
-        block = connsync_block(n) if self.connsync == "on" else ""
-        path.write_text(director_config(n, sync=self.sync, drained=drained, connsync=block))
+        keys = RUN_DIR / "keys" if self.connsync == "on" else None
+        path.write_text(director_config(n, sync=self.sync, drained=drained, connsync=keys))
         return path
 
     def start_daemons(self) -> None:
@@ -206,13 +240,15 @@ class Lab:
             self.sync_mode = "ipvs-sync-daemon"
             if connsync_available():
                 self.connsync = "on"
+                make_keys(RUN_DIR / "keys")
                 for n in DIRECTORS:
                     conf = self.write_config(n)
                     check = subprocess.run(["ip", "netns", "exec", f"d{n}", *CLI, "check-config",
                                             "-c", str(conf)], capture_output=True, text=True,
                                            timeout=120)
                     if check.returncode != 0:
-                        self.connsync = "refused: " + (check.stderr.strip().splitlines() or ["?"])[-1]
+                        why = (check.stderr.strip().splitlines() or ["?"])[-1]
+                        self.connsync = f"refused: {why}"
                         break
                 if self.connsync == "on":
                     self.sync_mode = "connsync+ipvs-sync-daemon"

@@ -80,3 +80,25 @@ def test_render_result() -> None:
     assert "session lost" in text
     assert "c5 10.80.0.105 -> VIP2  server app3: connection kept" in text
     assert text.endswith("2 clients: 1 reset, 0 changed real server, 1 lost their session")
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_connsync_variant_validates(n: int, tmp_path: Path) -> None:
+    """With conn-sync the bus is CURVE on the lab address and the other director a peer."""
+    from clusterbus.config import PEER_SCHEMA
+
+    keys = scenario.make_keys(tmp_path / "keys")
+    assert sorted(p.name for p in (keys / "authorized").iterdir()) == ["d1.key", "d2.key"]
+    data = tomllib.loads(scenario.director_config(n, sync=True, connsync=keys))
+    assert data["connsync"]["listen"] == f"tcp://{scenario.DIRECTORS[n]}:7670"
+    assert "connsync" in data["plugins"]["enable"]
+    [peer] = data["cluster"]["peer"]
+    assert peer["node"] == 3 - n
+    assert peer["connsync"] == f"tcp://{scenario.DIRECTORS[3 - n]}:7670"
+    # the core part validates here; [connsync] is the plugin's (checked by check-config in
+    # the lab), and the peer's connsync key is core's only once conn-sync is merged
+    del data["connsync"]
+    if "connsync" not in PEER_SCHEMA:
+        del peer["connsync"]
+    cfg = parse_config(data, file=f"d{n}.toml")
+    assert cfg["bus"]["certificate"].endswith(f"d{n}.key_secret")
