@@ -50,7 +50,7 @@ CLIENTS = (("c1", "10.80.0.101", 1), ("c2", "10.80.0.102", 1), ("c3", "10.80.0.1
            ("c4", "10.80.0.104", 1), ("c5", "10.80.0.105", 2), ("c6", "10.80.0.106", 2))
 #: VRRP priorities: instance VI_n is owned (150) by director n, backed (100) by the other.
 HIGH, LOW, DRAINED = 150, 100, 50
-ADVERT = 0.1
+ADVERT = 0.2  # seconds; UML is one virtual CPU shared by every process of the lab
 RUN_DIR = Path("/run/cblab")  # UML's private tmpfs: ipc sockets and state never touch the host
 PYTHON = sys.executable
 CLI = [PYTHON, "-c", "from clusterbus.cli import main; main()"]
