@@ -102,3 +102,18 @@ def test_connsync_variant_validates(n: int, tmp_path: Path) -> None:
         del peer["connsync"]
     cfg = parse_config(data, file=f"d{n}.toml")
     assert cfg["bus"]["certificate"].endswith(f"d{n}.key_secret")
+
+
+def test_render_status() -> None:
+    st = {"up": True, "pid": 42, "directory": "/var/tmp/clusterbus-lab", "age": 0.4,
+          "vips": {"VIP1": {"address": "10.80.0.201", "directors": [1]},
+                   "VIP2": {"address": "10.80.0.202", "directors": []}},
+          "daemons": {"d1": True, "d2": False}, "sync": "ipvs-sync-daemon",
+          "connsync": "not available",
+          "clients": {"c1": {"vip": "VIP1", "server": "app2", "session": "ab", "resets": 0}}}
+    text = labcli.render_status(st)
+    assert "VIP1 10.80.0.201: director 1" in text
+    assert "VIP2 10.80.0.202: nobody" in text
+    assert "d1 running, d2 stopped" in text
+    assert "client c1 -> VIP1: app2 session ab, 0 resets" in text
+    assert labcli.render_status({"up": False}).startswith("no lab is up")
