@@ -161,7 +161,8 @@ def render_status(st: dict[str, Any]) -> str:
 def render_result(r: dict[str, Any]) -> str:
     """The readable timeline of a failover or handoff."""
     lines = [f"{r['scenario']}: connection sync {r['sync']} (conn-sync plugin: "
-             f"{r['connsync']}); lab run {r.get('duration', '?')} s", "", "timeline:"]
+             f"{r['connsync']}); lab run {r.get('duration', '?')} s",
+             f"how: {r.get('method', '?')}", "", "timeline:"]
     for e in r["timeline"]:
         lines.append(f"  {e['t']:+8.3f} s  {e['what']}")
     lines += ["", "clients:"]

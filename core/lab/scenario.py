@@ -64,6 +64,14 @@ def connsync_available() -> bool:
         return False
 
 
+def cvip_available() -> bool:
+    """Whether the CVIP policy plugin (``clusterbus.plugins.cvip``) is installed."""
+    try:
+        return importlib.util.find_spec("clusterbus.plugins.cvip") is not None
+    except ImportError:
+        return False
+
+
 def sh(*cmd: str, check: bool = True, timeout: float = 60) -> str:
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     if check and p.returncode != 0:
@@ -170,6 +178,7 @@ class Lab:
         self.connsync = "not available"
         self.killed: set[int] = set()
         self.result_start = 0.0
+        self.method = ""
 
     # -- reporting
     def progress(self, text: str) -> None:
@@ -346,6 +355,7 @@ class Lab:
     # -- scenarios
     def failover(self) -> None:
         self.progress("scenario: failover of director 1 (daemon killed, link cut)")
+        self.method = "SIGKILL of director 1's daemon + link down"
         start = self.mark("director 1: daemon killed (SIGKILL) and its link cut")
         self.killed.add(1)
         self.daemons[1].kill()
@@ -355,6 +365,9 @@ class Lab:
     def handoff(self) -> None:
         self.progress("scenario: planned handoff of VIP1 from director 1 to director 2")
         self.write_config(1, drained=True)
+        # the VRRP priority drop under `clusterbus cvip drain`; the lab does not run the CVIP
+        # policy (it would choose the owners by hash, not "VIP1 on director 1")
+        self.method = f"VI_1 priority {HIGH} -> {DRAINED} on director 1, reload"
         start = self.mark(f"director 1: VI_1 priority {HIGH} -> {DRAINED}, reload (SIGHUP): "
                           "planned handoff")
         assert self.daemons[1].pid is not None
@@ -431,6 +444,8 @@ class Lab:
         timeline.sort(key=lambda e: float(e["t"]))
         return {
             "scenario": scenario, "sync": self.sync_mode, "connsync": self.connsync,
+            "method": self.method,
+            "cvip": "available, not used by the lab" if cvip_available() else "not available",
             "timeline": [{"t": round(e["t"] - start, 3), "what": e["what"]} for e in timeline],
             "clients": len(per),
             "resets": sum(1 for c in per if c["resets"]),
