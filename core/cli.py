@@ -687,5 +687,12 @@ def nodemap_lookup(addr: str, config_path: str | None, local: bool) -> None:
     sys.exit(1)
 
 
+# `clusterbus lab`: the two-director lab (clusterbus.lab, docs/lab.md); imports only click
+# and the standard library until a lab command runs.
+from .lab.cli import lab as _lab  # noqa: E402
+
+main.add_command(_lab)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

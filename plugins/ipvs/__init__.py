@@ -149,6 +149,8 @@ class IpvsPlugin:
         applier = self.applier(cluster)
         if applier is None or applier.config.sync_daemon is None:
             return
+        if event.origin != cluster.local_node:
+            return  # a peer director's instance (its events reach our hooks over peer links)
         wanted = applier.config.sync_daemon.instance
         if wanted and event.instance != wanted:
             return

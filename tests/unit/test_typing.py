@@ -54,6 +54,7 @@ CLEAN = [
     "-m", "clusterbus.view",
     "-p", "clusterbus.bus",  # client, codec, publisher, ring, security, sequencer, ...
     "-p", "clusterbus.corosync",
+    "-p", "clusterbus.lab",  # uml, scenario, app, cli (clusterbus lab)
     "-p", "clusterbus.netlink",
     "-p", "clusterbus.sources",  # corosync, keepalived, netlink, sigcluster
     "-p", "clusterbus.testing",  # bus, vrrp
