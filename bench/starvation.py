@@ -19,8 +19,11 @@ Two windows, the same speakers:
 
 ``split_brain_s``: how long both A and B held the VIP at once over both windows (target 0);
 ``jitter_p99_flood_ms`` (target <= 10) beside ``jitter_p99_idle_ms``, and their ratio.
-``CLUSTERBUS_VRRP_ISOLATION=0`` in the environment runs A's speaker on the daemon's loop
-(as before it had its own thread), for comparison.
+``--isolation process|thread|loop`` runs A's speaker in its own process, on a thread of
+the daemon, or on the daemon's loop (``CLUSTERBUS_VRRP_ISOLATION``), for comparison;
+the default is what the configuration says (``[vrrp] isolation``, "process"). B always
+runs the default. The JSON says what A ran (``isolation``, ``scheduling``, from its
+status).
 
 ``--json`` prints one JSON object as the last line.
 """
@@ -83,6 +86,8 @@ def main() -> int:
     ap.add_argument("--reports", type=int, default=200_000)
     ap.add_argument("--interval", type=float, default=0.05)
     ap.add_argument("--idle", type=float, default=10.0, help="seconds of the idle window")
+    ap.add_argument("--isolation", choices=("process", "thread", "loop"), default=None,
+                    help="where A's speaker runs (default: the configuration's default)")
     ap.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -93,8 +98,12 @@ def main() -> int:
         a = topo.host("a", f"{A_ADDR}/24")
         b = topo.host("b", "10.77.0.2/24")
         common = dict(vrid=77, advert_int=args.interval, version=3, vips=(f"{VIP}/24",))
+        env = None
+        if args.isolation is not None:
+            env = {"CLUSTERBUS_VRRP_ISOLATION": "0" if args.isolation == "loop"
+                   else args.isolation}
         sa = Speaker(a, work, [VrrpInstance(priority=150, **common)], node=1, bus=True,
-                     log_level="warning")
+                     log_level="warning", env=env)
         sb = Speaker(b, work, [VrrpInstance(priority=100, **common)], node=2)
         sniffer = AdvertSniffer(b, work / "adverts.txt")
         mons = {ns: AddrMonitor(topo, ns, work / f"mon-{ns}.txt", VIP) for ns in (a, b)}
@@ -126,6 +135,7 @@ def main() -> int:
                 return len(seen) > 2 and seen[-1] == seen[-3]
             wait_for(settled, 1800, interval=1, what="A's daemon to read the flood")
             flood1 = time.time()
+            vrrp = sa.status()["services"]["vrrp"]
             holders = [ns for ns in (a, b) if ns_has_addr(ns, VIP)]
         finally:
             sa.crash()
@@ -142,7 +152,8 @@ def main() -> int:
             "interval_s": args.interval,
             "reports": args.reports,
             "reports_read": seen[-1] if seen else 0,
-            "isolation": os.environ.get("CLUSTERBUS_VRRP_ISOLATION", "1") != "0",
+            "isolation": vrrp.get("isolation"),
+            "scheduling": vrrp.get("scheduling"),
             "idle_s": round(idle1 - idle0, 3),
             "flood_s": round(flood1 - flood0, 3),
             "adverts_idle": len(idle_j) + 1,
