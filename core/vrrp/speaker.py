@@ -196,7 +196,7 @@ class VrrpSpeaker:
         #: in the speaker's process: its link to the daemon, and the daemon's word on
         #: whether a plugin implements the veto hook
         self._daemon_link: Channel | None = None
-        self._ask: bool | None = None
+        self._ask_plugins: bool | None = None
         #: how the speaker's process or thread is scheduled (status()["scheduling"])
         self.scheduling: str | None = None
         #: what a reload changed that the daemon itself applies only at a restart
@@ -348,8 +348,8 @@ class VrrpSpeaker:
 
     def _asks_plugins(self) -> bool:
         """Whether any plugin implements the veto hook (else no PrepareMaster at all)."""
-        if self._ask is not None:  # in the speaker's process: the daemon said
-            return self._ask
+        if self._ask_plugins is not None:  # in the speaker's process: the daemon said
+            return self._ask_plugins
         caller = getattr(self.engine.plugins.pm.hook, _PREPARE_HOOK, None)
         return bool(caller is not None and caller.get_hookimpls())
 
@@ -1002,7 +1002,7 @@ class VrrpSpeaker:
         self = cls(None, config)  # type: ignore[arg-type]
         self.isolation = "process"
         self._daemon_link = link
-        self._ask = ask
+        self._ask_plugins = ask
         self.scheduling = scheduling
         return self
 
