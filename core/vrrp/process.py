@@ -313,5 +313,5 @@ class SpeakerProcess:
         finally:
             self._blocking = False
             self._waiting_for = None
-            if self._backlog or self._eof:
+            if (self._backlog or self._eof) and self._loop is not None:
                 self._loop.call_soon(self._drain)
