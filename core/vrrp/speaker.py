@@ -240,7 +240,7 @@ class VrrpSpeaker:
 
     def _to_speaker(self, fn: Callable[..., None], *args: Any) -> None:
         """Run ``fn(*args)`` on the speaker's loop (from the daemon's side)."""
-        if self._process is not None:  # in the speaker's process: ``_SPEAKER_CALLS``
+        if self._process is not None:  # to the speaker's process: ``_SPEAKER_CALLS``
             self._process.call(fn.__name__, [config_to_wire(a) if isinstance(a, Config) else a
                                              for a in args])
             return
@@ -1030,12 +1030,14 @@ class VrrpSpeaker:
             msgs, closed = [], True
         for msg in msgs:
             self._from_daemon(msg)
-        if closed:
-            if self._loop is not None and not link.closed:
-                self._loop.remove_reader(link.fileno())
-            if not self._stop_requested:
-                log.warning("VRRP process: the daemon closed the link; stopping")
-            self._request_stop()
+        if closed and not self._stop_requested:
+            # The daemon is gone, or going (its files close before the kernel sends us
+            # PR_SET_PDEATHSIG): a crash of the daemon is a crash of the speaker. Exit
+            # now, as the signal would make us, without stepping down or removing VIPs.
+            os.write(2, b"clusterbus.vrrp.worker: the daemon is gone; exiting at once\n")
+            os._exit(1)
+        if closed and self._loop is not None and not link.closed:
+            self._loop.remove_reader(link.fileno())
 
     def _from_daemon(self, msg: list[Any]) -> None:
         assert self._daemon_link is not None

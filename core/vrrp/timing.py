@@ -108,7 +108,7 @@ def die_with_parent(parent: int, sig: int) -> bool:
     return os.getppid() == parent
 
 
-def tune_process() -> str:
+def tune_process() -> tuple[str, str | None]:
     """For the speaker's own process: timer slack 1 ns, a session of its own, and a
     scheduling class that puts it ahead of the daemon and the host's other work.
 
@@ -117,10 +117,14 @@ def tune_process() -> str:
     daemon's session); ``SCHED_RR`` at :data:`RT_PRIORITY` with ``SCHED_RESET_ON_FORK``
     (needs CAP_SYS_NICE and, with real-time group scheduling, real-time runtime in the
     cgroup); if that is refused, nice :data:`NICE` for the process and its autogroup.
-    Best effort: whatever is refused is logged once at INFO and left as it was.
+    Best effort: whatever is refused is left as it was.
 
-    :returns: what the process got, for ``status()``: ``"SCHED_RR 10"`` or
-        ``"SCHED_OTHER nice -10"`` (or ``nice 0`` when that too was refused).
+    Called first thing in the speaker's process, before its imports and before its log
+    reaches the daemon: it logs nothing itself.
+
+    :returns: what the process got, for ``status()`` (``"SCHED_RR 10"`` or
+        ``"SCHED_OTHER nice -10"``, or ``nice 0`` when that too was refused), and what was
+        refused and why, for the caller to log (``None``: nothing was).
     """
     _prctl(_PR_SET_TIMERSLACK, 1)
     try:
@@ -133,9 +137,9 @@ def tune_process() -> str:
             raise OSError("no SCHED_RR on this platform")
         os.sched_setscheduler(0, policy | getattr(os, "SCHED_RESET_ON_FORK", 0),
                               os.sched_param(RT_PRIORITY))
-        return f"SCHED_RR {RT_PRIORITY}"
+        return f"SCHED_RR {RT_PRIORITY}", None
     except OSError as exc:
-        log.info("VRRP process: real-time scheduling refused (%s); using nice %d", exc, NICE)
+        refused = f"real-time scheduling refused ({exc})"
     nice = 0
     try:
         os.setpriority(os.PRIO_PROCESS, 0, NICE)
@@ -144,5 +148,5 @@ def tune_process() -> str:
         with open("/proc/self/autogroup", "w") as f:
             f.write(str(NICE))
     except OSError as exc:
-        log.info("VRRP process: cannot lower its nice value or its autogroup's: %s", exc)
-    return f"SCHED_OTHER nice {nice}"
+        refused += f"; nice {NICE} for the process or its autogroup refused ({exc})"
+    return f"SCHED_OTHER nice {nice}", refused

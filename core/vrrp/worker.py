@@ -6,12 +6,14 @@ order, before anything else: die with the daemon (``PR_SET_PDEATHSIG`` SIGKILL: 
 killed is a speaker killed, VIPs left in place, as a crash of one process was before);
 ignore SIGTERM, SIGINT and SIGHUP (the daemon stops and reloads it over the link, so a
 ``systemctl stop`` that signals the whole cgroup does not stop it twice); unblock the
-signals the daemon blocked. Then it reads ``["init", ...]``, sends its log records to the
-daemon, takes a session and a scheduling class of its own
-(:func:`clusterbus.vrrp.timing.tune_process`) and runs
-:meth:`VrrpSpeaker.serve <clusterbus.vrrp.speaker.VrrpSpeaker.serve>` on a loop of its
-own until the daemon says stop. Exit code 0 after a stop, 1 after a failure (reported
-first as ``["failed", error]``).
+signals the daemon blocked; take a session and a scheduling class of its own
+(:func:`clusterbus.vrrp.timing.tune_process`, before the imports, so that a busy host does
+not slow its start either). Then it reads ``["init", ...]``, sends its log records to the
+daemon and runs :meth:`VrrpSpeaker.serve <clusterbus.vrrp.speaker.VrrpSpeaker.serve>` on
+a loop of its own until the daemon says stop. Exit code 0 after a stop, 1 after a failure
+(reported first as ``["failed", error]``) or when the daemon closed the link unasked
+(it died: the speaker exits at once, VIPs left in place, as ``PR_SET_PDEATHSIG`` would
+make it a moment later).
 """
 
 from __future__ import annotations
@@ -83,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    # first: the imports and the set-up below then run ahead of a busy host too
+    scheduling, refused = tune_process()
     link = Channel(socket.socket(fileno=fd))
     init = _read_init(link)
     root = logging.getLogger()
@@ -95,9 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     from .process import config_from_wire
     from .speaker import VrrpSpeaker
 
+    if refused:
+        log.info("VRRP speaker process: %s; running %s", refused, scheduling)
     code = 0
     try:
-        scheduling = tune_process()
         speaker = VrrpSpeaker.in_process(config_from_wire(init.get("config")), link,
                                          ask=bool(init.get("ask")), scheduling=scheduling)
         gc.collect()
