@@ -178,9 +178,9 @@ class SpeakerProcess:
                 self._kill()
                 end = time.monotonic() + _REAP_TIMEOUT
             await asyncio.sleep(0.01)
-        code = self.proc.returncode
-        (log.info if code == 0 and self._stopping else log.error)(
-            "VRRP speaker process %d ended (%s)", self.proc.pid, _how(code))
+        # unasked, the error raised by wait() is the one line the daemon logs about it
+        (log.info if self._stopping else log.debug)(
+            "VRRP speaker process %d ended (%s)", self.proc.pid, _how(self.proc.returncode))
 
     def _kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
