@@ -154,6 +154,9 @@ def main() -> int:
             "reports_read": seen[-1] if seen else 0,
             "isolation": vrrp.get("isolation"),
             "scheduling": vrrp.get("scheduling"),
+            # how late A's speaker itself woke for a timer (its own clock), at worst
+            "a_timer_late_max_ms": vrrp.get("timer_late_max_ms"),
+            "a_timers_late": vrrp.get("counters", {}).get("timers.late", 0),
             "idle_s": round(idle1 - idle0, 3),
             "flood_s": round(flood1 - flood0, 3),
             "adverts_idle": len(idle_j) + 1,
@@ -173,6 +176,8 @@ def main() -> int:
           f"longest gap {result['max_gap_flood_ms']:.1f} ms ({result['adverts_flood']} adverts)")
     print(f"ratio flood/idle {result['ratio']}; split brain {result['split_brain_s']} s; "
           f"holders at the end: {result['holders_at_end']}")
+    print(f"A's speaker ({result['isolation']}, {result['scheduling']}): its timers fired "
+          f"up to {result['a_timer_late_max_ms']} ms late ({result['a_timers_late']} over 5 ms)")
     if args.json:
         print(json.dumps(result))
     return 0

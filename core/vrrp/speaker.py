@@ -106,6 +106,8 @@ _EVENTS: dict[str, type[Event]] = {c.__name__: c for c in (VrrpTransition, VipAc
 #: seconds ``status()`` waits for the speaker's process to answer (it answers within
 #: milliseconds; after that the last answer is shown, and ``status.timeouts`` counted)
 _STATUS_TIMEOUT = 1.0
+#: a timer that fires more than this after its deadline is counted (``timers.late``)
+_LATE = 0.005
 #: While the speaker thread runs, the interpreter's switch interval (how long a thread
 #: that wants the GIL waits before it asks the holder to let go). The default, 5 ms, is
 #: what a timer of the speaker would wait behind a busy daemon thread, on each wake-up and
@@ -201,6 +203,8 @@ class VrrpSpeaker:
         self.scheduling: str | None = None
         #: what a reload changed that the daemon itself applies only at a restart
         self._restart_here: dict[str, str] = {}
+        #: the latest a timer fired after its deadline (seconds; status: timer_late_max_ms)
+        self._late_max = 0.0
         #: the daemon's loop (events and plugin calls go there); the speaker's is _loop
         self._main: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -442,6 +446,8 @@ class VrrpSpeaker:
                     now = max(self._now(), deadline)
                 else:
                     now = deadline
+            elif deadline is not None:
+                self._woke_late(now - deadline)
             inst.router.handle_timer(now)
             self._after(inst)
         except Exception:
@@ -449,6 +455,15 @@ class VrrpSpeaker:
             self._limited.error(("timer", inst.cfg.name), "%s: VRRP timer failed",
                                 inst.cfg.name, exc_info=True)
             self._schedule(inst)
+
+    def _woke_late(self, late: float) -> None:
+        """A timer that fired ``late`` seconds after its deadline (not inside its lead):
+        counted as ``timers.late`` beyond :data:`_LATE`, the worst kept for ``status()``
+        (``timer_late_max_ms``): how late the speaker itself woke, whatever the cause."""
+        if late > self._late_max:
+            self._late_max = late
+        if late > _LATE:
+            self.counters["timers.late"] += 1
 
     def _schedule(self, inst: _Instance) -> None:
         assert self._loop is not None
@@ -1101,4 +1116,5 @@ class VrrpSpeaker:
             })
         return {"instances": out, "counters": dict(self.counters),
                 "restart_needed": {**self._restart_needed, **self._restart_here},
-                "isolation": self.isolation, "scheduling": self.scheduling}
+                "isolation": self.isolation, "scheduling": self.scheduling,
+                "timer_late_max_ms": round(self._late_max * 1000, 3)}
