@@ -25,6 +25,11 @@ the default is what the configuration says (``[vrrp] isolation``, "process"). B 
 runs the default. The JSON says what A ran (``isolation``, ``scheduling``, from its
 status).
 
+Beside them, the reference: a process scheduled as A's speaker (SCHED_RR 10) that does
+nothing but sleep to a deadline every advert interval; how late it wakes during the flood
+(``probe_late_*``) is what the host allows any such task. A's own status says how late its
+timers fired (``a_timer_late_max_ms``, ``a_timers_late`` over 5 ms).
+
 ``--json`` prints one JSON object as the last line.
 """
 
@@ -34,6 +39,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -49,6 +55,25 @@ from speaker import AddrMonitor, AdvertSniffer, Speaker, held_intervals, ingest_
 
 VIP = "10.77.0.100"
 A_ADDR = "10.77.0.1"
+
+#: The reference: a process at the speaker's scheduling (SCHED_RR 10, else nice -10) that
+#: does nothing but sleep to absolute deadlines every advert interval, printing
+#: "<wall time> <ms late>" per wake-up: how late the host lets *any* such task wake.
+_PROBE = r"""
+import os, sys, time
+interval = float(sys.argv[1])
+try:
+    os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(10))
+except OSError:
+    os.setpriority(os.PRIO_PROCESS, 0, -10)
+t = time.monotonic()
+while True:
+    t += interval
+    d = t - time.monotonic()
+    if d > 0:
+        time.sleep(d)
+    print(f"{time.time():.6f} {(time.monotonic() - t) * 1000:.3f}", flush=True)
+"""
 
 
 def jitters(times: list[float], start: float, end: float, interval: float) -> list[float]:
@@ -106,6 +131,9 @@ def main() -> int:
                      log_level="warning", env=env)
         sb = Speaker(b, work, [VrrpInstance(priority=100, **common)], node=2)
         sniffer = AdvertSniffer(b, work / "adverts.txt")
+        probe_out = open(work / "probe.txt", "w")
+        probe = subprocess.Popen([sys.executable, "-c", _PROBE, str(args.interval)],
+                                 stdout=probe_out, start_new_session=True)
         mons = {ns: AddrMonitor(topo, ns, work / f"mon-{ns}.txt", VIP) for ns in (a, b)}
         try:
             sa.start()  # logs at WARNING: no "running" line; the VIP says it runs
@@ -142,10 +170,17 @@ def main() -> int:
             sb.crash()
             end = datetime.now()
             sniffer.close()
+            probe.kill()
+            probe.wait(10)
+            probe_out.close()
             held = {ns: held_intervals(m.stop(), end) for ns, m in mons.items()}
         times = [t for t, _, prio in sniffer.adverts(A_ADDR) if prio > 0]
         idle_j = jitters(times, idle0, idle1, args.interval)
         flood_j = jitters(times, flood0, flood1, args.interval)
+        probe_late = [float(ms) for t, ms in (line.split() for line in
+                                              (work / "probe.txt").read_text().splitlines()
+                                              if len(line.split()) == 2)
+                      if flood0 <= float(t) <= flood1]
         inside = sorted(t for t in times if flood0 <= t <= flood1)
         gaps = [y - x for x, y in zip([flood0, *inside], [*inside, flood1])]
         result = {
@@ -167,6 +202,11 @@ def main() -> int:
             "max_gap_flood_ms": round(max(gaps) * 1000, 3),
             "ratio": round(p99(flood_j) / p99(idle_j), 3) if p99(idle_j) else None,
             "split_brain_s": round(overlap_s(held[a], held[b]), 3),
+            # the reference, during the flood: a task that only sleeps, scheduled as A's
+            # speaker; late wake-ups there are the host's, not the speaker's
+            "probe_late_p99_flood_ms": round(p99(probe_late), 3),
+            "probe_late_max_flood_ms": round(max(probe_late, default=float("nan")), 3),
+            "probe_late_over_5ms": sum(x > 5 for x in probe_late),
             "holders_at_end": ["a" if ns == a else "b" for ns in holders],
         }
     print(f"idle  {result['idle_s']:.1f} s: advert jitter p99 {result['jitter_p99_idle_ms']:.3f} ms "
@@ -178,6 +218,9 @@ def main() -> int:
           f"holders at the end: {result['holders_at_end']}")
     print(f"A's speaker ({result['isolation']}, {result['scheduling']}): its timers fired "
           f"up to {result['a_timer_late_max_ms']} ms late ({result['a_timers_late']} over 5 ms)")
+    print(f"reference (a SCHED_RR task that only sleeps, during the flood): woke up to "
+          f"{result['probe_late_max_flood_ms']} ms late, p99 {result['probe_late_p99_flood_ms']} "
+          f"ms ({result['probe_late_over_5ms']} over 5 ms)")
     if args.json:
         print(json.dumps(result))
     return 0
