@@ -28,7 +28,7 @@ from ..config import Config
 from ..errors import DecodeError
 from ..ratelimit import LogLimiter
 from .ipc import Channel, SpeakerProcessError, decode_error
-from .timing import RT_PRIORITY
+from .timing import RT_START_PRIORITY
 
 __all__ = ["SpeakerProcess", "config_to_wire", "config_from_wire", "WORKER"]
 
@@ -121,11 +121,12 @@ class SpeakerProcess:
         finally:
             theirs.close()
         # Real-time from its first instruction: its interpreter's start and imports (about
-        # 0.6 s of CPU) took 4..15 s at normal priority on a loaded host. The worker sets
-        # it again (and falls back to nice) itself: this is only a head start.
+        # 0.6 s of CPU) took 4..15 s at normal priority on a loaded host. At the start
+        # priority, below a running speaker's; the worker sets it again (and falls back to
+        # nice) itself, and raises it once its routers run.
         try:
             os.sched_setscheduler(self.proc.pid, os.SCHED_RR | os.SCHED_RESET_ON_FORK,
-                                  os.sched_param(RT_PRIORITY))
+                                  os.sched_param(RT_START_PRIORITY))
         except (OSError, AttributeError):
             pass
         self.link = Channel(ours)

@@ -73,7 +73,7 @@ from .ipc import Channel, SpeakerProcessError
 from .process import SpeakerProcess, config_from_wire, config_to_wire
 from .reload import InstanceChange, diff
 from .sockets import Announcer, Packet, VrrpSocket, arrival
-from .timing import sleep_until, tune_thread
+from .timing import raise_rt_priority, sleep_until, tune_thread
 
 __all__ = ["VrrpSpeaker", "garp_frame", "unsolicited_na", "ISOLATION_ENV", "FAST_REASONS",
            "SpeakerProcessError"]
@@ -878,9 +878,9 @@ class VrrpSpeaker:
                 self._ipr = ipr
                 try:
                     await self._setup()
+                    self._running()
                     log.info("VRRP speaker running %d instance(s) %s: %s",
                              len(self._instances), self._where(), ", ".join(self._instances))
-                    self._running()
                     # Everything happens in reader and timer callbacks until stopped
                     # (isolated) or cancelled (on the daemon's loop).
                     await self._stop
@@ -1077,8 +1077,11 @@ class VrrpSpeaker:
                                 "failed", kind, exc_info=True)
 
     def _running(self) -> None:
-        """Set-up is done: in the speaker's process tell the daemon (READY=1 waits for it)."""
+        """Set-up is done (the routers run, no timer fired yet): in the speaker's process
+        raise its real-time priority from the start one, and tell the daemon (READY=1
+        waits for it)."""
         if self._daemon_link is not None:
+            self.scheduling = raise_rt_priority() or self.scheduling
             self._daemon_link.send(["ready", {"pid": os.getpid(),
                                               "scheduling": self.scheduling}])
 

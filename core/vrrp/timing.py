@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 
 __all__ = ["sleep_until", "tune_thread", "tune_process", "die_with_parent", "NICE",
-           "RT_PRIORITY"]
+           "RT_PRIORITY", "RT_START_PRIORITY", "raise_rt_priority"]
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,11 @@ _PR_SET_PDEATHSIG = 1
 #: SCHED_RR priority of the speaker's process (1..99; keepalived's ``vrrp_rt_priority``):
 #: low among real-time tasks (kernel threads use 50 and 99), above every normal one
 RT_PRIORITY = 10
+#: SCHED_RR priority of the speaker's process while it starts (its interpreter, imports,
+#: sockets): real-time, so a busy host does not slow its start, but below a running
+#: speaker's, so a speaker starting on the same host (a restart, a second daemon) never
+#: delays one that runs; :func:`raise_rt_priority` lifts it once the routers run
+RT_START_PRIORITY = 1
 #: nice value of the speaker thread (like keepalived's ``vrrp_priority``): when it wakes
 #: the scheduler prefers it over the daemon's own busy thread and other processes
 NICE = -10
@@ -108,13 +113,13 @@ def die_with_parent(parent: int, sig: int) -> bool:
     return os.getppid() == parent
 
 
-def tune_process() -> tuple[str, str | None]:
+def tune_process(priority: int = RT_PRIORITY) -> tuple[str, str | None]:
     """For the speaker's own process: timer slack 1 ns, a session of its own, and a
     scheduling class that puts it ahead of the daemon and the host's other work.
 
     In order: ``os.setsid()`` (a new session is a new autogroup when
     ``kernel.sched_autogroup_enabled`` is 1, so it no longer shares the weight of the
-    daemon's session); ``SCHED_RR`` at :data:`RT_PRIORITY` with ``SCHED_RESET_ON_FORK``
+    daemon's session); ``SCHED_RR`` at ``priority`` with ``SCHED_RESET_ON_FORK``
     (needs CAP_SYS_NICE and, with real-time group scheduling, real-time runtime in the
     cgroup); if that is refused, nice :data:`NICE` for the process and its autogroup.
     Best effort: whatever is refused is left as it was.
@@ -136,8 +141,8 @@ def tune_process() -> tuple[str, str | None]:
         if policy is None:
             raise OSError("no SCHED_RR on this platform")
         os.sched_setscheduler(0, policy | getattr(os, "SCHED_RESET_ON_FORK", 0),
-                              os.sched_param(RT_PRIORITY))
-        return f"SCHED_RR {RT_PRIORITY}", None
+                              os.sched_param(priority))
+        return f"SCHED_RR {priority}", None
     except OSError as exc:
         refused = f"real-time scheduling refused ({exc})"
     nice = 0
@@ -150,3 +155,21 @@ def tune_process() -> tuple[str, str | None]:
     except OSError as exc:
         refused += f"; nice {NICE} for the process or its autogroup refused ({exc})"
     return f"SCHED_OTHER nice {nice}", refused
+
+
+def raise_rt_priority() -> str | None:
+    """From :data:`RT_START_PRIORITY` to :data:`RT_PRIORITY`, when the process runs
+    ``SCHED_RR`` (else nothing changes).
+
+    :returns: the new scheduling, as :func:`tune_process` describes it, or ``None``.
+    """
+    policy = getattr(os, "SCHED_RR", None)
+    try:
+        if policy is None or os.sched_getscheduler(0) & ~getattr(
+                os, "SCHED_RESET_ON_FORK", 0) != policy:
+            return None
+        os.sched_setscheduler(0, policy | getattr(os, "SCHED_RESET_ON_FORK", 0),
+                              os.sched_param(RT_PRIORITY))
+        return f"SCHED_RR {RT_PRIORITY}"
+    except OSError:
+        return None

@@ -30,7 +30,7 @@ from typing import Any
 
 from ..errors import ClusterbusError
 from .ipc import Channel, encode_error
-from .timing import die_with_parent, tune_process
+from .timing import RT_START_PRIORITY, die_with_parent, tune_process
 
 __all__ = ["main"]
 
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
     # first: the imports and the set-up below then run ahead of a busy host too
-    scheduling, refused = tune_process()
+    scheduling, refused = tune_process(RT_START_PRIORITY)  # raised once the routers run
     link = Channel(socket.socket(fileno=fd))
     init = _read_init(link)
     root = logging.getLogger()
