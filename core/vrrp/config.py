@@ -39,6 +39,8 @@ __all__ = [
     "check_interfaces",
     "check_fast_takeover",
     "FAST_TAKEOVER",
+    "ISOLATION",
+    "isolation",
 ]
 
 
@@ -186,20 +188,30 @@ def _check_instance(raw: Mapping[str, Any], index: int, file: str) -> dict[str, 
     return v
 
 
+#: the values of ``[vrrp] isolation``, the default first: where the speaker runs (its own
+#: child process, or a thread of the daemon; docs/architecture.md, "Concurrency model")
+ISOLATION = ("process", "thread")
+
+
 def validate_vrrp(value: Any, file: str) -> dict[str, Any]:
-    """Validate the ``[vrrp]`` table (``[[vrrp.instance]]`` entries).
+    """Validate the ``[vrrp]`` table (``isolation`` and the ``[[vrrp.instance]]`` entries).
 
     :param value: the parsed ``vrrp`` table.
     :param file: the config file, for errors.
-    :returns: ``{"instance": [dict, ...]}`` with defaults filled in, ``family`` and
-        ``index`` added and addresses normalised.
+    :returns: ``{"instance": [dict, ...], "isolation": str}`` with defaults filled in,
+        ``family`` and ``index`` added and addresses normalised.
     :raises ConfigError: naming the file and the key (``vrrp.instance[0].vrid``).
     """
     if not isinstance(value, Mapping):
         raise ConfigError("expected [[vrrp.instance]] tables", file=file, key="vrrp")
     for k in value:
-        if k != "instance":
-            raise ConfigError("unknown key; known keys here: instance", file=file, key=f"vrrp.{k}")
+        if k not in ("instance", "isolation"):
+            raise ConfigError("unknown key; known keys here: instance, isolation", file=file,
+                              key=f"vrrp.{k}")
+    mode = value.get("isolation", ISOLATION[0])
+    if mode not in ISOLATION:
+        raise ConfigError(f'expected "process" (the default) or "thread", got {mode!r}',
+                          file=file, key="vrrp.isolation")
     raw = value.get("instance", [])
     if not isinstance(raw, list):
         raise ConfigError("expected an array of tables ([[vrrp.instance]])", file=file,
@@ -220,7 +232,7 @@ def validate_vrrp(value: Any, file: str) -> dict[str, Any]:
                 "VRID and family (RFC 5798 §7.3)",
                 file=file, key=f"vrrp.instance[{i}].vrid")
         routers[rk] = i
-    return {"instance": out}
+    return {"instance": out, "isolation": mode}
 
 
 def instances(config: Config) -> list[InstanceConfig]:
@@ -231,6 +243,12 @@ def instances(config: Config) -> list[InstanceConfig]:
     return [InstanceConfig(**{**d, "virtual_ipaddress": tuple(d["virtual_ipaddress"]),
                               "unicast_peer": tuple(d["unicast_peer"])})
             for d in section["instance"]]
+
+
+def isolation(config: Config) -> str:
+    """``[vrrp] isolation``: ``"process"`` (the default) or ``"thread"``."""
+    section = config.core.get("vrrp") or {}
+    return str(section.get("isolation", ISOLATION[0]))
 
 
 def check_vrrp_host(section: Mapping[str, Any], file: str) -> None:

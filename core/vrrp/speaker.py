@@ -61,18 +61,27 @@ from pyroute2 import AsyncIPRoute
 
 from ..config import Config
 from ..engine import Engine
-from ..errors import ConfigError, LocalProtocolError
+from ..errors import ConfigError, DecodeError, LocalProtocolError
 from ..events import Event, VipAcquired, VipReleased, VrrpTransition
 from ..ratelimit import LogLimiter
 from . import addresses, machine
 from .addresses import AddressRequests, NetlinkError, Overrun
 from .announce import garp_frame, unsolicited_na
-from .config import InstanceConfig, check_fast_takeover, check_interfaces, instances
+from .config import (
+    InstanceConfig,
+    check_fast_takeover,
+    check_interfaces,
+    instances,
+    isolation,
+)
+from .ipc import Channel, SpeakerProcessError
+from .process import SpeakerProcess, config_from_wire, config_to_wire
 from .reload import InstanceChange, diff
 from .sockets import Announcer, Packet, VrrpSocket, arrival
-from .timing import sleep_until, tune_thread
+from .timing import raise_rt_priority, sleep_until, tune_thread
 
-__all__ = ["VrrpSpeaker", "garp_frame", "unsolicited_na", "ISOLATION_ENV", "FAST_REASONS"]
+__all__ = ["VrrpSpeaker", "garp_frame", "unsolicited_na", "ISOLATION_ENV", "FAST_REASONS",
+           "SpeakerProcessError"]
 
 log = logging.getLogger(__name__)
 
@@ -87,9 +96,23 @@ log = logging.getLogger(__name__)
 _TIMER_LEAD = 0.0005
 _TIMER_LEAD_OWN_THREAD = 0.0015
 _PREPARE_HOOK = "clusterbus_vrrp_prepare_master"
-#: Environment switch: ``CLUSTERBUS_VRRP_ISOLATION=0`` runs the speaker on the daemon's
-#: loop, as before the speaker had its own thread (for tests and comparisons only).
+#: Environment switch, for tests and comparisons only: ``CLUSTERBUS_VRRP_ISOLATION=0`` runs
+#: the speaker on the daemon's loop (as before it had a thread or process of its own);
+#: ``thread`` or ``process`` overrides ``[vrrp] isolation``.
 ISOLATION_ENV = "CLUSTERBUS_VRRP_ISOLATION"
+#: What the speaker's process may ask the daemon to run (``["call", name, args]``) ...
+_DAEMON_CALLS = frozenset({"_call_prepare"})
+#: ... and the daemon the speaker's process (through :meth:`VrrpSpeaker._to_speaker`). A
+#: new crossing adds its method's name here.
+_SPEAKER_CALLS = frozenset({"_answered", "_reload", "_set_priority", "_master_daemon_gone"})
+#: the events the speaker's process publishes through the daemon, by class name
+_EVENTS: dict[str, type[Event]] = {c.__name__: c for c in (VrrpTransition, VipAcquired,
+                                                            VipReleased)}
+#: seconds ``status()`` waits for the speaker's process to answer (it answers within
+#: milliseconds; after that the last answer is shown, and ``status.timeouts`` counted)
+_STATUS_TIMEOUT = 1.0
+#: a timer that fires more than this after its deadline is counted (``timers.late``)
+_LATE = 0.005
 #: While the speaker thread runs, the interpreter's switch interval (how long a thread
 #: that wants the GIL waits before it asks the holder to let go). The default, 5 ms, is
 #: what a timer of the speaker would wait behind a busy daemon thread, on each wake-up and
@@ -206,9 +229,26 @@ class VrrpSpeaker:
         self._wanted_priority: dict[str, int] = {}
         #: per-packet and per-failure lines, one per key per interval
         self._limited = LogLimiter(log, interval=10.0)
-        #: run on an own thread with an own loop (see docs/architecture.md, "Concurrency
-        #: model"); ``False``: on the daemon's loop
-        self.isolated = os.environ.get(ISOLATION_ENV, "1") != "0"
+        #: where the speaker runs (see docs/architecture.md, "Concurrency model"):
+        #: ``"process"`` (its own child process and loop), ``"thread"`` (a thread of the
+        #: daemon with its own loop), ``"loop"`` (the daemon's loop: CLUSTERBUS_VRRP_ISOLATION=0)
+        env = os.environ.get(ISOLATION_ENV, "")
+        self.isolation = ("loop" if env == "0" else env if env in ("thread", "process")
+                          else isolation(config))
+        self._isolation_configured = isolation(config)
+        self.isolated = self.isolation != "loop"
+        #: the daemon's side of a speaker process
+        self._process: SpeakerProcess | None = None
+        #: in the speaker's process: its link to the daemon, and the daemon's word on
+        #: whether a plugin implements the veto hook
+        self._daemon_link: Channel | None = None
+        self._ask_plugins: bool | None = None
+        #: how the speaker's process or thread is scheduled (status()["scheduling"])
+        self.scheduling: str | None = None
+        #: what a reload changed that the daemon itself applies only at a restart
+        self._restart_here: dict[str, str] = {}
+        #: the latest a timer fired after its deadline (seconds; status: timer_late_max_ms)
+        self._late_max = 0.0
         engine.vrrp_priority = self.set_priority  # Cluster.set_vrrp_priority goes here
         #: the daemon's loop (events and plugin calls go there); the speaker's is _loop
         self._main: asyncio.AbstractEventLoop | None = None
@@ -221,6 +261,9 @@ class VrrpSpeaker:
 
     def _publish(self, event_class: type[Event], **fields: Any) -> None:
         """Publish an event on the daemon's loop (its hooks run there, never here)."""
+        if self._daemon_link is not None:  # in the speaker's process
+            self._daemon_link.send(["event", event_class.__name__, fields])
+            return
         self._to_main(self._publish_now, event_class, fields)
 
     def _publish_now(self, event_class: type[Event], fields: dict[str, Any]) -> None:
@@ -231,6 +274,9 @@ class VrrpSpeaker:
 
     def _to_main(self, fn: Callable[..., None], *args: Any) -> None:
         """Run ``fn(*args)`` on the daemon's loop, later (never inside the caller)."""
+        if self._daemon_link is not None:  # in the speaker's process: ``_DAEMON_CALLS``
+            self._daemon_link.send(["call", fn.__name__, list(args)])
+            return
         main = self._main or self._loop
         assert main is not None
         if main is self._loop:
@@ -243,6 +289,10 @@ class VrrpSpeaker:
 
     def _to_speaker(self, fn: Callable[..., None], *args: Any) -> None:
         """Run ``fn(*args)`` on the speaker's loop (from the daemon's side)."""
+        if self._process is not None:  # to the speaker's process: ``_SPEAKER_CALLS``
+            self._process.call(fn.__name__, [config_to_wire(a) if isinstance(a, Config) else a
+                                             for a in args])
+            return
         loop = self._loop
         if loop is None:
             return
@@ -347,6 +397,8 @@ class VrrpSpeaker:
 
     def _asks_plugins(self) -> bool:
         """Whether any plugin implements the veto hook (else no PrepareMaster at all)."""
+        if self._ask_plugins is not None:  # in the speaker's process: the daemon said
+            return self._ask_plugins
         caller = getattr(self.engine.plugins.pm.hook, _PREPARE_HOOK, None)
         return bool(caller is not None and caller.get_hookimpls())
 
@@ -481,6 +533,8 @@ class VrrpSpeaker:
                     now = max(self._now(), deadline)
                 else:
                     now = deadline
+            elif deadline is not None:
+                self._woke_late(now - deadline)
             inst.router.handle_timer(now)
             self._after(inst)
         except Exception:
@@ -488,6 +542,15 @@ class VrrpSpeaker:
             self._limited.error(("timer", inst.cfg.name), "%s: VRRP timer failed",
                                 inst.cfg.name, exc_info=True)
             self._schedule(inst)
+
+    def _woke_late(self, late: float) -> None:
+        """A timer that fired ``late`` seconds after its deadline (not inside its lead):
+        counted as ``timers.late`` beyond :data:`_LATE`, the worst kept for ``status()``
+        (``timer_late_max_ms``): how late the speaker itself woke, whatever the cause."""
+        if late > self._late_max:
+            self._late_max = late
+        if late > _LATE:
+            self.counters["timers.late"] += 1
 
     def _schedule(self, inst: _Instance) -> None:
         assert self._loop is not None
@@ -748,9 +811,9 @@ class VrrpSpeaker:
             raise KeyError(instance)
         if not isinstance(priority, int) or not 1 <= priority <= 255:
             raise LocalProtocolError(f"priority must be 1..255, got {priority!r}")
-        if self._loop is None:
+        if self._loop is None and self._process is None:
             self._wanted_priority[instance] = priority
-            if self._loop is None:  # else the speaker thread started meanwhile: send it too
+            if self._loop is None and self._process is None:  # else it started meanwhile
                 return
         self._to_speaker(self._set_priority, instance, priority, release)
 
@@ -781,7 +844,13 @@ class VrrpSpeaker:
 
         :param config: the new, validated configuration.
         """
-        if self._loop is None:  # not running yet
+        if isolation(config) != self._isolation_configured:
+            self._restart_here["isolation"] = "changed"
+            self.counters["reload.restart_needed"] += 1
+            log.warning("reload: [vrrp] isolation changed; restart the daemon to apply it")
+        else:
+            self._restart_here.pop("isolation", None)
+        if self._loop is None and self._process is None:  # not running yet
             self.config = config
             self.instance_configs = instances(config)
             return
@@ -834,13 +903,15 @@ class VrrpSpeaker:
     async def run(self) -> None:
         """Run every instance until cancelled; then step down (priority 0) and release VIPs.
 
-        The speaker runs on its own thread with its own asyncio loop (unless
+        The speaker runs in its own process (``[vrrp] isolation = "process"``, the
+        default) or on its own thread, with its own asyncio loop (unless
         ``CLUSTERBUS_VRRP_ISOLATION=0``): nothing the daemon's loop does (a flood of
         reports, a plugin that blocks) delays an advert or a takeover. Events and plugin
         calls cross to the daemon's loop; see docs/architecture.md, "Concurrency model".
 
         :raises ConfigError: an unknown interface, or one without a source address.
         :raises OSError: a socket cannot be opened (not root?).
+        :raises SpeakerProcessError: the speaker's process died, or exited unasked.
         """
         self._main = asyncio.get_running_loop()
         check_interfaces(self.config)
@@ -860,6 +931,9 @@ class VrrpSpeaker:
             log.warning("VRRP speaker on the daemon's loop (%s=0): a busy daemon delays "
                         "its adverts", ISOLATION_ENV)
             await self._run()
+            return
+        if self.isolation == "process":
+            await self._run_process()
             return
         done: asyncio.Future[None] = self._main.create_future()
         self._thread = threading.Thread(target=self._thread_main, args=(done,),
@@ -885,7 +959,7 @@ class VrrpSpeaker:
         """The speaker thread: its own loop until stopped; the outcome goes to ``done``."""
         main = self._main
         assert main is not None
-        tune_thread()  # precise sleeps, nice -10
+        self.scheduling = tune_thread()  # precise sleeps, nice -10
         error: BaseException | None = None
         try:
             asyncio.run(self._run())
@@ -926,10 +1000,9 @@ class VrrpSpeaker:
                 self._ipr = ipr
                 try:
                     await self._setup()
+                    self._running()
                     log.info("VRRP speaker running %d instance(s) %s: %s",
-                             len(self._instances),
-                             "on its own thread" if self._loop is not self._main
-                             else "on the daemon's loop", ", ".join(self._instances))
+                             len(self._instances), self._where(), ", ".join(self._instances))
                     # Everything happens in reader and timer callbacks until stopped
                     # (isolated) or cancelled (on the daemon's loop).
                     await self._stop
@@ -979,8 +1052,173 @@ class VrrpSpeaker:
         self._links.clear()
         self._ipr = None
 
+    # -- the speaker in its own process: the daemon's side ---------------------------------
+
+    def _where(self) -> str:
+        if self._daemon_link is not None:
+            return f"in its own process (pid {os.getpid()}, {self.scheduling})"
+        return "on its own thread" if self._loop is not self._main else "on the daemon's loop"
+
+    async def _run_process(self) -> None:
+        """Start the speaker's process (``python -m clusterbus.vrrp.worker``) and serve its
+        link until it exits; on cancellation ask it to stop (priority 0, VIPs removed) and
+        wait up to :data:`_STOP_TIMEOUT` seconds before killing it.
+
+        A process that dies or exits unasked is a failed service: the daemon stops with
+        exit code 1 (or 2 for a ``ConfigError`` it reported) and its supervisor restarts
+        the whole daemon; it is never restarted behind the daemon's back (peers running
+        ``fast_takeover`` learn of a daemon leaving the Corosync group, not of a speaker
+        restarting inside it).
+        """
+        assert self._main is not None
+        proc = SpeakerProcess(self._from_process)
+        self._process = proc
+        proc.start(self._main, {
+            "config": config_to_wire(self.config),
+            "ask": self._asks_plugins(),
+            "log_level": logging.getLogger(__name__).getEffectiveLevel(),
+        })
+        # priorities set before the process existed (a policy decided early): in order,
+        # ahead of anything else the daemon sends it
+        for instance, priority in list(self._wanted_priority.items()):
+            proc.call("_set_priority", [instance, priority, False])
+        self._wanted_priority.clear()
+        try:
+            await proc.wait()
+        except asyncio.CancelledError:
+            await proc.stop(_STOP_TIMEOUT)
+            raise
+        finally:
+            self._ready = False
+            proc.close()
+
+    def _from_process(self, msg: list[Any]) -> None:
+        """On the daemon's loop: one message of the speaker's process, in order."""
+        kind = msg[0]
+        if kind == "event" and len(msg) == 3 and isinstance(msg[2], dict):
+            cls = _EVENTS.get(msg[1])
+            if cls is None:
+                self.counters["ipc.dropped.unknown_event"] += 1
+                return
+            self._publish_now(cls, msg[2])
+        elif kind == "call" and len(msg) == 3 and msg[1] in _DAEMON_CALLS:
+            try:
+                result = getattr(self, msg[1])(*msg[2])
+                if inspect.isawaitable(result):  # a crossing that became async
+                    asyncio.ensure_future(result)
+            except Exception:
+                self.counters["errors.daemon_call"] += 1
+                log.exception("VRRP: %s from the speaker's process failed", msg[1])
+        elif kind == "ready" and len(msg) == 2 and isinstance(msg[1], dict):
+            self.scheduling = msg[1].get("scheduling")
+            self._ready = True
+        else:
+            self.counters["ipc.dropped.unknown_message"] += 1
+            self._limited.warning(("ipc", kind), "VRRP: unexpected message from the "
+                                  "speaker's process: %.80r", msg)
+
+    def _process_status(self) -> dict[str, Any]:
+        assert self._process is not None
+        got = self._process.status(_STATUS_TIMEOUT)
+        st = dict(got) if got else {"instances": [], "counters": {}, "restart_needed": {}}
+        counters = Counter(st.get("counters") or {})
+        counters.update(self.counters)
+        counters.update(self._process.counters)
+        st["counters"] = dict(counters)
+        st["restart_needed"] = {**(st.get("restart_needed") or {}), **self._restart_here}
+        st["isolation"] = "process"
+        st["scheduling"] = self.scheduling
+        st["pid"] = self._process.pid
+        return st
+
+    # -- the speaker in its own process: the speaker's side ------------------------------
+
+    @classmethod
+    def in_process(cls, config: Config, link: Channel, *, ask: bool,
+                   scheduling: str) -> VrrpSpeaker:
+        """The speaker as the speaker's process runs it (:mod:`clusterbus.vrrp.worker`):
+        no engine; events, log lines and the veto question go to the daemon over ``link``.
+
+        :param ask: whether a plugin of the daemon implements the veto hook.
+        """
+        self = cls(None, config)  # type: ignore[arg-type]
+        self.isolation = "process"
+        self._daemon_link = link
+        self._ask_plugins = ask
+        self.scheduling = scheduling
+        return self
+
+    async def serve(self) -> None:
+        """In the speaker's process: run the instances and the daemon's link until the
+        daemon says stop (or closes the link); then step down and release the VIPs."""
+        link = self._daemon_link
+        assert link is not None
+        loop = asyncio.get_running_loop()
+        link.attach(loop)
+        loop.add_reader(link.fileno(), self._on_daemon_readable)
+        try:
+            await self._run()
+        finally:
+            if not link.closed:
+                loop.remove_reader(link.fileno())
+
+    def _on_daemon_readable(self) -> None:
+        link = self._daemon_link
+        assert link is not None
+        try:
+            msgs, closed = link.receive()
+        except DecodeError as exc:
+            log.error("VRRP process: %s; stopping", exc)
+            msgs, closed = [], True
+        for msg in msgs:
+            self._from_daemon(msg)
+        if closed and not self._stop_requested:
+            # The daemon is gone, or going (its files close before the kernel sends us
+            # PR_SET_PDEATHSIG): a crash of the daemon is a crash of the speaker. Exit
+            # now, as the signal would make us, without stepping down or removing VIPs.
+            os.write(2, b"clusterbus.vrrp.worker: the daemon is gone; exiting at once\n")
+            os._exit(1)
+        if closed and self._loop is not None and not link.closed:
+            self._loop.remove_reader(link.fileno())
+
+    def _from_daemon(self, msg: list[Any]) -> None:
+        assert self._daemon_link is not None
+        kind = msg[0]
+        try:
+            if kind == "call" and len(msg) == 3 and msg[1] in _SPEAKER_CALLS:
+                args = list(msg[2])
+                if msg[1] == "_reload":
+                    args[0] = config_from_wire(args[0])
+                getattr(self, msg[1])(*args)
+            elif kind == "status" and len(msg) == 2:
+                self._daemon_link.send(["status", msg[1], self.status()])
+            elif kind == "stop":
+                self._request_stop()
+            else:
+                self.counters["ipc.dropped.unknown_message"] += 1
+                self._limited.warning(("ipc", kind), "VRRP process: unexpected message from "
+                                      "the daemon: %.80r", msg)
+        except Exception:  # the supervisor boundary of the daemon's requests
+            self.counters["errors.daemon_request"] += 1
+            self._limited.error(("daemon_request", kind), "VRRP process: %s from the daemon "
+                                "failed", kind, exc_info=True)
+
+    def _running(self) -> None:
+        """Set-up is done (the routers run, no timer fired yet): in the speaker's process
+        raise its real-time priority from the start one, and tell the daemon (READY=1
+        waits for it)."""
+        if self._daemon_link is not None:
+            self.scheduling = raise_rt_priority() or self.scheduling
+            self._daemon_link.send(["ready", {"pid": os.getpid(),
+                                              "scheduling": self.scheduling}])
+
     def status(self) -> dict[str, Any]:
-        """Per instance: state, priority, master seen, advert interval, VIPs, drop counters."""
+        """Per instance: state, priority, master seen, advert interval, VIPs, drop counters;
+        where the speaker runs (``isolation``, ``scheduling``, and ``pid`` for a process).
+        With a process it is the process's answer (read on the daemon's loop: a round trip
+        of a millisecond or so), with the daemon side's counters added."""
+        if self._process is not None:
+            return self._process_status()
         out = []
         for name, inst in list(self._instances.items()):
             r = inst.router
@@ -1007,4 +1245,6 @@ class VrrpSpeaker:
                 "fast_takeover": inst.cfg.fast_takeover or None,
             })
         return {"instances": out, "counters": dict(self.counters),
-                "restart_needed": dict(self._restart_needed)}
+                "restart_needed": {**self._restart_needed, **self._restart_here},
+                "isolation": self.isolation, "scheduling": self.scheduling,
+                "timer_late_max_ms": round(self._late_max * 1000, 3)}

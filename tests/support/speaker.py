@@ -153,11 +153,31 @@ class Speaker:
             return "VRRP speaker running" in self.logfile.read_text(errors="replace")
         wait_for(ready, timeout, what="the clusterbus speaker to start")
 
+    def children(self) -> list[int]:
+        """Pids of the daemon's child processes (the speaker's own process)."""
+        if not self.running():
+            return []
+        assert self.proc is not None
+        try:
+            with open(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children") as f:
+                return [int(c) for c in f.read().split()]
+        except (OSError, ValueError):
+            return []
+
     def crash(self) -> None:
-        """SIGKILL: nothing is released (VIPs stay on the interface, no priority 0)."""
+        """Every process of the daemon stopped at once (SIGSTOP, then SIGKILL), as
+        keepalived's ``crash()`` does: nothing is released (VIPs stay on the interface, no
+        priority 0). Killing the daemon alone would let its speaker process send adverts
+        until the daemon's exit closed its link (tens of milliseconds on a loaded host)."""
         if self.running():
             assert self.proc is not None
-            os.kill(self.proc.pid, signal.SIGKILL)
+            pids = [self.proc.pid, *self.children()]
+            for sig in (signal.SIGSTOP, signal.SIGKILL):
+                for pid in pids:
+                    try:
+                        os.kill(pid, sig)
+                    except ProcessLookupError:
+                        pass
         if self.proc is not None:
             self.proc.wait(10)
 

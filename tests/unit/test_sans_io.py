@@ -23,7 +23,8 @@ PKG_ROOT = Path(clusterbus.__file__).resolve().parent  # core/
 VRRP = PKG_ROOT / "vrrp"
 # The I/O adapter sits beside the core and may do I/O; config.py is not a protocol core
 # (it checks that interfaces exist at start-up).
-ADAPTERS = {"speaker.py", "config.py", "sockets.py", "addresses.py", "timing.py"}
+ADAPTERS = {"speaker.py", "config.py", "sockets.py", "addresses.py", "timing.py", "ipc.py",
+            "process.py", "worker.py"}
 
 
 def _module_file(dotted: str) -> Path | None:
