@@ -535,11 +535,16 @@ def test_conntrack_entries_are_created_on_the_peer_and_the_barrier_waits(
             await until(lambda: len(k2.table) == 2)
             out["barrier_after"] = await d2.barrier("VI_1")
             out["show"] = d2.show()
+            for args in (["--json"], []):
+                out[f"cli{args}"] = await asyncio.to_thread(
+                    CliRunner().invoke, cli_main, ["connsync", "show", "--conntrack", *args,
+                                                   "-c", str(keys / "d2.toml")])
             out["echo_sent"] = d2.counters["conntrack.originated"]
             t1.cancel()
             t2.cancel()
         return out
 
+    (keys / "d2.toml").write_text(_conf(keys, 2, ep2, ep1, "conntrack = true"))
     out = asyncio.run(main())
     assert out["created"] == [1000, 1002]
     assert out["barrier_ok"] is None and out["barrier_after"] is None
@@ -557,6 +562,13 @@ def test_conntrack_entries_are_created_on_the_peer_and_the_barrier_waits(
     assert any(r["original"] == "10.0.0.9:1004 -> 10.0.0.100:80"
                and r["reply"] == "10.0.1.5:80 -> 10.0.0.9:1004" for r in ct["rows"])
     assert all(k.closed for k in FakeCt.instances)
+    res = out["cli['--json']"]
+    assert res.exit_code == 0, res.output
+    listed = json.loads(res.output)
+    assert listed["node"] == 2 and listed["total"] == 2 and listed["enabled"]
+    res = out["cli[]"]
+    assert res.exit_code == 0 and "2 synced conntrack entries" in res.output, res.output
+    assert "10.0.0.9:1004 -> 10.0.0.100:80" in res.output
 
 
 def test_conntrack_wire_form_round_trips_and_refuses_garbage(fake_ct: types.ModuleType) -> None:
