@@ -472,7 +472,8 @@ class ConnSync:
         while True:
             await self._ct_redump.wait()
             self._ct_redump.clear()
-            self._ct_touched = touched = set()
+            touched: set[Any] = set()
+            self._ct_touched = touched
             try:
                 entries = await self.ct.dump()
             except (OSError, TimeoutError) as exc:
