@@ -129,6 +129,22 @@ class Cluster:
             "clusterbus_resolve_node", addr=addr, cluster=self)
         return node
 
+    def register_hooks(self, plugin: object, name: str) -> None:
+        """Register ``plugin``'s hook implementations under ``name``, replacing what was
+        registered under that name before: for a hook a plugin implements only while it
+        is configured (conn-sync's takeover barrier: with no implementation of
+        ``clusterbus_vrrp_prepare_master`` the speaker does not ask before a takeover).
+        Call it from ``clusterbus_configure``: the speaker looks when it starts.
+
+        :raises PluginError: as :meth:`PluginHost.register`.
+        """
+        self._engine.plugins.unregister(name)
+        self._engine.plugins.register(plugin, name)
+
+    def unregister_hooks(self, name: str) -> None:
+        """Forget what :meth:`register_hooks` registered under ``name`` (none: no-op)."""
+        self._engine.plugins.unregister(name)
+
     def emit(self, event_class: type[E], **fields: Any) -> None:
         """Produce an event from a plugin: stamped with origin, seq and time, then
         dispatched after the event being handled now.

@@ -210,6 +210,18 @@ class PluginHost:
                 if impl.plugin_name == name:
                     self._call_impl(hook_name, impl, kwargs)
 
+    def unregister(self, name: str) -> bool:
+        """Unregister the plugin registered under ``name`` (its hooks are no longer called).
+
+        :returns: whether one was registered under that name.
+        """
+        if self.pm.get_plugin(name) is None:
+            return False
+        self.pm.unregister(name=name)
+        self._forget_order()
+        self._dists.pop(name, None)
+        return True
+
     def _forget_order(self) -> None:
         # the set of implementations changed: every cached call order is stale
         self._order.clear()

@@ -18,9 +18,11 @@ This plugin sits between them and the other directors:
   (``kernel.committed``), within ``barrier_timeout``; a timeout is logged (rate-limited),
   counted (``barrier.timeouts``) and, per ``on_barrier_timeout``, proceeds or vetoes.
 
-Inert without a ``[connsync]`` section: no socket, no kernel access, and the barrier
-answers at once. The codec, table and kernel modules are imported only when the section
-is there. See docs/connsync.md.
+Inert without a ``[connsync]`` section: no socket, no kernel access, and no barrier
+hook at all (it is registered at configure time only when the section is there, so the
+speaker does not cross to the daemon's loop before a takeover on conn-sync's behalf).
+The codec, table, kernel and conntrack modules are imported only when the section is
+there. See docs/connsync.md.
 """
 
 from __future__ import annotations
@@ -50,8 +52,8 @@ from clusterbus.ratelimit import LogLimiter
 from .channel import SHOW, Channel, RelayLink, peers_from_config
 from .relay import Deliver, Effect, Relay, ResyncDone, ResyncStarted
 
-__all__ = ["ConnSync", "ConnsyncPlugin", "ConnsyncConfig", "plugin", "parse", "SCHEMA",
-           "conn_to_wire", "conn_from_wire"]
+__all__ = ["ConnSync", "ConnsyncPlugin", "ConnsyncConfig", "CtOp", "plugin", "parse", "SCHEMA",
+           "conn_to_wire", "conn_from_wire", "entry_to_wire", "entry_from_wire"]
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +62,20 @@ PROTOCOLS = {6: "tcp", 17: "udp", 132: "sctp"}
 SHOW_LIMIT = 10_000
 #: most received entries waiting for injection (beyond: dropped, counted)
 INJECT_QUEUE = 500_000
+#: the name the takeover barrier's hook is registered under while configured
+BARRIER_HOOKS = "connsync.barrier"
 #: entries per injection round; the backup daemon is given time to consume each round
 INJECT_CHUNK = 1024
 #: the longest wait for the backup daemon after each injection round
 INJECT_PACE = 0.05
+#: most received conntrack entries waiting to be created (beyond: dropped, counted)
+CT_QUEUE = 500_000
+#: conntrack entries per ctnetlink round (pipelined requests)
+CT_CHUNK = 1024
+#: seconds between two sweeps of the peers' conntrack entries past their timeout
+CT_EXPIRE_EVERY = 10.0
+#: the tag of a conntrack entry in the relay's batches: ``["ct", "u"|"d", CtEntry wire]``
+CT_TAG = "ct"
 
 
 def _listen(v: str) -> str:
@@ -123,10 +135,6 @@ def parse(config: Config, section: Mapping[str, Any]) -> ConnsyncConfig:
     :raises ConfigError: naming the file and the key.
     """
     v = validate_table(section, SCHEMA, file=config.file, prefix="connsync")
-    if v["conntrack"]:
-        raise ConfigError("conntrack sync is not available in this version (only IPVS "
-                          "entries are synced); set conntrack = false", file=config.file,
-                          key="connsync.conntrack")
     if not config["bus"]["certificate"]:
         raise ConfigError("conn-sync is CURVE-only: set [bus] certificate (and list the "
                           "peers in [[cluster.peer]])", file=config.file, key="connsync")
@@ -194,6 +202,43 @@ def conn_from_wire(v: Any, codec: ModuleType) -> Any:
         raise DecodeError(f"not a sync entry: {exc}") from None
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CtOp:
+    """A conntrack entry in the relay's batches, beside the IPVS entries: created or
+    updated (``destroy`` False) or removed on the peers.
+
+    :param entry: a ``conntrack.CtEntry`` (the original tuple is its identity).
+    """
+
+    entry: Any
+    destroy: bool = False
+
+
+def entry_to_wire(e: Any) -> list[Any]:
+    """An IPVS entry (``codec.SyncConn``) or a :class:`CtOp` as a msgpack-able list."""
+    if isinstance(e, CtOp):
+        return [CT_TAG, "d" if e.destroy else "u", e.entry.to_wire()]
+    return conn_to_wire(e)
+
+
+def entry_from_wire(v: Any, codec: ModuleType, conntrack: ModuleType) -> Any:
+    """The list :func:`entry_to_wire` made, back.
+
+    :raises DecodeError: anything else.
+    """
+    if isinstance(v, list) and len(v) == 3 and v[0] == CT_TAG:
+        if v[1] not in ("u", "d"):
+            raise DecodeError(f"a conntrack entry's operation is {str(v[1])[:20]!r}, "
+                              "not 'u' or 'd'")
+        return CtOp(entry=conntrack.CtEntry.from_wire(v[2]), destroy=v[1] == "d")
+    return conn_from_wire(v, codec)
+
+
+def _local_only(e: Any) -> bool:
+    """A loopback conntrack entry: this host's own, never synced."""
+    return e.src.startswith("127.") or e.dst.startswith("127.") or "::1" in (e.src, e.dst)
+
+
 def _hostport(addr: str, port: int) -> str:
     return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
 
@@ -228,10 +273,10 @@ class ConnSync:
             if not p.endpoint:
                 log.warning("connsync: [[cluster.peer]] node %d has no connsync endpoint: "
                             "nothing flows until it connects here", p.node)
+        self.conntrack = _part("conntrack")
         self.relay = Relay(run=time.time_ns(), peers=self.peer_nodes,
-                           snapshot=lambda: self.table.snapshot(self.local, self.clock()),
-                           encode=conn_to_wire,
-                           decode=lambda v: conn_from_wire(v, self.codec))
+                           snapshot=self._snapshot, encode=entry_to_wire,
+                           decode=lambda v: entry_from_wire(v, self.codec, self.conntrack))
         self.channel = Channel(listen=cfg.listen, certificate=str(config["bus"]["certificate"]),
                                peers=peers)
         self.link = RelayLink(self.relay, self.channel, self._effect, request=self._request,
@@ -243,7 +288,10 @@ class ConnSync:
             "capture.dropped.other_syncid", "inject.entries", "inject.datagrams",
             "inject.dropped.queue_full", "inject.dropped.encode", "inject.errors.send",
             "inject.commit_waits", "barrier.passed", "barrier.timeouts", "barrier.vetoes",
-            "knobs.failed"), 0)
+            "knobs.failed", "conntrack.events", "conntrack.originated",
+            "conntrack.skipped.local", "conntrack.skipped.peer_owned", "conntrack.dumps",
+            "conntrack.errors.dump", "conntrack.errors.apply", "conntrack.dropped.queue_full",
+            "conntrack.ignored.disabled", "conntrack.expired", "conntrack.stale_removed"), 0)
         # per peer: entries received / injected (or given up), inject lag, resyncs
         self.received = dict.fromkeys(self.peer_nodes, 0)
         self.injected = dict.fromkeys(self.peer_nodes, 0)
@@ -253,6 +301,21 @@ class ConnSync:
         self.resync_done: dict[int, float | None] = dict.fromkeys(self.peer_nodes, None)
         self.last_barrier: dict[str, Any] | None = None
         self._queue: deque[tuple[int, Any, float]] = deque()
+        # conntrack (``conntrack = true``): our own entries (dump, then events), the
+        # peers' (key -> entry, when received), and the ones still to create/remove
+        self.ct: Any = None
+        self.ct_own: dict[Any, Any] = {}
+        self.ct_peer: dict[int, dict[Any, tuple[Any, float]]] = {p: {} for p in self.peer_nodes}
+        self.ct_resync: dict[int, set[Any]] = {}
+        self.ct_stats: dict[int, dict[str, int]] = {p: dict.fromkeys((
+            "received", "created", "updated", "deleted", "failed"), 0) for p in self.peer_nodes}
+        self.ct_enqueued = dict.fromkeys(self.peer_nodes, 0)
+        self.ct_done = dict.fromkeys(self.peer_nodes, 0)
+        self._ct_queue: deque[tuple[int, CtOp]] = deque()
+        self._ct_wake = asyncio.Event()
+        self._ct_redump = asyncio.Event()
+        self._ct_out: list[CtOp] = []
+        self._ct_touched: set[Any] | None = None  # keys events changed during a dump
         self._wake = asyncio.Event()
         self._progress = asyncio.Event()
         self._capture: Any = None
@@ -294,24 +357,32 @@ class ConnSync:
     def _effect(self, e: Effect) -> None:
         now = self.clock()
         if isinstance(e, Deliver):
-            self.received[e.peer] += len(e.entries)
-            for conn in e.entries:
+            conns = [c for c in e.entries if not isinstance(c, CtOp)]
+            if len(conns) < len(e.entries):
+                self._ct_received(e.peer, [c for c in e.entries if isinstance(c, CtOp)],
+                                  e.snapshot, now)
+            if not conns:
+                return
+            self.received[e.peer] += len(conns)
+            for conn in conns:
                 self.table.apply(e.peer, conn, now)
             room = INJECT_QUEUE - len(self._queue)
-            if room < len(e.entries):
-                lost = len(e.entries) - max(room, 0)
+            if room < len(conns):
+                lost = len(conns) - max(room, 0)
                 self.counters["inject.dropped.queue_full"] += lost
                 self.settled[e.peer] += lost
                 self.limited.warning(("inject_queue",), "connsync: injection queue full: "
                                      "%d entries of node %d not injected", lost, e.peer)
-            self._queue.extend((e.peer, c, now) for c in e.entries[:max(room, 0)])
+            self._queue.extend((e.peer, c, now) for c in conns[:max(room, 0)])
             self._wake.set()
             self._progress.set()
         elif isinstance(e, ResyncStarted):
+            self.ct_resync[e.peer] = set()
             log.info("connsync: node %d sends its full table%s", e.peer,
                      " (it restarted)" if e.restarted else "")
         elif isinstance(e, ResyncDone):
             self.resync_done[e.peer] = now
+            self._ct_resync_done(e.peer)
             self._progress.set()
             log.info("connsync: node %d's full table received", e.peer)
 
@@ -355,6 +426,179 @@ class ConnSync:
         if datagrams and sent_ok:
             self.counters["inject.entries"] += len(chunk)
 
+    def _snapshot(self) -> list[Any]:
+        """Our own table for a peer's full resync: IPVS entries, then conntrack entries."""
+        out: list[Any] = self.table.snapshot(self.local, self.clock())
+        out.extend(CtOp(entry=e) for e in self.ct_own.values())
+        return out
+
+    # -- conntrack ---------------------------------------------------------------------------
+
+    def _on_ct_event(self, ev: Any) -> None:
+        """A local conntrack event: ours are relayed; the peers' entries we created (their
+        own events here) and loopback entries are not."""
+        self.counters["conntrack.events"] += 1
+        e = ev.entry
+        if _local_only(e):
+            self.counters["conntrack.skipped.local"] += 1
+            return
+        key = e.key()
+        if self._ct_touched is not None:
+            self._ct_touched.add(key)  # newer than what the running dump may say
+        if ev.kind == "destroy":
+            if self.ct_own.pop(key, None) is not None:
+                self._ct_originate(CtOp(entry=e, destroy=True))
+            return
+        if any(key in t for t in self.ct_peer.values()):
+            self.counters["conntrack.skipped.peer_owned"] += 1
+            return
+        self.ct_own[key] = e
+        self._ct_originate(CtOp(entry=e))
+
+    def _ct_originate(self, op: CtOp) -> None:
+        # events come in bursts: relay them together, once the burst was read
+        if not self._ct_out:
+            asyncio.get_running_loop().call_soon(self._ct_flush)
+        self._ct_out.append(op)
+
+    def _ct_flush(self) -> None:
+        out, self._ct_out = self._ct_out, []
+        if out:
+            self.counters["conntrack.originated"] += len(out)
+            self.link.originate(out)
+
+    async def _ct_dump_loop(self) -> None:
+        """Dump the local table at start, and again when the events overran."""
+        while True:
+            await self._ct_redump.wait()
+            self._ct_redump.clear()
+            touched: set[Any] = set()
+            self._ct_touched = touched
+            try:
+                entries = await self.ct.dump()
+            except (OSError, TimeoutError) as exc:
+                self._ct_touched = None
+                self.counters["conntrack.errors.dump"] += 1
+                self.limited.error(("ct_dump",), "connsync: conntrack dump failed: %s (again "
+                                   "in 1 s)", exc)
+                await asyncio.sleep(1.0)
+                self._ct_redump.set()
+                continue
+            self._ct_touched = None
+            self.counters["conntrack.dumps"] += 1
+            fresh: dict[Any, Any] = {}
+            for e in entries:
+                key = e.key()
+                if _local_only(e):
+                    self.counters["conntrack.skipped.local"] += 1
+                    continue
+                if key in touched or any(key in t for t in self.ct_peer.values()):
+                    continue
+                fresh[key] = e
+            for key, e in list(self.ct_own.items()):
+                if key not in fresh and key not in touched:
+                    del self.ct_own[key]
+                    self._ct_originate(CtOp(entry=e, destroy=True))
+            for key, e in fresh.items():
+                if self.ct_own.get(key) != e:
+                    self.ct_own[key] = e
+                    self._ct_originate(CtOp(entry=e))
+
+    def _ct_received(self, peer: int, ops: list[CtOp], snapshot: bool, now: float) -> None:
+        if not self.cfg.conntrack:
+            self.counters["conntrack.ignored.disabled"] += len(ops)
+            return
+        self.ct_stats[peer]["received"] += len(ops)
+        held = self.ct_peer[peer]
+        seen = self.ct_resync.get(peer) if snapshot else None
+        for op in ops:
+            key = op.entry.key()
+            if op.destroy:
+                held.pop(key, None)
+            else:
+                held[key] = (op.entry, now)
+                if seen is not None:
+                    seen.add(key)
+        self._ct_enqueue(peer, ops)
+
+    def _ct_enqueue(self, peer: int, ops: list[CtOp]) -> None:
+        room = max(CT_QUEUE - len(self._ct_queue), 0)
+        self.ct_enqueued[peer] += len(ops)
+        if room < len(ops):
+            lost = len(ops) - room
+            self.counters["conntrack.dropped.queue_full"] += lost
+            self.ct_done[peer] += lost
+            self.limited.warning(("ct_queue",), "connsync: conntrack queue full: %d entries "
+                                 "of node %d not created", lost, peer)
+        self._ct_queue.extend((peer, op) for op in ops[:room])
+        self._ct_wake.set()
+        self._progress.set()
+
+    def _ct_resync_done(self, peer: int) -> None:
+        """A peer's full table arrived: what we hold of it that it no longer has goes."""
+        seen = self.ct_resync.pop(peer, None)
+        if seen is None or not self.cfg.conntrack:
+            return
+        held = self.ct_peer[peer]
+        stale = [CtOp(entry=held.pop(k)[0], destroy=True) for k in list(held) if k not in seen]
+        if stale:
+            self.counters["conntrack.stale_removed"] += len(stale)
+            self._ct_enqueue(peer, stale)
+
+    async def _ct_apply_loop(self) -> None:
+        """Create, update and remove the peers' entries in the local table, in order."""
+        while True:
+            await self._ct_wake.wait()
+            self._ct_wake.clear()
+            while self._ct_queue:
+                chunk = [self._ct_queue.popleft()
+                         for _ in range(min(CT_CHUNK, len(self._ct_queue)))]
+                i = 0
+                while i < len(chunk):  # runs of one operation, so a key's order holds
+                    j = i
+                    while j < len(chunk) and chunk[j][1].destroy == chunk[i][1].destroy:
+                        j += 1
+                    await self._ct_apply(chunk[i:j])
+                    i = j
+                self._progress.set()
+
+    async def _ct_apply(self, run: list[tuple[int, CtOp]]) -> None:
+        by_peer: dict[int, list[Any]] = {}
+        for peer, op in run:
+            by_peer.setdefault(peer, []).append(op.entry)
+        destroy = run[0][1].destroy
+        for peer, entries in by_peer.items():
+            st = self.ct_stats[peer]
+            try:
+                if destroy:
+                    for e in entries:
+                        try:
+                            st["deleted"] += bool(await self.ct.delete(e))
+                        except OSError:
+                            st["failed"] += 1
+                else:
+                    got = await self.ct.apply_many(entries)
+                    st["created"] += got["created"]
+                    st["updated"] += got["updated"]
+                    st["failed"] += got["failed"]
+                    if got["failed"]:
+                        self.limited.warning(("ct_apply",), "connsync: %d conntrack entries of "
+                                             "node %d refused by the kernel", got["failed"], peer)
+            except (OSError, TimeoutError) as exc:
+                self.counters["conntrack.errors.apply"] += 1
+                st["failed"] += len(entries)
+                self.limited.error(("ct_apply_error",), "connsync: conntrack requests "
+                                   "failed: %s", exc)
+            finally:
+                self.ct_done[peer] += len(entries)
+
+    def _ct_expire(self, now: float) -> None:
+        for held in self.ct_peer.values():
+            gone = [k for k, (e, t) in held.items() if now > t + max(e.timeout, 1)]
+            for k in gone:
+                del held[k]
+            self.counters["conntrack.expired"] += len(gone)
+
     # -- the barrier ---------------------------------------------------------------------------
 
     async def barrier(self, instance: str) -> str | None:
@@ -366,6 +610,7 @@ class ConnSync:
         """
         start = self.clock()
         target = dict(self.received)
+        ct_target = dict(self.ct_enqueued)
         timeout = self.cfg.barrier_timeout
         fresh = 3 * self.relay.keepalive
         resyncing = set(self.relay.incomplete(start, fresh))
@@ -376,8 +621,10 @@ class ConnSync:
                     still = set(self.relay.incomplete(self.clock(), fresh)) & resyncing
                     for p in resyncing - still:  # its full table arrived: wait for it too
                         target[p] = max(target[p], self.received[p])
+                        ct_target[p] = max(ct_target[p], self.ct_enqueued[p])
                     resyncing = still
-                    if not resyncing and all(self.settled[p] >= n for p, n in target.items()):
+                    if not resyncing and all(self.settled[p] >= n for p, n in target.items()) \
+                            and all(self.ct_done[p] >= n for p, n in ct_target.items()):
                         break
                     self._progress.clear()
                     try:  # also look again now and then: a peer may have gone quiet
@@ -391,8 +638,11 @@ class ConnSync:
             ok = False
         took = self.clock() - start
         waiting = sum(max(0, n - self.settled[p]) for p, n in target.items())
+        ct_waiting = sum(max(0, n - self.ct_done[p]) for p, n in ct_target.items())
         self.last_barrier = {"instance": instance, "seconds": round(took, 4), "passed": ok,
-                             "entries": sum(target.values()), "waiting": waiting}
+                             "entries": sum(target.values()), "waiting": waiting,
+                             "conntrack.entries": sum(ct_target.values()),
+                             "conntrack.waiting": ct_waiting}
         if ok:
             self.counters["barrier.passed"] += 1
             return None
@@ -400,7 +650,7 @@ class ConnSync:
         veto = self.cfg.on_barrier_timeout == "veto"
         self.limited.warning(("barrier", instance), "connsync: %s: synced entries not "
                              "committed within %.3f s (%d still queued); %s", instance,
-                             timeout, waiting, "staying BACKUP" if veto else "taking over")
+                             timeout, waiting + ct_waiting, "staying BACKUP" if veto else "taking over")
         if veto:
             self.counters["barrier.vetoes"] += 1
             return f"synced connections not committed within {timeout:g} s"
@@ -431,7 +681,24 @@ class ConnSync:
                              "real": _hostport(c.daddr, c.dport), "state": c.state,
                              "flags": c.flags, "fwmark": c.fwmark, "timeout": c.timeout,
                              "template": bool(c.flags & 0x1000)})
-        return {"node": self.local, "total": total, "rows": rows, "truncated": total > len(rows)}
+        ct_rows: list[dict[str, Any]] = []
+        ct_total = 0
+        held = [(self.local, e) for e in self.ct_own.values()]
+        held += [(p, e) for p in self.peer_nodes for e, _ in self.ct_peer[p].values()]
+        for origin, e in held:
+            ct_total += 1
+            if len(ct_rows) >= limit:
+                continue
+            ct_rows.append({"origin": origin, "protocol": PROTOCOLS.get(e.proto, str(e.proto)),
+                            "original": f"{_hostport(e.src, e.sport)} -> "
+                                        f"{_hostport(e.dst, e.dport)}",
+                            "reply": f"{_hostport(e.rsrc, e.rsport)} -> "
+                                     f"{_hostport(e.rdst, e.rdport)}",
+                            "state": e.tcp[0] if e.tcp else None, "status": e.status,
+                            "mark": e.mark, "zone": e.zone, "timeout": e.timeout})
+        return {"node": self.local, "total": total, "rows": rows, "truncated": total > len(rows),
+                "conntrack": {"enabled": self.cfg.conntrack, "total": ct_total, "rows": ct_rows,
+                              "truncated": ct_total > len(ct_rows)}}
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -452,23 +719,38 @@ class ConnSync:
         try:
             self._injector.open()
             loop.add_reader(fd, self._on_capture)
+            if self.cfg.conntrack:
+                self.ct = self.conntrack.Conntrack()
+                self.ct.subscribe(self._on_ct_event, on_overrun=self._ct_redump.set)
+                self._ct_redump.set()  # the table as it is now, then the events
             self.running = True
-            log.info("connsync: capturing and injecting on %s (syncid %d); %d peer(s)",
-                     self.cfg.interface, self.cfg.syncid, len(self.peer_nodes))
+            log.info("connsync: capturing and injecting on %s (syncid %d)%s; %d peer(s)",
+                     self.cfg.interface, self.cfg.syncid,
+                     ", conntrack too" if self.ct is not None else "", len(self.peer_nodes))
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.link.run(), name="connsync-link")
                 tg.create_task(self._inject_loop(), name="connsync-inject")
                 tg.create_task(self._expire_loop(), name="connsync-expire")
+                if self.ct is not None:
+                    tg.create_task(self._ct_dump_loop(), name="connsync-ct-dump")
+                    tg.create_task(self._ct_apply_loop(), name="connsync-ct-apply")
         finally:
             self.running = False
             loop.remove_reader(fd)
             self._capture.close()
             self._injector.close()
+            if self.ct is not None:
+                self.ct.close()
 
     async def _expire_loop(self) -> None:
+        last_ct = self.clock()
         while True:
             await asyncio.sleep(1.0)
-            self.table.expire(self.clock())
+            now = self.clock()
+            self.table.expire(now)
+            if now - last_ct >= CT_EXPIRE_EVERY:
+                last_ct = now
+                self._ct_expire(now)
 
     def status(self) -> dict[str, Any]:
         """Per peer: entries sent/received/injected, resends, lag, last resync; counters."""
@@ -492,12 +774,18 @@ class ConnSync:
                 "resync_receiving": r["resync_receiving"],
                 "resync_sending": r["resync_sending"],
                 "since_heard_s": r["since_heard_s"],
+                **{f"conntrack.{k}": v for k, v in self.ct_stats[node].items()},
+                "conntrack.queued": self.ct_enqueued[node] - self.ct_done[node],
+                "conntrack.held": len(self.ct_peer[node]),
                 "relay": c,
             }
+        kernel_ct = self.ct.counters if self.ct is not None else {}
         return {"node": self.local, "listen": self.channel.bound or self.cfg.listen,
-                "table": len(self.table), "peers": peers, "last_barrier": self.last_barrier,
+                "table": len(self.table), "conntrack": len(self.ct_own), "peers": peers,
+                "last_barrier": self.last_barrier,
                 "counters": {**self.counters,
-                             **{f"channel.{k}": v for k, v in self.channel.counters.items()}}}
+                             **{f"channel.{k}": v for k, v in self.channel.counters.items()},
+                             **{f"conntrack.kernel.{k}": v for k, v in kernel_ct.items()}}}
 
 
 class ConnsyncPlugin:
@@ -515,11 +803,13 @@ class ConnsyncPlugin:
     @hookimpl
     def clusterbus_configure(self, config: Config, section: Mapping[str, Any] | None,
                              cluster: Cluster) -> None:
-        """Validate ``[connsync]``; without one the plugin stays inert."""
+        """Validate ``[connsync]``; without one the plugin stays inert (and registers no
+        takeover barrier: the speaker then does not ask before a takeover on its behalf)."""
         self._cfg.pop(cluster, None)
+        cluster.unregister_hooks(BARRIER_HOOKS)
         if section is not None:
             cfg = parse(config, section)
-            for part in ("codec", "table", "kernel"):
+            for part in ("codec", "table", "kernel", "conntrack"):
                 try:
                     _part(part)
                 except ImportError as exc:
@@ -527,6 +817,7 @@ class ConnsyncPlugin:
                                       f"from this installation ({exc})", file=config.file,
                                       key="connsync") from None
             self._cfg[cluster] = (cfg, config)
+            cluster.register_hooks(_Barrier(self), BARRIER_HOOKS)
 
     @hookimpl
     def clusterbus_services(self, cluster: Cluster) -> list[Callable[[], Awaitable[None]]] | None:
@@ -543,10 +834,21 @@ class ConnsyncPlugin:
         svc = self._svc.get(cluster)
         return None if svc is None else svc.status()
 
+
+
+class _Barrier:
+    """The takeover barrier's hook, registered (as :data:`BARRIER_HOOKS`) only while
+    ``[connsync]`` is configured: an install without conn-sync has no implementation of
+    ``clusterbus_vrrp_prepare_master`` from it, so its speaker takes over without asking
+    the daemon's loop first."""
+
+    def __init__(self, plugin: ConnsyncPlugin) -> None:
+        self.plugin = plugin
+
     @hookimpl
     def clusterbus_vrrp_prepare_master(self, instance: str, cluster: Cluster) -> Any:
-        """The takeover barrier (an awaitable), or ``None`` at once when inert."""
-        svc = self._svc.get(cluster)
+        """The takeover barrier (an awaitable); ``None`` before the service exists."""
+        svc = self.plugin.service(cluster)
         return None if svc is None else svc.barrier(instance)
 
 

@@ -37,7 +37,10 @@ def connsync() -> None:
               help="rows to fetch at most")
 @click.option("--timeout", type=float, default=2.0, show_default=True,
               help="seconds to wait for the daemon")
-def show(path: str | None, as_json: bool, limit: int, timeout: float) -> None:
+@click.option("--conntrack", "conntrack", is_flag=True,
+              help="list the synced netfilter conntrack entries instead ([connsync] "
+                   "conntrack = true)")
+def show(path: str | None, as_json: bool, limit: int, timeout: float, conntrack: bool) -> None:
     """List the synced table: every entry this director and its peers originated."""
     cfg = load_cli_config(path)
     section = cfg.plugin_sections.get("connsync")
@@ -59,6 +62,9 @@ def show(path: str | None, as_json: bool, limit: int, timeout: float) -> None:
             and isinstance(reply[1], dict)):
         raise click.ClickException(f"unexpected answer from {endpoint}: {str(reply)[:80]}")
     table: dict[str, Any] = reply[1]
+    if conntrack:
+        _show_conntrack(table, as_json)
+        return
     if as_json:
         click.echo(json.dumps(table, indent=2))
         return
@@ -72,3 +78,23 @@ def show(path: str | None, as_json: bool, limit: int, timeout: float) -> None:
         click.echo(fmt.format(r["origin"], r["protocol"] + ("*" if r.get("template") else ""),
                               r["client"], r["virtual"], r["real"], r["state"],
                               hex(r["flags"]), r["timeout"]))
+
+
+def _show_conntrack(table: dict[str, Any], as_json: bool) -> None:
+    ct = table.get("conntrack")
+    if not isinstance(ct, dict):
+        raise click.ClickException("the daemon sent no conntrack table (an older version)")
+    if as_json:
+        click.echo(json.dumps({"node": table.get("node"), **ct}, indent=2))
+        return
+    rows = ct.get("rows", [])
+    off = "" if ct.get("enabled") else " (conntrack = false: nothing synced)"
+    click.echo(f"node {table.get('node')}: {ct.get('total', 0)} synced conntrack entries{off}"
+               + (f" (first {len(rows)} shown)" if ct.get("truncated") else ""))
+    fmt = "{:>6} {:<5} {:<62} {:<62} {:>5} {:>7} {:>9}"
+    click.echo(fmt.format("origin", "proto", "original", "reply", "state", "status",
+                          "timeout"))
+    for r in rows:
+        click.echo(fmt.format(r["origin"], r["protocol"], r["original"], r["reply"],
+                              "-" if r["state"] is None else r["state"], hex(r["status"]),
+                              r["timeout"]))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import msgpack
@@ -207,3 +208,174 @@ def test_bulk_apply_and_dump() -> None:
         if shutil.which("conntrack"):
             listed = t.exec(b, ["conntrack", "-L"]).stdout
             assert sum(1 for ln in listed.splitlines() if "dst=10.65.0.1 " in ln) == 3000
+
+
+# -- the plugin end to end: A's table reaches B's kernel over conn-sync --------------------------
+
+DAEMON = r'''
+import asyncio, json, os, socket, sys, time, tomllib, types
+from clusterbus.config import parse_config
+from clusterbus.engine import Engine
+from clusterbus.pluginhost import PluginHost
+from clusterbus.plugins.connsync import ConnSync, parse
+
+path, out, stop, role = sys.argv[1:5]
+config = parse_config(tomllib.loads(open(path).read()), file=path)
+cluster = Engine(origin=config["daemon"]["node"], plugins=PluginHost()).cluster
+svc = ConnSync(parse(config, config.plugin_sections["connsync"]), config, cluster)
+
+# The IPVS side (capture, injection) is the UML tests' subject: stood in for here.
+kernel = types.ModuleType("no_ipvs")
+class Capture:
+    def __init__(self, interface): self.r, self.w = os.pipe()
+    def open(self): pass
+    def fileno(self): return self.r
+    def read(self): return []
+    def close(self): os.close(self.r); os.close(self.w)
+class Injector:
+    def __init__(self, interface): pass
+    def open(self): pass
+    def send(self, d): pass
+    def close(self): pass
+async def committed(*, port=8848, timeout): return True
+kernel.Capture, kernel.Injector, kernel.committed = Capture, Injector, committed
+kernel.set_sync_knobs = lambda **kw: None
+svc.kernel = kernel
+
+def write(doc):
+    with open(out + ".tmp", "w") as f:
+        json.dump(doc, f)
+    os.replace(out + ".tmp", out)
+
+async def side_a():
+    peer = svc.peer_nodes[0]
+    for _ in range(400):                      # until B was heard from
+        if svc.relay.status(svc.clock())[peer]["since_heard_s"] is not None:
+            break
+        await asyncio.sleep(0.05)
+    srv = socket.socket(); srv.bind(("10.71.0.1", 5555)); srv.listen()
+    conns = []
+    def connect():
+        cli = socket.create_connection(("10.71.0.1", 5555)); acc, _ = srv.accept()
+        cli.sendall(b"x"); acc.recv(1); acc.sendall(b"y"); cli.recv(1)
+        conns.extend((cli, acc))
+        return cli.getsockname()[1]
+    ports = [connect()]
+    await asyncio.sleep(0.5)
+    # garbage from an authorized peer (our own CURVE key): a batch B cannot decode
+    svc.channel.send(peer, ["B", svc.relay.run, 1, 2, 0,
+                            [["ct", "u", {"f": 2, "p": 6}], ["ct", "x", {}], "junk"]])
+    svc.channel.send(peer, ["B", svc.relay.run, 1, 2, 0, [["ct", "u", {"f": 99, "p": 6,
+                            "o": [b"", b"", 1, 2], "r": [b"", b"", 2, 1], "s": 0, "t": 1}]]])
+    await asyncio.sleep(0.5)
+    ports.append(connect())                   # still synced after the garbage
+    while not os.path.exists(stop):
+        write({"ports": ports, "status": svc.status()})
+        await asyncio.sleep(0.2)
+    for s in conns + [srv]:
+        s.close()
+
+async def side_b():
+    while not os.path.exists(stop):
+        if svc.ct is not None:
+            dump = [[e.src, e.dst, e.sport, e.dport, e.tcp[0] if e.tcp else None]
+                    for e in await svc.ct.dump() if e.dport == 5555]
+            write({"dump": dump, "status": svc.status(), "show": svc.show()["conntrack"]})
+        await asyncio.sleep(0.2)
+
+async def main():
+    task = asyncio.create_task(svc.run())
+    try:
+        async with asyncio.timeout(90):
+            await (side_a() if role == "a" else side_b())
+    finally:
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+
+asyncio.run(main())
+'''
+
+
+def _daemon_conf(tmp: Path, node: int) -> str:
+    peer = 2 if node == 1 else 1
+    return f"""
+[daemon]
+node = {node}
+[bus]
+certificate = "{tmp}/d{node}.key_secret"
+[[cluster.peer]]
+node = {peer}
+publish = "tcp://10.71.0.{peer}:17001"
+snapshot = "tcp://10.71.0.{peer}:17002"
+public_key = "{tmp}/d{peer}.key"
+connsync = "tcp://10.71.0.{peer}:7801"
+[connsync]
+interface = "eth0"
+listen = "tcp://10.71.0.{node}:7801"
+conntrack = true
+"""
+
+
+def _read(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def test_a_connection_on_a_reaches_b_through_connsync(tmp_path: Path) -> None:
+    """Two plugin instances with real CURVE channels between two namespaces: a real TCP
+    connection tracked in A is created in B's conntrack table (ESTABLISHED), garbage
+    batches from A change only B's counters, and a later connection still crosses."""
+    import subprocess
+
+    import zmq.auth
+
+    for n in ("d1", "d2"):
+        zmq.auth.create_certificates(tmp_path, n)
+    for node in (1, 2):
+        (tmp_path / f"d{node}.toml").write_text(_daemon_conf(tmp_path, node))
+    stop = tmp_path / "stop"
+    with Topology() as t:
+        a, b = t.host("csa", "10.71.0.1/24"), t.host("csb", "10.71.0.2/24")
+        t.exec(a, ["nft", "add table inet cb; add chain inet cb in { type filter hook input "
+                          "priority 0; }; add rule inet cb in ct state established counter"])
+        procs = [subprocess.Popen([*Topology.prefix(ns), PYTHON, "-c", DAEMON,
+                                   str(tmp_path / f"d{node}.toml"), str(tmp_path / f"{role}.json"),
+                                   str(stop), role], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+                 for ns, node, role in ((b, 2, "b"), (a, 1, "a"))]
+        try:
+            got: dict | None = None
+            ports: list[int] = []
+            for _ in range(300):  # bounded: 60 s
+                sa, got = _read(tmp_path / "a.json"), _read(tmp_path / "b.json")
+                ports = sa["ports"] if sa else []
+                if got and len(ports) == 2 and {p for _, _, p, _, _ in got["dump"]} >= set(ports):
+                    break
+                if any(p.poll() is not None for p in procs):
+                    break
+                time.sleep(0.2)
+            if shutil.which("conntrack"):
+                listed = t.exec(b, ["conntrack", "-L"], check=False).stdout
+        finally:
+            stop.touch()
+            outs = [p.communicate(timeout=30) for p in procs]
+        assert all(p.returncode == 0 for p in procs), outs
+        assert got is not None and len(ports) == 2, (got, outs)
+        mine = {p: row for row in got["dump"] for p in [row[2]] if p in ports}
+        assert set(mine) == set(ports), (got["dump"], ports, outs)
+        for src, dst, _, dport, state in mine.values():
+            assert (src, dst, dport, state) == ("10.71.0.1", "10.71.0.1", 5555, 3)  # ESTABLISHED
+        peer = got["status"]["peers"]["1"]
+        assert peer["conntrack.created"] + peer["conntrack.updated"] >= 2, peer
+        assert peer["conntrack.held"] >= 2 and peer["conntrack.queued"] == 0, peer
+        # the garbage: counted as undecodable entries, nothing else changed
+        assert got["status"]["counters"]["channel.dropped.bad_entry"] >= 2, got["status"]
+        assert any(r["original"] == f"10.71.0.1:{ports[0]} -> 10.71.0.1:5555"
+                   for r in got["show"]["rows"]), got["show"]
+        if shutil.which("conntrack"):
+            assert any(f"sport={ports[0]} dport=5555" in ln for ln in listed.splitlines()), listed

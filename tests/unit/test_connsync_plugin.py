@@ -234,7 +234,7 @@ def _service(keys: Path, node: int, listen: str, peer_ep: str, extra: str = "") 
 
 @pytest.mark.parametrize(("extra", "key", "words"), [
     ('on_barrier_timeout = "maybe"', "connsync.on_barrier_timeout", "proceed"),
-    ("conntrack = true", "connsync.conntrack", "not available"),
+    ("conntrack = 1", "connsync.conntrack", "bool"),
     ("sync_threshold = [1]", "connsync.sync_threshold", "two integers"),
     ("barrier_timeout = -1", "connsync.barrier_timeout", "expected a value"),
     ("colour = 1", "connsync.colour", "unknown key"),
@@ -343,8 +343,48 @@ def test_the_plugin_is_inert_without_a_section() -> None:
     connsync.plugin.clusterbus_configure(config, None, engine.cluster)
     assert connsync.plugin.clusterbus_services(engine.cluster) is None
     assert host.call_each("clusterbus_vrrp_prepare_master", instance="VI_1", vrid=1,
-                          cluster=engine.cluster) == [("connsync", None)]
+                          cluster=engine.cluster) == []
     assert connsync.plugin.clusterbus_status(engine.cluster) is None
+
+
+def test_the_speaker_asks_before_a_takeover_only_when_connsync_is_configured(
+        fakes: Kernel, keys: Path) -> None:
+    """No [connsync]: no implementation of the barrier hook, so the speaker's routers are
+    built without PrepareMaster (no crossing to the daemon's loop); with it, they ask."""
+    from clusterbus.vrrp import machine
+    from clusterbus.vrrp.speaker import VrrpSpeaker
+
+    def routers_ask(text: str) -> tuple[bool, bool, list[str]]:
+        host = PluginHost()
+        host.register(connsync.plugin, "connsync")
+        engine = Engine(origin=1, plugins=host)
+        config = parse_config(tomllib.loads(text), file="d1.toml")
+        host.configure(config, engine.cluster)
+        speaker = VrrpSpeaker(engine, config)
+        ask = speaker._asks_plugins()
+        router = machine.Router(machine.RouterConfig(
+            name="VI_1", vrid=1, priority=100, primary_address="10.9.0.2",
+            virtual_addresses=("10.9.0.1",), advert_interval=0.1, ask_prepare=ask), now=0.0)
+        router.start(0.0)
+        kinds = [type(e).__name__ for e in router.drain()]
+        for t in range(1, 30):  # no master heard: the backup takes over
+            router.handle_timer(t / 10)
+            kinds += [type(e).__name__ for e in router.drain()]
+        return ask, "PrepareMaster" in kinds, host.names()
+
+    with_section = _conf(keys, 1, "tcp://127.0.0.1:7700", "tcp://127.0.0.1:7701")
+    without = with_section.split("[connsync]")[0]
+    assert routers_ask(without)[:2] == (False, False)
+    ask, prepared, names = routers_ask(with_section)
+    assert (ask, prepared) == (True, True) and connsync.BARRIER_HOOKS in names
+    # configured again without the section (a second configure): the hook goes away
+    host = PluginHost()
+    engine = Engine(origin=1, plugins=host)
+    cfg = parse_config(tomllib.loads(with_section), file="d1.toml")
+    connsync.plugin.clusterbus_configure(cfg, cfg.plugin_sections["connsync"], engine.cluster)
+    assert host.names() == [connsync.BARRIER_HOOKS]
+    connsync.plugin.clusterbus_configure(cfg, None, engine.cluster)
+    assert host.names() == []
 
 
 def test_the_barrier_waits_for_a_live_peers_full_table(fakes: Kernel, keys: Path) -> None:
@@ -392,3 +432,164 @@ def test_a_peer_without_connsync_keeps_its_table_as_before(keys: Path) -> None:
     text = _conf(keys, 1, "tcp://127.0.0.1:7700", "x").replace('connsync = "x"\n', "")
     peer = parse_config(tomllib.loads(text), file="d1.toml")["cluster"]["peer"][0]
     assert set(peer) == {"node", "publish", "snapshot", "public_key"}
+
+
+# -- conntrack entries (conntrack = true) over the same relay ------------------------------------
+
+class FakeCt:
+    """Stands for ``conntrack.Conntrack``: a dict as the kernel's table."""
+
+    instances: list[FakeCt] = []
+
+    def __init__(self) -> None:
+        self.table: dict[Any, Any] = {}
+        self.dump_result: list[Any] = []
+        self.callback: Any = None
+        self.counters: dict[str, int] = {"apply.created": 0}
+        self.open = asyncio.Event()
+        self.open.set()
+        self.closed = False
+        FakeCt.instances.append(self)
+
+    def subscribe(self, callback: Any, *, on_overrun: Any = None) -> None:
+        self.callback = callback
+
+    async def dump(self) -> list[Any]:
+        return list(self.dump_result)
+
+    async def apply_many(self, entries: list[Any]) -> dict[str, int]:
+        await self.open.wait()
+        created = updated = 0
+        for e in entries:
+            if e.key() in self.table:
+                updated += 1
+            else:
+                created += 1
+            self.table[e.key()] = e
+        return {"created": created, "updated": updated, "failed": 0}
+
+    async def delete(self, e: Any) -> bool:
+        return self.table.pop(e.key(), None) is not None
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.fixture
+def fake_ct(fakes: Kernel, monkeypatch: pytest.MonkeyPatch) -> Iterator[types.ModuleType]:
+    from clusterbus.plugins.connsync import conntrack as real
+
+    m = types.ModuleType("fake_conntrack")
+    m.CtEntry, m.CtEvent, m.Conntrack = real.CtEntry, real.CtEvent, FakeCt  # type: ignore[attr-defined]
+    FakeCt.instances = []
+    monkeypatch.setitem(sys.modules, "clusterbus.plugins.connsync.conntrack", m)
+    yield m
+
+
+def _ct(sport: int, src: str = "10.0.0.9") -> Any:
+    from clusterbus.plugins.connsync.conntrack import CtEntry
+    return CtEntry(family=2, proto=6, src=src, dst="10.0.0.100", sport=sport, dport=80,
+                   rsrc="10.0.1.5", rdst=src, rsport=80, rdport=sport, status=0x0E,
+                   timeout=431999, tcp=(3, 7, 7, 0x23, 0x23))
+
+
+def test_conntrack_entries_are_created_on_the_peer_and_the_barrier_waits(
+        fake_ct: types.ModuleType, keys: Path) -> None:
+    ep1, ep2 = dead_endpoint(), dead_endpoint()
+    d1 = _service(keys, 1, ep1, ep2, "conntrack = true")
+    d2 = _service(keys, 2, ep2, ep1, 'conntrack = true\nbarrier_timeout = 0.3\n'
+                  'on_barrier_timeout = "veto"')
+    ev = fake_ct.CtEvent  # type: ignore[attr-defined]
+
+    async def until(cond: Any) -> None:
+        for _ in range(1000):
+            if cond():
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"not reached: {d1.counters} {d2.status()['peers']}")
+
+    async def main() -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        async with asyncio.TaskGroup() as tg:
+            t1 = tg.create_task(d1.run())
+            t2 = tg.create_task(d2.run())
+            await until(lambda: d1.running and d2.running)
+            k1, k2 = d1.ct, d2.ct
+            k1.dump_result = [_ct(1000), _ct(1001, src="127.0.0.1")]
+            d1._ct_redump.set()  # as at start: the table as it is
+            await until(lambda: d1.counters["conntrack.dumps"] == 2)
+            k1.callback(ev(kind="new", entry=_ct(1002)))
+            k1.callback(ev(kind="update", entry=_ct(1003, src="127.0.0.1")))
+            await until(lambda: len(k2.table) == 2)
+            out["created"] = sorted(k[4] for k in k2.table)
+            # the entries created on d2 come back as d2's own events: not relayed
+            k2.callback(ev(kind="new", entry=_ct(1000)))
+            k1.callback(ev(kind="destroy", entry=_ct(1002)))
+            await until(lambda: len(k2.table) == 1)
+            out["barrier_ok"] = await d2.barrier("VI_1")
+            k2.open.clear()  # the kernel does not answer: nothing is committed
+            k1.callback(ev(kind="new", entry=_ct(1004)))
+            await until(lambda: d2.ct_stats[1]["received"] >= 4)
+            out["barrier_stuck"] = await d2.barrier("VI_1")
+            k2.open.set()
+            await until(lambda: len(k2.table) == 2)
+            out["barrier_after"] = await d2.barrier("VI_1")
+            out["show"] = d2.show()
+            for args in (["--json"], []):
+                out[f"cli{args}"] = await asyncio.to_thread(
+                    CliRunner().invoke, cli_main, ["connsync", "show", "--conntrack", *args,
+                                                   "-c", str(keys / "d2.toml")])
+            out["echo_sent"] = d2.counters["conntrack.originated"]
+            t1.cancel()
+            t2.cancel()
+        return out
+
+    (keys / "d2.toml").write_text(_conf(keys, 2, ep2, ep1, "conntrack = true"))
+    out = asyncio.run(main())
+    assert out["created"] == [1000, 1002]
+    assert out["barrier_ok"] is None and out["barrier_after"] is None
+    assert out["barrier_stuck"] == "synced connections not committed within 0.3 s"
+    assert out["echo_sent"] == 0
+    assert d2.counters["conntrack.skipped.peer_owned"] == 1
+    assert d1.counters["conntrack.skipped.local"] == 2
+    assert d1.counters["conntrack.originated"] == 4  # 1000, 1002, destroy 1002, 1004
+    assert d2.last_barrier is not None and d2.last_barrier["passed"]
+    peer = d2.status()["peers"]["1"]
+    assert (peer["conntrack.received"], peer["conntrack.created"], peer["conntrack.deleted"],
+            peer["conntrack.queued"], peer["conntrack.held"]) == (4, 3, 1, 0, 2)
+    ct = out["show"]["conntrack"]
+    assert ct["total"] == 2 and {r["origin"] for r in ct["rows"]} == {1}
+    assert any(r["original"] == "10.0.0.9:1004 -> 10.0.0.100:80"
+               and r["reply"] == "10.0.1.5:80 -> 10.0.0.9:1004" for r in ct["rows"])
+    assert all(k.closed for k in FakeCt.instances)
+    res = out["cli['--json']"]
+    assert res.exit_code == 0, res.output
+    listed = json.loads(res.output)
+    assert listed["node"] == 2 and listed["total"] == 2 and listed["enabled"]
+    res = out["cli[]"]
+    assert res.exit_code == 0 and "2 synced conntrack entries" in res.output, res.output
+    assert "10.0.0.9:1004 -> 10.0.0.100:80" in res.output
+
+
+def test_conntrack_wire_form_round_trips_and_refuses_garbage(fake_ct: types.ModuleType) -> None:
+    from clusterbus.plugins.connsync import CtOp, entry_from_wire, entry_to_wire
+    codec = sys.modules["clusterbus.plugins.connsync.codec"]
+    for op in (CtOp(entry=_ct(5)), CtOp(entry=_ct(6), destroy=True), _conn(1)):
+        wire = msgpack.unpackb(msgpack.packb(entry_to_wire(op)), strict_map_key=True)
+        assert entry_from_wire(wire, codec, fake_ct) == op
+    good = msgpack.unpackb(msgpack.packb(entry_to_wire(CtOp(entry=_ct(5)))))
+    for bad in (["ct", "x", good[2]], ["ct", "u", {}], ["ct", "u", {**good[2], "p": 1}],
+                ["ct", "u", {**good[2], "o": [b"\x01", b"\x02", 1, 2]}], ["ct", "u"],
+                ["ct", "u", None]):
+        with pytest.raises(DecodeError):
+            entry_from_wire(bad, codec, fake_ct)
+
+
+def test_conntrack_entries_are_ignored_where_conntrack_is_off(
+        fake_ct: types.ModuleType, keys: Path) -> None:
+    from clusterbus.plugins.connsync import CtOp
+    from clusterbus.plugins.connsync.relay import Deliver
+    d = _service(keys, 2, "tcp://127.0.0.1:7702", "tcp://127.0.0.1:7701")
+    d._effect(Deliver(peer=1, entries=(CtOp(entry=_ct(5)),), snapshot=False))
+    assert d.counters["conntrack.ignored.disabled"] == 1 and not d._ct_queue
+    assert d.status()["peers"]["1"]["conntrack.received"] == 0
