@@ -249,7 +249,8 @@ class VrrpSpeaker:
         self._restart_here: dict[str, str] = {}
         #: the latest a timer fired after its deadline (seconds; status: timer_late_max_ms)
         self._late_max = 0.0
-        engine.vrrp_priority = self.set_priority  # Cluster.set_vrrp_priority goes here
+        if engine is not None:  # the daemon side (the speaker's process has no engine)
+            engine.vrrp_priority = self.set_priority  # Cluster.set_vrrp_priority goes here
         #: the daemon's loop (events and plugin calls go there); the speaker's is _loop
         self._main: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
