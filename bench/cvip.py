@@ -47,7 +47,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "support"))
 
-from cbdaemon import CLUSTERBUS  # noqa: E402
+from cbdaemon import director_keys  # noqa: E402
 from keepalived import Keepalived, VrrpInstance, ns_has_addr, wait_for  # noqa: E402
 from netns import Topology  # noqa: E402
 from speaker import Speaker  # noqa: E402
@@ -224,12 +224,7 @@ def topology(topo: Topology) -> dict[str, str]:
 
 def run_clusterbus(workdir: Path, interval: float, moves: int, crashes: int,
                    clients: int) -> dict[str, Any]:
-    keys, auth = workdir / "keys", workdir / "authorized_keys"
-    auth.mkdir(mode=0o700)
-    for n in (1, 2):
-        subprocess.run([CLUSTERBUS, "keygen", "--dir", str(keys), "--name", f"d{n}"],
-                       capture_output=True, timeout=30, check=True)
-        os.link(keys / f"d{n}.key", auth / f"d{n}.key")
+    keys, auth = director_keys(workdir, (1, 2))
     with Topology() as topo:
         ns = topology(topo)
         by_node = {1: ns["a"], 2: ns["b"]}

@@ -11,7 +11,6 @@ linked by ``[[cluster.peer]]`` (CURVE over ipc://), one network namespace each:
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 from datetime import datetime
@@ -19,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cbdaemon import CLUSTERBUS
+from cbdaemon import CLUSTERBUS, director_keys
 from keepalived import VrrpInstance, ns_has_addr, wait_for
 from netns import Topology, is_root
 from speaker import AddrMonitor, Speaker, held_intervals
@@ -59,17 +58,8 @@ class Director(Speaker):
         return owner
 
 
-def keygen(d: Path, name: str) -> None:
-    subprocess.run([CLUSTERBUS, "keygen", "--dir", str(d), "--name", name],
-                   capture_output=True, text=True, timeout=30, check=True)
-
-
 def test_three_directors_crash_return_and_move(tmp_path: Path) -> None:
-    keys, auth = tmp_path / "keys", tmp_path / "authorized_keys"
-    auth.mkdir(mode=0o700)
-    for n in NODES:
-        keygen(keys, f"d{n}")
-        os.link(keys / f"d{n}.key", auth / f"d{n}.key")
+    keys, auth = director_keys(tmp_path, NODES)
     with Topology() as topo:
         ns = {n: topo.host(f"d{n}", f"10.77.0.{n}/24") for n in NODES}
         inst = VrrpInstance(vrid=51, priority=100, advert_int=1, version=3,
