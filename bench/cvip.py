@@ -50,7 +50,7 @@ sys.path.insert(0, str(ROOT / "tests" / "support"))
 from cbdaemon import director_keys  # noqa: E402
 from keepalived import Keepalived, VrrpInstance, ns_has_addr, wait_for  # noqa: E402
 from netns import Topology  # noqa: E402
-from speaker import Speaker  # noqa: E402
+from speaker import CurveSpeaker  # noqa: E402
 
 from clusterbus.plugins.cvip.cli import control_request  # noqa: E402
 
@@ -161,18 +161,10 @@ def in_windows(times: list[float], windows: list[tuple[float, float]]) -> int:
     return sum(1 for t in times if any(a <= t <= b for a, b in windows))
 
 
-class Director(Speaker):
+class Director(CurveSpeaker):
     """A clusterbus daemon with a CURVE key pair, peer links and ``[cvip]``."""
 
-    keys: Path = Path()
-    auth: Path = Path()
-
-    def _bus(self) -> str:
-        ep = f"ipc://{self.workdir}/{self.ns}"
-        return (f'[bus]\npublish = "{ep}.pub"\ningest = "{ep}.ingest"\n'
-                f'snapshot = "{ep}.snap"\nheartbeat_interval = 0.1\n'
-                f'certificate = "{self.keys}/d{self.node}.key_secret"\n'
-                f'authorized_keys = "{self.auth}"\n\n')
+    heartbeat = 0.1
 
     def owner(self) -> int | None:
         p = self.cli("cvip", "show", "--json", "--timeout", "5", check=False)

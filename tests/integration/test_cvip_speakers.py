@@ -21,7 +21,7 @@ import pytest
 from cbdaemon import CLUSTERBUS, director_keys
 from keepalived import VrrpInstance, ns_has_addr, wait_for
 from netns import Topology, is_root
-from speaker import AddrMonitor, Speaker, held_intervals
+from speaker import AddrMonitor, CurveSpeaker, held_intervals
 
 pytestmark = [pytest.mark.root,
               pytest.mark.skipif(not is_root(), reason="network namespaces need root")]
@@ -30,18 +30,8 @@ VIP = "10.77.0.100"
 NODES = (1, 2, 3)
 
 
-class Director(Speaker):
-    """A :class:`Speaker` whose bus has a CURVE key pair (peer links need one)."""
-
-    keys: Path = Path()
-    auth: Path = Path()
-
-    def _bus(self) -> str:
-        ep = f"ipc://{self.workdir}/{self.ns}"
-        return (f'[bus]\npublish = "{ep}.pub"\ningest = "{ep}.ingest"\n'
-                f'snapshot = "{ep}.snap"\nheartbeat_interval = 0.2\n'
-                f'certificate = "{self.keys}/d{self.node}.key_secret"\n'
-                f'authorized_keys = "{self.auth}"\n\n')
+class Director(CurveSpeaker):
+    """A :class:`CurveSpeaker` that reads its CVIP owners through ``clusterbus cvip show``."""
 
     def show(self) -> dict[str, Any]:
         """``clusterbus cvip show --json`` (a loaded machine may need a few tries)."""
