@@ -58,7 +58,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "support"))
 
-from cbdaemon import CLUSTERBUS, Daemon  # noqa: E402
+from cbdaemon import CLUSTERBUS, Daemon, director_keys  # noqa: E402
 from corosync_cluster import (  # noqa: E402
     PRIORITY,
     VIP,
@@ -259,12 +259,7 @@ def bench_raw(ns: dict[int, str], keys: Path, samples: int, pace: float) -> list
 def bench_peers(base: Path, site: Path, samples: int, pace: float, rounds: int
                 ) -> tuple[list[float], list[float], dict[int, float]]:
     """(director 1 -> 2 hook latencies, raw latencies, RSS MB per director)."""
-    keys, auth = base / "keys", base / "authorized_keys"
-    auth.mkdir(mode=0o700)
-    for n in PEERS:
-        subprocess.run([CLUSTERBUS, "keygen", "--dir", str(keys), "--name", f"d{n}"],
-                       capture_output=True, check=True, timeout=30)
-        (auth / f"d{n}.key").write_bytes((keys / f"d{n}.key").read_bytes())
+    keys, auth = director_keys(base, PEERS)
     with Topology() as topo:
         ns = {n: topo.host(f"d{n}", f"{PEER_NET}.{n}/24") for n in PEERS}
         ds = {n: PeerDirector(n, base, ns[n], keys, auth, site) for n in PEERS}

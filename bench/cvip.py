@@ -47,10 +47,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "support"))
 
-from cbdaemon import CLUSTERBUS  # noqa: E402
+from cbdaemon import director_keys  # noqa: E402
 from keepalived import Keepalived, VrrpInstance, ns_has_addr, wait_for  # noqa: E402
 from netns import Topology  # noqa: E402
-from speaker import Speaker  # noqa: E402
+from speaker import CurveSpeaker  # noqa: E402
 
 from clusterbus.plugins.cvip.cli import control_request  # noqa: E402
 
@@ -161,18 +161,10 @@ def in_windows(times: list[float], windows: list[tuple[float, float]]) -> int:
     return sum(1 for t in times if any(a <= t <= b for a, b in windows))
 
 
-class Director(Speaker):
+class Director(CurveSpeaker):
     """A clusterbus daemon with a CURVE key pair, peer links and ``[cvip]``."""
 
-    keys: Path = Path()
-    auth: Path = Path()
-
-    def _bus(self) -> str:
-        ep = f"ipc://{self.workdir}/{self.ns}"
-        return (f'[bus]\npublish = "{ep}.pub"\ningest = "{ep}.ingest"\n'
-                f'snapshot = "{ep}.snap"\nheartbeat_interval = 0.1\n'
-                f'certificate = "{self.keys}/d{self.node}.key_secret"\n'
-                f'authorized_keys = "{self.auth}"\n\n')
+    heartbeat = 0.1
 
     def owner(self) -> int | None:
         p = self.cli("cvip", "show", "--json", "--timeout", "5", check=False)
@@ -224,12 +216,7 @@ def topology(topo: Topology) -> dict[str, str]:
 
 def run_clusterbus(workdir: Path, interval: float, moves: int, crashes: int,
                    clients: int) -> dict[str, Any]:
-    keys, auth = workdir / "keys", workdir / "authorized_keys"
-    auth.mkdir(mode=0o700)
-    for n in (1, 2):
-        subprocess.run([CLUSTERBUS, "keygen", "--dir", str(keys), "--name", f"d{n}"],
-                       capture_output=True, timeout=30, check=True)
-        os.link(keys / f"d{n}.key", auth / f"d{n}.key")
+    keys, auth = director_keys(workdir, (1, 2))
     with Topology() as topo:
         ns = topology(topo)
         by_node = {1: ns["a"], 2: ns["b"]}

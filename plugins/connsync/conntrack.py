@@ -470,6 +470,20 @@ class Conntrack:
     def _count(self, key: str, n: int = 1) -> None:
         self.counters[key] = self.counters.get(key, 0) + n
 
+    def _entry(self, what: str, data: bytes, start: int, end: int) -> CtEntry | None:
+        """The entry of one conntrack message of a dump or an event; ``None`` when it
+        cannot be decoded (``<what>.dropped.bad_message``, logged at DEBUG) or is of a
+        kind not synced (``<what>.skipped.unsupported``)."""
+        try:
+            entry = decode_ct(data, start, end)
+        except DecodeError as exc:
+            self._count(f"{what}.dropped.bad_message")
+            log.debug("conntrack %s: message dropped: %s", what, exc)
+            return None
+        if entry is None:
+            self._count(f"{what}.skipped.unsupported")
+        return entry
+
     def _next_seq(self) -> int:
         self._seq = (self._seq + 1) & 0xFFFFFFFF or 1
         return self._seq
@@ -536,15 +550,8 @@ class Conntrack:
                     if kind == NLMSG_ERROR:
                         code = -_ERR.unpack_from(data, start)[0] if end - start >= 4 else errno.EIO
                         raise OSError(code, f"conntrack dump: {os.strerror(code)}")
-                    try:
-                        entry = decode_ct(data, start, end)
-                    except DecodeError as exc:
-                        self._count("dump.dropped.bad_message")
-                        log.debug("conntrack dump entry dropped: %s", exc)
-                        continue
-                    if entry is None:
-                        self._count("dump.skipped.unsupported")
-                    else:
+                    entry = self._entry("dump", data, start, end)
+                    if entry is not None:
                         out.append(entry)
         self._count("dump.entries", len(out))
         return out
@@ -701,14 +708,8 @@ class Conntrack:
             off += (length + 3) & ~3
             if kind not in (_MSG_NEW, _MSG_DELETE):
                 continue
-            try:
-                entry = decode_ct(data, start, end)
-            except DecodeError as exc:
-                self._count("events.dropped.bad_message")
-                log.debug("conntrack event dropped: %s", exc)
-                continue
+            entry = self._entry("events", data, start, end)
             if entry is None:
-                self._count("events.skipped.unsupported")
                 continue
             what = "destroy" if kind == _MSG_DELETE else ("new" if flags & NLM_F_CREATE else "update")
             self._count(f"events.{what}")

@@ -80,6 +80,16 @@ def _pair(tmp: Path, loss: float) -> tuple[Director, Director, str, str, Path]:
     return d1, d2, ep1, ep2, keys
 
 
+def _dealer(ctx: zmq.asyncio.Context, keys: Path, server: str, client: str) -> zmq.asyncio.Socket:
+    """A CURVE DEALER with ``client``'s key pair, for ``server``'s public key."""
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    pub, sec = zmq.auth.load_certificate(keys / f"{client}.key_secret")
+    sock.curve_serverkey = zmq.auth.load_certificate(keys / f"{server}.key")[0]
+    sock.curve_publickey, sock.curve_secretkey = pub, sec
+    return sock
+
+
 async def _until(cond: Any, timeout: float = 20.0) -> bool:
     for _ in range(int(timeout / 0.02)):
         if cond():
@@ -116,14 +126,10 @@ def test_two_channels_converge_with_20_percent_loss(tmp_path: Path) -> None:
 
 def test_garbage_from_an_authorized_peer_changes_only_counters(tmp_path: Path) -> None:
     d1, d2, ep1, _ep2, keys = _pair(tmp_path, loss=0.0)
-    pub2, sec2 = zmq.auth.load_certificate(keys / "d2.key_secret")
-    pub1, _ = zmq.auth.load_certificate(keys / "d1.key")
 
     async def main() -> None:
         ctx = zmq.asyncio.Context()
-        evil = ctx.socket(zmq.DEALER)  # d2's key: authorized, but a broken program
-        evil.setsockopt(zmq.LINGER, 0)
-        evil.curve_serverkey, evil.curve_publickey, evil.curve_secretkey = pub1, pub2, sec2
+        evil = _dealer(ctx, keys, "d1", "d2")  # d2's key: authorized, but a broken program
         try:
             async with asyncio.TaskGroup() as tg:
                 t1 = tg.create_task(d1.link.run())
@@ -158,15 +164,10 @@ def test_garbage_from_an_authorized_peer_changes_only_counters(tmp_path: Path) -
 
 def test_unknown_key_is_refused_and_the_daemon_key_may_ask(tmp_path: Path) -> None:
     d1, _d2, ep1, _ep2, keys = _pair(tmp_path, loss=0.0)
-    pub_s, sec_s = zmq.auth.load_certificate(keys / "stranger.key_secret")
-    pub1, _ = zmq.auth.load_certificate(keys / "d1.key")
 
     async def main() -> Any:
         ctx = zmq.asyncio.Context()
-        stranger = ctx.socket(zmq.DEALER)
-        stranger.setsockopt(zmq.LINGER, 0)
-        stranger.curve_serverkey, stranger.curve_publickey, stranger.curve_secretkey = \
-            pub1, pub_s, sec_s
+        stranger = _dealer(ctx, keys, "d1", "stranger")
         try:
             async with asyncio.TaskGroup() as tg:
                 t1 = tg.create_task(d1.link.run())

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cbdaemon import CLUSTERBUS
+from cbdaemon import CLUSTERBUS, director_keys
 from keepalived import Keepalived, VrrpInstance, ns_has_addr, wait_for
 from netns import Topology, is_root
 
@@ -76,12 +76,7 @@ def show(conf: Path) -> dict[str, Any]:
 
 
 def test_keepalived_follows_the_track_file(tmp_path: Path) -> None:
-    keys, auth = tmp_path / "keys", tmp_path / "authorized_keys"
-    auth.mkdir(mode=0o700)
-    for n in (1, 2):
-        subprocess.run([CLUSTERBUS, "keygen", "--dir", str(keys), "--name", f"d{n}"],
-                       capture_output=True, timeout=30, check=True)
-        os.link(keys / f"d{n}.key", auth / f"d{n}.key")
+    keys, auth = director_keys(tmp_path, (1, 2))
     with Topology() as topo:
         ns = {n: topo.host(f"k{n}", f"10.78.0.{n}/24") for n in (1, 2)}
         tracks = {n: tmp_path / f"cvip{n}.track" for n in (1, 2)}

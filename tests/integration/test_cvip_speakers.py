@@ -11,7 +11,6 @@ linked by ``[[cluster.peer]]`` (CURVE over ipc://), one network namespace each:
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 from datetime import datetime
@@ -19,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cbdaemon import CLUSTERBUS
+from cbdaemon import CLUSTERBUS, director_keys
 from keepalived import VrrpInstance, ns_has_addr, wait_for
 from netns import Topology, is_root
-from speaker import AddrMonitor, Speaker, held_intervals
+from speaker import AddrMonitor, CurveSpeaker, held_intervals
 
 pytestmark = [pytest.mark.root,
               pytest.mark.skipif(not is_root(), reason="network namespaces need root")]
@@ -31,18 +30,8 @@ VIP = "10.77.0.100"
 NODES = (1, 2, 3)
 
 
-class Director(Speaker):
-    """A :class:`Speaker` whose bus has a CURVE key pair (peer links need one)."""
-
-    keys: Path = Path()
-    auth: Path = Path()
-
-    def _bus(self) -> str:
-        ep = f"ipc://{self.workdir}/{self.ns}"
-        return (f'[bus]\npublish = "{ep}.pub"\ningest = "{ep}.ingest"\n'
-                f'snapshot = "{ep}.snap"\nheartbeat_interval = 0.2\n'
-                f'certificate = "{self.keys}/d{self.node}.key_secret"\n'
-                f'authorized_keys = "{self.auth}"\n\n')
+class Director(CurveSpeaker):
+    """A :class:`CurveSpeaker` that reads its CVIP owners through ``clusterbus cvip show``."""
 
     def show(self) -> dict[str, Any]:
         """``clusterbus cvip show --json`` (a loaded machine may need a few tries)."""
@@ -59,17 +48,8 @@ class Director(Speaker):
         return owner
 
 
-def keygen(d: Path, name: str) -> None:
-    subprocess.run([CLUSTERBUS, "keygen", "--dir", str(d), "--name", name],
-                   capture_output=True, text=True, timeout=30, check=True)
-
-
 def test_three_directors_crash_return_and_move(tmp_path: Path) -> None:
-    keys, auth = tmp_path / "keys", tmp_path / "authorized_keys"
-    auth.mkdir(mode=0o700)
-    for n in NODES:
-        keygen(keys, f"d{n}")
-        os.link(keys / f"d{n}.key", auth / f"d{n}.key")
+    keys, auth = director_keys(tmp_path, NODES)
     with Topology() as topo:
         ns = {n: topo.host(f"d{n}", f"10.77.0.{n}/24") for n in NODES}
         inst = VrrpInstance(vrid=51, priority=100, advert_int=1, version=3,

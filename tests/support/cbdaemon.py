@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,21 @@ from netns import Topology
 __all__ = ["Daemon", "CLUSTERBUS", "status"]
 
 CLUSTERBUS = str(Path(sys.executable).with_name("clusterbus"))
+
+
+def director_keys(base: Path, nodes: Iterable[int]) -> tuple[Path, Path]:
+    """A CURVE key pair ``d<N>`` for every node (``clusterbus keygen``) in ``base/keys``,
+    and ``base/authorized_keys`` holding every public key: each director lets the others in.
+
+    :returns: ``(keys, authorized_keys)``.
+    """
+    keys, auth = base / "keys", base / "authorized_keys"
+    auth.mkdir(mode=0o700)
+    for n in nodes:
+        subprocess.run([CLUSTERBUS, "keygen", "--dir", str(keys), "--name", f"d{n}"],
+                       capture_output=True, timeout=30, check=True)
+        os.link(keys / f"d{n}.key", auth / f"d{n}.key")
+    return keys, auth
 
 
 def status(snapshot_endpoint: str, timeout: float = 2.0) -> dict[str, Any]:

@@ -209,6 +209,23 @@ class Speaker:
 _ADDR_LINE = re.compile(r"^\[(\S+)\] (Deleted )?\d+: \S+\s+inet6? (\S+)/")
 
 
+class CurveSpeaker(Speaker):
+    """A :class:`Speaker` whose bus has a CURVE key pair (peer links need one): the key
+    pair ``keys/d<node>.key_secret`` and the ``auth`` directory of authorized keys
+    (:func:`cbdaemon.director_keys` makes both); set them before :meth:`render`."""
+
+    keys: Path = Path()
+    auth: Path = Path()
+    heartbeat: float = 0.2
+
+    def _bus(self) -> str:
+        ep = f"ipc://{self.workdir}/{self.ns}"
+        return (f'[bus]\npublish = "{ep}.pub"\ningest = "{ep}.ingest"\n'
+                f'snapshot = "{ep}.snap"\nheartbeat_interval = {self.heartbeat}\n'
+                f'certificate = "{self.keys}/d{self.node}.key_secret"\n'
+                f'authorized_keys = "{self.auth}"\n\n')
+
+
 class AddrMonitor:
     """``ip -ts monitor address`` in a namespace: a timestamped record of address changes.
 

@@ -1,12 +1,12 @@
-"""The conn-sync plugin wired end to end over its real CURVE channel on loopback, with small
-fakes of the codec, table and kernel modules (other work in progress provides the real
-ones): captured entries of director 1 are injected on director 2, the barrier waits for
-them and times out as configured, status and ``clusterbus connsync show`` report them."""
+"""The conn-sync plugin wired end to end over its real CURVE channel on loopback, with its
+real codec and table and a small fake of its kernel module (the real one needs IPVS; it is
+tested under UML in tests/kernel): captured entries of director 1 are injected on director
+2, the barrier waits for them and times out as configured, status and ``clusterbus connsync
+show`` report them."""
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import os
 import sys
@@ -28,89 +28,10 @@ from clusterbus.config import parse_config
 from clusterbus.engine import Engine
 from clusterbus.pluginhost import PluginHost
 from clusterbus.plugins import connsync
-from clusterbus.plugins.connsync import ConnSync, conn_from_wire, conn_to_wire, parse
+from clusterbus.plugins.connsync import ConnSync, codec, conn_from_wire, conn_to_wire, parse
+from clusterbus.plugins.connsync.codec import SeqOpt, SyncConn
 
-# -- fakes of the modules other helpers write -------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class SeqOpt:
-    init_seq: int
-    delta: int
-    previous_delta: int
-
-
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class SyncConn:
-    af: int
-    protocol: int
-    flags: int
-    state: int
-    cport: int
-    vport: int
-    dport: int
-    caddr: str
-    vaddr: str
-    daddr: str
-    fwmark: int = 0
-    timeout: int = 0
-    in_seq: SeqOpt | None = None
-    out_seq: SeqOpt | None = None
-    pe_name: bytes | None = None
-    pe_data: bytes | None = None
-
-    def key(self) -> tuple[Any, ...]:
-        return (self.af, self.protocol, self.caddr, self.cport, self.vaddr, self.vport,
-                self.daddr, self.dport, self.fwmark, bool(self.flags & 0x1000))
-
-
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class SyncMessage:
-    version: int
-    syncid: int
-    conns: tuple[SyncConn, ...]
-
-
-def _codec() -> types.ModuleType:
-    m = types.ModuleType("fake_codec")
-    m.SeqOpt, m.SyncConn, m.SyncMessage = SeqOpt, SyncConn, SyncMessage  # type: ignore[attr-defined]
-
-    def decode(data: bytes) -> SyncMessage:
-        try:
-            syncid, raw = msgpack.unpackb(data)
-            return SyncMessage(version=1, syncid=syncid,
-                               conns=tuple(conn_from_wire(v, m) for v in raw))
-        except (ValueError, TypeError) as exc:
-            raise DecodeError(str(exc)) from None
-
-    def encode_many(conns: list[SyncConn], *, syncid: int, maxlen: int = 1472,
-                    version: int = 1) -> list[bytes]:
-        return [msgpack.packb([syncid, [conn_to_wire(c) for c in conns[i:i + 10]]])
-                for i in range(0, len(conns), 10)]
-
-    m.decode, m.encode_many = decode, encode_many  # type: ignore[attr-defined]
-    return m
-
-
-class ConnTable:
-    def __init__(self) -> None:
-        self.rows: dict[tuple[int, Any], tuple[SyncConn, float]] = {}
-
-    def apply(self, origin: int, conn: SyncConn, now: float) -> None:
-        self.rows[(origin, conn.key())] = (conn, now + conn.timeout)
-
-    def expire(self, now: float) -> int:
-        gone = [k for k, (_, t) in self.rows.items() if t <= now]
-        for k in gone:
-            del self.rows[k]
-        return len(gone)
-
-    def snapshot(self, origin: int, now: float) -> list[SyncConn]:
-        return [dataclasses.replace(c, timeout=max(0, int(t - now)))
-                for (o, _), (c, t) in self.rows.items() if o == origin]
-
-    def __len__(self) -> int:
-        return len(self.rows)
+# -- a fake of the kernel module (the real one needs IPVS: tests/kernel) --------------------
 
 
 class Kernel:
@@ -187,10 +108,6 @@ class Kernel:
 @pytest.fixture
 def fakes(monkeypatch: pytest.MonkeyPatch) -> Iterator[Kernel]:
     kernel = Kernel()
-    table = types.ModuleType("fake_table")
-    table.ConnTable = ConnTable  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "clusterbus.plugins.connsync.codec", _codec())
-    monkeypatch.setitem(sys.modules, "clusterbus.plugins.connsync.table", table)
     monkeypatch.setitem(sys.modules, "clusterbus.plugins.connsync.kernel", kernel.module())
     yield kernel
 
@@ -256,10 +173,10 @@ def test_defaults(keys: Path) -> None:
 
 
 def test_wire_form_round_trips_and_refuses_garbage(fakes: Kernel) -> None:
-    codec = sys.modules["clusterbus.plugins.connsync.codec"]
     c = SyncConn(af=10, protocol=6, flags=0x1183, state=1, cport=0, vport=443, dport=443,
                  caddr="2001:db8::1", vaddr="2001:db8::100", daddr="2001:db8::5", timeout=300,
-                 in_seq=SeqOpt(init_seq=1, delta=2, previous_delta=3), pe_name=b"sip",
+                 in_seq=SeqOpt(init_seq=1, delta=2, previous_delta=3),
+                 out_seq=SeqOpt(init_seq=4, delta=5, previous_delta=6), pe_name=b"sip",
                  pe_data=b"\x01")
     assert conn_from_wire(msgpack.unpackb(msgpack.packb(conn_to_wire(c))), codec) == c
     for bad in (None, [], conn_to_wire(c)[:-1], [2] + conn_to_wire(c)[1:],
@@ -279,7 +196,6 @@ def test_captured_entries_are_injected_on_the_peer_and_the_barrier_waits(
     ep1, ep2 = dead_endpoint(), dead_endpoint()
     d1 = _service(keys, 1, ep1, ep2)
     d2 = _service(keys, 2, ep2, ep1, 'barrier_timeout = 0.3\non_barrier_timeout = "veto"')
-    codec = sys.modules["clusterbus.plugins.connsync.codec"]
 
     async def main() -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -289,7 +205,7 @@ def test_captured_entries_are_injected_on_the_peer_and_the_barrier_waits(
             while "d1" not in fakes.captures or not d1.running or not d2.running:
                 await asyncio.sleep(0.01)
             cap = fakes.captures["d1"]
-            cap.feed(codec.encode_many([_conn(i) for i in range(25)], syncid=3)[0])
+            cap.feed(codec.encode_many([_conn(i) for i in range(10)], syncid=3)[0])
             cap.feed(codec.encode_many([_conn(99)], syncid=4)[0])  # another syncid
             cap.feed(b"\xc1garbage")
             for i in range(10, 25, 10):
