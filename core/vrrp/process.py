@@ -41,20 +41,23 @@ _REAP_TIMEOUT = 5.0
 
 
 def config_to_wire(config: Config) -> dict[str, Any]:
-    """What the speaker's process needs of a configuration: its file name and the
-    validated ``[vrrp]`` section (plain data)."""
-    return {"file": config.file, "vrrp": config.core.get("vrrp") or {}}
+    """What the speaker's process needs of a configuration: its file name, the validated
+    ``[vrrp]`` section and the ``[daemon]`` section (``state_dir``: the VIPs a run was
+    configured with are recorded there), as plain data."""
+    return {"file": config.file, "vrrp": config.core.get("vrrp") or {},
+            "daemon": config.core.get("daemon") or {}}
 
 
 def config_from_wire(data: Any) -> Config:
-    """The :class:`Config` :func:`config_to_wire` described (``[vrrp]`` only).
+    """The :class:`Config` :func:`config_to_wire` described (``[vrrp]`` and ``[daemon]``).
 
     :raises DecodeError: not such a description.
     """
     if not isinstance(data, dict) or not isinstance(data.get("file"), str) or \
-            not isinstance(data.get("vrrp"), dict):
+            not isinstance(data.get("vrrp"), dict) or \
+            not isinstance(data.get("daemon", {}), dict):
         raise DecodeError("not a configuration for the speaker's process")
-    return Config(file=data["file"], core={"vrrp": data["vrrp"]})
+    return Config(file=data["file"], core={"vrrp": data["vrrp"], "daemon": data.get("daemon", {})})
 
 
 def _how(code: int | None) -> str:
