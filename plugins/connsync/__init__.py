@@ -438,9 +438,10 @@ class ConnSync:
     async def run(self) -> None:
         """Set the kernel's knobs, capture, relay and inject until cancelled."""
         loop = asyncio.get_running_loop()
-        try:
-            self.kernel.set_sync_knobs(kernel_maxlen=self.cfg.kernel_maxlen,
-                                       sync_threshold=self.cfg.sync_threshold)
+        try:  # in a thread: pyroute2's blocking IPVS socket runs an event loop of its own
+            await asyncio.to_thread(self.kernel.set_sync_knobs,
+                                    kernel_maxlen=self.cfg.kernel_maxlen,
+                                    sync_threshold=self.cfg.sync_threshold)
         except OSError as exc:
             self.counters["knobs.failed"] += 1
             log.error("connsync: cannot set the kernel's sync knobs: %s (the kernel sends "
