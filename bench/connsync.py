@@ -27,9 +27,10 @@ server R behind a persistent virtual service on A, and a client. The phases:
    datagrams sent out of A's ``sync0`` as its master would (captured like the kernel's):
    ``--cs-entries`` at once (``entries_per_s``: first send -> last entry committed in B),
    then ``--cs-table`` entries at ``--rate`` (``p99_lag_ms``: send -> committed in B, per
-   entry); then both plugins' RSS (``rss_mb``); the barrier with everything committed;
-   then B restarts, A resends its whole table, and B's ``prepare_master`` awaitable is
-   timed from the first resent entry until it resolves (``barrier_100k_s``).
+   entry); then both plugins' RSS (``rss_mb``); B's ``prepare_master`` awaitable with
+   those entries synced, until it resolves (``barrier_100k_s``: a failover's takeover);
+   then B restarts, A resends its whole table, and B's barrier is timed from the first
+   resent entry until it resolves (``barrier_resync_100k_s``: a restarted director).
 6. a **full resync** of 100,000 hand-built entries into B, kernel side only.
 
 ``--json`` prints one JSON object as the last line (the kernel-side figures under
@@ -379,6 +380,7 @@ def throughput(n: int, *, per_datagram: int = 40, window: int = WINDOW) -> dict[
     keys = [(f"10.80.{(i // 250) % 250}.{i % 250 + 1}", 1024 + i // 62500) for i in range(n)]
     datagrams = [encode(keys[i:i + per_datagram]) for i in range(0, n, per_datagram)]
     with netns("csB"):
+        before = active_conns()
         inj = kernel.Injector("sync0")
         inj.open()
         drops0 = kernel.backup_queue().drops
@@ -395,8 +397,7 @@ def throughput(n: int, *, per_datagram: int = 40, window: int = WINDOW) -> dict[
         inj.close()
         drops = kernel.backup_queue().drops - drops0
         t1 = time.monotonic()
-        with open("/proc/net/ip_vs_conn") as f:
-            got = sum(1 for line in f if " 0A50" in line)  # caddr 10.80.x.x
+        got = active_conns() - before  # /proc/net/ip_vs_conn is quadratic in the table
         count_s = time.monotonic() - t1
     return {"entries": n, "datagrams": len(datagrams), "window": window,
             "seconds": elapsed, "entries_per_s": n / elapsed, "present": got,
@@ -704,13 +705,6 @@ class Generator:
         self.sock.close()
 
 
-def count_net(net: int) -> int:
-    """Entries of generator phase ``net`` in this namespace's IPVS table."""
-    want = f" 0A{net:02X}"
-    with open("/proc/net/ip_vs_conn") as f:
-        return sum(1 for line in f if want in line)
-
-
 def connsync_phase(args: argparse.Namespace, held: list[socket.socket],
                    clients: list[subprocess.Popen[str]]) -> dict[str, Any]:
     """Everything through two directors' conn-sync plugins (capture -> CURVE relay ->
@@ -754,13 +748,15 @@ def connsync_phase(args: argparse.Namespace, held: list[socket.socket],
         # relay throughput: generated entries captured on A, committed in B's kernel
         base = b.ask(op="wait", count=0, timeout=5)["settled"]
         n = args.cs_entries
+        with netns("csB"):
+            before = active_conns()
         sent = gen.send(GEN_NET["throughput"], n)
         w = b.ask(op="wait", count=base + n, timeout=120)
         commits = b.ask(op="commits", net=GEN_NET["throughput"], count=n)["commit_at"]
         lags = [c - s for c, s in zip(commits, sent) if c is not None]
         done = [c for c in commits if c is not None]
         with netns("csB"):
-            got = count_net(GEN_NET["throughput"])
+            got = active_conns() - before
         out["throughput"] = {
             "entries": n, "seconds": (max(done) - sent[0]) if done else None,
             "entries_per_s": n / (max(done) - sent[0]) if done else 0.0,
@@ -791,8 +787,16 @@ def connsync_phase(args: argparse.Namespace, held: list[socket.socket],
         # takeover right after B restarts: A resends its whole table, B's barrier waits
         b.close()
         b = Director(2, workdir, args.barrier_timeout)
-        out["barrier_resync"] = b.ask(op="barrier", after_heard=True)
-        out["rss"]["B_after_resync"] = b.ask(op="rss")
+        try:
+            out["barrier_resync"] = b.ask(op="barrier", after_heard=True,
+                                          timeout=args.barrier_timeout + 60)
+            out["rss"]["B_after_resync"] = b.ask(op="rss")
+            out["status_B_after_resync"] = b.ask(op="status")
+        except (TimeoutError, RuntimeError) as exc:  # keep the other figures
+            out["error"] = f"{type(exc).__name__}: {exc}"
+            out["barrier_resync"] = {"seconds": None, "veto": "no answer",
+                                     "last_barrier": None}
+            out["rss"]["B_after_resync"] = {"rss_mb": 0.0}
     finally:
         gen.close()
         a.close()
@@ -860,8 +864,6 @@ def inside(args: argparse.Namespace) -> dict[str, Any]:
                         "kinds": fwd.kinds, "failures": fwd.failures[:10],
                         "forwarder": fwd.timing,
                         "capture": fwd.capture.counters, "inject": fwd.injector.counters}
-        # 3: injection throughput
-        out["throughput"] = throughput(args.entries)
         # 4: the kernel syncd alone with its defaults, A's master straight to B's backup
         for ns in ("csA", "csB"):
             daemons(ns, "eth0", maxlen=0, threshold=(3, 50))
@@ -887,6 +889,10 @@ def inside(args: argparse.Namespace) -> dict[str, Any]:
         # -> injection in B -> committed); its table phase fills B with --cs-table entries
         if args.cs_table:
             out["connsync"] = connsync_phase(args, held, clients)
+        # 3 (run here: B's table grows by --entries): injection throughput, kernel side
+        for ns in ("csA", "csB"):
+            daemons(ns, "sync0", maxlen=1, threshold=(2, 50))
+        out["throughput"] = throughput(args.entries)
         # 6: last, since B's table then holds 100,000 more entries and every read of
         # /proc/net/ip_vs_conn (the presence checks above) would take seconds
         if args.resync_entries:
@@ -929,18 +935,23 @@ def inside(args: argparse.Namespace) -> dict[str, Any]:
             e2e_ratio=ratio(df["e2e_median_ms"], cs["e2e"]["e2e_median_ms"]),
             lost_connsync=cs["burst"]["lost"] + cs["throughput"]["lost"] + table["lost"],
             lost_connsync_burst=cs["burst"]["lost"],
-            barrier_100k_s=cs["barrier_resync"]["seconds"],
-            barrier_100k_passed=cs["barrier_resync"]["veto"] is None
+            # the takeover of step 3 of a failover: the peer holds the synced entries
+            barrier_100k_s=cs["barrier_idle"]["seconds"],
+            barrier_100k_passed=bool((cs["barrier_idle"]["last_barrier"] or {}).get("passed")),
+            # the director that just restarted: the peer's whole table arrives first
+            barrier_resync_100k_s=cs["barrier_resync"]["seconds"],
+            barrier_resync_100k_passed=cs["barrier_resync"]["veto"] is None
             and bool((cs["barrier_resync"]["last_barrier"] or {}).get("passed")),
-            barrier_idle_s=cs["barrier_idle"]["seconds"], barrier_entries=table["entries"],
+            barrier_entries=table["entries"],
             rss_mb=max(rss["A"]["rss_mb"], rss["B"]["rss_mb"],
                        rss["B_after_resync"]["rss_mb"]),
             rss_entries=table["entries"])
     else:
         out.update(entries_per_s=None, p99_lag_ms=None, lost_connsync=None,
-                   barrier_100k_s=None, rss_mb=None, e2e_ratio=None)
+                   barrier_100k_s=None, barrier_resync_100k_s=None, rss_mb=None,
+                   e2e_ratio=None)
     for key, ref in (("entries_per_s", 50_000), ("p99_lag_ms", 50), ("barrier_100k_s", 1),
-                     ("rss_mb", 200)):
+                     ("barrier_resync_100k_s", 1), ("rss_mb", 200)):
         out[f"{key}_vs_target"] = out[key] / ref if out[key] is not None else None
     out["entries_per_s_vs_kernel_inject"] = ratio(out["entries_per_s"],
                                                   out["kernel_inject_entries_per_s"])
@@ -1055,9 +1066,10 @@ def main() -> None:
         print(f"  RSS with {tb['entries']} entries: A {cs['rss']['A']['rss_mb']:.0f} MB, B "
               f"{cs['rss']['B']['rss_mb']:.0f} MB, B after its restart's resync "
               f"{cs['rss']['B_after_resync']['rss_mb']:.0f} MB")
-        print(f"  takeover barrier, B restarted, A resending {tb['entries']}+ entries: "
-              f"{br['seconds']:.2f} s (veto {br['veto']}, {br['last_barrier']}); with "
-              f"everything committed already: {bi['seconds'] * 1000:.0f} ms")
+        print(f"  takeover barrier with {tb['entries']} synced entries (prepare_master -> "
+              f"passed): {bi['seconds'] * 1000:.0f} ms ({bi['last_barrier']})")
+        print(f"  the same on B just restarted, A resending its {tb['entries']}+ entries: "
+              f"{br['seconds'] or 0:.2f} s (veto {br['veto']}, {br['last_barrier']})")
     if args.json:
         print(json.dumps(data))
 
