@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmark: conn-sync's kernel side (capture, inject, commit) on real IPVS inside UML.
+"""Benchmark: conn-sync on real IPVS inside UML: its kernel side, then the whole plugin.
 
 Run as root from the repository: ``.venv/bin/python bench/connsync.py [--json]``.
 One UML kernel; inside it two directors A and B (network namespaces on a bridge), a DR real
@@ -12,11 +12,13 @@ server R behind a persistent virtual service on A, and a client. The phases:
    connection: client ``connect()`` -> the entry is in B's ``/proc/net/ip_vs_conn``.
 2. **burst through capture -> inject**: many connections at once; per datagram the lag
    from A's capture read to B's commit (``p99_lag_ms``), and entries lost on that path.
-3. **injection throughput**: hand-built entries injected into B in windows, each window
-   awaited with :func:`committed`; then B's table is counted (``entries_per_s``).
+3. **injection throughput** (run after 5, when B's table has grown): hand-built entries
+   injected into B in windows, each awaited with :func:`committed`; then counted through
+   ActiveConn (``kernel_inject_entries_per_s``).
 4. **kernel syncd alone, defaults** (``sync_threshold`` 3 50, default maxlen, daemons on
    the bridge so A's master reaches B's backup directly): the same end-to-end figure, and
-   the entries of a burst that never reach B (``lost_kernel``).
+   the entries of a burst that never reach B (``lost_kernel``). Phases 1, 2 and 4 poll
+   B's ``/proc/net/ip_vs_conn``, whose read time grows with the table: they run first.
 
 5. **conn-sync itself**: two director processes, one per namespace, each running the
    plugin as the daemon does (configured from a ``[connsync]`` section with CURVE keys and
@@ -1024,7 +1026,8 @@ def main() -> None:
                 print(f"inside UML (stderr):\n{warnings[-3000:]}")
             log_file.unlink()
     kn, bu, th, df = data["knobs"], data["burst"], data["throughput"], data["defaults"]
-    print(f"conn-sync kernel side, inside UML (boot+run {run.duration:.1f} s)")
+    print(f"conn-sync, kernel side (forwarder: capture -> inject, no relay), inside UML "
+          f"(boot+run {run.duration:.1f} s)")
     print(f"  connect -> entry on B, clusterbus knobs (threshold 2 50, maxlen 1, capture -> "
           f"inject): median {kn['e2e_median_ms']:.0f} ms, max {kn['e2e_max_ms']:.0f} ms "
           f"({kn['connections']} connections, {kn['never']} never)")
