@@ -562,7 +562,7 @@ async def director(node: int, workdir: Path, barrier_timeout: float) -> None:
         committed = staticmethod(traced_committed)
 
     svc.kernel = Kernel()
-    svc._inject = traced_inject  # type: ignore[method-assign]
+    svc._inject = traced_inject
     loop = asyncio.get_running_loop()
     lines: asyncio.Queue[str] = asyncio.Queue()
     threading.Thread(target=lambda: [loop.call_soon_threadsafe(lines.put_nowait, x)
@@ -721,10 +721,11 @@ def connsync_phase(args: argparse.Namespace, held: list[socket.socket],
     for ns in ("csA", "csB"):
         daemons(ns, "sync0", maxlen=1, threshold=(2, 50))
     out: dict[str, Any] = {}
-    a = Director(1, workdir, args.barrier_timeout)
-    b = Director(2, workdir, args.barrier_timeout)
-    gen = Generator()
+    a = b = gen = None
     try:
+        a = Director(1, workdir, args.barrier_timeout)
+        b = Director(2, workdir, args.barrier_timeout)
+        gen = Generator()
         # end to end: client connect -> entry in B's kernel, via A's plugin and B's plugin
         e2e: list[float] = []
         missed = 0
@@ -800,9 +801,9 @@ def connsync_phase(args: argparse.Namespace, held: list[socket.socket],
                                      "last_barrier": None}
             out["rss"]["B_after_resync"] = {"rss_mb": 0.0}
     finally:
-        gen.close()
-        a.close()
-        b.close()
+        for x in (gen, a, b):
+            if x is not None:
+                x.close()
         subprocess.run(["rm", "-rf", str(workdir)], check=False)
     return out
 
