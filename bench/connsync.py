@@ -595,7 +595,7 @@ async def director(node: int, workdir: Path, barrier_timeout: float) -> None:
                    "received": svc.received[peer], "t": time.monotonic()})
         elif op == "commits":  # the commit times of generator phase `net`, by index
             net = cmd["net"]
-            out = [None] * cmd["count"]
+            out: list[float | None] = [None] * cmd["count"]
             for (n, i), t in commit_at.items():
                 if n == net and i < len(out):
                     out[i] = t
