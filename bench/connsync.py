@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmark: conn-sync's kernel side (capture, inject, commit) on real IPVS inside UML.
+"""Benchmark: conn-sync on real IPVS inside UML: its kernel side, then the whole plugin.
 
 Run as root from the repository: ``.venv/bin/python bench/connsync.py [--json]``.
 One UML kernel; inside it two directors A and B (network namespaces on a bridge), a DR real
@@ -12,16 +12,31 @@ server R behind a persistent virtual service on A, and a client. The phases:
    connection: client ``connect()`` -> the entry is in B's ``/proc/net/ip_vs_conn``.
 2. **burst through capture -> inject**: many connections at once; per datagram the lag
    from A's capture read to B's commit (``p99_lag_ms``), and entries lost on that path.
-3. **injection throughput**: hand-built entries injected into B in windows, each window
-   awaited with :func:`committed`; then B's table is counted (``entries_per_s``).
-   Last of all, a **full resync** of 100,000 entries into B the same way.
+3. **injection throughput** (run after 5, when B's table has grown): hand-built entries
+   injected into B in windows, each awaited with :func:`committed`; then counted through
+   ActiveConn (``kernel_inject_entries_per_s``).
 4. **kernel syncd alone, defaults** (``sync_threshold`` 3 50, default maxlen, daemons on
    the bridge so A's master reaches B's backup directly): the same end-to-end figure, and
-   the entries of a burst that never reach B (``lost_kernel``).
+   the entries of a burst that never reach B (``lost_kernel``). Phases 1, 2 and 4 poll
+   B's ``/proc/net/ip_vs_conn``, whose read time grows with the table: they run first.
 
-``--json`` prints one JSON object as the last line. Not measured here (the relay, the
-barrier and the plugin are not part of this file's scope yet): ``lost_connsync``,
-``barrier_100k_s``, ``rss_mb`` are null. Not a test: it prints numbers.
+5. **conn-sync itself**: two director processes, one per namespace, each running the
+   plugin as the daemon does (configured from a ``[connsync]`` section with CURVE keys and
+   ``[[cluster.peer]]`` connsync endpoints, its service task, its ``prepare_master`` hook):
+   A's master daemon -> A's capture -> CURVE relay -> B's injection -> B's kernel.
+   End to end per connection (``e2e_connsync_ms``, beside ``e2e_kernel_defaults_ms``:
+   ``e2e_ratio``); a burst of real connections (``lost_connsync``); generated sync
+   datagrams sent out of A's ``sync0`` as its master would (captured like the kernel's):
+   ``--cs-entries`` at once (``entries_per_s``: first send -> last entry committed in B),
+   then ``--cs-table`` entries at ``--rate`` (``p99_lag_ms``: send -> committed in B, per
+   entry); then both plugins' RSS (``rss_mb``); B's ``prepare_master`` awaitable with
+   those entries synced, until it resolves (``barrier_100k_s``: a failover's takeover);
+   then B restarts, A resends its whole table, and B's barrier is timed from the first
+   resent entry until it resolves (``barrier_resync_100k_s``: a restarted director).
+6. a **full resync** of 100,000 hand-built entries into B, kernel side only.
+
+``--json`` prints one JSON object as the last line (the kernel-side figures under
+``kernel_*``, each target figure also as ``*_vs_target``). Not a test: it prints numbers.
 """
 
 from __future__ import annotations
@@ -60,7 +75,8 @@ SOCK_SIZE = 1 << 20
 WINDOW = 32
 #: one client source address per phase, so entries of different phases never collide
 CLIENTS = {"knobs": "10.79.0.21", "burst": "10.79.0.22", "defaults": "10.79.0.23",
-           "defaults_burst": "10.79.0.24", "plain": "10.79.0.25"}
+           "defaults_burst": "10.79.0.24", "plain": "10.79.0.25", "cs_knobs": "10.79.0.26",
+           "cs_burst": "10.79.0.27"}
 
 SERVER = """
 import selectors, socket
@@ -366,6 +382,7 @@ def throughput(n: int, *, per_datagram: int = 40, window: int = WINDOW) -> dict[
     keys = [(f"10.80.{(i // 250) % 250}.{i % 250 + 1}", 1024 + i // 62500) for i in range(n)]
     datagrams = [encode(keys[i:i + per_datagram]) for i in range(0, n, per_datagram)]
     with netns("csB"):
+        before = active_conns()
         inj = kernel.Injector("sync0")
         inj.open()
         drops0 = kernel.backup_queue().drops
@@ -382,8 +399,7 @@ def throughput(n: int, *, per_datagram: int = 40, window: int = WINDOW) -> dict[
         inj.close()
         drops = kernel.backup_queue().drops - drops0
         t1 = time.monotonic()
-        with open("/proc/net/ip_vs_conn") as f:
-            got = sum(1 for line in f if " 0A50" in line)  # caddr 10.80.x.x
+        got = active_conns() - before  # /proc/net/ip_vs_conn is quadratic in the table
         count_s = time.monotonic() - t1
     return {"entries": n, "datagrams": len(datagrams), "window": window,
             "seconds": elapsed, "entries_per_s": n / elapsed, "present": got,
@@ -437,6 +453,359 @@ def resync(n: int, *, window: int = WINDOW) -> dict[str, Any]:
     return {"entries": n, "datagrams": datagrams, "seconds": elapsed,
             "entries_per_s": n / elapsed, "present": got, "lost": n - got,
             "backup_drops": drops, "commit_idle_ms": statistics.median(idle) * 1000}
+
+
+# -- conn-sync through the plugin: one director process per namespace ----------------------
+
+CS_PORT = 7790
+CS_ADDR = {1: A_ADDR, 2: B_ADDR}
+CS_NS = {1: "csA", 2: "csB"}
+#: second octet of the generated client addresses, per generator phase
+GEN_NET = {"throughput": 83, "table": 84}
+
+
+def gen_key(net: int, i: int) -> tuple[str, int]:
+    """Entry ``i`` of a generator phase: (client address, client port), all distinct."""
+    return f"10.{net}.{(i // 250) % 250}.{i % 250 + 1}", 1024 + i // 62500
+
+
+def gen_index(caddr: str, cport: int) -> tuple[int, int] | None:
+    """(net, i) of a generated entry, the inverse of :func:`gen_key` (None: not one)."""
+    o = caddr.split(".")
+    if len(o) != 4 or o[0] != "10" or int(o[1]) not in GEN_NET.values():
+        return None
+    return int(o[1]), int(o[2]) * 250 + int(o[3]) - 1 + (cport - 1024) * 62500
+
+
+def director_conf(workdir: Path, node: int, barrier_timeout: float) -> str:
+    peer = 3 - node
+    return f"""
+[daemon]
+node = {node}
+[bus]
+certificate = "{workdir}/d{node}.key_secret"
+[[cluster.peer]]
+node = {peer}
+publish = "tcp://{CS_ADDR[peer]}:17000"
+snapshot = "tcp://{CS_ADDR[peer]}:17100"
+public_key = "{workdir}/d{peer}.key"
+connsync = "tcp://{CS_ADDR[peer]}:{CS_PORT}"
+[connsync]
+interface = "sync0"
+listen = "tcp://{CS_ADDR[node]}:{CS_PORT}"
+syncid = {SYNCID}
+kernel_maxlen = 1
+sync_threshold = [2, 50]
+barrier_timeout = {barrier_timeout}
+"""
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def director(node: int, workdir: Path, barrier_timeout: float) -> None:
+    """One director's conn-sync, as the daemon runs it: the plugin configured from a
+    ``[connsync]`` file, its service task, its ``prepare_master`` hook. Commands on stdin,
+    one JSON answer per line on stdout (the bench's instrumentation: commit times of the
+    generated entries)."""
+    import gc
+    import tomllib
+
+    from clusterbus.config import parse_config
+    from clusterbus.engine import Engine
+    from clusterbus.pluginhost import PluginHost
+    from clusterbus.plugins.connsync import ConnsyncPlugin
+
+    text = director_conf(workdir, node, barrier_timeout)
+    config = parse_config(tomllib.loads(text), file=f"d{node}.toml")
+    cluster = Engine(origin=node, plugins=PluginHost()).cluster
+    plugin = ConnsyncPlugin()
+    plugin.clusterbus_configure(config=config, section=config.plugin_sections["connsync"],
+                                cluster=cluster)
+    services = plugin.clusterbus_services(cluster=cluster)
+    assert services
+    svc = plugin.service(cluster)
+    assert svc is not None
+    peer = 3 - node
+    kernel = svc.kernel
+    # instrumentation: the commit time of every generated entry (an injection round is
+    # committed when a later committed() returns True)
+    pending: list[tuple[int, int]] = []
+    commit_at: dict[tuple[int, int], float] = {}
+    inject = svc._inject
+
+    def traced_inject(chunk: list[tuple[int, Any, float]]) -> None:
+        for _p, c, _t in chunk:
+            k = gen_index(c.caddr, c.cport)
+            if k is not None:
+                pending.append(k)
+        inject(chunk)
+
+    async def traced_committed(**kw: Any) -> bool:
+        ok = bool(await kernel.committed(**kw))
+        if ok and pending:
+            now = time.monotonic()
+            for k in pending:
+                commit_at.setdefault(k, now)
+            pending.clear()
+        return ok
+
+    class Kernel:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(kernel, name)
+
+        committed = staticmethod(traced_committed)
+
+    svc.kernel = Kernel()
+    svc._inject = traced_inject
+    loop = asyncio.get_running_loop()
+    lines: asyncio.Queue[str] = asyncio.Queue()
+    threading.Thread(target=lambda: [loop.call_soon_threadsafe(lines.put_nowait, x)
+                                     for x in sys.stdin], daemon=True).start()
+    task = loop.create_task(services[0]())
+
+    def reply(obj: Any) -> None:
+        sys.stdout.write(json.dumps(obj) + "\n")
+        sys.stdout.flush()
+
+    deadline = time.monotonic() + 20
+    while not svc.running and not task.done() and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    if not svc.running:
+        raise SystemExit(f"director {node}: the conn-sync service did not start "
+                         f"({task.exception() if task.done() else 'timeout'})")
+    reply({"ready": True, "pid": os.getpid()})
+    while True:
+        line = await lines.get()
+        cmd = json.loads(line)
+        op = cmd["op"]
+        if op == "quit":
+            break
+        if op == "wait":  # until `count` entries of the peer are settled and committed
+            deadline = time.monotonic() + cmd["timeout"]
+            while svc.settled[peer] < cmd["count"] and time.monotonic() < deadline:
+                await asyncio.sleep(0.005)
+            await traced_committed(timeout=max(0.1, deadline - time.monotonic()))
+            reply({"settled": svc.settled[peer], "injected": svc.injected[peer],
+                   "received": svc.received[peer], "t": time.monotonic()})
+        elif op == "commits":  # the commit times of generator phase `net`, by index
+            net = cmd["net"]
+            out: list[float | None] = [None] * cmd["count"]
+            for (n, i), t in commit_at.items():
+                if n == net and i < len(out):
+                    out[i] = t
+            reply({"commit_at": out})
+        elif op == "barrier":  # the plugin's prepare_master hook, timed
+            if cmd.get("after_heard"):  # once the peer's resync has started arriving
+                deadline = time.monotonic() + 30
+                while svc.received[peer] == 0 and time.monotonic() < deadline:
+                    await asyncio.sleep(0.001)
+            t0 = time.monotonic()
+            aw = plugin.clusterbus_vrrp_prepare_master(instance="VI_1", cluster=cluster)
+            veto = await aw
+            took = time.monotonic() - t0
+            reply({"seconds": took, "veto": veto, "last_barrier": svc.last_barrier,
+                   "received": svc.received[peer], "settled": svc.settled[peer],
+                   "injected": svc.injected[peer]})
+        elif op == "rss":
+            gc.collect()
+            reply({"rss_mb": rss_mb(), "table": len(svc.table)})
+        elif op == "status":
+            st = svc.status()
+            reply({"counters": st["counters"], "peer": st["peers"][str(peer)],
+                   "table": st["table"]})
+    task.cancel()
+    try:
+        await task
+    except (asyncio.CancelledError, Exception):  # noqa: BLE001 - shutting down
+        pass
+
+
+class Director:
+    """A director process (:func:`director`) in its namespace, driven over a pipe."""
+
+    def __init__(self, node: int, workdir: Path, barrier_timeout: float) -> None:
+        self.node = node
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", CS_NS[node], sys.executable, str(Path(__file__).resolve()),
+             "--director", str(node), "--workdir", str(workdir),
+             "--barrier-timeout", str(barrier_timeout)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        hello = self.read(30)
+        self.pid = hello["pid"]
+
+    def read(self, timeout: float) -> Any:
+        assert self.proc.stdout is not None
+        r, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        if not r:
+            raise TimeoutError(f"director {self.node}: no answer within {timeout} s")
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"director {self.node} exited ({self.proc.poll()})")
+        return json.loads(line)
+
+    def ask(self, **cmd: Any) -> Any:
+        """One command; the answer within its ``timeout`` (if any) + 30 s."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
+        self.proc.stdin.flush()
+        return self.read(cmd.get("timeout", 0) + 30)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                assert self.proc.stdin is not None
+                self.proc.stdin.write('{"op": "quit"}\n')
+                self.proc.stdin.close()
+                self.proc.wait(timeout=10)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+
+class Generator:
+    """Sync datagrams sent out of A's ``sync0`` as A's master daemon sends them (UDP to the
+    sync group, TTL 1, no loopback): A's plugin captures them like the kernel's own."""
+
+    def __init__(self) -> None:
+        with netns("csA"):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton("10.79.200.1"))
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+        self.sock = s
+
+    def send(self, net: int, n: int, *, rate: float | None = None,
+             per_datagram: int = 40) -> list[float]:
+        """Entries 0..n-1 of ``net``; at ``rate`` entries/s (None: at once, in windows).
+
+        :returns: the send time of each entry (its datagram's).
+        """
+        sent = [0.0] * n
+        t0 = time.monotonic()
+        for j, i in enumerate(range(0, n, per_datagram)):
+            if rate:
+                due = t0 + i / rate
+                while (now := time.monotonic()) < due:
+                    time.sleep(min(0.002, due - now))
+            elif j and j % 64 == 0:
+                time.sleep(0.001)  # let the capture socket's reader run
+            d = encode([gen_key(net, k) for k in range(i, min(n, i + per_datagram))])
+            self.sock.sendto(d, ("224.0.0.81", 8848))
+            t = time.monotonic()
+            for k in range(i, min(n, i + per_datagram)):
+                sent[k] = t
+        return sent
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def connsync_phase(args: argparse.Namespace, held: list[socket.socket],
+                   clients: list[subprocess.Popen[str]]) -> dict[str, Any]:
+    """Everything through two directors' conn-sync plugins (capture -> CURVE relay ->
+    injection -> commit)."""
+    import tempfile
+
+    import zmq.auth
+
+    workdir = Path(tempfile.mkdtemp(prefix="cb-bench-cs-"))
+    for n in ("d1", "d2"):
+        zmq.auth.create_certificates(workdir, n)
+    for ns in ("csA", "csB"):
+        daemons(ns, "sync0", maxlen=1, threshold=(2, 50))
+    out: dict[str, Any] = {}
+    a = b = gen = None
+    try:
+        a = Director(1, workdir, args.barrier_timeout)
+        b = Director(2, workdir, args.barrier_timeout)
+        gen = Generator()
+        # end to end: client connect -> entry in B's kernel, via A's plugin and B's plugin
+        e2e: list[float] = []
+        missed = 0
+        with netns("csB"):
+            for _ in range(args.connections):
+                s, lag = one_connection(CLIENTS["cs_knobs"], timeout=5)
+                held.append(s)
+                if lag is None:
+                    missed += 1
+                else:
+                    e2e.append(lag)
+            out["e2e"] = {"connections": args.connections, "e2e_ms": [x * 1000 for x in e2e],
+                          "e2e_median_ms": statistics.median(e2e) * 1000 if e2e else None,
+                          "e2e_max_ms": max(e2e) * 1000 if e2e else None, "never": missed}
+            # loss under load: a burst of real connections through A
+            proc, ports = burst(CLIENTS["cs_burst"], args.burst)
+            clients.append(proc)
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and not ports <= present(CLIENTS["cs_burst"]):
+                time.sleep(0.05)
+            out["burst"] = {"connections": args.burst,
+                            "lost": len(ports - present(CLIENTS["cs_burst"]))}
+        # relay throughput: generated entries captured on A, committed in B's kernel
+        base = b.ask(op="wait", count=0, timeout=5)["settled"]
+        n = args.cs_entries
+        with netns("csB"):
+            before = active_conns()
+        sent = gen.send(GEN_NET["throughput"], n)
+        w = b.ask(op="wait", count=base + n, timeout=120)
+        commits = b.ask(op="commits", net=GEN_NET["throughput"], count=n)["commit_at"]
+        lags = [c - s for c, s in zip(commits, sent) if c is not None]
+        done = [c for c in commits if c is not None]
+        with netns("csB"):
+            got = active_conns() - before
+        out["throughput"] = {
+            "entries": n, "seconds": (max(done) - sent[0]) if done else None,
+            "entries_per_s": n / (max(done) - sent[0]) if done else 0.0,
+            "send_s": sent[-1] - sent[0], "committed": len(done), "present": got,
+            "lost": n - got, "lag_p50_ms": (pct(lags, 0.5) or 0) * 1000,
+            "lag_p99_ms": (pct(lags, 0.99) or 0) * 1000, "settled": w["settled"] - base}
+        # the table phase: entries at a steady rate, their capture -> commit lag, then
+        # the plugin's RSS, and the takeover barrier with that many synced connections
+        base = w["settled"]
+        n = args.cs_table
+        with netns("csB"):
+            before = active_conns()
+        sent = gen.send(GEN_NET["table"], n, rate=args.rate)
+        w = b.ask(op="wait", count=base + n, timeout=180)
+        commits = b.ask(op="commits", net=GEN_NET["table"], count=n)["commit_at"]
+        lags = [c - s for c, s in zip(commits, sent) if c is not None]
+        with netns("csB"):
+            got = active_conns() - before
+        out["table"] = {"entries": n, "rate": args.rate, "send_s": sent[-1] - sent[0],
+                        "committed": len(lags), "present": got, "lost": n - got,
+                        "lag_p50_ms": (pct(lags, 0.5) or 0) * 1000,
+                        "lag_p99_ms": (pct(lags, 0.99) or 0) * 1000,
+                        "lag_max_ms": max(lags, default=0) * 1000}
+        out["rss"] = {"A": a.ask(op="rss"), "B": b.ask(op="rss")}
+        out["barrier_idle"] = b.ask(op="barrier")
+        out["status_A"] = a.ask(op="status")
+        out["status_B"] = b.ask(op="status")
+        # takeover right after B restarts: A resends its whole table, B's barrier waits
+        b.close()
+        b = Director(2, workdir, args.barrier_timeout)
+        try:
+            out["barrier_resync"] = b.ask(op="barrier", after_heard=True,
+                                          timeout=args.barrier_timeout + 60)
+            out["rss"]["B_after_resync"] = b.ask(op="rss")
+            out["status_B_after_resync"] = b.ask(op="status")
+        except (TimeoutError, RuntimeError) as exc:  # keep the other figures
+            out["error"] = f"{type(exc).__name__}: {exc}"
+            out["barrier_resync"] = {"seconds": None, "veto": "no answer",
+                                     "last_barrier": None}
+            out["rss"]["B_after_resync"] = {"rss_mb": 0.0}
+    finally:
+        for x in (gen, a, b):
+            if x is not None:
+                x.close()
+        subprocess.run(["rm", "-rf", str(workdir)], check=False)
+    return out
 
 
 def pct(values: list[float], q: float) -> float | None:
@@ -498,8 +867,6 @@ def inside(args: argparse.Namespace) -> dict[str, Any]:
                         "kinds": fwd.kinds, "failures": fwd.failures[:10],
                         "forwarder": fwd.timing,
                         "capture": fwd.capture.counters, "inject": fwd.injector.counters}
-        # 3: injection throughput
-        out["throughput"] = throughput(args.entries)
         # 4: the kernel syncd alone with its defaults, A's master straight to B's backup
         for ns in ("csA", "csB"):
             daemons(ns, "eth0", maxlen=0, threshold=(3, 50))
@@ -521,7 +888,15 @@ def inside(args: argparse.Namespace) -> dict[str, Any]:
                            "e2e_ms": [x * 1000 for x in e2e_k],
                            "e2e_median_ms": statistics.median(e2e_k) * 1000 if e2e_k else None,
                            "never": missed_k, "burst": args.burst, "lost": lost_kernel}
-        # 5: last, since B's table then holds 100,000 more entries and every read of
+        # 5: the real conn-sync path: two directors' plugins (capture on A -> CURVE relay
+        # -> injection in B -> committed); its table phase fills B with --cs-table entries
+        if args.cs_table:
+            out["connsync"] = connsync_phase(args, held, clients)
+        # 3 (run here: B's table grows by --entries): injection throughput, kernel side
+        for ns in ("csA", "csB"):
+            daemons(ns, "sync0", maxlen=1, threshold=(2, 50))
+        out["throughput"] = throughput(args.entries)
+        # 6: last, since B's table then holds 100,000 more entries and every read of
         # /proc/net/ip_vs_conn (the presence checks above) would take seconds
         if args.resync_entries:
             daemons("csB", "sync0", maxlen=1, threshold=(2, 50))
@@ -538,13 +913,51 @@ def inside(args: argparse.Namespace) -> dict[str, Any]:
         for ns in ("csA", "csB", "csR", "csC"):
             subprocess.run(["ip", "netns", "del", ns], check=False)
     kn, df = out["knobs"], out["defaults"]
-    out["e2e_ratio"] = (df["e2e_median_ms"] / kn["e2e_median_ms"]
-                        if kn["e2e_median_ms"] and df["e2e_median_ms"] else None)
-    out.update(entries_per_s=out["throughput"]["entries_per_s"],
-               p99_lag_ms=out["burst"]["lag_p99_ms"], lost_kernel=lost_kernel,
-               lost_connsync=None, barrier_100k_s=None, rss_mb=None,
-               lost_capture_inject=out["burst"]["lost"] + out["throughput"]["lost"],
-               resync_100k_s=out["resync"]["seconds"] if "resync" in out else None)
+    cs = out.get("connsync")
+
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return a / b if a and b else None
+
+    out["e2e_ratio_forwarder"] = ratio(df["e2e_median_ms"], kn["e2e_median_ms"])
+    out.update(
+        # the kernel side alone (forwarder and hand-built injection, no relay)
+        kernel_inject_entries_per_s=out["throughput"]["entries_per_s"],
+        kernel_p99_lag_ms=out["burst"]["lag_p99_ms"],
+        lost_capture_inject=out["burst"]["lost"] + out["throughput"]["lost"],
+        resync_100k_s=out["resync"]["seconds"] if "resync" in out else None,
+        e2e_kernel_defaults_ms=df["e2e_median_ms"], lost_kernel=lost_kernel,
+        lost_kernel_of=args.burst)
+    if cs:
+        table = cs["table"]
+        rss = cs["rss"]
+        out.update(
+            entries_per_s=cs["throughput"]["entries_per_s"],
+            p99_lag_ms=table["lag_p99_ms"], p99_lag_rate=table["rate"],
+            p99_lag_burst_ms=cs["throughput"]["lag_p99_ms"],
+            e2e_connsync_ms=cs["e2e"]["e2e_median_ms"],
+            e2e_ratio=ratio(df["e2e_median_ms"], cs["e2e"]["e2e_median_ms"]),
+            lost_connsync=cs["burst"]["lost"] + cs["throughput"]["lost"] + table["lost"],
+            lost_connsync_burst=cs["burst"]["lost"],
+            # the takeover of step 3 of a failover: the peer holds the synced entries
+            barrier_100k_s=cs["barrier_idle"]["seconds"],
+            barrier_100k_passed=bool((cs["barrier_idle"]["last_barrier"] or {}).get("passed")),
+            # the director that just restarted: the peer's whole table arrives first
+            barrier_resync_100k_s=cs["barrier_resync"]["seconds"],
+            barrier_resync_100k_passed=cs["barrier_resync"]["veto"] is None
+            and bool((cs["barrier_resync"]["last_barrier"] or {}).get("passed")),
+            barrier_entries=table["entries"],
+            rss_mb=max(rss["A"]["rss_mb"], rss["B"]["rss_mb"],
+                       rss["B_after_resync"]["rss_mb"]),
+            rss_entries=table["entries"])
+    else:
+        out.update(entries_per_s=None, p99_lag_ms=None, lost_connsync=None,
+                   barrier_100k_s=None, barrier_resync_100k_s=None, rss_mb=None,
+                   e2e_ratio=None)
+    for key, ref in (("entries_per_s", 50_000), ("p99_lag_ms", 50), ("barrier_100k_s", 1),
+                     ("barrier_resync_100k_s", 1), ("rss_mb", 200)):
+        out[f"{key}_vs_target"] = out[key] / ref if out[key] is not None else None
+    out["entries_per_s_vs_kernel_inject"] = ratio(out["entries_per_s"],
+                                                  out["kernel_inject_entries_per_s"])
     return out
 
 
@@ -562,9 +975,29 @@ def main() -> None:
                     help="hand-built entries for the injection throughput")
     ap.add_argument("--resync-entries", type=int, default=100_000,
                     help="hand-built entries of a full resync into the peer (0: skip)")
+    ap.add_argument("--cs-entries", type=int, default=20_000,
+                    help="generated entries for conn-sync's relay throughput (at once)")
+    ap.add_argument("--cs-table", type=int, default=100_000,
+                    help="generated entries sent at --rate through conn-sync, then the "
+                    "RSS and the takeover barrier with them (0: skip conn-sync)")
+    ap.add_argument("--rate", type=float, default=50_000,
+                    help="entries/s of the --cs-table phase (its p99 lag)")
+    ap.add_argument("--barrier-timeout", type=float, default=60,
+                    help="the directors' [connsync] barrier_timeout (long: to time it)")
+    ap.add_argument("--quick", action="store_true", help="small counts (a smoke run)")
     ap.add_argument("--timeout", type=float, default=900)
     ap.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--director", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.director:
+        logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+        asyncio.run(director(args.director, args.workdir, args.barrier_timeout))
+        return
+    if args.quick:
+        args.connections, args.default_connections, args.plain_connections = 5, 2, 1
+        args.burst, args.entries, args.resync_entries = 100, 5_000, 10_000
+        args.cs_entries, args.cs_table = 5_000, 10_000
     if args.inside or os.environ.get("CLUSTERBUS_IN_UML") == "1":
         logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
         print(json.dumps(inside(args)))
@@ -577,6 +1010,8 @@ def main() -> None:
            f"--connections {args.connections} --default-connections "
            f"{args.default_connections} --plain-connections {args.plain_connections} "
            f"--resync-entries {args.resync_entries} --burst {args.burst} --entries {args.entries} "
+           f"--cs-entries {args.cs_entries} --cs-table {args.cs_table} --rate {args.rate} "
+           f"--barrier-timeout {args.barrier_timeout} "
            f"> {result_file} 2> {result_file}.log"]
     try:
         run = uml.boot(cmd, timeout=args.timeout, mem="1024M")
@@ -592,7 +1027,8 @@ def main() -> None:
                 print(f"inside UML (stderr):\n{warnings[-3000:]}")
             log_file.unlink()
     kn, bu, th, df = data["knobs"], data["burst"], data["throughput"], data["defaults"]
-    print(f"conn-sync kernel side, inside UML (boot+run {run.duration:.1f} s)")
+    print(f"conn-sync, kernel side (forwarder: capture -> inject, no relay), inside UML "
+          f"(boot+run {run.duration:.1f} s)")
     print(f"  connect -> entry on B, clusterbus knobs (threshold 2 50, maxlen 1, capture -> "
           f"inject): median {kn['e2e_median_ms']:.0f} ms, max {kn['e2e_max_ms']:.0f} ms "
           f"({kn['connections']} connections, {kn['never']} never)")
@@ -600,7 +1036,7 @@ def main() -> None:
           f"pushes its entry out): {', '.join(f'{x:.0f}' for x in data['knobs_plain']['e2e_ms'])} ms")
     print(f"  connect -> entry on B, kernel syncd alone with defaults (3 50, maxlen 1472): "
           f"median {df['e2e_median_ms']:.0f} ms ({df['connections']} connections, "
-          f"{df['never']} never); ratio {data['e2e_ratio'] or 0:.1f}")
+          f"{df['never']} never); ratio to the forwarder {data['e2e_ratio_forwarder'] or 0:.1f}")
     print(f"  burst of {bu['connections']} connections, capture on A -> committed on B: "
           f"p50 {bu['lag_p50_ms']:.1f} ms, p99 {bu['lag_p99_ms']:.1f} ms, max "
           f"{bu['lag_max_ms']:.1f} ms over {bu['datagrams']} datagrams; lost {bu['lost']}")
@@ -613,8 +1049,31 @@ def main() -> None:
               f"({rs['entries_per_s']:.0f}/s), lost {rs['lost']}; committed() with nothing "
               f"pending: {rs['commit_idle_ms']:.1f} ms")
     print(f"  kernel syncd alone, burst of {df['burst']}: lost {df['lost']} entries")
-    print("  not measured yet (relay/plugin not in this run): lost_connsync, barrier_100k_s, "
-          "rss_mb")
+    cs = data.get("connsync")
+    if cs:
+        e, tp, tb = cs["e2e"], cs["throughput"], cs["table"]
+        br, bi = cs["barrier_resync"], cs["barrier_idle"]
+        print("conn-sync, two directors' plugins (capture on A -> CURVE relay -> inject on B "
+              "-> committed):")
+        print(f"  connect -> entry on B: median {e['e2e_median_ms'] or 0:.0f} ms, max "
+              f"{e['e2e_max_ms'] or 0:.0f} ms ({e['connections']} connections, {e['never']} "
+              f"never); kernel syncd alone {df['e2e_median_ms'] or 0:.0f} ms, ratio "
+              f"{data['e2e_ratio'] or 0:.1f}")
+        print(f"  burst of {cs['burst']['connections']} connections: lost "
+              f"{cs['burst']['lost']} (kernel syncd alone: {df['lost']})")
+        print(f"  relay throughput: {tp['entries']} entries at once, {tp['entries_per_s']:.0f} "
+              f"entries/s capture -> committed (sent in {tp['send_s']:.2f} s), lag p50 "
+              f"{tp['lag_p50_ms']:.0f} ms p99 {tp['lag_p99_ms']:.0f} ms, lost {tp['lost']}")
+        print(f"  {tb['entries']} entries at {tb['rate']:.0f}/s (sent in {tb['send_s']:.2f} s): "
+              f"lag p50 {tb['lag_p50_ms']:.1f} ms, p99 {tb['lag_p99_ms']:.1f} ms, max "
+              f"{tb['lag_max_ms']:.1f} ms, lost {tb['lost']}")
+        print(f"  RSS with {tb['entries']} entries: A {cs['rss']['A']['rss_mb']:.0f} MB, B "
+              f"{cs['rss']['B']['rss_mb']:.0f} MB, B after its restart's resync "
+              f"{cs['rss']['B_after_resync']['rss_mb']:.0f} MB")
+        print(f"  takeover barrier with {tb['entries']} synced entries (prepare_master -> "
+              f"passed): {bi['seconds'] * 1000:.0f} ms ({bi['last_barrier']})")
+        print(f"  the same on B just restarted, A resending its {tb['entries']}+ entries: "
+              f"{br['seconds'] or 0:.2f} s (veto {br['veto']}, {br['last_barrier']})")
     if args.json:
         print(json.dumps(data))
 

@@ -169,18 +169,27 @@ def conn_from_wire(v: Any, codec: ModuleType) -> Any:
         raise DecodeError("an entry is an array of 16 fields")
     af, proto, flags, state, cport, vport, dport, caddr, vaddr, daddr, fwmark, timeout, \
         in_seq, out_seq, pe_name, pe_data = v
-    u32 = (flags, state, fwmark, timeout)
-    if af not in (2, 10) or type(proto) is not int or not 0 <= proto <= 255 \
-            or not all(type(x) is int and 0 <= x < 2**32 for x in u32) \
-            or not all(type(p) is int and 0 <= p <= 65535 for p in (cport, vport, dport)):
+    # one expression, no generators: this runs for every entry received
+    if not (af in (2, 10) and type(proto) is int and 0 <= proto <= 255
+            and type(flags) is int and 0 <= flags < 2**32
+            and type(state) is int and 0 <= state < 2**32
+            and type(fwmark) is int and 0 <= fwmark < 2**32
+            and type(timeout) is int and 0 <= timeout < 2**32
+            and type(cport) is int and 0 <= cport <= 65535
+            and type(vport) is int and 0 <= vport <= 65535
+            and type(dport) is int and 0 <= dport <= 65535):
         raise DecodeError("an entry's numbers are out of range")
     family = socket.AF_INET if af == 2 else socket.AF_INET6
-    for a in (caddr, vaddr, daddr):
-        try:
-            socket.inet_pton(family, a)  # C: a tenth of ipaddress's cost per entry
-        except (OSError, TypeError, ValueError):
-            raise DecodeError(f"an entry's address {str(a)[:45]!r} is not an "
-                              f"IPv{4 if af == 2 else 6} address") from None
+    a = caddr
+    try:
+        socket.inet_pton(family, a)  # C: a tenth of ipaddress's cost per entry
+        a = vaddr
+        socket.inet_pton(family, a)
+        a = daddr
+        socket.inet_pton(family, a)
+    except (OSError, TypeError, ValueError):
+        raise DecodeError(f"an entry's address {str(a)[:45]!r} is not an "
+                          f"IPv{4 if af == 2 else 6} address") from None
 
     def seq(s: Any) -> Any:
         if s is None:
@@ -196,8 +205,10 @@ def conn_from_wire(v: Any, codec: ModuleType) -> Any:
     try:
         return codec.SyncConn(af=af, protocol=proto, flags=flags, state=state, cport=cport,
                               vport=vport, dport=dport, caddr=caddr, vaddr=vaddr, daddr=daddr,
-                              fwmark=fwmark, timeout=timeout, in_seq=seq(in_seq),
-                              out_seq=seq(out_seq), pe_name=pe_name, pe_data=pe_data)
+                              fwmark=fwmark, timeout=timeout,
+                              in_seq=None if in_seq is None else seq(in_seq),
+                              out_seq=None if out_seq is None else seq(out_seq),
+                              pe_name=pe_name, pe_data=pe_data)
     except (TypeError, ValueError) as exc:
         raise DecodeError(f"not a sync entry: {exc}") from None
 
@@ -705,9 +716,10 @@ class ConnSync:
     async def run(self) -> None:
         """Set the kernel's knobs, capture, relay and inject until cancelled."""
         loop = asyncio.get_running_loop()
-        try:
-            self.kernel.set_sync_knobs(kernel_maxlen=self.cfg.kernel_maxlen,
-                                       sync_threshold=self.cfg.sync_threshold)
+        try:  # in a thread: pyroute2's blocking IPVS socket runs an event loop of its own
+            await asyncio.to_thread(self.kernel.set_sync_knobs,
+                                    kernel_maxlen=self.cfg.kernel_maxlen,
+                                    sync_threshold=self.cfg.sync_threshold)
         except OSError as exc:
             self.counters["knobs.failed"] += 1
             log.error("connsync: cannot set the kernel's sync knobs: %s (the kernel sends "

@@ -45,7 +45,7 @@ from clusterbus.bus.security import (
     load_public_key,
     load_secret_certificate,
 )
-from clusterbus.bus.sockets import EVENTS, NOBLOCK, POLLIN, TURN_BUDGET, Reader
+from clusterbus.bus.sockets import EVENTS, NOBLOCK, POLLIN, Reader
 from clusterbus.ratelimit import LogLimiter
 
 from .relay import Effect, Relay, RelayError, Send
@@ -54,6 +54,11 @@ __all__ = ["Channel", "ChannelPeer", "FrameError", "RelayLink", "pack", "unpack"
            "MAX_FRAME", "SHOW", "request_show", "peers_from_config"]
 
 log = logging.getLogger(__name__)
+
+#: frames a socket's reader handles per loop turn: a relay batch carries up to 256 entries
+#: to decode, so the bus's TURN_BUDGET (256 frames) would starve the injection task for
+#: seconds during a resync; 4 frames is about one injection round (INJECT_CHUNK)
+TURN_FRAMES = 4
 
 #: A frame larger than this is dropped unread (``dropped.frame_too_large``).
 MAX_FRAME = 16 << 20
@@ -257,7 +262,7 @@ class Channel:
     @staticmethod
     async def _drain(reader: _FrameReader, one: Callable[[list[Any]], None]) -> None:
         while True:
-            for _ in range(TURN_BUDGET):
+            for _ in range(TURN_FRAMES):
                 frames = reader.poll()
                 if frames is None:
                     await reader.readable()

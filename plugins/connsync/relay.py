@@ -274,7 +274,12 @@ class Relay:
                 raise RelayError("bad_message", f"batch kind {bkind!r}")
             if not isinstance(raw, (list, tuple)) or len(raw) > MAX_BATCH_ENTRIES:
                 raise RelayError("bad_message", "batch entries: expected an array")
-            entries = tuple(self.decode(v) for v in raw)  # DecodeError propagates
+            inp = p.inp
+            if run == inp.run and (stream < inp.stream or stream == inp.stream and (
+                    seq < inp.next_seq or seq in inp.ahead)):
+                entries: tuple[Any, ...] = ()  # stale or a duplicate: decoded once already
+            else:
+                entries = tuple(self.decode(v) for v in raw)  # DecodeError propagates
             if not self._seen(p, run, now):
                 return []
             return self._batch(p, run, stream, seq, bkind, entries, now)
