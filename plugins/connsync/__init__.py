@@ -445,6 +445,13 @@ class ConnSync:
             self.counters["knobs.failed"] += 1
             log.error("connsync: cannot set the kernel's sync knobs: %s (the kernel sends "
                       "with its own delays)", exc)
+        try:  # the kernel's master and backup daemons, both at once (active/active)
+            self.kernel.ensure_daemons(self.cfg.interface, syncid=self.cfg.syncid,
+                                       kernel_maxlen=self.cfg.kernel_maxlen)
+        except OSError as exc:
+            self.counters["knobs.failed"] += 1
+            log.error("connsync: cannot start the kernel's sync daemons on %s: %s",
+                      self.cfg.interface, exc)
         self._capture = self.kernel.Capture(self.cfg.interface)
         self._injector = self.kernel.Injector(self.cfg.interface)
         self._capture.open()
