@@ -438,16 +438,19 @@ class ConnSync:
     async def run(self) -> None:
         """Set the kernel's knobs, capture, relay and inject until cancelled."""
         loop = asyncio.get_running_loop()
+        # in a thread: blocking netlink calls, and pyroute2's IPVSSocket (used to find
+        # the genetlink family) cannot be built on a thread whose event loop runs
         try:
-            self.kernel.set_sync_knobs(kernel_maxlen=self.cfg.kernel_maxlen,
-                                       sync_threshold=self.cfg.sync_threshold)
+            await asyncio.to_thread(self.kernel.set_sync_knobs,
+                                    kernel_maxlen=self.cfg.kernel_maxlen,
+                                    sync_threshold=self.cfg.sync_threshold)
         except OSError as exc:
             self.counters["knobs.failed"] += 1
             log.error("connsync: cannot set the kernel's sync knobs: %s (the kernel sends "
                       "with its own delays)", exc)
         try:  # the kernel's master and backup daemons, both at once (active/active)
-            self.kernel.ensure_daemons(self.cfg.interface, syncid=self.cfg.syncid,
-                                       kernel_maxlen=self.cfg.kernel_maxlen)
+            await asyncio.to_thread(self.kernel.ensure_daemons, self.cfg.interface,
+                                    syncid=self.cfg.syncid, kernel_maxlen=self.cfg.kernel_maxlen)
         except OSError as exc:
             self.counters["knobs.failed"] += 1
             log.error("connsync: cannot start the kernel's sync daemons on %s: %s",
