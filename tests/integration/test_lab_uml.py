@@ -78,6 +78,9 @@ def test_failover_without_sync_resets_the_moved_vips_clients() -> None:
 def test_handoff_with_sync_keeps_every_connection() -> None:
     r = lab("handoff")
     _check_sync_mode(r)
+    # the CVIP policy moved VIP1 (director 2 claims it), then director 1 stepped down
+    assert any(f"director 2: cvip {scenario.VIPS[1]}: owner 1 -> 2 (drain)" in e["what"]
+               for e in r["timeline"]), r["timeline"]
     assert any("director 1: VI_1" in e["what"] and "-> BACKUP" in e["what"]
                for e in r["timeline"]), r["timeline"]
     assert r["resets"] == 0, [c for c in r["per_client"] if c["resets"]]
