@@ -27,7 +27,8 @@ def _opts(ctx: click.Context, no_sync: bool, as_json: bool) -> tuple[bool, bool]
 
 
 no_sync_option = click.option("--no-sync", is_flag=True,
-                              help="Run the directors without connection sync.")
+                              help="Run the directors without connection sync (no conn-sync, "
+                                   "no kernel sync daemon).")
 json_option = click.option("--json", "as_json", is_flag=True,
                            help="End with one JSON object on the last line of stdout.")
 
@@ -41,14 +42,14 @@ def lab(ctx: click.Context, no_sync: bool, as_json: bool) -> None:
 
     \b
     Everything runs in network namespaces inside one User-Mode Linux kernel (for IPVS);
-    each director runs the real daemon (VRRP speaker, IPVS applier, connection sync).
+    each director runs the real daemon (VRRP speaker, IPVS applier, conn-sync, CVIP policy).
     Needs root and the Debian packages user-mode-linux, ipvsadm, iproute2, kmod, procps;
     it installs nothing and says what is missing.
 
     \b
     clusterbus lab failover            kill director 1: VIP1 moves, connections kept
     clusterbus lab --no-sync failover  the same without connection sync: resets
-    clusterbus lab handoff             planned drain of director 1
+    clusterbus lab handoff             planned drain: clusterbus cvip drain 1
     clusterbus lab up | status | down  a lab that keeps running in the background
     """
     ctx.ensure_object(dict)
@@ -97,7 +98,7 @@ def failover(ctx: click.Context, no_sync: bool, as_json: bool) -> None:
 @json_option
 @click.pass_context
 def handoff(ctx: click.Context, no_sync: bool, as_json: bool) -> None:
-    """Planned drain of director 1: its VI_1 priority drops below director 2's (reload).
+    """Planned drain of director 1 (clusterbus cvip drain 1): VIP1 is handed to director 2.
 
     Same output as failover.
     """
@@ -151,7 +152,7 @@ def render_status(st: dict[str, Any]) -> str:
         lines.append(f"  {name} {v['address']}: {holder}")
     daemons = ", ".join(f"{k} {'running' if alive else 'stopped'}"
                         for k, alive in st["daemons"].items())
-    lines.append(f"  daemons: {daemons}; sync: {st['sync']} (conn-sync plugin: {st['connsync']})")
+    lines.append(f"  daemons: {daemons}; connection sync: {st['sync']}")
     for name, c in st["clients"].items():
         lines.append(f"  client {name} -> {c['vip']}: {c['server']} session {c['session']}, "
                      f"{c['resets']} resets")
@@ -160,8 +161,11 @@ def render_status(st: dict[str, Any]) -> str:
 
 def render_result(r: dict[str, Any]) -> str:
     """The readable timeline of a failover or handoff."""
-    lines = [f"{r['scenario']}: connection sync {r['sync']} (conn-sync plugin: "
-             f"{r['connsync']}); lab run {r.get('duration', '?')} s",
+    synced = r.get("connsync_entries")
+    lines = [f"{r['scenario']}: connection sync {r['sync']}"
+             + (f" ({synced} VIP1 connections in director 2's conn-sync table)"
+                if synced is not None else "")
+             + f", CVIP policy {r.get('cvip', '?')}; lab run {r.get('duration', '?')} s",
              f"how: {r.get('method', '?')}", "", "timeline:"]
     for e in r["timeline"]:
         lines.append(f"  {e['t']:+8.3f} s  {e['what']}")

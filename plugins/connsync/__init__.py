@@ -716,7 +716,9 @@ class ConnSync:
     async def run(self) -> None:
         """Set the kernel's knobs, capture, relay and inject until cancelled."""
         loop = asyncio.get_running_loop()
-        try:  # in a thread: pyroute2's blocking IPVS socket runs an event loop of its own
+        # in a thread: blocking netlink calls, and pyroute2's IPVSSocket (used to find
+        # the genetlink family) cannot be built on a thread whose event loop runs
+        try:
             await asyncio.to_thread(self.kernel.set_sync_knobs,
                                     kernel_maxlen=self.cfg.kernel_maxlen,
                                     sync_threshold=self.cfg.sync_threshold)
@@ -724,6 +726,13 @@ class ConnSync:
             self.counters["knobs.failed"] += 1
             log.error("connsync: cannot set the kernel's sync knobs: %s (the kernel sends "
                       "with its own delays)", exc)
+        try:  # the kernel's master and backup daemons, both at once (active/active)
+            await asyncio.to_thread(self.kernel.ensure_daemons, self.cfg.interface,
+                                    syncid=self.cfg.syncid, kernel_maxlen=self.cfg.kernel_maxlen)
+        except OSError as exc:
+            self.counters["knobs.failed"] += 1
+            log.error("connsync: cannot start the kernel's sync daemons on %s: %s",
+                      self.cfg.interface, exc)
         self._capture = self.kernel.Capture(self.cfg.interface)
         self._injector = self.kernel.Injector(self.cfg.interface)
         self._capture.open()

@@ -2,11 +2,11 @@
 running the real daemon, three app nodes, six persistent clients) through the CLI, as a
 user would, and reads the JSON object on the last line.
 
-* failover with connection sync: director 1 is killed and cut off, VIP1 moves, and no
-  client is reset, changes real server or loses its session;
+* failover with conn-sync: director 1 is killed and cut off, VIP1 moves, and no client is
+  reset, changes real server or loses its session;
 * the same with ``--no-sync``: director 2 has never heard of VIP1's connections and its
   stack resets them (this is what makes the first case able to fail);
-* handoff (planned drain) with sync: no client is reset;
+* handoff (``clusterbus cvip drain 1``) with conn-sync: no client is reset;
 * up / status / down: a lab left running in the background, then stopped by its PID.
 """
 
@@ -46,10 +46,11 @@ def lab(*args: str) -> dict[str, Any]:
 
 
 def _check_sync_mode(r: dict[str, Any]) -> None:
-    assert r["sync"] != "off"
-    if scenario.connsync_available():
-        # the conn-sync plugin is installed: the lab must run it, not fall back silently
-        assert r["connsync"] == "on", f"the lab's [connsync] block: {r['connsync']}"
+    # conn-sync ran (not the kernel's own sync daemon, not nothing), with the CVIP policy
+    assert r["sync"] == "connsync" and r["connsync"] == "on", (r["sync"], r["connsync"])
+    assert r["cvip"] == "on"
+    # director 2 holds every VIP1 connection in its conn-sync table, relayed by director 1
+    assert r["connsync_entries"] >= VIP1_CLIENTS, r["connsync_entries"]
 
 
 def test_failover_with_sync_keeps_every_connection_and_server() -> None:
@@ -65,7 +66,7 @@ def test_failover_with_sync_keeps_every_connection_and_server() -> None:
 
 def test_failover_without_sync_resets_the_moved_vips_clients() -> None:
     r = lab("--no-sync", "failover")
-    assert r["sync"] == "off"
+    assert r["sync"] == "off" and r["connsync"] == "off"
     assert r["clients"] == len(scenario.CLIENTS)
     assert r["resets"] > 0
     reset = {c["client"] for c in r["per_client"] if c["resets"]}
@@ -77,6 +78,9 @@ def test_failover_without_sync_resets_the_moved_vips_clients() -> None:
 def test_handoff_with_sync_keeps_every_connection() -> None:
     r = lab("handoff")
     _check_sync_mode(r)
+    # the CVIP policy moved VIP1 (director 2 claims it), then director 1 stepped down
+    assert any(f"director 2: cvip {scenario.VIPS[1]}: owner 1 -> 2 (drain)" in e["what"]
+               for e in r["timeline"]), r["timeline"]
     assert any("director 1: VI_1" in e["what"] and "-> BACKUP" in e["what"]
                for e in r["timeline"]), r["timeline"]
     assert r["resets"] == 0, [c for c in r["per_client"] if c["resets"]]

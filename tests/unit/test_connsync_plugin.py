@@ -43,6 +43,7 @@ class Kernel:
         self.committed_ok = asyncio.Event()
         self.committed_ok.set()
         self.knobs: list[dict[str, Any]] = []
+        self.daemons: list[tuple[str, dict[str, Any]]] = []
 
     def module(self) -> types.ModuleType:
         kernel = self
@@ -101,7 +102,12 @@ class Kernel:
             kernel.knobs.append(kw)
 
         m.Capture, m.Injector, m.committed = Capture, Injector, committed  # type: ignore[attr-defined]
+        def ensure_daemons(interface: str, **kw: Any) -> list[str]:
+            kernel.daemons.append((interface, kw))
+            return ["started backup", "started master"]
+
         m.set_sync_knobs = set_sync_knobs  # type: ignore[attr-defined]
+        m.ensure_daemons = ensure_daemons  # type: ignore[attr-defined]
         return m
 
 
@@ -242,6 +248,7 @@ def test_captured_entries_are_injected_on_the_peer_and_the_barrier_waits(
     assert s1["counters"]["capture.dropped.other_syncid"] == 1
     assert s1["peers"]["2"]["entries.sent"] >= 25
     assert fakes.knobs[0] == {"kernel_maxlen": 1, "sync_threshold": (2, 50)}
+    assert sorted(fakes.daemons) == [(f"d{n}", {"syncid": 3, "kernel_maxlen": 1}) for n in (1, 2)]
     res = out["show"]
     assert res.exit_code == 0, res.output
     table = json.loads(res.output)

@@ -14,26 +14,64 @@ from clusterbus.cli import main
 from clusterbus.config import parse_config
 from clusterbus.lab import cli as labcli
 from clusterbus.lab import runner, scenario
+from clusterbus.plugins.connsync import parse as parse_connsync
+from clusterbus.plugins.cvip import parse as parse_cvip
+from clusterbus.plugins.cvip.policy import hrw
 from clusterbus.plugins.ipvs.model import parse as parse_ipvs
 
 
 @pytest.mark.parametrize("sync", [True, False])
 @pytest.mark.parametrize("n", [1, 2])
-def test_director_files_validate(n: int, sync: bool) -> None:
-    text = scenario.director_config(n, sync=sync)
+def test_director_files_validate(n: int, sync: bool, tmp_path: Path) -> None:
+    keys = scenario.make_keys(tmp_path / "keys")
+    assert sorted(p.name for p in (keys / "authorized").iterdir()) == ["d1.key", "d2.key"]
+    text = scenario.director_config(n, sync=sync, keys=keys)
     data = tomllib.loads(text)
     cfg = parse_config(data, file=f"d{n}.toml")
     assert cfg.node == n
+    assert cfg["bus"]["certificate"].endswith(f"d{n}.key_secret")
+    [peer] = data["cluster"]["peer"]
+    assert peer["node"] == 3 - n
     ipvs = parse_ipvs(data["ipvs"], file=f"d{n}.toml")
-    assert (ipvs.sync_daemon is not None) is sync
+    # never the kernel's own one-role sync daemon: conn-sync runs both daemons itself
+    assert ipvs.sync_daemon is None
     assert [vs.service.scheduler for vs in ipvs.virtual_servers] == ["mh", "mh"]
     assert all(len(vs.real_servers) == 3 for vs in ipvs.virtual_servers)
+    assert ("connsync" in data) is sync and ("connsync" in data["plugins"]["enable"]) is sync
+    if sync:
+        assert data["connsync"]["listen"] == f"tcp://{scenario.DIRECTORS[n]}:7670"
+        assert data["connsync"]["interface"] == scenario.SYNC_IF
+        assert peer["connsync"] == f"tcp://{scenario.DIRECTORS[3 - n]}:7670"
+    else:
+        assert "connsync" not in peer
+    # the plugins' sections, as the daemon checks them (check-config would also want the
+    # lab's addresses on this host)
+    if sync:
+        assert parse_connsync(cfg, data["connsync"]).interface == scenario.SYNC_IF
+    cv = parse_cvip(data["cvip"], cfg)
+    assert [v.directors for v in cv.vips] == [(1, 2), (1, 2)]
+
+
+def test_cvip_weights_give_each_director_its_vip() -> None:
+    """The lab's [cvip] weights make rendezvous hashing pick VIP1 -> 1 and VIP2 -> 2, and the
+    other director when the owner is gone."""
+    for v, vip in scenario.VIPS.items():
+        weights = {v: float(scenario.WEIGHT)}
+        assert hrw(vip, scenario.DIRECTORS, weights) == v
+        assert hrw(vip, [3 - v], weights) == 3 - v
+    # without the weights hashing alone would put VIP1 on director 2: they are needed
+    assert hrw(scenario.VIPS[1], scenario.DIRECTORS) == 2
+
+
+def test_director_files_without_cvip(tmp_path: Path) -> None:
+    keys = scenario.make_keys(tmp_path / "keys")
+    data = tomllib.loads(scenario.director_config(1, sync=True, keys=keys, cvip=False))
+    assert "cvip" not in data
     prios = {i["name"]: i["priority"] for i in data["vrrp"]["instance"]}
-    # each director owns its VIP and backs the other's
-    assert prios == {f"VI_{n}": scenario.HIGH, f"VI_{3 - n}": scenario.LOW}
-    drained = tomllib.loads(scenario.director_config(n, sync=sync, drained=True))
-    if n == 1:
-        assert drained["vrrp"]["instance"][0]["priority"] == scenario.DRAINED < scenario.LOW
+    assert prios == {"VI_1": scenario.HIGH, "VI_2": scenario.LOW}
+    drained = tomllib.loads(scenario.director_config(1, sync=True, keys=keys, cvip=False,
+                                                     drained=True))
+    assert drained["vrrp"]["instance"][0]["priority"] == scenario.DRAINED < scenario.LOW
 
 
 def test_missing_names_debian_packages(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -63,7 +101,7 @@ def test_status_without_a_lab(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
 
 
 def test_render_result() -> None:
-    r = {"scenario": "failover", "sync": "off", "connsync": "not available", "duration": 70,
+    r = {"scenario": "failover", "sync": "off", "connsync": "off", "duration": 70,
          "timeline": [{"t": 0.0, "what": "director 1: daemon killed"}],
          "clients": 2, "resets": 1, "reset_events": 1, "server_changed": 0, "session_lost": 1,
          "per_client": [
@@ -82,34 +120,12 @@ def test_render_result() -> None:
     assert text.endswith("2 clients: 1 reset, 0 changed real server, 1 lost their session")
 
 
-@pytest.mark.parametrize("n", [1, 2])
-def test_connsync_variant_validates(n: int, tmp_path: Path) -> None:
-    """With conn-sync the bus is CURVE on the lab address and the other director a peer."""
-    from clusterbus.config import PEER_SCHEMA
-
-    keys = scenario.make_keys(tmp_path / "keys")
-    assert sorted(p.name for p in (keys / "authorized").iterdir()) == ["d1.key", "d2.key"]
-    data = tomllib.loads(scenario.director_config(n, sync=True, connsync=keys))
-    assert data["connsync"]["listen"] == f"tcp://{scenario.DIRECTORS[n]}:7670"
-    assert "connsync" in data["plugins"]["enable"]
-    [peer] = data["cluster"]["peer"]
-    assert peer["node"] == 3 - n
-    assert peer["connsync"] == f"tcp://{scenario.DIRECTORS[3 - n]}:7670"
-    # the core part validates here; [connsync] is the plugin's (checked by check-config in
-    # the lab), and the peer's connsync key is core's only once conn-sync is merged
-    del data["connsync"]
-    if "connsync" not in PEER_SCHEMA:
-        del peer["connsync"]
-    cfg = parse_config(data, file=f"d{n}.toml")
-    assert cfg["bus"]["certificate"].endswith(f"d{n}.key_secret")
-
-
 def test_render_status() -> None:
     st = {"up": True, "pid": 42, "directory": "/var/tmp/clusterbus-lab", "age": 0.4,
           "vips": {"VIP1": {"address": "10.80.0.201", "directors": [1]},
                    "VIP2": {"address": "10.80.0.202", "directors": []}},
-          "daemons": {"d1": True, "d2": False}, "sync": "ipvs-sync-daemon",
-          "connsync": "not available",
+          "daemons": {"d1": True, "d2": False}, "sync": "connsync",
+          "connsync": "on",
           "clients": {"c1": {"vip": "VIP1", "server": "app2", "session": "ab", "resets": 0}}}
     text = labcli.render_status(st)
     assert "VIP1 10.80.0.201: director 1" in text
