@@ -438,13 +438,23 @@ class ConnSync:
     async def run(self) -> None:
         """Set the kernel's knobs, capture, relay and inject until cancelled."""
         loop = asyncio.get_running_loop()
+        # pyroute2's synchronous sockets cannot be made on a running loop: a worker thread
         try:
-            self.kernel.set_sync_knobs(kernel_maxlen=self.cfg.kernel_maxlen,
-                                       sync_threshold=self.cfg.sync_threshold)
+            await asyncio.to_thread(self.kernel.set_sync_knobs,
+                                    kernel_maxlen=self.cfg.kernel_maxlen,
+                                    sync_threshold=self.cfg.sync_threshold)
         except OSError as exc:
             self.counters["knobs.failed"] += 1
             log.error("connsync: cannot set the kernel's sync knobs: %s (the kernel sends "
                       "with its own delays)", exc)
+        try:  # master and backup together, all the time (nothing else starts them)
+            await asyncio.to_thread(self.kernel.ensure_daemons, self.cfg.interface,
+                                    syncid=self.cfg.syncid,
+                                    kernel_maxlen=self.cfg.kernel_maxlen)
+        except OSError as exc:
+            self.counters["knobs.failed"] += 1
+            log.error("connsync: cannot start the kernel's sync daemons: %s (nothing is "
+                      "captured or injected until they run)", exc)
         self._capture = self.kernel.Capture(self.cfg.interface)
         self._injector = self.kernel.Injector(self.cfg.interface)
         self._capture.open()

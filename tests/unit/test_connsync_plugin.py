@@ -180,7 +180,12 @@ class Kernel:
             kernel.knobs.append(kw)
 
         m.Capture, m.Injector, m.committed = Capture, Injector, committed  # type: ignore[attr-defined]
+        def ensure_daemons(interface: str, **kw: Any) -> list[str]:
+            kernel.knobs.append({"daemons": interface, **kw})
+            return []
+
         m.set_sync_knobs = set_sync_knobs  # type: ignore[attr-defined]
+        m.ensure_daemons = ensure_daemons  # type: ignore[attr-defined]
         return m
 
 
