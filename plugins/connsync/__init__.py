@@ -243,7 +243,7 @@ class ConnSync:
             "capture.dropped.other_syncid", "inject.entries", "inject.datagrams",
             "inject.dropped.queue_full", "inject.dropped.encode", "inject.errors.send",
             "inject.commit_waits", "barrier.passed", "barrier.timeouts", "barrier.vetoes",
-            "knobs.failed"), 0)
+            "barrier.startup_vetoes", "knobs.failed"), 0)
         # per peer: entries received / injected (or given up), inject lag, resyncs
         self.received = dict.fromkeys(self.peer_nodes, 0)
         self.injected = dict.fromkeys(self.peer_nodes, 0)
@@ -252,6 +252,7 @@ class ConnSync:
         self.lag_max_ms: dict[int, float] = dict.fromkeys(self.peer_nodes, 0.0)
         self.resync_done: dict[int, float | None] = dict.fromkeys(self.peer_nodes, None)
         self.last_barrier: dict[str, Any] | None = None
+        self.started = clock()
         self._queue: deque[tuple[int, Any, float]] = deque()
         self._wake = asyncio.Event()
         self._progress = asyncio.Event()
@@ -368,6 +369,18 @@ class ConnSync:
         target = dict(self.received)
         timeout = self.cfg.barrier_timeout
         fresh = 3 * self.relay.keepalive
+        if start - self.started < fresh:
+            # Just started: a peer may be alive without having reached us yet, and the
+            # speaker's deadline (one advert interval) is too short to wait for its table.
+            # Stay BACKUP this time (the next advert or timer asks again); a peer still
+            # silent after the grace counts as down.
+            missing = [p for p in self.peer_nodes if self.resync_done[p] is None]
+            if missing:
+                self.counters["barrier.startup_vetoes"] += 1
+                self.last_barrier = {"instance": instance, "seconds": 0.0, "passed": False,
+                                     "entries": sum(target.values()), "waiting": 0,
+                                     "startup": missing}
+                return f"starting: no full table yet from node(s) {missing}"
         resyncing = set(self.relay.incomplete(start, fresh))
         ok = False
         try:
