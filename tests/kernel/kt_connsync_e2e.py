@@ -22,6 +22,7 @@ import asyncio
 import ctypes
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -203,10 +204,12 @@ persistence_timeout = 300
         self.log = self.dir / "daemon.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def make_namespace(self) -> None:
+    def make_namespace(self, mac: str = "") -> None:
         sh("ip", "netns", "add", self.ns)
         sh("ip", "link", "add", f"v{self.ns}", "type", "veth", "peer", "name", "eth0",
            "netns", self.ns)
+        if mac:  # a rebooted machine keeps its MAC address
+            nsx(self.ns, "ip", "link", "set", "eth0", "address", mac)
         sh("ip", "link", "set", f"v{self.ns}", "master", "br0", "up")
         for cmd in (["ip", "link", "set", "lo", "up"],
                     ["ip", "addr", "add", f"{self.addr}/24", "dev", "eth0"],
@@ -361,9 +364,9 @@ class Lab:
             self.procs.append(p)
             assert p.stdout is not None and p.stdout.readline().strip() == "ready"
 
-    def director(self, name: str, *, sync: bool, extra: str = "") -> Director:
+    def director(self, name: str, *, sync: bool, extra: str = "", mac: str = "") -> Director:
         d = Director(name, self.root, self.keys, self.auth, sync=sync, extra=extra)
-        d.make_namespace()
+        d.make_namespace(mac)
         self.namespaces.append(d.ns)
         self.directors[name] = d
         return d
@@ -480,3 +483,210 @@ def test_failover_keeps_connections(lab: Lab, sync: bool, victim: str) -> None:
         assert barrier["passed"] and barrier["instance"] == moved_inst, barrier
     else:
         assert res["error"] is not None and "Reset" in res["error"], res
+
+
+def test_rebooted_director_gets_the_full_table_before_any_vip(lab: Lab) -> None:
+    """B reboots (SIGKILL, link cut, its namespace and kernel table gone) while A keeps
+    serving and accepts new connections; the new B takes its VIP2 only after A's full
+    table (connections B saw before and ones it never saw) is in its kernel; then A fails
+    and every connection goes on through B."""
+    a, b = start_pair(lab, sync=True)
+    early = [lab.client(VIPS["VI_1"]) for _ in range(2)]
+    for c in early:
+        until("an early connection in B's kernel", lambda c=c: conn_in(
+            b.ns, VIPS["VI_1"], c.cport, RS[int(c.server[2:])]), lab.logs)
+    mac = nsx(b.ns, "cat", "/sys/class/net/eth0/address").strip()
+    fail(lab, b)
+    sh("ip", "netns", "del", b.ns)
+    lab.namespaces.remove(b.ns)
+    until("A MASTER of VI_2", lambda: a.vrrp("VI_2") == "MASTER", lab.logs)
+    late = [lab.client(VIPS["VI_1"]) for _ in range(2)]  # B never heard of these
+    clients = early + late
+    until("A's own entries captured", lambda: a.connsync()["counters"]["capture.entries"]
+          >= 2 * len(clients), lab.logs)
+
+    b = lab.director("B", sync=True, mac=mac)  # a new namespace: an empty IPVS table
+    assert not [r for r in kernel_conns(b.ns) if r["caddr"] == CLIENT]
+    offset = b.log.stat().st_size if b.log.exists() else 0
+    b.start()
+
+    def all_in() -> bool:
+        return all(conn_in(b.ns, VIPS["VI_1"], c.cport, RS[int(c.server[2:])])
+                   for c in clients)
+
+    seen_before_master = None
+    deadline = time.monotonic() + LIMIT
+    while time.monotonic() < deadline:
+        synced = all_in()
+        if b.vrrp("VI_2") == "MASTER":
+            seen_before_master = synced
+            break
+        time.sleep(0.05)
+    assert seen_before_master is not None, lab.logs()
+    log = b.log.read_text()[offset:]
+    resynced = log.find("node 1's full table received")
+    took = log.find("VI_2 (vrid 52, eth0): BACKUP -> MASTER")
+    assert 0 <= resynced < took, log
+    barrier = b.connsync()["last_barrier"]
+    assert barrier["instance"] == "VI_2" and barrier["passed"], barrier
+    assert barrier["entries"] >= len(clients) + 1, barrier  # the connections + the template
+    assert all_in(), ipvs_status(b)
+    print(f"rebooted B: all {len(clients)} connections in its kernel when first seen "
+          f"MASTER: {seen_before_master}; barrier {barrier}")
+
+    fail(lab, a)
+    until("B MASTER of VI_1", lambda: b.vrrp("VI_1") == "MASTER", lab.logs)
+    marks = [c.echoed() for c in clients]
+    until("every connection flowing through B", lambda: all(
+        c.result() is not None or c.echoed() >= m + 20 for c, m in zip(clients, marks)),
+        lab.logs)
+    results = [c.finish() for c in clients]
+    assert all(r["error"] is None for r in results), results
+
+
+def _modprobe(*modules: str) -> None:
+    """Load extra modules from this UML run's module root (next to its init script)."""
+    init = next(a[5:] for a in Path("/proc/cmdline").read_text().split()
+                if a.startswith("init="))
+    root = str(Path(init).parent / "modroot")
+    for m in modules:
+        p = subprocess.run(["modprobe", "-d", root, m], capture_output=True, text=True)
+        if p.returncode != 0:
+            pytest.skip(f"module {m}: {p.stderr.strip()}")
+
+
+HOLD = """
+import os, socket, sys, time
+vip, n, stop = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+socks = []
+for i in range(n):
+    s = socket.create_connection((vip, 80), timeout=20)
+    f = s.makefile("rb")
+    f.readline()
+    for j in range(3):
+        s.sendall(b"x\\n")
+        f.readline()
+    socks.append(s)
+print("ports", " ".join(str(s.getsockname()[1]) for s in socks), flush=True)
+deadline = time.time() + 120
+while not os.path.exists(stop) and time.time() < deadline:
+    time.sleep(0.1)
+"""
+
+
+def test_lossy_sync_link_converges(lab: Lab) -> None:
+    """Both directors drop 20 % of their conn-sync channel packets (netem on the egress
+    of eth0, only TCP port 7670): 60 connections through A all reach B's kernel."""
+    _modprobe("sch_prio", "cls_u32", "sch_netem")
+    a, b = start_pair(lab, sync=True)
+    for d in (a, b):
+        nsx(d.ns, "tc", "qdisc", "add", "dev", "eth0", "root", "handle", "1:", "prio")
+        nsx(d.ns, "tc", "qdisc", "add", "dev", "eth0", "parent", "1:3", "handle", "30:",
+            "netem", "loss", "20%")
+        for field in ("dport", "sport"):
+            nsx(d.ns, "tc", "filter", "add", "dev", "eth0", "parent", "1:", "protocol", "ip",
+                "prio", "1", "u32", "match", "ip", field, str(PORT), "0xffff",
+                "flowid", "1:3")
+    stop = lab.root / "hold-stop"
+    hold = subprocess.Popen(["ip", "netns", "exec", "e2eC", sys.executable, "-c", HOLD,
+                             VIPS["VI_1"], "60", str(stop)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert hold.stdout is not None
+        line = hold.stdout.readline().split()
+        assert line and line[0] == "ports", line
+        ports = {int(p) for p in line[1:]}
+        assert len(ports) == 60
+
+        def ports_in(ns: str) -> set[int]:
+            return {r["cport"] for r in kernel_conns(ns)
+                    if r["vaddr"] == VIPS["VI_1"] and r["caddr"] == CLIENT and r["cport"]}
+
+        until("A's kernel holds the 60 connections", lambda: ports <= ports_in(a.ns),
+              lab.logs)
+        until("all 60 in B's kernel despite the loss", lambda: ports <= ports_in(b.ns),
+              lambda: f"missing {sorted(ports - ports_in(b.ns))}\n{lab.logs()}", limit=90)
+        drops = nsx(a.ns, "tc", "-s", "qdisc", "show", "dev", "eth0") \
+            + nsx(b.ns, "tc", "-s", "qdisc", "show", "dev", "eth0")
+        peer = b.connsync()["peers"]["1"]
+        assert peer["entries.injected"] == peer["entries.received"] > 0, peer
+        print(f"lossy link: 60/60 in B; B's peer 1: {peer}\n{drops}")
+        lost = [int(n) for n in re.findall(r"qdisc netem 30:.*?\n\s*Sent \d+ bytes \d+ pkt "
+                                           r"\(dropped (\d+)", drops, re.S)]
+        assert len(lost) == 2 and sum(lost) > 0, drops  # the loss was real
+    finally:
+        stop.touch()
+        hold.wait(20) if hold.poll() is None else None
+        if hold.poll() is None:
+            hold.kill()
+            hold.wait(5)
+
+
+GARBAGE_PEER = """
+import sys, time, msgpack, zmq
+from clusterbus.bus.security import load_public_key, load_secret_certificate
+pub, sec = load_secret_certificate(sys.argv[1])
+ctx = zmq.Context()
+s = ctx.socket(zmq.DEALER)
+s.curve_publickey, s.curve_secretkey = pub, sec
+s.curve_serverkey = load_public_key(sys.argv[2])
+s.linger = 2000
+s.connect(sys.argv[3])
+frames = [[b"\\xc1"], [b"garbage" * 50], [msgpack.packb([1, 2, 3])],
+          [msgpack.packb({"x": 1})], [b"a", b"b", b"c"], [msgpack.packb(["B", -1, "x", None])]]
+for f in frames:
+    s.send_multipart(f)
+time.sleep(1.5)
+s.close()
+ctx.term()
+print("sent", len(frames))
+"""
+
+BAD_DATAGRAMS = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(sys.argv[1]))
+s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
+s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
+bad = [b"\\x00\\x07", b"garbage" * 20, bytes([0, 7, 0, 200, 3, 1, 0, 0]) + b"\\xff" * 40]
+for d in bad:
+    s.sendto(d, ("224.0.0.81", 8848))
+print("sent", len(bad))
+"""
+
+
+def test_bad_datagrams_and_peer_garbage_change_only_counters(lab: Lab) -> None:
+    """Undecodable sync datagrams leaving A's sync interface, and garbage frames from a
+    client holding B's (authorized) key on A's channel, are counted; nothing else changes:
+    A keeps running, its table is the same, and a new connection still reaches B."""
+    a, b = start_pair(lab, sync=True)
+    before = a.connsync()
+    out = nsx(a.ns, sys.executable, "-c", BAD_DATAGRAMS, "10.81.200.1").split()
+    n_bad = int(out[1])
+    until("the bad datagrams counted", lambda: a.connsync()["counters"]
+          ["capture.dropped.bad_datagram"] >= before["counters"]
+          ["capture.dropped.bad_datagram"] + n_bad, lab.logs)
+    out = nsx(b.ns, sys.executable, "-c", GARBAGE_PEER, f"{lab.keys}/d2.key_secret",
+              f"{lab.keys}/d1.key", f"tcp://{a.addr}:{PORT}").split()
+    n_frames = int(out[1])
+
+    def dropped(st: dict[str, Any]) -> int:
+        return sum(v for k, v in st["counters"].items()
+                   if k.startswith("channel.dropped.") and k != "channel.dropped.send")
+
+    until("the garbage frames counted", lambda: dropped(a.connsync()) >= dropped(before)
+          + n_frames - 1, lab.logs)
+    after = a.connsync()
+    assert after["table"] == before["table"], (before, after)
+    assert after["counters"]["capture.entries"] == before["counters"]["capture.entries"]
+    assert "Traceback" not in a.log.read_text(), a.logs()
+    changed = {k: (before["counters"].get(k), v) for k, v in after["counters"].items()
+               if before["counters"].get(k) != v}
+    print(f"garbage: counters changed on A: {changed}")
+    # the link still works both ways
+    c = lab.client(VIPS["VI_1"])
+    until("a new connection in B's kernel", lambda: conn_in(
+        b.ns, VIPS["VI_1"], c.cport, RS[int(c.server[2:])]), lab.logs)
+    d = lab.client(VIPS["VI_2"])
+    until("B's new connection in A's kernel", lambda: conn_in(
+        a.ns, VIPS["VI_2"], d.cport, RS[int(d.server[2:])]), lab.logs)
+    assert c.finish()["error"] is None and d.finish()["error"] is None
