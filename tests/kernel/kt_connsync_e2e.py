@@ -178,6 +178,7 @@ advert_interval = 0.2
 version = 3
 virtual_ipaddress = ["{vip}/24"]
 garp_delay = 0.0
+preempt_delay = 3.0
 """ for i, (inst, vip) in enumerate(VIPS.items(), 1))
         services = "".join(f"""
 [[ipvs.virtual_server]]
@@ -527,7 +528,8 @@ def test_rebooted_director_gets_the_full_table_before_any_vip(lab: Lab) -> None:
     resynced = log.find("node 1's full table received")
     took = log.find("VI_2 (vrid 52, eth0): BACKUP -> MASTER")
     assert 0 <= resynced < took, log
-    barrier = b.connsync()["last_barrier"]
+    barrier = until("B's barrier answered", lambda: b.connsync()["last_barrier"], lab.logs,
+                    limit=10)
     assert barrier["instance"] == "VI_2" and barrier["passed"], barrier
     assert barrier["entries"] >= len(clients) + 1, barrier  # the connections + the template
     assert all_in(), ipvs_status(b)
