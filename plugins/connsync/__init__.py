@@ -299,7 +299,7 @@ class ConnSync:
             "capture.dropped.other_syncid", "inject.entries", "inject.datagrams",
             "inject.dropped.queue_full", "inject.dropped.encode", "inject.errors.send",
             "inject.commit_waits", "barrier.passed", "barrier.timeouts", "barrier.vetoes",
-            "knobs.failed", "conntrack.events", "conntrack.originated",
+            "barrier.startup_vetoes", "knobs.failed", "conntrack.events", "conntrack.originated",
             "conntrack.skipped.local", "conntrack.skipped.peer_owned", "conntrack.dumps",
             "conntrack.errors.dump", "conntrack.errors.apply", "conntrack.dropped.queue_full",
             "conntrack.ignored.disabled", "conntrack.expired", "conntrack.stale_removed"), 0)
@@ -311,6 +311,7 @@ class ConnSync:
         self.lag_max_ms: dict[int, float] = dict.fromkeys(self.peer_nodes, 0.0)
         self.resync_done: dict[int, float | None] = dict.fromkeys(self.peer_nodes, None)
         self.last_barrier: dict[str, Any] | None = None
+        self.started = clock()
         self._queue: deque[tuple[int, Any, float]] = deque()
         # conntrack (``conntrack = true``): our own entries (dump, then events), the
         # peers' (key -> entry, when received), and the ones still to create/remove
@@ -624,6 +625,18 @@ class ConnSync:
         ct_target = dict(self.ct_enqueued)
         timeout = self.cfg.barrier_timeout
         fresh = 3 * self.relay.keepalive
+        if start - self.started < fresh:
+            # Just started: a peer may be alive without having reached us yet, and the
+            # speaker's deadline (one advert interval) is too short to wait for its table.
+            # Stay BACKUP this time (the next advert or timer asks again); a peer still
+            # silent after the grace counts as down.
+            missing = [p for p in self.peer_nodes if self.resync_done[p] is None]
+            if missing:
+                self.counters["barrier.startup_vetoes"] += 1
+                self.last_barrier = {"instance": instance, "seconds": 0.0, "passed": False,
+                                     "entries": sum(target.values()), "waiting": 0,
+                                     "startup": missing}
+                return f"starting: no full table yet from node(s) {missing}"
         resyncing = set(self.relay.incomplete(start, fresh))
         ok = False
         try:

@@ -315,6 +315,7 @@ def test_the_barrier_waits_for_a_live_peers_full_table(fakes: Kernel, keys: Path
                  'barrier_timeout = 0.2\non_barrier_timeout = "veto"')
     resyncing = [1]
     d.relay.incomplete = lambda now, within: list(resyncing)  # type: ignore[method-assign]
+    d.started -= 60  # running for a while: the start-up grace is over
 
     async def main() -> tuple[str | None, str | None]:
         stuck = await d.barrier("VI_1")  # peer 1 is sending its table: not done in time
@@ -324,6 +325,19 @@ def test_the_barrier_waits_for_a_live_peers_full_table(fakes: Kernel, keys: Path
     stuck, done = asyncio.run(main())
     assert stuck is not None and done is None
     assert d.counters["barrier.timeouts"] == 1 and d.counters["barrier.passed"] == 1
+
+
+def test_a_starting_director_takes_no_vip_before_every_peers_full_table(
+        fakes: Kernel, keys: Path) -> None:
+    d = _service(keys, 2, "tcp://127.0.0.1:7702", "tcp://127.0.0.1:7701")
+    veto = asyncio.run(d.barrier("VI_1"))  # peer 1 not heard from yet, just started
+    assert veto is not None and "node(s) [1]" in veto
+    d.resync_done[1] = d.clock()  # its full table arrived
+    assert asyncio.run(d.barrier("VI_1")) is None
+    d.resync_done[1] = None
+    d.started -= 60  # after the grace a silent peer counts as down
+    assert asyncio.run(d.barrier("VI_1")) is None
+    assert d.counters["barrier.startup_vetoes"] == 1 and d.counters["barrier.passed"] == 2
 
 
 def test_a_missing_part_stops_start_up_with_a_config_error(
