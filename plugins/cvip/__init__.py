@@ -6,7 +6,8 @@ each computes the owner of every CVIP from the same facts (:mod:`.policy`: weigh
 rendezvous hashing, sticky claims) and drives its VRRP priority from the decision:
 
 * built-in speaker (the default): the ``[[vrrp.instance]]`` with the CVIP's interface and
-  VRID gets ``priority_owner`` on the owner, ``priority_backup - rank`` elsewhere (``rank``:
+  VRID gets ``priority_owner`` on the owner, ``priority_backup - PRIORITY_STEP * rank``
+  elsewhere (``rank``:
   the director's place in the next election), through :meth:`Cluster.set_vrrp_priority`;
   a planned move is a priority-0 handoff (the old owner steps down once the new one has
   raised its priority), so the new owner takes over after its Skew_Time through its normal
@@ -176,6 +177,12 @@ VIP_SCHEMA: dict[str, Key] = {
                                      "for keepalived's track_file; no built-in speaker"),
 }
 
+#: priority difference between consecutive backups: their Skew_Times then differ by
+#: 10/256 of an advert interval (39 ms at 1 s), so after an owner's crash the next in line
+#: wins the race for MASTER even on a loaded host (one apart, 4 ms, both timers could expire
+#: before either heard the other: two holders for a moment)
+PRIORITY_STEP = 10
+
 SCHEMA: dict[str, Key] = {
     "vip": Key(list, REQUIRED, None, "[[cvip.vip]] tables, one per CVIP"),
     "priority_owner": Key(int, 200, between(2, 254), "VRRP priority of the owner"),
@@ -273,9 +280,9 @@ def parse(section: Mapping[str, Any], config: Config) -> CvipConfig:
             if addr not in vips_of:
                 raise err(f"{addr} is not in the virtual_ipaddress of [[vrrp.instance]] {name}",
                           "address")
-            if v["priority_backup"] - len(t["directors"]) + 1 < 1:
-                raise err("too many directors for priority_backup (each backup gets one "
-                          "less)", "directors")
+            if v["priority_backup"] - PRIORITY_STEP * (len(t["directors"]) - 1) < 1:
+                raise err(f"too many directors for priority_backup (each backup gets "
+                          f"{PRIORITY_STEP} less)", "directors")
         elif not t["track_file"].startswith("/"):
             raise err("expected an absolute path", "track_file")
         vips.append(VipConfig(address=addr, interface=t["interface"], prefix=t["address"],
@@ -477,7 +484,7 @@ class CvipPlugin:
             if pol.holding(v.address):
                 prio = cfg.priority_owner
             else:
-                prio = max(1, cfg.priority_backup - pol.rank(v.address))
+                prio = max(1, cfg.priority_backup - PRIORITY_STEP * pol.rank(v.address))
             release = v.address in released
             if st.applied.get(v.instance) == prio and not release:
                 continue
