@@ -240,6 +240,7 @@ class Injector:
 async def committed(*, port=8848, timeout): return True
 kernel.Capture, kernel.Injector, kernel.committed = Capture, Injector, committed
 kernel.set_sync_knobs = lambda **kw: None
+kernel.ensure_daemons = lambda interface, **kw: []
 svc.kernel = kernel
 
 def write(doc):
