@@ -263,10 +263,11 @@ async def side_a():
         return cli.getsockname()[1]
     ports = [connect()]
     await asyncio.sleep(0.5)
-    # garbage from an authorized peer (our own CURVE key): a batch B cannot decode
-    svc.channel.send(peer, ["B", svc.relay.run, 1, 2, 0,
+    # garbage from an authorized peer (our own CURVE key): a batch B cannot decode (a seq
+    # ahead of the stream: a stale or duplicate seq is dropped undecoded)
+    svc.channel.send(peer, ["B", svc.relay.run, 1, 1_000_000, 0,
                             [["ct", "u", {"f": 2, "p": 6}], ["ct", "x", {}], "junk"]])
-    svc.channel.send(peer, ["B", svc.relay.run, 1, 2, 0, [["ct", "u", {"f": 99, "p": 6,
+    svc.channel.send(peer, ["B", svc.relay.run, 1, 1_000_001, 0, [["ct", "u", {"f": 99, "p": 6,
                             "o": [b"", b"", 1, 2], "r": [b"", b"", 2, 1], "s": 0, "t": 1}]]])
     await asyncio.sleep(0.5)
     ports.append(connect())                   # still synced after the garbage
