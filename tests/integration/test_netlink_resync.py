@@ -141,7 +141,8 @@ def _stopped_while(r: Receiver, pipe_fd: int, lines: list[str], stdin) -> None: 
 
 @pytest.mark.parametrize("first_overruns", [
     pytest.param(False, marks=pytest.mark.xfail(strict=False, reason=(
-        "passes alone; inside one full-suite run only 42 of 3200 nodes were in the view "
+        "fails in some runs (the full CI suite: 42 of 3200 nodes in the view; also after the "
+        "conn-sync conntrack tests in a fresh clone) and passes in others "
         "(cause not found yet, noted for planning)"))),
     True], ids=["first-fits", "first-overruns"])
 def test_c_emitter_keeping_state_answers_the_dump(ns: str, receiver_script: Path,  # noqa: F811
