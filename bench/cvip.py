@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import signal
 import statistics
 import subprocess
@@ -40,13 +39,13 @@ import sys
 import tempfile
 import time
 from dataclasses import replace
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "support"))
 
+from addrmonitor import AddrMonitor  # noqa: E402
 from cbdaemon import director_keys  # noqa: E402
 from keepalived import Keepalived, VrrpInstance, ns_has_addr, wait_for  # noqa: E402
 from netns import Topology  # noqa: E402
@@ -57,7 +56,6 @@ from clusterbus.plugins.cvip.cli import control_request  # noqa: E402
 VIP = "10.79.0.100"
 NET = "10.79.0"
 PORT = 8080
-_LINE = re.compile(r"^\[(\S+)\] (Deleted )?\d+: eth0\s+inet (\S+)/")
 
 #: Runs in a director's namespace: a one-line echo service on every address.
 _SERVER = r"""
@@ -120,40 +118,6 @@ for t in threads:
     t.join(10)
 print(json.dumps({"ok": ok[0], "errors": errors, "when": when}), flush=True)
 """
-
-
-class Monitor:
-    """``ip -ts -o monitor address`` in a namespace, read back by time."""
-
-    def __init__(self, ns: str, path: Path) -> None:
-        self.path = path
-        self.out = open(path, "wb")
-        self.proc = subprocess.Popen(Topology.prefix(ns) + ["ip", "-ts", "-o", "monitor",
-                                                            "address"], stdout=self.out)
-        time.sleep(0.3)  # bench only: give ip monitor time to subscribe
-
-    def added_after(self, t0: float) -> float | None:
-        for line in self.path.read_text().splitlines():
-            m = _LINE.match(line)
-            if m and m.group(2) is None and m.group(3) == VIP:
-                t = datetime.fromisoformat(m.group(1)).timestamp()
-                if t >= t0:
-                    return t
-        return None
-
-    def deleted_after(self, t0: float) -> float | None:
-        for line in self.path.read_text().splitlines():
-            m = _LINE.match(line)
-            if m and m.group(2) is not None and m.group(3) == VIP:
-                t = datetime.fromisoformat(m.group(1)).timestamp()
-                if t >= t0:
-                    return t
-        return None
-
-    def close(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(10)
-        self.out.close()
 
 
 def in_windows(times: list[float], windows: list[tuple[float, float]]) -> int:
@@ -234,7 +198,7 @@ def run_clusterbus(workdir: Path, interval: float, moves: int, crashes: int,
             d = Director(me, workdir, [inst], node=n, extra=extra, bus=True, garp_delay=0.0)
             d.keys, d.auth = keys, auth
             ds[n] = d
-        mons = {n: Monitor(by_node[n], workdir / f"mon-cb-{n}.txt") for n in (1, 2)}
+        mons = {n: AddrMonitor(by_node[n], workdir / f"mon-cb-{n}.txt", VIP) for n in (1, 2)}
         load = Load(ns, clients)
         moved: list[float] = []
         gaps: list[float] = []
@@ -302,8 +266,8 @@ def run_keepalived(workdir: Path, interval: float, moves: int, crashes: int,
         mk = lambda n, prio: Keepalived(ns[n], workdir, [VrrpInstance(  # noqa: E731
             vrid=52, priority=prio, advert_int=interval, version=3, vips=(f"{VIP}/24",))])
         ka, kb = mk("a", 150), mk("b", 100)
-        mons = {"a": Monitor(ns["a"], workdir / "mon-ka-a.txt"),
-                "b": Monitor(ns["b"], workdir / "mon-ka-b.txt")}
+        mons = {"a": AddrMonitor(ns["a"], workdir / "mon-ka-a.txt", VIP),
+                "b": AddrMonitor(ns["b"], workdir / "mon-ka-b.txt", VIP)}
         load = Load(ns, clients)
         moved: list[float] = []
         gaps: list[float] = []

@@ -38,7 +38,6 @@ import argparse
 import json
 import os
 import random
-import re
 import signal
 import statistics
 import subprocess
@@ -46,19 +45,18 @@ import sys
 import tempfile
 import time
 from dataclasses import replace
-from datetime import datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "support"))
 
+from addrmonitor import AddrMonitor  # noqa: E402
 from keepalived import Keepalived, VrrpInstance, ns_has_addr, wait_for  # noqa: E402
 from netns import Topology  # noqa: E402
 from speaker import Speaker  # noqa: E402
 
 VIP = "10.77.0.100"
 A_ADDR = "10.77.0.1"
-_LINE = re.compile(r"^\[(\S+)\] (Deleted )?\d+: eth0\s+inet (\S+)/")
 
 #: Runs in B's namespace: prints "<kernel receive time> <source> <priority>" per VRRP packet.
 _SNIFFER = r"""
@@ -80,32 +78,6 @@ while True:
     prio = data[ihl + 2] if len(data) > ihl + 2 else -1
     print(f"{t:.6f} {src} {prio}", flush=True)
 """
-
-
-class Monitor:
-    """``ip -ts -o monitor address`` in a namespace, read back by time."""
-
-    def __init__(self, ns: str, path: Path) -> None:
-        self.path = path
-        self.out = open(path, "wb")
-        self.proc = subprocess.Popen(Topology.prefix(ns) + ["ip", "-ts", "-o", "monitor", "address"],
-                                     stdout=self.out)
-        time.sleep(0.3)  # bench only: give ip monitor time to subscribe
-
-    def added_after(self, t0: float) -> float | None:
-        """Wall-clock time of the first VIP addition after ``t0``, or None."""
-        for line in self.path.read_text().splitlines():
-            m = _LINE.match(line)
-            if m and m.group(2) is None and m.group(3) == VIP:
-                t = datetime.fromisoformat(m.group(1)).timestamp()
-                if t >= t0:
-                    return t
-        return None
-
-    def close(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(10)
-        self.out.close()
 
 
 class Sniffer:
@@ -200,7 +172,7 @@ def run_kind(kind: str, phases: list[float], planned_trials: int, interval: floa
         b = topo.host("b", "10.77.0.2/24")
         pa = make(kind, a, workdir, 150, interval)
         pb = make(kind, b, workdir, 100, interval)
-        mon = Monitor(b, workdir / f"mon-{kind}.txt")
+        mon = AddrMonitor(b, workdir / f"mon-{kind}.txt", VIP)
         sniff = Sniffer(b, workdir / f"sniff-{kind}.txt")
         crash, after_advert, planned, stop, rss, phase = [], [], [], [], None, []
 
