@@ -137,3 +137,16 @@ print(sorted(bad))
                          timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+#: Sans-IO modules of the built-in plugins (their I/O adapters live beside them).
+PLUGIN_SANS_IO = [
+    PKG_ROOT.parent / "plugins" / "connsync" / name
+    for name in ("codec.py", "table.py", "relay.py", "ctcodec.py")
+] + [PKG_ROOT.parent / "plugins" / "cvip" / "policy.py"]
+
+
+@pytest.mark.parametrize("path", PLUGIN_SANS_IO, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_plugin_protocol_cores_are_sans_io(path: Path) -> None:
+    assert path.is_file()
+    assert forbidden_imports(path) == []
