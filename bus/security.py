@@ -368,6 +368,12 @@ class BusSecurity:
             except (ValueError, IndexError, TypeError):  # never from libzmq; be safe
                 continue
             kind = event["event"]
+            if kind == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+                # The peer closed the connection before the handshake finished (a client
+                # that gave up, a TCP health check): nothing was refused.
+                key = f"handshake_dropped.{name}"
+                self.counters[key] = self.counters.get(key, 0) + 1
+                continue
             self.counters["auth_denied"] = self.counters.get("auth_denied", 0) + 1
             key = f"auth_denied.{name}"
             self.counters[key] = self.counters.get(key, 0) + 1

@@ -156,3 +156,24 @@ def test_stop_leaves_no_socket_open(keys: dict[str, Path]) -> None:
                 await asyncio.sleep(0.05)
                 assert svc.security is not None
     run(main())
+
+
+def test_connection_closed_during_handshake_is_not_a_denial(keys: dict[str, Path]) -> None:
+    """A TCP connect-and-close (a health check, a client that gave up waiting) is counted as
+    ``handshake_dropped.<socket>``; ``auth_denied`` stays for what was refused."""
+    import socket
+    from urllib.parse import urlsplit
+
+    async def main() -> None:
+        async with curve_bus(keys) as svc:
+            url = urlsplit(svc.endpoints["ingest"])
+            for _ in range(3):
+                socket.create_connection((url.hostname, url.port), timeout=5).close()
+            await until(lambda: svc.counters.get("handshake_dropped.ingest", 0) >= 3)
+            assert svc.counters["auth_denied"] == 0
+            # an authorized client still works afterwards
+            await emit(svc.endpoints["ingest"], "node.up", 3, ["10.9.0.3"],
+                       **client(keys, "alice"))
+            await until(lambda: svc.counters["ingest.accepted"] == 1)
+            assert svc.counters["auth_denied"] == 0
+    run(main())
