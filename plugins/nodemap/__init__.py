@@ -76,6 +76,10 @@ class NodemapPlugin:
     def clusterbus_node_up(self, event: NodeUp, cluster: Cluster) -> None:
         if not self.learn or not event.addrs:
             return
+        if event.origin != cluster.local_node:
+            # a peer director's membership event: the local view (and its node map) stays
+            # the local sources' own, and nothing of a peer's is published again from here
+            return
         added, conflicts = cluster.nodemap.add(event.node, event.addrs)
         _report(cluster, conflicts, event.topic)
         if added:

@@ -183,3 +183,23 @@ def test_8000_distinct_reports_keep_memory_bounded(tmp_path):
     grown, events, widest = int(out[0]), int(out[1]), int(out[2])
     assert events >= 16000 and widest == 16
     assert grown < 64 * 1024 * 1024, f"RSS grew by {grown / 2**20:.1f} MiB"
+
+
+def test_a_peer_directors_node_up_does_not_teach_the_local_node_map():
+    """Peer events reach the local hooks with the peer's origin: the node map learns only
+    from this director's own sources, and publishes nothing for a peer's event."""
+    from clusterbus.events import NodeUp
+
+    host = PluginHost()
+    host.register(nm.NodemapPlugin(), "nodemap")
+    engine = Engine(origin=1, plugins=host)
+    host.configure(parse_config({}, file="n.toml"), engine.cluster)
+    seen: list = []
+    engine.sinks.append(seen.append)
+    peer = NodeUp(origin=2, seq=1, time=1.0, node=7, addrs=("10.1.0.7",), view=1,
+                  reason="netlink")
+    host.notify_event(peer, engine.cluster)  # as core.peers delivers a peer's event
+    assert engine.nodemap.addrs(7) == () and seen == []
+    engine.report(NodeReport(state=NodeState.UP, node=7, addrs=("10.1.0.7",), reason="t"))
+    assert engine.nodemap.addrs(7) == ("10.1.0.7",)
+    assert [e.topic for e in seen] == ["node.up", "nodemap.changed"]
