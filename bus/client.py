@@ -625,7 +625,12 @@ class Subscriber:
         if isinstance(request, RequestSnapshot):
             snap = await self.fetch_snapshot(request.reason)
             seqr.resynced(snap)
-            log.info("resynchronised from a snapshot at seq %d (%s)", snap.seq, request.reason)
+            if seqr.last_snapshot is snap:
+                log.info("resynchronised from a snapshot at seq %d (%s)", snap.seq,
+                         request.reason)
+            else:  # the new epoch was an earlier run's (its frames were still queued)
+                log.debug("still the run %016x at seq %d: an earlier run's epoch retired",
+                          snap.epoch, snap.seq)
             return
         header, payload = await self.requester.request("REPLAY", request.after)
         items: list[Event | Unknown | None] | None = None

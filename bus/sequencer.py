@@ -121,7 +121,8 @@ class Sequencer:
         self.last_snapshot: Any = None
         #: what happened: delivered, filtered, unknown_topic (skipped, seq counted),
         #: heartbeats, duplicates, stale (an earlier run's), gaps (detected),
-        #: gaps_repaired, replayed, suspect, resyncs.<reason>, dropped.<code>.
+        #: gaps_repaired, replayed, suspect, restarts (a new run, confirmed by the
+        #: snapshot), resyncs.<reason>, dropped.<code>.
         self.counters: dict[str, int] = {
             "delivered": 0, "filtered": 0, "unknown_topic": 0, "heartbeats": 0,
             "duplicates": 0, "gaps": 0, "gaps_repaired": 0, "replayed": 0,
@@ -130,6 +131,9 @@ class Sequencer:
         # delivered live before the last repair): one that does hints at a restart.
         self._floor = 0
         self._retired: deque[int] = deque(maxlen=RETIRED_EPOCHS)
+        # The epoch that made the pending snapshot request (a heartbeat, a frame or a
+        # reply of another run), until the snapshot says whether it is the run now.
+        self._announced: int | None = None
         self._replayed = 0  # events replayed by the repair under way
         self._lower_floor: int | None = None  # a suspect seq, once the replay cleared it
         self._opened_at = now
@@ -277,6 +281,8 @@ class Sequencer:
         if self.epoch is None and type(epoch) is int:
             self.epoch = epoch
         if epoch != self.epoch:
+            if type(epoch) is int:
+                self._announced = epoch
             self._resync("epoch_changed")
             return
         if status != "ok":
@@ -308,11 +314,29 @@ class Sequencer:
             self._lower_floor = None
 
     def resynced(self, snapshot: Position) -> None:
-        """The answer to :class:`RequestSnapshot`: continue after ``snapshot.seq``."""
+        """The answer to :class:`RequestSnapshot`: continue after ``snapshot.seq``.
+
+        A snapshot asked for because of another run's epoch (``epoch_changed``) that
+        comes from the run already followed means that epoch was an earlier run's, whose
+        frames were still queued: the daemon did not restart again (its restart happened
+        while a request was pending, and the run after it answered). That epoch is
+        retired, nothing is delivered, and the events after the position are replayed
+        (so the stream stays continuous where it can).
+        """
         reason = self.request.reason if isinstance(self.request, RequestSnapshot) else ""
         self.request = None
+        announced, self._announced = self._announced, None
+        if announced is not None and announced != snapshot.epoch:
+            self._retire(announced)  # a run already over: its queued frames are stale
+            if snapshot.epoch == self.epoch and self.seq is not None \
+                    and snapshot.seq >= self.seq:
+                self._count("stale")
+                if snapshot.seq > self.seq:
+                    self._replay()
+                return
         if self.epoch is not None and snapshot.epoch != self.epoch:
-            self._retired.append(self.epoch)
+            self._retire(self.epoch)
+            self._count("restarts")
         self.epoch, self.seq = snapshot.epoch, snapshot.seq
         # After a snapshot the PUB queue may still hold anything older: none of it is a
         # sign of a restart any more (heartbeats and epoch-carrying frames will tell).
@@ -346,8 +370,12 @@ class Sequencer:
         self.request = RequestSnapshot(reason=reason)
 
     def _restarted(self, epoch: int) -> None:
-        self._count("restarts")
+        self._announced = epoch
         self._resync("epoch_changed")
+
+    def _retire(self, epoch: int) -> None:
+        if epoch not in self._retired:
+            self._retired.append(epoch)
 
     def _count(self, key: str) -> None:
         self.counters[key] = self.counters.get(key, 0) + 1

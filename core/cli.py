@@ -258,6 +258,7 @@ def events(config_path: str | None, certificate: str | None, server_key: str | N
     """
     from clusterbus.bus.client import (
         MultiSubscriber,
+        RequestTimeout,
         Snapshot,
         Subscriber,
         item_to_dict,
@@ -283,7 +284,22 @@ def events(config_path: str | None, certificate: str | None, server_key: str | N
             MultiSubscriber(daemons, **options) if daemons
             else Subscriber.from_config(cfg, **options))
         async with stream as sub:
-            async for item in sub:
+            waiting = False
+            while True:
+                try:
+                    item = await sub.next()
+                except RequestTimeout as exc:
+                    # The daemon did not answer a repair request (it is down, or was
+                    # restarted -- maybe killed -- while answering). --follow keeps
+                    # waiting: the next call asks again, the new run's snapshot follows.
+                    if not follow:
+                        raise
+                    if not waiting:
+                        click.echo(f"clusterbus events: {exc}; still trying (--follow)",
+                                   err=True)
+                    waiting = True
+                    continue
+                waiting = False
                 if isinstance(item, Snapshot):
                     if as_json:
                         click.echo(json.dumps({"snapshot": json_safe(item.to_dict())},
@@ -306,12 +322,12 @@ def events(config_path: str | None, certificate: str | None, server_key: str | N
 
     try:
         asyncio.run(asyncio.wait_for(go(), timeout))
-    except TimeoutError:
-        raise click.ClickException(f"no (more) events within {timeout} s") from None
     except ConfigError as exc:  # e.g. an ephemeral [bus] port nobody can connect to
         raise BadConfig(str(exc)) from None
-    except ClusterbusError as exc:
+    except ClusterbusError as exc:  # before TimeoutError: RequestTimeout is one too
         raise click.ClickException(str(exc)) from None
+    except TimeoutError:
+        raise click.ClickException(f"no (more) events within {timeout} s") from None
     except KeyboardInterrupt:
         pass
 

@@ -127,6 +127,9 @@ class NetlinkSource:
         self._cookie = 0
         self._answers: dict[int, list[NodeReport]] = {}
         self._answered: set[int] = set()
+        #: the newest dump request has no complete answer yet (and RESYNC_WAIT has not
+        #: passed)
+        self._awaiting = False
         self._resync_needed = False
         self._last_request = -RESYNC_INTERVAL
         self._timer: asyncio.TimerHandle | None = None
@@ -209,7 +212,10 @@ class NetlinkSource:
             "allowed_uids": sorted(self.allowed_uids),
             "counters": dict(self.counters),
             "last_error": self.last_error,
-            "resync_pending": bool(self._cookie),
+            # a dump request to send (now or once RESYNC_INTERVAL has passed), or the
+            # newest one not answered yet
+            "resync_pending": self._resync_needed or self._retry_timer is not None
+            or self._awaiting,
         }
 
     # -- input ----------------------------------------------------------------------------
@@ -327,6 +333,7 @@ class NetlinkSource:
             self._request_dump()
             return
         self._answered.add(pid)
+        self._awaiting = False
         owned = self._owned_by(pid)
         for rep in answer:
             self._reporter[rep.node] = pid
@@ -367,6 +374,7 @@ class NetlinkSource:
             self._drop("recv_error", f"cannot send the dump request: {exc}")
             return
         self.counters["resync.requests"] += 1
+        self._awaiting = True
         log.warning("netlink: dump request %#010x sent: emitters that keep state answer "
                     "with their tables", self._cookie)
         if self._timer is not None:
@@ -380,6 +388,8 @@ class NetlinkSource:
 
     def _check_answered(self, cookie: int) -> None:
         self._timer = None
+        if cookie == self._cookie:
+            self._awaiting = False
         if cookie == self._cookie and not self._answered:
             self._drop("resync.unanswered", "no emitter answered the dump request: the view "
                        "may miss what the overrun dropped")

@@ -26,6 +26,7 @@ import asyncio
 import json
 import os
 import random
+import select
 import subprocess
 import threading
 import time
@@ -35,13 +36,12 @@ from typing import Any
 
 import pytest
 import zmq
+from busproc import BusProcess
 from cbdaemon import CLUSTERBUS, Daemon
 from netns import Topology
 
 from clusterbus.bus import codec
 from clusterbus.bus.client import RequestTimeout, Snapshot, Subscriber, fetch_snapshot
-
-pytestmark = pytest.mark.root
 
 #: kill -9 / restart cycles. The issue asks for 50: ``CLUSTERBUS_KILLS=50`` runs that
 #: (about 3.5 minutes on a loaded 2-core machine); the suite default keeps it near a minute.
@@ -60,14 +60,14 @@ def ns() -> Iterator[str]:
         yield topo.netns("faults")
 
 
-def wait_for(pred: Any, what: str, timeout: float = LIMIT) -> Any:
+def wait_for(pred: Any, what: Any, timeout: float = LIMIT) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = pred()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
+            raise AssertionError(f"timed out waiting for {what() if callable(what) else what}")
         time.sleep(0.05)
 
 
@@ -194,10 +194,7 @@ def check_stream(items: list[tuple[Any, str, int]], who: str) -> dict[Any, int]:
     return last
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "passes alone (27 s) but failed twice inside the full suite: `clusterbus events` never "
-    "printed a snapshot record of the last run within 30 s; cause not found yet (noted "
-    "for planning), kept visible as xfail rather than hidden"))
+@pytest.mark.root
 def test_kill_9_under_load_repeatedly(tmp_path: Path, ns: str) -> None:
     rng = random.Random(SEED)
     d = Daemon(tmp_path, ns).start()
@@ -259,12 +256,16 @@ def test_kill_9_under_load_repeatedly(tmp_path: Path, ns: str) -> None:
                         or "snapshot" in r and r["snapshot"]["epoch"] == final
                         for r in cli.records)
 
-        wait_for(cli_done, "clusterbus events to reach the last run's newest seq")
+        wait_for(cli_done, lambda: (
+            f"clusterbus events to reach seq {d.status()['seq']} of the last run {final} "
+            f"(exit status {cli.proc.poll()}, last records "
+            f"{[r.get('seq') if 'topic' in r else ('snapshot', r['snapshot']['epoch'], r['snapshot']['seq']) for r in cli.records[-5:]]})"))
     finally:
         load.stop.set()
         sub.stop.set()
         sub.join(10)
         err = cli.close() if cli is not None else ""
+        print(f"clusterbus events stderr:\n{err[-3000:]}")
         d.stop()
     assert sub.error is None, repr(sub.error)
 
@@ -277,8 +278,12 @@ def test_kill_9_under_load_repeatedly(tmp_path: Path, ns: str) -> None:
         static = [n for n in snap.nodes if n["node"] in STATIC]
         if snap.reason == "epoch_changed":
             assert static and not any(n["confirmed"] for n in static), static
-    resynced = {e for e, _, _, s in snaps if s.reason == "epoch_changed"}
+    resynced = [e for e, _, _, s in snaps if s.reason == "epoch_changed"]
     assert final in resynced
+    # one snapshot per restart at most: a run skipped while a request was pending (killed
+    # before it answered) left frames queued here, which are stale, not another restart
+    assert len(resynced) == len(set(resynced)) <= KILLS, (resynced, sub.counters)
+    assert sub.counters["restarts"] <= KILLS, sub.counters
 
     # clusterbus events --json: a snapshot record on each restart it noticed, then the
     # new run's events continue from its seq; nothing twice.
@@ -299,6 +304,43 @@ def test_kill_9_under_load_repeatedly(tmp_path: Path, ns: str) -> None:
     assert cli_last[final] == head, err
     cli_snaps = [r["snapshot"] for r in cli.records if "snapshot" in r]
     assert len(cli_snaps) >= 1 and all(s["reason"] for s in cli_snaps)
+    cli_resynced = [s["epoch"] for s in cli_snaps if s["reason"] == "epoch_changed"]
+    assert len(cli_resynced) == len(set(cli_resynced)) <= KILLS, cli_resynced
     print(f"kills={KILLS} sent={load.sent} refused={load.refused} "
           f"sub_snapshots={len(snaps)} cli_snapshots={len(cli_snaps)} "
           f"sub_counters={dict(sub.counters)}")
+
+
+def _line(stream: Any) -> str:
+    """One line from a child's pipe, waiting at most LIMIT seconds."""
+    ready, _, _ = select.select([stream], [], [], LIMIT)
+    assert ready, "nothing printed"
+    return str(stream.readline())
+
+
+def test_events_follow_keeps_asking_while_the_daemon_does_not_answer(tmp_path: Path) -> None:
+    """A repair request nobody answers (no daemon yet; under the kill -9 load, every
+    attempt reached a run that was killed before it replied) made ``clusterbus events
+    --follow`` exit 1 ("no (more) events within None s"): it then printed nothing more
+    for the runs after. With --follow it keeps asking; without, it exits 1 saying which
+    request went unanswered."""
+    endpoints = {k: f"ipc://{tmp_path}/{k}" for k in ("publish", "ingest", "snapshot")}
+    config = tmp_path / "clusterbus.toml"
+    config.write_text("[bus]\n" + "".join(f'{k} = "{v}"\n' for k, v in endpoints.items()))
+    once = subprocess.run([CLUSTERBUS, "events", "-c", str(config), "--json", "--snapshot"],
+                          capture_output=True, text=True, timeout=120)
+    assert once.returncode == 1 and "no reply to SNAPSHOT" in once.stderr, once.stderr
+    proc = subprocess.Popen([CLUSTERBUS, "events", "-c", str(config), "--json", "--follow",
+                             "--snapshot"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stderr is not None and proc.stdout is not None
+        warning = _line(proc.stderr)
+        assert "no reply to SNAPSHOT" in warning and "still trying" in warning, warning
+        assert proc.poll() is None, proc.stderr.read()
+        with BusProcess(heartbeat_interval=0.05, **endpoints):
+            record = json.loads(_line(proc.stdout))
+        assert record["snapshot"]["reason"] == "initial" and int(record["snapshot"]["epoch"])
+    finally:
+        proc.kill()
+        proc.wait(10)
