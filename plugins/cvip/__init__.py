@@ -407,12 +407,12 @@ class CvipPlugin:
         if topic == "director.up":
             node = int(getattr(event, "node", -1))
             if mine:
-                out = pol.director_up(node)
+                out = self._sync_live(st, topic, node)
                 self._announce(st)
             elif node == local:  # a peer saw us come up: it hears us now
                 self._announce(st)
         elif topic == "director.down" and mine:
-            out = pol.director_down(int(getattr(event, "node", -1)))
+            out = self._sync_live(st, topic, int(getattr(event, "node", -1)))
         elif topic == "cluster.quorum" and mine and st.config.quorum:
             out = pol.set_quorum(bool(getattr(event, "quorate", True)))
         elif isinstance(event, CvipOwner):
@@ -433,6 +433,27 @@ class CvipPlugin:
         else:
             return
         self._apply(st, out)
+
+    def _sync_live(self, st: _State, topic: str, node: int) -> list[Decision]:
+        """Make the policy's live directors the cluster's (:meth:`Cluster.directors`).
+
+        A director counts while any director source (peer links, Corosync) reports it up,
+        and each source updates that set before the hooks get its event: so one source's
+        ``director.down`` changes nothing while another still has the director up, and
+        whatever the event, the decision follows the set every source agrees on.
+        """
+        pol = st.policy
+        live = set(st.cluster.directors())
+        if topic == "director.down" and node in live:
+            st.count("facts.down_still_live")
+            log.info("cvip: director %d is down for one source but still up for another "
+                     "(Cluster.directors()); it keeps its CVIPs", node)
+        out: list[Decision] = []
+        for gone in sorted(pol.live - live - {pol.local}):
+            out += pol.director_down(gone)
+        for came in sorted(live - pol.live):
+            out += pol.director_up(came)
+        return out
 
     def _announce(self, st: _State) -> None:
         """Re-announce our claims (and our drain) so a director that just came learns them."""

@@ -25,11 +25,35 @@ def section(**over: Any) -> dict[str, Any]:
     return {"settle_time": 0.0, "control": "/tmp/cvip-test.sock", "vip": [vip], **over}
 
 
+#: engine -> source name -> the directors that source reports up (Cluster.directors())
+_SOURCES: dict[Engine, dict[str, set[int]]] = {}
+
+
+def sources(engine: Engine, *names: str) -> None:
+    """Director sources for ``engine``, each a set the tests change (as peers.py and the
+    Corosync source do before they publish director.up / director.down)."""
+    by_name = _SOURCES.setdefault(engine, {})
+    for name in names:
+        live = by_name.setdefault(name, set())
+        engine.director_sources[name] = lambda live=live: sorted(live)
+
+
+def up(engine: Engine, node: int, source: str = "peers") -> None:
+    _SOURCES[engine][source].add(node)
+    engine.publish(DirectorUp, node=node, reason="heartbeat")
+
+
+def down(engine: Engine, node: int, source: str = "peers") -> None:
+    _SOURCES[engine][source].discard(node)
+    engine.publish(DirectorDown, node=node, reason="heartbeat_timeout")
+
+
 def setup(sec: dict[str, Any], node: int = 1, extra: dict[str, Any] | None = None
           ) -> tuple[Engine, list[tuple[str, int, bool]], list[Any]]:
     host = PluginHost(enable=["cvip"])
     host.load_entrypoints()
     engine = Engine(origin=node, plugins=host)
+    sources(engine, "peers", "corosync")
     calls: list[tuple[str, int, bool]] = []
     engine.vrrp_priority = lambda i, p, release=False: calls.append((i, p, release))
     published: list[Any] = []
@@ -70,7 +94,7 @@ def test_single_director_claims_and_raises_its_priority() -> None:
 
 def test_a_peers_newer_claim_makes_us_hand_over_with_priority_zero() -> None:
     engine, calls, published = setup(section())
-    engine.publish(DirectorUp, node=2, reason="heartbeat")
+    up(engine, 2)
     from clusterbus.plugins.cvip import CvipOwner
 
     peer = CvipOwner(origin=2, seq=1, time=1.0, cvip="10.66.0.100", old=1, new=2, gen=5,
@@ -84,7 +108,7 @@ def test_a_peers_newer_claim_makes_us_hand_over_with_priority_zero() -> None:
 
 def test_move_request_is_a_command_every_director_applies() -> None:
     engine, calls, published = setup(section())
-    engine.publish(DirectorUp, node=3, reason="heartbeat")
+    up(engine, 3)
     st = cvip.plugin.state(engine.cluster)
     assert st is not None
     reply = cvip.plugin.request(st, {"op": "move", "cvip": "10.66.0.100", "node": 3})
@@ -102,13 +126,13 @@ def test_owner_down_and_quorum() -> None:
                                      extra={"corosync": {"enabled": True, "quorum": True}})
     st = cvip.plugin.state(engine.cluster)
     assert st is not None
-    engine.publish(DirectorUp, node=1, reason="heartbeat")
+    up(engine, 1)
     from clusterbus.plugins.cvip import CvipOwner
 
     engine.plugins.notify_event(CvipOwner(origin=1, seq=1, time=1.0, cvip="10.66.0.100",
                                           old=None, new=1, gen=9), engine.cluster)
     assert st.policy.owner("10.66.0.100") == 1 and not st.policy.holding("10.66.0.100")
-    engine.publish(DirectorDown, node=1, reason="heartbeat_timeout")
+    down(engine, 1)
     assert st.policy.holding("10.66.0.100")  # the only one left
     assert calls[-1] == ("VI_1", 200, False)
     engine.publish(ClusterQuorum, quorate=False, members=(2,))
@@ -126,11 +150,12 @@ def test_hook_decides_instead() -> None:
     host.load_entrypoints()
     host.register(Chooser(), "chooser")
     engine = Engine(origin=1, plugins=host)
+    sources(engine, "peers")
     engine.vrrp_priority = lambda *a, **k: None
     data = {"daemon": {"node": 1}, "vrrp": VRRP, "cvip": section()}
     host.configure(parse_config(data, file="/etc/cb.toml"), engine.cluster)
     host.call_historic("clusterbus_startup", cluster=engine.cluster)
-    engine.publish(DirectorUp, node=3, reason="heartbeat")
+    up(engine, 3)
     st = cvip.plugin.state(engine.cluster)
     assert st is not None and st.policy.handing_over() == {"10.66.0.100": 3}
 
@@ -140,7 +165,7 @@ def test_track_file_mode_writes_one_on_the_owner(tmp_path: Any) -> None:
     engine, calls, published = setup(section(vip={"track_file": str(f), "vrid": 99}))
     assert calls == []  # no speaker involved
     assert f.read_text() == "1\n"
-    engine.publish(DirectorUp, node=2, reason="heartbeat")
+    up(engine, 2)
     from clusterbus.plugins.cvip import CvipOwner
 
     engine.plugins.notify_event(CvipOwner(origin=2, seq=1, time=1.0, cvip="10.66.0.100",
@@ -174,7 +199,7 @@ def test_drain_and_rebalance_requests() -> None:
     engine, calls, published = setup(section())
     st = cvip.plugin.state(engine.cluster)
     assert st is not None and st.policy.holding("10.66.0.100")
-    engine.publish(DirectorUp, node=2, reason="heartbeat")
+    up(engine, 2)
     assert cvip.plugin.request(st, {"op": "drain", "node": 9})["ok"] is False  # not up
     assert cvip.plugin.request(st, {"op": "drain", "node": 1})["ok"]
     assert st.policy.draining == {1}
@@ -193,3 +218,32 @@ def test_drain_and_rebalance_requests() -> None:
     assert reply["moves"] == ({} if best == 2 else {"10.66.0.100": 1})
     show = cvip.plugin.request(st, {"op": "show"})["show"]
     assert show["cvips"][0]["owner"] == best and show["live"] == [1, 2]
+
+
+def test_decisions_follow_the_clusters_live_directors_not_one_sources_event() -> None:
+    """Director 2 owns the CVIP; the peer link loses it while Corosync still has it: the
+    peers' director.down alone takes nothing over (Cluster.directors() still lists 2);
+    once Corosync loses it too, director 1 takes the CVIP."""
+    from clusterbus.plugins.cvip import CvipOwner
+
+    engine, calls, published = setup(section(vip={"directors": [1, 2]}), node=1)
+    st = cvip.plugin.state(engine.cluster)
+    assert st is not None
+    up(engine, 2, "corosync")
+    up(engine, 2, "peers")
+    engine.plugins.notify_event(CvipOwner(origin=2, seq=1, time=1.0, cvip="10.66.0.100",
+                                          old=None, new=2, gen=9), engine.cluster)
+    if st.policy.holding("10.66.0.100"):  # 1 had claimed first: 2's newer claim wins
+        assert calls[-1][2] is True
+    assert st.policy.owner("10.66.0.100") == 2 and not st.policy.holding("10.66.0.100")
+    down(engine, 2, "peers")
+    assert engine.cluster.directors() == (1, 2)
+    assert st.policy.live == {1, 2}
+    assert st.policy.owner("10.66.0.100") == 2 and not st.policy.holding("10.66.0.100")
+    assert st.counters["facts.down_still_live"] == 1
+    down(engine, 2, "corosync")
+    assert st.policy.live == {1}
+    assert st.policy.holding("10.66.0.100") and calls[-1] == ("VI_1", 200, False)
+    # the first source that sees it again brings it back (no CVIP moves: sticky)
+    up(engine, 2, "corosync")
+    assert st.policy.live == {1, 2} and st.policy.holding("10.66.0.100")
