@@ -37,7 +37,7 @@ import struct
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 from clusterbus import (
@@ -364,6 +364,69 @@ class CvipPlugin:
         for node in cluster.directors():
             policy.director_up(node)
         self._apply(st, policy.decide_all("startup"))
+
+    @hookimpl
+    def clusterbus_reload(self, config: Config, section: Mapping[str, Any] | None,
+                          cluster: Cluster) -> None:
+        """Apply a changed ``[cvip]`` (SIGHUP, ``clusterbus reload``).
+
+        Weights, candidates, priorities, timeouts and the CVIPs themselves change at run
+        time; owners stay sticky (a CVIP whose owner is still an eligible candidate does
+        not move; use ``clusterbus cvip rebalance``). A removed CVIP's claim is withdrawn.
+        The control socket's path and adding or removing the whole section need a restart.
+        Whatever the verdict, every CVIP's VRRP priority is set again: the speaker's own
+        reload, which runs first, resets each instance to its configured priority.
+
+        :raises ConfigError: the new section is invalid: the running one stays.
+        """
+        st = self._states.get(cluster)
+        if st is None:
+            if section is not None:
+                parse(section, config)  # a bad new section still gets its one-line error
+                log.warning("cvip: adding a [cvip] section needs a restart")
+            return
+        try:
+            if section is None:
+                log.warning("cvip: removing the [cvip] section needs a restart; keeping the "
+                            "running configuration")
+                return
+            new = parse(section, config)
+            if new.control != st.config.control:
+                log.warning("cvip: control changed to %s; restart the daemon to apply it "
+                            "(still %s)", new.control, st.config.control)
+                new = replace(new, control=st.config.control)
+            if new != st.config:
+                self._reconfigure(st, new)
+                self._configs[cluster] = new
+        finally:
+            # the speaker applied the [vrrp] priorities of the file: set ours again
+            for v in st.config.vips:
+                st.applied.pop(v.instance, None)
+            self._drive(st, set())
+
+    def _reconfigure(self, st: _State, new: CvipConfig) -> None:
+        old, local = st.config, st.cluster.local_node
+        keep = {v.address for v in new.vips}
+        removed = [v for v in old.vips if v.address not in keep]
+        held = set(st.policy.reconfigure(
+            CvipSpec(address=v.address, directors=v.directors, weights=v.weights)
+            for v in new.vips))
+        st.config = new
+        st.count("reloads")
+        for v in removed:
+            st.waiting.pop(v.address, None)
+            st.vrrp.pop(v.address, None)
+            st.last.pop(v.address, None)
+            if v.address in held:
+                st.cluster.emit(CvipOwner, cvip=v.address, old=local, new=None,
+                                reason="removed")
+            if v.track_file:
+                _write_track(v.track_file, 0)
+            st.applied.pop(v.track_file or v.instance, None)
+        log.info("cvip: configuration reloaded: %d CVIP(s)%s", len(new.vips),
+                 f", {len(removed)} removed ({', '.join(v.address for v in removed)})"
+                 if removed else "")
+        self._apply(st, st.policy.decide_all("reload"))
 
     @hookimpl
     def clusterbus_services(self, cluster: Cluster) -> list[Callable[[], Awaitable[None]]] | None:

@@ -247,3 +247,68 @@ def test_decisions_follow_the_clusters_live_directors_not_one_sources_event() ->
     # the first source that sees it again brings it back (no CVIP moves: sticky)
     up(engine, 2, "corosync")
     assert st.policy.live == {1, 2} and st.policy.holding("10.66.0.100")
+
+
+VRRP2 = {"instance": [*VRRP["instance"],
+                      {"name": "VI_2", "interface": "lo", "vrid": 8, "priority": 100,
+                       "virtual_ipaddress": ["10.66.0.101/24"]}]}
+
+
+def reload(engine: Engine, sec: dict[str, Any], vrrp: dict[str, Any] = VRRP,
+           node: int = 1) -> dict[str, str | None]:
+    data = {"daemon": {"node": node}, "vrrp": vrrp, "cvip": sec}
+    return engine.plugins.reload(parse_config(data, file="/etc/cb.toml"), engine.cluster)
+
+
+def test_reload_applies_weights_directors_priorities_and_new_cvips() -> None:
+    engine, calls, published = setup(section())
+    st = cvip.plugin.state(engine.cluster)
+    assert st is not None and st.policy.holding("10.66.0.100")
+    up(engine, 2)
+    # the speaker's own reload reset VI_1 to its configured priority: ours is set again
+    calls.clear()
+    assert reload(engine, section()) == {"cvip": None}
+    assert calls == [("VI_1", 200, False)]
+    # new priorities, weights and a second CVIP (with its [[vrrp.instance]])
+    new = section(priority_owner=220)
+    new["vip"][0]["weight"] = {"2": 5.0}
+    new["vip"].append({"address": "10.66.0.101/24", "interface": "lo", "vrid": 8,
+                       "directors": [1]})
+    assert reload(engine, new, VRRP2) == {"cvip": None}
+    assert st.config.priority_owner == 220 and len(st.config.vips) == 2
+    assert st.policy.cvips["10.66.0.100"].spec.weights == {2: 5.0}
+    assert st.policy.holding("10.66.0.100")  # sticky: a weight alone moves nothing
+    assert ("VI_1", 220, False) in calls
+    assert st.policy.holding("10.66.0.101") and ("VI_2", 220, False) in calls
+    # this director no longer a candidate: it hands 10.66.0.100 over to 2 (once 2 claims)
+    new["vip"][0]["directors"] = [2, 3]
+    new["vip"][0]["weight"] = {}
+    assert reload(engine, new, VRRP2) == {"cvip": None}
+    assert st.policy.handing_over() == {"10.66.0.100": 2}
+    # a removed CVIP: its claim is withdrawn
+    published.clear()
+    assert reload(engine, section(priority_owner=220), VRRP2) == {"cvip": None}
+    assert [(e.cvip, e.new, e.reason) for e in published if e.topic == "cvip.owner"] == \
+        [("10.66.0.101", None, "removed")]
+    assert list(st.policy.cvips) == ["10.66.0.100"]
+    assert st.counters["reloads"] == 3
+
+
+def test_reload_with_a_bad_section_keeps_the_running_one(caplog: Any) -> None:
+    engine, calls, published = setup(section())
+    st = cvip.plugin.state(engine.cluster)
+    assert st is not None
+    before = st.config
+    calls.clear()
+    with caplog.at_level("ERROR", logger="clusterbus.pluginhost"):
+        verdict = reload(engine, section(vip={"vrid": 9}, priority_owner=150))
+    assert verdict["cvip"] is not None and "cvip.vip[0].vrid" in verdict["cvip"]
+    assert "\n" not in verdict["cvip"]
+    [line] = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert "keeping the old" in line and "/etc/cb.toml" in line and "\n" not in line
+    assert st.config is before
+    assert calls == [("VI_1", 200, False)]  # still ours, set again after the speaker's reload
+    # a control path change needs a restart: the rest applies, the socket stays
+    assert reload(engine, section(control="/tmp/elsewhere.sock", priority_owner=150)) == \
+        {"cvip": None}
+    assert st.config.control == before.control and st.config.priority_owner == 150
