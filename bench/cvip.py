@@ -1,27 +1,42 @@
 #!/usr/bin/env python3
 """CVIP benchmark: planned moves under load, and owner crashes, clusterbus against keepalived.
 
-Run as root from the repository: ``.venv/bin/python bench/cvip.py [--moves 6] [--crashes 6]
-[--interval 0.1] [--json]``. Not a test: it prints figures and ratios, it asserts nothing.
+Run as root from the repository: ``.venv/bin/python bench/cvip.py [--moves 6] [--crashes 7]
+[--interval 0.1] [--backup-priority 190] [--lab] [--json]``. Not a test: it prints figures
+and ratios, it asserts nothing.
 
-Topology: two directors (network namespaces A and B) and a client namespace C on one
-bridge. Each director runs a small TCP echo service on port 8080 (every connection: read
-one line, answer it, close), so whoever holds the CVIP serves it. C runs ``--clients``
-threads that connect to the CVIP continuously, one short request per connection (connect
-timeout 3 s: a SYN lost in a handoff gap is retransmitted, which is latency, not an error).
-A connection that fails (refused, reset, timed out) is an error.
+Topology, once per system: two directors (network namespaces A and B) and a client
+namespace C on one bridge; both systems run at once, each on its own bridge. Each director
+runs a small TCP echo service on port 8080 (every connection: read one line, answer it,
+close), so whoever holds the CVIP serves it. C runs ``--clients`` threads that connect to
+the CVIP continuously, one short request per connection (connect timeout 3 s: a SYN lost in
+a handoff gap is retransmitted, which is latency, not an error). A connection that fails
+(refused, reset, timed out) is an error.
 
 clusterbus: each director runs the daemon with its VRRP speaker, peer links (CURVE over
-ipc://) and the CVIP policy (``[cvip]``); a planned move is ``clusterbus cvip move``: the
-new owner raises its priority, the old one steps down with a priority-0 advert.
-Reference (same run, same interval): keepalived on both, A at 150 and B at 100; a planned
-move is lowering A's priority to 50 (SIGHUP) and back to 150, with no connection sync on
-either side (conntrackd absent), as sites do it today.
+ipc://) and the CVIP policy (``[cvip]``, owner ``--owner-priority``, next in line
+``--backup-priority``); a planned move is ``clusterbus cvip move``: the new owner raises its
+priority, the old one steps down with a priority-0 advert.
+Reference: keepalived on both, A at ``--owner-priority`` and B at the same backup priority
+(``--reference-backup-priority`` to differ), same advert interval; a planned move is
+lowering A's priority below B's (SIGHUP) and back, with no connection sync on either side
+(conntrackd absent), as sites do it today. The moves run with load, one system after the
+other.
 
-Owner crash: the owner's speaker and daemon (keepalived: both processes) are killed at once
-and its address removed (its host is gone); the time until the CVIP is on the other
-director (``ip -ts monitor address``) is taken; medians compared, ``crash_ratio`` =
-clusterbus / keepalived.
+Owner crash, alternating between the systems: half an interval after the survivor
+received an advert from the owner, the owner's speaker and daemon (keepalived: both
+processes) are stopped at once and its address removed (its host is gone); the time until
+the CVIP is on the other director (``ip -ts monitor address``) is taken, and the medians
+compared: ``crash_ratio`` = clusterbus / keepalived. Each crash also gives the time from
+the survivor's last advert of the dead owner (kernel timestamps) to the CVIP: that is
+Master_Down_Interval (3 * interval + Skew_Time, RFC 5798 §6.1) plus the speaker's own
+latency (``late_ms``), free of the kill's phase.
+
+Connection sync: conn-sync replicates IPVS connections, and here each director serves the
+CVIP itself, so a connection in flight at a handoff may be reset whatever the sync.
+``--lab`` also runs ``clusterbus lab handoff`` with and without conn-sync (User-Mode Linux,
+real IPVS, persistent clients behind the directors): its resets are
+``errors_clusterbus_connsync``.
 
 ``--json`` ends with one JSON object on the last line holding ``errors_clusterbus``,
 ``errors_reference`` and ``crash_ratio`` (and the details).
