@@ -537,7 +537,9 @@ def lab_handoff(sync: bool) -> dict[str, Any]:
     p = subprocess.run(argv, capture_output=True, text=True, timeout=1200)
     lines = p.stdout.strip().splitlines()
     if p.returncode != 0 or not lines:
-        return {"error": (p.stderr.strip().splitlines() or ["no output"])[-1][:300]}
+        # the lab's own line, not UML's console that follows it
+        why = [ln for ln in p.stderr.splitlines() if ln.startswith("clusterbus lab:")]
+        return {"error": f"exit {p.returncode}: " + (why or ["no output"])[-1][:300]}
     r: dict[str, Any] = json.loads(lines[-1])
     return {k: r.get(k) for k in ("sync", "clients", "resets", "reset_events",
                                   "server_changed", "session_lost", "connsync_entries",
