@@ -286,8 +286,7 @@ class Lab:
         self.progress("directors: clusterbus daemons started (VRRP speaker, IPVS applier"
                       + (", conn-sync" if self.sync else "")
                       + (", CVIP policy" if self.cvip else "") + ")")
-        self.wait(lambda: self.holders(1) == [1] and self.holders(2) == [2], 120,
-                  "VIP1 on director 1 and VIP2 on director 2")
+        self._wait_owners()
         self.progress("VRRP: VIP1 held by director 1, VIP2 by director 2"
                       + (" (the CVIP policy's owners)" if self.cvip else ""))
         self.wait(lambda: all(nsx(f"d{n}", "ipvsadm", "-Ln").count(f":{PORT}") == 8
@@ -343,6 +342,36 @@ class Lab:
         """Whether director ``n`` has VIP ``vip`` on its interface."""
         out = nsx(f"d{n}", "ip", "-4", "-o", "addr", "show", "dev", "eth0", check=False)
         return f" {VIPS[vip]}/" in out
+
+    def _wait_owners(self, timeout: float = 150.0) -> None:
+        """Wait for VIP1 on director 1 and VIP2 on director 2. With the CVIP policy, a
+        director that started more than ``settle_time`` after the other (UML starting
+        Python slowly on a busy host) finds both VIPs claimed by the first, and the policy
+        keeps them there (sticky): after ``SETTLE`` seconds more, the lab asks for what an
+        operator would, ``clusterbus cvip rebalance`` (director 1's control socket, from
+        this process), again every 15 s while director 2 is not yet a live candidate."""
+        def placed() -> bool:
+            return self.holders(1) == [1] and self.holders(2) == [2]
+
+        what = "VIP1 on director 1 and VIP2 on director 2"
+        if not self.cvip:
+            self.wait(placed, timeout, what)
+            return
+        from clusterbus.plugins.cvip.cli import control_request
+
+        deadline = time.monotonic() + timeout
+        wait = 2 * SETTLE + 10
+        while True:
+            try:
+                self.wait(placed, max(1.0, min(wait, deadline - time.monotonic())), what)
+                return
+            except TimeoutError:
+                if time.monotonic() >= deadline:
+                    raise
+            reply = control_request(str(control_socket(1)), {"op": "rebalance"}, timeout=30)
+            self.progress("CVIP policy: one director started late and the other holds both "
+                          f"VIPs; clusterbus cvip rebalance: {reply.get('moves', reply)}")
+            wait = 15.0
 
     def holders(self, vip: int) -> list[int]:
         """The directors holding ``vip``: a killed director keeps its address (it is cut off)."""

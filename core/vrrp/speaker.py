@@ -52,7 +52,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -1149,13 +1149,19 @@ class VrrpSpeaker:
         self.scheduling = scheduling
         return self
 
-    async def serve(self) -> None:
+    async def serve(self, early: Sequence[list[Any]] = ()) -> None:
         """In the speaker's process: run the instances and the daemon's link until the
-        daemon says stop (or closes the link); then step down and release the VIPs."""
+        daemon says stop (or closes the link); then step down and release the VIPs.
+
+        :param early: messages the daemon sent right behind ``init`` (read with it): they
+            are handled first, in order, as if just read.
+        """
         link = self._daemon_link
         assert link is not None
         loop = asyncio.get_running_loop()
         link.attach(loop)
+        for msg in early:
+            loop.call_soon(self._from_daemon, msg)
         loop.add_reader(link.fileno(), self._on_daemon_readable)
         try:
             await self._run()

@@ -59,7 +59,10 @@ class _ToDaemon(logging.Handler):
             self.handleError(record)
 
 
-def _read_init(link: Channel) -> dict[str, Any]:
+def _read_init(link: Channel) -> tuple[dict[str, Any], list[list[Any]]]:
+    """The daemon's ``init``, and the messages that came in the same read (the daemon
+    sends the priorities a policy set before the process existed right after ``init``):
+    the speaker handles those first."""
     end = time.monotonic() + _INIT_TIMEOUT
     while True:
         msgs, closed = link.receive_blocking(end - time.monotonic())
@@ -67,7 +70,7 @@ def _read_init(link: Channel) -> dict[str, Any]:
             kind = msgs[0]
             if kind[0] != "init" or len(kind) != 2 or not isinstance(kind[1], dict):
                 raise SystemExit(f"clusterbus.vrrp.worker: expected init, got {kind[0]!r}")
-            return kind[1]
+            return kind[1], msgs[1:]
         if closed or time.monotonic() > end:
             raise SystemExit("clusterbus.vrrp.worker: no init from the daemon")
 
@@ -88,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     # first: the imports and the set-up below then run ahead of a busy host too
     scheduling, refused = tune_process(RT_START_PRIORITY)  # raised once the routers run
     link = Channel(socket.socket(fileno=fd))
-    init = _read_init(link)
+    init, early = _read_init(link)
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
@@ -107,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
                                          ask=bool(init.get("ask")), scheduling=scheduling)
         gc.collect()
         gc.freeze()  # the start-up heap is never scanned again (see clusterbus.daemon)
-        asyncio.run(speaker.serve())
+        asyncio.run(speaker.serve(early))
         link.send(["stopped"])
     except Exception as exc:
         if not isinstance(exc, (OSError, ClusterbusError)):  # a bug: its traceback

@@ -37,7 +37,7 @@ import struct
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 from clusterbus import (
@@ -186,8 +186,10 @@ PRIORITY_STEP = 10
 SCHEMA: dict[str, Key] = {
     "vip": Key(list, REQUIRED, None, "[[cvip.vip]] tables, one per CVIP"),
     "priority_owner": Key(int, 200, between(2, 254), "VRRP priority of the owner"),
-    "priority_backup": Key(int, 100, between(1, 253),
-                           "VRRP priority of the next in line; the others get less"),
+    # 0 (the default, never accepted from a file): priority_owner - PRIORITY_STEP
+    "priority_backup": Key(int, 0, between(1, 253),
+                           "VRRP priority of the next in line (default: priority_owner - 10); "
+                           "the others get less"),
     "settle_time": Key(float, 3.0, between(0, 600),
                        "seconds after start before claiming a CVIP nobody announced"),
     "handoff_timeout": Key(float, 3.0, between(0.1, 600),
@@ -232,6 +234,11 @@ def parse(section: Mapping[str, Any], config: Config) -> CvipConfig:
     """
     file = config.file
     v = validate_table(section, SCHEMA, file=file, prefix="cvip")
+    # The next in line just below the owner: after a crash its Master_Down_Interval is
+    # 3 * Master_Adver_Interval + Skew_Time, and Skew_Time = (256 - Priority) / 256 of an
+    # interval, so at 190 it waits 26 % of an interval beyond the three, at 100 61 %.
+    if not v["priority_backup"]:
+        v["priority_backup"] = max(1, v["priority_owner"] - PRIORITY_STEP)
     if v["priority_backup"] >= v["priority_owner"]:
         raise ConfigError("must be below priority_owner", file=file, key="cvip.priority_backup")
     if not v["control"].startswith("/"):
@@ -366,6 +373,69 @@ class CvipPlugin:
         self._apply(st, policy.decide_all("startup"))
 
     @hookimpl
+    def clusterbus_reload(self, config: Config, section: Mapping[str, Any] | None,
+                          cluster: Cluster) -> None:
+        """Apply a changed ``[cvip]`` (SIGHUP, ``clusterbus reload``).
+
+        Weights, candidates, priorities, timeouts and the CVIPs themselves change at run
+        time; owners stay sticky (a CVIP whose owner is still an eligible candidate does
+        not move; use ``clusterbus cvip rebalance``). A removed CVIP's claim is withdrawn.
+        The control socket's path and adding or removing the whole section need a restart.
+        Whatever the verdict, every CVIP's VRRP priority is set again: the speaker's own
+        reload, which runs first, resets each instance to its configured priority.
+
+        :raises ConfigError: the new section is invalid: the running one stays.
+        """
+        st = self._states.get(cluster)
+        if st is None:
+            if section is not None:
+                parse(section, config)  # a bad new section still gets its one-line error
+                log.warning("cvip: adding a [cvip] section needs a restart")
+            return
+        try:
+            if section is None:
+                log.warning("cvip: removing the [cvip] section needs a restart; keeping the "
+                            "running configuration")
+                return
+            new = parse(section, config)
+            if new.control != st.config.control:
+                log.warning("cvip: control changed to %s; restart the daemon to apply it "
+                            "(still %s)", new.control, st.config.control)
+                new = replace(new, control=st.config.control)
+            if new != st.config:
+                self._reconfigure(st, new)
+                self._configs[cluster] = new
+        finally:
+            # the speaker applied the [vrrp] priorities of the file: set ours again
+            for v in st.config.vips:
+                st.applied.pop(v.instance, None)
+            self._drive(st, set())
+
+    def _reconfigure(self, st: _State, new: CvipConfig) -> None:
+        old, local = st.config, st.cluster.local_node
+        keep = {v.address for v in new.vips}
+        removed = [v for v in old.vips if v.address not in keep]
+        held = set(st.policy.reconfigure(
+            CvipSpec(address=v.address, directors=v.directors, weights=v.weights)
+            for v in new.vips))
+        st.config = new
+        st.count("reloads")
+        for v in removed:
+            st.waiting.pop(v.address, None)
+            st.vrrp.pop(v.address, None)
+            st.last.pop(v.address, None)
+            if v.address in held:
+                st.cluster.emit(CvipOwner, cvip=v.address, old=local, new=None,
+                                reason="removed")
+            if v.track_file:
+                _write_track(v.track_file, 0)
+            st.applied.pop(v.track_file or v.instance, None)
+        log.info("cvip: configuration reloaded: %d CVIP(s)%s", len(new.vips),
+                 f", {len(removed)} removed ({', '.join(v.address for v in removed)})"
+                 if removed else "")
+        self._apply(st, st.policy.decide_all("reload"))
+
+    @hookimpl
     def clusterbus_services(self, cluster: Cluster) -> list[Callable[[], Awaitable[None]]] | None:
         """The timers (settle, handoff timeout) and the control socket."""
         st = self._states.get(cluster)
@@ -407,12 +477,12 @@ class CvipPlugin:
         if topic == "director.up":
             node = int(getattr(event, "node", -1))
             if mine:
-                out = pol.director_up(node)
+                out = self._sync_live(st, topic, node)
                 self._announce(st)
             elif node == local:  # a peer saw us come up: it hears us now
                 self._announce(st)
         elif topic == "director.down" and mine:
-            out = pol.director_down(int(getattr(event, "node", -1)))
+            out = self._sync_live(st, topic, int(getattr(event, "node", -1)))
         elif topic == "cluster.quorum" and mine and st.config.quorum:
             out = pol.set_quorum(bool(getattr(event, "quorate", True)))
         elif isinstance(event, CvipOwner):
@@ -433,6 +503,27 @@ class CvipPlugin:
         else:
             return
         self._apply(st, out)
+
+    def _sync_live(self, st: _State, topic: str, node: int) -> list[Decision]:
+        """Make the policy's live directors the cluster's (:meth:`Cluster.directors`).
+
+        A director counts while any director source (peer links, Corosync) reports it up,
+        and each source updates that set before the hooks get its event: so one source's
+        ``director.down`` changes nothing while another still has the director up, and
+        whatever the event, the decision follows the set every source agrees on.
+        """
+        pol = st.policy
+        live = set(st.cluster.directors())
+        if topic == "director.down" and node in live:
+            st.count("facts.down_still_live")
+            log.info("cvip: director %d is down for one source but still up for another "
+                     "(Cluster.directors()); it keeps its CVIPs", node)
+        out: list[Decision] = []
+        for gone in sorted(pol.live - live - {pol.local}):
+            out += pol.director_down(gone)
+        for came in sorted(live - pol.live):
+            out += pol.director_up(came)
+        return out
 
     def _announce(self, st: _State) -> None:
         """Re-announce our claims (and our drain) so a director that just came learns them."""

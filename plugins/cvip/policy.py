@@ -286,6 +286,26 @@ class Policy:
         st.gen = max(st.gen, gen)
         return self.decide(cvip, reason)
 
+    def reconfigure(self, specs: Iterable[CvipSpec]) -> list[str]:
+        """New static facts (a reload): every CVIP that stays keeps its claims, owner,
+        generation and handoff (only its candidates and weights change); a new one starts
+        unclaimed; a removed one is forgotten. Call :meth:`decide_all` next.
+
+        :returns: the removed CVIPs this director held (the caller withdraws its claims).
+        """
+        new = {s.address: s for s in specs}
+        held = [c for c, st in self.cvips.items() if c not in new and st.holding]
+        cvips: dict[str, _State] = {}
+        for address, spec in new.items():
+            st = self.cvips.get(address)
+            if st is None:
+                st = _State(spec=spec)
+            else:
+                st.spec = spec
+            cvips[address] = st
+        self.cvips = cvips
+        return held
+
     # -- decisions ------------------------------------------------------------------------
 
     def decide_all(self, reason: str) -> list[Decision]:

@@ -122,3 +122,16 @@ def test_isolation_defaults_to_process_and_is_checked() -> None:
     with pytest.raises(ConfigError) as exc:
         parse_config(tomllib.loads(CONF % "fork"), file="t.toml")
     assert exc.value.key == "vrrp.isolation"
+
+
+def test_messages_read_with_init_are_kept_for_the_speaker() -> None:
+    """The daemon sends the priorities a policy set before the process existed right
+    behind ``init``; one read may return them all: none may be dropped."""
+    from clusterbus.vrrp.worker import _read_init
+
+    daemon, worker = pair()
+    daemon.send(["init", {"config": None}])
+    daemon.send(["call", "_set_priority", ["VI_1", 200, False]])
+    init, early = _read_init(worker)
+    assert init == {"config": None}
+    assert early == [["call", "_set_priority", ["VI_1", 200, False]]]
