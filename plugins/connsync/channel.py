@@ -55,9 +55,9 @@ __all__ = ["Channel", "ChannelPeer", "FrameError", "RelayLink", "pack", "unpack"
 
 log = logging.getLogger(__name__)
 
-#: frames a socket's reader handles per loop turn: a relay batch carries up to 256 entries
-#: to decode, so the bus's TURN_BUDGET (256 frames) would starve the injection task for
-#: seconds during a resync; 4 frames is about one injection round (INJECT_CHUNK)
+#: frames a socket's reader handles per loop turn by default: a relay batch carries up to
+#: 256 entries, so the bus's TURN_BUDGET (256 frames) would starve the injection task
+#: during a resync
 TURN_FRAMES = 4
 
 #: A frame larger than this is dropped unread (``dropped.frame_too_large``).
@@ -133,11 +133,14 @@ class Channel:
     :param listen: ``[connsync] listen`` (``tcp://ADDR:PORT``).
     :param certificate: this daemon's ``.key_secret`` file (``[bus] certificate``).
     :param peers: the peer directors.
+    :param turn_frames: most frames a socket's reader handles per loop turn.
     :raises ConfigError: a key file cannot be used.
     """
 
-    def __init__(self, *, listen: str, certificate: str, peers: list[ChannelPeer]) -> None:
+    def __init__(self, *, listen: str, certificate: str, peers: list[ChannelPeer],
+                 turn_frames: int = TURN_FRAMES) -> None:
         self.listen = listen
+        self.turn_frames = max(1, turn_frames)
         self.public, self.secret = load_secret_certificate(certificate)
         self.peers = {p.node: p for p in peers}
         self.keys: dict[bytes, int] = {load_public_key(p.public_key): p.node for p in peers}
@@ -259,10 +262,9 @@ class Channel:
             for r in readers:
                 r.close()
 
-    @staticmethod
-    async def _drain(reader: _FrameReader, one: Callable[[list[Any]], None]) -> None:
+    async def _drain(self, reader: _FrameReader, one: Callable[[list[Any]], None]) -> None:
         while True:
-            for _ in range(TURN_FRAMES):
+            for _ in range(self.turn_frames):
                 frames = reader.poll()
                 if frames is None:
                     await reader.readable()
