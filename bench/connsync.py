@@ -531,7 +531,8 @@ async def director(node: int, workdir: Path, barrier_timeout: float) -> None:
 
     text = director_conf(workdir, node, barrier_timeout)
     config = parse_config(tomllib.loads(text), file=f"d{node}.toml")
-    cluster = Engine(origin=node, plugins=PluginHost()).cluster
+    host = PluginHost()
+    cluster = Engine(origin=node, plugins=host).cluster
     plugin = ConnsyncPlugin()
     plugin.clusterbus_configure(config=config, section=config.plugin_sections["connsync"],
                                 cluster=cluster)
@@ -616,8 +617,11 @@ async def director(node: int, workdir: Path, barrier_timeout: float) -> None:
                 while svc.received[peer] == 0 and time.monotonic() < deadline:
                     await asyncio.sleep(0.001)
             t0 = time.monotonic()
-            aw = plugin.clusterbus_vrrp_prepare_master(instance="VI_1", cluster=cluster)
-            veto = await aw
+            # as the speaker asks: the barrier hook the plugin registered at configure time
+            answers = host.call_each("clusterbus_vrrp_prepare_master", instance="VI_1",
+                                     vrid=1, cluster=cluster)
+            assert len(answers) == 1, answers
+            veto = await answers[0][1]
             took = time.monotonic() - t0
             reply({"seconds": took, "veto": veto, "last_barrier": svc.last_barrier,
                    "received": svc.received[peer], "settled": svc.settled[peer],

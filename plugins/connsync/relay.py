@@ -417,9 +417,15 @@ class Relay:
         return Send(peer=p.node, message=["B", self.run, p.out.stream, b.seq, b.kind, b.wire])
 
     def _resend_due(self, p: _Peer, now: float, effects: list[Effect]) -> None:
+        expired = False
         for b in p.out.unacked.values():
             if now >= b.sent_at + self._rto(p, b):
                 effects.append(self._transmit(p, b, now))
+                expired = True
+        if expired:
+            # back off (RFC 6298 5.5) until a batch sent once is acknowledged: else, with
+            # every batch resent, Karn's rule would never let a sample through
+            p.rto = min(p.rto * 2, self.rto_max)
 
     def _ack_message(self, p: _Peer) -> Send:
         inp = p.inp
