@@ -78,9 +78,16 @@ CT_CHUNK = 1024
 CT_EXPIRE_EVERY = 10.0
 #: the tag of a conntrack entry in the relay's batches: ``["ct", "u"|"d", CtEntry wire]``
 CT_TAG = "ct"
-#: most frames the channel handles per loop turn (a frame is a batch of up to 256
-#: entries, checked and tabled in a few hundred microseconds)
-TURN_FRAMES = 8
+#: entries per relay batch (one frame): 36 bytes each for IPv4, so 36 KB; per batch the
+#: channel, the relay and the acknowledgement cost system calls (expensive in a VM),
+#: per entry only a few slices and a dict update
+BATCH_MAX = 1024
+#: most frames the channel handles per loop turn (a frame's entries are checked and
+#: tabled in about a millisecond), so the injection task runs between them
+TURN_FRAMES = 4
+#: the longest resend timeout: a receiver working through a full window of batches
+#: during a resync answers in seconds, not in a round trip
+RTO_MAX = 4.0
 
 
 def _listen(v: str) -> str:
@@ -322,7 +329,7 @@ class ConnSync:
         self.relay = Relay(run=time.time_ns(), peers=self.peer_nodes,
                            snapshot=self._snapshot, encode=entry_to_wire,
                            decode=lambda v: entry_from_wire(v, self.codec, self.conntrack),
-                           encode_batch=encode_batch,
+                           batch_max=BATCH_MAX, rto_max=RTO_MAX, encode_batch=encode_batch,
                            decode_batch=lambda raw: decode_batch(raw, self.codec,
                                                                  self.conntrack))
         self.channel = Channel(listen=cfg.listen, certificate=str(config["bus"]["certificate"]),

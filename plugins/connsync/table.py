@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import struct
 from collections.abc import Hashable, Iterator
 
 from . import codec
@@ -35,6 +36,9 @@ Key = tuple[int, int, str, int, str, int, str, int, int, bool] | bytes
 _entry_key = codec.entry_key
 _timeout_of = codec.entry_timeout
 _floor = math.floor
+_U32_FROM = struct.Struct(">I").unpack_from
+#: flags byte 2 (bits 15..8) -> the key's template byte (IP_VS_CONN_F_TEMPLATE is 0x1000)
+_TEMPLATE_BYTE = tuple(b"\x01" if b & 0x10 else b"\x00" for b in range(256))
 
 
 def _raw_key(key: Key) -> bytes:
@@ -117,17 +121,30 @@ class ConnTable:
         return old is None or old[0] != raw
 
     def apply_many(self, origin: Hashable, raws: list[bytes], now: float) -> None:
-        """:meth:`apply_raw` for many entries (the hot path: one call per batch)."""
+        """:meth:`apply_raw` for many entries (the hot path: one call per batch; the key
+        and the expiry bucket are worked out inline, the bucket once per timeout)."""
         o = self._origin(origin)
-        entries, schedule, default = o.entries, o.schedule, self._default
+        entries, default, buckets = o.entries, self._default, o.buckets
         get = entries.get
+        unpack = _U32_FROM
+        tpl = _TEMPLATE_BYTE
+        by_timeout: dict[int, tuple[float, int, list[bytes]]] = {}
         for raw in raws:
-            key = _entry_key(raw)
-            expires = now + (_timeout_of(raw) or default)
+            key = raw[:2] + raw[10:20] + raw[24:36 if raw[0] == 0 else 72] + tpl[raw[6]]
+            timeout = unpack(raw, 20)[0]
+            slot = by_timeout.get(timeout)
+            if slot is None:
+                expires = now + (timeout or default)
+                second = _floor(expires)
+                bucket = buckets.get(second)
+                if bucket is None:
+                    buckets[second] = bucket = []
+                    heapq.heappush(o.times, second)
+                slot = by_timeout[timeout] = (expires, second, bucket)
             old = get(key)
-            entries[key] = (raw, expires)
-            if old is None or _floor(old[1]) != _floor(expires):
-                schedule(key, expires)
+            entries[key] = (raw, slot[0])
+            if old is None or _floor(old[1]) != slot[1]:
+                slot[2].append(key)
 
     def get(self, origin: Hashable, key: Key) -> SyncConn | None:
         """The entry ``origin`` holds under ``key``, or None."""
