@@ -42,6 +42,7 @@ from typing import Any
 import msgpack
 import zmq
 import zmq.asyncio
+from zmq.utils.monitor import parse_monitor_message
 
 from clusterbus import DecodeError
 from clusterbus.bus.security import (
@@ -51,7 +52,6 @@ from clusterbus.bus.security import (
     load_secret_certificate,
 )
 from clusterbus.bus.sockets import EVENTS, NOBLOCK, POLLIN, Reader
-from zmq.utils.monitor import parse_monitor_message
 from clusterbus.ratelimit import LogLimiter
 
 from .relay import Effect, Relay, RelayError, Send

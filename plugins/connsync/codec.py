@@ -21,6 +21,7 @@ import re
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
+from typing import Any
 
 from clusterbus import errors
 
@@ -509,14 +510,14 @@ def _one_entry(raw: bytes) -> SyncMessage:
     return decode(hdr + raw)
 
 
-def check_entries(raws: Sequence[object]) -> None:
+def check_entries(raws: Sequence[Any]) -> None:
     """Check entries received from a peer: each must be the bytes of one version 1 entry,
     as :func:`encode_conn` makes them.
 
     :raises DecodeError: naming the first bad one.
     """
     if raws and set(map(type, raws)) == {bytes} and set(map(len, raws)) == {36} \
-            and _MANY4_RE.fullmatch(b"".join(raws)):  # type: ignore[arg-type]
+            and _MANY4_RE.fullmatch(b"".join(raws)):
         return
     for i, raw in enumerate(raws):
         if type(raw) is not bytes:

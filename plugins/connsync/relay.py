@@ -220,7 +220,7 @@ class Relay:
                  keepalive: float = 1.0, max_pending: int = 200_000,
                  max_out_of_order: int = 256,
                  encode_batch: Callable[[list[Any]], list[Any]] | None = None,
-                 decode_batch: Callable[[list[Any]], tuple[Any, ...]] | None = None) -> None:
+                 decode_batch: Callable[[Any], tuple[Any, ...]] | None = None) -> None:
         if not 0 < run <= MAX_U64:
             raise LocalProtocolError(f"run id {run!r} out of range 1..2**64-1")
         rto_min = min(0.05, rto) if rto_min is None else rto_min
