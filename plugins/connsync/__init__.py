@@ -70,6 +70,10 @@ BARRIER_HOOKS = "connsync.barrier"
 INJECT_CHUNK = 1024
 #: the longest wait for the backup daemon after each injection round
 INJECT_PACE = 0.05
+#: entries/s the backup daemon is assumed to apply at most: after a round the injection
+#: sleeps that long before it looks at the daemon's queue (each look is system calls,
+#: expensive in a VM, and would take the CPU from the daemon itself)
+INJECT_RATE = 100_000
 #: most received conntrack entries waiting to be created (beyond: dropped, counted)
 CT_QUEUE = 500_000
 #: conntrack entries per ctnetlink round (pipelined requests)
@@ -88,6 +92,9 @@ TURN_FRAMES = 4
 #: the longest resend timeout: a receiver working through a full window of batches
 #: during a resync answers in seconds, not in a round trip
 RTO_MAX = 4.0
+#: most unacknowledged batches per peer: 8 x 1024 entries; more only queue up in front
+#: of a busy receiver (its acknowledgements, and so the resend timeout, come later)
+WINDOW = 8
 
 
 def _listen(v: str) -> str:
@@ -329,7 +336,8 @@ class ConnSync:
         self.relay = Relay(run=time.time_ns(), peers=self.peer_nodes,
                            snapshot=self._snapshot, encode=entry_to_wire,
                            decode=lambda v: entry_from_wire(v, self.codec, self.conntrack),
-                           batch_max=BATCH_MAX, rto_max=RTO_MAX, encode_batch=encode_batch,
+                           batch_max=BATCH_MAX, window=WINDOW, rto_max=RTO_MAX,
+                           encode_batch=encode_batch,
                            decode_batch=lambda raw: decode_batch(raw, self.codec,
                                                                  self.conntrack))
         self.channel = Channel(listen=cfg.listen, certificate=str(config["bus"]["certificate"]),
@@ -453,10 +461,12 @@ class ConnSync:
             await self._wake.wait()
             self._wake.clear()
             while self._queue:
-                self._inject(self._take(INJECT_CHUNK))
+                chunk = self._take(INJECT_CHUNK)
+                self._inject(chunk)
                 self._progress.set()
                 # let the backup daemon consume the round (and the loop run the rest)
                 self.counters["inject.commit_waits"] += 1
+                await asyncio.sleep(sum(len(c) for _, c, _ in chunk) / INJECT_RATE)
                 await self.kernel.committed(timeout=INJECT_PACE)
 
     def _take(self, most: int) -> list[tuple[int, list[bytes], float]]:
