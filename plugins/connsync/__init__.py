@@ -4,15 +4,17 @@ Every director runs the kernel's IPVS master *and* backup sync daemons (active/a
 This plugin sits between them and the other directors:
 
 * **capture**: the datagrams the local kernel's master daemon sends on
-  ``[connsync] interface`` (``kernel.Capture``, an fd on the loop) are decoded
-  (``codec.decode``), kept in the table as this director's own entries and relayed;
+  ``[connsync] interface`` (``kernel.Capture``, an fd on the loop) are split into their
+  entries (``codec.split``: the bytes of each version 1 entry, nothing decoded), kept in
+  the table as this director's own entries and relayed as they are;
 * **relay**: to every peer director over a dedicated CURVE channel
   (:mod:`~clusterbus.plugins.connsync.channel`), reliably (the FTFW-like
   :mod:`~clusterbus.plugins.connsync.relay`: acknowledgements, resend, gap repair, a full
   resync of the table for a peer that (re)starts);
-* **inject**: the peers' entries are kept in the table under their origin and handed to
-  the local kernel's backup daemon as sync datagrams (``codec.encode_many`` ->
-  ``kernel.Injector``), so IPVS holds them exactly as if the kernel had synced them;
+* **inject**: the peers' entries (checked per batch: ``codec.check_entries``) are kept in
+  the table under their origin and handed to the local kernel's backup daemon as sync
+  datagrams (``codec.assemble`` -> ``kernel.Injector``), so IPVS holds them exactly as if
+  the kernel had synced them;
 * **takeover barrier**: ``clusterbus_vrrp_prepare_master`` returns an awaitable that
   waits until every entry received so far is injected and the backup daemon consumed it
   (``kernel.committed``), within ``barrier_timeout``; a timeout is logged (rate-limited),
@@ -68,6 +70,10 @@ BARRIER_HOOKS = "connsync.barrier"
 INJECT_CHUNK = 1024
 #: the longest wait for the backup daemon after each injection round
 INJECT_PACE = 0.05
+#: entries/s the backup daemon is assumed to apply at most: after a round the injection
+#: sleeps that long before it looks at the daemon's queue (each look is system calls,
+#: expensive in a VM, and would take the CPU from the daemon itself)
+INJECT_RATE = 100_000
 #: most received conntrack entries waiting to be created (beyond: dropped, counted)
 CT_QUEUE = 500_000
 #: conntrack entries per ctnetlink round (pipelined requests)
@@ -76,6 +82,19 @@ CT_CHUNK = 1024
 CT_EXPIRE_EVERY = 10.0
 #: the tag of a conntrack entry in the relay's batches: ``["ct", "u"|"d", CtEntry wire]``
 CT_TAG = "ct"
+#: entries per relay batch (one frame): 36 bytes each for IPv4, so 36 KB; per batch the
+#: channel, the relay and the acknowledgement cost system calls (expensive in a VM),
+#: per entry only a few slices and a dict update
+BATCH_MAX = 1024
+#: most frames the channel handles per loop turn (a frame's entries are checked and
+#: tabled in about a millisecond), so the injection task runs between them
+TURN_FRAMES = 4
+#: the longest resend timeout: a receiver working through a full window of batches
+#: during a resync answers in seconds, not in a round trip
+RTO_MAX = 4.0
+#: most unacknowledged batches per peer: 8 x 1024 entries; more only queue up in front
+#: of a busy receiver (its acknowledgements, and so the resend timeout, come later)
+WINDOW = 8
 
 
 def _listen(v: str) -> str:
@@ -225,24 +244,53 @@ class CtOp:
     destroy: bool = False
 
 
-def entry_to_wire(e: Any) -> list[Any]:
-    """An IPVS entry (``codec.SyncConn``) or a :class:`CtOp` as a msgpack-able list."""
+def entry_to_wire(e: Any) -> Any:
+    """An entry of the relay's batches as a msgpack-able value: an IPVS entry as the bytes
+    of one version 1 sync entry (``codec.encode_conn``; the bytes themselves when it is
+    already), a :class:`CtOp` as ``["ct", "u"|"d", CtEntry wire]``."""
+    if type(e) is bytes:
+        return e
     if isinstance(e, CtOp):
         return [CT_TAG, "d" if e.destroy else "u", e.entry.to_wire()]
-    return conn_to_wire(e)
+    return _part("codec").encode_conn(e)
 
 
 def entry_from_wire(v: Any, codec: ModuleType, conntrack: ModuleType) -> Any:
-    """The list :func:`entry_to_wire` made, back.
+    """The value :func:`entry_to_wire` made, back: an IPVS entry stays bytes (checked), a
+    conntrack entry becomes a :class:`CtOp`. The list form of :func:`conn_to_wire` (an
+    older sender's) is accepted too, as bytes.
 
     :raises DecodeError: anything else.
     """
+    if type(v) is bytes:
+        codec.check_entries((v,))
+        return v
     if isinstance(v, list) and len(v) == 3 and v[0] == CT_TAG:
         if v[1] not in ("u", "d"):
             raise DecodeError(f"a conntrack entry's operation is {str(v[1])[:20]!r}, "
                               "not 'u' or 'd'")
         return CtOp(entry=conntrack.CtEntry.from_wire(v[2]), destroy=v[1] == "d")
-    return conn_from_wire(v, codec)
+    return codec.encode_conn(conn_from_wire(v, codec))
+
+
+def encode_batch(items: list[Any]) -> list[Any]:
+    """A batch's entries as msgpack-able values (:func:`entry_to_wire` each): IPVS entries
+    are bytes already, so a batch of them goes as it is."""
+    if set(map(type, items)) == {bytes}:
+        return items
+    return [entry_to_wire(e) for e in items]
+
+
+def decode_batch(raw: list[Any], codec: ModuleType, conntrack: ModuleType) -> tuple[Any, ...]:
+    """A batch's values back (:func:`entry_from_wire` each), the IPVS entries checked
+    together.
+
+    :raises DecodeError: any value that is not an entry (the whole batch is refused).
+    """
+    if set(map(type, raw)) == {bytes}:
+        codec.check_entries(raw)
+        return tuple(raw)
+    return tuple(entry_from_wire(v, codec, conntrack) for v in raw)
 
 
 def _local_only(e: Any) -> bool:
@@ -287,9 +335,13 @@ class ConnSync:
         self.conntrack = _part("conntrack")
         self.relay = Relay(run=time.time_ns(), peers=self.peer_nodes,
                            snapshot=self._snapshot, encode=entry_to_wire,
-                           decode=lambda v: entry_from_wire(v, self.codec, self.conntrack))
+                           decode=lambda v: entry_from_wire(v, self.codec, self.conntrack),
+                           batch_max=BATCH_MAX, window=WINDOW, rto_max=RTO_MAX,
+                           encode_batch=encode_batch,
+                           decode_batch=lambda raw: decode_batch(raw, self.codec,
+                                                                 self.conntrack))
         self.channel = Channel(listen=cfg.listen, certificate=str(config["bus"]["certificate"]),
-                               peers=peers)
+                               peers=peers, turn_frames=TURN_FRAMES)
         self.link = RelayLink(self.relay, self.channel, self._effect, request=self._request,
                               clock=clock)
         self.limited = LogLimiter(log, interval=10.0)
@@ -312,7 +364,9 @@ class ConnSync:
         self.resync_done: dict[int, float | None] = dict.fromkeys(self.peer_nodes, None)
         self.last_barrier: dict[str, Any] | None = None
         self.started = clock()
-        self._queue: deque[tuple[int, Any, float]] = deque()
+        # received entries to inject: (peer, entry bytes, when received) per batch
+        self._queue: deque[tuple[int, list[bytes], float]] = deque()
+        self._queued = 0  # entries in _queue
         # conntrack (``conntrack = true``): our own entries (dump, then events), the
         # peers' (key -> entry, when received), and the ones still to create/remove
         self.ct: Any = None
@@ -337,30 +391,30 @@ class ConnSync:
     # -- capture --------------------------------------------------------------------------
 
     def _on_capture(self) -> None:
-        """The capture fd is readable: decode, keep as ours, relay."""
+        """The capture fd is readable: split into entries, keep as ours, relay."""
         try:
             datagrams = self._capture.read()
         except OSError as exc:
             self.limited.error(("capture",), "connsync: capture read failed: %s", exc)
             return
         now = self.clock()
-        conns: list[Any] = []
+        conns: list[bytes] = []
+        split = self.codec.split
         for data in datagrams:
-            self.counters["capture.datagrams"] += 1
             try:
-                msg = self.codec.decode(data)
+                syncid, raws = split(data)
             except DecodeError as exc:
                 self.counters["capture.dropped.bad_datagram"] += 1
                 self.limited.warning(("bad_datagram",), "connsync: undecodable sync datagram "
                                      "from the local kernel: %s", exc)
                 continue
-            if msg.syncid != self.cfg.syncid:
+            if syncid != self.cfg.syncid:
                 self.counters["capture.dropped.other_syncid"] += 1
                 continue
-            for conn in msg.conns:
-                self.table.apply(self.local, conn, now)
-            conns.extend(msg.conns)
+            conns.extend(raws)
+        self.counters["capture.datagrams"] += len(datagrams)
         if conns:
+            self.table.apply_many(self.local, conns, now)
             self.counters["capture.entries"] += len(conns)
             self.link.originate(conns)
 
@@ -369,23 +423,27 @@ class ConnSync:
     def _effect(self, e: Effect) -> None:
         now = self.clock()
         if isinstance(e, Deliver):
-            conns = [c for c in e.entries if not isinstance(c, CtOp)]
-            if len(conns) < len(e.entries):
+            if set(map(type, e.entries)) == {bytes}:
+                conns: list[bytes] = list(e.entries)
+            else:
+                conns = [c for c in e.entries if type(c) is bytes]
                 self._ct_received(e.peer, [c for c in e.entries if isinstance(c, CtOp)],
                                   e.snapshot, now)
             if not conns:
                 return
             self.received[e.peer] += len(conns)
-            for conn in conns:
-                self.table.apply(e.peer, conn, now)
-            room = INJECT_QUEUE - len(self._queue)
+            self.table.apply_many(e.peer, conns, now)
+            room = max(INJECT_QUEUE - self._queued, 0)
             if room < len(conns):
-                lost = len(conns) - max(room, 0)
+                lost = len(conns) - room
                 self.counters["inject.dropped.queue_full"] += lost
                 self.settled[e.peer] += lost
                 self.limited.warning(("inject_queue",), "connsync: injection queue full: "
                                      "%d entries of node %d not injected", lost, e.peer)
-            self._queue.extend((e.peer, c, now) for c in conns[:max(room, 0)])
+                conns = conns[:room]
+            if conns:
+                self._queue.append((e.peer, conns, now))
+                self._queued += len(conns)
             self._wake.set()
             self._progress.set()
         elif isinstance(e, ResyncStarted):
@@ -403,19 +461,38 @@ class ConnSync:
             await self._wake.wait()
             self._wake.clear()
             while self._queue:
-                n = min(INJECT_CHUNK, len(self._queue))
-                chunk = [self._queue.popleft() for _ in range(n)]
+                chunk = self._take(INJECT_CHUNK)
                 self._inject(chunk)
                 self._progress.set()
                 # let the backup daemon consume the round (and the loop run the rest)
                 self.counters["inject.commit_waits"] += 1
+                await asyncio.sleep(sum(len(c) for _, c, _ in chunk) / INJECT_RATE)
                 await self.kernel.committed(timeout=INJECT_PACE)
 
-    def _inject(self, chunk: list[tuple[int, Any, float]]) -> None:
+    def _take(self, most: int) -> list[tuple[int, list[bytes], float]]:
+        """Up to ``most`` queued entries, in order, as (peer, entries, when received)."""
+        chunk: list[tuple[int, list[bytes], float]] = []
+        q = self._queue
+        n = 0
+        while q and n < most:
+            peer, conns, t = q[0]
+            if n + len(conns) > most:  # split the batch: the rest stays first in line
+                take = most - n
+                q[0] = (peer, conns[take:], t)
+                conns = conns[:take]
+            else:
+                q.popleft()
+            chunk.append((peer, conns, t))
+            n += len(conns)
+        self._queued -= n
+        return chunk
+
+    def _inject(self, chunk: list[tuple[int, list[bytes], float]]) -> None:
+        raws = [c for _, conns, _ in chunk for c in conns] if len(chunk) > 1 else chunk[0][1]
         try:
-            datagrams = self.codec.encode_many([c for _, c, _ in chunk], syncid=self.cfg.syncid)
+            datagrams = self.codec.assemble(raws, syncid=self.cfg.syncid)
         except (ValueError, TypeError) as exc:
-            self.counters["inject.dropped.encode"] += len(chunk)
+            self.counters["inject.dropped.encode"] += len(raws)
             self.limited.error(("encode",), "connsync: cannot encode entries: %s", exc)
             datagrams = []
         sent_ok = True
@@ -428,19 +505,19 @@ class ConnSync:
                 self.counters["inject.errors.send"] += 1
                 self.limited.error(("send",), "connsync: injection failed: %s", exc)
         now = self.clock()
-        for peer, _c, t in chunk:
-            self.settled[peer] += 1
+        for peer, conns, t in chunk:
+            self.settled[peer] += len(conns)
             if datagrams and sent_ok:
-                self.injected[peer] += 1
+                self.injected[peer] += len(conns)
             lag = (now - t) * 1000
             self.lag_ms[peer] = lag
             self.lag_max_ms[peer] = max(self.lag_max_ms[peer], lag)
         if datagrams and sent_ok:
-            self.counters["inject.entries"] += len(chunk)
+            self.counters["inject.entries"] += len(raws)
 
     def _snapshot(self) -> list[Any]:
         """Our own table for a peer's full resync: IPVS entries, then conntrack entries."""
-        out: list[Any] = self.table.snapshot(self.local, self.clock())
+        out: list[Any] = self.table.snapshot_raw(self.local, self.clock())
         out.extend(CtOp(entry=e) for e in self.ct_own.values())
         return out
 
@@ -694,10 +771,10 @@ class ConnSync:
         rows: list[dict[str, Any]] = []
         total = 0
         for origin in (self.local, *self.peer_nodes):
-            for c in self.table.snapshot(origin, now):
-                total += 1
-                if len(rows) >= limit:
-                    continue
+            raws = self.table.snapshot_raw(origin, now)
+            total += len(raws)
+            for raw in raws[:max(0, limit - len(rows))]:
+                c = self.codec.decode_entry(raw)
                 rows.append({"origin": origin, "protocol": PROTOCOLS.get(c.protocol,
                                                                           str(c.protocol)),
                              "client": _hostport(c.caddr, c.cport),
@@ -808,6 +885,9 @@ class ConnSync:
                 "resync_receiving": r["resync_receiving"],
                 "resync_sending": r["resync_sending"],
                 "since_heard_s": r["since_heard_s"],
+                "link_up": self.channel.link_up.get(node),
+                "rto_ms": r["rto_ms"],
+                "srtt_ms": r["srtt_ms"],
                 **{f"conntrack.{k}": v for k, v in self.ct_stats[node].items()},
                 "conntrack.queued": self.ct_enqueued[node] - self.ct_done[node],
                 "conntrack.held": len(self.ct_peer[node]),

@@ -18,6 +18,11 @@ and connects one DEALER to every peer's ``[[cluster.peer]] connsync`` endpoint.
 * Sends never block: a peer that is not connected or whose queue is full loses the
   message (``dropped.send``); the relay sends it again. A peer listed without a
   ``connsync`` endpoint is answered over its own connection to us.
+* A dead link is noticed: ZeroMQ heartbeats (``ZMQ_HEARTBEAT_IVL`` / ``_TIMEOUT`` /
+  ``_TTL``) on every socket close a connection whose peer stopped answering (a host that
+  died, a cut cable: no FIN ever comes), and TCP keepalive does the same below ZeroMQ;
+  the DEALER then reconnects on its own. Each DEALER's connection events are watched
+  (``link.connected``, ``link.disconnected``, a warning per lost link).
 
 :class:`RelayLink` runs a sans-IO :class:`~clusterbus.plugins.connsync.relay.Relay` on a
 :class:`Channel`: the relay's ``Send`` effects go out here, its other effects to a
@@ -37,6 +42,7 @@ from typing import Any
 import msgpack
 import zmq
 import zmq.asyncio
+from zmq.utils.monitor import parse_monitor_message
 
 from clusterbus import DecodeError
 from clusterbus.bus.security import (
@@ -55,9 +61,9 @@ __all__ = ["Channel", "ChannelPeer", "FrameError", "RelayLink", "pack", "unpack"
 
 log = logging.getLogger(__name__)
 
-#: frames a socket's reader handles per loop turn: a relay batch carries up to 256 entries
-#: to decode, so the bus's TURN_BUDGET (256 frames) would starve the injection task for
-#: seconds during a resync; 4 frames is about one injection round (INJECT_CHUNK)
+#: frames a socket's reader handles per loop turn by default: a relay batch carries up to
+#: 256 entries, so the bus's TURN_BUDGET (256 frames) would starve the injection task
+#: during a resync
 TURN_FRAMES = 4
 
 #: A frame larger than this is dropped unread (``dropped.frame_too_large``).
@@ -68,6 +74,15 @@ SEND_HWM = 10_000
 SHOW = "SHOW"
 #: ZAP identity of the daemon's own key (a local administrator, not a peer).
 LOCAL = 0
+#: seconds between ZeroMQ heartbeats on a link, and without any traffic before it is
+#: closed (then the DEALER reconnects)
+HEARTBEAT_IVL = 1.0
+HEARTBEAT_TIMEOUT = 5.0
+#: TCP keepalive on the links' sockets: idle seconds, probe interval, probes
+TCP_KEEPALIVE = (10, 2, 3)
+#: the connection events of a DEALER that are watched
+_MONITOR_EVENTS = (zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED
+                   | getattr(zmq, "EVENT_HANDSHAKE_SUCCEEDED", 0))
 
 
 class FrameError(DecodeError):
@@ -133,18 +148,27 @@ class Channel:
     :param listen: ``[connsync] listen`` (``tcp://ADDR:PORT``).
     :param certificate: this daemon's ``.key_secret`` file (``[bus] certificate``).
     :param peers: the peer directors.
+    :param turn_frames: most frames a socket's reader handles per loop turn.
+    :param heartbeat: (interval, timeout) of the ZeroMQ heartbeats, seconds.
     :raises ConfigError: a key file cannot be used.
     """
 
-    def __init__(self, *, listen: str, certificate: str, peers: list[ChannelPeer]) -> None:
+    def __init__(self, *, listen: str, certificate: str, peers: list[ChannelPeer],
+                 turn_frames: int = TURN_FRAMES,
+                 heartbeat: tuple[float, float] = (HEARTBEAT_IVL, HEARTBEAT_TIMEOUT)) -> None:
         self.listen = listen
+        self.turn_frames = max(1, turn_frames)
+        self.heartbeat = heartbeat
         self.public, self.secret = load_secret_certificate(certificate)
         self.peers = {p.node: p for p in peers}
         self.keys: dict[bytes, int] = {load_public_key(p.public_key): p.node for p in peers}
         self.keys[self.public] = LOCAL
         #: ``frames.received``, ``frames.sent``, ``dropped.<code>``, ``auth_denied``...
         self.counters: dict[str, int] = {"frames.received": 0, "frames.sent": 0,
-                                         "dropped.send": 0, "auth_denied": 0}
+                                         "dropped.send": 0, "auth_denied": 0,
+                                         "link.connected": 0, "link.disconnected": 0}
+        #: per peer with an endpoint: whether our DEALER's connection to it is up
+        self.link_up: dict[int, bool] = {}
         self.security = BusSecurity(ServerKeys(public=self.public, secret=self.secret,
                                                authorized=frozenset(self.keys)), self.counters)
         self.limited = LogLimiter(log, interval=60.0)
@@ -155,6 +179,19 @@ class Channel:
         #: peers without an endpoint: the routing id of their last connection to us
         self._routes: dict[int, bytes] = {}
         self._reader: _FrameReader | None = None
+        self._monitors: dict[int, zmq.Socket[Any]] = {}
+
+    def _link_options(self, sock: zmq.Socket[Any]) -> None:
+        """Heartbeats and TCP keepalive: a link whose peer went silent is closed."""
+        ivl, timeout = (max(1, int(x * 1000)) for x in self.heartbeat)
+        sock.setsockopt(zmq.HEARTBEAT_IVL, ivl)
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, timeout)
+        sock.setsockopt(zmq.HEARTBEAT_TTL, timeout)  # the peer's side times out too
+        idle, intvl, cnt = TCP_KEEPALIVE
+        sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+        sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, idle)
+        sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, intvl)
+        sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, cnt)
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -170,6 +207,7 @@ class Channel:
         router.setsockopt(zmq.LINGER, 0)
         router.setsockopt(zmq.RCVHWM, SEND_HWM)
         router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a reply to a gone client: Again, not lost
+        self._link_options(router)
         self.security.server(router, "connsync")
         try:
             router.bind(self.listen)
@@ -187,6 +225,9 @@ class Channel:
             d.setsockopt(zmq.LINGER, 0)
             d.setsockopt(zmq.SNDHWM, SEND_HWM)
             d.setsockopt(zmq.IMMEDIATE, 1)  # nothing queued for a peer that is not there
+            self._link_options(d)
+            self._monitors[node] = d.get_monitor_socket(_MONITOR_EVENTS)
+            self.link_up[node] = False
             d.setsockopt(zmq.CURVE_SERVERKEY, load_public_key(peer.public_key))
             d.setsockopt(zmq.CURVE_PUBLICKEY, self.public)
             d.setsockopt(zmq.CURVE_SECRETKEY, self.secret)
@@ -201,6 +242,15 @@ class Channel:
         if self._reader is not None:
             self._reader.close()
             self._reader = None
+        for node, m in self._monitors.items():
+            d = self._dealers.get(node)
+            if d is not None:
+                try:
+                    d.disable_monitor()
+                except zmq.ZMQError:
+                    pass
+            m.close(0)
+        self._monitors.clear()
         for d in self._dealers.values():
             d.close(0)
         self._dealers.clear()
@@ -255,14 +305,18 @@ class Channel:
                     readers.append(r)
                     tg.create_task(self._drain(r, functools.partial(
                         self._from_dealer, node, handle=handle)))
+                for node, m in self._monitors.items():
+                    mr = Reader(m)
+                    readers.append(mr)  # type: ignore[arg-type]
+                    tg.create_task(self._drain(mr, functools.partial(  # type: ignore[arg-type]
+                        self._link_event, node)))
         finally:
             for r in readers:
                 r.close()
 
-    @staticmethod
-    async def _drain(reader: _FrameReader, one: Callable[[list[Any]], None]) -> None:
+    async def _drain(self, reader: _FrameReader, one: Callable[[list[Any]], None]) -> None:
         while True:
-            for _ in range(TURN_FRAMES):
+            for _ in range(self.turn_frames):
                 frames = reader.poll()
                 if frames is None:
                     await reader.readable()
@@ -270,6 +324,26 @@ class Channel:
                 one(frames)
             else:
                 await asyncio.sleep(0)
+
+    def _link_event(self, node: int, frames: list[bytes]) -> None:
+        """A connection event of our DEALER to ``node``."""
+        try:
+            event = parse_monitor_message(frames)["event"]
+        except (ValueError, KeyError, IndexError, TypeError):
+            return
+        handshake = getattr(zmq, "EVENT_HANDSHAKE_SUCCEEDED", 0)
+        if event == (handshake or zmq.EVENT_CONNECTED):
+            if not self.link_up.get(node):
+                self.counters["link.connected"] += 1
+                log.info("connsync: link to node %d up", node)
+            self.link_up[node] = True
+        elif event == zmq.EVENT_DISCONNECTED:
+            if self.link_up.get(node):
+                self.counters["link.disconnected"] += 1
+                self.limited.warning(("link_down", node), "connsync: link to node %d lost "
+                                     "(closed, or silent for %.1f s); reconnecting", node,
+                                     self.heartbeat[1])
+            self.link_up[node] = False
 
     def _from_dealer(self, node: int, frames: list[Any], *,
                      handle: Callable[[int, Any], None]) -> None:

@@ -17,9 +17,11 @@ kernel's order, an optional option of an unknown type).
 from __future__ import annotations
 
 import ipaddress
+import re
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
+from typing import Any
 
 from clusterbus import errors
 
@@ -27,6 +29,8 @@ __all__ = [
     "AF_INET", "AF_INET6", "F_TEMPLATE", "F_INACTIVE", "F_SEQ_MASK", "F_FWD_MASK",
     "PENAME_MAXLEN", "DecodeError", "SeqOpt", "SyncConn", "SyncMessage",
     "decode", "encode", "encode_many", "encode_conn",
+    "split", "check_entries", "entry_key", "key_bytes", "entry_timeout", "entry_with_timeout",
+    "decode_entry", "assemble",
 ]
 
 #: Linux address families (the values of ``socket.AF_INET``/``AF_INET6`` on Linux).
@@ -459,3 +463,129 @@ def _decode_v1(data: bytes, count: int) -> tuple[SyncConn, ...]:
     if off != n:
         raise DecodeError(f"{n - off} bytes after the last of {count} entries", offset=off)
     return tuple(conns)
+
+
+# -- raw entries: what the relay carries ------------------------------------------------------
+#
+# The relay moves entries as the bytes of one version 1 entry each (``struct ip_vs_sync_v4``
+# or ``_v6`` with its options, no padding): split from a captured datagram, checked on
+# receipt, joined into datagrams for the backup daemon, with no Python object per field.
+# The common entries (no options) are checked by a regular expression, in C; the others
+# through :func:`decode`, so both accept exactly what :func:`encode_conn` produces.
+
+_PLAIN4 = rb"\x00[\x00-\xff]\x00\x24[\x00-\xff]{32}"    # IPv4, no option: 36 bytes
+_PLAIN6 = rb"\x01[\x00-\xff]\x00\x48[\x00-\xff]{68}"    # IPv6, no option: 72 bytes
+_PLAIN_RE = re.compile(_PLAIN4 + rb"|" + _PLAIN6)
+_MANY4_RE = re.compile(rb"(?:" + _PLAIN4 + rb")*")
+_U32BE = struct.Struct(">I")
+_KEYPORTS = struct.Struct(">HHHI")
+#: the version 1 datagram header of one entry of ``n`` bytes (syncid 0)
+_ONE_HDR: dict[int, bytes] = {}
+
+
+def split(data: bytes) -> tuple[int, list[bytes]]:
+    """A datagram's sync id and its entries as version 1 entry bytes (a version 0
+    datagram's entries are converted).
+
+    :raises DecodeError: what :func:`decode` refuses.
+    """
+    n = len(data)
+    if n >= _HDR1.size and data[0] == 0 and data[5] == SYNC_PROTO_VER and not data[6] \
+            and not data[7] and (data[2] << 8 | data[3]) == n \
+            and n - _HDR1.size == 36 * data[4] and _MANY4_RE.fullmatch(data, _HDR1.size):
+        data = bytes(data)
+        return data[1], [data[i:i + 36] for i in range(_HDR1.size, n, 36)]
+    msg = decode(data)
+    return msg.syncid, [encode_conn(c) for c in msg.conns]
+
+
+def _one_entry(raw: bytes) -> SyncMessage:
+    hdr = _ONE_HDR.get(len(raw))
+    if hdr is None:
+        if len(raw) > 0xFFFF - _HDR1.size:
+            raise DecodeError(f"an entry of {len(raw)} bytes", offset=0)
+        hdr = _HDR1.pack(0, 0, _HDR1.size + len(raw), 1, SYNC_PROTO_VER, 0)
+        if len(raw) < 512:  # the sizes a real entry can have
+            _ONE_HDR[len(raw)] = hdr
+    return decode(hdr + raw)
+
+
+def check_entries(raws: Sequence[Any]) -> None:
+    """Check entries received from a peer: each must be the bytes of one version 1 entry,
+    as :func:`encode_conn` makes them.
+
+    :raises DecodeError: naming the first bad one.
+    """
+    if raws and set(map(type, raws)) == {bytes} and set(map(len, raws)) == {36} \
+            and _MANY4_RE.fullmatch(b"".join(raws)):
+        return
+    for i, raw in enumerate(raws):
+        if type(raw) is not bytes:
+            raise DecodeError(f"entry {i}: not the bytes of a sync entry")
+        if _PLAIN_RE.fullmatch(raw):
+            continue
+        try:
+            _one_entry(raw)
+        except DecodeError as exc:
+            raise DecodeError(f"entry {i}: {exc}") from None
+
+
+def entry_key(raw: bytes) -> bytes:
+    """The identity of an entry (as :meth:`SyncConn.key`), as bytes: family, protocol,
+    ports, fwmark, addresses, template flag."""
+    return raw[:2] + raw[10:20] + raw[24:36 if raw[0] == 0 else 72] + (
+        b"\x01" if raw[6] & 0x10 else b"\x00")
+
+
+def key_bytes(key: tuple[int, int, str, int, str, int, str, int, int, bool]) -> bytes:
+    """:meth:`SyncConn.key` as :func:`entry_key` gives it."""
+    af, protocol, caddr, cport, vaddr, vport, daddr, dport, fwmark, template = key
+    return (bytes((STYPE_F_INET6 if af == AF_INET6 else 0, protocol))
+            + _KEYPORTS.pack(cport, vport, dport, fwmark)
+            + _packed(caddr) + _packed(vaddr) + _packed(daddr) + (b"\x01" if template else b"\x00"))
+
+
+def entry_timeout(raw: bytes) -> int:
+    """An entry's timeout (seconds; 0: the receiver's default)."""
+    return int(_U32BE.unpack_from(raw, 20)[0])
+
+
+def entry_with_timeout(raw: bytes, timeout: int) -> bytes:
+    """The entry with another timeout (a u32)."""
+    return raw[:20] + _U32BE.pack(timeout) + raw[24:]
+
+
+def decode_entry(raw: bytes) -> SyncConn:
+    """One entry's bytes as a :class:`SyncConn`.
+
+    :raises DecodeError: not one version 1 entry.
+    """
+    return _one_entry(raw).conns[0]
+
+
+def assemble(raws: Sequence[bytes], *, syncid: int, maxlen: int = 1472) -> list[bytes]:
+    """Entries (bytes) in order into version 1 datagrams of at most ``maxlen`` bytes and 255
+    entries, as :func:`encode_many` packs them (the same bytes for the same entries)."""
+    _check(0 <= syncid <= 0xFF, f"syncid not a u8: {syncid!r}")
+    out: list[bytes] = []
+    if not raws:
+        return out
+    if set(map(len, raws)) == {36}:  # the common case: no padding anywhere
+        per = max(1, min(0xFF, (maxlen - _HDR1.size) // 36))
+        for i in range(0, len(raws), per):
+            part = raws[i:i + per]
+            out.append(_HDR1.pack(0, syncid, _HDR1.size + 36 * len(part), len(part),
+                                  SYNC_PROTO_VER, 0) + b"".join(part))
+        return out
+    batch: list[bytes] = []
+    used = _HDR1.size
+    for e in raws:
+        pad = -used % 4 if batch else 0
+        if batch and (used + pad + len(e) > maxlen or len(batch) == 0xFF):
+            out.append(_assemble(batch, version=1, syncid=syncid))
+            batch, used, pad = [], _HDR1.size, 0
+        batch.append(e)
+        used += pad + len(e)
+    if batch:
+        out.append(_assemble(batch, version=1, syncid=syncid))
+    return out

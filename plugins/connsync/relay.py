@@ -10,10 +10,13 @@ daemon sent) to every peer director, over one *stream* per peer:
   incremental entries in the order they were originated;
 * the receiver delivers each batch exactly once, in order, and acknowledges
   **cumulatively** (``upto``: every batch up to this one was delivered);
-* a batch not acknowledged within ``rto`` is sent again (backing off to ``rto_max``); a
-  receiver that sees a gap asks for the missing batches at once (a NACK, at most once per
-  ``rto / 2`` per peer) instead of waiting; duplicates and stale batches (an older stream,
-  a previous run) are dropped and counted;
+* a batch not acknowledged within the peer's retransmission timeout is sent again
+  (doubling per try, up to ``rto_max``). The timeout adapts to the round trip as TCP's does
+  (RFC 6298: smoothed RTT + 4 x its variation, sampled only on batches sent once, at
+  least ``rto_min``; ``rto`` before the first sample), so a receiver slowed by a burst is
+  not sent everything twice. A receiver that sees a gap asks for the missing batches at
+  once (a NACK, at most once per half timeout per peer) instead of waiting; duplicates and
+  stale batches (an older stream, a previous run) are dropped and counted;
 * a peer that (re)started shows a new run id in anything it sends (batches, acks, the
   keepalive every ``keepalive`` seconds): the sender starts a new stream for it, so it gets
   the full table again before any incremental entry;
@@ -29,7 +32,8 @@ and returns effects: :class:`Send` (a message, plain msgpack-able lists, to one 
 :class:`ResyncDone` (a peer's full table begins / is complete). :meth:`Relay.next_deadline`
 says when to call :meth:`Relay.poll` next. Entries are opaque here; the sender's
 ``encode`` turns one into a msgpack-able value, the receiver's ``decode`` back (raising
-:class:`~clusterbus.DecodeError`).
+:class:`~clusterbus.DecodeError`), or ``encode_batch`` / ``decode_batch`` a whole batch's
+entries at once (no call per entry: the plugin's entries are bytes, checked per batch).
 
 Wire messages (lists; the channel frames them with msgpack):
 
@@ -166,11 +170,14 @@ class _In:
 @dataclass(slots=True)
 class _Peer:
     node: int
+    rto: float  # the current retransmission timeout (RFC 6298)
     run: int = 0  # the peer's run id as last seen in anything it sent (0: unknown)
     out: _Out = field(default_factory=_Out)
     inp: _In = field(default_factory=_In)
     keepalive_at: float = 0.0
     heard_at: float | None = None
+    srtt: float | None = None  # smoothed round trip of a batch to its ack (None: no sample)
+    rttvar: float = 0.0
     counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys((
         "entries.sent", "entries.received", "batches.sent", "batches.received", "resends",
         "acks.sent", "acks.received", "nacks.sent", "nacks.received", "duplicates",
@@ -191,28 +198,42 @@ class Relay:
     :param decode: that value -> an entry; raises :class:`DecodeError` on garbage.
     :param batch_max: most entries per batch.
     :param window: most unacknowledged batches per peer.
-    :param rto: seconds before an unacknowledged batch is sent again (doubling per try up
-        to ``rto_max``).
+    :param rto: seconds before an unacknowledged batch is sent again until the round trip
+        was measured; then smoothed RTT + 4 x RTT variation, at least ``rto_min`` (doubling
+        per try up to ``rto_max``).
+    :param rto_min: the floor of the adaptive timeout.
     :param keepalive: seconds between two acks to a quiet peer (announces our run).
     :param max_pending: most incremental entries queued per peer (then a resync instead).
     :param max_out_of_order: most batches a receiver holds ahead of a gap.
+    :param encode_batch: a batch's entries -> a msgpack-able list (instead of ``encode``
+        per entry).
+    :param decode_batch: that list -> the entries (instead of ``decode`` per entry); raises
+        :class:`DecodeError` on garbage.
     """
 
     def __init__(self, *, run: int, peers: Iterable[int],
                  snapshot: Callable[[], Iterable[Any]],
                  encode: Callable[[Any], Any] = lambda e: e,
                  decode: Callable[[Any], Any] = lambda v: v,
-                 batch_max: int = 256, window: int = 32, rto: float = 0.2, rto_max: float = 2.0,
+                 batch_max: int = 256, window: int = 32, rto: float = 0.5,
+                 rto_min: float | None = None, rto_max: float = 2.0,
                  keepalive: float = 1.0, max_pending: int = 200_000,
-                 max_out_of_order: int = 256) -> None:
+                 max_out_of_order: int = 256,
+                 encode_batch: Callable[[list[Any]], list[Any]] | None = None,
+                 decode_batch: Callable[[Any], tuple[Any, ...]] | None = None) -> None:
         if not 0 < run <= MAX_U64:
             raise LocalProtocolError(f"run id {run!r} out of range 1..2**64-1")
-        if batch_max < 1 or window < 1 or rto <= 0 or rto_max < rto or keepalive <= 0:
+        rto_min = min(0.05, rto) if rto_min is None else rto_min
+        if batch_max < 1 or window < 1 or rto <= 0 or rto_max < rto or keepalive <= 0 \
+                or not 0 < rto_min <= rto_max:
             raise LocalProtocolError("bad relay parameters")
         self.run = run
         self.snapshot = snapshot
         self.encode = encode
         self.decode = decode
+        self.encode_batch = encode_batch
+        self.decode_batch = decode_batch
+        self.rto_min = rto_min
         self.batch_max = min(batch_max, MAX_BATCH_ENTRIES)
         self.window = window
         self.rto = rto
@@ -229,7 +250,7 @@ class Relay:
     def add_peer(self, node: int) -> None:
         """Start relaying to ``node`` (a full resync first)."""
         if node not in self.peers:
-            self.peers[node] = _Peer(node)
+            self.peers[node] = _Peer(node, rto=self.rto)
 
     def remove_peer(self, node: int) -> None:
         """Forget ``node`` and everything queued for it."""
@@ -279,7 +300,9 @@ class Relay:
                     seq < inp.next_seq or seq in inp.ahead)):
                 entries: tuple[Any, ...] = ()  # stale or a duplicate: decoded once already
             else:
-                entries = tuple(self.decode(v) for v in raw)  # DecodeError propagates
+                # DecodeError propagates
+                entries = self.decode_batch(raw) if self.decode_batch is not None \
+                    else tuple(self.decode(v) for v in raw)
             if not self._seen(p, run, now):
                 return []
             return self._batch(p, run, stream, seq, bkind, entries, now)
@@ -320,14 +343,23 @@ class Relay:
             if p.out.restart_reason is not None or self._can_fill(p):
                 return float("-inf")  # at once
             for b in p.out.unacked.values():
-                d = min(d, b.sent_at + self._rto(b))
+                d = min(d, b.sent_at + self._rto(p, b))
             out = d if out is None else min(out, d)
         return out
 
     # -- sending -----------------------------------------------------------------------------
 
-    def _rto(self, b: _Batch) -> float:
-        return min(self.rto * float(1 << max(0, min(b.tries - 1, 16))), self.rto_max)
+    def _rto(self, p: _Peer, b: _Batch) -> float:
+        return min(p.rto * float(1 << max(0, min(b.tries - 1, 16))), self.rto_max)
+
+    def _rtt_sample(self, p: _Peer, rtt: float) -> None:
+        """RFC 6298's estimator, from one batch sent once and acknowledged."""
+        if p.srtt is None:
+            p.srtt, p.rttvar = rtt, rtt / 2
+        else:
+            p.rttvar = 0.75 * p.rttvar + 0.25 * abs(p.srtt - rtt)
+            p.srtt = 0.875 * p.srtt + 0.125 * rtt
+        p.rto = min(max(p.srtt + 4 * p.rttvar, self.rto_min), self.rto_max)
 
     def _start_stream_if_due(self, p: _Peer, now: float) -> None:
         out = p.out
@@ -366,7 +398,9 @@ class Relay:
                 items = [out.pending.popleft() for _ in range(n)]
             else:
                 return
-            b = _Batch(out.next_seq, kind, [self.encode(e) for e in items], len(items))
+            wire = self.encode_batch(items) if self.encode_batch is not None \
+                else [self.encode(e) for e in items]
+            b = _Batch(out.next_seq, kind, wire, len(items))
             out.next_seq += 1
             out.unacked[b.seq] = b
             effects.append(self._transmit(p, b, now))
@@ -383,9 +417,15 @@ class Relay:
         return Send(peer=p.node, message=["B", self.run, p.out.stream, b.seq, b.kind, b.wire])
 
     def _resend_due(self, p: _Peer, now: float, effects: list[Effect]) -> None:
+        expired = False
         for b in p.out.unacked.values():
-            if now >= b.sent_at + self._rto(b):
+            if now >= b.sent_at + self._rto(p, b):
                 effects.append(self._transmit(p, b, now))
+                expired = True
+        if expired:
+            # back off (RFC 6298 5.5) until a batch sent once is acknowledged: else, with
+            # every batch resent, Karn's rule would never let a sample through
+            p.rto = min(p.rto * 2, self.rto_max)
 
     def _ack_message(self, p: _Peer) -> Send:
         inp = p.inp
@@ -448,7 +488,7 @@ class Relay:
             while inp.next_seq in inp.ahead:
                 k, e = inp.ahead.pop(inp.next_seq)
                 self._deliver(p, k, e, effects, now)
-        if inp.ahead and now >= inp.nacked_at + self.rto / 2:
+        if inp.ahead and now >= inp.nacked_at + p.rto / 2:
             inp.nacked_at = now
             p.counters["nacks.sent"] += 1
             effects.append(Send(peer=p.node, message=[
@@ -477,8 +517,13 @@ class Relay:
             return []  # about a previous run or stream of ours (or none yet)
         if upto >= out.next_seq:
             raise RelayError("bad_ack", f"ack of batch {upto}, never sent (last {out.next_seq - 1})")
+        sample: _Batch | None = None
         for seq in [s for s in out.unacked if s <= upto]:
-            del out.unacked[seq]
+            b = out.unacked.pop(seq)
+            if b.tries == 1:  # Karn: a resent batch's ack says nothing of the round trip
+                sample = b
+        if sample is not None:
+            self._rtt_sample(p, now - sample.sent_at)
         return []
 
     def _nack(self, p: _Peer, acked_run: int, stream: int, first: int, last: int,
@@ -492,7 +537,7 @@ class Relay:
         # receiver has them). Those not sent yet are not the receiver's to ask for.
         for seq in range(first, min(last, out.next_seq - 1) + 1):
             b = out.unacked.get(seq)
-            if b is not None and now >= b.sent_at + self.rto / 4:
+            if b is not None and now >= b.sent_at + p.rto / 4:
                 effects.append(self._transmit(p, b, now))
         return effects
 
@@ -516,6 +561,8 @@ class Relay:
                 "last_resync_received_s": None if i.last_resync is None
                 else round(now - i.last_resync, 3),
                 "since_heard_s": None if p.heard_at is None else round(now - p.heard_at, 3),
+                "rto_ms": round(p.rto * 1000, 3),
+                "srtt_ms": None if p.srtt is None else round(p.srtt * 1000, 3),
                 "counters": dict(p.counters),
             }
         return out

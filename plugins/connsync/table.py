@@ -3,20 +3,26 @@
 The kernel has no dump of its connection table fit for a resync (``/proc/net/ip_vs_conn``
 lacks flags, fwmark and sequence data, and reading it is quadratic), so conn-sync keeps
 what it captured (origin = this director) and what it received (origin = the peer that
-sent it) here, and a full resync sends :meth:`ConnTable.snapshot`.
+sent it) here, and a full resync sends :meth:`ConnTable.snapshot_raw`.
 
-Memory: one dict entry per connection holding the entry and its expiry; expiry uses a
-timing wheel of one-second buckets per origin that holds references to the keys already
-in the dict (8 bytes a slot). Measured: 100,000 decoded IPv4 entries take about 61 MB
-(a 95 MB process in all), about 0.6 KB a connection.
+Entries are held as the relay carries them, the bytes of one version 1 sync entry
+(``codec.encode_conn``), keyed by ``codec.entry_key``: nothing is decoded on the way from
+capture to relay, or from receipt to injection; :meth:`ConnTable.entries`,
+:meth:`~ConnTable.snapshot` and :meth:`~ConnTable.get` decode on demand.
+
+Memory: one dict entry per connection holding the entry's bytes and its expiry; expiry
+uses a timing wheel of one-second buckets per origin that holds references to the keys
+already in the dict (8 bytes a slot): about 0.3 KB a connection.
 """
 
 from __future__ import annotations
 
 import heapq
 import math
+import struct
 from collections.abc import Hashable, Iterator
 
+from . import codec
 from .codec import SyncConn
 
 __all__ = ["ConnTable", "DEFAULT_TIMEOUT"]
@@ -25,7 +31,18 @@ __all__ = ["ConnTable", "DEFAULT_TIMEOUT"]
 #: ESTABLISHED default (``tcp_timeouts`` in ip_vs_proto_tcp.c), its longest default.
 DEFAULT_TIMEOUT = 900.0
 
-Key = tuple[int, int, str, int, str, int, str, int, int, bool]
+#: a key as :meth:`SyncConn.key` gives it, or as ``codec.entry_key`` (bytes)
+Key = tuple[int, int, str, int, str, int, str, int, int, bool] | bytes
+_entry_key = codec.entry_key
+_timeout_of = codec.entry_timeout
+_floor = math.floor
+_U32_FROM = struct.Struct(">I").unpack_from
+#: flags byte 2 (bits 15..8) -> the key's template byte (IP_VS_CONN_F_TEMPLATE is 0x1000)
+_TEMPLATE_BYTE = tuple(b"\x01" if b & 0x10 else b"\x00" for b in range(256))
+
+
+def _raw_key(key: Key) -> bytes:
+    return key if isinstance(key, bytes) else codec.key_bytes(key)
 
 
 class _Origin:
@@ -34,11 +51,11 @@ class _Origin:
     __slots__ = ("entries", "buckets", "times")
 
     def __init__(self) -> None:
-        self.entries: dict[Key, tuple[SyncConn, float]] = {}
-        self.buckets: dict[int, list[Key]] = {}   # whole second -> keys that may expire in it
+        self.entries: dict[bytes, tuple[bytes, float]] = {}   # key -> (entry, expiry)
+        self.buckets: dict[int, list[bytes]] = {}   # whole second -> keys that may expire in it
         self.times: list[int] = []                # heap of the seconds in ``buckets``
 
-    def schedule(self, key: Key, expires: float) -> None:
+    def schedule(self, key: bytes, expires: float) -> None:
         second = math.floor(expires)
         bucket = self.buckets.get(second)
         if bucket is None:
@@ -48,7 +65,7 @@ class _Origin:
 
     def expire(self, now: float) -> int:
         removed = 0
-        carry: list[tuple[Key, float]] = []
+        carry: list[tuple[bytes, float]] = []
         times, buckets, entries = self.times, self.buckets, self.entries
         while times and times[0] <= now:
             second = heapq.heappop(times)
@@ -78,33 +95,67 @@ class ConnTable:
         self._origins: dict[Hashable, _Origin] = {}
         self._default = default_timeout
 
+    def _origin(self, origin: Hashable) -> _Origin:
+        o = self._origins.get(origin)
+        if o is None:
+            self._origins[origin] = o = _Origin()
+        return o
+
     def apply(self, origin: Hashable, conn: SyncConn, now: float) -> bool:
         """Insert or update ``conn`` for ``origin``; it expires at ``now + conn.timeout``.
 
         :returns: True when the entry is new or differs from the one held (the timeout
             counts: a refresh with the same fields is False).
         """
-        o = self._origins.get(origin)
-        if o is None:
-            self._origins[origin] = o = _Origin()
-        key = conn.key()
-        expires = now + (conn.timeout or self._default)
+        return self.apply_raw(origin, codec.encode_conn(conn), now)
+
+    def apply_raw(self, origin: Hashable, raw: bytes, now: float) -> bool:
+        """:meth:`apply` for an entry's bytes (``codec.encode_conn``, checked before)."""
+        o = self._origin(origin)
+        key = _entry_key(raw)
+        expires = now + (_timeout_of(raw) or self._default)
         old = o.entries.get(key)
-        o.entries[key] = (conn, expires)
-        if old is None or math.floor(old[1]) != math.floor(expires):
+        o.entries[key] = (raw, expires)
+        if old is None or _floor(old[1]) != _floor(expires):
             o.schedule(key, expires)
-        return old is None or old[0] != conn
+        return old is None or old[0] != raw
+
+    def apply_many(self, origin: Hashable, raws: list[bytes], now: float) -> None:
+        """:meth:`apply_raw` for many entries (the hot path: one call per batch; the key
+        and the expiry bucket are worked out inline, the bucket once per timeout)."""
+        o = self._origin(origin)
+        entries, default, buckets = o.entries, self._default, o.buckets
+        get = entries.get
+        unpack = _U32_FROM
+        tpl = _TEMPLATE_BYTE
+        by_timeout: dict[int, tuple[float, int, list[bytes]]] = {}
+        for raw in raws:
+            key = raw[:2] + raw[10:20] + raw[24:36 if raw[0] == 0 else 72] + tpl[raw[6]]
+            timeout = unpack(raw, 20)[0]
+            slot = by_timeout.get(timeout)
+            if slot is None:
+                expires = now + (timeout or default)
+                second = _floor(expires)
+                bucket = buckets.get(second)
+                if bucket is None:
+                    buckets[second] = bucket = []
+                    heapq.heappush(o.times, second)
+                slot = by_timeout[timeout] = (expires, second, bucket)
+            old = get(key)
+            entries[key] = (raw, slot[0])
+            if old is None or _floor(old[1]) != slot[1]:
+                slot[2].append(key)
 
     def get(self, origin: Hashable, key: Key) -> SyncConn | None:
         """The entry ``origin`` holds under ``key``, or None."""
         o = self._origins.get(origin)
-        item = o.entries.get(key) if o is not None else None
-        return item[0] if item is not None else None
+        item = o.entries.get(_raw_key(key)) if o is not None else None
+        return codec.decode_entry(item[0]) if item is not None else None
 
     def remove(self, origin: Hashable, key: Key) -> bool:
         """Forget one entry. :returns: whether it was there."""
         o = self._origins.get(origin)
-        return o is not None and o.entries.pop(key, None) is not None
+        return o is not None and o.entries.pop(_raw_key(key), None) is not None
 
     def clear(self, origin: Hashable) -> int:
         """Forget everything ``origin`` sent (before its full resync). :returns: how many."""
@@ -129,8 +180,8 @@ class ConnTable:
         else:
             origins = list(self._origins.values())
         for o in origins:
-            for conn, _ in list(o.entries.values()):
-                yield conn
+            for raw, _ in list(o.entries.values()):
+                yield codec.decode_entry(raw)
 
     def origins(self) -> list[Hashable]:
         """The origins that hold entries."""
@@ -145,22 +196,27 @@ class ConnTable:
         """``origin``'s live entries for a full resync, each with its *remaining* timeout
         (whole seconds rounded up, at least 1: a timeout of 0 would make the receiving
         kernel use its default)."""
+        return [codec.decode_entry(raw) for raw in self.snapshot_raw(origin, now)]
+
+    def snapshot_raw(self, origin: Hashable, now: float) -> list[bytes]:
+        """:meth:`snapshot` as entry bytes (what the relay sends)."""
         o = self._origins.get(origin)
         if o is None:
             return []
         out = []
-        for conn, expires in o.entries.values():
+        with_timeout = codec.entry_with_timeout
+        for raw, expires in o.entries.values():
             left = expires - now
             if left <= 0:
                 continue
             remaining = min(max(1, math.ceil(left)), 0xFFFFFFFF)
-            out.append(conn if conn.timeout == remaining else conn.with_timeout(remaining))
+            out.append(raw if _timeout_of(raw) == remaining else with_timeout(raw, remaining))
         return out
 
     def expiry(self, origin: Hashable, key: Key) -> float | None:
         """When the entry expires (the clock ``apply`` was given), or None."""
         o = self._origins.get(origin)
-        item = o.entries.get(key) if o is not None else None
+        item = o.entries.get(_raw_key(key)) if o is not None else None
         return item[1] if item is not None else None
 
     def __len__(self) -> int:

@@ -210,3 +210,85 @@ def test_a_peer_without_an_endpoint_is_answered_over_its_connection(tmp_path: Pa
 
     assert asyncio.run(main())
     assert d1.received[2] == {"y": ["y", 2, 2]} and d2.received[1] == {"x": ["x", 1, 1]}
+
+
+class _Proxy:
+    """A TCP forwarder on loopback that can freeze: it stops passing bytes and keeps the
+    connections open, as a peer host that died without closing anything."""
+
+    def __init__(self, target: str) -> None:
+        host, port = target.removeprefix("tcp://").rsplit(":", 1)
+        self.target = (host, int(port))
+        self.frozen = False
+        self.accepted = 0
+        self.server: asyncio.base_events.Server | None = None
+        self.writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._conn, "127.0.0.1", 0)
+        port = self.server.sockets[0].getsockname()[1]
+        return f"tcp://127.0.0.1:{port}"
+
+    async def _conn(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        ur, uw = await asyncio.open_connection(*self.target)
+        self.writers += [w, uw]
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            while data := await src.read(65536):
+                while self.frozen:  # hold the bytes: nothing passes, nothing closes
+                    await asyncio.sleep(0.05)
+                dst.write(data)
+                await dst.drain()
+
+        try:
+            await asyncio.gather(pipe(r, uw), pipe(ur, w))
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+
+    def close(self) -> None:
+        for w in self.writers:
+            w.close()
+        if self.server is not None:
+            self.server.close()
+
+
+def test_heartbeats_notice_a_peer_that_went_silent(tmp_path: Path) -> None:
+    """A link whose peer stops answering without closing it (the host died, a cable was
+    cut) is closed by the ZeroMQ heartbeat and connected again when the peer is back;
+    TCP alone would wait for minutes."""
+    keys = _keys(tmp_path)
+    ep1, ep2 = dead_endpoint(), dead_endpoint()
+
+    async def main() -> tuple[dict[str, int], int, bool]:
+        proxy = _Proxy(ep2)
+        via = await proxy.start()
+        c1 = Channel(listen=ep1, certificate=str(keys / "d1.key_secret"), heartbeat=(0.2, 0.6),
+                     peers=[ChannelPeer(node=2, public_key=str(keys / "d2.key"), endpoint=via)])
+        c2 = Channel(listen=ep2, certificate=str(keys / "d2.key_secret"), heartbeat=(0.2, 0.6),
+                     peers=[ChannelPeer(node=1, public_key=str(keys / "d1.key"))])
+        c1.open()
+        c2.open()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tasks = [tg.create_task(c.serve(lambda n, m: None)) for c in (c1, c2)]
+                up = await _until(lambda: c1.link_up.get(2) is True)
+                proxy.frozen = True
+                down = await _until(lambda: c1.counters["link.disconnected"] >= 1)
+                was_down = c1.link_up.get(2) is False
+                proxy.frozen = False
+                back = await _until(lambda: c1.counters["link.connected"] >= 2
+                                    and c1.link_up.get(2) is True)
+                for t in tasks:
+                    t.cancel()
+        finally:
+            c1.close()
+            c2.close()
+            proxy.close()
+        assert up and down and back
+        return dict(c1.counters), proxy.accepted, was_down
+
+    counters, accepted, was_down = asyncio.run(main())
+    assert was_down
+    assert counters["link.disconnected"] >= 1 and counters["link.connected"] >= 2
+    assert accepted >= 2  # the DEALER connected again on its own

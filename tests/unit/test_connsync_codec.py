@@ -404,3 +404,73 @@ def test_fuzz_mutated_vectors(index: int, pos: int, byte: int) -> None:
     raw = bytearray(_vectors()[index])
     raw[pos % len(raw)] = byte
     _decode_or_typed_error(bytes(raw))
+
+
+# -- raw entries: what the relay carries ---------------------------------------------------------
+
+@given(messages)
+@settings(max_examples=200, deadline=None)
+def test_split_gives_each_entry_as_v1_bytes(msg: SyncMessage) -> None:
+    syncid, raws = codec.split(encode(msg))
+    assert syncid == msg.syncid
+    assert raws == [codec.encode_conn(c) for c in msg.conns]
+    codec.check_entries(raws)
+    for raw, c in zip(raws, msg.conns):
+        assert codec.decode_entry(raw) == c
+        assert codec.entry_key(raw) == codec.key_bytes(c.key())
+        assert codec.entry_timeout(raw) == c.timeout
+        assert codec.decode_entry(codec.entry_with_timeout(raw, 7)) == c.with_timeout(7)
+
+
+def test_split_of_the_vectors_and_of_plain_entries() -> None:
+    for raw in _vectors():
+        syncid, raws = codec.split(raw)
+        assert (syncid, raws) == (1, [codec.encode_conn(c) for c in decode(raw).conns])
+    plain = [_conn(cport=i) for i in range(40)]  # the fast path: 36-byte entries only
+    (gram,) = encode_many(plain, syncid=9)
+    assert codec.split(gram) == (9, [codec.encode_conn(c) for c in plain])
+    bad = bytearray(gram)
+    bad[8 + 36 * 5 + 2] = 0x10  # an entry version in the size field
+    with pytest.raises(DecodeError):
+        codec.split(bytes(bad))
+
+
+@given(st.lists(v1_conns(), max_size=60), st.integers(120, 3000))
+@settings(max_examples=100, deadline=None)
+def test_assemble_packs_as_encode_many(conns: list[SyncConn], maxlen: int) -> None:
+    raws = [codec.encode_conn(c) for c in conns]
+    assert codec.assemble(raws, syncid=4, maxlen=maxlen) == encode_many(conns, syncid=4,
+                                                                         maxlen=maxlen)
+
+
+def test_assemble_plain_entries_fill_datagrams() -> None:
+    raws = [codec.encode_conn(_conn(cport=i)) for i in range(100)]
+    grams = codec.assemble(raws, syncid=4)
+    assert [len(decode(g).conns) for g in grams] == [40, 40, 20]  # 8 + 40 * 36 <= 1472
+    assert grams == encode_many([_conn(cport=i) for i in range(100)], syncid=4)
+
+
+@pytest.mark.parametrize("bad", [
+    [b""], [b"\x00" * 35], [b"\x00" * 37], ["text"], [None], [[1, 2]],
+    [codec.encode_conn(_conn())[:-1]],
+    [b"\x02" + codec.encode_conn(_conn())[1:]],                         # unknown entry type
+    [codec.encode_conn(_conn())[:2] + b"\x10\x24" + codec.encode_conn(_conn())[4:]],  # version
+    [codec.encode_conn(_conn(in_seq=SEQ[0], out_seq=SEQ[1]))[:-1]],   # option cut short
+    [codec.encode_conn(_conn())] * 3 + [b"\x00" * 36 + b"\x00"],        # one bad in a batch
+    [codec.encode_conn(_conn())[:35], codec.encode_conn(_conn()) + b"\x00"],  # lengths sum up
+])
+def test_check_entries_refuses_what_is_not_an_entry(bad: list[object]) -> None:
+    with pytest.raises(DecodeError):
+        codec.check_entries(bad)
+
+
+@given(st.lists(st.binary(min_size=30, max_size=120), min_size=1, max_size=5))
+@settings(max_examples=300, deadline=None)
+def test_fuzz_check_entries_accepts_only_entries(raws: list[bytes]) -> None:
+    try:
+        codec.check_entries(raws)
+    except DecodeError as exc:
+        assert "\n" not in str(exc)
+        return
+    for raw in raws:  # what passes is an entry, exactly as the encoder makes it
+        assert codec.encode_conn(codec.decode_entry(raw)) == raw

@@ -511,9 +511,15 @@ def test_conntrack_entries_are_created_on_the_peer_and_the_barrier_waits(
 def test_conntrack_wire_form_round_trips_and_refuses_garbage(fake_ct: types.ModuleType) -> None:
     from clusterbus.plugins.connsync import CtOp, entry_from_wire, entry_to_wire
     codec = sys.modules["clusterbus.plugins.connsync.codec"]
-    for op in (CtOp(entry=_ct(5)), CtOp(entry=_ct(6), destroy=True), _conn(1)):
+    for op in (CtOp(entry=_ct(5)), CtOp(entry=_ct(6), destroy=True)):
         wire = msgpack.unpackb(msgpack.packb(entry_to_wire(op)), strict_map_key=True)
         assert entry_from_wire(wire, codec, fake_ct) == op
+    # an IPVS entry travels as the bytes of one sync v1 entry, and stays bytes
+    wire = msgpack.unpackb(msgpack.packb(entry_to_wire(_conn(1))), strict_map_key=True)
+    assert wire == codec.encode_conn(_conn(1))
+    assert codec.decode_entry(entry_from_wire(wire, codec, fake_ct)) == _conn(1)
+    # the list form of an older sender is taken too
+    assert entry_from_wire(conn_to_wire(_conn(1)), codec, fake_ct) == wire
     good = msgpack.unpackb(msgpack.packb(entry_to_wire(CtOp(entry=_ct(5)))))
     for bad in (["ct", "x", good[2]], ["ct", "u", {}], ["ct", "u", {**good[2], "p": 1}],
                 ["ct", "u", {**good[2], "o": [b"\x01", b"\x02", 1, 2]}], ["ct", "u"],

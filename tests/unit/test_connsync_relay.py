@@ -325,3 +325,45 @@ def test_incomplete_lists_peers_heard_whose_full_table_is_not_in() -> None:
         b.receive(1, m, 0.0)
     assert b.incomplete(0.0, 3.0) == []  # all three snapshot batches in
     assert b.incomplete(10.0, 3.0) == []
+
+
+def _delayed_run(rtt: float, **kw: Any) -> tuple[Relay, list[int]]:
+    """a streams 40 batches to b over a lossless link of round trip ``rtt``; returns a and
+    a's resend count after each 10 ms step."""
+    a = Relay(run=1, peers=[2], snapshot=list, batch_max=8, window=4, **kw)
+    b = Relay(run=2, peers=[1], snapshot=list)
+    flight: list[tuple[float, str, Any]] = []
+    resends: list[int] = []
+    now = 0.0
+    for step in range(600):
+        if step % 10 == 0 and step < 400:
+            a.originate([[step, i] for i in range(8)])
+        for _, dst, msg in [m for m in flight if m[0] <= now]:
+            target, src = (b, 1) if dst == "b" else (a, 2)
+            for e in target.receive(src, msg, now):
+                if isinstance(e, Send):
+                    flight.append((now + rtt / 2, "a", e.message))
+        flight = [m for m in flight if m[0] > now]
+        for e in a.poll(now):
+            if isinstance(e, Send):
+                flight.append((now + rtt / 2, "b", e.message))
+        b.poll(now)
+        resends.append(a.status(now)[2]["counters"]["resends"])
+        now += 0.01
+    return a, resends
+
+
+def test_the_resend_timeout_follows_the_round_trip() -> None:
+    """A round trip longer than the first timeout: a fixed timeout resends batches all
+    along; the adaptive one learns the round trip and stops resending."""
+    fixed, fixed_resends = _delayed_run(0.3, rto=0.2, rto_min=0.2, rto_max=0.2)
+    adaptive, resends = _delayed_run(0.3, rto=0.2)
+    assert fixed_resends[-1] - fixed_resends[100] > 10
+    assert resends[-1] == resends[100]  # none after the first second
+    st = adaptive.status(6.0)[2]
+    assert st["srtt_ms"] is not None and 290 <= st["srtt_ms"] <= 320
+    assert st["rto_ms"] >= 300
+    assert adaptive.idle() and fixed.idle()
+    # a fast link: the timeout comes down to its floor
+    quick, quick_resends = _delayed_run(0.002, rto=0.5, rto_min=0.05)
+    assert quick_resends[-1] == 0 and quick.status(6.0)[2]["rto_ms"] == 50.0

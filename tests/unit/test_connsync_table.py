@@ -150,3 +150,26 @@ def test_table_matches_a_model(steps: list[tuple]) -> None:
                     for (o, _), (c, exp) in model.items() if o == origin and exp > now}
             got = {c.key(): c.timeout for c in table.snapshot(origin, now)}
             assert got == want
+
+
+@given(ops)
+@settings(max_examples=100, deadline=None)
+def test_apply_many_is_apply_raw_in_order(steps: list[tuple]) -> None:
+    """The batch path (inline keys, one bucket per timeout) holds what one call per entry
+    holds, expiry included."""
+    from clusterbus.plugins.connsync import codec
+    one, many = ConnTable(default_timeout=7), ConnTable(default_timeout=7)
+    now = 0.0
+    batch: list[bytes] = []
+    for step in steps:
+        if step[0] != "apply":
+            continue
+        _, _origin, port, timeout, dt = step
+        raw = codec.encode_conn(_conn(cport=port, timeout=timeout,
+                                      flags=F_TEMPLATE if port == 3 else 3))
+        one.apply_raw("a", raw, now)
+        batch.append(raw)
+    many.apply_many("a", batch, now)
+    for t in (0.0, 5.0, 7.0, 20.0, 41.0):
+        assert sorted(one.snapshot_raw("a", t)) == sorted(many.snapshot_raw("a", t))
+        assert one.expire(t) == many.expire(t) and len(one) == len(many)
