@@ -280,7 +280,7 @@ persistence_timeout = 300
             self.proc = subprocess.Popen(["ip", "netns", "exec", self.ns, CLUSTERBUS, "run",
                                           "-c", str(self.config)],
                                          stdout=log, stderr=subprocess.STDOUT)
-        until(f"director {self.name} to answer", self.try_status, self.logs)
+        until(f"director {self.name} to answer", self.try_status, self.logs, limit=2 * LIMIT)
         return self
 
     def logs(self) -> str:
@@ -801,18 +801,43 @@ def out_packets(d: Director, daddr: str) -> int:
     raise AssertionError(f"no real server {daddr} in {d.name}'s IPVS")
 
 
-@pytest.mark.parametrize("sync", [True, False], ids=["connsync", "no-connsync"])
-def test_nat_failover_keeps_connections(nat_lab: Lab, sync: bool) -> None:
+def ct_ports(d: Director, vip: str, daddr: str) -> set[int]:
+    """Client ports of director ``d``'s conntrack entries from the client to ``vip``:80
+    whose reply comes from real server ``daddr`` (the NAT tuple IPVS gave them)."""
+    out = nsx(d.ns, "conntrack", "-L", "-p", "tcp", check=False)
+    pattern = (rf"src={re.escape(CLIENT)} dst={re.escape(vip)} sport=(\d+) dport=80 "
+               rf"(?:\S+ )*?src={re.escape(daddr)} dst={re.escape(CLIENT)} sport=80")
+    return {int(m) for m in re.findall(pattern, out)}
+
+
+@pytest.mark.parametrize("sync,conntrack", [(True, False), (False, False)],
+                         ids=["connsync", "no-connsync"])
+def test_nat_failover_keeps_connections(nat_lab: Lab, sync: bool, conntrack: bool) -> None:
     """LVS-NAT, two-armed: the client on br0, the three real servers on br1 behind the
     directors, their default route via GATEWAY (VRRP instance VI_G on eth1, same owner and
     priorities as VIP1's VI_1), so their replies pass the director holding the VIP, whose
     IPVS rewrites them back to the VIP. A flowing connection through VIP1 (on A); A is
     killed and cut off from both networks; B takes VIP1 and the gateway. With conn-sync:
-    no reset, and a new connection of the client reaches the same real server (the
-    template was synced). Without: the moved connection is reset (the test can fail)."""
+    no reset, the real server's replies go through B's IPVS, and a new connection of the
+    client reaches the same real server (the template was synced). Without: the moved
+    connection is reset (the test can fail).
+
+    ``connsync-conntrack``: ``net.ipv4.vs.conntrack = 1`` (IPVS keeps a netfilter entry per
+    connection, its reply tuple the real server's) and ``[connsync] conntrack = true``: A's
+    netfilter entry of the connection, NAT reply tuple included, is created in B's table,
+    and the connection goes on through B with it."""
     lab = nat_lab
-    a, b = start_pair(lab, sync=sync)
+    if conntrack:
+        _modprobe("nf_conntrack_netlink")
+    extra = "conntrack = true\n" if conntrack else ""
+    a = lab.director("A", sync=sync, extra=extra)
+    b = lab.director("B", sync=sync, extra=extra)
     vip = VIPS["VI_1"]
+    for d in (a, b):
+        if conntrack:
+            nsx(d.ns, "sysctl", "-qw", "net.ipv4.vs.conntrack=1")
+        d.start()
+    settled(lab, [a, b], sync=sync)
     moved = lab.client(vip)
     until("data flowing", lambda: moved.echoed() >= 10, lab.logs)
     daddr = lab.rs_addr(moved)
@@ -826,6 +851,10 @@ def test_nat_failover_keeps_connections(nat_lab: Lab, sync: bool) -> None:
     else:
         time.sleep(2.0)
         assert not conn_in(b.ns, vip, moved.cport, daddr)
+    if conntrack:  # IPVS keeps A's netfilter entry; conn-sync creates it in B's table
+        assert moved.cport in ct_ports(a, vip, daddr), nsx(a.ns, "conntrack", "-L")
+        until("A's conntrack entry in B's table", lambda: moved.cport in ct_ports(b, vip, daddr),
+              lambda: nsx(b.ns, "conntrack", "-L", check=False) + lab.logs())
 
     fail(lab, a)
     for inst in ("VI_1", "VI_G"):
@@ -835,8 +864,8 @@ def test_nat_failover_keeps_connections(nat_lab: Lab, sync: bool) -> None:
           lambda: moved.result() is not None or moved.echoed() >= at_takeover + 40,
           lambda: "\n".join(moved.lines[-5:]) + ipvs_status(b) + lab.logs())
     res = moved.finish()
-    print(f"NAT sync={sync}: moved {res}, before takeover {at_takeover} echoes, "
-          f"server {moved.server}")
+    print(f"NAT sync={sync} conntrack={conntrack}: moved {res}, before takeover "
+          f"{at_takeover} echoes, server {moved.server}")
     if sync:
         assert res["error"] is None, (res, ipvs_status(b), lab.logs())
         assert res["echoed"] >= at_takeover + 40, res
@@ -845,6 +874,10 @@ def test_nat_failover_keeps_connections(nat_lab: Lab, sync: bool) -> None:
         assert who_serves(vip) == moved.server  # the template was synced
         barrier = b.connsync()["last_barrier"]
         assert barrier["passed"] and barrier["instance"] in ("VI_1", "VI_G"), barrier
+        if conntrack:
+            peer = b.connsync()["peers"]["1"]
+            assert peer["conntrack.created"] > 0 and peer["conntrack.failed"] == 0, peer
+            assert moved.cport in ct_ports(b, vip, daddr), nsx(b.ns, "conntrack", "-L")
     else:
         assert res["error"] is not None and "Reset" in res["error"], res
 
@@ -918,7 +951,8 @@ def test_three_directors_sync_and_resync(lab3: Lab) -> None:
 
         fail(lab, a)
         until("D MASTER of VI_1", lambda: d.vrrp("VI_1") == "MASTER", lab.logs)
-        assert b.vrrp("VI_1") == "BACKUP"
+        until("B still BACKUP of VI_1 (D's priority is higher)",
+              lambda: b.vrrp("VI_1") == "BACKUP", lab.logs)
         mark = c1.echoed()
         until("A's connection flowing through D",
               lambda: c1.result() is not None or c1.echoed() >= mark + 40,
