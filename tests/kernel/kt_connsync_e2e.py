@@ -31,7 +31,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +62,8 @@ class Layout:
     directors: dict[str, int]
     instances: dict[str, tuple[str, str, dict[str, int]]]
     forward: str = "dr"
+    #: the virtual services' ports on every VIP (the real servers', too)
+    ports: tuple[int, ...] = (80,)
 
     def owner(self, inst: str) -> str:
         prios = self.instances[inst][2]
@@ -227,14 +229,14 @@ preempt_delay = 3.0
 """ for i, (inst, (dev, vip, prios)) in enumerate(layout.instances.items(), 1))
         services = "".join(f"""
 [[ipvs.virtual_server]]
-address = "{vip}:80"
+address = "{vip}:{port}"
 scheduler = "rr"
 persistence_timeout = 300
 """ + "".join(f"""  [[ipvs.virtual_server.real_server]]
   node = {n}
-  port = 80
+  port = {port}
   forward = "{layout.forward}"
-""" for n in layout.rs) for vip in layout.vips.values())
+""" for n in layout.rs) for vip in layout.vips.values() for port in layout.ports)
         nodes = "".join(f'{n} = ["{a}"]\n' for n, a in layout.rs.items())
         connsync = (f'[connsync]\ninterface = "sync0"\nlisten = "tcp://{self.addr}:{PORT}"\n'
                     f'syncid = 7\n{extra}\n' if sync else "")
@@ -810,8 +812,14 @@ def ct_ports(d: Director, vip: str, daddr: str) -> set[int]:
     return {int(m) for m in re.findall(pattern, out)}
 
 
-@pytest.mark.parametrize("sync,conntrack", [(True, False), (False, False)],
-                         ids=["connsync", "no-connsync"])
+@pytest.mark.parametrize("sync,conntrack", [
+    (True, False), (False, False),
+    pytest.param(True, True, marks=pytest.mark.skip(
+        reason="B's kernel refuses A's IPVS-tracked entry (apply.failed.ENOTSUP): ctcodec "
+               "creates a reply tuple that is not the mirror as netfilter DNAT (CTA_NAT_DST), "
+               "which needs nf_nat, not autoloadable in this UML; whether B should hold "
+               "IPVS's entry as a DNAT entry at all is open"))],
+    ids=["connsync", "no-connsync", "connsync-conntrack"])
 def test_nat_failover_keeps_connections(nat_lab: Lab, sync: bool, conntrack: bool) -> None:
     """LVS-NAT, two-armed: the client on br0, the three real servers on br1 behind the
     directors, their default route via GATEWAY (VRRP instance VI_G on eth1, same owner and
@@ -825,10 +833,14 @@ def test_nat_failover_keeps_connections(nat_lab: Lab, sync: bool, conntrack: boo
     ``connsync-conntrack``: ``net.ipv4.vs.conntrack = 1`` (IPVS keeps a netfilter entry per
     connection, its reply tuple the real server's) and ``[connsync] conntrack = true``: A's
     netfilter entry of the connection, NAT reply tuple included, is created in B's table,
-    and the connection goes on through B with it."""
+    and the connection goes on through B with it. A namespace tracks nothing until
+    something asks for conntrack: here an FTP-NAT service (VIP:21), for which IPVS
+    switches tracking on (this UML kernel's nf_tables has no filter chains, and there is
+    no iptables)."""
     lab = nat_lab
     if conntrack:
         _modprobe("nf_conntrack_netlink")
+        lab.layout = replace(NAT, ports=(80, 21))
     extra = "conntrack = true\n" if conntrack else ""
     a = lab.director("A", sync=sync, extra=extra)
     b = lab.director("B", sync=sync, extra=extra)
@@ -854,7 +866,10 @@ def test_nat_failover_keeps_connections(nat_lab: Lab, sync: bool, conntrack: boo
     if conntrack:  # IPVS keeps A's netfilter entry; conn-sync creates it in B's table
         assert moved.cport in ct_ports(a, vip, daddr), nsx(a.ns, "conntrack", "-L")
         until("A's conntrack entry in B's table", lambda: moved.cport in ct_ports(b, vip, daddr),
-              lambda: nsx(b.ns, "conntrack", "-L", check=False) + lab.logs())
+              lambda: nsx(a.ns, "conntrack", "-L", check=False) + "\n"
+              + nsx(b.ns, "conntrack", "-L", check=False) + json.dumps(
+                  {k: v for k, v in b.connsync()["counters"].items() if "conntrack" in k})
+              + lab.logs())
 
     fail(lab, a)
     for inst in ("VI_1", "VI_G"):
