@@ -893,8 +893,11 @@ def test_nat_failover_keeps_connections(nat_lab: Lab, sync: bool, conntrack: boo
             peer = b.connsync()["peers"]["1"]
             assert peer["conntrack.created"] > 0 and peer["conntrack.failed"] == 0, peer
             assert moved.cport in ct_ports(b, vip, daddr), nsx(b.ns, "conntrack", "-L")
-    else:
-        assert res["error"] is not None and "Reset" in res["error"], res
+    else:  # broken: reset by B, or (when B took over slowly under load) the client's
+        # retransmissions backed off past its 10 s read timeout before one reached B
+        assert res["error"] is not None and ("Reset" in res["error"]
+                                             or "timed out" in res["error"]), res
+        assert not conn_in(b.ns, vip, moved.cport, daddr), ipvs_status(b)
 
 
 def test_three_directors_sync_and_resync(lab3: Lab) -> None:
