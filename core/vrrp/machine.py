@@ -783,4 +783,11 @@ class Router:
             self._timers = _Timers()
             self.master_adver_interval = self.advert_interval
             self._follow(adv, src_ip, now)
-        # else: discard (§6.4.3); the other master steps down when it hears us.
+        else:
+            # §6.4.3 says discard: the other master steps down when it hears us. But it
+            # took over (it missed our adverts) and announced the addresses: the hosts it
+            # reached now send to its MAC, and it stops answering for them. Advertise and
+            # announce them again at once, as keepalived does on a lower-priority advert.
+            self._send(self._priority)
+            self._timers.adver = now + self.advert_interval
+            self._effects.append(Announce(addrs=self._vips))

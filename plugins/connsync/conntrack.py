@@ -220,6 +220,8 @@ class Conntrack:
         self._count("apply.updated", updated)
         if failed:
             self._count("apply.failed", sum(failed.values()))
+            for c, n in failed.items():  # why, by errno: apply.failed.EINVAL, ...
+                self._count(f"apply.failed.{errno.errorcode.get(c, str(c))}", n)
             log.debug("conntrack entries refused: %s",
                       ", ".join(f"{n} x {errno.errorcode.get(c, c)}" for c, n in failed.items()))
         return {"created": created, "updated": updated, "failed": sum(failed.values())}

@@ -163,6 +163,24 @@ def test_higher_priority_preempts_after_its_master_down_interval() -> None:
     assert len(removed) == 1
 
 
+def test_master_hearing_a_lower_master_announces_its_addresses_again() -> None:
+    """A backup that missed the master's adverts (a loaded host) took over and sent
+    gratuitous ARPs; it steps down when it hears the master, but the hosts it reached
+    send to its MAC: the master advertises and announces the addresses again at once."""
+    r = Router(cfg("B", 200), now=0.0)
+    r.start(0.0)
+    r.handle_timer(r.next_deadline())  # type: ignore[arg-type]
+    assert r.state is State.MASTER
+    r.drain()
+    lower = Advertisement(version=3, vrid=77, priority=100, addresses=("10.77.0.100",),
+                          max_adver_int_cs=100).to_bytes(src=ADDR["A"], dst="224.0.0.18")
+    r.receive(lower, source=ADDR["A"], dst="224.0.0.18", ttl=255, now=5.0)
+    effects = r.drain()
+    assert [type(e) for e in effects] == [Transmit, Announce], effects
+    assert effects[1] == Announce(addrs=("10.77.0.100",))
+    assert r.state is State.MASTER and r.next_deadline() == approx(6.0)
+
+
 def test_preempt_false_does_not_take_over() -> None:
     link = FakeLink()
     link.add(cfg("A", 100))
