@@ -26,8 +26,8 @@ from typing import Any
 import pytest
 
 IN_UML = os.environ.get("CLUSTERBUS_IN_UML") == "1"
-#: Seconds one UML run may take before it is killed.
-UML_TIMEOUT = float(os.environ.get("CLUSTERBUS_UML_TIMEOUT", "900"))
+#: Seconds the one UML run (every selected kernel test) may take before it is killed.
+UML_TIMEOUT = float(os.environ.get("CLUSTERBUS_UML_TIMEOUT", "3000"))
 
 
 @dataclass

@@ -39,6 +39,10 @@ import pytest
 
 from clusterbus.bus.client import fetch_status
 
+# A lab of two or three directors booting daemons on a loaded host takes minutes: the
+# suite's 300 s per test is too short for setup plus the scenario (a bound, not a check).
+pytestmark = pytest.mark.timeout(900)
+
 CLONE_NEWNET = 0x40000000
 NET = "10.81.0"
 DIRECTORS = {"A": 1, "B": 2}
