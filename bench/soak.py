@@ -39,6 +39,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -306,6 +307,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         except subprocess.TimeoutExpired:
             daemon.kill()
             daemon.wait()
+        shutil.rmtree(tmp, ignore_errors=True)  # sockets, config, the subscribers' samples
 
     first_end, last_start = t0 + window, t0 + elapsed - window
     fast = results[:2]
