@@ -39,6 +39,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -46,6 +47,10 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+#: set to a directory: the daemon writes cProfile stats there (daemon.prof), for finding
+#: where its time goes (the profile slows it down: CPU figures are then not comparable).
+PROFILE_ENV = "CLUSTERBUS_BENCH_PROFILE"
 
 
 def _args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -108,7 +113,23 @@ def daemon_child(config_path: str) -> int:
         print(json.dumps({"pid": os.getpid(), "plugins": names}), flush=True)
         await task
 
-    asyncio.run(main())
+    where = os.environ.get(PROFILE_ENV)
+    if not where:
+        asyncio.run(main())
+        return 0
+    import cProfile
+    import signal
+
+    # the parent stops the daemon with SIGTERM: turn it into SystemExit so the stats
+    # are written
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    prof = cProfile.Profile()
+    try:
+        prof.runcall(lambda: asyncio.run(main()))
+    except SystemExit:
+        pass
+    finally:
+        prof.dump_stats(os.path.join(where, "daemon.prof"))
     return 0
 
 
@@ -161,6 +182,12 @@ def _rss_kb(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     return 0
+
+
+def _cpu_s(pid: int) -> float:
+    # utime + stime (fields 14 and 15 of /proc/PID/stat, after the parenthesised comm)
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _status(snapshot: str) -> dict[str, Any]:
@@ -226,6 +253,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     for n in range(1, args.nodes + 1)] for topic in ("node.up", "node.down")]
         sent = refused = 0
         rss_baseline = 0
+        cpu_start = _cpu_s(pid)
         t0 = time.time()
         start = time.monotonic()
         tick = 0.01
@@ -261,6 +289,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 break
             published = now_pub
         rss_end = _rss_kb(pid)
+        cpu_used = _cpu_s(pid) - cpu_start
         time.sleep(3.0)  # fast subscribers drain; the slow one gets what it can
         for out in outs:
             Path(out + ".stop").touch()
@@ -278,6 +307,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         except subprocess.TimeoutExpired:
             daemon.kill()
             daemon.wait()
+        shutil.rmtree(tmp, ignore_errors=True)  # sockets, config, the subscribers' samples
 
     first_end, last_start = t0 + window, t0 + elapsed - window
     fast = results[:2]
@@ -288,7 +318,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "rate": args.rate, "seconds": args.seconds, "window_s": window,
         "sent": sent, "refused": refused, "achieved_rate": round(sent / elapsed, 1),
-        "published": published, "plugins": ready["plugins"],
+        "published": published,
+        "daemon_cpu_us_per_event": round(cpu_used / published * 1e6, 1) if published else None,
+        "plugins": ready["plugins"],
         "rss_baseline_at_s": settled, "rss_start_kb": rss_start,
         "rss_baseline_kb": rss_baseline, "rss_end_kb": rss_end,
         "rss_growth_pct": round((rss_end - rss_baseline) / rss_baseline * 100, 2)

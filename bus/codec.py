@@ -44,7 +44,7 @@ from ..events import (
     event_from_dict,
     membership_event,
 )
-from ..view import NodeReport, NodeState
+from ..view import NodeReport, NodeState, node_report
 
 __all__ = [
     "FrameError",
@@ -622,10 +622,14 @@ def decode_ingest(frames: Sequence[Any]) -> NodeReport:
     if state is None:
         raise FrameError("bad_topic", f"not a membership topic: {topic[:32]!r}")
     body = unpack_map(raw)
-    if _version(body, topic.decode()) != WIRE_VERSION:
+    # per message: no topic decoding, no set built, unless there is something to refuse
+    v = body.pop("v", None)
+    if type(v) is not int:
+        raise FrameError("bad_version", f"{topic.decode()}: 'v' must be an integer, got {v!r}")
+    if v != WIRE_VERSION:
         raise FrameError("bad_version", "unsupported ingest version")
-    unknown = set(body) - _INGEST_KEYS
-    if unknown:
+    if not body.keys() <= _INGEST_KEYS:
+        unknown = set(body) - _INGEST_KEYS
         raise FrameError("bad_field", f"unknown key(s) {', '.join(sorted(unknown))}")
     if "node" not in body:
         raise FrameError("bad_field", "missing 'node'")
@@ -636,8 +640,9 @@ def decode_ingest(frames: Sequence[Any]) -> NodeReport:
         raise FrameError("bad_field", f"addrs: expected an array of address strings, "
                                       f"got a msgpack {type(addrs).__name__}")
     try:
-        return NodeReport(state=state, node=body["node"], addrs=addrs,
-                          incarnation=body.get("incarnation", 0), reason=INGEST_REASON)
+        # NodeReport(state=..., ...) without the keyword handling: the same checks
+        return node_report(state, body["node"], addrs, body.get("incarnation", 0),
+                           INGEST_REASON)
     except InvalidEvent as exc:
         raise FrameError("bad_field", str(exc)) from None
 

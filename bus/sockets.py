@@ -16,7 +16,7 @@ import zmq
 __all__ = ["EVENTS", "POLLIN", "NOBLOCK", "SNDMORE", "FD", "Reader", "TURN_BUDGET"]
 
 EVENTS, POLLIN, NOBLOCK, FD = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK), int(zmq.FD)
-SNDMORE = int(zmq.SNDMORE)
+SNDMORE, RCVMORE = int(zmq.SNDMORE), int(zmq.RCVMORE)
 
 #: Messages :meth:`Reader.serve` handles per loop turn before it lets the loop run the
 #: rest (heartbeats, requests, timers): a flood costs latency elsewhere of at most this
@@ -51,6 +51,22 @@ class Reader:
             except zmq.Again:
                 pass
         return None
+
+    def _take(self) -> list[bytes] | None:
+        """:meth:`poll` for a drain in progress: while messages are queued, reading
+        ``EVENTS`` before each one costs more than the message (libzmq processes its
+        command queue for it), so this receives first and reads ``EVENTS`` (through
+        :meth:`poll`, which also re-arms the fd) only once a receive found nothing.
+        ``recv_multipart``'s own loop is inlined with the plain-int ``RCVMORE``."""
+        sock = self.sock
+        try:
+            frames = [sock.recv(NOBLOCK)]
+        except zmq.Again:
+            return self.poll()
+        get, recv = sock.get, sock.recv
+        while get(RCVMORE):  # the parts of a message arrive together: never EAGAIN here
+            frames.append(recv(NOBLOCK))
+        return frames
 
     async def recv(self) -> list[bytes]:
         """The next message, waiting for one."""
@@ -95,7 +111,7 @@ class Reader:
         delays the loop's other work by one budget's worth, never starves it."""
         while True:
             for _ in range(budget):
-                frames = self.poll()
+                frames = self._take()
                 if frames is None:
                     await self.readable()
                     break

@@ -528,6 +528,15 @@ def _event_caller(impl: pluggy.HookImpl) -> Callable[[Any, Any], Any]:
     argnames = tuple(impl.argnames)
     if argnames == ("event", "cluster"):
         return function  # nearly every implementation: called directly
+    # the other shapes, without a dict and a list built per event
+    if argnames == ("event",):
+        return lambda event, cluster: function(event)
+    if argnames == ("cluster",):
+        return lambda event, cluster: function(cluster)
+    if argnames == ():
+        return lambda event, cluster: function()
+    if argnames == ("cluster", "event"):
+        return lambda event, cluster: function(cluster, event)
 
     # an implementation may take a subset of the hook's arguments, in any order
     def call(event: Any, cluster: Any) -> Any:

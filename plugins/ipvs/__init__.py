@@ -162,8 +162,10 @@ class IpvsPlugin:
     @hookimpl
     def clusterbus_event(self, event: Event, cluster: Cluster) -> None:
         """A node's addresses changed: real servers given by node number may move."""
+        if not isinstance(event, NodemapChanged):
+            return  # every event comes here: the cheap test first
         applier = self.applier(cluster)
-        if applier is not None and isinstance(event, NodemapChanged):
+        if applier is not None:
             applier.touch_node(event.node, event.topic)
 
 
