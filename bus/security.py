@@ -369,10 +369,16 @@ class BusSecurity:
                 continue
             kind = event["event"]
             if kind == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
-                # The peer closed the connection before the handshake finished (a client
-                # that gave up, a TCP health check): nothing was refused.
+                # The peer closed the connection before the handshake finished: a client
+                # that gave up, a TCP health check, or a client without CURVE that saw the
+                # mismatch first. The daemon refused nothing.
                 key = f"handshake_dropped.{name}"
                 self.counters[key] = self.counters.get(key, 0) + 1
+                self.limited.warning(("dropped", name),
+                                     "bus.%s: a connection closed during the CURVE handshake "
+                                     "(a client that does not speak CURVE with this daemon's "
+                                     "key, one that gave up waiting, or a TCP health check; "
+                                     "counted as handshake_dropped.%s)", name, name)
                 continue
             self.counters["auth_denied"] = self.counters.get("auth_denied", 0) + 1
             key = f"auth_denied.{name}"
