@@ -523,27 +523,18 @@ def _did_you_mean(hook: str) -> str:
 
 
 def _event_caller(impl: pluggy.HookImpl) -> Callable[[Any, Any], Any]:
-    """``impl``'s function as a ``(event, cluster)`` callable."""
-    function = impl.function
-    argnames = tuple(impl.argnames)
-    if argnames == ("event", "cluster"):
-        return function  # nearly every implementation: called directly
-    # the other shapes, without a dict and a list built per event
-    if argnames == ("event",):
-        return lambda event, cluster: function(event)
-    if argnames == ("cluster",):
-        return lambda event, cluster: function(cluster)
-    if argnames == ():
-        return lambda event, cluster: function()
-    if argnames == ("cluster", "event"):
-        return lambda event, cluster: function(cluster, event)
-
-    # an implementation may take a subset of the hook's arguments, in any order
-    def call(event: Any, cluster: Any) -> Any:
-        kwargs = {"event": event, "cluster": cluster}
-        return function(*[kwargs[a] for a in argnames])
-
-    return call
+    """``impl``'s function as a ``(event, cluster)`` callable, with no dict or list built per
+    event. Event hooks take ``(event, cluster)``; pluggy lets an implementation take any
+    subset in any order, so these five shapes are all there are."""
+    f = impl.function
+    shapes: dict[tuple[str, ...], Callable[[Any, Any], Any]] = {
+        ("event", "cluster"): f,  # nearly every implementation: called directly
+        ("cluster", "event"): lambda event, cluster: f(cluster, event),
+        ("event",): lambda event, cluster: f(event),
+        ("cluster",): lambda event, cluster: f(cluster),
+        (): lambda event, cluster: f(),
+    }
+    return shapes[tuple(impl.argnames)]
 
 
 def _observed(function: Callable[[Any, Any], Any], plugin: str, hook: str,
