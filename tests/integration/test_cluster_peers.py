@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cbdaemon import CLUSTERBUS
+from cbdaemon import CLUSTERBUS, stop_process
 from loopbus import dead_endpoint
 from netns import Topology, is_root
 
@@ -120,13 +120,7 @@ class Director:
         self.proc.wait(10)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ from typing import Any
 
 import pytest
 from cbdaemon import CLUSTERBUS
+from cbdaemon import stop_process as stop
 from loopbus import dead_endpoint
 
 from clusterbus.bus.client import fetch_snapshot, fetch_status
@@ -50,16 +50,6 @@ def wait_status(snapshot: str, log: Path, proc: subprocess.Popen[bytes],
             if time.monotonic() > deadline:
                 raise RuntimeError(f"daemon not ready:\n{log.read_text()}") from None
             time.sleep(0.1)
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 class CurveDaemon:

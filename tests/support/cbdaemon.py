@@ -45,6 +45,26 @@ def status(snapshot_endpoint: str, timeout: float = 2.0) -> dict[str, Any]:
     return asyncio.run(fetch_status(snapshot_endpoint, timeout=timeout))
 
 
+def stop_process(proc: subprocess.Popen[Any] | None, timeout: float = 10.0) -> int | None:
+    """SIGTERM ``proc`` (a daemon or client this test started), SIGKILL after ``timeout``;
+    its exit status (``None`` when never started)."""
+    if proc is None or proc.poll() is not None:
+        return proc.returncode if proc else None
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait(5)
+
+
+def kill9_process(proc: subprocess.Popen[Any] | None) -> None:
+    """SIGKILL ``proc`` if it still runs, and reap it."""
+    if proc is not None and proc.poll() is None:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+
+
 class Daemon:
     """``clusterbus run -c FILE`` in namespace ``ns`` (None: this namespace)."""
 
@@ -102,11 +122,4 @@ class Daemon:
         return p
 
     def stop(self, timeout: float = 10.0) -> int | None:
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else None
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait(5)
+        return stop_process(self.proc, timeout)
