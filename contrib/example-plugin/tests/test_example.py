@@ -20,10 +20,24 @@ def test_membership_changes_reach_the_hooks_in_order():
     bus.node_up(3, "10.0.0.3")
     bus.node_up(3, "10.0.0.3")  # a duplicate: no view change, no hook call
     bus.node_down(3)
-    assert example.seen == [("up", 3), ("down", 3)]
+    assert list(example.seen) == [("up", 3), ("down", 3)]
     assert bus.hooks() == ["clusterbus_node_up", "clusterbus_event",
                            "clusterbus_node_down", "clusterbus_event"]
     assert bus.failures["example"] == 0 and bus.stats()["example"]["calls"] >= 3
+
+
+def test_it_keeps_only_the_last_changes_in_memory():
+    # a plugin lives as long as the daemon: a flapping node must not grow it (the soak
+    # found the daemon's RSS growing ~90 bytes per event while this was an unbounded list)
+    from clusterbus_example import SEEN_MAX
+
+    example = ExamplePlugin()
+    bus = PluginBus({"example": example})
+    for _ in range(SEEN_MAX):
+        bus.node_up(5, "10.0.0.5")
+        bus.node_down(5)
+    assert len(example.seen) == SEEN_MAX
+    assert example.seen[-1] == ("down", 5) and example.seen[0] == ("up", 5)
 
 
 def test_the_service_appends_one_json_line_per_change(tmp_path):
