@@ -168,4 +168,4 @@ def test_the_example_plugins_own_tests_pass():
                         str(ROOT / "contrib" / "example-plugin" / "tests")],
                        capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert p.returncode == 0, p.stdout + p.stderr
-    assert "3 passed" in p.stdout
+    assert "4 passed" in p.stdout
