@@ -132,6 +132,8 @@ class IpvsPlugin:
     @hookimpl
     def clusterbus_node_down(self, event: NodeDown, cluster: Cluster) -> None:
         """Quiesce or remove the node's real servers (only the services it serves)."""
+        if event.origin != cluster.local_node:
+            return  # a peer director's view: the local one (the node map) did not move
         applier = self.applier(cluster)
         if applier is not None:
             applier.touch_node(event.node, event.topic)
@@ -139,6 +141,8 @@ class IpvsPlugin:
     @hookimpl
     def clusterbus_node_up(self, event: NodeUp, cluster: Cluster) -> None:
         """Restore the node's real servers."""
+        if event.origin != cluster.local_node:
+            return
         applier = self.applier(cluster)
         if applier is not None:
             applier.touch_node(event.node, event.topic)
@@ -164,6 +168,8 @@ class IpvsPlugin:
         """A node's addresses changed: real servers given by node number may move."""
         if not isinstance(event, NodemapChanged):
             return  # every event comes here: the cheap test first
+        if event.origin != cluster.local_node:
+            return  # a peer's node map
         applier = self.applier(cluster)
         if applier is not None:
             applier.touch_node(event.node, event.topic)

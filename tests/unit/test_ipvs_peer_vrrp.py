@@ -1,5 +1,7 @@
 """The kernel sync daemon follows this director's VRRP instance, never a peer director's
-(whose ``vrrp.transition`` events reach the local hooks over ``[[cluster.peer]]`` links)."""
+(whose ``vrrp.transition`` events reach the local hooks over ``[[cluster.peer]]`` links);
+and a peer's membership events do not make the applier re-check real servers (the local
+node map, which the applier follows, did not move)."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ import time
 
 from clusterbus.config import parse_config
 from clusterbus.engine import Engine
-from clusterbus.events import VrrpTransition
+from clusterbus.events import NodeDown, NodemapChanged, NodeUp, VrrpTransition
 from clusterbus.pluginhost import PluginHost
 from clusterbus.plugins import ipvs
 
@@ -38,3 +40,26 @@ def test_a_peers_transition_does_not_move_the_local_sync_daemon() -> None:
     assert applier._sync_state == "master"
     ipvs.plugin.clusterbus_vrrp_transition(event=_transition(1, "BACKUP"), cluster=engine.cluster)
     assert applier._sync_state == "backup"
+
+
+def test_a_peers_membership_events_do_not_wake_the_applier() -> None:
+    host = PluginHost(enable=["ipvs"])
+    host.load_entrypoints()
+    engine = Engine(origin=1, plugins=host)
+    host.configure(parse_config(CONFIG, file="t.toml"), engine.cluster)
+    ipvs.plugin.clusterbus_services(cluster=engine.cluster)
+    applier = ipvs.plugin.applier(engine.cluster)
+    assert applier is not None
+    stamp = {"seq": 1, "time": time.time(), "node": 7, "view": 1}
+    cluster = engine.cluster
+    ipvs.plugin.clusterbus_node_down(event=NodeDown(origin=2, reason="peer", **stamp),
+                                     cluster=cluster)
+    ipvs.plugin.clusterbus_node_up(event=NodeUp(origin=2, reason="peer", **stamp),
+                                   cluster=cluster)
+    ipvs.plugin.clusterbus_event(event=NodemapChanged(origin=2, seq=1, time=time.time(), node=7,
+                                                      addrs=("10.0.0.7",), reason="peer"),
+                                 cluster=cluster)
+    assert applier._nodes == {} and not applier._wake.is_set()
+    ipvs.plugin.clusterbus_node_down(event=NodeDown(origin=1, reason="local", **stamp),
+                                     cluster=cluster)
+    assert applier._nodes == {7: "node.down"} and applier._wake.is_set()
