@@ -1,19 +1,12 @@
 """The publisher: an engine sink that sends every event on an XPUB socket, keeps it in the
 replay ring, and sends heartbeats.
 
-Slow-subscriber policy (docs/wire-protocol.md, "Slow subscribers"): a subscriber's queue
-holds about ``bus.send_hwm`` *events*. libzmq's ``SNDHWM`` counts messages, and a batch
-frame carries up to :data:`~clusterbus.bus.codec.MAX_BATCH_EVENTS` events, so while anyone
-subscribes to ``_batch`` the socket's ``SNDHWM`` is ``send_hwm`` divided by the size of the
-largest recent batch frame (rounded up to a power of two): lowered at once when a bigger
-batch is about to be sent, relaxed at the next heartbeat when batches got smaller. libzmq
-applies a new ``SNDHWM`` to every connected subscriber's pipe (and a new connection starts
-at the bind-time value, so the limit is set again when its subscription arrives). A
-PUB/XPUB socket never blocks: once a subscriber's queue is full, libzmq drops that
-subscriber's messages (and only that subscriber's) until it catches up. The daemon cannot
-see those drops (libzmq does not report them); the subscriber sees the hole in the seq
-numbers, or a heartbeat whose seq is ahead of what it has, and repairs it from the replay
-ring. The loop is never blocked: sends use
+Slow-subscriber policy (docs/wire-protocol.md, "Slow subscribers"): the XPUB socket has
+``SNDHWM = bus.send_hwm`` frames per subscriber. A PUB/XPUB socket never blocks: once a
+subscriber's queue is full, libzmq drops that subscriber's messages (and only that
+subscriber's) until it catches up. The daemon cannot see those drops (libzmq does not report
+them); the subscriber sees the hole in the seq numbers, or a heartbeat whose seq is ahead of
+what it has, and repairs it from the replay ring. The loop is never blocked: sends use
 ``NOBLOCK`` and a failed send (``EAGAIN``, which an XPUB without ``XPUB_NODROP`` does not
 normally return) is counted, not retried.
 
@@ -108,7 +101,7 @@ class Publisher:
     :param epoch: this daemon run's epoch (random non-zero u64).
     :param origin: the daemon's node number.
     :param ring: the replay ring to fill.
-    :param send_hwm: events queued per subscriber before libzmq drops for it.
+    :param send_hwm: frames queued per subscriber before libzmq drops for it.
     :param heartbeat_interval: seconds between heartbeats.
     :param counters: the service's counter dict (updated in place).
     :param clock: UNIX time source for heartbeats.
@@ -157,14 +150,8 @@ class Publisher:
         self.subscriptions: dict[bytes, int] = {}
         self._want_single = False
         self._want_batch = False
-        #: the socket's SNDHWM (messages per subscriber) now
-        self.hwm_frames = send_hwm
-        #: events per batch frame that SNDHWM was computed for (a power of two)
-        self._hwm_bucket = 1
-        #: events in the largest batch frame since the last heartbeat
-        self._batch_peak = 0
         for key in ("published", "frames_sent", "batches_sent", "send_again", "encode_failed",
-                    "heartbeats", "subscribe", "unsubscribe", "hwm_changes"):
+                    "heartbeats", "subscribe", "unsubscribe"):
             counters.setdefault(key, 0)
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -272,12 +259,6 @@ class Publisher:
                 except zmq.Again:
                     again += 1
         if self._want_batch:
-            # the largest frame of this flush, at most: lower SNDHWM before sending it
-            peak = min(len(pending) >> 1, MAX_BATCH_EVENTS)
-            if peak > self._batch_peak:
-                self._batch_peak = peak
-                if peak > self._hwm_bucket:
-                    self._limit(peak)
             head = self._batch_head
             for chunk in split_batches(pending):
                 try:
@@ -298,9 +279,6 @@ class Publisher:
         if self._sock is None:
             return None
         self._send_pending()
-        # relax the limit if batches got smaller (or nobody takes batches any more)
-        self._limit(self._batch_peak)
-        self._batch_peak = 0
         hb = Heartbeat(epoch=self.epoch, origin=self.origin, seq=self.sent_seq,
                        time=self.clock(), interval=self.heartbeat_interval, batch=True)
         try:
@@ -317,20 +295,6 @@ class Publisher:
             self.send_heartbeat()
             await asyncio.sleep(self.heartbeat_interval)
 
-    def _limit(self, peak: int, *, force: bool = False) -> None:
-        """Set SNDHWM so that a subscriber's queue holds about ``send_hwm`` events when
-        batch frames carry up to ``peak`` events (1: single-event frames only)."""
-        sock = self._sock
-        if sock is None:
-            return
-        bucket = 1 << (peak - 1).bit_length() if peak > 1 else 1
-        self._hwm_bucket = bucket
-        frames = max(1, self.send_hwm // bucket) if self._want_batch else self.send_hwm
-        if frames != self.hwm_frames or force:
-            sock.setsockopt(zmq.SNDHWM, frames)  # libzmq applies it to every pipe
-            self.hwm_frames = frames
-            self.counters["hwm_changes"] += 1
-
     # -- subscriptions (XPUB) ---------------------------------------------------------------
 
     def _on_readable(self) -> None:
@@ -341,7 +305,7 @@ class Publisher:
         if sock is None:
             return
         # The ZeroMQ FD only signals a change of EVENTS; read while POLLIN is set.
-        changed = joined = False
+        changed = False
         subs = self.subscriptions
         while int(sock.getsockopt(EVENTS)) & POLLIN:
             try:
@@ -352,7 +316,7 @@ class Publisher:
             if msg[:1] == b"\x01":
                 self.counters["subscribe"] += 1
                 subs[prefix] = subs.get(prefix, 0) + 1
-                changed = joined = True
+                changed = True
                 log.debug("subscription %r", prefix[:64])
             elif msg[:1] == b"\x00":
                 self.counters["unsubscribe"] += 1
@@ -366,8 +330,6 @@ class Publisher:
         if changed:
             self._want_batch = BATCH_TOPIC in subs
             self._want_single = any(p not in _NOT_SINGLE for p in subs)
-            # a new subscriber's pipe has the bind-time SNDHWM: set the current one again
-            self._limit(self._hwm_bucket, force=joined and self.hwm_frames != self.send_hwm)
 
     def status(self) -> dict[str, Any]:
         """Plain-data status of the publisher."""
@@ -375,7 +337,6 @@ class Publisher:
             "endpoint": self.bound or self.endpoint,
             "sent_seq": self.sent_seq,
             "send_hwm": self.send_hwm,
-            "send_hwm_frames": self.hwm_frames,
             # the first few prefixes only: subscribers choose them, the status stays small
             "subscriptions": {p[:64].decode("utf-8", "replace"): n
                               for p, n in sorted(self.subscriptions.items())[:32]},
