@@ -1,8 +1,11 @@
 """The publisher: an engine sink that sends every event on an XPUB socket, keeps it in the
 replay ring, and sends heartbeats.
 
-Slow-subscriber policy (docs/wire-protocol.md, "Slow subscribers"): the XPUB socket has
-``SNDHWM = bus.send_hwm`` frames per subscriber. A PUB/XPUB socket never blocks: once a
+Slow-subscriber policy (docs/wire-protocol.md, "Slow subscribers"): a subscriber's queue
+holds at most about ``bus.send_hwm`` events. libzmq's ``SNDHWM`` counts messages and a batch
+message carries up to :data:`BATCH_EVENTS` events, so the socket's ``SNDHWM`` is
+``send_hwm / BATCH_EVENTS`` messages (:func:`hwm_messages`), set once before it binds
+(lowering it on connected pipes stalls them: see the wire document). A PUB/XPUB socket never blocks: once a
 subscriber's queue is full, libzmq drops that subscriber's messages (and only that
 subscriber's) until it catches up. The daemon cannot see those drops (libzmq does not report
 them); the subscriber sees the hole in the seq numbers, or a heartbeat whose seq is ahead of
@@ -17,7 +20,8 @@ so no subscription message is left unread.
 
 Batches: a subscriber that subscribes to exactly ``_batch`` (the Python client does once a
 heartbeat says ``batch``) receives the events of one flush as batch frames of up to
-:data:`~clusterbus.bus.codec.MAX_BATCH_EVENTS` events: one ZeroMQ send and one receive for
+:data:`BATCH_EVENTS` events (the decoders accept up to
+:data:`~clusterbus.bus.codec.MAX_BATCH_EVENTS`): one ZeroMQ send and one receive for
 many events instead of one each. ``XPUB_VERBOSER`` passes every subscription and
 unsubscription (a disconnect unsubscribes everything the peer had), so the publisher
 counts subscriptions per prefix and sends single-event frames only while someone
@@ -53,7 +57,8 @@ from .codec import (
 from .ring import Ring
 from .sockets import EVENTS, NOBLOCK, POLLIN
 
-__all__ = ["Publisher", "split_batches", "BATCH_BYTES", "IDLE_AFTER"]
+__all__ = ["Publisher", "split_batches", "hwm_messages", "BATCH_BYTES", "BATCH_EVENTS",
+           "IDLE_AFTER"]
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +66,11 @@ log = logging.getLogger(__name__)
 #: Bytes of batch elements per batch frame: below the decoders' MAX_FRAME with room for
 #: the frame's own head (16 bytes at most).
 BATCH_BYTES = MAX_FRAME - 4096
+#: Events per batch frame sent. Small enough that ``send_hwm`` messages of them stay close
+#: to ``send_hwm`` events (a subscriber's queue is bounded in events, see
+#: :func:`hwm_messages`); large enough that a subscriber at 10,000 events/s receives a
+#: few hundred messages a second, not ten thousand.
+BATCH_EVENTS = 32
 #: Seconds without sending events after which the daemon counts as idle: the next event
 #: is sent at once rather than at the end of its loop turn. Under load the next turn's
 #: first event follows the previous flush within tens of microseconds and waits for its
@@ -71,22 +81,31 @@ _monotonic = time.monotonic
 _NOT_SINGLE = frozenset((BATCH_TOPIC, HEARTBEAT_TOPIC))
 
 
-def split_batches(parts: list[bytes]) -> Iterator[list[bytes]]:
+def hwm_messages(send_hwm: int) -> int:
+    """The XPUB socket's ``SNDHWM`` (messages) for a queue of about ``send_hwm`` events per
+    subscriber: a batch subscriber's messages carry up to :data:`BATCH_EVENTS` events each,
+    a single-frame subscriber's one (it gets that many events of slack, then repairs)."""
+    return max(1, -(-send_hwm // BATCH_EVENTS))
+
+
+def split_batches(parts: list[bytes], max_events: int = BATCH_EVENTS,
+                  max_bytes: int = BATCH_BYTES) -> Iterator[list[bytes]]:
     """Group a flush's encoded events, in order, into the parts of batch frames (for
-    :func:`~clusterbus.bus.codec.batch_frame`): at most :data:`MAX_BATCH_EVENTS` events
-    and :data:`BATCH_BYTES` bytes of elements each (one event bigger than that still gets
-    a batch of its own).
+    :func:`~clusterbus.bus.codec.batch_frame`): at most ``max_events`` events and
+    ``max_bytes`` bytes of elements each (one event bigger than that still gets a batch of
+    its own).
 
     :param parts: for each event, its batch element head and its body, flat.
     """
-    if len(parts) <= 2 * MAX_BATCH_EVENTS and sum(map(len, parts)) <= BATCH_BYTES:
+    assert 0 < max_events <= MAX_BATCH_EVENTS
+    if len(parts) <= 2 * max_events and sum(map(len, parts)) <= max_bytes:
         if parts:
             yield parts  # the usual flush: one frame, no per-event work
         return
     start = size = 0
     for i in range(0, len(parts), 2):
         n = len(parts[i]) + len(parts[i + 1])
-        if i > start and (i - start == 2 * MAX_BATCH_EVENTS or size + n > BATCH_BYTES):
+        if i > start and (i - start == 2 * max_events or size + n > max_bytes):
             yield parts[start:i]
             start, size = i, 0
         size += n
@@ -101,7 +120,7 @@ class Publisher:
     :param epoch: this daemon run's epoch (random non-zero u64).
     :param origin: the daemon's node number.
     :param ring: the replay ring to fill.
-    :param send_hwm: frames queued per subscriber before libzmq drops for it.
+    :param send_hwm: events queued per subscriber before libzmq drops for it.
     :param heartbeat_interval: seconds between heartbeats.
     :param counters: the service's counter dict (updated in place).
     :param clock: UNIX time source for heartbeats.
@@ -168,7 +187,7 @@ class Publisher:
         sock = context.socket(zmq.XPUB)
         try:
             sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.SNDHWM, self.send_hwm)
+            sock.setsockopt(zmq.SNDHWM, hwm_messages(self.send_hwm))
             # XPUB_VERBOSER passes every (un)subscription up, not only the first per topic,
             # so the counters count subscribers rather than distinct topics.
             sock.setsockopt(zmq.XPUB_VERBOSER, 1)
@@ -337,6 +356,7 @@ class Publisher:
             "endpoint": self.bound or self.endpoint,
             "sent_seq": self.sent_seq,
             "send_hwm": self.send_hwm,
+            "send_hwm_messages": hwm_messages(self.send_hwm),
             # the first few prefixes only: subscribers choose them, the status stays small
             "subscriptions": {p[:64].decode("utf-8", "replace"): n
                               for p, n in sorted(self.subscriptions.items())[:32]},

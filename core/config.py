@@ -499,7 +499,7 @@ CORE_SECTIONS: dict[str, Section] = {
         "heartbeat_interval": Key(float, 1.0, between(0.01, 3600), "seconds between heartbeats"),
         "replay_ring": Key(int, 100_000, between(16, 10_000_000), "events kept for replay"),
         "send_hwm": Key(int, 100_000, between(1, 10_000_000),
-                        "frames queued per subscriber before the slow-subscriber policy drops"),
+                        "events queued per subscriber before the slow-subscriber policy drops"),
         "certificate": Key(str, "", None, "CURVE on: this daemon's NAME.key_secret file"),
         "authorized_keys": Key(str, "", None, "CURVE: directory of the public .key files let in"),
     }),

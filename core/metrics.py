@@ -234,7 +234,8 @@ def _publisher(f: _Families, service: str, pub: Mapping[str, Any]) -> None:
         f.gauge("clusterbus_bus_subscriptions",
                 "Live subscriptions on the PUB socket (one per subscriber and topic prefix)",
                 float(sum(v for v in subs.values() if _number(v) is not None)))
-    for key, value in (("sent_seq", pub.get("sent_seq")), ("send_hwm", pub.get("send_hwm"))):
+    for key, value in (("sent_seq", pub.get("sent_seq")), ("send_hwm", pub.get("send_hwm")),
+                       ("send_hwm_messages", pub.get("send_hwm_messages"))):
         number = _number(value)
         if number is not None:
             f.gauge(_name("clusterbus_bus", key), f"publisher {key}", number)

@@ -12,7 +12,7 @@ import zmq
 import zmq.asyncio
 from loopbus import bus, dead_endpoint, new_engine, run, until
 
-from clusterbus.bus import codec
+from clusterbus.bus import codec, publisher
 from clusterbus.bus.client import (
     PublisherLost,
     Requester,
@@ -430,3 +430,45 @@ def test_a_client_that_reads_its_replies_is_never_limited() -> None:
                 ctx.term()
             assert not any(k.startswith("reply.dropped") for k in svc.counters), svc.counters
     run(main())
+
+
+def test_a_batch_subscriber_that_never_reads_queues_about_send_hwm_events() -> None:
+    # libzmq's SNDHWM counts messages and a batch frame carries many events: with SNDHWM =
+    # send_hwm a batch subscriber that stopped reading had send_hwm *frames* queued for it
+    # in the daemon (up to 512 events each; a soak's RSS grew 5x). Batch frames now carry
+    # up to BATCH_EVENTS and SNDHWM is send_hwm / BATCH_EVENTS: about send_hwm events.
+    hwm, total, flush = 2000, 100_000, 500
+
+    async def main() -> dict[str, int]:
+        async with bus(send_hwm=hwm) as svc:
+            engine = svc.engine
+            ctx = zmq.Context.instance()
+            sub = ctx.socket(zmq.SUB)
+            sub.setsockopt(zmq.RCVHWM, 1)
+            sub.setsockopt(zmq.RCVBUF, 4096)
+            sub.setsockopt(zmq.LINGER, 0)
+            try:
+                sub.connect(svc.endpoints["publish"])
+                sub.subscribe(codec.BATCH_TOPIC)  # as the Python client does
+                await until(lambda: svc.counters["subscribe"] >= 1)
+                for i in range(total):  # never read meanwhile
+                    engine.publish(IpvsApplied, added=i, removed=0, changed=0,
+                                   duration=0.0, reason="flood " + "x" * 58)
+                    if i % flush == flush - 1:
+                        await asyncio.sleep(0)  # one flush of `flush` events
+                await asyncio.sleep(0.5)
+                got = 0
+                while True:  # now read what was queued for it
+                    if not await asyncio.to_thread(sub.poll, 1000):
+                        break
+                    frames = sub.recv_multipart()
+                    got += len(codec.decode_batch(frames))
+                return {"got": got, "status": svc.publisher.status()["send_hwm_messages"]}
+            finally:
+                sub.close(0)
+
+    r = run(main())
+    assert r["status"] == hwm // publisher.BATCH_EVENTS + (hwm % publisher.BATCH_EVENTS > 0)
+    # send_hwm events in the daemon's queue, plus what the kernel's socket buffers held;
+    # (about 1 MB on loopback TCP); with SNDHWM = send_hwm frames all 100,000 were queued
+    assert r["got"] < total // 4, r

@@ -5,7 +5,7 @@ bytes as codec.encode_batch."""
 from __future__ import annotations
 
 from clusterbus.bus import codec
-from clusterbus.bus.publisher import BATCH_BYTES, split_batches
+from clusterbus.bus.publisher import BATCH_BYTES, BATCH_EVENTS, hwm_messages, split_batches
 from clusterbus.events import NodeUp
 
 
@@ -42,20 +42,28 @@ def check(events: list[tuple[bytes, bytes]]) -> list[list[bytes]]:
 
 
 def test_count_bound() -> None:
-    chunks = check(encoded(2 * codec.MAX_BATCH_EVENTS + 3))
-    assert [len(c) // 2 for c in chunks] == [codec.MAX_BATCH_EVENTS, codec.MAX_BATCH_EVENTS, 3]
+    chunks = check(encoded(2 * BATCH_EVENTS + 3))
+    assert [len(c) // 2 for c in chunks] == [BATCH_EVENTS, BATCH_EVENTS, 3]
+    assert BATCH_EVENTS <= codec.MAX_BATCH_EVENTS  # what every decoder accepts
 
 
 def test_byte_bound() -> None:
     big = encoded(codec.MAX_BATCH_EVENTS, reason_len=64)
     assert sum(map(len, flat(big))) > BATCH_BYTES  # the count alone would fit
-    chunks = check(big)
-    assert len(chunks) > 1
+    chunks = list(split_batches(flat(big), max_events=codec.MAX_BATCH_EVENTS))
+    assert len(chunks) > 1 and sum(len(c) for c in chunks) == len(flat(big))
     assert all(sum(map(len, c)) <= BATCH_BYTES for c in chunks)
 
 
+def test_the_socket_queue_is_about_send_hwm_events() -> None:
+    # SNDHWM counts messages: a batch subscriber's messages hold up to BATCH_EVENTS events
+    assert hwm_messages(100_000) * BATCH_EVENTS < 100_000 + BATCH_EVENTS
+    assert hwm_messages(100_000) * BATCH_EVENTS >= 100_000
+    assert hwm_messages(1) == 1 and hwm_messages(BATCH_EVENTS + 1) == 2
+
+
 def test_one_frame_when_it_fits() -> None:
-    events = encoded(codec.MAX_BATCH_EVENTS)
+    events = encoded(BATCH_EVENTS)
     assert sum(map(len, flat(events))) <= BATCH_BYTES
     assert len(check(events)) == 1
 

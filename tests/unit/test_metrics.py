@@ -17,7 +17,7 @@ STATUS = {
     "services": {
         "bus": {"counters": {"published": 42, "ingest.dropped.bad_frame": 2,
                              "request.dropped.status_failed": 1, "requests.status": 5},
-                "publisher": {"sent_seq": 42, "send_hwm": 10,
+                "publisher": {"sent_seq": 42, "send_hwm": 10, "send_hwm_messages": 1,
                               "subscriptions": {"": 2, "node.": 1},
                               "ring": {"size": 42, "capacity": 100, "breaks": 0}}},
         "netlink": {"enabled": True, "listening": True,
