@@ -30,8 +30,11 @@ class Reader:
     The socket's ZMQ_FD only signals that ``EVENTS`` may have changed (reading
     ``EVENTS`` re-arms it), so it is watched directly on the loop and :meth:`_wake` reads
     ``EVENTS`` on every wake-up, completing a wait only when a message is there: one
-    future per wait, no pyzmq asyncio machinery on the per-message path. The fd stays
-    registered until :meth:`close` (registering per wait costs two epoll_ctl calls).
+    future per wait, no pyzmq asyncio machinery on the per-message path. Or, with
+    :meth:`watch` (what :meth:`serve` and ``Subscriber.follow`` use), the wake-up
+    callback reads and handles the messages itself: no future and no task switch at all.
+    The fd stays registered until :meth:`close` (registering per wait costs two
+    epoll_ctl calls).
 
     :param sock: the socket (a ``zmq.asyncio`` socket's ``Socket.shadow`` works too).
     """
@@ -128,18 +131,34 @@ class Reader:
 
     async def serve(self, handle: Callable[[list[bytes]], object], *,
                     budget: int = TURN_BUDGET) -> None:
-        """Hand every message to ``handle``, forever (until cancelled), at most ``budget``
-        messages per loop turn: after that many it yields, so a flood on this socket
-        delays the loop's other work by one budget's worth, never starves it."""
-        while True:
-            for _ in range(budget):
-                frames = self.take()
-                if frames is None:
-                    await self.readable()
-                    break
-                handle(frames)
-            else:
-                await asyncio.sleep(0)  # budget used up: let the loop run the rest
+        """Hand every message to ``handle``, forever (until cancelled), from the fd's
+        wake-up callback itself (:meth:`watch`: no task switch per wake-up), at most
+        ``budget`` messages per loop turn: after that many it goes on at the next turn, so
+        a flood on this socket delays the loop's other work by one budget's worth, never
+        starves it. What ``handle`` raises ends the wait with that exception."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+
+        def drain() -> None:
+            if done.done():
+                return
+            try:
+                for _ in range(budget):
+                    frames = self.take()
+                    if frames is None:
+                        return  # EVENTS read, nothing queued: the fd signals the next one
+                    handle(frames)
+                loop.call_soon(drain)  # budget used up: the rest at the next turn
+            except BaseException as exc:  # noqa: BLE001 - raised by serve()
+                done.set_exception(exc)
+
+        self.watch(drain)
+        try:
+            drain()  # what was queued before the callback was set gives no wake-up
+            await done
+        finally:
+            if self._callback is drain:
+                self.watch(None)
 
     def close(self) -> None:
         """Stop watching the fd (the socket itself belongs to the caller)."""
