@@ -305,3 +305,21 @@ def test_a_peer_link_hands_events_to_the_hooks_from_the_wake_up(tmp_path: Path) 
         ("director.up", 1), ("director.down", 1), ("director.up", 1)]
     assert link.counters["events.delivered"] == 2
     assert link.last_event == {"topic": "node.up", "origin": 2, "seq": 2}
+
+
+def test_raise_when_dead_ends_follow_with_publisher_lost(peer: Peer) -> None:
+    async def main() -> list[int]:
+        sub = Subscriber(peer.publish, peer.snapshot, raise_when_dead=True, dead_after=0.5)
+        got: list[int] = []
+        try:
+            sub.open()
+            await peer.subscribed()
+            peer.heartbeat(0)
+            peer.events(1)
+            with pytest.raises(client_module.PublisherLost, match="no heartbeat"):
+                await sub.follow(lambda e: got.append(e.seq))  # then silence
+            return got
+        finally:
+            sub.close()
+
+    assert run(main(), limit=10) == [1]
