@@ -286,8 +286,9 @@ class Requester:
 class Subscriber:
     """Ordered, gap-free event stream from one clusterbus daemon.
 
-    Use as an async context manager and an async iterator (see the module docstring).
-    Nothing runs in the background: the sockets are read while you iterate. A consumer
+    Use as an async context manager and an async iterator (see the module docstring), or
+    hand each event to a function as soon as it is read with :meth:`follow`. Nothing
+    runs in the background: the sockets are read while you iterate (or follow). A consumer
     slower than the daemon makes ZeroMQ drop frames for it (the daemon's slow-subscriber
     policy); the next frame or heartbeat reveals the hole and it is repaired by ``REPLAY``.
     Events of a topic (or version) not registered in this process, such as another
