@@ -549,14 +549,14 @@ class Subscriber:
         :data:`~clusterbus.bus.sockets.TURN_BUDGET` frames per loop turn (then it goes on
         at the next turn). A repair (``REPLAY``, ``SNAPSHOT``) is awaited here, as
         :meth:`next` does, and no frame is read meanwhile. The same events and
-        snapshots, in the same order, as :meth:`next` would return.
+        snapshots, in the same order, as :meth:`next` would return. Anything
+        ``on_event`` raises ends the call with that exception (that event is consumed;
+        the ones after it stay queued for the next call).
 
         :raises PublisherLost: ``raise_when_dead`` and no heartbeat for too long.
         :raises RequestTimeout: a needed replay/snapshot request got no answer (the next
             call asks again).
         :raises RequestFailed: as for :meth:`next`.
-        Anything ``on_event`` raises ends the call with that exception (the events after
-        the one that raised stay queued for the next call).
         """
         self.open()
         seqr = self.sequencer
