@@ -45,7 +45,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -286,8 +286,9 @@ class Requester:
 class Subscriber:
     """Ordered, gap-free event stream from one clusterbus daemon.
 
-    Use as an async context manager and an async iterator (see the module docstring).
-    Nothing runs in the background: the sockets are read while you iterate. A consumer
+    Use as an async context manager and an async iterator (see the module docstring), or
+    hand each event to a function as soon as it is read with :meth:`follow`. Nothing
+    runs in the background: the sockets are read while you iterate (or follow). A consumer
     slower than the daemon makes ZeroMQ drop frames for it (the daemon's slow-subscriber
     policy); the next frame or heartbeat reveals the hole and it is repaired by ``REPLAY``.
     Events of a topic (or version) not registered in this process, such as another
@@ -369,6 +370,9 @@ class Subscriber:
         self._sub: zmq.asyncio.Socket | None = None
         self._sync: zmq.Socket[Any] | None = None
         self._reader: Reader | None = None
+        #: follow()'s consumer and the future that gives it control back (None: not
+        #: following)
+        self._pushing: tuple[Callable[[Event], object], asyncio.Future[None]] | None = None
         #: receiving batch frames (subscribed to ``_batch`` and ``_hb``) rather than
         #: single-event frames (subscribed to everything); switched by heartbeats.
         self.batching = False
@@ -533,6 +537,101 @@ class Subscriber:
                 self._handle(frames)
         item: Event | Snapshot = ready.popleft()
         return item
+
+    async def follow(self, on_event: Callable[[Event], object]) -> Snapshot:
+        """Hand every event, in order, to ``on_event`` as soon as its frame is read; return
+        the next :class:`Snapshot` (call again to go on).
+
+        The push form of :meth:`next`, for a consumer that handles each event at once
+        (the daemon's peer links): while no repair is under way, the frames are read,
+        ordered and handed on from the socket's own wake-up callback on the loop, with no
+        task switch per frame. Whatever is already queued is read first; at most
+        :data:`~clusterbus.bus.sockets.TURN_BUDGET` frames per loop turn (then it goes on
+        at the next turn). A repair (``REPLAY``, ``SNAPSHOT``) is awaited here, as
+        :meth:`next` does, and no frame is read meanwhile. The same events and
+        snapshots, in the same order, as :meth:`next` would return. Anything
+        ``on_event`` raises ends the call with that exception (that event is consumed;
+        the ones after it stay queued for the next call).
+
+        :raises PublisherLost: ``raise_when_dead`` and no heartbeat for too long.
+        :raises RequestTimeout: a needed replay/snapshot request got no answer (the next
+            call asks again).
+        :raises RequestFailed: as for :meth:`next`.
+        """
+        self.open()
+        seqr = self.sequencer
+        ready = seqr.ready
+        reader = self._reader
+        assert reader is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            while ready:
+                item = ready.popleft()
+                if isinstance(item, Snapshot):
+                    return item
+                on_event(item)
+            if seqr.request is not None:
+                await self._ask(seqr.request)
+                continue
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._pushing = (on_event, waiter)
+            try:
+                reader.watch(self._push)
+                self._push()  # what was queued before the callback was set
+                while not waiter.done():
+                    if not self.raise_when_dead:
+                        await waiter
+                        break
+                    left = self.effective_dead_after - self.since_heartbeat
+                    if left <= 0:
+                        raise PublisherLost(f"{self.publish}: no heartbeat for "
+                                            f"{self.since_heartbeat:.1f}s")
+                    try:
+                        async with asyncio.timeout(left):
+                            await asyncio.shield(waiter)
+                    except TimeoutError:
+                        continue
+                waiter.result()  # raises what the callback met
+            finally:
+                self._pushing = None
+                if self._reader is reader:
+                    reader.watch(None)
+
+    def _push(self) -> None:
+        """The socket's wake-up while :meth:`follow` waits: read, order and hand on the
+        queued frames until none is left (re-reading ``EVENTS``, the edge-triggered fd
+        gives no second wake-up for frames already there), a repair is needed (then
+        :meth:`follow` takes over) or the turn's budget is used (then again next turn)."""
+        pushing = self._pushing
+        if pushing is None:
+            return
+        on_event, waiter = pushing
+        if waiter.done():
+            return
+        reader = self._reader
+        seqr = self.sequencer
+        ready = seqr.ready
+        try:
+            assert reader is not None
+            for _ in range(TURN_BUDGET):
+                frames = reader.take()
+                if frames is None:
+                    return  # EVENTS read and nothing queued: the fd signals the next one
+                self._handle(frames)
+                while ready:
+                    item = ready.popleft()
+                    if type(item) is Snapshot:  # (only a repair makes one: not here)
+                        ready.appendleft(item)
+                        waiter.set_result(None)
+                        return
+                    on_event(item)
+                if seqr.request is not None:
+                    waiter.set_result(None)
+                    return
+            asyncio.get_running_loop().call_soon(self._push)
+        except BaseException as exc:  # noqa: BLE001 - handed to follow()'s caller
+            if not waiter.done():
+                waiter.set_exception(exc)
 
     async def _receive(self) -> list[bytes]:
         reader = self._reader

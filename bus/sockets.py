@@ -30,8 +30,11 @@ class Reader:
     The socket's ZMQ_FD only signals that ``EVENTS`` may have changed (reading
     ``EVENTS`` re-arms it), so it is watched directly on the loop and :meth:`_wake` reads
     ``EVENTS`` on every wake-up, completing a wait only when a message is there: one
-    future per wait, no pyzmq asyncio machinery on the per-message path. The fd stays
-    registered until :meth:`close` (registering per wait costs two epoll_ctl calls).
+    future per wait, no pyzmq asyncio machinery on the per-message path. Or, with
+    :meth:`watch` (what :meth:`serve` and ``Subscriber.follow`` use), the wake-up
+    callback reads and handles the messages itself: no future and no task switch at all.
+    The fd stays registered until :meth:`close` (registering per wait costs two
+    epoll_ctl calls).
 
     :param sock: the socket (a ``zmq.asyncio`` socket's ``Socket.shadow`` works too).
     """
@@ -40,6 +43,7 @@ class Reader:
         self.sock = sock
         self._waiter: asyncio.Future[None] | None = None
         self._reader: tuple[asyncio.AbstractEventLoop, int] | None = None
+        self._callback: Callable[[], object] | None = None
 
     def poll(self) -> list[bytes] | None:
         """The next queued message, or ``None`` when there is none (never waits)."""
@@ -52,7 +56,7 @@ class Reader:
                 pass
         return None
 
-    def _take(self) -> list[bytes] | None:
+    def take(self) -> list[bytes] | None:
         """:meth:`poll` for a drain in progress: while messages are queued, reading
         ``EVENTS`` before each one costs more than the message (libzmq processes its
         command queue for it), so this receives first and reads ``EVENTS`` (through
@@ -82,23 +86,44 @@ class Reader:
         Call it only after :meth:`poll` found nothing on this loop turn (that read of
         ``EVENTS`` is what re-arms the fd).
         """
-        loop = asyncio.get_running_loop()
-        if self._reader is None or self._reader[0] is not loop:
-            self.close()
-            fd = int(self.sock.getsockopt(FD))
-            loop.add_reader(fd, self._wake)
-            self._reader = (loop, fd)
+        loop = self._watch()
         self._waiter = loop.create_future()
         try:
             await self._waiter
         finally:
             self._waiter = None
 
+    def watch(self, callback: Callable[[], object] | None) -> None:
+        """Call ``callback`` on every wake-up of the fd, on the running loop, instead of
+        completing :meth:`readable`'s wait (``None``: back to that).
+
+        The fd is edge-triggered: the callback must read until :meth:`poll` (or
+        :meth:`take`) finds nothing, or arrange to go on later (``call_soon``). Messages
+        already queued when it is set give no wake-up: read them once after setting it.
+        """
+        if callback is not None:
+            self._watch()
+        self._callback = callback
+
+    def _watch(self) -> asyncio.AbstractEventLoop:
+        """Register the fd on the running loop (once per loop)."""
+        loop = asyncio.get_running_loop()
+        if self._reader is None or self._reader[0] is not loop:
+            self.close()
+            fd = int(self.sock.getsockopt(FD))
+            loop.add_reader(fd, self._wake)
+            self._reader = (loop, fd)
+        return loop
+
     def _wake(self) -> None:
-        # Reading EVENTS also drains the socket's command queue, which is what makes the
-        # fd stop being readable: without it the loop would call us again and again.
         if self.sock.closed:
             return
+        callback = self._callback
+        if callback is not None:
+            callback()  # it reads the socket (and EVENTS) itself
+            return
+        # Reading EVENTS also drains the socket's command queue, which is what makes the
+        # fd stop being readable: without it the loop would call us again and again.
         ready = int(self.sock.getsockopt(EVENTS)) & POLLIN
         waiter = self._waiter
         if ready and waiter is not None and not waiter.done():
@@ -106,21 +131,38 @@ class Reader:
 
     async def serve(self, handle: Callable[[list[bytes]], object], *,
                     budget: int = TURN_BUDGET) -> None:
-        """Hand every message to ``handle``, forever (until cancelled), at most ``budget``
-        messages per loop turn: after that many it yields, so a flood on this socket
-        delays the loop's other work by one budget's worth, never starves it."""
-        while True:
-            for _ in range(budget):
-                frames = self._take()
-                if frames is None:
-                    await self.readable()
-                    break
-                handle(frames)
-            else:
-                await asyncio.sleep(0)  # budget used up: let the loop run the rest
+        """Hand every message to ``handle``, forever (until cancelled), from the fd's
+        wake-up callback itself (:meth:`watch`: no task switch per wake-up), at most
+        ``budget`` messages per loop turn: after that many it goes on at the next turn, so
+        a flood on this socket delays the loop's other work by one budget's worth, never
+        starves it. What ``handle`` raises ends the wait with that exception."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+
+        def drain() -> None:
+            if done.done():
+                return
+            try:
+                for _ in range(budget):
+                    frames = self.take()
+                    if frames is None:
+                        return  # EVENTS read, nothing queued: the fd signals the next one
+                    handle(frames)
+                loop.call_soon(drain)  # budget used up: the rest at the next turn
+            except BaseException as exc:  # noqa: BLE001 - raised by serve()
+                done.set_exception(exc)
+
+        self.watch(drain)
+        try:
+            drain()  # what was queued before the callback was set gives no wake-up
+            await done
+        finally:
+            if self._callback is drain:
+                self.watch(None)
 
     def close(self) -> None:
         """Stop watching the fd (the socket itself belongs to the caller)."""
+        self._callback = None
         if self._reader is not None:
             loop, fd = self._reader
             self._reader = None

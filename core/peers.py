@@ -122,7 +122,7 @@ class PeerLink:
         self.counters: dict[str, int] = {"events.delivered": 0, "backfilled": 0,
                                          "dropped.wrong_origin": 0, "request_timeouts": 0,
                                          "request_failed": 0, "resyncs": 0}
-        self.last_event: dict[str, Any] | None = None
+        self._last: Event | None = None  # the last event delivered
 
     # -- liveness -------------------------------------------------------------------------
 
@@ -157,7 +157,8 @@ class PeerLink:
         sub = self.sub
         while True:
             try:
-                item = await sub.next()
+                # each event is handed to the hooks from the socket's wake-up itself
+                snap = await sub.follow(self.deliver)
             except RequestTimeout:
                 self._count("request_timeouts")
                 log.debug("peer %d: no answer from %s", self.node, self.snapshot)
@@ -168,10 +169,7 @@ class PeerLink:
                 log.warning("peer %d: bad answer from %s: %s", self.node, self.snapshot, exc)
                 await asyncio.sleep(CHECK_EVERY)
                 continue
-            if isinstance(item, Snapshot):
-                await self._resynced(item)
-                continue
-            self.deliver(item)
+            await self._resynced(snap)
 
     def deliver(self, event: Event) -> None:
         """Hand one peer event to the local hooks (never to the view, never re-published)."""
@@ -183,7 +181,7 @@ class PeerLink:
                             event.topic, event.seq)
             return
         self.counters["events.delivered"] += 1
-        self.last_event = {"topic": event.topic, "origin": event.origin, "seq": event.seq}
+        self._last = event  # (status builds the summary: nothing is built per event)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("peer %d: %s seq %d -> hooks", self.node, event.topic, event.seq)
         self.engine.plugins.notify_event(event, self.engine.cluster)
@@ -227,6 +225,12 @@ class PeerLink:
                 self.deliver(event)
             if not progressed or not header.get("more"):
                 return
+
+    @property
+    def last_event(self) -> dict[str, Any] | None:
+        """``topic``, ``origin`` and ``seq`` of the last event delivered (None: none)."""
+        e = self._last
+        return None if e is None else {"topic": e.topic, "origin": e.origin, "seq": e.seq}
 
     def _count(self, key: str) -> None:
         self.counters[key] = self.counters.get(key, 0) + 1
