@@ -376,10 +376,14 @@ def encode(entries: list[tuple[str, int]], *, syncid: int = SYNCID) -> bytes:
     return struct.pack("!BBHBBH", 0, syncid, 8 + len(body), len(entries), 1, 0) + body
 
 
-def throughput(n: int, *, per_datagram: int = 40, window: int = WINDOW) -> dict[str, Any]:
+def throughput(n: int, *, per_datagram: int = 40, window: int = WINDOW,
+               net: int = 80) -> dict[str, Any]:
+    """Hand-built entries injected into B, ``per_datagram`` per datagram (40: what fits
+    the kernel's default 1,472 bytes; 255: the most a datagram holds, which the backup
+    daemon takes once its receive size is raised, as the plugin does)."""
     from clusterbus.plugins.connsync import kernel
 
-    keys = [(f"10.80.{(i // 250) % 250}.{i % 250 + 1}", 1024 + i // 62500) for i in range(n)]
+    keys = [(f"10.{net}.{(i // 250) % 250}.{i % 250 + 1}", 1024 + i // 62500) for i in range(n)]
     datagrams = [encode(keys[i:i + per_datagram]) for i in range(0, n, per_datagram)]
     with netns("csB"):
         before = active_conns()
@@ -589,6 +593,19 @@ async def director(node: int, workdir: Path, barrier_timeout: float) -> None:
         sys.stdout.write(json.dumps(obj) + "\n")
         sys.stdout.flush()
 
+    # the per-stage progress of a phase: (t, captured, sent, received, injected, datagrams
+    # injected, commit waits, resends), sampled from the plugin's own counters
+    trace: list[tuple[float, ...]] = []
+    trace_task: asyncio.Task[None] | None = None
+
+    async def sample_trace() -> None:
+        c, rc = svc.counters, svc.relay.peers[peer].counters
+        while True:
+            trace.append((time.monotonic(), c["capture.entries"], rc["entries.sent"],
+                          svc.received[peer], svc.injected[peer], c["inject.datagrams"],
+                          c["inject.commit_waits"], rc["resends"]))
+            await asyncio.sleep(0.02)
+
     deadline = time.monotonic() + 20
     while not svc.running and not task.done() and time.monotonic() < deadline:
         await asyncio.sleep(0.01)
@@ -636,6 +653,15 @@ async def director(node: int, workdir: Path, barrier_timeout: float) -> None:
             reply({"seconds": took, "veto": veto, "asks": asks, "last_barrier": svc.last_barrier,
                    "received": svc.received[peer], "settled": svc.settled[peer],
                    "injected": svc.injected[peer]})
+        elif op == "trace_start":  # sample the per-stage counters every 20 ms
+            trace.clear()
+            trace_task = loop.create_task(sample_trace())
+            reply({"ok": True})
+        elif op == "trace_stop":
+            if trace_task is not None:
+                trace_task.cancel()
+                trace_task = None
+            reply({"trace": trace})
         elif op == "rss":
             gc.collect()
             reply({"rss_mb": rss_mb(), "table": len(svc.table)})
@@ -777,8 +803,12 @@ def connsync_phase(args: argparse.Namespace, held: list[socket.socket],
         n = args.cs_entries
         with netns("csB"):
             before = active_conns()
+        a.ask(op="trace_start")
+        b.ask(op="trace_start")
         sent = gen.send(GEN_NET["throughput"], n)
         w = b.ask(op="wait", count=base + n, timeout=120)
+        stages = trace_stages(a.ask(op="trace_stop")["trace"], b.ask(op="trace_stop")["trace"],
+                              sent[0], n)
         commits = b.ask(op="commits", net=GEN_NET["throughput"], count=n)["commit_at"]
         lags = [c - s for c, s in zip(commits, sent) if c is not None]
         done = [c for c in commits if c is not None]
@@ -789,7 +819,8 @@ def connsync_phase(args: argparse.Namespace, held: list[socket.socket],
             "entries_per_s": n / (max(done) - sent[0]) if done else 0.0,
             "send_s": sent[-1] - sent[0], "committed": len(done), "present": got,
             "lost": n - got, "lag_p50_ms": (pct(lags, 0.5) or 0) * 1000,
-            "lag_p99_ms": (pct(lags, 0.99) or 0) * 1000, "settled": w["settled"] - base}
+            "lag_p99_ms": (pct(lags, 0.99) or 0) * 1000, "settled": w["settled"] - base,
+            "stages": stages}
         # the table phase: entries at a steady rate, their capture -> commit lag, then
         # the plugin's RSS, and the takeover barrier with that many synced connections
         base = w["settled"]
@@ -829,6 +860,32 @@ def connsync_phase(args: argparse.Namespace, held: list[socket.socket],
             if x is not None:
                 x.close()
         subprocess.run(["rm", "-rf", str(workdir)], check=False)
+    return out
+
+
+#: the columns of a director's trace (after the time), by stage
+TRACE = ("captured_A", "sent_A", "received_B", "injected_B", "datagrams_B", "commit_waits_B",
+         "resends_A")
+
+
+def trace_stages(trace_a: list[list[float]], trace_b: list[list[float]],
+                 t0: float, n: int) -> dict[str, Any]:
+    """Where the time of ``n`` entries went: per stage (A's capture, A's relay sends, B's
+    receipt, B's injection), seconds from the first send until half and all of them had
+    passed it (from the directors' counters sampled every 20 ms), and the per-phase totals
+    of B's injected datagrams, its commit waits and A's resends."""
+    out: dict[str, Any] = {}
+    for col, name in enumerate(TRACE, start=1):
+        rows = trace_a if name.endswith("_A") else trace_b
+        if not rows:
+            continue
+        base = rows[0][col]
+        if name in ("datagrams_B", "commit_waits_B", "resends_A"):
+            out[name] = rows[-1][col] - base
+            continue
+        half = next((r[0] - t0 for r in rows if r[col] - base >= n / 2), None)
+        full = next((r[0] - t0 for r in rows if r[col] - base >= n), None)
+        out[name] = {"half_s": half, "all_s": full}
     return out
 
 
@@ -920,6 +977,8 @@ def inside(args: argparse.Namespace) -> dict[str, Any]:
         for ns in ("csA", "csB"):
             daemons(ns, "sync0", maxlen=1, threshold=(2, 50))
         out["throughput"] = throughput(args.entries)
+        # the same in datagrams of 255 entries, windows of 4 (the plugin's injection rounds)
+        out["throughput_255"] = throughput(args.entries, per_datagram=255, window=4, net=81)
         # 6: last, since B's table then holds 100,000 more entries and every read of
         # /proc/net/ip_vs_conn (the presence checks above) would take seconds
         if args.resync_entries:
@@ -946,8 +1005,10 @@ def inside(args: argparse.Namespace) -> dict[str, Any]:
     out.update(
         # the kernel side alone (forwarder and hand-built injection, no relay)
         kernel_inject_entries_per_s=out["throughput"]["entries_per_s"],
+        kernel_inject_255_entries_per_s=out["throughput_255"]["entries_per_s"],
         kernel_p99_lag_ms=out["burst"]["lag_p99_ms"],
-        lost_capture_inject=out["burst"]["lost"] + out["throughput"]["lost"],
+        lost_capture_inject=out["burst"]["lost"] + out["throughput"]["lost"]
+        + out["throughput_255"]["lost"],
         resync_100k_s=out["resync"]["seconds"] if "resync" in out else None,
         e2e_kernel_defaults_ms=df["e2e_median_ms"], lost_kernel=lost_kernel,
         lost_kernel_of=args.burst)
@@ -982,6 +1043,8 @@ def inside(args: argparse.Namespace) -> dict[str, Any]:
         out[f"{key}_vs_target"] = out[key] / ref if out[key] is not None else None
     out["entries_per_s_vs_kernel_inject"] = ratio(out["entries_per_s"],
                                                   out["kernel_inject_entries_per_s"])
+    out["entries_per_s_vs_kernel_inject_255"] = ratio(out["entries_per_s"],
+                                                      out["kernel_inject_255_entries_per_s"])
     return out
 
 
@@ -1083,6 +1146,10 @@ def main() -> None:
     print(f"  injection: {th['entries']} entries in {th['datagrams']} datagrams, "
           f"{th['entries_per_s']:.0f} entries/s, lost {th['lost']} (backup drops "
           f"{th['backup_drops']}); counting B's table took {th['count_s']:.2f} s")
+    t2 = data["throughput_255"]
+    print(f"  the same, 255 entries per datagram (the plugin's injection): "
+          f"{t2['entries_per_s']:.0f} entries/s, lost {t2['lost']} (backup drops "
+          f"{t2['backup_drops']})")
     if "resync" in data:
         rs = data["resync"]
         print(f"  full resync into B: {rs['entries']} entries in {rs['seconds']:.2f} s "
@@ -1104,6 +1171,11 @@ def main() -> None:
         print(f"  relay throughput: {tp['entries']} entries at once, {tp['entries_per_s']:.0f} "
               f"entries/s capture -> committed (sent in {tp['send_s']:.2f} s), lag p50 "
               f"{tp['lag_p50_ms']:.0f} ms p99 {tp['lag_p99_ms']:.0f} ms, lost {tp['lost']}")
+        st = tp.get("stages", {})
+        print("    where the time went (s from the first send until half / all entries passed): "
+              + ", ".join(f"{k} {v['half_s'] or 0:.2f}/{v['all_s'] or 0:.2f}"
+                          for k, v in st.items() if isinstance(v, dict))
+              + "; " + ", ".join(f"{k} {v}" for k, v in st.items() if not isinstance(v, dict)))
         print(f"  {tb['entries']} entries at {tb['rate']:.0f}/s (sent in {tb['send_s']:.2f} s): "
               f"lag p50 {tb['lag_p50_ms']:.1f} ms, p99 {tb['lag_p99_ms']:.1f} ms, max "
               f"{tb['lag_max_ms']:.1f} ms, lost {tb['lost']}")

@@ -66,8 +66,13 @@ SHOW_LIMIT = 10_000
 INJECT_QUEUE = 500_000
 #: the name the takeover barrier's hook is registered under while configured
 BARRIER_HOOKS = "connsync.barrier"
-#: entries per injection round; the backup daemon is given time to consume each round
-INJECT_CHUNK = 1024
+#: entries per injection round (4 datagrams of 255 entries with the backup daemon's
+#: receive size raised; 26 of 40 at the kernel's default); the backup daemon is given
+#: time to consume each round
+INJECT_CHUNK = 1020
+#: the longest injected datagram until the backup daemon's receive size was read (the
+#: kernel's default for a 1500-byte MTU: 40 IPv4 entries)
+INJECT_MAXLEN_DEFAULT = 1500 - 28
 #: the longest wait for the backup daemon after each injection round
 INJECT_PACE = 0.05
 #: entries/s the backup daemon is assumed to apply at most: after a round the injection
@@ -386,6 +391,8 @@ class ConnSync:
         self._progress = asyncio.Event()
         self._capture: Any = None
         self._injector: Any = None
+        #: the longest datagram the local backup daemon takes (read once it runs)
+        self._inject_maxlen = INJECT_MAXLEN_DEFAULT
         self.running = False
 
     # -- capture --------------------------------------------------------------------------
@@ -490,7 +497,8 @@ class ConnSync:
     def _inject(self, chunk: list[tuple[int, list[bytes], float]]) -> None:
         raws = [c for _, conns, _ in chunk for c in conns] if len(chunk) > 1 else chunk[0][1]
         try:
-            datagrams = self.codec.assemble(raws, syncid=self.cfg.syncid)
+            datagrams = self.codec.assemble(raws, syncid=self.cfg.syncid,
+                                            maxlen=self._inject_maxlen)
         except (ValueError, TypeError) as exc:
             self.counters["inject.dropped.encode"] += len(raws)
             self.limited.error(("encode",), "connsync: cannot encode entries: %s", exc)
@@ -823,6 +831,13 @@ class ConnSync:
             self.counters["knobs.failed"] += 1
             log.error("connsync: cannot start the kernel's sync daemons on %s: %s",
                       self.cfg.interface, exc)
+        try:  # inject datagrams as long as the backup daemon takes (255 entries at most)
+            got = await asyncio.to_thread(self.kernel.backup_maxlen)
+            if got:
+                self._inject_maxlen = got
+        except OSError as exc:
+            log.warning("connsync: cannot read the backup daemon's receive size: %s "
+                        "(injecting datagrams of %d bytes)", exc, self._inject_maxlen)
         self._capture = self.kernel.Capture(self.cfg.interface)
         self._injector = self.kernel.Injector(self.cfg.interface)
         self._capture.open()
