@@ -402,7 +402,7 @@ def _serial_run(restart_on_ack: bool) -> tuple[int, int]:
             for e in b.receive(1, msg, now):
                 if isinstance(e, Send):
                     to_a.append((now + 0.005, e.message))
-        for t, msg in [m for m in to_a if m[0] <= now]:
+        for _t, msg in [m for m in to_a if m[0] <= now]:
             a.receive(2, msg, now)
         to_a = [m for m in to_a if m[0] > now]
         b.poll(now)
