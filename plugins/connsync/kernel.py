@@ -779,9 +779,10 @@ def backup_queue(*, port: int = SYNC_PORT, group: str | None = None,
 
 
 #: How long the receive queue must stay empty: the backup thread dequeues a datagram
-#: before it applies it (tens of microseconds for 40 entries), so one empty reading may
-#: come just before the last apply. Within this window the queue is re-read at once.
-SETTLE_S = 0.0005
+#: before it applies it (tens of microseconds for 40 entries; the plugin injects up to
+#: 255 per datagram, about 6 times as long), so one empty reading may come just before
+#: the last apply. Within this window the queue is re-read at once.
+SETTLE_S = 0.002
 #: Poll interval while the queue is not empty.
 POLL_S = 0.001
 
