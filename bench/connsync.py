@@ -598,6 +598,22 @@ async def director(node: int, workdir: Path, barrier_timeout: float) -> None:
     trace: list[tuple[float, ...]] = []
     trace_task: asyncio.Task[None] | None = None
 
+    # the cyclic garbage collector's pauses, per generation: (count, total s, longest s)
+    gc_pauses: dict[int, list[float]] = {0: [0, 0.0, 0.0], 1: [0, 0.0, 0.0], 2: [0, 0.0, 0.0]}
+    gc_started = [0.0]
+
+    def on_gc(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            gc_started[0] = time.perf_counter()
+        else:
+            took = time.perf_counter() - gc_started[0]
+            g = gc_pauses[info["generation"]]
+            g[0] += 1
+            g[1] += took
+            g[2] = max(g[2], took)
+
+    gc.callbacks.append(on_gc)
+
     async def sample_trace() -> None:
         c, rc = svc.counters, svc.relay.peers[peer].counters
         while True:
@@ -655,13 +671,22 @@ async def director(node: int, workdir: Path, barrier_timeout: float) -> None:
                    "injected": svc.injected[peer]})
         elif op == "trace_start":  # sample the per-stage counters every 20 ms
             trace.clear()
+            for g in gc_pauses.values():
+                g[:] = [0, 0.0, 0.0]
             trace_task = loop.create_task(sample_trace())
             reply({"ok": True})
         elif op == "trace_stop":
             if trace_task is not None:
                 trace_task.cancel()
                 trace_task = None
-            reply({"trace": trace})
+                c, rc = svc.counters, svc.relay.peers[peer].counters  # the last sample
+                trace.append((time.monotonic(), c["capture.entries"], rc["entries.sent"],
+                              svc.received[peer], svc.injected[peer], c["inject.datagrams"],
+                              c["inject.commit_waits"], rc["resends"]))
+            reply({"trace": trace, "gc": {f"gen{k}": {"count": int(v[0]),
+                                                      "total_ms": v[1] * 1000,
+                                                      "max_ms": v[2] * 1000}
+                                          for k, v in gc_pauses.items()}})
         elif op == "rss":
             gc.collect()
             reply({"rss_mb": rss_mb(), "table": len(svc.table)})
@@ -827,8 +852,13 @@ def connsync_phase(args: argparse.Namespace, held: list[socket.socket],
         rate = max(1000.0, round(rate, -3))
         base = w["settled"]
         n = min(args.cs_sustained, int(rate * args.sustained_seconds))
+        a.ask(op="trace_start")
+        b.ask(op="trace_start")
         sent = gen.send(GEN_NET["sustained"], n, rate=rate)
         w = b.ask(op="wait", count=base + n, timeout=120)
+        ta, tb_ = a.ask(op="trace_stop"), b.ask(op="trace_stop")
+        by_stage = stage_lags(ta["trace"], tb_["trace"], sent)
+        gc_pauses = {"A": ta["gc"], "B": tb_["gc"]}
         commits = b.ask(op="commits", net=GEN_NET["sustained"], count=n)["commit_at"]
         lags = [c - s for c, s in zip(commits, sent) if c is not None]
         out["sustained"] = {"entries": n, "rate": rate,
@@ -839,7 +869,8 @@ def connsync_phase(args: argparse.Namespace, held: list[socket.socket],
                             "send_s": sent[-1] - sent[0], "committed": len(lags),
                             "lag_p50_ms": (pct(lags, 0.5) or 0) * 1000,
                             "lag_p99_ms": (pct(lags, 0.99) or 0) * 1000,
-                            "lag_max_ms": max(lags, default=0) * 1000}
+                            "lag_max_ms": max(lags, default=0) * 1000,
+                            "stages": by_stage, "gc": gc_pauses}
         # the table phase: entries at a steady rate, their capture -> commit lag, then
         # the plugin's RSS, and the takeover barrier with that many synced connections
         base = w["settled"]
@@ -907,6 +938,30 @@ def trace_stages(trace_a: list[list[float]], trace_b: list[list[float]],
         half = next((r[0] - t0 for r in rows if r[col] - base >= n / 2), None)
         full = next((r[0] - t0 for r in rows if r[col] - base >= n), None)
         out[name] = {"half_s": half, "all_s": full}
+    return out
+
+
+def stage_lags(trace_a: list[list[float]], trace_b: list[list[float]],
+               sent: list[float]) -> dict[str, Any]:
+    """Per stage, p50 and p99 (ms) of each entry's lag from its send until it had passed
+    that stage: the k-th entry passed a stage at the first sample (20 ms apart) whose
+    count had grown by more than k (the stages keep the order of the entries)."""
+    import bisect
+
+    out: dict[str, Any] = {}
+    for col, name in enumerate(TRACE[:4], start=1):
+        rows = trace_a if name.endswith("_A") else trace_b
+        if not rows:
+            continue
+        base = rows[0][col]
+        counts = [r[col] - base for r in rows]
+        lags = []
+        for k, t in enumerate(sent):
+            i = bisect.bisect_right(counts, k)
+            if i < len(rows):
+                lags.append(rows[i][0] - t)
+        out[name] = {"p50_ms": (pct(lags, 0.5) or 0) * 1000,
+                     "p99_ms": (pct(lags, 0.99) or 0) * 1000, "entries": len(lags)}
     return out
 
 
@@ -1230,6 +1285,13 @@ def main() -> None:
               f"above; the generator achieved {su['achieved_rate'] or 0:.0f}/s): lag p50 "
               f"{su['lag_p50_ms']:.1f} ms, p99 {su['lag_p99_ms']:.1f} ms (target <= 50 ms), "
               f"max {su['lag_max_ms']:.1f} ms")
+        print("    lag until each stage (ms, p50/p99, from counters sampled every 20 ms): "
+              + ", ".join(f"{k} {v['p50_ms']:.0f}/{v['p99_ms']:.0f}"
+                          for k, v in su.get("stages", {}).items()))
+        print("    the directors' garbage collections meanwhile (count, longest pause ms): "
+              + "; ".join(f"{d} " + ", ".join(f"{g} {v['count']} {v['max_ms']:.0f}"
+                                              for g, v in gcs.items())
+                          for d, gcs in su.get("gc", {}).items()))
         print(f"  {tb['entries']} entries offered at the issue's {tb['rate']:.0f}/s (the "
               f"generator achieved {tb['achieved_rate'] or 0:.0f}/s, sent in "
               f"{tb['send_s']:.2f} s): lag p50 {tb['lag_p50_ms']:.1f} ms, p99 "
