@@ -27,16 +27,26 @@ server R behind a persistent virtual service on A, and a client. The phases:
    End to end per connection (``e2e_connsync_ms``, beside ``e2e_kernel_defaults_ms``:
    ``e2e_ratio``); a burst of real connections (``lost_connsync``); generated sync
    datagrams sent out of A's ``sync0`` as its master would (captured like the kernel's):
-   ``--cs-entries`` at once (``entries_per_s``: first send -> last entry committed in B),
-   then ``--cs-table`` entries at ``--rate`` (``p99_lag_ms``: send -> committed in B, per
-   entry); then both plugins' RSS (``rss_mb``); B's ``prepare_master`` awaitable with
+   ``--cs-entries`` at once (``entries_per_s``: first send -> last entry committed in B;
+   the directors' counters sampled every 20 ms say when half and all of them had been
+   captured, sent, received and injected); then entries at a rate the relay keeps up
+   with, ``--sustained-share`` (0.5) of the throughput just measured, for about
+   ``--sustained-seconds`` (``p99_lag_sustained_ms``: the relay's own lag, no backlog;
+   per stage too, and the directors' garbage-collection pauses); then ``--cs-table``
+   entries at ``--rate``, the issue's 50,000/s (``p99_lag_ms``: send -> committed in B,
+   per entry: where the offered rate exceeds the throughput this measures the backlog,
+   and the output says so); then both plugins' RSS (``rss_mb``); B's ``prepare_master`` awaitable with
    those entries synced, until it resolves (``barrier_100k_s``: a failover's takeover);
    then B restarts, A resends its whole table, and B's barrier is timed from the first
    resent entry until it resolves (``barrier_resync_100k_s``: a restarted director).
+3 (again): the kernel's injection at 255 entries per datagram (the plugin's datagrams
+   since the backup daemon's receive size is raised: ``kernel_inject_255_entries_per_s``,
+   the reference the relay's throughput is set against).
 6. a **full resync** of 100,000 hand-built entries into B, kernel side only.
 
 ``--json`` prints one JSON object as the last line (the kernel-side figures under
-``kernel_*``, each target figure also as ``*_vs_target``). Not a test: it prints numbers.
+``kernel_*``, the issue's targets under ``targets``, each target figure also as
+``*_vs_target``). Not a test: it prints numbers.
 """
 
 from __future__ import annotations

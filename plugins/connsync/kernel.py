@@ -349,8 +349,7 @@ def ensure_daemons(interface: str, *, syncid: int, kernel_maxlen: int,
     other settings is restarted; a missing one is started. The backup gets the largest
     receive size the kernel allows (:func:`backup_maxlen_for`; its default is the
     interface MTU minus headers): it still takes any datagram a master sends, and
-    conn-sync can inject 255 entries per datagram instead of 40 (the backup's cost is
-    mostly per datagram).
+    conn-sync can inject 255 entries per datagram instead of 40 (a sixth of the sends).
 
     :param interface: the sync interface (it must exist and hold an address).
     :param syncid: the sync id both daemons use (0..255; a backup with 0 accepts any).
