@@ -27,16 +27,26 @@ server R behind a persistent virtual service on A, and a client. The phases:
    End to end per connection (``e2e_connsync_ms``, beside ``e2e_kernel_defaults_ms``:
    ``e2e_ratio``); a burst of real connections (``lost_connsync``); generated sync
    datagrams sent out of A's ``sync0`` as its master would (captured like the kernel's):
-   ``--cs-entries`` at once (``entries_per_s``: first send -> last entry committed in B),
-   then ``--cs-table`` entries at ``--rate`` (``p99_lag_ms``: send -> committed in B, per
-   entry); then both plugins' RSS (``rss_mb``); B's ``prepare_master`` awaitable with
+   ``--cs-entries`` at once (``entries_per_s``: first send -> last entry committed in B;
+   the directors' counters sampled every 20 ms say when half and all of them had been
+   captured, sent, received and injected); then entries at a rate the relay keeps up
+   with, ``--sustained-share`` (0.5) of the throughput just measured, for about
+   ``--sustained-seconds`` (``p99_lag_sustained_ms``: the relay's own lag, no backlog;
+   per stage too, and the directors' garbage-collection pauses); then ``--cs-table``
+   entries at ``--rate``, the issue's 50,000/s (``p99_lag_ms``: send -> committed in B,
+   per entry: where the offered rate exceeds the throughput this measures the backlog,
+   and the output says so); then both plugins' RSS (``rss_mb``); B's ``prepare_master`` awaitable with
    those entries synced, until it resolves (``barrier_100k_s``: a failover's takeover);
    then B restarts, A resends its whole table, and B's barrier is timed from the first
    resent entry until it resolves (``barrier_resync_100k_s``: a restarted director).
+3 (again): the kernel's injection at 255 entries per datagram (the plugin's datagrams
+   since the backup daemon's receive size is raised: ``kernel_inject_255_entries_per_s``,
+   the reference the relay's throughput is set against).
 6. a **full resync** of 100,000 hand-built entries into B, kernel side only.
 
 ``--json`` prints one JSON object as the last line (the kernel-side figures under
-``kernel_*``, each target figure also as ``*_vs_target``). Not a test: it prints numbers.
+``kernel_*``, the issue's targets under ``targets``, each target figure also as
+``*_vs_target``). Not a test: it prints numbers.
 """
 
 from __future__ import annotations
@@ -376,10 +386,14 @@ def encode(entries: list[tuple[str, int]], *, syncid: int = SYNCID) -> bytes:
     return struct.pack("!BBHBBH", 0, syncid, 8 + len(body), len(entries), 1, 0) + body
 
 
-def throughput(n: int, *, per_datagram: int = 40, window: int = WINDOW) -> dict[str, Any]:
+def throughput(n: int, *, per_datagram: int = 40, window: int = WINDOW,
+               net: int = 80) -> dict[str, Any]:
+    """Hand-built entries injected into B, ``per_datagram`` per datagram (40: what fits
+    the kernel's default 1,472 bytes; 255: the most a datagram holds, which the backup
+    daemon takes once its receive size is raised, as the plugin does)."""
     from clusterbus.plugins.connsync import kernel
 
-    keys = [(f"10.80.{(i // 250) % 250}.{i % 250 + 1}", 1024 + i // 62500) for i in range(n)]
+    keys = [(f"10.{net}.{(i // 250) % 250}.{i % 250 + 1}", 1024 + i // 62500) for i in range(n)]
     datagrams = [encode(keys[i:i + per_datagram]) for i in range(0, n, per_datagram)]
     with netns("csB"):
         before = active_conns()
@@ -461,7 +475,7 @@ CS_PORT = 7790
 CS_ADDR = {1: A_ADDR, 2: B_ADDR}
 CS_NS = {1: "csA", 2: "csB"}
 #: second octet of the generated client addresses, per generator phase
-GEN_NET = {"throughput": 83, "table": 84}
+GEN_NET = {"throughput": 83, "table": 84, "sustained": 85}
 
 
 def gen_key(net: int, i: int) -> tuple[str, int]:
@@ -589,6 +603,35 @@ async def director(node: int, workdir: Path, barrier_timeout: float) -> None:
         sys.stdout.write(json.dumps(obj) + "\n")
         sys.stdout.flush()
 
+    # the per-stage progress of a phase: (t, captured, sent, received, injected, datagrams
+    # injected, commit waits, resends), sampled from the plugin's own counters
+    trace: list[tuple[float, ...]] = []
+    trace_task: asyncio.Task[None] | None = None
+
+    # the cyclic garbage collector's pauses, per generation: (count, total s, longest s)
+    gc_pauses: dict[int, list[float]] = {0: [0, 0.0, 0.0], 1: [0, 0.0, 0.0], 2: [0, 0.0, 0.0]}
+    gc_started = [0.0]
+
+    def on_gc(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            gc_started[0] = time.perf_counter()
+        else:
+            took = time.perf_counter() - gc_started[0]
+            g = gc_pauses[info["generation"]]
+            g[0] += 1
+            g[1] += took
+            g[2] = max(g[2], took)
+
+    gc.callbacks.append(on_gc)
+
+    async def sample_trace() -> None:
+        c, rc = svc.counters, svc.relay.peers[peer].counters
+        while True:
+            trace.append((time.monotonic(), c["capture.entries"], rc["entries.sent"],
+                          svc.received[peer], svc.injected[peer], c["inject.datagrams"],
+                          c["inject.commit_waits"], rc["resends"]))
+            await asyncio.sleep(0.02)
+
     deadline = time.monotonic() + 20
     while not svc.running and not task.done() and time.monotonic() < deadline:
         await asyncio.sleep(0.01)
@@ -636,6 +679,24 @@ async def director(node: int, workdir: Path, barrier_timeout: float) -> None:
             reply({"seconds": took, "veto": veto, "asks": asks, "last_barrier": svc.last_barrier,
                    "received": svc.received[peer], "settled": svc.settled[peer],
                    "injected": svc.injected[peer]})
+        elif op == "trace_start":  # sample the per-stage counters every 20 ms
+            trace.clear()
+            for g in gc_pauses.values():
+                g[:] = [0, 0.0, 0.0]
+            trace_task = loop.create_task(sample_trace())
+            reply({"ok": True})
+        elif op == "trace_stop":
+            if trace_task is not None:
+                trace_task.cancel()
+                trace_task = None
+                c, rc = svc.counters, svc.relay.peers[peer].counters  # the last sample
+                trace.append((time.monotonic(), c["capture.entries"], rc["entries.sent"],
+                              svc.received[peer], svc.injected[peer], c["inject.datagrams"],
+                              c["inject.commit_waits"], rc["resends"]))
+            reply({"trace": trace, "gc": {f"gen{k}": {"count": int(v[0]),
+                                                      "total_ms": v[1] * 1000,
+                                                      "max_ms": v[2] * 1000}
+                                          for k, v in gc_pauses.items()}})
         elif op == "rss":
             gc.collect()
             reply({"rss_mb": rss_mb(), "table": len(svc.table)})
@@ -777,8 +838,12 @@ def connsync_phase(args: argparse.Namespace, held: list[socket.socket],
         n = args.cs_entries
         with netns("csB"):
             before = active_conns()
+        a.ask(op="trace_start")
+        b.ask(op="trace_start")
         sent = gen.send(GEN_NET["throughput"], n)
         w = b.ask(op="wait", count=base + n, timeout=120)
+        stages = trace_stages(a.ask(op="trace_stop")["trace"], b.ask(op="trace_stop")["trace"],
+                              sent[0], n)
         commits = b.ask(op="commits", net=GEN_NET["throughput"], count=n)["commit_at"]
         lags = [c - s for c, s in zip(commits, sent) if c is not None]
         done = [c for c in commits if c is not None]
@@ -789,7 +854,33 @@ def connsync_phase(args: argparse.Namespace, held: list[socket.socket],
             "entries_per_s": n / (max(done) - sent[0]) if done else 0.0,
             "send_s": sent[-1] - sent[0], "committed": len(done), "present": got,
             "lost": n - got, "lag_p50_ms": (pct(lags, 0.5) or 0) * 1000,
-            "lag_p99_ms": (pct(lags, 0.99) or 0) * 1000, "settled": w["settled"] - base}
+            "lag_p99_ms": (pct(lags, 0.99) or 0) * 1000, "settled": w["settled"] - base,
+            "stages": stages}
+        # the lag where the path keeps up: entries offered at a share of the throughput
+        # just measured (so no backlog builds), their capture -> commit lag
+        rate = args.sustained_rate or args.sustained_share * out["throughput"]["entries_per_s"]
+        rate = max(1000.0, round(rate, -3))
+        base = w["settled"]
+        n = min(args.cs_sustained, int(rate * args.sustained_seconds))
+        a.ask(op="trace_start")
+        b.ask(op="trace_start")
+        sent = gen.send(GEN_NET["sustained"], n, rate=rate)
+        w = b.ask(op="wait", count=base + n, timeout=120)
+        ta, tb_ = a.ask(op="trace_stop"), b.ask(op="trace_stop")
+        by_stage = stage_lags(ta["trace"], tb_["trace"], sent)
+        gc_pauses = {"A": ta["gc"], "B": tb_["gc"]}
+        commits = b.ask(op="commits", net=GEN_NET["sustained"], count=n)["commit_at"]
+        lags = [c - s for c, s in zip(commits, sent) if c is not None]
+        out["sustained"] = {"entries": n, "rate": rate,
+                            "achieved_rate": n / (sent[-1] - sent[0]) if n > 1 and
+                            sent[-1] > sent[0] else None,
+                            "share_of_throughput": rate / out["throughput"]["entries_per_s"]
+                            if out["throughput"]["entries_per_s"] else None,
+                            "send_s": sent[-1] - sent[0], "committed": len(lags),
+                            "lag_p50_ms": (pct(lags, 0.5) or 0) * 1000,
+                            "lag_p99_ms": (pct(lags, 0.99) or 0) * 1000,
+                            "lag_max_ms": max(lags, default=0) * 1000,
+                            "stages": by_stage, "gc": gc_pauses}
         # the table phase: entries at a steady rate, their capture -> commit lag, then
         # the plugin's RSS, and the takeover barrier with that many synced connections
         base = w["settled"]
@@ -803,6 +894,8 @@ def connsync_phase(args: argparse.Namespace, held: list[socket.socket],
         with netns("csB"):
             got = active_conns() - before
         out["table"] = {"entries": n, "rate": args.rate, "send_s": sent[-1] - sent[0],
+                        "achieved_rate": n / (sent[-1] - sent[0]) if sent[-1] > sent[0]
+                        else None,
                         "committed": len(lags), "present": got, "lost": n - got,
                         "lag_p50_ms": (pct(lags, 0.5) or 0) * 1000,
                         "lag_p99_ms": (pct(lags, 0.99) or 0) * 1000,
@@ -829,6 +922,56 @@ def connsync_phase(args: argparse.Namespace, held: list[socket.socket],
             if x is not None:
                 x.close()
         subprocess.run(["rm", "-rf", str(workdir)], check=False)
+    return out
+
+
+#: the columns of a director's trace (after the time), by stage
+TRACE = ("captured_A", "sent_A", "received_B", "injected_B", "datagrams_B", "commit_waits_B",
+         "resends_A")
+
+
+def trace_stages(trace_a: list[list[float]], trace_b: list[list[float]],
+                 t0: float, n: int) -> dict[str, Any]:
+    """Where the time of ``n`` entries went: per stage (A's capture, A's relay sends, B's
+    receipt, B's injection), seconds from the first send until half and all of them had
+    passed it (from the directors' counters sampled every 20 ms), and the per-phase totals
+    of B's injected datagrams, its commit waits and A's resends."""
+    out: dict[str, Any] = {}
+    for col, name in enumerate(TRACE, start=1):
+        rows = trace_a if name.endswith("_A") else trace_b
+        if not rows:
+            continue
+        base = rows[0][col]
+        if name in ("datagrams_B", "commit_waits_B", "resends_A"):
+            out[name] = rows[-1][col] - base
+            continue
+        half = next((r[0] - t0 for r in rows if r[col] - base >= n / 2), None)
+        full = next((r[0] - t0 for r in rows if r[col] - base >= n), None)
+        out[name] = {"half_s": half, "all_s": full}
+    return out
+
+
+def stage_lags(trace_a: list[list[float]], trace_b: list[list[float]],
+               sent: list[float]) -> dict[str, Any]:
+    """Per stage, p50 and p99 (ms) of each entry's lag from its send until it had passed
+    that stage: the k-th entry passed a stage at the first sample (20 ms apart) whose
+    count had grown by more than k (the stages keep the order of the entries)."""
+    import bisect
+
+    out: dict[str, Any] = {}
+    for col, name in enumerate(TRACE[:4], start=1):
+        rows = trace_a if name.endswith("_A") else trace_b
+        if not rows:
+            continue
+        base = rows[0][col]
+        counts = [r[col] - base for r in rows]
+        lags = []
+        for k, t in enumerate(sent):
+            i = bisect.bisect_right(counts, k)
+            if i < len(rows):
+                lags.append(rows[i][0] - t)
+        out[name] = {"p50_ms": (pct(lags, 0.5) or 0) * 1000,
+                     "p99_ms": (pct(lags, 0.99) or 0) * 1000, "entries": len(lags)}
     return out
 
 
@@ -920,6 +1063,8 @@ def inside(args: argparse.Namespace) -> dict[str, Any]:
         for ns in ("csA", "csB"):
             daemons(ns, "sync0", maxlen=1, threshold=(2, 50))
         out["throughput"] = throughput(args.entries)
+        # the same in datagrams of 255 entries, windows of 4 (the plugin's injection rounds)
+        out["throughput_255"] = throughput(args.entries, per_datagram=255, window=4, net=81)
         # 6: last, since B's table then holds 100,000 more entries and every read of
         # /proc/net/ip_vs_conn (the presence checks above) would take seconds
         if args.resync_entries:
@@ -946,8 +1091,10 @@ def inside(args: argparse.Namespace) -> dict[str, Any]:
     out.update(
         # the kernel side alone (forwarder and hand-built injection, no relay)
         kernel_inject_entries_per_s=out["throughput"]["entries_per_s"],
+        kernel_inject_255_entries_per_s=out["throughput_255"]["entries_per_s"],
         kernel_p99_lag_ms=out["burst"]["lag_p99_ms"],
-        lost_capture_inject=out["burst"]["lost"] + out["throughput"]["lost"],
+        lost_capture_inject=out["burst"]["lost"] + out["throughput"]["lost"]
+        + out["throughput_255"]["lost"],
         resync_100k_s=out["resync"]["seconds"] if "resync" in out else None,
         e2e_kernel_defaults_ms=df["e2e_median_ms"], lost_kernel=lost_kernel,
         lost_kernel_of=args.burst)
@@ -957,6 +1104,12 @@ def inside(args: argparse.Namespace) -> dict[str, Any]:
         out.update(
             entries_per_s=cs["throughput"]["entries_per_s"],
             p99_lag_ms=table["lag_p99_ms"], p99_lag_rate=table["rate"],
+            p99_lag_rate_achieved=table["achieved_rate"],
+            # the same where the path keeps up (no backlog): the lag of the relay itself
+            p99_lag_sustained_ms=cs["sustained"]["lag_p99_ms"],
+            p50_lag_sustained_ms=cs["sustained"]["lag_p50_ms"],
+            sustained_rate=cs["sustained"]["rate"],
+            sustained_rate_achieved=cs["sustained"]["achieved_rate"],
             p99_lag_burst_ms=cs["throughput"]["lag_p99_ms"],
             e2e_connsync_ms=cs["e2e"]["e2e_median_ms"],
             e2e_ratio=ratio(df["e2e_median_ms"], cs["e2e"]["e2e_median_ms"]),
@@ -977,11 +1130,18 @@ def inside(args: argparse.Namespace) -> dict[str, Any]:
         out.update(entries_per_s=None, p99_lag_ms=None, lost_connsync=None,
                    barrier_100k_s=None, barrier_resync_100k_s=None, rss_mb=None,
                    e2e_ratio=None)
+    out["targets"] = {"entries_per_s": 50_000, "p99_lag_ms": 50, "barrier_100k_s": 1,
+                      "rss_mb": 200}
+    out["p99_lag_sustained_ms_vs_target"] = (out["p99_lag_sustained_ms"] / 50
+                                             if out.get("p99_lag_sustained_ms") is not None
+                                             else None)
     for key, ref in (("entries_per_s", 50_000), ("p99_lag_ms", 50), ("barrier_100k_s", 1),
                      ("barrier_resync_100k_s", 1), ("rss_mb", 200)):
         out[f"{key}_vs_target"] = out[key] / ref if out[key] is not None else None
     out["entries_per_s_vs_kernel_inject"] = ratio(out["entries_per_s"],
                                                   out["kernel_inject_entries_per_s"])
+    out["entries_per_s_vs_kernel_inject_255"] = ratio(out["entries_per_s"],
+                                                      out["kernel_inject_255_entries_per_s"])
     return out
 
 
@@ -1006,6 +1166,15 @@ def main() -> None:
                     "RSS and the takeover barrier with them (0: skip conn-sync)")
     ap.add_argument("--rate", type=float, default=50_000,
                     help="entries/s of the --cs-table phase (its p99 lag)")
+    ap.add_argument("--cs-sustained", type=int, default=40_000,
+                    help="most generated entries of the sustained-rate phase")
+    ap.add_argument("--sustained-share", type=float, default=0.5,
+                    help="the sustained phase offers this share of the relay throughput "
+                    "just measured (its p99 lag without a backlog)")
+    ap.add_argument("--sustained-rate", type=float, default=0,
+                    help="entries/s of the sustained phase instead of the share")
+    ap.add_argument("--sustained-seconds", type=float, default=4,
+                    help="the sustained phase lasts about this long")
     ap.add_argument("--barrier-timeout", type=float, default=60,
                     help="the directors' [connsync] barrier_timeout (long: to time it)")
     ap.add_argument("--quick", action="store_true", help="small counts (a smoke run)")
@@ -1051,6 +1220,8 @@ def main() -> None:
            f"{args.default_connections} --plain-connections {args.plain_connections} "
            f"--resync-entries {args.resync_entries} --burst {args.burst} --entries {args.entries} "
            f"--cs-entries {args.cs_entries} --cs-table {args.cs_table} --rate {args.rate} "
+           f"--cs-sustained {args.cs_sustained} --sustained-share {args.sustained_share} "
+           f"--sustained-rate {args.sustained_rate} --sustained-seconds {args.sustained_seconds} "
            f"--barrier-timeout {args.barrier_timeout} "
            f"> {result_file} 2> {result_file}.log"]
     try:
@@ -1083,6 +1254,10 @@ def main() -> None:
     print(f"  injection: {th['entries']} entries in {th['datagrams']} datagrams, "
           f"{th['entries_per_s']:.0f} entries/s, lost {th['lost']} (backup drops "
           f"{th['backup_drops']}); counting B's table took {th['count_s']:.2f} s")
+    t2 = data["throughput_255"]
+    print(f"  the same, 255 entries per datagram (the plugin's injection): "
+          f"{t2['entries_per_s']:.0f} entries/s, lost {t2['lost']} (backup drops "
+          f"{t2['backup_drops']})")
     if "resync" in data:
         rs = data["resync"]
         print(f"  full resync into B: {rs['entries']} entries in {rs['seconds']:.2f} s "
@@ -1104,9 +1279,34 @@ def main() -> None:
         print(f"  relay throughput: {tp['entries']} entries at once, {tp['entries_per_s']:.0f} "
               f"entries/s capture -> committed (sent in {tp['send_s']:.2f} s), lag p50 "
               f"{tp['lag_p50_ms']:.0f} ms p99 {tp['lag_p99_ms']:.0f} ms, lost {tp['lost']}")
-        print(f"  {tb['entries']} entries at {tb['rate']:.0f}/s (sent in {tb['send_s']:.2f} s): "
-              f"lag p50 {tb['lag_p50_ms']:.1f} ms, p99 {tb['lag_p99_ms']:.1f} ms, max "
-              f"{tb['lag_max_ms']:.1f} ms, lost {tb['lost']}")
+        st = tp.get("stages", {})
+        print("    where the time went (s from the first send until half / all entries passed): "
+              + ", ".join(f"{k} {v['half_s'] or 0:.2f}/{v['all_s'] or 0:.2f}"
+                          for k, v in st.items() if isinstance(v, dict))
+              + "; " + ", ".join(f"{k} {v}" for k, v in st.items() if not isinstance(v, dict)))
+        print(f"    target >= 50000 entries/s: {data['entries_per_s_vs_target']:.2f} of it; "
+              f"the kernel alone in this run injects {data['kernel_inject_entries_per_s']:.0f}"
+              f"/s at 40 entries per datagram, {data['kernel_inject_255_entries_per_s']:.0f}/s"
+              f" at 255 (the relay: {data['entries_per_s_vs_kernel_inject_255'] or 0:.2f} "
+              f"of the latter)")
+        su = cs["sustained"]
+        print(f"  lag where the relay keeps up: {su['entries']} entries offered at "
+              f"{su['rate']:.0f}/s ({su['share_of_throughput'] or 0:.2f} of the throughput "
+              f"above; the generator achieved {su['achieved_rate'] or 0:.0f}/s): lag p50 "
+              f"{su['lag_p50_ms']:.1f} ms, p99 {su['lag_p99_ms']:.1f} ms (target <= 50 ms), "
+              f"max {su['lag_max_ms']:.1f} ms")
+        print("    lag until each stage (ms, p50/p99, from counters sampled every 20 ms): "
+              + ", ".join(f"{k} {v['p50_ms']:.0f}/{v['p99_ms']:.0f}"
+                          for k, v in su.get("stages", {}).items()))
+        print("    the directors' garbage collections meanwhile (count, longest pause ms): "
+              + "; ".join(f"{d} " + ", ".join(f"{g} {v['count']} {v['max_ms']:.0f}"
+                                              for g, v in gcs.items())
+                          for d, gcs in su.get("gc", {}).items()))
+        print(f"  {tb['entries']} entries offered at the issue's {tb['rate']:.0f}/s (the "
+              f"generator achieved {tb['achieved_rate'] or 0:.0f}/s, sent in "
+              f"{tb['send_s']:.2f} s): lag p50 {tb['lag_p50_ms']:.1f} ms, p99 "
+              f"{tb['lag_p99_ms']:.1f} ms (target <= 50 ms; above the relay's throughput "
+              f"this is the backlog), max {tb['lag_max_ms']:.1f} ms, lost {tb['lost']}")
         print(f"  RSS with {tb['entries']} entries: A {cs['rss']['A']['rss_mb']:.0f} MB, B "
               f"{cs['rss']['B']['rss_mb']:.0f} MB, B after its restart's resync "
               f"{cs['rss']['B_after_resync']['rss_mb']:.0f} MB")

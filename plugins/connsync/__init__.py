@@ -66,8 +66,13 @@ SHOW_LIMIT = 10_000
 INJECT_QUEUE = 500_000
 #: the name the takeover barrier's hook is registered under while configured
 BARRIER_HOOKS = "connsync.barrier"
-#: entries per injection round; the backup daemon is given time to consume each round
-INJECT_CHUNK = 1024
+#: entries per injection round (4 datagrams of 255 entries with the backup daemon's
+#: receive size raised; 26 of 40 at the kernel's default); the backup daemon is given
+#: time to consume each round
+INJECT_CHUNK = 1020
+#: the longest injected datagram until the backup daemon's receive size was read (the
+#: kernel's default for a 1500-byte MTU: 40 IPv4 entries)
+INJECT_MAXLEN_DEFAULT = 1500 - 28
 #: the longest wait for the backup daemon after each injection round
 INJECT_PACE = 0.05
 #: entries/s the backup daemon is assumed to apply at most: after a round the injection
@@ -89,6 +94,11 @@ BATCH_MAX = 1024
 #: most frames the channel handles per loop turn (a frame's entries are checked and
 #: tabled in about a millisecond), so the injection task runs between them
 TURN_FRAMES = 4
+#: the shortest resend timeout (TCP's 200 ms on Linux): a link measured idle at a few
+#: milliseconds would otherwise resend batches whenever the peer's process is not
+#: scheduled for 50 ms (seen under load: 5 of 20 batches of a burst); a gap the receiver
+#: sees is repaired at once by its NACK, not by this timeout
+RTO_MIN = 0.2
 #: the longest resend timeout: a receiver working through a full window of batches
 #: during a resync answers in seconds, not in a round trip
 RTO_MAX = 4.0
@@ -336,7 +346,8 @@ class ConnSync:
         self.relay = Relay(run=time.time_ns(), peers=self.peer_nodes,
                            snapshot=self._snapshot, encode=entry_to_wire,
                            decode=lambda v: entry_from_wire(v, self.codec, self.conntrack),
-                           batch_max=BATCH_MAX, window=WINDOW, rto_max=RTO_MAX,
+                           batch_max=BATCH_MAX, window=WINDOW, rto_min=RTO_MIN,
+                           rto_max=RTO_MAX,
                            encode_batch=encode_batch,
                            decode_batch=lambda raw: decode_batch(raw, self.codec,
                                                                  self.conntrack))
@@ -386,6 +397,8 @@ class ConnSync:
         self._progress = asyncio.Event()
         self._capture: Any = None
         self._injector: Any = None
+        #: the longest datagram the local backup daemon takes (read once it runs)
+        self._inject_maxlen = INJECT_MAXLEN_DEFAULT
         self.running = False
 
     # -- capture --------------------------------------------------------------------------
@@ -490,7 +503,8 @@ class ConnSync:
     def _inject(self, chunk: list[tuple[int, list[bytes], float]]) -> None:
         raws = [c for _, conns, _ in chunk for c in conns] if len(chunk) > 1 else chunk[0][1]
         try:
-            datagrams = self.codec.assemble(raws, syncid=self.cfg.syncid)
+            datagrams = self.codec.assemble(raws, syncid=self.cfg.syncid,
+                                            maxlen=self._inject_maxlen)
         except (ValueError, TypeError) as exc:
             self.counters["inject.dropped.encode"] += len(raws)
             self.limited.error(("encode",), "connsync: cannot encode entries: %s", exc)
@@ -823,6 +837,13 @@ class ConnSync:
             self.counters["knobs.failed"] += 1
             log.error("connsync: cannot start the kernel's sync daemons on %s: %s",
                       self.cfg.interface, exc)
+        try:  # inject datagrams as long as the backup daemon takes (255 entries at most)
+            got = await asyncio.to_thread(self.kernel.backup_maxlen)
+            if got:
+                self._inject_maxlen = got
+        except OSError as exc:
+            log.warning("connsync: cannot read the backup daemon's receive size: %s "
+                        "(injecting datagrams of %d bytes)", exc, self._inject_maxlen)
         self._capture = self.kernel.Capture(self.cfg.interface)
         self._injector = self.kernel.Injector(self.cfg.interface)
         self._capture.open()

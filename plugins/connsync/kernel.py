@@ -39,7 +39,8 @@ from clusterbus.errors import ClusterbusError, ConfigError
 
 __all__ = [
     "SYNC_GROUP4", "SYNC_PORT", "SyncKernelError", "InterfaceError", "set_sync_knobs",
-    "sync_knobs", "ensure_daemons", "Capture", "Injector", "BackupQueue", "backup_queue",
+    "sync_knobs", "ensure_daemons", "backup_maxlen", "backup_maxlen_for", "Capture",
+    "Injector", "BackupQueue", "backup_queue",
     "committed", "interface_address", "SyncDaemons",
 ]
 
@@ -54,6 +55,17 @@ SYNC_PORT = 8848
 VS_SYSCTL = Path("/proc/sys/net/ipv4/vs")
 #: The master clamps ``sync_maxlen`` to 1 .. 65535 - IP and UDP headers.
 MAXLEN_MAX4 = 65535 - 28
+#: The same limit over IPv6 (the kernel clamps the backup's receive size to it too).
+MAXLEN_MAX6 = 65535 - 48
+#: The backup daemon's receive size when it is not given one: the interface MTU minus
+#: headers (at least 1500 - 28); a longer datagram is cut there and dropped as bogus.
+BACKUP_MAXLEN_DEFAULT = 1500 - 28
+
+
+def backup_maxlen_for(group: str) -> int:
+    """The largest receive size the kernel lets a backup daemon on ``group`` have (the one
+    :func:`ensure_daemons` gives it: then one injected datagram may carry 255 entries)."""
+    return MAXLEN_MAX6 if ipaddress.ip_address(group).version == 6 else MAXLEN_MAX4
 
 ETH_P_ALL = 0x0003
 ETH_P_IP = 0x0800
@@ -334,9 +346,10 @@ def ensure_daemons(interface: str, *, syncid: int, kernel_maxlen: int,
     """Run the master and the backup sync daemon together on ``interface``.
 
     A daemon already running with exactly these settings is left alone; one running with
-    other settings is restarted; a missing one is started. The backup keeps the kernel's
-    default receive size (the interface MTU minus headers), which fits any datagram a
-    master with ``kernel_maxlen`` <= that size sends.
+    other settings is restarted; a missing one is started. The backup gets the largest
+    receive size the kernel allows (:func:`backup_maxlen_for`; its default is the
+    interface MTU minus headers): it still takes any datagram a master sends, and
+    conn-sync can inject 255 entries per datagram instead of 40 (a sixth of the sends).
 
     :param interface: the sync interface (it must exist and hold an address).
     :param syncid: the sync id both daemons use (0..255; a backup with 0 accepts any).
@@ -355,7 +368,8 @@ def ensure_daemons(interface: str, *, syncid: int, kernel_maxlen: int,
     done: list[str] = []
     try:
         running = {d["state"]: d for d in k.daemons()}
-        for state, maxlen in (("backup", 0), ("master", kernel_maxlen)):
+        for state, maxlen in (("backup", backup_maxlen_for(group)),
+                              ("master", kernel_maxlen)):
             d = running.get(state)
             if d is not None:
                 same = (d["interface"] == interface and d["syncid"] == syncid
@@ -376,6 +390,21 @@ def ensure_daemons(interface: str, *, syncid: int, kernel_maxlen: int,
             k.close()
     log.info("sync daemons on %s syncid %d: %s", interface, syncid, ", ".join(done))
     return done
+
+
+def backup_maxlen(kernel: SyncDaemons | None = None) -> int | None:
+    """The running backup daemon's receive size in bytes (the longest datagram it takes),
+    or None when no backup daemon runs in this network namespace."""
+    own = kernel is None
+    k = kernel if kernel is not None else SyncDaemons()
+    try:
+        for d in k.daemons():
+            if d["state"] == "backup":
+                return int(d["maxlen"]) or BACKUP_MAXLEN_DEFAULT
+        return None
+    finally:
+        if own:
+            k.close()
 
 
 # -- interfaces -------------------------------------------------------------------------
@@ -749,9 +778,10 @@ def backup_queue(*, port: int = SYNC_PORT, group: str | None = None,
 
 
 #: How long the receive queue must stay empty: the backup thread dequeues a datagram
-#: before it applies it (tens of microseconds for 40 entries), so one empty reading may
-#: come just before the last apply. Within this window the queue is re-read at once.
-SETTLE_S = 0.0005
+#: before it applies it (tens of microseconds for 40 entries; the plugin injects up to
+#: 255 per datagram, about 6 times as long), so one empty reading may come just before
+#: the last apply. Within this window the queue is re-read at once.
+SETTLE_S = 0.002
 #: Poll interval while the queue is not empty.
 POLL_S = 0.001
 

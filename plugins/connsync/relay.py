@@ -138,6 +138,9 @@ class _Batch:
     sent_at: float = 0.0
     first_sent: float = 0.0
     tries: int = 0
+    #: when its resend timer started: its last send, or the last ack of newer data, since
+    #: the receiver works through the window in order (RFC 6298 5.3)
+    timer_at: float = 0.0
 
 
 @dataclass(slots=True)
@@ -343,7 +346,7 @@ class Relay:
             if p.out.restart_reason is not None or self._can_fill(p):
                 return float("-inf")  # at once
             for b in p.out.unacked.values():
-                d = min(d, b.sent_at + self._rto(p, b))
+                d = min(d, b.timer_at + self._rto(p, b))
             out = d if out is None else min(out, d)
         return out
 
@@ -409,7 +412,7 @@ class Relay:
     def _transmit(self, p: _Peer, b: _Batch, now: float) -> Send:
         if not b.tries:
             b.first_sent = now
-        b.sent_at = now
+        b.sent_at = b.timer_at = now
         b.tries += 1
         p.counters["batches.sent"] += 1
         if b.tries > 1:
@@ -419,7 +422,7 @@ class Relay:
     def _resend_due(self, p: _Peer, now: float, effects: list[Effect]) -> None:
         expired = False
         for b in p.out.unacked.values():
-            if now >= b.sent_at + self._rto(p, b):
+            if now >= b.timer_at + self._rto(p, b):
                 effects.append(self._transmit(p, b, now))
                 expired = True
         if expired:
@@ -518,12 +521,20 @@ class Relay:
         if upto >= out.next_seq:
             raise RelayError("bad_ack", f"ack of batch {upto}, never sent (last {out.next_seq - 1})")
         sample: _Batch | None = None
-        for seq in [s for s in out.unacked if s <= upto]:
+        done = [s for s in out.unacked if s <= upto]
+        for seq in done:
             b = out.unacked.pop(seq)
             if b.tries == 1:  # Karn: a resent batch's ack says nothing of the round trip
                 sample = b
         if sample is not None:
             self._rtt_sample(p, now - sample.sent_at)
+        if done:
+            # the receiver progresses: the batches behind restart their timers (RFC 6298
+            # 5.3), or a window sent at once into a receiver that takes one batch after
+            # the other is resent from its tail (each wait there is a batch's work, not
+            # a loss)
+            for b in out.unacked.values():
+                b.timer_at = now
         return []
 
     def _nack(self, p: _Peer, acked_run: int, stream: int, first: int, last: int,

@@ -241,6 +241,7 @@ async def committed(*, port=8848, timeout): return True
 kernel.Capture, kernel.Injector, kernel.committed = Capture, Injector, committed
 kernel.set_sync_knobs = lambda **kw: None
 kernel.ensure_daemons = lambda interface, **kw: []
+kernel.backup_maxlen = lambda: None
 svc.kernel = kernel
 
 def write(doc):

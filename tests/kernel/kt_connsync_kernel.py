@@ -344,3 +344,44 @@ def test_knobs_daemons_and_errors(lab: dict[str, Any]) -> None:
             assert asyncio.run(kernel.committed(port=port, timeout=0.05)) is False
             s.recv(100)
             assert asyncio.run(kernel.committed(port=port, timeout=0.5)) is True
+
+
+def _present(prefix: str) -> int:
+    """Entries in this namespace's table whose client address starts with ``prefix``
+    (hex, e.g. ``0A52`` for 10.82.)."""
+    with open("/proc/net/ip_vs_conn") as f:
+        return sum(f" {prefix}" in line for line in f)
+
+
+def test_the_backup_takes_255_entries_per_datagram_once_its_receive_size_is_raised(
+        lab: dict[str, Any]) -> None:
+    """ensure_daemons gives the backup daemon the largest receive size: a datagram of 255
+    entries (9,188 bytes, over a 1,500-byte MTU) is applied whole. With the kernel's
+    default receive size (MTU minus headers) the same datagram is cut and dropped: what
+    injecting such datagrams would lose without it."""
+    with netns("csB"):
+        assert kernel.backup_maxlen() == kernel.MAXLEN_MAX4
+        keys = [(f"10.82.{i // 250}.{i % 250 + 1}", 3000 + i) for i in range(1020)]
+        with kernel.Injector("sync0") as inj:
+            drops = kernel.backup_queue().drops
+            for i in range(0, len(keys), 255):
+                d = encode(keys[i:i + 255])
+                assert len(d) == 9188
+                inj.send(d)
+            assert asyncio.run(kernel.committed(timeout=5, drops_before=drops))
+        assert _present("0A52") == len(keys)
+        # the kernel's default: the backup restarted without a receive size
+        with kernel.SyncDaemons() as k:
+            k.stop_daemon("backup")
+            k.start_daemon("backup", interface="sync0", syncid=SYNCID)
+        assert kernel.backup_maxlen() == kernel.BACKUP_MAXLEN_DEFAULT
+        keys = [(f"10.83.{i // 250}.{i % 250 + 1}", 3000 + i) for i in range(255)]
+        with kernel.Injector("sync0") as inj:
+            inj.send(encode(keys))
+            inj.send(encode(keys[:40]))  # what fits: applied
+            assert asyncio.run(kernel.committed(timeout=5))
+        assert _present("0A53") == 40
+        # and ensure_daemons raises it again
+        assert "restarted backup" in kernel.ensure_daemons("sync0", syncid=SYNCID,
+                                                           kernel_maxlen=1)
+        assert kernel.backup_maxlen() == kernel.MAXLEN_MAX4

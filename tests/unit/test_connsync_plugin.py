@@ -44,6 +44,8 @@ class Kernel:
         self.committed_ok.set()
         self.knobs: list[dict[str, Any]] = []
         self.daemons: list[tuple[str, dict[str, Any]]] = []
+        #: the backup daemon's receive size the fake reports (None: no backup daemon)
+        self.backup_maxlen: int | None = 65507
 
     def module(self) -> types.ModuleType:
         kernel = self
@@ -108,6 +110,7 @@ class Kernel:
 
         m.set_sync_knobs = set_sync_knobs  # type: ignore[attr-defined]
         m.ensure_daemons = ensure_daemons  # type: ignore[attr-defined]
+        m.backup_maxlen = lambda: kernel.backup_maxlen  # type: ignore[attr-defined]
         return m
 
 
@@ -536,3 +539,41 @@ def test_conntrack_entries_are_ignored_where_conntrack_is_off(
     d._effect(Deliver(peer=1, entries=(CtOp(entry=_ct(5)),), snapshot=False))
     assert d.counters["conntrack.ignored.disabled"] == 1 and not d._ct_queue
     assert d.status()["peers"]["1"]["conntrack.received"] == 0
+
+
+@pytest.mark.parametrize("backup_maxlen", [65507, None])
+def test_injected_datagrams_fit_the_backup_daemons_receive_size(
+        fakes: Kernel, keys: Path, backup_maxlen: int | None) -> None:
+    """The backup daemon's receive size, read once it runs, bounds the injected datagrams:
+    raised (as ensure_daemons does), 100 entries go in one datagram; unknown, in datagrams
+    of the kernel's default 1,472 bytes (a longer one would be cut and dropped)."""
+    fakes.backup_maxlen = backup_maxlen
+    ep1, ep2 = dead_endpoint(), dead_endpoint()
+    d1 = _service(keys, 1, ep1, ep2)
+    d2 = _service(keys, 2, ep2, ep1)
+
+    async def main() -> None:
+        async with asyncio.TaskGroup() as tg:
+            t1 = tg.create_task(d1.run())
+            t2 = tg.create_task(d2.run())
+            while "d1" not in fakes.captures or not d1.running or not d2.running:
+                await asyncio.sleep(0.01)
+            cap = fakes.captures["d1"]
+            for i in range(0, 100, 40):  # as the master sends them: 40 per datagram
+                cap.feed(codec.encode_many([_conn(j) for j in range(i, min(100, i + 40))],
+                                           syncid=3)[0])
+            for _ in range(1000):
+                if d2.injected[1] >= 100:
+                    break
+                await asyncio.sleep(0.01)
+            t1.cancel()
+            t2.cancel()
+
+    asyncio.run(main())
+    grams = fakes.injected["d2"]
+    got = [c for d in grams for c in codec.decode(d).conns]
+    assert sorted(c.cport for c in got) == [1000 + i for i in range(100)]
+    if backup_maxlen:
+        assert max(len(codec.decode(d).conns) for d in grams) > 40
+    else:
+        assert max(map(len, grams)) <= 1472
