@@ -359,6 +359,26 @@ class Lab:
             return
         from clusterbus.plugins.cvip.cli import control_request
 
+        def owners_known() -> bool:
+            # VRRP places the VIPs by the configured priorities before the CVIP policy has
+            # settled (settle_time after start); a scenario that asks the policy for a
+            # move before then finds no owner to move from: wait until both directors'
+            # policies own VIP1 by 1 and VIP2 by 2
+            for n in DIRECTORS:
+                try:
+                    show = control_request(str(control_socket(n)), {"op": "show"})["show"]
+                except (OSError, ValueError, KeyError):
+                    return False
+                owners = {c["cvip"].split("/")[0]: c["owner"] for c in show["cvips"]}
+                if not show["settled"] or any(owners.get(VIPS[v]) != v for v in VIPS):
+                    return False
+            return True
+
+        placed_vrrp = placed
+
+        def placed() -> bool:
+            return placed_vrrp() and owners_known()
+
         deadline = time.monotonic() + timeout
         wait = 2 * SETTLE + 10
         while True:
