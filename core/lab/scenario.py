@@ -374,16 +374,15 @@ class Lab:
                     return False
             return True
 
-        placed_vrrp = placed
-
-        def placed() -> bool:
-            return placed_vrrp() and owners_known()
+        def placed_and_owned() -> bool:
+            return placed() and owners_known()
 
         deadline = time.monotonic() + timeout
         wait = 2 * SETTLE + 10
         while True:
             try:
-                self.wait(placed, max(1.0, min(wait, deadline - time.monotonic())), what)
+                self.wait(placed_and_owned, max(1.0, min(wait, deadline - time.monotonic())),
+                          what + " (CVIP owners)")
                 return
             except TimeoutError:
                 if time.monotonic() >= deadline:
