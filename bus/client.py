@@ -42,10 +42,11 @@ The wire protocol is specified in docs/wire-protocol.md.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -370,9 +371,6 @@ class Subscriber:
         self._sub: zmq.asyncio.Socket | None = None
         self._sync: zmq.Socket[Any] | None = None
         self._reader: Reader | None = None
-        #: follow()'s consumer and the future that gives it control back (None: not
-        #: following)
-        self._pushing: tuple[Callable[[Event], object], asyncio.Future[None]] | None = None
         #: receiving batch frames (subscribed to ``_batch`` and ``_hb``) rather than
         #: single-event frames (subscribed to everything); switched by heartbeats.
         self.batching = False
@@ -563,7 +561,6 @@ class Subscriber:
         ready = seqr.ready
         reader = self._reader
         assert reader is not None
-        loop = asyncio.get_running_loop()
         while True:
             while ready:
                 item = ready.popleft()
@@ -573,65 +570,46 @@ class Subscriber:
             if seqr.request is not None:
                 await self._ask(seqr.request)
                 continue
-            waiter: asyncio.Future[None] = loop.create_future()
-            self._pushing = (on_event, waiter)
+            done = reader.drain(lambda frames: self._push(frames, on_event),
+                                budget=TURN_BUDGET)
             try:
-                reader.watch(self._push)
-                self._push()  # what was queued before the callback was set
-                while not waiter.done():
-                    if not self.raise_when_dead:
-                        await waiter
-                        break
-                    left = self.effective_dead_after - self.since_heartbeat
-                    if left <= 0:
-                        raise PublisherLost(f"{self.publish}: no heartbeat for "
-                                            f"{self.since_heartbeat:.1f}s")
-                    try:
-                        async with asyncio.timeout(left):
-                            await asyncio.shield(waiter)
-                    except TimeoutError:
-                        continue
-                waiter.result()  # raises what the callback met
+                while not done.done():
+                    await self._wait_alive(functools.partial(asyncio.shield, done))
+                done.result()  # raises what on_event (or decoding) raised
             finally:
-                self._pushing = None
-                if self._reader is reader:
-                    reader.watch(None)
+                done.cancel()  # (a no-op once done) stops the callback
 
-    def _push(self) -> None:
-        """The socket's wake-up while :meth:`follow` waits: read, order and hand on the
-        queued frames until none is left (re-reading ``EVENTS``, the edge-triggered fd
-        gives no second wake-up for frames already there), a repair is needed (then
-        :meth:`follow` takes over) or the turn's budget is used (then again next turn)."""
-        pushing = self._pushing
-        if pushing is None:
-            return
-        on_event, waiter = pushing
-        if waiter.done():
-            return
-        reader = self._reader
+    def _push(self, frames: list[bytes], on_event: Callable[[Event], object]) -> bool:
+        """:meth:`follow`'s handler, on the socket's wake-up: order one message's events
+        and hand them on; True when a repair is needed or a snapshot waits (then
+        :meth:`follow` takes over)."""
+        self._handle(frames)
         seqr = self.sequencer
         ready = seqr.ready
+        while ready:
+            if type(ready[0]) is Snapshot:  # (only a repair makes one: not here)
+                return True
+            on_event(ready.popleft())
+        return seqr.request is not None
+
+    async def _wait_alive(self, wait: Callable[[], Awaitable[object]]) -> None:
+        """Await ``wait()``; with ``raise_when_dead`` no longer than the publisher may stay
+        silent (then return: the caller checks again).
+
+        :raises PublisherLost: ``raise_when_dead`` and no heartbeat for too long.
+        """
+        if not self.raise_when_dead:
+            await wait()
+            return
+        left = self.effective_dead_after - self.since_heartbeat
+        if left <= 0:
+            raise PublisherLost(f"{self.publish}: no heartbeat for "
+                                f"{self.since_heartbeat:.1f}s")
         try:
-            assert reader is not None
-            for _ in range(TURN_BUDGET):
-                frames = reader.take()
-                if frames is None:
-                    return  # EVENTS read and nothing queued: the fd signals the next one
-                self._handle(frames)
-                while ready:
-                    item = ready.popleft()
-                    if type(item) is Snapshot:  # (only a repair makes one: not here)
-                        ready.appendleft(item)
-                        waiter.set_result(None)
-                        return
-                    on_event(item)
-                if seqr.request is not None:
-                    waiter.set_result(None)
-                    return
-            asyncio.get_running_loop().call_soon(self._push)
-        except BaseException as exc:  # noqa: BLE001 - handed to follow()'s caller
-            if not waiter.done():
-                waiter.set_exception(exc)
+            async with asyncio.timeout(left):
+                await wait()
+        except TimeoutError:
+            pass
 
     async def _receive(self) -> list[bytes]:
         reader = self._reader
@@ -642,18 +620,7 @@ class Subscriber:
                 return frames
             # Nothing there (just checked, on this loop turn): wait for a wake-up that
             # saw a message.
-            if not self.raise_when_dead:
-                await reader.readable()
-                continue
-            left = self.effective_dead_after - self.since_heartbeat
-            if left <= 0:
-                raise PublisherLost(f"{self.publish}: no heartbeat for "
-                                    f"{self.since_heartbeat:.1f}s")
-            try:
-                async with asyncio.timeout(left):
-                    await reader.readable()
-            except TimeoutError:
-                continue
+            await self._wait_alive(reader.readable)
 
     def _handle(self, frames: list[bytes]) -> None:
         head = frames[0] if frames else b""

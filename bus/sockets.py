@@ -31,7 +31,7 @@ class Reader:
     ``EVENTS`` re-arms it), so it is watched directly on the loop and :meth:`_wake` reads
     ``EVENTS`` on every wake-up, completing a wait only when a message is there: one
     future per wait, no pyzmq asyncio machinery on the per-message path. Or, with
-    :meth:`watch` (what :meth:`serve` and ``Subscriber.follow`` use), the wake-up
+    :meth:`drain` (what :meth:`serve` and ``Subscriber.follow`` use), the wake-up
     callback reads and handles the messages itself: no future and no task switch at all.
     The fd stays registered until :meth:`close` (registering per wait costs two
     epoll_ctl calls).
@@ -129,17 +129,22 @@ class Reader:
         if ready and waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    async def serve(self, handle: Callable[[list[bytes]], object], *,
-                    budget: int = TURN_BUDGET) -> None:
-        """Hand every message to ``handle``, forever (until cancelled), from the fd's
-        wake-up callback itself (:meth:`watch`: no task switch per wake-up), at most
-        ``budget`` messages per loop turn: after that many it goes on at the next turn, so
-        a flood on this socket delays the loop's other work by one budget's worth, never
-        starves it. What ``handle`` raises ends the wait with that exception."""
+    def drain(self, handle: Callable[[list[bytes]], object], *,
+              budget: int = TURN_BUDGET) -> asyncio.Future[None]:
+        """Hand every message to ``handle`` from the fd's wake-up callback (:meth:`watch`:
+        no future and no task switch per wake-up), at most ``budget`` messages per loop
+        turn: after that many it goes on at the next turn, so a flood on this socket
+        delays the loop's other work by one budget's worth, never starves it. Messages
+        already queued are read at once.
+
+        :returns: a future that completes once ``handle`` returns something true, or
+            holds what ``handle`` raised; cancel it to stop. Either way the callback is
+            removed.
+        """
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
 
-        def drain() -> None:
+        def run() -> None:
             if done.done():
                 return
             try:
@@ -147,18 +152,35 @@ class Reader:
                     frames = self.take()
                     if frames is None:
                         return  # EVENTS read, nothing queued: the fd signals the next one
-                    handle(frames)
-                loop.call_soon(drain)  # budget used up: the rest at the next turn
-            except BaseException as exc:  # noqa: BLE001 - raised by serve()
+                    if handle(frames):
+                        done.set_result(None)
+                        return
+                loop.call_soon(run)  # budget used up: the rest at the next turn
+            except BaseException as exc:  # noqa: BLE001 - handed to the future's owner
                 done.set_exception(exc)
 
-        self.watch(drain)
+        def unwatch(_: object) -> None:
+            if self._callback is run:
+                self.watch(None)
+
+        self.watch(run)
+        done.add_done_callback(unwatch)
+        run()  # what was queued before the callback was set gives no wake-up
+        return done
+
+    async def serve(self, handle: Callable[[list[bytes]], object], *,
+                    budget: int = TURN_BUDGET) -> None:
+        """Hand every message to ``handle`` (:meth:`drain`), forever, until cancelled or
+        until ``handle`` raises (then with that exception)."""
+        def forever(frames: list[bytes]) -> bool:
+            handle(frames)
+            return False
+
+        done = self.drain(forever, budget=budget)
         try:
-            drain()  # what was queued before the callback was set gives no wake-up
             await done
         finally:
-            if self._callback is drain:
-                self.watch(None)
+            done.cancel()
 
     def close(self) -> None:
         """Stop watching the fd (the socket itself belongs to the caller)."""

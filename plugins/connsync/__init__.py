@@ -70,9 +70,6 @@ BARRIER_HOOKS = "connsync.barrier"
 #: receive size raised; 26 of 40 at the kernel's default); the backup daemon is given
 #: time to consume each round
 INJECT_CHUNK = 1020
-#: the longest injected datagram until the backup daemon's receive size was read (the
-#: kernel's default for a 1500-byte MTU: 40 IPv4 entries)
-INJECT_MAXLEN_DEFAULT = 1500 - 28
 #: the longest wait for the backup daemon after each injection round
 INJECT_PACE = 0.05
 #: entries/s the backup daemon is assumed to apply at most: after a round the injection
@@ -397,8 +394,9 @@ class ConnSync:
         self._progress = asyncio.Event()
         self._capture: Any = None
         self._injector: Any = None
-        #: the longest datagram the local backup daemon takes (read once it runs)
-        self._inject_maxlen = INJECT_MAXLEN_DEFAULT
+        #: the longest datagram the local backup daemon takes (read once it runs; until
+        #: then the kernel's default for a 1500-byte MTU: 40 IPv4 entries)
+        self._inject_maxlen: int = self.kernel.BACKUP_MAXLEN_DEFAULT
         self.running = False
 
     # -- capture --------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from clusterbus.engine import Engine
 from clusterbus.pluginhost import PluginHost
 from clusterbus.plugins import connsync
 from clusterbus.plugins.connsync import ConnSync, codec, conn_from_wire, conn_to_wire, parse
+from clusterbus.plugins.connsync import kernel as real_kernel
 from clusterbus.plugins.connsync.codec import SeqOpt, SyncConn
 
 # -- a fake of the kernel module (the real one needs IPVS: tests/kernel) --------------------
@@ -50,6 +51,7 @@ class Kernel:
     def module(self) -> types.ModuleType:
         kernel = self
         m = types.ModuleType("fake_kernel")
+        m.BACKUP_MAXLEN_DEFAULT = real_kernel.BACKUP_MAXLEN_DEFAULT  # type: ignore[attr-defined]
 
         class Capture:
             def __init__(self, interface: str) -> None:
@@ -151,6 +153,13 @@ def keys(tmp_path: Path) -> Path:
     return tmp_path
 
 
+async def _running(fakes: Kernel, *services: ConnSync) -> Any:
+    """Wait until every service runs and director 1's capture is open; that capture."""
+    while "d1" not in fakes.captures or not all(d.running for d in services):
+        await asyncio.sleep(0.01)
+    return fakes.captures["d1"]
+
+
 def _service(keys: Path, node: int, listen: str, peer_ep: str, extra: str = "") -> ConnSync:
     config = parse_config(tomllib.loads(_conf(keys, node, listen, peer_ep, extra)),
                           file=f"d{node}.toml")
@@ -211,9 +220,7 @@ def test_captured_entries_are_injected_on_the_peer_and_the_barrier_waits(
         async with asyncio.TaskGroup() as tg:
             t1 = tg.create_task(d1.run())
             t2 = tg.create_task(d2.run())
-            while "d1" not in fakes.captures or not d1.running or not d2.running:
-                await asyncio.sleep(0.01)
-            cap = fakes.captures["d1"]
+            cap = await _running(fakes, d1, d2)
             cap.feed(codec.encode_many([_conn(i) for i in range(10)], syncid=3)[0])
             cap.feed(codec.encode_many([_conn(99)], syncid=4)[0])  # another syncid
             cap.feed(b"\xc1garbage")
@@ -556,9 +563,7 @@ def test_injected_datagrams_fit_the_backup_daemons_receive_size(
         async with asyncio.TaskGroup() as tg:
             t1 = tg.create_task(d1.run())
             t2 = tg.create_task(d2.run())
-            while "d1" not in fakes.captures or not d1.running or not d2.running:
-                await asyncio.sleep(0.01)
-            cap = fakes.captures["d1"]
+            cap = await _running(fakes, d1, d2)
             for i in range(0, 100, 40):  # as the master sends them: 40 per datagram
                 cap.feed(codec.encode_many([_conn(j) for j in range(i, min(100, i + 40))],
                                            syncid=3)[0])
