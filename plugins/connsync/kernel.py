@@ -107,6 +107,13 @@ class InterfaceError(SyncKernelError):
     """The sync interface is missing, or has no address to send from."""
 
 
+class NoAnswerError(SyncKernelError):
+    """The kernel did not answer a sync-daemon command in time (``ETIMEDOUT``)."""
+
+    def __init__(self, msg: str) -> None:
+        super().__init__(msg, code=errno.ETIMEDOUT)
+
+
 # -- knobs and daemons ----------------------------------------------------------------
 
 
@@ -181,13 +188,21 @@ def _nla_walk(data: bytes) -> dict[int, bytes]:
     return out
 
 
+#: Seconds to wait for the kernel's answer to one sync-daemon command.
+ANSWER_TIMEOUT_S = 10.0
+#: Seconds to wait for the answer to a stop before asking whether the daemon is gone:
+#: Linux sends no answer when the daemon's thread was stopped before it ever ran (a stop
+#: right after a start; seen on 6.1 under UML, where it left the caller blocked forever).
+STOP_ANSWER_S = 1.0
+
+
 class SyncDaemons:
     """The kernel's IPVS sync daemons in the current network namespace (generic netlink).
 
     :raises SyncKernelError: the kernel has no IPVS (``modprobe ip_vs``).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, timeout: float = ANSWER_TIMEOUT_S) -> None:
         from pyroute2.netlink.exceptions import NetlinkError
         from pyroute2.netlink.generic.ipvs import IPVSSocket
 
@@ -202,6 +217,8 @@ class SyncDaemons:
             probe.close()
         self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 16)  # NETLINK_GENERIC
         self.sock.bind((0, 0))
+        self.sock.settimeout(timeout)
+        self.timeout = timeout
         self._seq = 0
 
     def close(self) -> None:
@@ -221,7 +238,11 @@ class SyncDaemons:
                                    _NLM_F_REQUEST | flags, self._seq, 0) + body)
         out: list[dict[int, bytes]] = []
         while True:
-            data = self.sock.recv(1 << 16)
+            try:
+                data = self.sock.recv(1 << 16)
+            except TimeoutError:
+                raise NoAnswerError(f"{what}: no answer from the kernel within "
+                                      f"{self.timeout:g} s") from None
             off = 0
             while off + 16 <= len(data):
                 n, kind, _f, seq, _pid = struct.unpack_from("=IHHII", data, off)
@@ -291,8 +312,20 @@ class SyncDaemons:
         :raises SyncKernelError: ESRCH when it is not running.
         """
         body = _nla(_D_STATE, struct.pack("=I", _STATES[state]))
-        self._call(_CMD_DEL_DAEMON, _NLM_F_ACK, _nla(_ATTR_DAEMON | _NLA_F_NESTED, body),
-                   f"stop the {state} sync daemon")
+        what = f"stop the {state} sync daemon"
+        self.sock.settimeout(min(self.timeout, STOP_ANSWER_S))
+        try:
+            self._call(_CMD_DEL_DAEMON, _NLM_F_ACK, _nla(_ATTR_DAEMON | _NLA_F_NESTED, body),
+                       what)
+        except NoAnswerError:
+            # No answer: the kernel stopped a thread that had not run yet (kthread_stop
+            # returns -EINTR, and netlink sends no ack for -EINTR). The dump says whether
+            # the daemon is gone; a late ack has an older sequence number and is skipped.
+            if any(d["state"] == state for d in self.daemons()):
+                raise
+            log.debug("%s: the kernel did not answer, but the daemon is gone", what)
+        finally:
+            self.sock.settimeout(self.timeout)
 
 
 def set_sync_knobs(*, kernel_maxlen: int, sync_threshold: tuple[int, int],

@@ -41,6 +41,10 @@ SO_SNDBUFFORCE = 32
 #: messages per send (each batch ends with one acked message)
 BATCH_MESSAGES = 512
 BATCH_BYTES = 96 * 1024
+#: Seconds a sync-daemon stop waits for the kernel's answer before it asks whether the
+#: daemon is gone (see :meth:`Kernel.stop_daemon`), and how long that question may take.
+STOP_ANSWER_S = 1.0
+ANSWER_TIMEOUT_S = 10.0
 
 _CMD = {
     OpKind.ADD_SERVICE: codec.CMD_NEW_SERVICE,
@@ -371,9 +375,30 @@ class Kernel:
         :raises IpvsKernelError: ESRCH when it is not running.
         """
         st = codec.STATE_MASTER if state == "master" else codec.STATE_BACKUP
+        what = f"stop sync daemon {state}"
         with self._lock:
-            self._request(codec.CMD_DEL_DAEMON, codec.daemon_attrs(state=st),
-                          what=f"stop sync daemon {state}")
+            timeout = self.sock.gettimeout()
+            self.sock.settimeout(STOP_ANSWER_S)
+            try:
+                self._request(codec.CMD_DEL_DAEMON, codec.daemon_attrs(state=st), what=what)
+            except TimeoutError:
+                # Linux sends no answer when it stopped a daemon thread that had not run
+                # yet (kthread_stop gives -EINTR; netlink acks nothing for -EINTR): a stop
+                # right after a start. The dump says whether it is gone; a late ack has an
+                # older sequence number and is skipped.
+                self.sock.settimeout(ANSWER_TIMEOUT_S)
+                try:
+                    running = [codec.decode_daemon(a[codec.ATTR_DAEMON])
+                               for a in self._dump(codec.CMD_GET_DAEMON)
+                               if codec.ATTR_DAEMON in a]
+                except TimeoutError:
+                    running = None
+                if running is None or any(d["state"] == state for d in running):
+                    raise IpvsKernelError(errno.ETIMEDOUT,
+                                          f"{what}: no answer from the kernel") from None
+                log.debug("ipvs: %s: the kernel did not answer, but the daemon is gone", what)
+            finally:
+                self.sock.settimeout(timeout)
 
     def timeouts(self) -> dict[str, int]:
         """The connection timeouts in seconds (``ipvsadm -L --timeout``)."""

@@ -276,6 +276,32 @@ def test_sync_daemon_control(kernel: Kernel) -> None:
     assert kernel.daemons() == []
 
 
+def test_a_stop_right_after_a_start_returns(kernel: Kernel) -> None:
+    """Linux sends no answer to a stop that finds the daemon's thread not yet run (-EINTR
+    from kthread_stop; netlink acks nothing for -EINTR): a stop right after a start, as in
+    a quick VRRP flap or a maxlen change, blocked the caller forever (the applier's lock
+    with it). Both daemon clients (the applier's and conn-sync's) must come back, with
+    the daemon stopped, every time."""
+    from clusterbus.plugins.connsync import kernel as csk
+
+    subprocess.run(["ip", "link", "add", "sync0", "type", "dummy"], check=True)
+    subprocess.run(["ip", "addr", "add", "10.78.9.1/24", "dev", "sync0"], check=True)
+    subprocess.run(["ip", "link", "set", "sync0", "up"], check=True)
+    with csk.SyncDaemons() as sd:
+        for client in (kernel, sd):
+            for role in ("master", "backup") * 10:
+                client.start_daemon(role, interface="sync0", syncid=7)
+                client.stop_daemon(role)
+                assert client.daemons() == []
+        # a stop of a daemon that is not running still says so
+        with pytest.raises(IpvsKernelError) as info:
+            kernel.stop_daemon("master")
+        assert info.value.code == errno.ESRCH
+        with pytest.raises(csk.SyncKernelError) as info2:
+            sd.stop_daemon("master")
+        assert info2.value.errno == errno.ESRCH
+
+
 def test_timeouts(kernel: Kernel) -> None:
     kernel.set_timeouts(tcp=900, tcp_fin=120, udp=300)
     assert "Timeout (tcp tcpfin udp): 900 120 300" in ipvsadm("-L", "--timeout")
