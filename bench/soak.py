@@ -28,7 +28,8 @@ Figures (``--json``: the last line is one JSON object with all of them):
 * ``p99_ms_first_minute`` / ``p99_ms_last_minute``: p99 of the fast subscribers' latency
   (receive time minus the event's ``time``) for events produced in the first and the last
   window; the window is a minute, or a quarter of ``--seconds`` when that is shorter
-  (``window_s``).
+  (``window_s``); ``p99_ms_per_window``: the same for every window of the run in order
+  (a tail that grows shows as a rising series, a burst as one high window).
 * ``slow``: the slow subscriber's counters (delivered, snapshots, gaps repaired, ...),
   ``sent`` / ``refused`` (reports sent, refused by a full PUSH queue), ``achieved_rate``.
 """
@@ -320,6 +321,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     lost = sum(max(0, published - r["counters"].get("delivered", 0)) for r in fast)
     first = [lat for r in fast for t, lat in zip(r["times"], r["lats"]) if t < first_end]
     last = [lat for r in fast for t, lat in zip(r["times"], r["lats"]) if t >= last_start]
+    nwin = max(1, int(elapsed // window))
+    per_window: list[list[float]] = [[] for _ in range(nwin)]
+    for r in fast:
+        for t, lat in zip(r["times"], r["lats"]):
+            i = int((t - t0) // window)
+            if 0 <= i < nwin:
+                per_window[i].append(lat)
     slow = results[2]
     return {
         "rate": args.rate, "seconds": args.seconds, "window_s": window,
@@ -335,6 +343,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "fast_delivered": [r["counters"].get("delivered", 0) for r in fast],
         "fast_snapshots": [r["snapshots"] for r in fast],
         "p99_ms_first_minute": _p99_ms(first), "p99_ms_last_minute": _p99_ms(last),
+        "p99_ms_per_window": [_p99_ms(w) for w in per_window],
         "slow": {k: v for k, v in slow["counters"].items() if v} | {
             "snapshots": slow["snapshots"], "seq": slow["seq"]},
     }
