@@ -842,7 +842,9 @@ class ConnSync:
         except OSError as exc:
             log.warning("connsync: cannot read the backup daemon's receive size: %s "
                         "(injecting datagrams of %d bytes)", exc, self._inject_maxlen)
-        self._capture = self.kernel.Capture(self.cfg.interface)
+        # ring frames for the master's datagrams: one entry each at kernel_maxlen 1
+        self._capture = self.kernel.Capture(self.cfg.interface,
+                                            max_datagram=max(1500, self.cfg.kernel_maxlen))
         self._injector = self.kernel.Injector(self.cfg.interface)
         self._capture.open()
         fd = self._capture.fileno()
@@ -916,7 +918,9 @@ class ConnSync:
         return {"node": self.local, "listen": self.channel.bound or self.cfg.listen,
                 "table": len(self.table), "conntrack": len(self.ct_own), "peers": peers,
                 "last_barrier": self.last_barrier,
-                "counters": {**self.counters,
+                "counters": {**{k: v for k, v in getattr(self._capture, "counters", {}).items()
+                                if k.startswith("capture.dropped.")},
+                             **self.counters,
                              **{f"channel.{k}": v for k, v in self.channel.counters.items()},
                              **{f"conntrack.kernel.{k}": v for k, v in kernel_ct.items()}}}
 

@@ -227,7 +227,7 @@ svc = ConnSync(parse(config, config.plugin_sections["connsync"]), config, cluste
 # The IPVS side (capture, injection) is the UML tests' subject: stood in for here.
 kernel = types.ModuleType("no_ipvs")
 class Capture:
-    def __init__(self, interface): self.r, self.w = os.pipe()
+    def __init__(self, interface, **kw): self.r, self.w = os.pipe()
     def open(self): pass
     def fileno(self): return self.r
     def read(self): return []

@@ -232,6 +232,7 @@ def test_capture_on_a_inject_on_b(lab: dict[str, Any]) -> None:
         assert kernel.sync_knobs()["sync_threshold"] == (2, 50)
         cap_a = kernel.Capture("sync0")
         cap_a.open()
+        assert cap_a.mode == "ring"  # UML's kernel gives the TPACKET_V2 ring
     with netns("csB"):
         cap_b = kernel.Capture("sync0")  # must see nothing of what is injected on B
         cap_b.open()

@@ -54,7 +54,7 @@ class Kernel:
         m.BACKUP_MAXLEN_DEFAULT = real_kernel.BACKUP_MAXLEN_DEFAULT  # type: ignore[attr-defined]
 
         class Capture:
-            def __init__(self, interface: str) -> None:
+            def __init__(self, interface: str, **_kw: Any) -> None:
                 self.interface = interface
                 self.pending: list[bytes] = []
                 self.r, self.w = os.pipe()
