@@ -597,8 +597,6 @@ class Capture:
         self.frame_nr = max(2, rcvbuf // self.block_size) * self._per_block
         self._ring: mmap.mmap | None = None
         self._frame = 0
-        #: how datagrams are read once open: "ring" or "recvfrom"
-        self.mode = ""
         self.counters: dict[str, int] = {"capture.datagrams": 0, "capture.bytes": 0,
                                          "capture.dropped.kernel": 0,
                                          "capture.dropped.foreign": 0,
@@ -629,7 +627,6 @@ class Capture:
             s.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
             if self.ring:
                 self._ring = self._map_ring(s)
-            self.mode = "ring" if self._ring is not None else "recvfrom"
             s.bind((self.interface, ETH_P_ALL, 0, 0, b""))
             s.setblocking(False)
             s.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8)  # reset the kernel's counters
@@ -648,6 +645,13 @@ class Capture:
         if self.sock is not None:
             self.sock.close()
             self.sock = None
+
+    @property
+    def mode(self) -> str:
+        """How datagrams are read: "ring" or "recvfrom" ("" until open)."""
+        if self.sock is None:
+            return ""
+        return "ring" if self._ring is not None else "recvfrom"
 
     def _map_ring(self, s: socket.socket) -> mmap.mmap | None:
         """Give the socket a TPACKET_V2 receive ring and map it; None (one recvfrom per
@@ -738,18 +742,15 @@ class Capture:
                 break
             if snaplen < length:
                 c["capture.dropped.truncated"] += 1
-                self._truncated(length)
+                log.warning("capture on %s: a %d-byte sync datagram did not fit the ring's "
+                            "%d-byte frames and is lost (start the capture with max_datagram "
+                            ">= the master's sync_maxlen)", self.interface, length, fsize)
             else:
                 self._keep(out, ring[off + net:off + net + snaplen],
                            ring[off + _TP2_SLL_PKTTYPE])
             struct.pack_into("=I", ring, off, TP_STATUS_KERNEL)  # give the frame back
             i = (i + 1) % nr
         self._frame = i
-
-    def _truncated(self, length: int) -> None:
-        log.warning("capture on %s: a %d-byte sync datagram did not fit the ring's %d-byte "
-                    "frames and is lost (start the capture with max_datagram >= the "
-                    "master's sync_maxlen)", self.interface, length, self.frame_size)
 
 
 # -- injection --------------------------------------------------------------------------

@@ -352,8 +352,11 @@ class Kernel:
     def daemons(self) -> list[dict[str, Any]]:
         """The running sync daemons (``ipvsadm -L --daemon``)."""
         with self._lock:
-            return [codec.decode_daemon(a[codec.ATTR_DAEMON])
-                    for a in self._dump(codec.CMD_GET_DAEMON) if codec.ATTR_DAEMON in a]
+            return self._daemons()
+
+    def _daemons(self) -> list[dict[str, Any]]:
+        return [codec.decode_daemon(a[codec.ATTR_DAEMON])
+                for a in self._dump(codec.CMD_GET_DAEMON) if codec.ATTR_DAEMON in a]
 
     def start_daemon(self, state: str, *, interface: str, syncid: int = 0, maxlen: int = 0,
                      group: str = "", port: int = 0, ttl: int = 0) -> None:
@@ -388,12 +391,10 @@ class Kernel:
                 # older sequence number and is skipped.
                 self.sock.settimeout(ANSWER_TIMEOUT_S)
                 try:
-                    running = [codec.decode_daemon(a[codec.ATTR_DAEMON])
-                               for a in self._dump(codec.CMD_GET_DAEMON)
-                               if codec.ATTR_DAEMON in a]
+                    gone = all(d["state"] != state for d in self._daemons())
                 except TimeoutError:
-                    running = None
-                if running is None or any(d["state"] == state for d in running):
+                    gone = False
+                if not gone:
                     raise IpvsKernelError(errno.ETIMEDOUT,
                                           f"{what}: no answer from the kernel") from None
                 log.debug("ipvs: %s: the kernel did not answer, but the daemon is gone", what)
