@@ -36,7 +36,7 @@ MODULES_BASE = Path("/usr/lib/uml/modules")
 MODULES = (
     "ip_vs", "ip_vs_rr", "ip_vs_wrr", "ip_vs_lc", "ip_vs_wlc", "ip_vs_lblc", "ip_vs_lblcr",
     "ip_vs_dh", "ip_vs_sh", "ip_vs_sed", "ip_vs_nq", "ip_vs_fo", "ip_vs_ovf", "ip_vs_mh",
-    "ipv6", "veth", "bridge", "ipip", "ip6_tunnel", "dummy",
+    "ipv6", "veth", "bridge", "ipip", "ip6_tunnel", "dummy", "udp_diag",
 )
 
 
@@ -133,13 +133,18 @@ halt -f
 
 
 def spawn(argv: Sequence[str], *, workdir: Path, mem: str = "768M",
-          env: dict[str, str] | None = None, cwd: Path = Path("/")) -> subprocess.Popen[bytes]:
+          env: dict[str, str] | None = None, cwd: Path = Path("/"),
+          kernel_args: Sequence[str] = (), netns: str | None = None) -> subprocess.Popen[bytes]:
     """Start UML running ``argv`` inside; return at once (the caller waits or records the PID).
 
     The console goes to ``workdir/console.log``; the payload's exit status to
     ``workdir/rc``. The process is a session leader: :func:`kill_group` stops it with all
     the helper processes UML forks.
 
+    :param kernel_args: more UML command-line arguments, e.g. a network device on a host
+        interface: ``vec0:transport=raw,ifname=veth0`` (the kernel sees ``vec0``).
+    :param netns: run the UML process in this host network namespace (where the
+        interfaces named in ``kernel_args`` are), through ``ip netns exec``.
     :raises UmlError: UML cannot run here.
     """
     reason = unavailable()
@@ -153,7 +158,9 @@ def spawn(argv: Sequence[str], *, workdir: Path, mem: str = "768M",
     full_env.update(env or {})
     init = _init_script(workdir, modroot, argv, full_env, cwd)
     cmd = [UML_BINARY, f"mem={mem}", "root=/dev/root", "rootfstype=hostfs", "rootflags=/",
-           "rw", f"init={init}", "con=null", "con0=fd:0,fd:1", "quiet"]
+           "rw", f"init={init}", "con=null", "con0=fd:0,fd:1", "quiet", *kernel_args]
+    if netns is not None:
+        cmd = ["ip", "netns", "exec", netns, *cmd]
     with open(workdir / "console.log", "wb") as console:
         # Own session: the kernel forks helper processes; stopping it takes the whole group.
         return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=console,
