@@ -839,16 +839,19 @@ class Injector:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BackupQueue:
-    """The backup daemon's UDP socket(s) as ``/proc/net/udp{,6}`` shows them.
+    """The backup daemon's UDP socket(s), as the kernel's socket diagnostics (or
+    ``/proc/net/udp{,6}``) show them.
 
     :param sockets: UDP sockets bound to the sync port(s) in this network namespace.
-    :param rx_queue: bytes waiting in their receive queues.
+    :param rx_queue: bytes waiting in their receive queues (each datagram's kernel size).
     :param drops: datagrams they dropped (receive buffer full), since they were opened.
+    :param rcvbuf: their receive buffers in bytes, summed (0: unknown, read from /proc).
     """
 
     sockets: int
     rx_queue: int
     drops: int
+    rcvbuf: int = 0
 
 
 def _sync_ports(port: int) -> range:
@@ -878,22 +881,107 @@ def _proc_udp(lines: Iterable[str], ports: range) -> tuple[int, int, int]:
     return sockets, rx, drops
 
 
+NETLINK_SOCK_DIAG = 4
+SOCK_DIAG_BY_FAMILY = 20
+_NLM_F_REQUEST_DUMP = 0x1 | 0x300
+_NLMSG = struct.Struct("=IHHII")
+#: inet_diag_req_v2: family, protocol, extensions wanted, pad, states, inet_diag_sockid
+_DIAG_REQ = struct.Struct("=BBBxI48x")
+_INET_DIAG_SKMEMINFO = 7  # enum inet_diag_attrs (linux/inet_diag.h)
+_SK_MEMINFO_RCVBUF, _SK_MEMINFO_DROPS = 1, 8
+#: inet_diag_msg: 72 bytes; the source port at 4 (big-endian), the receive queue at 56
+_DIAG_MSG_LEN = 72
+_U16_BE = struct.Struct(">H")
+_U32 = struct.Struct("=I")
+_NLA = struct.Struct("=HH")
+#: whether this kernel answers UDP socket diagnostics (None: not asked yet); without the
+#: ``udp_diag`` module (or in an old kernel) ``/proc/net/udp`` is read instead
+_diag_works: bool | None = None
+
+
+def _diag_udp(family: int, ports: range) -> tuple[int, int, int, int]:
+    """(sockets, rx_queue, drops, rcvbuf) of the UDP sockets bound to ``ports`` in this
+    thread's namespace, from one socket-diagnostics dump (a few system calls, where
+    reading ``/proc/net/udp`` takes a hundred and formats every socket as text).
+
+    :raises OSError: the kernel refused or did not answer within a second.
+    """
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                         NETLINK_SOCK_DIAG)
+    try:
+        sock.settimeout(1.0)
+        body = _DIAG_REQ.pack(family, socket.IPPROTO_UDP, 1 << (_INET_DIAG_SKMEMINFO - 1),
+                              0xFFFFFFFF)
+        sock.send(_NLMSG.pack(_NLMSG.size + len(body), SOCK_DIAG_BY_FAMILY,
+                              _NLM_F_REQUEST_DUMP, 1, 0) + body)
+        sockets = rx = drops = rcvbuf = 0
+        while True:
+            data = sock.recv(1 << 16)
+            off = 0
+            while off + _NLMSG.size <= len(data):
+                length, kind, _flags, _seq, _pid = _NLMSG.unpack_from(data, off)
+                if length < _NLMSG.size or off + length > len(data):
+                    raise OSError(errno.EBADMSG, "truncated socket diagnostics message")
+                msg, end = off + _NLMSG.size, off + length
+                off += (length + 3) & ~3
+                if kind == 3:  # NLMSG_DONE
+                    return sockets, rx, drops, rcvbuf
+                if kind == 2:  # NLMSG_ERROR
+                    code = -struct.unpack_from("=i", data, msg)[0] if end - msg >= 4 else 0
+                    raise OSError(code or errno.EIO, f"socket diagnostics: {os.strerror(code)}")
+                if kind != SOCK_DIAG_BY_FAMILY or end - msg < _DIAG_MSG_LEN:
+                    continue
+                if _U16_BE.unpack_from(data, msg + 4)[0] not in ports:
+                    continue
+                sockets += 1
+                rx += _U32.unpack_from(data, msg + 56)[0]
+                a = msg + _DIAG_MSG_LEN
+                while a + _NLA.size <= end:
+                    alen, atype = _NLA.unpack_from(data, a)
+                    if alen < _NLA.size:
+                        break
+                    if atype == _INET_DIAG_SKMEMINFO and alen >= _NLA.size + 36:
+                        rcvbuf += _U32.unpack_from(data, a + 4 + 4 * _SK_MEMINFO_RCVBUF)[0]
+                        drops += _U32.unpack_from(data, a + 4 + 4 * _SK_MEMINFO_DROPS)[0]
+                    a += (alen + 3) & ~3
+    except TimeoutError:
+        raise OSError(errno.ETIMEDOUT, "socket diagnostics: no answer") from None
+    finally:
+        sock.close()
+
+
 def backup_queue(*, port: int = SYNC_PORT, group: str | None = None,
                  ports: range | None = None) -> BackupQueue:
     """Read the backup daemon's receive queue and drops (this thread's network namespace).
 
     Every UDP socket bound to the sync port counts: nothing but the backup daemon should
-    bind it in a director's namespace.
+    bind it in a director's namespace. Asked through socket diagnostics (``udp_diag``),
+    else read from ``/proc/net/udp{,6}``.
 
     :param group: the sync group; its family picks ``udp`` or ``udp6`` (None: both).
     :param ports: the ports to count (default: from ``net.ipv4.vs.sync_ports``).
     """
+    global _diag_works
     ports = _sync_ports(port) if ports is None else ports
     names: tuple[str, ...]
     if group is None:
         names = ("udp", "udp6")
     else:
         names = ("udp6",) if ipaddress.ip_address(group).version == 6 else ("udp",)
+    if _diag_works is not False:
+        try:
+            got = [_diag_udp(socket.AF_INET6 if n == "udp6" else socket.AF_INET, ports)
+                   for n in names]
+        except OSError as exc:
+            if _diag_works is None:
+                log.debug("socket diagnostics unavailable (%s): reading /proc/net/udp", exc)
+                _diag_works = False
+            else:  # it worked before: a passing failure, read /proc this time
+                log.debug("socket diagnostics failed (%s): reading /proc/net/udp", exc)
+        else:
+            _diag_works = True
+            return BackupQueue(sockets=sum(g[0] for g in got), rx_queue=sum(g[1] for g in got),
+                               drops=sum(g[2] for g in got), rcvbuf=sum(g[3] for g in got))
     total = [0, 0, 0]
     # /proc/net is the namespace of the process's main thread; thread-self/net is this
     # thread's (they differ when a thread entered another namespace with setns)
@@ -906,6 +994,38 @@ def backup_queue(*, port: int = SYNC_PORT, group: str | None = None,
             continue
         total = [a + b for a, b in zip(total, got, strict=True)]
     return BackupQueue(sockets=total[0], rx_queue=total[1], drops=total[2])
+
+
+def _int_file(path: Path) -> int | None:
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def backup_capacity() -> int:
+    """Bytes the backup daemon's socket queues before it drops (its receive buffer, counted
+    as ``/proc/net/udp`` counts ``rx_queue``: each datagram's kernel size), in this thread's
+    network namespace.
+
+    ``net.ipv4.vs.sync_sock_size`` > 0 sets it when the daemon starts (the kernel doubles
+    it, capped at twice ``net.core.rmem_max``); else it is ``net.core.rmem_default``. Where
+    a sysctl cannot be read, Linux's default (212,992 bytes) is assumed.
+    """
+    default = _int_file(Path("/proc/sys/net/core/rmem_default")) or 212_992
+    size = _int_file(VS_SYSCTL / "sync_sock_size") or 0
+    if size <= 0:
+        return default
+    rmem_max = _int_file(Path("/proc/sys/net/core/rmem_max")) or default
+    return max(2 * min(size, rmem_max), 2304)  # SOCK_MIN_RCVBUF
+
+
+def datagram_truesize(length: int) -> int:
+    """What one sync datagram of ``length`` bytes (UDP payload) counts against the backup
+    socket's receive buffer, estimated from above: the kernel's allocation for the packet
+    (headers included) rounded up to a power of two, plus the socket buffer's own struct."""
+    need = length + 28 + 14 + 320  # IP + UDP, Ethernet, skb_shared_info
+    return (1 << (need - 1).bit_length()) + 768
 
 
 #: How long the receive queue must stay empty: the backup thread dequeues a datagram
