@@ -66,16 +66,21 @@ SHOW_LIMIT = 10_000
 INJECT_QUEUE = 500_000
 #: the name the takeover barrier's hook is registered under while configured
 BARRIER_HOOKS = "connsync.barrier"
-#: entries per injection round (4 datagrams of 255 entries with the backup daemon's
-#: receive size raised; 26 of 40 at the kernel's default); the backup daemon is given
-#: time to consume each round
+#: fewest entries per injection round (4 datagrams of 255 entries with the backup
+#: daemon's receive size raised); a round is as many datagrams as fill INJECT_SHARE of the
+#: backup socket's receive buffer (``kernel.backup_capacity``), the daemon is given time
+#: to consume each round
 INJECT_CHUNK = 1020
+#: the share of the backup socket's receive buffer one injection round may fill (the
+#: next round goes once the daemon has consumed it)
+INJECT_SHARE = 0.4
 #: the longest wait for the backup daemon after each injection round
 INJECT_PACE = 0.05
 #: entries/s the backup daemon is assumed to apply at most: after a round the injection
 #: sleeps that long before it looks at the daemon's queue (each look is system calls,
-#: expensive in a VM, and would take the CPU from the daemon itself)
-INJECT_RATE = 100_000
+#: expensive in a VM, and would take the CPU from the daemon itself). UML's daemon
+#: applied 125,000-165,000/s with a CPU of its own; a slower one is polled for the rest
+INJECT_RATE = 200_000
 #: most received conntrack entries waiting to be created (beyond: dropped, counted)
 CT_QUEUE = 500_000
 #: conntrack entries per ctnetlink round (pipelined requests)
@@ -397,6 +402,8 @@ class ConnSync:
         #: the longest datagram the local backup daemon takes (read once it runs; until
         #: then the kernel's default for a 1500-byte MTU: 40 IPv4 entries)
         self._inject_maxlen: int = self.kernel.BACKUP_MAXLEN_DEFAULT
+        # entries per injection round (sized by the backup socket's buffer at start)
+        self._inject_round = INJECT_CHUNK
         self.running = False
 
     # -- capture --------------------------------------------------------------------------
@@ -472,13 +479,32 @@ class ConnSync:
             await self._wake.wait()
             self._wake.clear()
             while self._queue:
-                chunk = self._take(INJECT_CHUNK)
+                chunk = self._take(self._inject_round)
                 self._inject(chunk)
                 self._progress.set()
                 # let the backup daemon consume the round (and the loop run the rest)
                 self.counters["inject.commit_waits"] += 1
                 await asyncio.sleep(sum(len(c) for _, c, _ in chunk) / INJECT_RATE)
                 await self.kernel.committed(timeout=INJECT_PACE)
+
+    def _backup_buffer(self) -> int:
+        """The backup socket's receive buffer: as the kernel reports it, else worked out
+        from the sysctls."""
+        try:
+            got = self.kernel.backup_queue().rcvbuf
+        except OSError:
+            got = 0
+        return got if got > 0 else int(self.kernel.backup_capacity())
+
+    def _size_inject_rounds(self, capacity: int) -> None:
+        """Rounds of as many full datagrams as fill INJECT_SHARE of the backup socket's
+        ``capacity`` bytes (IPv4 entries of 36 bytes; at least INJECT_CHUNK entries)."""
+        per_datagram = max(1, min(255, (self._inject_maxlen - 8) // 36))
+        truesize = self.kernel.datagram_truesize(8 + 36 * per_datagram)
+        datagrams = max(1, int(capacity * INJECT_SHARE) // truesize)
+        self._inject_round = max(INJECT_CHUNK, datagrams * per_datagram)
+        log.debug("connsync: injection rounds of %d entries (backup socket buffer %d bytes)",
+                  self._inject_round, capacity)
 
     def _take(self, most: int) -> list[tuple[int, list[bytes], float]]:
         """Up to ``most`` queued entries, in order, as (peer, entries, when received)."""
@@ -842,6 +868,7 @@ class ConnSync:
         except OSError as exc:
             log.warning("connsync: cannot read the backup daemon's receive size: %s "
                         "(injecting datagrams of %d bytes)", exc, self._inject_maxlen)
+        self._size_inject_rounds(await asyncio.to_thread(self._backup_buffer))
         # ring frames for the master's datagrams: one entry each at kernel_maxlen 1
         self._capture = self.kernel.Capture(self.cfg.interface,
                                             max_datagram=max(1500, self.cfg.kernel_maxlen))

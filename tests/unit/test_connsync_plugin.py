@@ -47,6 +47,10 @@ class Kernel:
         self.daemons: list[tuple[str, dict[str, Any]]] = []
         #: the backup daemon's receive size the fake reports (None: no backup daemon)
         self.backup_maxlen: int | None = 65507
+        #: the backup socket's receive buffer; each commit check records how many
+        #: datagrams had been injected by then
+        self.capacity = 212_992
+        self.commit_checks: list[int] = []
 
     def module(self) -> types.ModuleType:
         kernel = self
@@ -95,6 +99,7 @@ class Kernel:
                 kernel.injected[self.interface].append(datagram)
 
         async def committed(*, port: int = 8848, timeout: float) -> bool:
+            kernel.commit_checks.append(sum(map(len, kernel.injected.values())))
             try:
                 async with asyncio.timeout(timeout):
                     await kernel.committed_ok.wait()
@@ -113,6 +118,12 @@ class Kernel:
         m.set_sync_knobs = set_sync_knobs  # type: ignore[attr-defined]
         m.ensure_daemons = ensure_daemons  # type: ignore[attr-defined]
         m.backup_maxlen = lambda: kernel.backup_maxlen  # type: ignore[attr-defined]
+
+        m.backup_queue = lambda: real_kernel.BackupQueue(  # type: ignore[attr-defined]
+            sockets=1, rx_queue=0, drops=0)
+        m.backup_capacity = lambda: kernel.capacity  # type: ignore[attr-defined]
+        m.datagram_truesize = real_kernel.datagram_truesize  # type: ignore[attr-defined]
+        m.POLL_S = real_kernel.POLL_S  # type: ignore[attr-defined]
         return m
 
 
@@ -582,3 +593,40 @@ def test_injected_datagrams_fit_the_backup_daemons_receive_size(
         assert max(len(codec.decode(d).conns) for d in grams) > 40
     else:
         assert max(map(len, grams)) <= 1472
+
+
+@pytest.mark.parametrize(("capacity", "per_round"), [(212_992, 4), (425_984, 9)])
+def test_injection_rounds_fill_a_share_of_the_backup_socket(
+        fakes: Kernel, keys: Path, capacity: int, per_round: int) -> None:
+    """A backlog is injected in rounds of as many 255-entry datagrams as fill 40 % of the
+    backup socket's receive buffer (at least 4), each confirmed consumed (the commit
+    check) before the next goes."""
+    fakes.capacity = capacity
+    ep1, ep2 = dead_endpoint(), dead_endpoint()
+    d1 = _service(keys, 1, ep1, ep2)
+    d2 = _service(keys, 2, ep2, ep1)
+    n = 255 * per_round * 3
+
+    async def main() -> None:
+        async with asyncio.TaskGroup() as tg:
+            t1 = tg.create_task(d1.run())
+            t2 = tg.create_task(d2.run())
+            cap = await _running(fakes, d1, d2)
+            for i in range(0, n, 40):
+                cap.feed(codec.encode_many([_conn(j) for j in range(i, min(n, i + 40))],
+                                           syncid=3)[0])
+            for _ in range(1000):  # until all is injected and its last round checked
+                if d2.injected[1] >= n and fakes.commit_checks[-1:] == [len(fakes.injected["d2"])]:
+                    break
+                await asyncio.sleep(0.01)
+            t1.cancel()
+            t2.cancel()
+
+    asyncio.run(main())
+    grams = fakes.injected["d2"]
+    assert sum(len(codec.decode(d).conns) for d in grams) == n
+    assert max(len(codec.decode(d).conns) for d in grams) == 255
+    checks = [c for c in fakes.commit_checks if c]
+    rounds = [b - a for a, b in zip([0, *checks], checks) if b > a]
+    assert sum(rounds) == len(grams)  # every datagram's round was checked
+    assert max(rounds) == per_round, (rounds, checks)
