@@ -44,6 +44,21 @@ server R behind a persistent virtual service on A, and a client. The phases:
    the reference the relay's throughput is set against).
 6. a **full resync** of 100,000 hand-built entries into B, kernel side only.
 
+With ``--kernels both`` (the default) the relay phases of 5 run again with each director
+in its own UML kernel (two kernels linked by a veth pair in a namespace of the host, one
+host CPU each, as separate directors are; B's director is driven over TCP on that link
+and its clock offset measured): the headline ``entries_per_s``, ``p99_lag_sustained_ms``
+and ``p99_lag_ms`` are then these, the one-kernel ones stay beside them as
+``*_one_kernel``; ``--kernels 1`` or ``2`` runs one of the two.
+
+UML's costs shape the figures: a system call costs about 90 us there (0.1-0.4 us on the
+host), a first touch of a page 115-180 us (``page_fault_us``, measured in the run). So
+the relay is measured twice: into fresh memory first (``entries_per_s_cold``), then,
+after ``--cs-warmup`` short-lived entries were relayed and expired, warm, as a director
+whose table size is steady (its memory reused; ``--allocator retain``, the default, keeps
+freed memory mapped: glibc malloc without trimming). Each phase reports each director's
+minor page faults and which mapping grew.
+
 ``--json`` prints one JSON object as the last line (the kernel-side figures under
 ``kernel_*``, the issue's targets under ``targets``, each target figure also as
 ``*_vs_target``). Not a test: it prints numbers.
@@ -59,6 +74,7 @@ import json
 import logging
 import os
 import select
+import shutil
 import socket
 import statistics
 import struct
@@ -158,19 +174,26 @@ def topology() -> subprocess.Popen[str]:
     for vip in (VIP, VIP_PLAIN):
         nsx("csR", "ip", "addr", "add", f"{vip}/32", "dev", "lo")
         nsx("csA", "ip", "addr", "add", f"{vip}/32", "dev", "lo")
-    for ns, a in (("csA", "10.79.200.1"), ("csB", "10.79.200.2")):
-        nsx(ns, "ip", "link", "add", "sync0", "type", "dummy")
-        nsx(ns, "ip", "link", "set", "sync0", "multicast", "on", "up")
-        nsx(ns, "ip", "addr", "add", f"{a}/24", "dev", "sync0")
-        nsx(ns, "ipvsadm", "-A", "-t", f"{VIP}:80", "-s", "rr", "-p", "300")
-        nsx(ns, "ipvsadm", "-a", "-t", f"{VIP}:80", "-r", f"{RS}:80", "-g")
-        nsx(ns, "ipvsadm", "-A", "-t", f"{VIP_PLAIN}:80", "-s", "rr")
-        nsx(ns, "ipvsadm", "-a", "-t", f"{VIP_PLAIN}:80", "-r", f"{RS}:80", "-g")
-        nsx(ns, "sysctl", "-qw", "net.core.somaxconn=4096")
+    for node in (1, 2):
+        director_services(node)
     server = subprocess.Popen(["ip", "netns", "exec", "csR", sys.executable, "-c", SERVER],
                               stdout=subprocess.PIPE, text=True)
     assert server.stdout is not None and server.stdout.readline().strip() == "ready"
     return server
+
+
+def director_services(node: int) -> None:
+    """In director ``node``'s namespace: the sync interface ``sync0`` (a dummy: the master
+    sends there, conn-sync captures and injects there) and the virtual services."""
+    ns = CS_NS[node]
+    nsx(ns, "ip", "link", "add", "sync0", "type", "dummy")
+    nsx(ns, "ip", "link", "set", "sync0", "multicast", "on", "up")
+    nsx(ns, "ip", "addr", "add", f"10.79.200.{node}/24", "dev", "sync0")
+    nsx(ns, "ipvsadm", "-A", "-t", f"{VIP}:80", "-s", "rr", "-p", "300")
+    nsx(ns, "ipvsadm", "-a", "-t", f"{VIP}:80", "-r", f"{RS}:80", "-g")
+    nsx(ns, "ipvsadm", "-A", "-t", f"{VIP_PLAIN}:80", "-s", "rr")
+    nsx(ns, "ipvsadm", "-a", "-t", f"{VIP_PLAIN}:80", "-r", f"{RS}:80", "-g")
+    nsx(ns, "sysctl", "-qw", "net.core.somaxconn=4096")
 
 
 def daemons(ns: str, interface: str, *, maxlen: int, threshold: tuple[int, int]) -> None:
@@ -376,11 +399,12 @@ def repack(datagrams: list[bytes], maxlen: int = 1472) -> list[bytes]:
     return out
 
 
-def encode(entries: list[tuple[str, int]], *, syncid: int = SYNCID) -> bytes:
-    """A sync v1 datagram of hand-built DR ESTABLISHED entries (caddr, cport) -> VIP -> RS."""
+def encode(entries: list[tuple[str, int]], *, syncid: int = SYNCID, timeout: int = 900) -> bytes:
+    """A sync v1 datagram of hand-built DR ESTABLISHED entries (caddr, cport) -> VIP -> RS,
+    each with ``timeout`` seconds left."""
     body = b"".join(
         struct.pack("!BBHIHHHHII4s4s4s", 0, socket.IPPROTO_TCP, 36, 0x3, 1, cport, 80, 80,
-                    0, 900, socket.inet_aton(caddr), socket.inet_aton(VIP),
+                    0, timeout, socket.inet_aton(caddr), socket.inet_aton(VIP),
                     socket.inet_aton(RS))
         for caddr, cport in entries)
     return struct.pack("!BBHBBH", 0, syncid, 8 + len(body), len(entries), 1, 0) + body
@@ -472,10 +496,20 @@ def resync(n: int, *, window: int = WINDOW) -> dict[str, Any]:
 # -- conn-sync through the plugin: one director process per namespace ----------------------
 
 CS_PORT = 7790
+#: ``--kernels 2``: director B's process is driven over TCP on this port
+SPLIT_PORT = 7899
 CS_ADDR = {1: A_ADDR, 2: B_ADDR}
 CS_NS = {1: "csA", 2: "csB"}
 #: second octet of the generated client addresses, per generator phase
-GEN_NET = {"throughput": 83, "table": 84, "sustained": 85}
+GEN_NET = {"throughput": 83, "table": 84, "sustained": 85, "warmup": 86, "throughput_cold": 87}
+#: seconds left in the warm-up's entries: the tables on both sides expire them soon after
+WARMUP_TIMEOUT = 2
+#: the directors' allocator with ``--allocator retain``: freed memory stays mapped (glibc
+#: keeps its heap, Python allocates through it), so memory a director has used once is
+#: reused without page faults, as in a director whose table size is steady
+RETAIN_ENV = {"PYTHONMALLOC": "malloc",
+              "GLIBC_TUNABLES": "glibc.malloc.trim_threshold=4294967295:"
+                                "glibc.malloc.mmap_threshold=33554432"}
 
 
 def gen_key(net: int, i: int) -> tuple[str, int]:
@@ -520,6 +554,46 @@ kernel_maxlen = 1
 sync_threshold = [2, 50]
 barrier_timeout = {barrier_timeout}
 """
+
+
+def minor_faults() -> int:
+    """This process's minor page faults so far (each first touch of a page)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def page_fault_us(pages: int = 2000) -> float:
+    """Microseconds per first touch of a fresh page in this kernel (an anonymous mapping
+    written one page at a time): what a growing table costs per page in UML, beside about
+    a microsecond on real hardware."""
+    import mmap
+
+    m = mmap.mmap(-1, pages * mmap.PAGESIZE)
+    try:
+        f0, t0 = minor_faults(), time.perf_counter()
+        for i in range(pages):
+            m[i * mmap.PAGESIZE] = 1
+        took, faults = time.perf_counter() - t0, minor_faults() - f0
+    finally:
+        m.close()
+    return took / max(faults, 1) * 1e6
+
+
+def mappings_kb() -> dict[str, int]:
+    """Resident kB per mapping of this process (``/proc/self/smaps``: start address and
+    name), to see which one a phase's page faults grew."""
+    out: dict[str, int] = {}
+    name = ""
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split(None, 1)[0]
+            if "-" in head and not head.endswith(":"):
+                p = line.split()
+                name = f"{p[0].split('-')[0]} {p[5] if len(p) > 5 else '[anon]'}"
+            elif head == "Rss:":
+                out[name] = out.get(name, 0) + int(line.split()[1])
+    return out
 
 
 def rss_mb() -> float:
@@ -568,8 +642,16 @@ async def director(node: int, workdir: Path, barrier_timeout: float) -> None:
             pending.append(conns)
         inject(chunk)
 
+    # the commit checks of a phase: how many said yes / no, and the seconds spent in them
+    commit_stats = {"yes": 0, "no": 0, "seconds": 0.0, "longest": 0.0}
+
     async def traced_committed(**kw: Any) -> bool:
+        t0 = time.monotonic()
         ok = bool(await kernel.committed(**kw))
+        took = time.monotonic() - t0
+        commit_stats["yes" if ok else "no"] += 1
+        commit_stats["seconds"] += took
+        commit_stats["longest"] = max(commit_stats["longest"], took)
         if ok and pending:
             now = time.monotonic()
             committed_rounds.extend((conns, now) for conns in pending)
@@ -623,6 +705,8 @@ async def director(node: int, workdir: Path, barrier_timeout: float) -> None:
             g[2] = max(g[2], took)
 
     gc.callbacks.append(on_gc)
+    faults0 = [minor_faults()]
+    maps0: dict[str, int] = {}
 
     async def sample_trace() -> None:
         c, rc = svc.counters, svc.relay.peers[peer].counters
@@ -681,6 +765,10 @@ async def director(node: int, workdir: Path, barrier_timeout: float) -> None:
                    "injected": svc.injected[peer]})
         elif op == "trace_start":  # sample the per-stage counters every 20 ms
             trace.clear()
+            faults0[0] = minor_faults()
+            commit_stats.update(yes=0, no=0, seconds=0.0, longest=0.0)
+            maps0.clear()
+            maps0.update(mappings_kb())
             for g in gc_pauses.values():
                 g[:] = [0, 0.0, 0.0]
             trace_task = loop.create_task(sample_trace())
@@ -693,10 +781,22 @@ async def director(node: int, workdir: Path, barrier_timeout: float) -> None:
                 trace.append((time.monotonic(), c["capture.entries"], rc["entries.sent"],
                               svc.received[peer], svc.injected[peer], c["inject.datagrams"],
                               c["inject.commit_waits"], rc["resends"]))
-            reply({"trace": trace, "gc": {f"gen{k}": {"count": int(v[0]),
+            grown = {k: v - maps0.get(k, 0) for k, v in mappings_kb().items()}
+            reply({"trace": trace, "minor_faults": minor_faults() - faults0[0],
+                   "commit_checks": dict(commit_stats),
+                   "grown_kb": dict(sorted(((k, v) for k, v in grown.items() if v > 0),
+                                           key=lambda kv: -kv[1])[:6]),
+                   "gc": {f"gen{k}": {"count": int(v[0]),
                                                       "total_ms": v[1] * 1000,
                                                       "max_ms": v[2] * 1000}
                                           for k, v in gc_pauses.items()}})
+        elif op == "active":  # ActiveConn under the VIP in this director's kernel
+            reply({"active": active_conns()})
+        elif op == "clock":
+            reply({"t": time.monotonic()})
+        elif op == "kernel_inject":  # the kernel's own injection rate here (no plugin)
+            reply(await asyncio.to_thread(throughput, cmd["count"], per_datagram=255,
+                                          window=4, net=cmd["net"]))
         elif op == "rss":
             gc.collect()
             reply({"rss_mb": rss_mb(), "table": len(svc.table)})
@@ -714,13 +814,15 @@ async def director(node: int, workdir: Path, barrier_timeout: float) -> None:
 class Director:
     """A director process (:func:`director`) in its namespace, driven over a pipe."""
 
-    def __init__(self, node: int, workdir: Path, barrier_timeout: float) -> None:
+    def __init__(self, node: int, workdir: Path, barrier_timeout: float, *,
+                 retain: bool = False) -> None:
         self.node = node
         self.proc = subprocess.Popen(
             ["ip", "netns", "exec", CS_NS[node], sys.executable, str(Path(__file__).resolve()),
              "--director", str(node), "--workdir", str(workdir),
              "--barrier-timeout", str(barrier_timeout)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            env={**os.environ, **RETAIN_ENV} if retain else None)
         hello = self.read(30)
         self.pid = hello["pid"]
 
@@ -753,6 +855,72 @@ class Director:
                 self.proc.wait(timeout=10)
 
 
+class RemoteDirector(Director):
+    """Director B in the other UML kernel (``--kernels 2``): its process's stdin and stdout
+    are a TCP connection over the link between the two kernels, and the times in its
+    answers are converted to this kernel's clock (offset measured when connecting: the
+    exchange with the shortest round trip of 20)."""
+
+    def __init__(self, node: int, addr: str, *, timeout: float = 120) -> None:
+        self.node = node
+        deadline = time.monotonic() + timeout
+        while True:  # bounded: until the other kernel's director listens
+            try:
+                with netns(CS_NS[3 - node]):
+                    sock = socket.create_connection((addr, SPLIT_PORT), timeout=5)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        sock.settimeout(None)
+        self.sock = sock
+        self.rfile = sock.makefile("r")
+        self.wfile = sock.makefile("w")
+        self.offset = 0.0
+        self.pid = self.read(60)["pid"]
+        best: tuple[float, float] | None = None
+        for _ in range(20):
+            t0 = time.monotonic()
+            tb = self.ask(op="clock")["t"]
+            t1 = time.monotonic()
+            if best is None or t1 - t0 < best[0]:
+                best = (t1 - t0, tb - (t0 + t1) / 2)
+        assert best is not None
+        self.rtt, self.offset = best
+
+    def read(self, timeout: float) -> Any:
+        r, _, _ = select.select([self.sock], [], [], timeout)
+        if not r:
+            raise TimeoutError(f"director {self.node}: no answer within {timeout} s")
+        line = self.rfile.readline()
+        if not line:
+            raise RuntimeError(f"director {self.node} closed its connection")
+        return json.loads(line)
+
+    def ask(self, **cmd: Any) -> Any:
+        self.wfile.write(json.dumps(cmd) + "\n")
+        self.wfile.flush()
+        got = self.read(cmd.get("timeout", 0) + 30)
+        off = self.offset  # its clock -> ours
+        if "trace" in got:
+            got["trace"] = [[r[0] - off, *r[1:]] for r in got["trace"]]
+        if "commit_at" in got:
+            got["commit_at"] = [None if c is None else c - off for c in got["commit_at"]]
+        if "t" in got and cmd["op"] != "clock":
+            got["t"] -= off
+        return got
+
+    def close(self) -> None:
+        try:
+            self.wfile.write('{"op": "quit"}\n')
+            self.wfile.flush()
+        except OSError:
+            pass
+        for f in (self.wfile, self.rfile, self.sock):
+            f.close()
+
+
 class Generator:
     """Sync datagrams sent out of A's ``sync0`` as A's master daemon sends them (UDP to the
     sync group, TTL 1, no loopback): A's plugin captures them like the kernel's own."""
@@ -767,21 +935,26 @@ class Generator:
         self.sock = s
 
     def send(self, net: int, n: int, *, rate: float | None = None,
-             per_datagram: int = 40) -> list[float]:
+             per_datagram: int = 40, timeout: int = 900) -> list[float]:
         """Entries 0..n-1 of ``net``; at ``rate`` entries/s (None: at once, in windows).
+
+        The datagrams are built first: sending them then costs about what the kernel's
+        master daemon spends (a send each), not Python's encoding, which would take the
+        CPU of A's kernel from A's director.
 
         :returns: the send time of each entry (its datagram's).
         """
         sent = [0.0] * n
+        grams = [encode([gen_key(net, k) for k in range(i, min(n, i + per_datagram))],
+                        timeout=timeout) for i in range(0, n, per_datagram)]
         t0 = time.monotonic()
-        for j, i in enumerate(range(0, n, per_datagram)):
+        for j, (i, d) in enumerate(zip(range(0, n, per_datagram), grams)):
             if rate:
                 due = t0 + i / rate
                 while (now := time.monotonic()) < due:
                     time.sleep(min(0.002, due - now))
             elif j and j % 64 == 0:
                 time.sleep(0.001)  # let the capture socket's reader run
-            d = encode([gen_key(net, k) for k in range(i, min(n, i + per_datagram))])
             self.sock.sendto(d, ("224.0.0.81", 8848))
             t = time.monotonic()
             for k in range(i, min(n, i + per_datagram)):
@@ -790,6 +963,109 @@ class Generator:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def relay_throughput(a: Director, b: Director, gen: Generator, net: str,
+                     n: int) -> dict[str, Any]:
+    """``n`` generated entries sent at once on A until all are committed in B's kernel:
+    entries/s, per-entry lag, per stage, and each director's page faults meanwhile."""
+    base = b.ask(op="wait", count=0, timeout=5)["settled"]
+    before = b.ask(op="active")["active"]
+    a.ask(op="trace_start")
+    b.ask(op="trace_start")
+    sent = gen.send(GEN_NET[net], n)
+    w = b.ask(op="wait", count=base + n, timeout=120)
+    ta, tb_ = a.ask(op="trace_stop"), b.ask(op="trace_stop")
+    stages = trace_stages(ta["trace"], tb_["trace"], sent[0], n)
+    commits = b.ask(op="commits", net=GEN_NET[net], count=n)["commit_at"]
+    lags = [c - s for c, s in zip(commits, sent) if c is not None]
+    done = [c for c in commits if c is not None]
+    got = b.ask(op="active")["active"] - before
+    return {
+        "entries": n, "seconds": (max(done) - sent[0]) if done else None,
+        "entries_per_s": n / (max(done) - sent[0]) if done else 0.0,
+        "send_s": sent[-1] - sent[0], "committed": len(done), "present": got,
+        "lost": n - got, "lag_p50_ms": (pct(lags, 0.5) or 0) * 1000,
+        "lag_p99_ms": (pct(lags, 0.99) or 0) * 1000, "settled": w["settled"] - base,
+        "stages": stages, "minor_faults": {"A": ta["minor_faults"],
+                                           "B": tb_["minor_faults"]},
+        "grown_kb": {"A": ta["grown_kb"], "B": tb_["grown_kb"]},
+        "commit_checks_B": tb_["commit_checks"]}
+
+
+def relay_phases(args: argparse.Namespace, a: Director, b: Director,
+                 gen: Generator) -> dict[str, Any]:
+    """The relay at saturation (into fresh memory, then warm), where it keeps up, and at
+    the issue's 50,000/s: generated entries sent on A, committed in B's kernel."""
+    out: dict[str, Any] = {}
+    # relay throughput: generated entries captured on A, committed in B's kernel
+    # cold: the directors' memory grows with the table (every new page faults once)
+    out["throughput_cold"] = relay_throughput(a, b, gen, "throughput_cold",
+                                               args.cs_entries)
+    # warm-up: as many short-lived entries as the measured phases below bring, relayed
+    # and then expired on both sides (the tables drop them within a second of their
+    # timeout), so the memory they used is there for the next entries: a director in
+    # steady state, whose connections end as others start
+    n_warm = args.cs_warmup
+    if n_warm:
+        base = b.ask(op="wait", count=0, timeout=5)["settled"]
+        t0 = time.monotonic()
+        for i in range(0, n_warm, 20_000):  # in bursts the relay takes without a backlog
+            gen.send(GEN_NET["warmup"], min(20_000, n_warm - i), timeout=WARMUP_TIMEOUT)
+            b.ask(op="wait", count=base + min(n_warm, i + 20_000), timeout=120)
+        time.sleep(WARMUP_TIMEOUT + 2.5)  # expired in both tables and in B's kernel
+        out["warmup"] = {"entries": n_warm, "timeout_s": WARMUP_TIMEOUT,
+                         "seconds": time.monotonic() - t0,
+                         "table_after": {"A": a.ask(op="rss")["table"],
+                                         "B": b.ask(op="rss")["table"]}}
+    out["throughput"] = relay_throughput(a, b, gen, "throughput", args.cs_entries)
+    # the lag where the path keeps up: entries offered at a share of the throughput
+    # just measured (so no backlog builds), their capture -> commit lag
+    rate = args.sustained_rate or args.sustained_share * out["throughput"]["entries_per_s"]
+    rate = max(1000.0, round(rate, -3))
+    base = b.ask(op="wait", count=0, timeout=5)["settled"]
+    n = min(args.cs_sustained, int(rate * args.sustained_seconds))
+    a.ask(op="trace_start")
+    b.ask(op="trace_start")
+    sent = gen.send(GEN_NET["sustained"], n, rate=rate)
+    w = b.ask(op="wait", count=base + n, timeout=120)
+    ta, tb_ = a.ask(op="trace_stop"), b.ask(op="trace_stop")
+    by_stage = stage_lags(ta["trace"], tb_["trace"], sent)
+    sustained_faults = {"A": ta["minor_faults"], "B": tb_["minor_faults"]}
+    commit_checks = tb_["commit_checks"]
+    gc_pauses = {"A": ta["gc"], "B": tb_["gc"]}
+    commits = b.ask(op="commits", net=GEN_NET["sustained"], count=n)["commit_at"]
+    lags = [c - s for c, s in zip(commits, sent) if c is not None]
+    out["sustained"] = {"entries": n, "rate": rate,
+                        "achieved_rate": n / (sent[-1] - sent[0]) if n > 1 and
+                        sent[-1] > sent[0] else None,
+                        "share_of_throughput": rate / out["throughput"]["entries_per_s"]
+                        if out["throughput"]["entries_per_s"] else None,
+                        "send_s": sent[-1] - sent[0], "committed": len(lags),
+                        "lag_p50_ms": (pct(lags, 0.5) or 0) * 1000,
+                        "lag_p99_ms": (pct(lags, 0.99) or 0) * 1000,
+                        "lag_max_ms": max(lags, default=0) * 1000,
+                        "stages": by_stage, "gc": gc_pauses,
+                        "minor_faults": sustained_faults,
+                        "commit_checks_B": commit_checks}
+    # the table phase: entries at a steady rate, their capture -> commit lag, then
+    # the plugin's RSS, and the takeover barrier with that many synced connections
+    base = w["settled"]
+    n = args.cs_table
+    before = b.ask(op="active")["active"]
+    sent = gen.send(GEN_NET["table"], n, rate=args.rate)
+    w = b.ask(op="wait", count=base + n, timeout=180)
+    commits = b.ask(op="commits", net=GEN_NET["table"], count=n)["commit_at"]
+    lags = [c - s for c, s in zip(commits, sent) if c is not None]
+    got = b.ask(op="active")["active"] - before
+    out["table"] = {"entries": n, "rate": args.rate, "send_s": sent[-1] - sent[0],
+                    "achieved_rate": n / (sent[-1] - sent[0]) if sent[-1] > sent[0]
+                    else None,
+                    "committed": len(lags), "present": got, "lost": n - got,
+                    "lag_p50_ms": (pct(lags, 0.5) or 0) * 1000,
+                    "lag_p99_ms": (pct(lags, 0.99) or 0) * 1000,
+                    "lag_max_ms": max(lags, default=0) * 1000}
+    return out
 
 
 def connsync_phase(args: argparse.Namespace, held: list[socket.socket],
@@ -808,8 +1084,9 @@ def connsync_phase(args: argparse.Namespace, held: list[socket.socket],
     out: dict[str, Any] = {}
     a = b = gen = None
     try:
-        a = Director(1, workdir, args.barrier_timeout)
-        b = Director(2, workdir, args.barrier_timeout)
+        retain = args.allocator == "retain"
+        a = Director(1, workdir, args.barrier_timeout, retain=retain)
+        b = Director(2, workdir, args.barrier_timeout, retain=retain)
         gen = Generator()
         # end to end: client connect -> entry in B's kernel, via A's plugin and B's plugin
         e2e: list[float] = []
@@ -833,80 +1110,14 @@ def connsync_phase(args: argparse.Namespace, held: list[socket.socket],
                 time.sleep(0.05)
             out["burst"] = {"connections": args.burst,
                             "lost": len(ports - present(CLIENTS["cs_burst"]))}
-        # relay throughput: generated entries captured on A, committed in B's kernel
-        base = b.ask(op="wait", count=0, timeout=5)["settled"]
-        n = args.cs_entries
-        with netns("csB"):
-            before = active_conns()
-        a.ask(op="trace_start")
-        b.ask(op="trace_start")
-        sent = gen.send(GEN_NET["throughput"], n)
-        w = b.ask(op="wait", count=base + n, timeout=120)
-        stages = trace_stages(a.ask(op="trace_stop")["trace"], b.ask(op="trace_stop")["trace"],
-                              sent[0], n)
-        commits = b.ask(op="commits", net=GEN_NET["throughput"], count=n)["commit_at"]
-        lags = [c - s for c, s in zip(commits, sent) if c is not None]
-        done = [c for c in commits if c is not None]
-        with netns("csB"):
-            got = active_conns() - before
-        out["throughput"] = {
-            "entries": n, "seconds": (max(done) - sent[0]) if done else None,
-            "entries_per_s": n / (max(done) - sent[0]) if done else 0.0,
-            "send_s": sent[-1] - sent[0], "committed": len(done), "present": got,
-            "lost": n - got, "lag_p50_ms": (pct(lags, 0.5) or 0) * 1000,
-            "lag_p99_ms": (pct(lags, 0.99) or 0) * 1000, "settled": w["settled"] - base,
-            "stages": stages}
-        # the lag where the path keeps up: entries offered at a share of the throughput
-        # just measured (so no backlog builds), their capture -> commit lag
-        rate = args.sustained_rate or args.sustained_share * out["throughput"]["entries_per_s"]
-        rate = max(1000.0, round(rate, -3))
-        base = w["settled"]
-        n = min(args.cs_sustained, int(rate * args.sustained_seconds))
-        a.ask(op="trace_start")
-        b.ask(op="trace_start")
-        sent = gen.send(GEN_NET["sustained"], n, rate=rate)
-        w = b.ask(op="wait", count=base + n, timeout=120)
-        ta, tb_ = a.ask(op="trace_stop"), b.ask(op="trace_stop")
-        by_stage = stage_lags(ta["trace"], tb_["trace"], sent)
-        gc_pauses = {"A": ta["gc"], "B": tb_["gc"]}
-        commits = b.ask(op="commits", net=GEN_NET["sustained"], count=n)["commit_at"]
-        lags = [c - s for c, s in zip(commits, sent) if c is not None]
-        out["sustained"] = {"entries": n, "rate": rate,
-                            "achieved_rate": n / (sent[-1] - sent[0]) if n > 1 and
-                            sent[-1] > sent[0] else None,
-                            "share_of_throughput": rate / out["throughput"]["entries_per_s"]
-                            if out["throughput"]["entries_per_s"] else None,
-                            "send_s": sent[-1] - sent[0], "committed": len(lags),
-                            "lag_p50_ms": (pct(lags, 0.5) or 0) * 1000,
-                            "lag_p99_ms": (pct(lags, 0.99) or 0) * 1000,
-                            "lag_max_ms": max(lags, default=0) * 1000,
-                            "stages": by_stage, "gc": gc_pauses}
-        # the table phase: entries at a steady rate, their capture -> commit lag, then
-        # the plugin's RSS, and the takeover barrier with that many synced connections
-        base = w["settled"]
-        n = args.cs_table
-        with netns("csB"):
-            before = active_conns()
-        sent = gen.send(GEN_NET["table"], n, rate=args.rate)
-        w = b.ask(op="wait", count=base + n, timeout=180)
-        commits = b.ask(op="commits", net=GEN_NET["table"], count=n)["commit_at"]
-        lags = [c - s for c, s in zip(commits, sent) if c is not None]
-        with netns("csB"):
-            got = active_conns() - before
-        out["table"] = {"entries": n, "rate": args.rate, "send_s": sent[-1] - sent[0],
-                        "achieved_rate": n / (sent[-1] - sent[0]) if sent[-1] > sent[0]
-                        else None,
-                        "committed": len(lags), "present": got, "lost": n - got,
-                        "lag_p50_ms": (pct(lags, 0.5) or 0) * 1000,
-                        "lag_p99_ms": (pct(lags, 0.99) or 0) * 1000,
-                        "lag_max_ms": max(lags, default=0) * 1000}
+        out.update(relay_phases(args, a, b, gen))
         out["rss"] = {"A": a.ask(op="rss"), "B": b.ask(op="rss")}
         out["barrier_idle"] = b.ask(op="barrier")
         out["status_A"] = a.ask(op="status")
         out["status_B"] = b.ask(op="status")
         # takeover right after B restarts: A resends its whole table, B's barrier waits
         b.close()
-        b = Director(2, workdir, args.barrier_timeout)
+        b = Director(2, workdir, args.barrier_timeout, retain=retain)
         try:
             out["barrier_resync"] = b.ask(op="barrier", after_heard=True,
                                           timeout=args.barrier_timeout + 60)
@@ -1083,6 +1294,7 @@ def inside(args: argparse.Namespace) -> dict[str, Any]:
             subprocess.run(["ip", "netns", "del", ns], check=False)
     kn, df = out["knobs"], out["defaults"]
     cs = out.get("connsync")
+    out["page_fault_us"] = page_fault_us()  # this kernel's cost of a first touch
 
     def ratio(a: float | None, b: float | None) -> float | None:
         return a / b if a and b else None
@@ -1103,6 +1315,9 @@ def inside(args: argparse.Namespace) -> dict[str, Any]:
         rss = cs["rss"]
         out.update(
             entries_per_s=cs["throughput"]["entries_per_s"],
+            # the same into fresh memory (first, before the warm-up): UML's page faults
+            entries_per_s_cold=cs["throughput_cold"]["entries_per_s"],
+            allocator=args.allocator, warmup_entries=args.cs_warmup,
             p99_lag_ms=table["lag_p99_ms"], p99_lag_rate=table["rate"],
             p99_lag_rate_achieved=table["achieved_rate"],
             # the same where the path keeps up (no backlog): the lag of the relay itself
@@ -1113,7 +1328,8 @@ def inside(args: argparse.Namespace) -> dict[str, Any]:
             p99_lag_burst_ms=cs["throughput"]["lag_p99_ms"],
             e2e_connsync_ms=cs["e2e"]["e2e_median_ms"],
             e2e_ratio=ratio(df["e2e_median_ms"], cs["e2e"]["e2e_median_ms"]),
-            lost_connsync=cs["burst"]["lost"] + cs["throughput"]["lost"] + table["lost"],
+            lost_connsync=cs["burst"]["lost"] + cs["throughput"]["lost"] + table["lost"]
+            + cs["throughput_cold"]["lost"],
             lost_connsync_burst=cs["burst"]["lost"],
             # the takeover of step 3 of a failover: the peer holds the synced entries
             barrier_100k_s=cs["barrier_idle"]["seconds"],
@@ -1145,90 +1361,199 @@ def inside(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--json", action="store_true", help="one JSON object as the last line")
-    ap.add_argument("--connections", type=int, default=20,
-                    help="sequential connections, clusterbus knobs (end to end)")
-    ap.add_argument("--default-connections", type=int, default=5,
-                    help="sequential connections, kernel defaults (2-3 s each)")
-    ap.add_argument("--plain-connections", type=int, default=3,
-                    help="sequential connections to a service without persistence")
-    ap.add_argument("--burst", type=int, default=300, help="connections per burst")
-    ap.add_argument("--entries", type=int, default=20_000,
-                    help="hand-built entries for the injection throughput")
-    ap.add_argument("--resync-entries", type=int, default=100_000,
-                    help="hand-built entries of a full resync into the peer (0: skip)")
-    ap.add_argument("--cs-entries", type=int, default=20_000,
-                    help="generated entries for conn-sync's relay throughput (at once)")
-    ap.add_argument("--cs-table", type=int, default=100_000,
-                    help="generated entries sent at --rate through conn-sync, then the "
-                    "RSS and the takeover barrier with them (0: skip conn-sync)")
-    ap.add_argument("--rate", type=float, default=50_000,
-                    help="entries/s of the --cs-table phase (its p99 lag)")
-    ap.add_argument("--cs-sustained", type=int, default=40_000,
-                    help="most generated entries of the sustained-rate phase")
-    ap.add_argument("--sustained-share", type=float, default=0.5,
-                    help="the sustained phase offers this share of the relay throughput "
-                    "just measured (its p99 lag without a backlog)")
-    ap.add_argument("--sustained-rate", type=float, default=0,
-                    help="entries/s of the sustained phase instead of the share")
-    ap.add_argument("--sustained-seconds", type=float, default=4,
-                    help="the sustained phase lasts about this long")
-    ap.add_argument("--barrier-timeout", type=float, default=60,
-                    help="the directors' [connsync] barrier_timeout (long: to time it)")
-    ap.add_argument("--quick", action="store_true", help="small counts (a smoke run)")
-    ap.add_argument("--timeout", type=float, default=900)
-    ap.add_argument("--profile", type=Path, help="run the director processes under cProfile; "
-                    "their stats go to this (host) directory")
-    ap.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--director", type=int, help=argparse.SUPPRESS)
-    ap.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.director:
-        logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
-        prof_dir = os.environ.get("CB_BENCH_PROFILE")
-        if prof_dir:  # --profile: each director process under cProfile
-            import cProfile
-            prof = cProfile.Profile()
-            prof.enable()
-            try:
-                asyncio.run(director(args.director, args.workdir, args.barrier_timeout))
-            finally:
-                prof.disable()
-                prof.dump_stats(f"{prof_dir}/director{args.director}-{os.getpid()}.prof")
-        else:
-            asyncio.run(director(args.director, args.workdir, args.barrier_timeout))
-        return
-    if args.quick:
-        args.connections, args.default_connections, args.plain_connections = 5, 2, 1
-        args.burst, args.entries, args.resync_entries = 100, 5_000, 10_000
-        args.cs_entries, args.cs_table = 5_000, 10_000
-    if args.inside or os.environ.get("CLUSTERBUS_IN_UML") == "1":
-        logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
-        print(json.dumps(inside(args)))
-        return
-    sys.path.insert(0, str(ROOT / "tests" / "kernel"))
-    import uml
+# -- two UML kernels, one per director (``--kernels 2``) -----------------------------------
 
+
+def split_setup(node: int) -> None:
+    """Inside one of the two kernels: director ``node``'s namespace, holding ``vec0`` (the
+    link to the other kernel: a host veth pair), ``sync0``, the services and the daemons."""
+    ns = CS_NS[node]
+    sh("ip", "netns", "add", ns)
+    nsx(ns, "ip", "link", "set", "lo", "up")
+    sh("ip", "link", "set", "vec0", "netns", ns)
+    nsx(ns, "ip", "addr", "add", f"{CS_ADDR[node]}/24", "dev", "vec0")
+    nsx(ns, "ip", "link", "set", "vec0", "up")
+    director_services(node)
+    daemons(ns, "sync0", maxlen=1, threshold=(2, 50))
+
+
+def split_side_b(args: argparse.Namespace) -> None:
+    """Director B's kernel: serve one connection from A's kernel as B's director process."""
+    split_setup(2)
+    with netns(CS_NS[2]):
+        srv = socket.create_server((CS_ADDR[2], SPLIT_PORT))
+    srv.settimeout(args.timeout)
+    conn, _ = srv.accept()
+    srv.close()
+    proc = subprocess.Popen(
+        ["ip", "netns", "exec", CS_NS[2], sys.executable, str(Path(__file__).resolve()),
+         "--director", "2", "--workdir", str(args.workdir),
+         "--barrier-timeout", str(args.barrier_timeout)],
+        stdin=conn.fileno(), stdout=conn.fileno(),
+        env={**os.environ, **RETAIN_ENV} if args.allocator == "retain" else None)
+    conn.close()
+    proc.wait(timeout=args.timeout)
+
+
+def split_side_a(args: argparse.Namespace) -> dict[str, Any]:
+    """Director A's kernel: the generator, director A, and B's director driven over the
+    link; the kernel's own injection in B's kernel first, then the relay phases."""
+    split_setup(1)
+    out: dict[str, Any] = {}
+    a = b = gen = None
+    try:
+        a = Director(1, args.workdir, args.barrier_timeout, retain=args.allocator == "retain")
+        b = RemoteDirector(2, CS_ADDR[2])
+        out["clock_rtt_ms"] = b.rtt * 1000
+        gen = Generator()
+        out["kernel_inject_255"] = b.ask(op="kernel_inject", count=args.entries, net=81,
+                                         timeout=120)
+        out.update(relay_phases(args, a, b, gen))
+        out["rss"] = {"A": a.ask(op="rss"), "B": b.ask(op="rss")}
+        out["status_A"] = a.ask(op="status")
+        out["status_B"] = b.ask(op="status")
+    finally:
+        for x in (gen, a, b):
+            if x is not None:
+                x.close()
+    return out
+
+
+def run_split(args: argparse.Namespace, python: Path) -> dict[str, Any]:
+    """Boot two UML kernels linked by a veth pair in a namespace of this host (each kernel
+    sees its end as ``vec0``), B's first; return A's figures."""
+    import tempfile
+
+    import zmq.auth
+
+    from clusterbus.lab import uml as lab
+
+    ns = f"cbsplit{os.getpid()}"
+    workdir = Path(tempfile.mkdtemp(prefix="cb-bench-split-"))
+    procs: list[tuple[str, Path, subprocess.Popen[bytes]]] = []
+    sh("ip", "netns", "add", ns)
+    try:
+        nsx(ns, "ip", "link", "add", "va", "type", "veth", "peer", "name", "vb")
+        for v in ("va", "vb"):
+            nsx(ns, "ip", "link", "set", v, "up")
+        for n in ("d1", "d2"):
+            zmq.auth.create_certificates(workdir, n)
+        common = (f"--cs-entries {args.cs_entries} --cs-table {args.cs_table} "
+                  f"--rate {args.rate} --cs-sustained {args.cs_sustained} "
+                  f"--sustained-share {args.sustained_share} "
+                  f"--sustained-rate {args.sustained_rate} "
+                  f"--sustained-seconds {args.sustained_seconds} "
+                  f"--barrier-timeout {args.barrier_timeout} --cs-warmup {args.cs_warmup} "
+                  f"--allocator {args.allocator} --entries {args.entries} "
+                  f"--timeout {args.timeout} --workdir {workdir}")
+        for side, end in (("b", "vb"), ("a", "va")):
+            cmd = ["sh", "-c", f"{python} {Path(__file__).resolve()} --split-side {side} "
+                   f"{common} > {workdir}/{side}.out 2> {workdir}/{side}.log"]
+            wd = workdir / f"uml-{side}"
+            procs.append((side, wd, lab.spawn(cmd, workdir=wd, mem="1024M", cwd=ROOT,
+                                              kernel_args=[f"vec0:transport=raw,ifname={end},gro=1"],
+                                              netns=ns)))
+        runs = {side: lab.wait(p, wd, timeout=args.timeout + 120) for side, wd, p in reversed(procs)}
+        for side in ("b", "a"):
+            log = (workdir / f"{side}.log").read_text().strip()
+            if log:
+                print(f"inside UML {side.upper()} (stderr):\n{log[-3000:]}")
+        if runs["a"].returncode != 0:
+            raise SystemExit(f"UML run of A failed (exit {runs['a'].returncode}):\n"
+                             f"{runs['a'].console[-3000:]}")
+        data: dict[str, Any] = json.loads((workdir / "a.out").read_text().strip().splitlines()[-1])
+        data["boot_run_s"] = runs["a"].duration
+        return data
+    finally:
+        for _, _, p in procs:
+            if p.poll() is None:
+                lab.kill_group(p.pid, p)
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def print_split(two: dict[str, Any], args: argparse.Namespace) -> None:
+    tc, tp, su, tb = two["throughput_cold"], two["throughput"], two["sustained"], two["table"]
+    ki = two["kernel_inject_255"]
+    print(f"conn-sync with each director in its own UML kernel (one CPU each, linked by a "
+          f"veth pair; clock offset measured over a {two['clock_rtt_ms']:.2f} ms round trip; "
+          f"boot+run {two['boot_run_s']:.1f} s):")
+    print(f"  B's kernel alone injects {ki['entries_per_s']:.0f} entries/s (255 per datagram, "
+          f"{ki['entries']} entries, lost {ki['lost']})")
+    print(f"  relay throughput into fresh memory: {tc['entries_per_s']:.0f} entries/s "
+          f"(page faults A {tc['minor_faults']['A']}, B {tc['minor_faults']['B']})")
+    print(f"  relay throughput, warm ({args.allocator}): {tp['entries']} entries at once, "
+          f"{tp['entries_per_s']:.0f} entries/s (target >= 50000: "
+          f"{tp['entries_per_s'] / 50_000:.2f} of it; B's kernel alone: "
+          f"{tp['entries_per_s'] / ki['entries_per_s']:.2f} of it), lag p50 "
+          f"{tp['lag_p50_ms']:.0f} ms p99 {tp['lag_p99_ms']:.0f} ms, lost {tp['lost']}, "
+          f"page faults A {tp['minor_faults']['A']} B {tp['minor_faults']['B']}")
+    print("    where the time went (s from the first send until half / all entries passed): "
+          + ", ".join(f"{k} {v['half_s'] or 0:.2f}/{v['all_s'] or 0:.2f}"
+                      for k, v in tp["stages"].items() if isinstance(v, dict)))
+    print(f"  lag where the relay keeps up: {su['entries']} entries at {su['rate']:.0f}/s "
+          f"(achieved {su['achieved_rate'] or 0:.0f}/s): p50 {su['lag_p50_ms']:.1f} ms, p99 "
+          f"{su['lag_p99_ms']:.1f} ms (target <= 50 ms), max {su['lag_max_ms']:.1f} ms")
+    print("    lag until each stage (ms, p50/p99): "
+          + ", ".join(f"{k} {v['p50_ms']:.0f}/{v['p99_ms']:.0f}"
+                      for k, v in su["stages"].items()))
+    print(f"  {tb['entries']} entries offered at {tb['rate']:.0f}/s (achieved "
+          f"{tb['achieved_rate'] or 0:.0f}/s): lag p50 {tb['lag_p50_ms']:.1f} ms, p99 "
+          f"{tb['lag_p99_ms']:.1f} ms, lost {tb['lost']}")
+    print(f"  RSS: A {two['rss']['A']['rss_mb']:.0f} MB, B {two['rss']['B']['rss_mb']:.0f} MB")
+
+
+def merge_split(data: dict[str, Any], two: dict[str, Any]) -> dict[str, Any]:
+    """The two-kernel figures become the headline ones (separate directors, as deployed);
+    the one-kernel figures stay beside them as ``*_one_kernel``."""
+    out = dict(data)
+    for key in ("entries_per_s", "entries_per_s_cold", "p99_lag_sustained_ms",
+                "p50_lag_sustained_ms", "sustained_rate", "p99_lag_ms", "p99_lag_rate_achieved"):
+        if key in data:
+            out[f"{key}_one_kernel"] = data[key]
+    tp, su, tb = two["throughput"], two["sustained"], two["table"]
+    ki = two["kernel_inject_255"]["entries_per_s"]
+    out.update(
+        two_kernels=two, entries_per_s=tp["entries_per_s"],
+        entries_per_s_cold=two["throughput_cold"]["entries_per_s"],
+        p99_lag_sustained_ms=su["lag_p99_ms"], p50_lag_sustained_ms=su["lag_p50_ms"],
+        sustained_rate=su["rate"], p99_lag_ms=tb["lag_p99_ms"], p99_lag_rate=tb["rate"],
+        p99_lag_rate_achieved=tb["achieved_rate"],
+        kernel_inject_255_entries_per_s_two_kernels=ki,
+        entries_per_s_vs_kernel_inject_two_kernels=tp["entries_per_s"] / ki if ki else None,
+        lost_connsync=(data.get("lost_connsync") or 0) + tp["lost"] + tb["lost"]
+        + two["throughput_cold"]["lost"],
+        allocator=two.get("allocator", out.get("allocator")))
+    out["targets"] = {"entries_per_s": 50_000, "p99_lag_ms": 50, "barrier_100k_s": 1,
+                      "rss_mb": 200}
+    out["entries_per_s_vs_target"] = out["entries_per_s"] / 50_000
+    out["p99_lag_ms_vs_target"] = out["p99_lag_ms"] / 50
+    out["p99_lag_sustained_ms_vs_target"] = out["p99_lag_sustained_ms"] / 50
+    return out
+
+
+def run_one_kernel(args: argparse.Namespace, python: Path) -> dict[str, Any]:
+    """The whole bench in one UML kernel (both directors share its CPU); prints it."""
+    from uml import boot as uml_boot
     result_file = Path(f"/tmp/cb-bench-connsync-{os.getpid()}.json")
     env = f"CB_BENCH_PROFILE={args.profile.resolve()} " if args.profile else ""
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
-    cmd = ["sh", "-c", f"{env}{uml.PYTHON} {Path(__file__).resolve()} --inside "
+    cmd = ["sh", "-c", f"{env}{python} {Path(__file__).resolve()} --inside "
            f"--connections {args.connections} --default-connections "
            f"{args.default_connections} --plain-connections {args.plain_connections} "
            f"--resync-entries {args.resync_entries} --burst {args.burst} --entries {args.entries} "
            f"--cs-entries {args.cs_entries} --cs-table {args.cs_table} --rate {args.rate} "
            f"--cs-sustained {args.cs_sustained} --sustained-share {args.sustained_share} "
            f"--sustained-rate {args.sustained_rate} --sustained-seconds {args.sustained_seconds} "
-           f"--barrier-timeout {args.barrier_timeout} "
+           f"--barrier-timeout {args.barrier_timeout} --cs-warmup {args.cs_warmup} "
+           f"--allocator {args.allocator} "
            f"> {result_file} 2> {result_file}.log"]
     try:
-        run = uml.boot(cmd, timeout=args.timeout, mem="1024M")
+        run = uml_boot(cmd, timeout=args.timeout, mem="1024M")
         if run.returncode != 0 or not result_file.exists():
             raise SystemExit(f"UML run failed (exit {run.returncode}):\n{run.console[-4000:]}")
-        data = json.loads(result_file.read_text().strip().splitlines()[-1])
+        data: dict[str, Any] = json.loads(result_file.read_text().strip().splitlines()[-1])
     finally:
         result_file.unlink(missing_ok=True)
         log_file = result_file.with_name(result_file.name + ".log")
@@ -1276,9 +1601,20 @@ def main() -> None:
               f"{data['e2e_ratio'] or 0:.1f}")
         print(f"  burst of {cs['burst']['connections']} connections: lost "
               f"{cs['burst']['lost']} (kernel syncd alone: {df['lost']})")
+        tc = cs["throughput_cold"]
+        print(f"  relay throughput into fresh memory (first): {tc['entries_per_s']:.0f} "
+              f"entries/s, minor page faults A {tc['minor_faults']['A']} / B "
+              f"{tc['minor_faults']['B']} (a first touch of a page costs "
+              f"{data['page_fault_us']:.0f} us in this kernel; allocator {args.allocator})")
+        wu = cs.get("warmup")
+        if wu:
+            print(f"  warm-up: {wu['entries']} entries with {wu['timeout_s']} s left relayed and "
+                  f"expired in {wu['seconds']:.1f} s (tables after: A {wu['table_after']['A']},"
+                  f" B {wu['table_after']['B']})")
         print(f"  relay throughput: {tp['entries']} entries at once, {tp['entries_per_s']:.0f} "
               f"entries/s capture -> committed (sent in {tp['send_s']:.2f} s), lag p50 "
-              f"{tp['lag_p50_ms']:.0f} ms p99 {tp['lag_p99_ms']:.0f} ms, lost {tp['lost']}")
+              f"{tp['lag_p50_ms']:.0f} ms p99 {tp['lag_p99_ms']:.0f} ms, lost {tp['lost']}; "
+              f"minor page faults A {tp['minor_faults']['A']} / B {tp['minor_faults']['B']}")
         st = tp.get("stages", {})
         print("    where the time went (s from the first send until half / all entries passed): "
               + ", ".join(f"{k} {v['half_s'] or 0:.2f}/{v['all_s'] or 0:.2f}"
@@ -1314,6 +1650,104 @@ def main() -> None:
               f"passed): {bi['seconds'] * 1000:.0f} ms ({bi['last_barrier']})")
         print(f"  the same on B just restarted, A resending its {tb['entries']}+ entries: "
               f"{br['seconds'] or 0:.2f} s (veto {br['veto']}, {br['last_barrier']})")
+    return data
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--json", action="store_true", help="one JSON object as the last line")
+    ap.add_argument("--connections", type=int, default=20,
+                    help="sequential connections, clusterbus knobs (end to end)")
+    ap.add_argument("--default-connections", type=int, default=5,
+                    help="sequential connections, kernel defaults (2-3 s each)")
+    ap.add_argument("--plain-connections", type=int, default=3,
+                    help="sequential connections to a service without persistence")
+    ap.add_argument("--burst", type=int, default=300, help="connections per burst")
+    ap.add_argument("--entries", type=int, default=20_000,
+                    help="hand-built entries for the injection throughput")
+    ap.add_argument("--resync-entries", type=int, default=100_000,
+                    help="hand-built entries of a full resync into the peer (0: skip)")
+    ap.add_argument("--cs-entries", type=int, default=20_000,
+                    help="generated entries for conn-sync's relay throughput (at once)")
+    ap.add_argument("--cs-table", type=int, default=100_000,
+                    help="generated entries sent at --rate through conn-sync, then the "
+                    "RSS and the takeover barrier with them (0: skip conn-sync)")
+    ap.add_argument("--rate", type=float, default=50_000,
+                    help="entries/s of the --cs-table phase (its p99 lag)")
+    ap.add_argument("--cs-sustained", type=int, default=40_000,
+                    help="most generated entries of the sustained-rate phase")
+    ap.add_argument("--cs-warmup", type=int, default=160_000,
+                    help="short-lived entries relayed and expired before the measured "
+                    "phases, so the directors' memory is warm as in steady operation "
+                    "(0: none; the cold figure is measured before it either way)")
+    ap.add_argument("--allocator", choices=("retain", "pymalloc"), default="retain",
+                    help="the directors' allocator: 'retain' keeps freed memory mapped "
+                    "(glibc malloc, no trim) so the warm-up's memory is reused; 'pymalloc' "
+                    "is Python's default, which returns empty arenas to the kernel")
+    ap.add_argument("--sustained-share", type=float, default=0.5,
+                    help="the sustained phase offers this share of the relay throughput "
+                    "just measured (its p99 lag without a backlog)")
+    ap.add_argument("--sustained-rate", type=float, default=0,
+                    help="entries/s of the sustained phase instead of the share")
+    ap.add_argument("--sustained-seconds", type=float, default=4,
+                    help="the sustained phase lasts about this long")
+    ap.add_argument("--barrier-timeout", type=float, default=60,
+                    help="the directors' [connsync] barrier_timeout (long: to time it)")
+    ap.add_argument("--quick", action="store_true", help="small counts (a smoke run)")
+    ap.add_argument("--timeout", type=float, default=900)
+    ap.add_argument("--profile", type=Path, help="run the director processes under cProfile; "
+                    "their stats go to this (host) directory (in UML every clock read is a "
+                    "system call, so the profiler's own clock dominates the times)")
+    ap.add_argument("--kernels", choices=("1", "2", "both"), default="both",
+                    help="1: everything in one UML kernel (both directors share its one "
+                    "CPU); 2: the relay phases with each director in its own UML kernel "
+                    "(linked by a veth pair), as separate directors are; both (default)")
+    ap.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--split-side", choices=("a", "b"), help=argparse.SUPPRESS)
+    ap.add_argument("--director", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.director:
+        logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+        prof_dir = os.environ.get("CB_BENCH_PROFILE")
+        if prof_dir:  # --profile: each director process under cProfile
+            import cProfile
+            prof = cProfile.Profile()
+            prof.enable()
+            try:
+                asyncio.run(director(args.director, args.workdir, args.barrier_timeout))
+            finally:
+                prof.disable()
+                prof.dump_stats(f"{prof_dir}/director{args.director}-{os.getpid()}.prof")
+        else:
+            asyncio.run(director(args.director, args.workdir, args.barrier_timeout))
+        return
+    if args.quick:
+        args.connections, args.default_connections, args.plain_connections = 5, 2, 1
+        args.burst, args.entries, args.resync_entries = 100, 5_000, 10_000
+        args.cs_entries, args.cs_table = 5_000, 10_000
+        args.cs_warmup = 10_000
+    if args.split_side:
+        logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+        if args.split_side == "b":
+            split_side_b(args)
+        else:
+            print(json.dumps(split_side_a(args)))
+        return
+    if args.inside or os.environ.get("CLUSTERBUS_IN_UML") == "1":
+        logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+        print(json.dumps(inside(args)))
+        return
+    sys.path.insert(0, str(ROOT / "tests" / "kernel"))
+    import uml
+
+    data: dict[str, Any] = {}
+    if args.kernels in ("1", "both"):
+        data = run_one_kernel(args, uml.PYTHON)
+    if args.kernels in ("2", "both"):
+        two = run_split(args, uml.PYTHON)
+        print_split(two, args)
+        data = merge_split(data, two)
     if args.json:
         print(json.dumps(data))
 
