@@ -12,7 +12,12 @@ capture to relay, or from receipt to injection; :meth:`ConnTable.entries`,
 
 Memory: one dict entry per connection holding the entry's bytes and its expiry; expiry
 uses a timing wheel of one-second buckets per origin that holds references to the keys
-already in the dict (8 bytes a slot): about 0.3 KB a connection.
+already in the dict (8 bytes a slot): about 0.3 KB a connection. The entries of an origin
+are spread over :data:`SHARDS` dicts by key hash, so that a dict's resize (CPython
+compacts a dict whose deleted slots ran out, as churn does) copies a 64th of the table:
+no pause of milliseconds at 100,000 entries, and no allocation of megabytes at once
+(which a fragmented heap serves from fresh pages; in UML a page's first touch costs
+0.1-0.2 ms).
 """
 
 from __future__ import annotations
@@ -41,6 +46,40 @@ _U32_FROM = struct.Struct(">I").unpack_from
 _TEMPLATE_BYTE = tuple(b"\x01" if b & 0x10 else b"\x00" for b in range(256))
 
 
+#: dicts per origin (a power of two: a key's dict is ``hash(key) & (SHARDS - 1)``)
+SHARDS = 64
+_MASK = SHARDS - 1
+
+
+class _Shards:
+    """A dict from key bytes to (entry, expiry), spread over SHARDS dicts by hash; the
+    hot paths (:meth:`ConnTable.apply_many`, expiry) index :attr:`dicts` themselves."""
+
+    __slots__ = ("dicts",)
+
+    def __init__(self) -> None:
+        self.dicts: list[dict[bytes, tuple[bytes, float]]] = [{} for _ in range(SHARDS)]
+
+    def get(self, key: bytes) -> tuple[bytes, float] | None:
+        return self.dicts[hash(key) & _MASK].get(key)
+
+    def pop(self, key: bytes, default: None = None) -> tuple[bytes, float] | None:
+        return self.dicts[hash(key) & _MASK].pop(key, default)
+
+    def __setitem__(self, key: bytes, value: tuple[bytes, float]) -> None:
+        self.dicts[hash(key) & _MASK][key] = value
+
+    def __len__(self) -> int:
+        return sum(map(len, self.dicts))
+
+    def __bool__(self) -> bool:
+        return any(self.dicts)
+
+    def values(self) -> Iterator[tuple[bytes, float]]:
+        for d in self.dicts:
+            yield from d.values()
+
+
 def _raw_key(key: Key) -> bytes:
     return key if isinstance(key, bytes) else codec.key_bytes(key)
 
@@ -51,7 +90,7 @@ class _Origin:
     __slots__ = ("entries", "buckets", "times")
 
     def __init__(self) -> None:
-        self.entries: dict[bytes, tuple[bytes, float]] = {}   # key -> (entry, expiry)
+        self.entries = _Shards()                  # key -> (entry, expiry)
         self.buckets: dict[int, list[bytes]] = {}   # whole second -> keys that may expire in it
         self.times: list[int] = []                # heap of the seconds in ``buckets``
 
@@ -66,16 +105,17 @@ class _Origin:
     def expire(self, now: float) -> int:
         removed = 0
         carry: list[tuple[bytes, float]] = []
-        times, buckets, entries = self.times, self.buckets, self.entries
+        times, buckets, dicts = self.times, self.buckets, self.entries.dicts
         while times and times[0] <= now:
             second = heapq.heappop(times)
             for key in buckets.pop(second):
-                item = entries.get(key)
+                d = dicts[hash(key) & _MASK]
+                item = d.get(key)
                 if item is None:
                     continue
                 expires = item[1]
                 if expires <= now:
-                    del entries[key]
+                    del d[key]
                     removed += 1
                 elif math.floor(expires) == second:
                     carry.append((key, expires))  # later in this same second: look again
@@ -124,8 +164,7 @@ class ConnTable:
         """:meth:`apply_raw` for many entries (the hot path: one call per batch; the key
         and the expiry bucket are worked out inline, the bucket once per timeout)."""
         o = self._origin(origin)
-        entries, default, buckets = o.entries, self._default, o.buckets
-        get = entries.get
+        dicts, default, buckets = o.entries.dicts, self._default, o.buckets
         unpack = _U32_FROM
         tpl = _TEMPLATE_BYTE
         by_timeout: dict[int, tuple[float, int, list[bytes]]] = {}
@@ -141,8 +180,9 @@ class ConnTable:
                     buckets[second] = bucket = []
                     heapq.heappush(o.times, second)
                 slot = by_timeout[timeout] = (expires, second, bucket)
-            old = get(key)
-            entries[key] = (raw, slot[0])
+            d = dicts[hash(key) & _MASK]
+            old = d.get(key)
+            d[key] = (raw, slot[0])
             if old is None or _floor(old[1]) != slot[1]:
                 slot[2].append(key)
 
