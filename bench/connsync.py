@@ -675,6 +675,28 @@ async def director(node: int, workdir: Path, barrier_timeout: float) -> None:
 
     svc.kernel = Kernel()
     svc._inject = traced_inject
+    # CB_BENCH_FAULTS=1: page faults per plugin step (a getrusage around each call)
+    fault_by: dict[str, int] = {}
+    if os.environ.get("CB_BENCH_FAULTS"):
+        def count_faults(obj: Any, name: str, label: str) -> None:
+            fn = getattr(obj, name)
+
+            def counted(*a: Any, **kw: Any) -> Any:
+                f0 = minor_faults()
+                try:
+                    return fn(*a, **kw)
+                finally:
+                    fault_by[label] = fault_by.get(label, 0) + minor_faults() - f0
+            setattr(obj, name, counted)
+
+        count_faults(svc, "_on_capture", "capture")
+        count_faults(svc.link, "on_effect", "deliver")
+        count_faults(svc, "_inject", "inject")
+        count_faults(svc.link, "_receive", "receive")
+        count_faults(svc.link, "_apply", "apply_effects")
+        count_faults(svc.channel, "send", "channel_send")
+        count_faults(svc.relay, "poll", "relay_poll")
+        count_faults(svc.table, "apply_many", "table")
     loop = asyncio.get_running_loop()
     lines: asyncio.Queue[str] = asyncio.Queue()
     threading.Thread(target=lambda: [loop.call_soon_threadsafe(lines.put_nowait, x)
@@ -767,6 +789,7 @@ async def director(node: int, workdir: Path, barrier_timeout: float) -> None:
             trace.clear()
             faults0[0] = minor_faults()
             commit_stats.update(yes=0, no=0, seconds=0.0, longest=0.0)
+            fault_by.clear()
             maps0.clear()
             maps0.update(mappings_kb())
             for g in gc_pauses.values():
@@ -783,7 +806,7 @@ async def director(node: int, workdir: Path, barrier_timeout: float) -> None:
                               c["inject.commit_waits"], rc["resends"]))
             grown = {k: v - maps0.get(k, 0) for k, v in mappings_kb().items()}
             reply({"trace": trace, "minor_faults": minor_faults() - faults0[0],
-                   "commit_checks": dict(commit_stats),
+                   "commit_checks": dict(commit_stats), "faults_by_step": dict(fault_by),
                    "grown_kb": dict(sorted(((k, v) for k, v in grown.items() if v > 0),
                                            key=lambda kv: -kv[1])[:6]),
                    "gc": {f"gen{k}": {"count": int(v[0]),
@@ -990,7 +1013,8 @@ def relay_throughput(a: Director, b: Director, gen: Generator, net: str,
         "stages": stages, "minor_faults": {"A": ta["minor_faults"],
                                            "B": tb_["minor_faults"]},
         "grown_kb": {"A": ta["grown_kb"], "B": tb_["grown_kb"]},
-        "commit_checks_B": tb_["commit_checks"]}
+        "commit_checks_B": tb_["commit_checks"],
+        "faults_by_step": {"A": ta["faults_by_step"], "B": tb_["faults_by_step"]}}
 
 
 def relay_phases(args: argparse.Namespace, a: Director, b: Director,
@@ -1447,7 +1471,8 @@ def run_split(args: argparse.Namespace, python: Path) -> dict[str, Any]:
                   f"--allocator {args.allocator} --entries {args.entries} "
                   f"--timeout {args.timeout} --workdir {workdir}")
         for side, end in (("b", "vb"), ("a", "va")):
-            cmd = ["sh", "-c", f"{python} {Path(__file__).resolve()} --split-side {side} "
+            faults = "CB_BENCH_FAULTS=1 " if os.environ.get("CB_BENCH_FAULTS") else ""
+            cmd = ["sh", "-c", f"{faults}{python} {Path(__file__).resolve()} --split-side {side} "
                    f"{common} > {workdir}/{side}.out 2> {workdir}/{side}.log"]
             wd = workdir / f"uml-{side}"
             procs.append((side, wd, lab.spawn(cmd, workdir=wd, mem="1024M", cwd=ROOT,
