@@ -1028,10 +1028,10 @@ def datagram_truesize(length: int) -> int:
     return (1 << (need - 1).bit_length()) + 768
 
 
-#: How long the receive queue must stay empty: the backup thread dequeues a datagram
-#: before it applies it (tens of microseconds for 40 entries; the plugin injects up to
-#: 255 per datagram, about 6 times as long), so one empty reading may come just before
-#: the last apply. Within this window the queue is re-read at once.
+#: How long after an empty reading the last datagram taken off the queue is surely
+#: applied: the backup thread dequeues a datagram before it applies it (tens of
+#: microseconds for 40 entries on hardware; the plugin injects up to 255 per datagram,
+#: about 1.3 ms in UML).
 SETTLE_S = 0.002
 #: Poll interval while the queue is not empty.
 POLL_S = 0.001
@@ -1043,8 +1043,12 @@ async def committed(*, port: int = SYNC_PORT, timeout: float,
 
     :meth:`Injector.send` returns with the datagram in the backup socket's receive queue
     (or in its drops), and the backup kernel thread empties that queue, applying each
-    datagram right after taking it. So an empty queue that stays empty for
-    :data:`SETTLE_S` means every injected entry is in the connection table. Datagrams the
+    datagram right after taking it. So once the queue is seen empty, every datagram
+    injected before was taken off it, and :data:`SETTLE_S` later the last of them is
+    applied; the queue is then looked at once more (a loaded kernel may deliver the
+    multicast copy in a softirq after the send returned), and if it is still empty every
+    entry injected so far is in the connection table. Two looks when the daemon kept up;
+    while the queue holds datagrams it is looked at every :data:`POLL_S`. Datagrams the
     socket dropped (its buffer was full) are lost: pass the :class:`BackupQueue` ``drops``
     read before injecting as ``drops_before``, and this returns False when it grew.
 
@@ -1056,11 +1060,10 @@ async def committed(*, port: int = SYNC_PORT, timeout: float,
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    empty_since: float | None = None
     ports = _sync_ports(port)
+    settled = False
     while True:
         q = backup_queue(port=port, group=group, ports=ports)
-        now = loop.time()
         if q.sockets == 0:
             log.warning("commit check: no UDP socket on port %d (is the backup sync daemon "
                         "running?)", port)
@@ -1069,14 +1072,15 @@ async def committed(*, port: int = SYNC_PORT, timeout: float,
             log.warning("commit check: the backup daemon dropped %d datagrams (receive "
                         "buffer full): resend them", q.drops - drops_before)
             return False
-        if now >= deadline and q.rx_queue:
-            return False
         if q.rx_queue == 0:
-            if empty_since is None:
-                empty_since = now
-            elif now - empty_since >= SETTLE_S:
+            if settled:
                 return True
-            await asyncio.sleep(0)  # yield, then read again: the window is short
-        else:
-            empty_since = None
-            await asyncio.sleep(POLL_S)
+            # the last datagram taken is being applied; then look once more, since a
+            # datagram's delivery may still be pending in a softirq
+            await asyncio.sleep(SETTLE_S)
+            settled = True
+            continue
+        settled = False
+        if loop.time() >= deadline:
+            return False
+        await asyncio.sleep(POLL_S)

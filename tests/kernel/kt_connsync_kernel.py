@@ -374,6 +374,8 @@ def test_socket_diagnostics_see_the_backup_socket_as_proc_does(lab: dict[str, An
             s.bind(("127.0.0.1", port))
             for _ in range(3):
                 tx.sendto(b"z" * 500, ("127.0.0.1", port))
+            # delivery may finish in a softirq after sendto returns (seen in a loaded run)
+            assert wait_for(lambda: kernel.backup_queue(port=port).rx_queue > 0, 5)
             diag, proc = both(port=port)
             assert diag.rx_queue == proc.rx_queue > 0 and diag.sockets == proc.sockets == 1
 
