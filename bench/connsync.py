@@ -760,6 +760,10 @@ async def director(node: int, workdir: Path, barrier_timeout: float) -> None:
                    "received": svc.received[peer], "t": time.monotonic()})
         elif op == "commits":  # the commit times of generator phase `net`, by index
             reply({"commit_at": commit_times(cmd["net"], cmd["count"])})
+            committed_rounds.clear()  # asked once per phase: let the entries go
+        elif op == "forget":  # a phase whose commit times nobody asks for (the warm-up)
+            committed_rounds.clear()
+            reply({"ok": True})
         elif op == "barrier":  # the plugin's prepare_master hook, timed
             if cmd.get("after_heard"):  # once the peer's resync has started arriving
                 deadline = time.monotonic() + 30
@@ -1037,6 +1041,7 @@ def relay_phases(args: argparse.Namespace, a: Director, b: Director,
         for i in range(0, n_warm, 20_000):  # in bursts the relay takes without a backlog
             gen.send(GEN_NET["warmup"], min(20_000, n_warm - i), timeout=WARMUP_TIMEOUT)
             b.ask(op="wait", count=base + min(n_warm, i + 20_000), timeout=120)
+            b.ask(op="forget")  # the bench's own record of them would keep them alive
         time.sleep(WARMUP_TIMEOUT + 2.5)  # expired in both tables and in B's kernel
         out["warmup"] = {"entries": n_warm, "timeout_s": WARMUP_TIMEOUT,
                          "seconds": time.monotonic() - t0,
@@ -1071,7 +1076,8 @@ def relay_phases(args: argparse.Namespace, a: Director, b: Director,
                         "lag_max_ms": max(lags, default=0) * 1000,
                         "stages": by_stage, "gc": gc_pauses,
                         "minor_faults": sustained_faults,
-                        "commit_checks_B": commit_checks}
+                        "commit_checks_B": commit_checks,
+                        "faults_by_step": {"A": ta["faults_by_step"], "B": tb_["faults_by_step"]}}
     # the table phase: entries at a steady rate, their capture -> commit lag, then
     # the plugin's RSS, and the takeover barrier with that many synced connections
     base = w["settled"]

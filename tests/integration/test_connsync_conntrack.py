@@ -242,6 +242,9 @@ kernel.Capture, kernel.Injector, kernel.committed = Capture, Injector, committed
 kernel.set_sync_knobs = lambda **kw: None
 kernel.ensure_daemons = lambda interface, **kw: []
 kernel.backup_maxlen = lambda: None
+from clusterbus.plugins.connsync import kernel as real_kernel  # these need no IPVS
+kernel.backup_queue, kernel.backup_capacity = real_kernel.backup_queue, real_kernel.backup_capacity
+kernel.datagram_truesize = real_kernel.datagram_truesize
 svc.kernel = kernel
 
 def write(doc):
