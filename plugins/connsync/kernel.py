@@ -970,8 +970,8 @@ def backup_queue(*, port: int = SYNC_PORT, group: str | None = None,
         names = ("udp6",) if ipaddress.ip_address(group).version == 6 else ("udp",)
     if _diag_works is not False:
         try:
-            got = [_diag_udp(socket.AF_INET6 if n == "udp6" else socket.AF_INET, ports)
-                   for n in names]
+            diag = [_diag_udp(socket.AF_INET6 if n == "udp6" else socket.AF_INET, ports)
+                    for n in names]
         except OSError as exc:
             if _diag_works is None:
                 log.debug("socket diagnostics unavailable (%s): reading /proc/net/udp", exc)
@@ -980,8 +980,9 @@ def backup_queue(*, port: int = SYNC_PORT, group: str | None = None,
                 log.debug("socket diagnostics failed (%s): reading /proc/net/udp", exc)
         else:
             _diag_works = True
-            return BackupQueue(sockets=sum(g[0] for g in got), rx_queue=sum(g[1] for g in got),
-                               drops=sum(g[2] for g in got), rcvbuf=sum(g[3] for g in got))
+            return BackupQueue(sockets=sum(g[0] for g in diag),
+                               rx_queue=sum(g[1] for g in diag),
+                               drops=sum(g[2] for g in diag), rcvbuf=sum(g[3] for g in diag))
     total = [0, 0, 0]
     # /proc/net is the namespace of the process's main thread; thread-self/net is this
     # thread's (they differ when a thread entered another namespace with setns)
