@@ -1449,6 +1449,16 @@ def split_side_a(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def relay_args(args: argparse.Namespace) -> str:
+    """The options of the relay phases, to pass on to the run inside UML."""
+    return (f"--entries {args.entries} --cs-entries {args.cs_entries} "
+            f"--cs-table {args.cs_table} --rate {args.rate} --cs-sustained {args.cs_sustained} "
+            f"--sustained-share {args.sustained_share} --sustained-rate {args.sustained_rate} "
+            f"--sustained-seconds {args.sustained_seconds} "
+            f"--barrier-timeout {args.barrier_timeout} --cs-warmup {args.cs_warmup} "
+            f"--allocator {args.allocator}")
+
+
 def run_split(args: argparse.Namespace, python: Path) -> dict[str, Any]:
     """Boot two UML kernels linked by a veth pair in a namespace of this host (each kernel
     sees its end as ``vec0``), B's first; return A's figures."""
@@ -1468,14 +1478,7 @@ def run_split(args: argparse.Namespace, python: Path) -> dict[str, Any]:
             nsx(ns, "ip", "link", "set", v, "up")
         for n in ("d1", "d2"):
             zmq.auth.create_certificates(workdir, n)
-        common = (f"--cs-entries {args.cs_entries} --cs-table {args.cs_table} "
-                  f"--rate {args.rate} --cs-sustained {args.cs_sustained} "
-                  f"--sustained-share {args.sustained_share} "
-                  f"--sustained-rate {args.sustained_rate} "
-                  f"--sustained-seconds {args.sustained_seconds} "
-                  f"--barrier-timeout {args.barrier_timeout} --cs-warmup {args.cs_warmup} "
-                  f"--allocator {args.allocator} --entries {args.entries} "
-                  f"--timeout {args.timeout} --workdir {workdir}")
+        common = f"{relay_args(args)} --timeout {args.timeout} --workdir {workdir}"
         for side, end in (("b", "vb"), ("a", "va")):
             faults = "CB_BENCH_FAULTS=1 " if os.environ.get("CB_BENCH_FAULTS") else ""
             cmd = ["sh", "-c", f"{faults}{python} {Path(__file__).resolve()} --split-side {side} "
@@ -1573,12 +1576,7 @@ def run_one_kernel(args: argparse.Namespace, python: Path) -> dict[str, Any]:
     cmd = ["sh", "-c", f"{env}{python} {Path(__file__).resolve()} --inside "
            f"--connections {args.connections} --default-connections "
            f"{args.default_connections} --plain-connections {args.plain_connections} "
-           f"--resync-entries {args.resync_entries} --burst {args.burst} --entries {args.entries} "
-           f"--cs-entries {args.cs_entries} --cs-table {args.cs_table} --rate {args.rate} "
-           f"--cs-sustained {args.cs_sustained} --sustained-share {args.sustained_share} "
-           f"--sustained-rate {args.sustained_rate} --sustained-seconds {args.sustained_seconds} "
-           f"--barrier-timeout {args.barrier_timeout} --cs-warmup {args.cs_warmup} "
-           f"--allocator {args.allocator} "
+           f"--resync-entries {args.resync_entries} --burst {args.burst} {relay_args(args)} "
            f"> {result_file} 2> {result_file}.log"]
     try:
         run = uml_boot(cmd, timeout=args.timeout, mem="1024M")

@@ -31,7 +31,7 @@ import mmap
 import os
 import socket
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -188,6 +188,20 @@ def _nla(kind: int, payload: bytes) -> bytes:
     return struct.pack("=HH", n, kind) + payload + bytes(-n % 4)
 
 
+def _nlmsgs(data: bytes, what: str) -> Iterator[tuple[int, int, bytes]]:
+    """(type, seq, payload) of each netlink message in one received datagram.
+
+    :raises SyncKernelError: a message that does not fit its datagram.
+    """
+    off = 0
+    while off + 16 <= len(data):
+        n, kind, _f, seq, _pid = struct.unpack_from("=IHHII", data, off)
+        if n < 16 or off + n > len(data):
+            raise SyncKernelError(f"{what}: malformed netlink answer")
+        yield kind, seq, data[off + 16:off + n]
+        off += (n + 3) & ~3
+
+
 def _nla_walk(data: bytes) -> dict[int, bytes]:
     out: dict[int, bytes] = {}
     off = 0
@@ -255,13 +269,7 @@ class SyncDaemons:
             except TimeoutError:
                 raise NoAnswerError(f"{what}: no answer from the kernel within "
                                       f"{self.timeout:g} s") from None
-            off = 0
-            while off + 16 <= len(data):
-                n, kind, _f, seq, _pid = struct.unpack_from("=IHHII", data, off)
-                if n < 16 or off + n > len(data):
-                    raise SyncKernelError(f"{what}: malformed netlink answer")
-                msg = data[off + 16:off + n]
-                off += (n + 3) & ~3
+            for kind, seq, msg in _nlmsgs(data, what):
                 if seq != self._seq:
                     continue
                 if kind == _NLMSG_DONE:
@@ -854,13 +862,17 @@ class BackupQueue:
     rcvbuf: int = 0
 
 
+def _int_file(path: Path) -> int | None:
+    """The first integer in a sysctl file, or None when it cannot be read."""
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def _sync_ports(port: int) -> range:
     # with net.ipv4.vs.sync_ports = n the daemons use n threads on ports port .. port+n-1
-    try:
-        n = int((VS_SYSCTL / "sync_ports").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        n = 1
-    return range(port, port + max(1, n))
+    return range(port, port + max(1, _int_file(VS_SYSCTL / "sync_ports") or 1))
 
 
 def _proc_udp(lines: Iterable[str], ports: range) -> tuple[int, int, int]:
@@ -883,8 +895,6 @@ def _proc_udp(lines: Iterable[str], ports: range) -> tuple[int, int, int]:
 
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
-_NLM_F_REQUEST_DUMP = 0x1 | 0x300
-_NLMSG = struct.Struct("=IHHII")
 #: inet_diag_req_v2: family, protocol, extensions wanted, pad, states, inet_diag_sockid
 _DIAG_REQ = struct.Struct("=BBBxI48x")
 _INET_DIAG_SKMEMINFO = 7  # enum inet_diag_attrs (linux/inet_diag.h)
@@ -893,7 +903,6 @@ _SK_MEMINFO_RCVBUF, _SK_MEMINFO_DROPS = 1, 8
 _DIAG_MSG_LEN = 72
 _U16_BE = struct.Struct(">H")
 _U32 = struct.Struct("=I")
-_NLA = struct.Struct("=HH")
 #: whether this kernel answers UDP socket diagnostics (None: not asked yet); without the
 #: ``udp_diag`` module (or in an old kernel) ``/proc/net/udp`` is read instead
 _diag_works: bool | None = None
@@ -903,6 +912,9 @@ def _diag_udp(family: int, ports: range) -> tuple[int, int, int, int]:
     """(sockets, rx_queue, drops, rcvbuf) of the UDP sockets bound to ``ports`` in this
     thread's namespace, from one socket-diagnostics dump (a few system calls, where
     reading ``/proc/net/udp`` takes a hundred and formats every socket as text).
+    pyroute2's ``DiagSocket`` can send the same request, but its ``get_sock_stats`` is
+    marked work in progress, returns the memory counters as hex text, and builds a socket
+    object per call: this runs after every injection round.
 
     :raises OSError: the kernel refused or did not answer within a second.
     """
@@ -912,38 +924,25 @@ def _diag_udp(family: int, ports: range) -> tuple[int, int, int, int]:
         sock.settimeout(1.0)
         body = _DIAG_REQ.pack(family, socket.IPPROTO_UDP, 1 << (_INET_DIAG_SKMEMINFO - 1),
                               0xFFFFFFFF)
-        sock.send(_NLMSG.pack(_NLMSG.size + len(body), SOCK_DIAG_BY_FAMILY,
-                              _NLM_F_REQUEST_DUMP, 1, 0) + body)
+        sock.send(struct.pack("=IHHII", 16 + len(body), SOCK_DIAG_BY_FAMILY,
+                              _NLM_F_REQUEST | _NLM_F_DUMP, 1, 0) + body)
         sockets = rx = drops = rcvbuf = 0
         while True:
-            data = sock.recv(1 << 16)
-            off = 0
-            while off + _NLMSG.size <= len(data):
-                length, kind, _flags, _seq, _pid = _NLMSG.unpack_from(data, off)
-                if length < _NLMSG.size or off + length > len(data):
-                    raise OSError(errno.EBADMSG, "truncated socket diagnostics message")
-                msg, end = off + _NLMSG.size, off + length
-                off += (length + 3) & ~3
-                if kind == 3:  # NLMSG_DONE
+            for kind, _seq, msg in _nlmsgs(sock.recv(1 << 16), "socket diagnostics"):
+                if kind == _NLMSG_DONE:
                     return sockets, rx, drops, rcvbuf
-                if kind == 2:  # NLMSG_ERROR
-                    code = -struct.unpack_from("=i", data, msg)[0] if end - msg >= 4 else 0
+                if kind == _NLMSG_ERROR:
+                    code = -struct.unpack_from("=i", msg)[0] if len(msg) >= 4 else 0
                     raise OSError(code or errno.EIO, f"socket diagnostics: {os.strerror(code)}")
-                if kind != SOCK_DIAG_BY_FAMILY or end - msg < _DIAG_MSG_LEN:
-                    continue
-                if _U16_BE.unpack_from(data, msg + 4)[0] not in ports:
+                if kind != SOCK_DIAG_BY_FAMILY or len(msg) < _DIAG_MSG_LEN \
+                        or _U16_BE.unpack_from(msg, 4)[0] not in ports:
                     continue
                 sockets += 1
-                rx += _U32.unpack_from(data, msg + 56)[0]
-                a = msg + _DIAG_MSG_LEN
-                while a + _NLA.size <= end:
-                    alen, atype = _NLA.unpack_from(data, a)
-                    if alen < _NLA.size:
-                        break
-                    if atype == _INET_DIAG_SKMEMINFO and alen >= _NLA.size + 36:
-                        rcvbuf += _U32.unpack_from(data, a + 4 + 4 * _SK_MEMINFO_RCVBUF)[0]
-                        drops += _U32.unpack_from(data, a + 4 + 4 * _SK_MEMINFO_DROPS)[0]
-                    a += (alen + 3) & ~3
+                rx += _U32.unpack_from(msg, 56)[0]
+                mem = _nla_walk(msg[_DIAG_MSG_LEN:]).get(_INET_DIAG_SKMEMINFO, b"")
+                if len(mem) >= 36:
+                    rcvbuf += _U32.unpack_from(mem, 4 * _SK_MEMINFO_RCVBUF)[0]
+                    drops += _U32.unpack_from(mem, 4 * _SK_MEMINFO_DROPS)[0]
     except TimeoutError:
         raise OSError(errno.ETIMEDOUT, "socket diagnostics: no answer") from None
     finally:
@@ -995,13 +994,6 @@ def backup_queue(*, port: int = SYNC_PORT, group: str | None = None,
             continue
         total = [a + b for a, b in zip(total, got, strict=True)]
     return BackupQueue(sockets=total[0], rx_queue=total[1], drops=total[2])
-
-
-def _int_file(path: Path) -> int | None:
-    try:
-        return int(path.read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def backup_capacity() -> int:

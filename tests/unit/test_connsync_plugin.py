@@ -12,7 +12,7 @@ import os
 import sys
 import tomllib
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -559,13 +559,10 @@ def test_conntrack_entries_are_ignored_where_conntrack_is_off(
     assert d.status()["peers"]["1"]["conntrack.received"] == 0
 
 
-@pytest.mark.parametrize("backup_maxlen", [65507, None])
-def test_injected_datagrams_fit_the_backup_daemons_receive_size(
-        fakes: Kernel, keys: Path, backup_maxlen: int | None) -> None:
-    """The backup daemon's receive size, read once it runs, bounds the injected datagrams:
-    raised (as ensure_daemons does), 100 entries go in one datagram; unknown, in datagrams
-    of the kernel's default 1,472 bytes (a longer one would be cut and dropped)."""
-    fakes.backup_maxlen = backup_maxlen
+def _capture_on_1_until(fakes: Kernel, keys: Path, n: int,
+                        done: Callable[[ConnSync], bool]) -> None:
+    """Directors 1 and 2 running; ``n`` entries captured on 1 (40 per datagram, as the
+    master sends them); return once ``done(director 2)`` (bounded: 10 s)."""
     ep1, ep2 = dead_endpoint(), dead_endpoint()
     d1 = _service(keys, 1, ep1, ep2)
     d2 = _service(keys, 2, ep2, ep1)
@@ -575,17 +572,27 @@ def test_injected_datagrams_fit_the_backup_daemons_receive_size(
             t1 = tg.create_task(d1.run())
             t2 = tg.create_task(d2.run())
             cap = await _running(fakes, d1, d2)
-            for i in range(0, 100, 40):  # as the master sends them: 40 per datagram
-                cap.feed(codec.encode_many([_conn(j) for j in range(i, min(100, i + 40))],
+            for i in range(0, n, 40):
+                cap.feed(codec.encode_many([_conn(j) for j in range(i, min(n, i + 40))],
                                            syncid=3)[0])
             for _ in range(1000):
-                if d2.injected[1] >= 100:
+                if done(d2):
                     break
                 await asyncio.sleep(0.01)
             t1.cancel()
             t2.cancel()
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("backup_maxlen", [65507, None])
+def test_injected_datagrams_fit_the_backup_daemons_receive_size(
+        fakes: Kernel, keys: Path, backup_maxlen: int | None) -> None:
+    """The backup daemon's receive size, read once it runs, bounds the injected datagrams:
+    raised (as ensure_daemons does), 100 entries go in one datagram; unknown, in datagrams
+    of the kernel's default 1,472 bytes (a longer one would be cut and dropped)."""
+    fakes.backup_maxlen = backup_maxlen
+    _capture_on_1_until(fakes, keys, 100, lambda d2: d2.injected[1] >= 100)
     grams = fakes.injected["d2"]
     got = [c for d in grams for c in codec.decode(d).conns]
     assert sorted(c.cport for c in got) == [1000 + i for i in range(100)]
@@ -602,27 +609,12 @@ def test_injection_rounds_fill_a_share_of_the_backup_socket(
     backup socket's receive buffer (at least 4), each confirmed consumed (the commit
     check) before the next goes."""
     fakes.capacity = capacity
-    ep1, ep2 = dead_endpoint(), dead_endpoint()
-    d1 = _service(keys, 1, ep1, ep2)
-    d2 = _service(keys, 2, ep2, ep1)
     n = 255 * per_round * 3
 
-    async def main() -> None:
-        async with asyncio.TaskGroup() as tg:
-            t1 = tg.create_task(d1.run())
-            t2 = tg.create_task(d2.run())
-            cap = await _running(fakes, d1, d2)
-            for i in range(0, n, 40):
-                cap.feed(codec.encode_many([_conn(j) for j in range(i, min(n, i + 40))],
-                                           syncid=3)[0])
-            for _ in range(1000):  # until all is injected and its last round checked
-                if d2.injected[1] >= n and fakes.commit_checks[-1:] == [len(fakes.injected["d2"])]:
-                    break
-                await asyncio.sleep(0.01)
-            t1.cancel()
-            t2.cancel()
+    def all_injected_and_checked(d2: ConnSync) -> bool:
+        return d2.injected[1] >= n and fakes.commit_checks[-1:] == [len(fakes.injected["d2"])]
 
-    asyncio.run(main())
+    _capture_on_1_until(fakes, keys, n, all_injected_and_checked)
     grams = fakes.injected["d2"]
     assert sum(len(codec.decode(d).conns) for d in grams) == n
     assert max(len(codec.decode(d).conns) for d in grams) == 255
