@@ -76,6 +76,9 @@ INJECT_CHUNK = 1020
 INJECT_SHARE = 0.4
 #: the longest wait for the backup daemon after each injection round
 INJECT_PACE = 0.05
+#: seconds between two looks at the backup socket's queue while it has no room for the
+#: next round
+INJECT_POLL = 0.001
 #: entries/s the backup daemon is assumed to apply at most: after a round the injection
 #: sleeps that long before it looks at the daemon's queue (each look is system calls,
 #: expensive in a VM, and would take the CPU from the daemon itself). UML's daemon
@@ -93,9 +96,10 @@ CT_TAG = "ct"
 #: channel, the relay and the acknowledgement cost system calls (expensive in a VM),
 #: per entry only a few slices and a dict update
 BATCH_MAX = 1024
-#: most frames the channel handles per loop turn (a frame's entries are checked and
-#: tabled in about a millisecond), so the injection task runs between them
-TURN_FRAMES = 4
+#: most frames the channel handles per loop turn: one, so the injection task runs between
+#: any two (a frame of 1024 entries is checked and tabled in ~1.5 ms on the host, ~8 ms in
+#: UML; four per turn delayed each injection round by a receive turn of ~30 ms there)
+TURN_FRAMES = 1
 #: the shortest resend timeout (TCP's 200 ms on Linux): a link measured idle at a few
 #: milliseconds would otherwise resend batches whenever the peer's process is not
 #: scheduled for 50 ms (seen under load: 5 of 20 batches of a burst); a gap the receiver
@@ -363,7 +367,8 @@ class ConnSync:
             "capture.datagrams", "capture.entries", "capture.dropped.bad_datagram",
             "capture.dropped.other_syncid", "inject.entries", "inject.datagrams",
             "inject.dropped.queue_full", "inject.dropped.encode", "inject.errors.send",
-            "inject.commit_waits", "barrier.passed", "barrier.timeouts", "barrier.vetoes",
+            "inject.commit_waits", "inject.room_waits", "barrier.passed", "barrier.timeouts",
+            "barrier.vetoes",
             "barrier.startup_vetoes", "knobs.failed", "conntrack.events", "conntrack.originated",
             "conntrack.skipped.local", "conntrack.skipped.peer_owned", "conntrack.dumps",
             "conntrack.errors.dump", "conntrack.errors.apply", "conntrack.dropped.queue_full",
@@ -404,6 +409,8 @@ class ConnSync:
         self._inject_maxlen: int = self.kernel.BACKUP_MAXLEN_DEFAULT
         # entries per injection round (sized by the backup socket's buffer at start)
         self._inject_round = INJECT_CHUNK
+        #: the backup socket's receive buffer in bytes (0 until the daemon runs)
+        self._inject_capacity = 0
         self.running = False
 
     # -- capture --------------------------------------------------------------------------
@@ -483,9 +490,33 @@ class ConnSync:
                 self._inject(chunk)
                 self._progress.set()
                 # let the backup daemon consume the round (and the loop run the rest)
-                self.counters["inject.commit_waits"] += 1
                 await asyncio.sleep(sum(len(c) for _, c, _ in chunk) / INJECT_RATE)
-                await self.kernel.committed(timeout=INJECT_PACE)
+                if self._queue:
+                    # more waiting: the next round goes as soon as the daemon's socket has
+                    # room for it, not after a full commit check (a backlog would then
+                    # wait for the settle time and two looks per round)
+                    self.counters["inject.room_waits"] += 1
+                    await self._backup_room(timeout=INJECT_PACE)
+                else:
+                    self.counters["inject.commit_waits"] += 1
+                    await self.kernel.committed(timeout=INJECT_PACE)
+
+    async def _backup_room(self, *, timeout: float) -> bool:
+        """Wait until the backup socket's queue leaves room for another round (it holds
+        at most :data:`INJECT_SHARE` of its buffer), or ``timeout``; True when it does."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        limit = self._inject_capacity * INJECT_SHARE  # a round more: 2 x INJECT_SHARE
+        while True:
+            try:
+                q = self.kernel.backup_queue()
+            except OSError:
+                return bool(await self.kernel.committed(timeout=max(0.0, deadline - loop.time())))
+            if q.rx_queue <= limit:
+                return True
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(INJECT_POLL)
 
     def _backup_buffer(self) -> int:
         """The backup socket's receive buffer: as the kernel reports it, else worked out
@@ -501,6 +532,7 @@ class ConnSync:
         ``capacity`` bytes (IPv4 entries of 36 bytes; at least INJECT_CHUNK entries)."""
         per_datagram = max(1, min(255, (self._inject_maxlen - 8) // 36))
         truesize = self.kernel.datagram_truesize(8 + 36 * per_datagram)
+        self._inject_capacity = capacity
         datagrams = max(1, int(capacity * INJECT_SHARE) // truesize)
         self._inject_round = max(INJECT_CHUNK, datagrams * per_datagram)
         log.debug("connsync: injection rounds of %d entries (backup socket buffer %d bytes)",

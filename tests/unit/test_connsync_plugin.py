@@ -47,10 +47,15 @@ class Kernel:
         self.daemons: list[tuple[str, dict[str, Any]]] = []
         #: the backup daemon's receive size the fake reports (None: no backup daemon)
         self.backup_maxlen: int | None = 65507
-        #: the backup socket's receive buffer; each commit check records how many
-        #: datagrams had been injected by then
+        #: the backup socket's receive buffer; each look at the backup socket (a commit
+        #: check, or a look for room for the next round) records how many datagrams had
+        #: been injected by then
         self.capacity = 212_992
         self.commit_checks: list[int] = []
+        #: the backup queue's bytes each look for room reports, in turn (then 0: the fake
+        #: daemon consumes at once); each such look is recorded in ``room_looks``
+        self.rx_queue: list[int] = []
+        self.room_looks: list[tuple[int, int]] = []
 
     def module(self) -> types.ModuleType:
         kernel = self
@@ -119,8 +124,15 @@ class Kernel:
         m.ensure_daemons = ensure_daemons  # type: ignore[attr-defined]
         m.backup_maxlen = lambda: kernel.backup_maxlen  # type: ignore[attr-defined]
 
-        m.backup_queue = lambda: real_kernel.BackupQueue(  # type: ignore[attr-defined]
-            sockets=1, rx_queue=0, drops=0)
+        def backup_queue() -> Any:
+            injected = sum(map(len, kernel.injected.values()))
+            rx = kernel.rx_queue.pop(0) if kernel.rx_queue and injected else 0
+            if injected:
+                kernel.commit_checks.append(injected)
+                kernel.room_looks.append((injected, rx))
+            return real_kernel.BackupQueue(sockets=1, rx_queue=rx, drops=0)
+
+        m.backup_queue = backup_queue  # type: ignore[attr-defined]
         m.backup_capacity = lambda: kernel.capacity  # type: ignore[attr-defined]
         m.datagram_truesize = real_kernel.datagram_truesize  # type: ignore[attr-defined]
         m.POLL_S = real_kernel.POLL_S  # type: ignore[attr-defined]
@@ -606,8 +618,9 @@ def test_injected_datagrams_fit_the_backup_daemons_receive_size(
 def test_injection_rounds_fill_a_share_of_the_backup_socket(
         fakes: Kernel, keys: Path, capacity: int, per_round: int) -> None:
     """A backlog is injected in rounds of as many 255-entry datagrams as fill 40 % of the
-    backup socket's receive buffer (at least 4), each confirmed consumed (the commit
-    check) before the next goes."""
+    backup socket's receive buffer (at least 4); after each the backup socket is looked at
+    (for room for the next round, or the commit check after the last) before the next
+    goes."""
     fakes.capacity = capacity
     n = 255 * per_round * 3
 
@@ -622,3 +635,23 @@ def test_injection_rounds_fill_a_share_of_the_backup_socket(
     rounds = [b - a for a, b in zip([0, *checks], checks) if b > a]
     assert sum(rounds) == len(grams)  # every datagram's round was checked
     assert max(rounds) == per_round, (rounds, checks)
+
+
+def test_a_full_backup_queue_holds_the_next_round_back(fakes: Kernel, keys: Path) -> None:
+    """With a backlog, the next round goes once the backup socket has room for it (its
+    queue at most 40 % of the buffer), not before: a look that finds it fuller is followed
+    by another look, with nothing injected in between; then everything is injected."""
+    n = 255 * 4 * 6
+    limit = fakes.capacity * 0.4
+    fakes.rx_queue = [fakes.capacity // 2, fakes.capacity // 2, int(limit) + 1]
+
+    def all_injected_and_checked(d2: ConnSync) -> bool:
+        return d2.injected[1] >= n and fakes.commit_checks[-1:] == [len(fakes.injected["d2"])]
+
+    _capture_on_1_until(fakes, keys, n, all_injected_and_checked)
+    assert sum(len(codec.decode(d).conns) for d in fakes.injected["d2"]) == n
+    assert fakes.rx_queue == [], fakes.room_looks  # the full queue was seen, three times
+    looks = fakes.room_looks
+    for (injected, rx), (after, _) in zip(looks, looks[1:]):
+        if rx > limit:
+            assert after == injected, looks  # no round went into a full queue
