@@ -69,9 +69,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ctypes
+import faulthandler
 import ipaddress
 import json
 import logging
+import math
 import os
 import select
 import shutil
@@ -502,8 +504,9 @@ CS_ADDR = {1: A_ADDR, 2: B_ADDR}
 CS_NS = {1: "csA", 2: "csB"}
 #: second octet of the generated client addresses, per generator phase
 GEN_NET = {"throughput": 83, "table": 84, "sustained": 85, "warmup": 86, "throughput_cold": 87}
-#: seconds left in the warm-up's entries: the tables on both sides expire them soon after
-WARMUP_TIMEOUT = 2
+#: seconds from the warm-up's first entry until all of its entries time out (the tables on
+#: both sides expire them soon after): the warm-up's entries are all alive at once
+WARMUP_TIMEOUT = 12
 #: the directors' allocator with ``--allocator retain``: freed memory stays mapped (glibc
 #: keeps its heap, Python allocates through it), so memory a director has used once is
 #: reused without page faults, as in a director whose table size is steady
@@ -631,7 +634,8 @@ async def director(node: int, workdir: Path, barrier_timeout: float) -> None:
     peer = 3 - node
     kernel = svc.kernel
     # instrumentation: the commit time of every generated entry (an injection round is
-    # committed when a later committed() returns True); the entries (sync v1 entry bytes)
+    # committed when a later committed() returns True, or SETTLE_S after a later look for
+    # room found the backup queue empty); the entries (sync v1 entry bytes)
     # are looked at only when the bench asks, so the plugin's own work is what is timed
     pending: list[list[bytes]] = []
     committed_rounds: list[tuple[list[bytes], float]] = []
@@ -667,26 +671,42 @@ async def director(node: int, workdir: Path, barrier_timeout: float) -> None:
                     out[k[1]] = t
         return out
 
+    def traced_backup_queue(**kw: Any) -> Any:
+        # the injection loop's look for room for its next round: a queue found empty
+        # means every datagram injected before was taken off it, and applied SETTLE_S
+        # later (the first look of the commit check; a backlog is injected without
+        # waiting for full commit checks)
+        q = kernel.backup_queue(**kw)
+        if q.rx_queue == 0 and pending:
+            now = time.monotonic() + kernel.SETTLE_S
+            committed_rounds.extend((conns, now) for conns in pending)
+            pending.clear()
+        return q
+
     class Kernel:
         def __getattr__(self, name: str) -> Any:
             return getattr(kernel, name)
 
         committed = staticmethod(traced_committed)
+        backup_queue = staticmethod(traced_backup_queue)
 
     svc.kernel = Kernel()
     svc._inject = traced_inject
     # CB_BENCH_FAULTS=1: page faults per plugin step (a getrusage around each call)
     fault_by: dict[str, int] = {}
+    cpu_by: dict[str, float] = {}  # CPU seconds per plugin step (this thread)
+    cpu0 = [0.0, 0.0]  # process CPU and wall clock at trace_start
     if os.environ.get("CB_BENCH_FAULTS"):
         def count_faults(obj: Any, name: str, label: str) -> None:
             fn = getattr(obj, name)
 
             def counted(*a: Any, **kw: Any) -> Any:
-                f0 = minor_faults()
+                f0, c0 = minor_faults(), time.thread_time()
                 try:
                     return fn(*a, **kw)
                 finally:
                     fault_by[label] = fault_by.get(label, 0) + minor_faults() - f0
+                    cpu_by[label] = cpu_by.get(label, 0.0) + time.thread_time() - c0
             setattr(obj, name, counted)
 
         count_faults(svc, "_on_capture", "capture")
@@ -794,6 +814,8 @@ async def director(node: int, workdir: Path, barrier_timeout: float) -> None:
             faults0[0] = minor_faults()
             commit_stats.update(yes=0, no=0, seconds=0.0, longest=0.0)
             fault_by.clear()
+            cpu_by.clear()
+            cpu0[:] = [time.process_time(), time.monotonic()]
             maps0.clear()
             maps0.update(mappings_kb())
             for g in gc_pauses.values():
@@ -811,6 +833,8 @@ async def director(node: int, workdir: Path, barrier_timeout: float) -> None:
             grown = {k: v - maps0.get(k, 0) for k, v in mappings_kb().items()}
             reply({"trace": trace, "minor_faults": minor_faults() - faults0[0],
                    "commit_checks": dict(commit_stats), "faults_by_step": dict(fault_by),
+                   "cpu_ms_by_step": {k: round(v * 1000, 1) for k, v in cpu_by.items()},
+                   "cpu_s": time.process_time() - cpu0[0], "wall_s": time.monotonic() - cpu0[1],
                    "grown_kb": dict(sorted(((k, v) for k, v in grown.items() if v > 0),
                                            key=lambda kv: -kv[1])[:6]),
                    "gc": {f"gen{k}": {"count": int(v[0]),
@@ -842,12 +866,12 @@ class Director:
     """A director process (:func:`director`) in its namespace, driven over a pipe."""
 
     def __init__(self, node: int, workdir: Path, barrier_timeout: float, *,
-                 retain: bool = False) -> None:
+                 retain: bool = False, timeout: float = 900) -> None:
         self.node = node
         self.proc = subprocess.Popen(
             ["ip", "netns", "exec", CS_NS[node], sys.executable, str(Path(__file__).resolve()),
              "--director", str(node), "--workdir", str(workdir),
-             "--barrier-timeout", str(barrier_timeout)],
+             "--barrier-timeout", str(barrier_timeout), "--timeout", str(timeout)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
             env={**os.environ, **RETAIN_ENV} if retain else None)
         hello = self.read(30)
@@ -960,32 +984,47 @@ class Generator:
         s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
         self.sock = s
+        self.cpu_s = 0.0
 
-    def send(self, net: int, n: int, *, rate: float | None = None,
+    def send(self, net: int, n: int, *, rate: float | None = None, start: int = 0,
              per_datagram: int = 40, timeout: int = 900) -> list[float]:
-        """Entries 0..n-1 of ``net``; at ``rate`` entries/s (None: at once, in windows).
+        """Entries start..start+n-1 of ``net``; at ``rate`` entries/s (None: at once, in
+        windows).
 
-        The datagrams are built first: sending them then costs about what the kernel's
-        master daemon spends (a send each), not Python's encoding, which would take the
-        CPU of A's kernel from A's director.
+        The datagrams are built first, and sent in groups: at a rate, every datagram due
+        is sent at each wake-up (a few milliseconds apart), stamped with the time read
+        before the group (so an entry's lag is never understated). Sending then costs
+        about what the kernel's master daemon spends (a send each), not Python's encoding
+        or a clock read and a sleep per datagram: in UML each system call costs ~90 us,
+        and the generator shares A's kernel (one CPU) with A's director.
+        ``self.cpu_s`` is the generator's CPU time of the last call.
 
         :returns: the send time of each entry (its datagram's).
         """
         sent = [0.0] * n
-        grams = [encode([gen_key(net, k) for k in range(i, min(n, i + per_datagram))],
+        grams = [encode([gen_key(net, start + k) for k in range(i, min(n, i + per_datagram))],
                         timeout=timeout) for i in range(0, n, per_datagram)]
+        cpu0 = time.process_time()
+        sendto, dest = self.sock.sendto, ("224.0.0.81", 8848)
         t0 = time.monotonic()
-        for j, (i, d) in enumerate(zip(range(0, n, per_datagram), grams)):
+        j = 0
+        while j < len(grams):
+            now = time.monotonic()
             if rate:
-                due = t0 + i / rate
-                while (now := time.monotonic()) < due:
-                    time.sleep(min(0.002, due - now))
-            elif j and j % 64 == 0:
+                k = min(len(grams), int((now - t0) * rate / per_datagram) + 1)
+                if k <= j:  # the next datagram is not due yet
+                    time.sleep(min(0.005, t0 + j * per_datagram / rate - now))
+                    continue
+            else:
+                k = min(len(grams), j + 64)
+            for d in grams[j:k]:
+                sendto(d, dest)
+            sent[j * per_datagram:min(n, k * per_datagram)] = \
+                [now] * (min(n, k * per_datagram) - j * per_datagram)
+            j = k
+            if not rate and j < len(grams):
                 time.sleep(0.001)  # let the capture socket's reader run
-            self.sock.sendto(d, ("224.0.0.81", 8848))
-            t = time.monotonic()
-            for k in range(i, min(n, i + per_datagram)):
-                sent[k] = t
+        self.cpu_s = time.process_time() - cpu0
         return sent
 
     def close(self) -> None:
@@ -1038,13 +1077,18 @@ def relay_phases(args: argparse.Namespace, a: Director, b: Director,
     if n_warm:
         base = b.ask(op="wait", count=0, timeout=5)["settled"]
         t0 = time.monotonic()
+        # all of them alive at once (each burst's timeout ends at t0 + WARMUP_TIMEOUT), so
+        # the memory of the largest table the phases below build is touched
         for i in range(0, n_warm, 20_000):  # in bursts the relay takes without a backlog
-            gen.send(GEN_NET["warmup"], min(20_000, n_warm - i), timeout=WARMUP_TIMEOUT)
+            left = max(1, math.ceil(t0 + WARMUP_TIMEOUT - time.monotonic()))
+            gen.send(GEN_NET["warmup"], min(20_000, n_warm - i), start=i, timeout=left)
             b.ask(op="wait", count=base + min(n_warm, i + 20_000), timeout=120)
             b.ask(op="forget")  # the bench's own record of them would keep them alive
-        time.sleep(WARMUP_TIMEOUT + 2.5)  # expired in both tables and in B's kernel
+        peak = {"A": a.ask(op="rss")["table"], "B": b.ask(op="rss")["table"]}
+        # expired in both tables and in B's kernel
+        time.sleep(max(0.0, t0 + WARMUP_TIMEOUT - time.monotonic()) + 2.5)
         out["warmup"] = {"entries": n_warm, "timeout_s": WARMUP_TIMEOUT,
-                         "seconds": time.monotonic() - t0,
+                         "seconds": time.monotonic() - t0, "table_peak": peak,
                          "table_after": {"A": a.ask(op="rss")["table"],
                                          "B": b.ask(op="rss")["table"]}}
     out["throughput"] = relay_throughput(a, b, gen, "throughput", args.cs_entries)
@@ -1057,6 +1101,7 @@ def relay_phases(args: argparse.Namespace, a: Director, b: Director,
     a.ask(op="trace_start")
     b.ask(op="trace_start")
     sent = gen.send(GEN_NET["sustained"], n, rate=rate)
+    gen_cpu = gen.cpu_s
     w = b.ask(op="wait", count=base + n, timeout=120)
     ta, tb_ = a.ask(op="trace_stop"), b.ask(op="trace_stop")
     by_stage = stage_lags(ta["trace"], tb_["trace"], sent)
@@ -1074,17 +1119,24 @@ def relay_phases(args: argparse.Namespace, a: Director, b: Director,
                         "lag_p50_ms": (pct(lags, 0.5) or 0) * 1000,
                         "lag_p99_ms": (pct(lags, 0.99) or 0) * 1000,
                         "lag_max_ms": max(lags, default=0) * 1000,
-                        "stages": by_stage, "gc": gc_pauses,
+                        "stages": by_stage, "gc": gc_pauses, "generator_cpu_s": gen_cpu,
                         "minor_faults": sustained_faults,
                         "commit_checks_B": commit_checks,
-                        "faults_by_step": {"A": ta["faults_by_step"], "B": tb_["faults_by_step"]}}
+                        "faults_by_step": {"A": ta["faults_by_step"], "B": tb_["faults_by_step"]},
+                        "cpu": {d: {"process_s": t["cpu_s"], "wall_s": t["wall_s"],
+                                    "ms_by_step": t["cpu_ms_by_step"]}
+                                for d, t in (("A", ta), ("B", tb_))}}
     # the table phase: entries at a steady rate, their capture -> commit lag, then
     # the plugin's RSS, and the takeover barrier with that many synced connections
     base = w["settled"]
     n = args.cs_table
     before = b.ask(op="active")["active"]
+    a.ask(op="trace_start")
+    b.ask(op="trace_start")
     sent = gen.send(GEN_NET["table"], n, rate=args.rate)
+    gen_cpu = gen.cpu_s
     w = b.ask(op="wait", count=base + n, timeout=180)
+    ta, tb_ = a.ask(op="trace_stop"), b.ask(op="trace_stop")
     commits = b.ask(op="commits", net=GEN_NET["table"], count=n)["commit_at"]
     lags = [c - s for c, s in zip(commits, sent) if c is not None]
     got = b.ask(op="active")["active"] - before
@@ -1094,7 +1146,14 @@ def relay_phases(args: argparse.Namespace, a: Director, b: Director,
                     "committed": len(lags), "present": got, "lost": n - got,
                     "lag_p50_ms": (pct(lags, 0.5) or 0) * 1000,
                     "lag_p99_ms": (pct(lags, 0.99) or 0) * 1000,
-                    "lag_max_ms": max(lags, default=0) * 1000}
+                    "lag_max_ms": max(lags, default=0) * 1000, "generator_cpu_s": gen_cpu,
+                    "stages": stage_lags(ta["trace"], tb_["trace"], sent),
+                    "minor_faults": {"A": ta["minor_faults"], "B": tb_["minor_faults"]},
+                    "commit_checks_B": tb_["commit_checks"],
+                    "faults_by_step": {"A": ta["faults_by_step"], "B": tb_["faults_by_step"]},
+                    "cpu": {d: {"process_s": t["cpu_s"], "wall_s": t["wall_s"],
+                                "ms_by_step": t["cpu_ms_by_step"]}
+                            for d, t in (("A", ta), ("B", tb_))}}
     return out
 
 
@@ -1115,8 +1174,8 @@ def connsync_phase(args: argparse.Namespace, held: list[socket.socket],
     a = b = gen = None
     try:
         retain = args.allocator == "retain"
-        a = Director(1, workdir, args.barrier_timeout, retain=retain)
-        b = Director(2, workdir, args.barrier_timeout, retain=retain)
+        a = Director(1, workdir, args.barrier_timeout, retain=retain, timeout=args.timeout)
+        b = Director(2, workdir, args.barrier_timeout, retain=retain, timeout=args.timeout)
         gen = Generator()
         # end to end: client connect -> entry in B's kernel, via A's plugin and B's plugin
         e2e: list[float] = []
@@ -1147,7 +1206,7 @@ def connsync_phase(args: argparse.Namespace, held: list[socket.socket],
         out["status_B"] = b.ask(op="status")
         # takeover right after B restarts: A resends its whole table, B's barrier waits
         b.close()
-        b = Director(2, workdir, args.barrier_timeout, retain=retain)
+        b = Director(2, workdir, args.barrier_timeout, retain=retain, timeout=args.timeout)
         try:
             out["barrier_resync"] = b.ask(op="barrier", after_heard=True,
                                           timeout=args.barrier_timeout + 60)
@@ -1418,7 +1477,7 @@ def split_side_b(args: argparse.Namespace) -> None:
     proc = subprocess.Popen(
         ["ip", "netns", "exec", CS_NS[2], sys.executable, str(Path(__file__).resolve()),
          "--director", "2", "--workdir", str(args.workdir),
-         "--barrier-timeout", str(args.barrier_timeout)],
+         "--barrier-timeout", str(args.barrier_timeout), "--timeout", str(args.timeout)],
         stdin=conn.fileno(), stdout=conn.fileno(),
         env={**os.environ, **RETAIN_ENV} if args.allocator == "retain" else None)
     conn.close()
@@ -1432,7 +1491,8 @@ def split_side_a(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {}
     a = b = gen = None
     try:
-        a = Director(1, args.workdir, args.barrier_timeout, retain=args.allocator == "retain")
+        a = Director(1, args.workdir, args.barrier_timeout, retain=args.allocator == "retain",
+                     timeout=args.timeout)
         b = RemoteDirector(2, CS_ADDR[2])
         out["clock_rtt_ms"] = b.rtt * 1000
         gen = Generator()
@@ -1533,7 +1593,11 @@ def print_split(two: dict[str, Any], args: argparse.Namespace) -> None:
                       for k, v in su["stages"].items()))
     print(f"  {tb['entries']} entries offered at {tb['rate']:.0f}/s (achieved "
           f"{tb['achieved_rate'] or 0:.0f}/s): lag p50 {tb['lag_p50_ms']:.1f} ms, p99 "
-          f"{tb['lag_p99_ms']:.1f} ms, lost {tb['lost']}")
+          f"{tb['lag_p99_ms']:.1f} ms, lost {tb['lost']}, page faults A "
+          f"{tb['minor_faults']['A']} B {tb['minor_faults']['B']}")
+    print("    lag until each stage (ms, p50/p99): "
+          + ", ".join(f"{k} {v['p50_ms']:.0f}/{v['p99_ms']:.0f}"
+                      for k, v in tb["stages"].items()))
     print(f"  RSS: A {two['rss']['A']['rss_mb']:.0f} MB, B {two['rss']['B']['rss_mb']:.0f} MB")
 
 
@@ -1672,6 +1736,9 @@ def run_one_kernel(args: argparse.Namespace, python: Path) -> dict[str, Any]:
               f"{tb['send_s']:.2f} s): lag p50 {tb['lag_p50_ms']:.1f} ms, p99 "
               f"{tb['lag_p99_ms']:.1f} ms (target <= 50 ms; above the relay's throughput "
               f"this is the backlog), max {tb['lag_max_ms']:.1f} ms, lost {tb['lost']}")
+        print("    lag until each stage (ms, p50/p99): "
+              + ", ".join(f"{k} {v['p50_ms']:.0f}/{v['p99_ms']:.0f}"
+                          for k, v in tb.get("stages", {}).items()))
         print(f"  RSS with {tb['entries']} entries: A {cs['rss']['A']['rss_mb']:.0f} MB, B "
               f"{cs['rss']['B']['rss_mb']:.0f} MB, B after its restart's resync "
               f"{cs['rss']['B_after_resync']['rss_mb']:.0f} MB")
@@ -1736,6 +1803,9 @@ def main() -> None:
     ap.add_argument("--director", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.director or args.split_side:
+        # a run that hangs says where, on its standard error, before it is stopped
+        faulthandler.dump_traceback_later(max(30.0, args.timeout - 30), exit=False)
     if args.director:
         logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
         prof_dir = os.environ.get("CB_BENCH_PROFILE")
