@@ -95,6 +95,9 @@ INSTANCE_SCHEMA: dict[str, Key] = {
                       "gratuitous ARPs / unsolicited NAs per burst on takeover"),
     "garp_delay": Key(float, 5.0, between(0, 3600),
                       "seconds between the first and the second burst (0: one burst only)"),
+    "prepare_timeout": Key(float, 0.0, between(0, 60),
+                           "seconds a takeover waits for the plugins' prepare_master answer "
+                           "(a conn-sync barrier); 0: one advert_interval"),
     "fast_takeover": Key(str, "", _fast_takeover,
                          '"corosync": take over after Skew_Time when the master\'s daemon '
                          "left the Corosync group (off by default; docs/vrrp.md)"),
@@ -125,6 +128,7 @@ class InstanceConfig:
     family: str
     index: int
     fast_takeover: str = ""
+    prepare_timeout: float = 0.0
 
     @property
     def key(self) -> str:

@@ -14,10 +14,12 @@ from typing import Protocol
 __all__ = ["LIVE_KEYS", "RESTART_KEYS", "ROUTER_KEYS", "InstanceChange", "ReloadPlan", "diff"]
 
 #: instance keys a reload applies to the running router (see VrrpSpeaker.reload)
-LIVE_KEYS = ("priority", "preempt", "preempt_delay", "accept", "garp_count", "garp_delay")
+LIVE_KEYS = ("priority", "preempt", "preempt_delay", "accept", "garp_count", "garp_delay",
+             "prepare_timeout")
 #: live keys the router itself reads at each use (RouterConfig: preempt, preempt_delay,
-#: accept_mode); the others are the speaker's (garp_*) or go through set_priority
-ROUTER_KEYS = ("preempt", "preempt_delay", "accept")
+#: accept_mode, prepare_timeout); the others are the speaker's (garp_*) or go through
+#: set_priority
+ROUTER_KEYS = ("preempt", "preempt_delay", "accept", "prepare_timeout")
 #: instance keys that only a restart applies: sockets, adverts, addresses
 RESTART_KEYS = ("interface", "vrid", "version", "family", "advert_interval",
                 "virtual_ipaddress", "unicast_peer", "unicast_src_ip", "fast_takeover")

@@ -394,6 +394,7 @@ class VrrpSpeaker:
             start_listen=True,  # RFC 5798 §6.4.1: listen before claiming MASTER
             interface=inst.interface,
             ask_prepare=ask,
+            prepare_timeout=inst.prepare_timeout or None,
         )
 
     def _asks_plugins(self) -> bool:
@@ -888,12 +889,13 @@ class VrrpSpeaker:
                         ", ".join(inst.restart_needed),
                         "it" if len(inst.restart_needed) == 1 else "them")
         if change.router_changed:
-            # The router reads these three at each use, so a new RouterConfig that differs
-            # only in them is safe to swap in (the rest of it is what the router derived its
+            # The router reads these at each use, so a new RouterConfig that differs only
+            # in them is safe to swap in (the rest of it is what the router derived its
             # addresses and destinations from, unchanged).
             inst.router.config = replace(inst.router.config, preempt=cfg.preempt,
                                          preempt_delay=cfg.preempt_delay,
-                                         accept_mode=cfg.accept)
+                                         accept_mode=cfg.accept,
+                                         prepare_timeout=cfg.prepare_timeout or None)
         inst.cfg = replace(old, index=cfg.index, **change.live)  # type: ignore[arg-type]
         if cfg.priority != inst.router.priority:
             log.info("reload: %s: priority %d -> %d", old.name, inst.router.priority,

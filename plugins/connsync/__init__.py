@@ -309,6 +309,27 @@ def decode_batch(raw: list[Any], codec: ModuleType, conntrack: ModuleType) -> tu
     return tuple(entry_from_wire(v, codec, conntrack) for v in raw)
 
 
+def _check_barrier_deadlines(cfg: ConnsyncConfig, config: Config) -> None:
+    """Warn about each VRRP instance whose takeover stops waiting for the plugins before
+    the barrier can veto (``on_barrier_timeout = "veto"``): its deadline then decides."""
+    if cfg.on_barrier_timeout != "veto":
+        return
+    from clusterbus.vrrp.config import instances
+
+    try:
+        found = instances(config)
+    except ConfigError:
+        return  # reported by the VRRP section's own validation
+    for inst in found:
+        deadline = inst.prepare_timeout or inst.advert_interval
+        if cfg.barrier_timeout >= deadline:
+            log.warning("connsync: VRRP instance %s stops waiting for the barrier after "
+                        "%g s (prepare_timeout, else advert_interval), before "
+                        "barrier_timeout = %g s: a late barrier cannot veto; set its "
+                        "prepare_timeout above %g", inst.name, deadline,
+                        cfg.barrier_timeout, cfg.barrier_timeout)
+
+
 def _local_only(e: Any) -> bool:
     """A loopback conntrack entry: this host's own, never synced."""
     return e.src.startswith("127.") or e.dst.startswith("127.") or "::1" in (e.src, e.dst)
@@ -1014,6 +1035,7 @@ class ConnsyncPlugin:
                                       key="connsync") from None
             self._cfg[cluster] = (cfg, config)
             cluster.register_hooks(_Barrier(self), BARRIER_HOOKS)
+            _check_barrier_deadlines(cfg, config)
 
     @hookimpl
     def clusterbus_services(self, cluster: Cluster) -> list[Callable[[], Awaitable[None]]] | None:

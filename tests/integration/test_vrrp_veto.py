@@ -106,3 +106,76 @@ def test_prepare_master_veto_keeps_backup(tmp_path: Path) -> None:
             cb.crash()
             k100.crash()
             k50.crash()
+
+
+SLOW_PLUGIN = '''
+import asyncio
+
+import clusterbus
+
+
+class SlowVeto:
+    """A barrier that answers a veto after 0.5 s: four advert intervals of 0.1 s."""
+
+    @clusterbus.hookimpl
+    def clusterbus_vrrp_prepare_master(self, instance, vrid, cluster):
+        async def barrier():
+            await asyncio.sleep(0.5)
+            return "still syncing"
+        return barrier()
+
+
+plugin = SlowVeto()
+'''
+
+
+@pytest.mark.parametrize("prepare_timeout", [2.0, 0.0], ids=["waits", "default"])
+def test_prepare_timeout_lets_a_slow_barrier_veto(tmp_path: Path,
+                                                  prepare_timeout: float) -> None:
+    """``prepare_timeout`` is how long a takeover waits for the plugins' answer. A barrier
+    that vetoes after 0.5 s keeps clusterbus (150) BACKUP behind keepalived (100) when the
+    instance waits 2 s; with the default (one advert interval, 0.1 s) the deadline passes
+    first: clusterbus takes the VIP, and the missed answer is logged."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "slow_veto.py").write_text(SLOW_PLUGIN)
+    info = site / "slow_veto-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: slow-veto\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[clusterbus]\nslow = slow_veto:plugin\n")
+    with Topology() as topo:
+        a = topo.host("a", "10.77.0.1/24")
+        b = topo.host("b", "10.77.0.2/24")
+        common = dict(vrid=77, advert_int=INTERVAL, version=3, vips=(f"{VIP}/24",))
+        cb = Speaker(a, tmp_path, [VrrpInstance(priority=150, **common)], bus=True,
+                     prepare_timeout=prepare_timeout,
+                     env={"PYTHONPATH": os.pathsep.join(filter(None, (
+                         str(site), os.environ.get("PYTHONPATH"))))})
+        k100 = Keepalived(b, tmp_path, [VrrpInstance(priority=100, **common)])
+        try:
+            k100.start()
+            k100.wait_vrrp_child()
+            wait_for(lambda: ns_has_addr(b, VIP), 30, what="keepalived 100 as MASTER")
+            cb.start()
+            cb.wait_running()
+            if prepare_timeout:
+                wait_for(lambda: cb.instance_status()["vetoes"] >= 2, 30,
+                         what="two vetoes answered within prepare_timeout")
+                st = cb.instance_status()
+                assert st["state"] == "BACKUP" and st["holding"] == [], st
+                assert st["vetoed"] == "slow: still syncing", st
+                assert [ns for ns in (a, b) if ns_has_addr(ns, VIP)] == [b]
+            else:
+                wait_for(lambda: ns_has_addr(a, VIP), 30, what="clusterbus as MASTER")
+                st = cb.instance_status()
+                assert st["state"] == "MASTER", st
+                # the daemon gave up on the barrier at the router's deadline (0.1 s)
+                log = cb.logfile.read_text(errors="replace")
+                assert "plugin slow: clusterbus_vrrp_prepare_master did not finish" in log
+        except BaseException:
+            print(f"--- clusterbus ---\n{cb.log_tail()}\n--- keepalived 100 ---\n"
+                  f"{k100.log_tail()}")
+            raise
+        finally:
+            cb.crash()
+            k100.crash()

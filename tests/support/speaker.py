@@ -50,6 +50,8 @@ class Speaker:
     node: int = 1
     extra: str = ""
     garp_delay: float = 5.0
+    #: every instance's ``prepare_timeout`` (0: left out, the default of one interval)
+    prepare_timeout: float = 0.0
     bus: bool = False
     env: dict[str, str] | None = None
     log_level: str = "info"
@@ -85,7 +87,9 @@ class Speaker:
                 f"preempt = {'true' if i.preempt else 'false'}\n"
                 f"preempt_delay = {float(i.preempt_delay)!r}\n"
                 f"unicast_peer = {_toml_list(i.unicast_peers)}\n"
-                + (f'unicast_src_ip = "{i.unicast_src}"\n' if i.unicast_src else "") +
+                + (f'unicast_src_ip = "{i.unicast_src}"\n' if i.unicast_src else "")
+                + (f"prepare_timeout = {float(self.prepare_timeout)!r}\n"
+                   if self.prepare_timeout else "") +
                 f"garp_delay = {float(self.garp_delay)!r}\n\n"
             )
         return text + self.extra

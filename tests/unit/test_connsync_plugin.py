@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import sys
 import tomllib
@@ -655,3 +656,29 @@ def test_a_full_backup_queue_holds_the_next_round_back(fakes: Kernel, keys: Path
     for (injected, rx), (after, _) in zip(looks, looks[1:]):
         if rx > limit:
             assert after == injected, looks  # no round went into a full queue
+
+
+@pytest.mark.parametrize(("instance_extra", "warned"), [
+    ("", True), ("prepare_timeout = 1.0\n", False)])
+def test_a_veto_the_takeover_would_not_wait_for_is_warned_about(
+        keys: Path, caplog: pytest.LogCaptureFixture, instance_extra: str, warned: bool) -> None:
+    """With ``on_barrier_timeout = "veto"``, an instance whose takeover waits less than
+    ``barrier_timeout`` (advert_interval 0.1 s, barrier 0.5 s) is named at configure time;
+    its ``prepare_timeout`` above the barrier silences it."""
+    text = _conf(keys, 1, "tcp://127.0.0.1:7700", "tcp://127.0.0.1:7701",
+                 'barrier_timeout = 0.5\non_barrier_timeout = "veto"') + f"""
+[[vrrp.instance]]
+name = "VI_9"
+interface = "lo"
+vrid = 9
+advert_interval = 0.1
+virtual_ipaddress = ["10.79.0.100/24"]
+{instance_extra}"""
+    cfg = parse_config(tomllib.loads(text), file="d1.toml")
+    engine = Engine(origin=1, plugins=PluginHost())
+    with caplog.at_level(logging.WARNING, logger="clusterbus.plugins.connsync"):
+        connsync.plugin.clusterbus_configure(cfg, cfg.plugin_sections["connsync"],
+                                             engine.cluster)
+    said = [r.getMessage() for r in caplog.records if "VI_9" in r.getMessage()]
+    assert bool(said) == warned, said
+    connsync.plugin.clusterbus_configure(cfg, None, engine.cluster)

@@ -224,3 +224,19 @@ def test_fast_takeover_change_needs_a_restart() -> None:
                                 + "\n[corosync]\nenabled = true\n"))
     plan = diff({c.name: c for c in old}, new)
     assert plan.changes[0].restart_needed == ("fast_takeover",)
+
+
+def test_prepare_timeout_defaults_to_one_interval_and_reloads_live() -> None:
+    from clusterbus.vrrp.reload import diff
+
+    (inst,) = vconf.instances(parse(GOOD))
+    assert inst.prepare_timeout == 0  # the router waits one advert_interval
+    slow = GOOD.replace("preempt = true", "preempt = true\nprepare_timeout = 1.5")
+    (new,) = vconf.instances(parse(slow))
+    assert new.prepare_timeout == 1.5
+    for bad in ("-1", "61", '"1s"'):
+        err = error(GOOD.replace("preempt = true", f"preempt = true\nprepare_timeout = {bad}"))
+        assert err.key == "vrrp.instance[0].prepare_timeout", bad
+    (change,) = diff({inst.name: inst}, [new]).changes
+    assert change.restart_needed == () and change.router_changed
+    assert change.live["prepare_timeout"] == 1.5

@@ -120,3 +120,16 @@ def test_a_failing_barrier_is_counted_and_means_no_veto() -> None:
 def test_without_awaitables_the_answer_is_immediate() -> None:
     answers, _, _ = ask({"p": Plain("no")}, timeout=1.0)
     assert answers == [("_answered", "VI_1", 7, "p: no")]
+
+
+def test_prepare_timeout_sets_the_routers_wait() -> None:
+    """``prepare_timeout`` is the router's wait for the answer; 0 leaves it at one
+    advert_interval (None in the router's configuration)."""
+    from clusterbus.vrrp import config as vconf
+
+    for extra, want in (("", None), ("prepare_timeout = 1.5\n", 1.5)):
+        cfg = parse_config(tomllib.loads(CONF + extra), file="t.toml")
+        sp = VrrpSpeaker(Engine(origin=1, plugins=PluginHost()), cfg)
+        (inst,) = vconf.instances(cfg)
+        rc = sp._router_config(inst, "127.0.0.1", True)
+        assert rc.prepare_timeout == want and rc.ask_prepare
