@@ -309,6 +309,34 @@ def decode_batch(raw: list[Any], codec: ModuleType, conntrack: ModuleType) -> tu
     return tuple(entry_from_wire(v, codec, conntrack) for v in raw)
 
 
+#: IPv4 and UDP headers: a sync datagram of ``n`` bytes is a frame of ``n + 28`` bytes
+SYNC_HEADERS = 28
+SIOCGIFMTU = 0x8921
+
+
+def interface_mtu(name: str) -> int | None:
+    """The MTU of interface ``name`` in this thread's network namespace (None: no such
+    interface, or it cannot be asked)."""
+    import fcntl
+    import struct
+
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            got = fcntl.ioctl(s, SIOCGIFMTU, struct.pack("16si", name.encode()[:15], 0))
+    except (OSError, UnicodeError):
+        return None
+    return int(struct.unpack("16si", got)[1])
+
+
+def fitting_maxlen(kernel_maxlen: int, mtu: int | None) -> int:
+    """``kernel_maxlen`` lowered to what one frame of an interface with ``mtu`` carries.
+    The kernel bounds the master's sync_maxlen by 65,535 bytes only, not by the MTU: a
+    larger datagram would leave in IP fragments, which the capture cannot reassemble."""
+    if mtu is None or mtu <= SYNC_HEADERS:
+        return kernel_maxlen
+    return min(kernel_maxlen, mtu - SYNC_HEADERS)
+
+
 def _check_barrier_deadlines(cfg: ConnsyncConfig, config: Config) -> None:
     """Warn about each VRRP instance whose takeover stops waiting for the plugins before
     the barrier can veto (``on_barrier_timeout = "veto"``): its deadline then decides."""
@@ -432,6 +460,8 @@ class ConnSync:
         self._inject_round = INJECT_CHUNK
         #: the backup socket's receive buffer in bytes (0 until the daemon runs)
         self._inject_capacity = 0
+        #: the master daemon's sync_maxlen in use: ``kernel_maxlen``, fitted to the MTU
+        self.kernel_maxlen = cfg.kernel_maxlen
         self.running = False
 
     # -- capture --------------------------------------------------------------------------
@@ -897,11 +927,19 @@ class ConnSync:
     async def run(self) -> None:
         """Set the kernel's knobs, capture, relay and inject until cancelled."""
         loop = asyncio.get_running_loop()
+        mtu = interface_mtu(self.cfg.interface)
+        maxlen = fitting_maxlen(self.cfg.kernel_maxlen, mtu)
+        if maxlen != self.cfg.kernel_maxlen:
+            log.warning("connsync: kernel_maxlen %d does not fit one frame of %s (MTU %s): "
+                        "the master daemon gets %d (a larger datagram would leave in IP "
+                        "fragments, which the capture cannot read)", self.cfg.kernel_maxlen,
+                        self.cfg.interface, mtu, maxlen)
+        self.kernel_maxlen = maxlen
         # in a thread: blocking netlink calls, and pyroute2's IPVSSocket (used to find
         # the genetlink family) cannot be built on a thread whose event loop runs
         try:
             await asyncio.to_thread(self.kernel.set_sync_knobs,
-                                    kernel_maxlen=self.cfg.kernel_maxlen,
+                                    kernel_maxlen=maxlen,
                                     sync_threshold=self.cfg.sync_threshold)
         except OSError as exc:
             self.counters["knobs.failed"] += 1
@@ -909,7 +947,7 @@ class ConnSync:
                       "with its own delays)", exc)
         try:  # the kernel's master and backup daemons, both at once (active/active)
             await asyncio.to_thread(self.kernel.ensure_daemons, self.cfg.interface,
-                                    syncid=self.cfg.syncid, kernel_maxlen=self.cfg.kernel_maxlen)
+                                    syncid=self.cfg.syncid, kernel_maxlen=maxlen)
         except OSError as exc:
             self.counters["knobs.failed"] += 1
             log.error("connsync: cannot start the kernel's sync daemons on %s: %s",
@@ -924,7 +962,7 @@ class ConnSync:
         self._size_inject_rounds(await asyncio.to_thread(self._backup_buffer))
         # ring frames for the master's datagrams: one entry each at kernel_maxlen 1
         self._capture = self.kernel.Capture(self.cfg.interface,
-                                            max_datagram=max(1500, self.cfg.kernel_maxlen))
+                                            max_datagram=max(1500, maxlen))
         self._injector = self.kernel.Injector(self.cfg.interface)
         self._capture.open()
         fd = self._capture.fileno()
@@ -997,7 +1035,7 @@ class ConnSync:
         kernel_ct = self.ct.counters if self.ct is not None else {}
         return {"node": self.local, "listen": self.channel.bound or self.cfg.listen,
                 "table": len(self.table), "conntrack": len(self.ct_own), "peers": peers,
-                "last_barrier": self.last_barrier,
+                "last_barrier": self.last_barrier, "kernel_maxlen": self.kernel_maxlen,
                 "counters": {**{k: v for k, v in getattr(self._capture, "counters", {}).items()
                                 if k.startswith("capture.dropped.")},
                              **self.counters,

@@ -255,3 +255,19 @@ def test_typed_errors(ns: str) -> None:
             kernel.Injector("sync0").send(b"x")
         assert kernel.backup_queue().sockets == 0
         assert asyncio.run(kernel.committed(timeout=0.01)) is False  # no backup daemon
+
+
+@needs_root
+def test_kernel_maxlen_is_fitted_to_the_sync_interfaces_mtu(ns: str) -> None:
+    """The plugin asks the sync interface's MTU in its own namespace and lowers
+    kernel_maxlen to what one frame carries (a larger master datagram would leave in IP
+    fragments, which the capture cannot read)."""
+    from clusterbus.plugins.connsync import fitting_maxlen, interface_mtu
+
+    subprocess.run(["ip", "-n", ns, "link", "set", "sync0", "mtu", "1400"], check=True)
+    with inside(ns):
+        mtu = interface_mtu("sync0")
+        missing = interface_mtu("eth-none0")
+    assert mtu == 1400 and missing is None
+    assert fitting_maxlen(9000, mtu) == 1372
+    assert fitting_maxlen(1, mtu) == 1

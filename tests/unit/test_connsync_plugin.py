@@ -682,3 +682,15 @@ virtual_ipaddress = ["10.79.0.100/24"]
     said = [r.getMessage() for r in caplog.records if "VI_9" in r.getMessage()]
     assert bool(said) == warned, said
     connsync.plugin.clusterbus_configure(cfg, None, engine.cluster)
+
+
+def test_kernel_maxlen_is_fitted_to_the_interfaces_mtu() -> None:
+    """The master's datagrams must fit one frame: kernel_maxlen is lowered to the MTU less
+    the IPv4 and UDP headers; the MTU is asked of the kernel (``lo``, read beside sysfs)."""
+    assert connsync.fitting_maxlen(1, 1500) == 1
+    assert connsync.fitting_maxlen(9000, 1500) == 1472
+    assert connsync.fitting_maxlen(9000, None) == 9000  # unknown: as configured
+    mtu = connsync.interface_mtu("lo")
+    assert mtu == int(Path("/sys/class/net/lo/mtu").read_text())
+    assert connsync.interface_mtu("no-such-if0") is None
+    assert connsync.fitting_maxlen(65507, mtu) == min(65507, mtu - 28)
