@@ -460,6 +460,8 @@ class ConnSync:
         self._inject_round = INJECT_CHUNK
         #: the backup socket's receive buffer in bytes (0 until the daemon runs)
         self._inject_capacity = 0
+        #: the sync daemons' ports, read once they run (None: read at each look)
+        self._ports: range | None = None
         #: the master daemon's sync_maxlen in use: ``kernel_maxlen``, fitted to the MTU
         self.kernel_maxlen = cfg.kernel_maxlen
         self.running = False
@@ -550,7 +552,7 @@ class ConnSync:
                     await self._backup_room(timeout=INJECT_PACE)
                 else:
                     self.counters["inject.commit_waits"] += 1
-                    await self.kernel.committed(timeout=INJECT_PACE)
+                    await self.kernel.committed(timeout=INJECT_PACE, ports=self._ports)
 
     async def _backup_room(self, *, timeout: float) -> bool:
         """Wait until the backup socket's queue leaves room for another round (it holds
@@ -560,9 +562,10 @@ class ConnSync:
         limit = self._inject_capacity * INJECT_SHARE  # a round more: 2 x INJECT_SHARE
         while True:
             try:
-                q = self.kernel.backup_queue()
+                q = self.kernel.backup_queue(ports=self._ports)
             except OSError:
-                return bool(await self.kernel.committed(timeout=max(0.0, deadline - loop.time())))
+                return bool(await self.kernel.committed(
+                    timeout=max(0.0, deadline - loop.time()), ports=self._ports))
             if q.rx_queue <= limit:
                 return True
             if loop.time() >= deadline:
@@ -855,7 +858,8 @@ class ConnSync:
                     except TimeoutError:
                         pass
             left = max(0.0, timeout - (self.clock() - start))
-            ok = bool(await self.kernel.committed(timeout=left)) if self.running else True
+            ok = bool(await self.kernel.committed(timeout=left, ports=self._ports)) \
+                if self.running else True
         except TimeoutError:
             ok = False
         took = self.clock() - start
@@ -952,6 +956,10 @@ class ConnSync:
             self.counters["knobs.failed"] += 1
             log.error("connsync: cannot start the kernel's sync daemons on %s: %s",
                       self.cfg.interface, exc)
+        try:  # net.ipv4.vs.sync_ports as the daemons started with it (a sysctl read)
+            self._ports = await asyncio.to_thread(self.kernel.sync_ports)
+        except OSError:
+            self._ports = None
         try:  # inject datagrams as long as the backup daemon takes (255 entries at most)
             got = await asyncio.to_thread(self.kernel.backup_maxlen)
             if got:

@@ -870,8 +870,10 @@ def _int_file(path: Path) -> int | None:
         return None
 
 
-def _sync_ports(port: int) -> range:
-    # with net.ipv4.vs.sync_ports = n the daemons use n threads on ports port .. port+n-1
+def sync_ports(port: int = SYNC_PORT) -> range:
+    """The ports of the sync daemons' sockets: with ``net.ipv4.vs.sync_ports`` = n the
+    daemons run n threads on ports ``port`` .. ``port + n - 1`` (read when they start, so
+    a caller may read this once per daemon start and pass it on)."""
     return range(port, port + max(1, _int_file(VS_SYSCTL / "sync_ports") or 1))
 
 
@@ -961,7 +963,7 @@ def backup_queue(*, port: int = SYNC_PORT, group: str | None = None,
     :param ports: the ports to count (default: from ``net.ipv4.vs.sync_ports``).
     """
     global _diag_works
-    ports = _sync_ports(port) if ports is None else ports
+    ports = sync_ports(port) if ports is None else ports
     names: tuple[str, ...]
     if group is None:
         names = ("udp", "udp6")
@@ -1031,7 +1033,8 @@ POLL_S = 0.001
 
 
 async def committed(*, port: int = SYNC_PORT, timeout: float,
-                    drops_before: int | None = None, group: str = SYNC_GROUP4) -> bool:
+                    drops_before: int | None = None, group: str = SYNC_GROUP4,
+                    ports: range | None = None) -> bool:
     """True once the local backup daemon has consumed everything injected so far.
 
     :meth:`Injector.send` returns with the datagram in the backup socket's receive queue
@@ -1049,11 +1052,13 @@ async def committed(*, port: int = SYNC_PORT, timeout: float,
     :param timeout: seconds to wait at most.
     :param drops_before: the backup socket's drops before the injection, to detect loss.
     :param group: the sync group (its family says where the backup socket is listed).
+    :param ports: the daemons' ports (default: :func:`sync_ports` of ``port``, a sysctl
+        read per call).
     :returns: True when committed; False on timeout, loss, or no backup daemon (logged).
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    ports = _sync_ports(port)
+    ports = sync_ports(port) if ports is None else ports
     settled = False
     while True:
         q = backup_queue(port=port, group=group, ports=ports)

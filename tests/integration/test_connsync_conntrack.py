@@ -237,7 +237,7 @@ class Injector:
     def open(self): pass
     def send(self, d): pass
     def close(self): pass
-async def committed(*, port=8848, timeout): return True
+async def committed(*, port=8848, timeout, ports=None): return True
 kernel.Capture, kernel.Injector, kernel.committed = Capture, Injector, committed
 kernel.set_sync_knobs = lambda **kw: None
 kernel.ensure_daemons = lambda interface, **kw: []
@@ -245,6 +245,7 @@ kernel.backup_maxlen = lambda: None
 from clusterbus.plugins.connsync import kernel as real_kernel  # these need no IPVS
 kernel.backup_queue, kernel.backup_capacity = real_kernel.backup_queue, real_kernel.backup_capacity
 kernel.datagram_truesize = real_kernel.datagram_truesize
+kernel.sync_ports = real_kernel.sync_ports
 svc.kernel = kernel
 
 def write(doc):

@@ -57,6 +57,9 @@ class Kernel:
         #: daemon consumes at once); each such look is recorded in ``room_looks``
         self.rx_queue: list[int] = []
         self.room_looks: list[tuple[int, int]] = []
+        #: the ``ports`` each commit check and look for room was given; sync_ports reads
+        self.ports_given: list[range | None] = []
+        self.sync_ports_reads = 0
 
     def module(self) -> types.ModuleType:
         kernel = self
@@ -104,8 +107,10 @@ class Kernel:
             def send(self, datagram: bytes) -> None:
                 kernel.injected[self.interface].append(datagram)
 
-        async def committed(*, port: int = 8848, timeout: float) -> bool:
+        async def committed(*, port: int = 8848, timeout: float,
+                            ports: range | None = None) -> bool:
             kernel.commit_checks.append(sum(map(len, kernel.injected.values())))
+            kernel.ports_given.append(ports)
             try:
                 async with asyncio.timeout(timeout):
                     await kernel.committed_ok.wait()
@@ -125,15 +130,21 @@ class Kernel:
         m.ensure_daemons = ensure_daemons  # type: ignore[attr-defined]
         m.backup_maxlen = lambda: kernel.backup_maxlen  # type: ignore[attr-defined]
 
-        def backup_queue() -> Any:
+        def backup_queue(ports: range | None = None) -> Any:
             injected = sum(map(len, kernel.injected.values()))
             rx = kernel.rx_queue.pop(0) if kernel.rx_queue and injected else 0
             if injected:
+                kernel.ports_given.append(ports)
                 kernel.commit_checks.append(injected)
                 kernel.room_looks.append((injected, rx))
             return real_kernel.BackupQueue(sockets=1, rx_queue=rx, drops=0)
 
         m.backup_queue = backup_queue  # type: ignore[attr-defined]
+        def sync_ports(port: int = 8848) -> range:
+            kernel.sync_ports_reads += 1
+            return range(port, port + 1)
+
+        m.sync_ports = sync_ports  # type: ignore[attr-defined]
         m.backup_capacity = lambda: kernel.capacity  # type: ignore[attr-defined]
         m.datagram_truesize = real_kernel.datagram_truesize  # type: ignore[attr-defined]
         m.POLL_S = real_kernel.POLL_S  # type: ignore[attr-defined]
@@ -694,3 +705,18 @@ def test_kernel_maxlen_is_fitted_to_the_interfaces_mtu() -> None:
     assert mtu == int(Path("/sys/class/net/lo/mtu").read_text())
     assert connsync.interface_mtu("no-such-if0") is None
     assert connsync.fitting_maxlen(65507, mtu) == min(65507, mtu - 28)
+
+
+def test_the_sync_ports_are_read_once_per_start(fakes: Kernel, keys: Path) -> None:
+    """``net.ipv4.vs.sync_ports`` is read once when the daemons run (a sysctl read costs
+    system calls, expensive in a VM) and passed to every look at the backup socket."""
+    n = 255 * 4 * 3
+    fakes.rx_queue = [fakes.capacity // 2]
+
+    def all_injected_and_checked(d2: ConnSync) -> bool:
+        return d2.injected[1] >= n and fakes.commit_checks[-1:] == [len(fakes.injected["d2"])]
+
+    _capture_on_1_until(fakes, keys, n, all_injected_and_checked)
+    assert fakes.sync_ports_reads == 2  # one per director
+    assert fakes.room_looks and fakes.ports_given
+    assert set(fakes.ports_given) == {range(8848, 8849)}
