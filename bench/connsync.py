@@ -69,6 +69,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ctypes
+import errno
 import faulthandler
 import ipaddress
 import json
@@ -972,9 +973,27 @@ class RemoteDirector(Director):
             f.close()
 
 
+class _Iovec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+
+class _Msghdr(ctypes.Structure):
+    _fields_ = [("name", ctypes.c_void_p), ("namelen", ctypes.c_uint32),
+                ("iov", ctypes.POINTER(_Iovec)), ("iovlen", ctypes.c_size_t),
+                ("control", ctypes.c_void_p), ("controllen", ctypes.c_size_t),
+                ("flags", ctypes.c_int)]
+
+
+class _Mmsghdr(ctypes.Structure):
+    _fields_ = [("hdr", _Msghdr), ("len", ctypes.c_uint)]
+
+
 class Generator:
     """Sync datagrams sent out of A's ``sync0`` as A's master daemon sends them (UDP to the
-    sync group, TTL 1, no loopback): A's plugin captures them like the kernel's own."""
+    sync group, TTL 1, no loopback): A's plugin captures them like the kernel's own.
+
+    The datagrams due together leave in one ``sendmmsg`` (the master is a kernel thread:
+    it pays no system call per datagram; in UML each costs ~90 us of A's one CPU)."""
 
     def __init__(self) -> None:
         with netns("csA"):
@@ -983,8 +1002,28 @@ class Generator:
         s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
         s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+        s.connect(("224.0.0.81", 8848))
         self.sock = s
         self.cpu_s = 0.0
+        libc = ctypes.CDLL(None, use_errno=True)
+        self._sendmmsg = libc.sendmmsg
+        self._sendmmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int]
+        self._sendmmsg.restype = ctypes.c_int
+
+    def _send_all(self, msgs: Any, first: int, end: int) -> None:
+        """Datagrams ``first`` .. ``end - 1`` of the prepared ``msgs``, in as few calls as
+        the kernel takes them."""
+        size = ctypes.sizeof(_Mmsghdr)
+        base = ctypes.addressof(msgs)
+        while first < end:
+            got = self._sendmmsg(self.sock.fileno(), base + first * size, end - first, 0)
+            if got < 0:
+                err = ctypes.get_errno()
+                if err in (errno.EAGAIN, errno.ENOBUFS, errno.EINTR):
+                    time.sleep(0.0005)
+                    continue
+                raise OSError(err, os.strerror(err))
+            first += got
 
     def send(self, net: int, n: int, *, rate: float | None = None, start: int = 0,
              per_datagram: int = 40, timeout: int = 900) -> list[float]:
@@ -1004,8 +1043,14 @@ class Generator:
         sent = [0.0] * n
         grams = [encode([gen_key(net, start + k) for k in range(i, min(n, i + per_datagram))],
                         timeout=timeout) for i in range(0, n, per_datagram)]
+        iovs = (_Iovec * len(grams))()
+        msgs = (_Mmsghdr * len(grams))()
+        for g, d in enumerate(grams):  # the buffers stay the bytes objects in ``grams``
+            iovs[g].base = ctypes.cast(ctypes.c_char_p(d), ctypes.c_void_p)
+            iovs[g].len = len(d)
+            msgs[g].hdr.iov = ctypes.pointer(iovs[g])
+            msgs[g].hdr.iovlen = 1
         cpu0 = time.process_time()
-        sendto, dest = self.sock.sendto, ("224.0.0.81", 8848)
         t0 = time.monotonic()
         j = 0
         while j < len(grams):
@@ -1017,8 +1062,7 @@ class Generator:
                     continue
             else:
                 k = min(len(grams), j + 64)
-            for d in grams[j:k]:
-                sendto(d, dest)
+            self._send_all(msgs, j, k)
             sent[j * per_datagram:min(n, k * per_datagram)] = \
                 [now] * (min(n, k * per_datagram) - j * per_datagram)
             j = k
@@ -1147,6 +1191,7 @@ def relay_phases(args: argparse.Namespace, a: Director, b: Director,
                     "lag_p50_ms": (pct(lags, 0.5) or 0) * 1000,
                     "lag_p99_ms": (pct(lags, 0.99) or 0) * 1000,
                     "lag_max_ms": max(lags, default=0) * 1000, "generator_cpu_s": gen_cpu,
+                    "gc": {"A": ta["gc"], "B": tb_["gc"]},
                     "stages": stage_lags(ta["trace"], tb_["trace"], sent),
                     "minor_faults": {"A": ta["minor_faults"], "B": tb_["minor_faults"]},
                     "commit_checks_B": tb_["commit_checks"],
