@@ -91,6 +91,7 @@ class PluginInfo:
     slow: int = 0  #: hook calls longer than ``[plugins] slow_call_ms``
     worst_ms: float = 0.0  #: the longest hook call, in milliseconds
     worst_hook: str = ""  #: the hook of that call
+    late: int = 0  #: awaited answers past their deadline (a takeover barrier's)
 
 
 class PluginHost:
@@ -115,6 +116,9 @@ class PluginHost:
         self.limited = LogLimiter(log, interval=log_interval)
         #: hook exceptions per plugin name (service failures too)
         self.failures: Counter[str] = Counter()
+        #: awaited answers not done within their deadline, per plugin name (a takeover
+        #: barrier that took the answer as "no veto")
+        self.late: Counter[str] = Counter()
         self._stats: dict[str, HookStats] = {}
         self._dists: dict[str, str] = {}
         self._historic: dict[str, dict[str, Any]] = {}
@@ -335,6 +339,7 @@ class PluginHost:
                 continue
             value = None
             if task.cancelled() or not task.done():
+                self.late[name] += 1
                 self.limited.warning((name, hook_name, "late"), "plugin %s: %s did not finish "
                                      "within %.3f s; taken as no answer", name, hook_name,
                                      timeout)
@@ -461,8 +466,9 @@ class PluginHost:
 
     def hook_stats(self) -> dict[str, dict[str, Any]]:
         """Per registered plugin: ``calls``, ``slow`` (calls over ``slow_call_ms``),
-        ``failures`` (hook and service exceptions), ``worst_ms`` and ``worst_hook`` (the
-        longest call). Plain data, for ``clusterbus status``."""
+        ``failures`` (hook and service exceptions), ``late`` (awaited answers past their
+        deadline, e.g. a takeover barrier), ``worst_ms`` and ``worst_hook`` (the longest
+        call). Plain data, for ``clusterbus status``."""
         live: Counter[str] = Counter()
         for table in self._event_calls.values():
             for call in table.calls:
@@ -471,7 +477,7 @@ class PluginHost:
         for name in self.names():
             stats = self._stats_of(name)
             out[name] = {"calls": stats.calls + live[name], "slow": stats.slow,
-                         "failures": self.failures[name],
+                         "failures": self.failures[name], "late": self.late[name],
                          "worst_ms": round(stats.worst_ns / 1e6, 3),
                          "worst_hook": stats.worst_hook}
         return out
@@ -487,7 +493,7 @@ class PluginHost:
             st = stats[name]
             out.append(PluginInfo(name, tuple(hooks), st["failures"], self._dists.get(name, ""),
                                   calls=st["calls"], slow=st["slow"], worst_ms=st["worst_ms"],
-                                  worst_hook=st["worst_hook"]))
+                                  worst_hook=st["worst_hook"], late=st["late"]))
         return out
 
 

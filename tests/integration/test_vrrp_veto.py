@@ -135,7 +135,7 @@ def test_prepare_timeout_lets_a_slow_barrier_veto(tmp_path: Path,
     """``prepare_timeout`` is how long a takeover waits for the plugins' answer. A barrier
     that vetoes after 0.5 s keeps clusterbus (150) BACKUP behind keepalived (100) when the
     instance waits 2 s; with the default (one advert interval, 0.1 s) the deadline passes
-    first: clusterbus takes the VIP, and the missed answer is logged."""
+    first: clusterbus takes the VIP, and the missed answer is logged and counted."""
     site = tmp_path / "site"
     site.mkdir()
     (site / "slow_veto.py").write_text(SLOW_PLUGIN)
@@ -172,6 +172,8 @@ def test_prepare_timeout_lets_a_slow_barrier_veto(tmp_path: Path,
                 # the daemon gave up on the barrier at the router's deadline (0.1 s)
                 log = cb.logfile.read_text(errors="replace")
                 assert "plugin slow: clusterbus_vrrp_prepare_master did not finish" in log
+                late = {p["name"]: p["late"] for p in cb.status()["plugins"]}
+                assert late["slow"] >= 1, late
         except BaseException:
             print(f"--- clusterbus ---\n{cb.log_tail()}\n--- keepalived 100 ---\n"
                   f"{k100.log_tail()}")

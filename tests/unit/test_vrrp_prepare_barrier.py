@@ -106,9 +106,11 @@ def test_a_plain_veto_still_wins_while_barriers_run() -> None:
 
 def test_a_barrier_past_the_deadline_is_cancelled_and_means_no_veto() -> None:
     w = Waits(5.0, "too late")
-    answers, took, _ = ask({"w": w}, timeout=0.2)
+    answers, took, engine = ask({"w": w}, timeout=0.2)
     assert answers == [("_answered", "VI_1", 7, None)]
     assert took < 5.0 and not w.finished and w.cancelled
+    assert engine.plugins.hook_stats()["w"]["late"] == 1  # seen in `clusterbus status`
+    assert engine.plugins.failures["w"] == 0
 
 
 def test_a_failing_barrier_is_counted_and_means_no_veto() -> None:
