@@ -38,27 +38,29 @@ plugin = Maintenance()
 '''
 
 
-def install_plugin(site: Path) -> None:
+def install_plugin(site: Path, module: str = "maintenance_plugin", source: str = PLUGIN,
+                   entry: str = "maintenance") -> dict[str, str]:
+    """``source`` as module ``module`` of a distribution in ``site`` whose ``clusterbus``
+    entry point ``entry`` is its ``plugin``; :returns: the environment that finds it."""
     site.mkdir()
-    (site / "maintenance_plugin.py").write_text(PLUGIN)
-    info = site / "maintenance_plugin-0.1.dist-info"
+    (site / f"{module}.py").write_text(source)
+    info = site / f"{module}-0.1.dist-info"
     info.mkdir()
-    (info / "METADATA").write_text(
-        "Metadata-Version: 2.1\nName: maintenance-plugin\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text(
-        "[clusterbus]\nmaintenance = maintenance_plugin:plugin\n")
+    dist = module.replace("_", "-")
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[clusterbus]\n{entry} = {module}:plugin\n")
+    return {"PYTHONPATH": os.pathsep.join(filter(None, (str(site),
+                                                        os.environ.get("PYTHONPATH"))))}
 
 
 def test_prepare_master_veto_keeps_backup(tmp_path: Path) -> None:
-    install_plugin(tmp_path / "site")
+    env = install_plugin(tmp_path / "site")
     with Topology() as topo:
         a = topo.host("a", "10.77.0.1/24")
         b = topo.host("b", "10.77.0.2/24")
         c = topo.host("c", "10.77.0.3/24")
         common = dict(vrid=77, advert_int=INTERVAL, version=3, vips=(f"{VIP}/24",))
-        cb = Speaker(a, tmp_path, [VrrpInstance(priority=150, **common)], bus=True,
-                     env={"PYTHONPATH": os.pathsep.join(filter(None, (
-                         str(tmp_path / "site"), os.environ.get("PYTHONPATH"))))})
+        cb = Speaker(a, tmp_path, [VrrpInstance(priority=150, **common)], bus=True, env=env)
         k100 = Keepalived(b, tmp_path, [VrrpInstance(priority=100, **common)])
         k50 = Keepalived(c, tmp_path, [VrrpInstance(priority=50, **common)])
         events = None
@@ -136,21 +138,13 @@ def test_prepare_timeout_lets_a_slow_barrier_veto(tmp_path: Path,
     that vetoes after 0.5 s keeps clusterbus (150) BACKUP behind keepalived (100) when the
     instance waits 2 s; with the default (one advert interval, 0.1 s) the deadline passes
     first: clusterbus takes the VIP, and the missed answer is logged and counted."""
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "slow_veto.py").write_text(SLOW_PLUGIN)
-    info = site / "slow_veto-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: slow-veto\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[clusterbus]\nslow = slow_veto:plugin\n")
+    env = install_plugin(tmp_path / "site", "slow_veto", SLOW_PLUGIN, "slow")
     with Topology() as topo:
         a = topo.host("a", "10.77.0.1/24")
         b = topo.host("b", "10.77.0.2/24")
         common = dict(vrid=77, advert_int=INTERVAL, version=3, vips=(f"{VIP}/24",))
         cb = Speaker(a, tmp_path, [VrrpInstance(priority=150, **common)], bus=True,
-                     prepare_timeout=prepare_timeout,
-                     env={"PYTHONPATH": os.pathsep.join(filter(None, (
-                         str(site), os.environ.get("PYTHONPATH"))))})
+                     prepare_timeout=prepare_timeout, env=env)
         k100 = Keepalived(b, tmp_path, [VrrpInstance(priority=100, **common)])
         try:
             k100.start()
