@@ -371,15 +371,19 @@ def encode_ct_new(entry: CtEntry, *, seq: int, create: bool, timeout: int | None
     ``NLM_F_CREATE|NLM_F_EXCL``, with both tuples and any NAT binding) or update the
     kernel's entry of its original tuple (timeout, mark, status bits, TCP state).
 
-    A NAT entry (reply tuple not the mirror of the original) is created with the mirror
-    reply tuple plus CTA_NAT_DST/CTA_NAT_SRC: the kernel marks an entry as NATed
-    (``IPS_DST_NAT``/``IPS_SRC_NAT``, which the NAT hooks act on; ctnetlink refuses them
-    as status bits) only when its NAT setup (``nf_nat_setup_info``) changes the reply
-    tuple, and then derives the translated reply tuple itself."""
+    A netfilter NAT entry (``IPS_DST_NAT``/``IPS_SRC_NAT`` in its status) is created with
+    the mirror reply tuple plus CTA_NAT_DST/CTA_NAT_SRC: the kernel marks an entry as NATed
+    (the bits the NAT hooks act on; ctnetlink refuses them as status bits) only when its
+    NAT setup (``nf_nat_setup_info``, which needs nf_nat) changes the reply tuple, and then
+    derives the translated reply tuple itself. An entry whose reply tuple was altered
+    without a NAT binding (IPVS-NAT with ``net.ipv4.vs.conntrack = 1``:
+    ``ip_vs_update_conntrack`` sets the real server's reply tuple with
+    ``nf_conntrack_alter_reply``; IPVS, not netfilter, rewrites its packets) is created
+    with both tuples as they are, as IPVS left it: no binding, no nf_nat needed."""
     e = entry
     parts = [_encode_tuple(CTA_TUPLE_ORIG, e.family, e.src, e.dst, e.proto, e.sport, e.dport)]
-    snat = e.rdst != e.src or e.rdport != e.sport
-    dnat = e.rsrc != e.dst or e.rsport != e.dport
+    snat = bool(e.status & IPS_SRC_NAT) and (e.rdst != e.src or e.rdport != e.sport)
+    dnat = bool(e.status & IPS_DST_NAT) and (e.rsrc != e.dst or e.rsport != e.dport)
     if create:
         if snat or dnat:
             reply = (e.dst, e.src, e.dport, e.sport)

@@ -810,11 +810,7 @@ def ct_ports(d: Director, vip: str, daddr: str) -> set[int]:
 
 @pytest.mark.parametrize("sync,conntrack", [
     (True, False), (False, False),
-    pytest.param(True, True, marks=pytest.mark.skip(
-        reason="B's kernel refuses A's IPVS-tracked entry (apply.failed.ENOTSUP): ctcodec "
-               "creates a reply tuple that is not the mirror as netfilter DNAT (CTA_NAT_DST), "
-               "which needs nf_nat, not autoloadable in this UML; whether B should hold "
-               "IPVS's entry as a DNAT entry at all is open"))],
+    (True, True)],
     ids=["connsync", "no-connsync", "connsync-conntrack"])
 def test_nat_failover_keeps_connections(nat_lab: Lab, sync: bool, conntrack: bool) -> None:
     """LVS-NAT, two-armed: the client on br0, the three real servers on br1 behind the

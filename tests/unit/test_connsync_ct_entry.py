@@ -13,7 +13,14 @@ from hypothesis import strategies as st
 
 from clusterbus import errors
 from clusterbus.plugins.connsync import conntrack as ctmod
-from clusterbus.plugins.connsync.conntrack import Conntrack, CtEntry, DecodeError, decode_ct
+from clusterbus.plugins.connsync.conntrack import (
+    IPS_DST_NAT,
+    IPS_SRC_NAT,
+    Conntrack,
+    CtEntry,
+    DecodeError,
+    decode_ct,
+)
 
 
 def _entry(**kw: object) -> CtEntry:
@@ -212,14 +219,20 @@ def test_requests_read_back_through_pyroute2() -> None:
     upd = _pyroute2_view(ctmod.encode_ct_new(plain, seq=8, create=False, timeout=60, with_status=False))
     assert (upd["flags"], upd["reply"], upd["status"], upd["timeout"]) == (0x5, None, None, 60)
     # DNAT: mirror reply tuple plus the binding; the kernel derives the translated reply
-    dnat = _entry(rsrc="10.0.0.9", rsport=8080, zone=3)
+    dnat = _entry(rsrc="10.0.0.9", rsport=8080, zone=3, status=14 | IPS_DST_NAT)
     d = _pyroute2_view(ctmod.encode_ct_new(dnat, seq=9, create=True))
     assert d["reply"] == ("10.0.0.2", "10.0.0.1", 6, 80, 40000) and d["zone"] == 3
     assert d["nat_dst"] == ("10.0.0.9", "10.0.0.9", 8080, 8080) and d["nat_src"] is None
     snat6 = _entry(family=10, proto=17, src="2001:db8::1", dst="2001:db8::2", rsrc="2001:db8::2",
-                   rdst="2001:db8::77", rdport=5000, tcp=None)
+                   rdst="2001:db8::77", rdport=5000, tcp=None, status=IPS_SRC_NAT)
     s6 = _pyroute2_view(ctmod.encode_ct_new(snat6, seq=10, create=True))
     assert s6["nat_src"] == ("2001:db8::77", "2001:db8::77", 5000, 5000) and s6["nat_dst"] is None
+    # IPVS-NAT (net.ipv4.vs.conntrack=1): the real server's reply tuple, set by IPVS with
+    # no NAT binding (no NAT bits): created as it is, no binding (that would need nf_nat)
+    ipvs = _entry(rsrc="10.0.1.3", rsport=8080)
+    iv = _pyroute2_view(ctmod.encode_ct_new(ipvs, seq=13, create=True))
+    assert iv["reply"] == ("10.0.1.3", "10.0.0.1", 6, 8080, 40000), iv
+    assert iv["nat_dst"] is None and iv["nat_src"] is None
     dl = _pyroute2_view(ctmod.encode_ct_delete(plain, seq=11))
     assert (dl["type"], dl["flags"], dl["orig"], dl["reply"]) == (0x102, 0x5, v["orig"], None)
     dump = ctmod.encode_ct_dump(seq=12)
@@ -230,11 +243,13 @@ def test_requests_read_back_through_pyroute2() -> None:
 @settings(max_examples=200, deadline=None)
 def test_decode_reads_what_a_dump_would_hold(e: CtEntry) -> None:
     """decode_ct on a create request built from ``e`` (same attribute layout as a dump
-    reply) gives ``e`` back when it has no NAT (a NAT request carries the mirror reply)."""
+    reply) gives ``e`` back when it has no NAT binding (a request for a netfilter NAT entry
+    carries the mirror reply; a reply tuple altered without NAT bits is sent as it is)."""
     raw = ctmod.encode_ct_new(e, seq=1, create=True)
     got = decode_ct(raw, 16)
     assert got is not None
-    if (e.rsrc, e.rdst, e.rsport, e.rdport) == (e.dst, e.src, e.dport, e.sport):
+    if not e.status & (IPS_SRC_NAT | IPS_DST_NAT) \
+            or (e.rsrc, e.rdst, e.rsport, e.rdport) == (e.dst, e.src, e.dport, e.sport):
         tcp = None if e.tcp is None else (*e.tcp[:3], e.tcp[3] | 0x08, e.tcp[4] | 0x08)
         want = CtEntry(**{**{k: getattr(e, k) for k in e.__slots__},
                           "status": (e.status & 0x6) | 0x8, "timeout": max(1, e.timeout), "tcp": tcp})
