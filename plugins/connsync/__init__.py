@@ -111,6 +111,20 @@ RTO_MAX = 4.0
 #: most unacknowledged batches per peer: 8 x 1024 entries; more only queue up in front
 #: of a busy receiver (its acknowledgements, and so the resend timeout, come later)
 WINDOW = 8
+#: seconds the capture is read on a timer, not on readiness, after a read found datagrams
+#: (until a read finds none): at a steady stream every datagram of the master daemon
+#: (one entry each with kernel_maxlen 1) would wake the loop, and each wake-up costs
+#: system calls; this bounds the wake-ups to one per CAPTURE_LINGER, at that much lag
+CAPTURE_LINGER = 0.003
+#: longest seconds captured entries short of a full batch wait for the acknowledgement of
+#: the batches in flight to a peer (Nagle): at 50,000 entries/s a batch (and its
+#: acknowledgement) per capture wake-up was ~400 frames/s each way, and each frame costs
+#: both directors system calls (ZeroMQ's I/O thread, the loop's wake-up); held, a round
+#: trip carries one batch. An entry with nothing in flight leaves at once
+BATCH_HOLD = 0.02
+#: entries that go as a batch without waiting for the acknowledgement: at 50,000/s 5 ms
+#: of them, so a slow acknowledgement delays entries that much, not a round trip
+HOLD_SIZE = 256
 
 
 def _listen(v: str) -> str:
@@ -402,7 +416,7 @@ class ConnSync:
                            snapshot=self._snapshot, encode=entry_to_wire,
                            decode=lambda v: entry_from_wire(v, self.codec, self.conntrack),
                            batch_max=BATCH_MAX, window=WINDOW, rto_min=RTO_MIN,
-                           rto_max=RTO_MAX,
+                           rto_max=RTO_MAX, hold=BATCH_HOLD, hold_size=HOLD_SIZE,
                            encode_batch=encode_batch,
                            decode_batch=lambda raw: decode_batch(raw, self.codec,
                                                                  self.conntrack))
@@ -415,7 +429,8 @@ class ConnSync:
         self.counters: dict[str, int] = dict.fromkeys((
             "capture.datagrams", "capture.entries", "capture.dropped.bad_datagram",
             "capture.dropped.other_syncid", "inject.entries", "inject.datagrams",
-            "inject.dropped.queue_full", "inject.dropped.encode", "inject.errors.send",
+            "inject.dropped.queue_full", "inject.dropped.encode", "inject.dropped.kernel",
+            "inject.errors.send",
             "inject.commit_waits", "inject.room_waits", "barrier.passed", "barrier.timeouts",
             "barrier.vetoes",
             "barrier.startup_vetoes", "knobs.failed", "conntrack.events", "conntrack.originated",
@@ -452,6 +467,8 @@ class ConnSync:
         self._wake = asyncio.Event()
         self._progress = asyncio.Event()
         self._capture: Any = None
+        #: the capture's next timed read while datagrams keep coming (None: on readiness)
+        self._capture_timer: asyncio.TimerHandle | None = None
         self._injector: Any = None
         #: the longest datagram the local backup daemon takes (read once it runs; until
         #: then the kernel's default for a 1500-byte MTU: 40 IPv4 entries)
@@ -464,17 +481,39 @@ class ConnSync:
         self._ports: range | None = None
         #: the master daemon's sync_maxlen in use: ``kernel_maxlen``, fitted to the MTU
         self.kernel_maxlen = cfg.kernel_maxlen
+        #: the backup socket's drop count when last read (it counts since it was opened)
+        self._drops_read = 0
         self.running = False
 
     # -- capture --------------------------------------------------------------------------
 
-    def _on_capture(self) -> None:
-        """The capture fd is readable: split into entries, keep as ours, relay."""
+    def _capture_ready(self) -> None:
+        """The capture fd is readable: read it, then on a timer while datagrams come."""
+        if self._on_capture() and CAPTURE_LINGER > 0:
+            loop = asyncio.get_running_loop()
+            loop.remove_reader(self._capture.fileno())
+            self._capture_timer = loop.call_later(CAPTURE_LINGER, self._capture_due)
+
+    def _capture_due(self) -> None:
+        """The capture's timer: read again; once a read finds nothing, back to readiness."""
+        loop = asyncio.get_running_loop()
+        if self._on_capture():
+            self._capture_timer = loop.call_later(CAPTURE_LINGER, self._capture_due)
+        else:
+            self._capture_timer = None
+            loop.add_reader(self._capture.fileno(), self._capture_ready)
+
+    def _on_capture(self) -> bool:
+        """Read the capture: split into entries, keep as ours, relay.
+
+        :returns: whether any datagram was read."""
         try:
             datagrams = self._capture.read()
         except OSError as exc:
             self.limited.error(("capture",), "connsync: capture read failed: %s", exc)
-            return
+            return False
+        if not datagrams:
+            return False
         now = self.clock()
         conns: list[bytes] = []
         split = self.codec.split
@@ -494,7 +533,8 @@ class ConnSync:
         if conns:
             self.table.apply_many(self.local, conns, now)
             self.counters["capture.entries"] += len(conns)
-            self.link.originate(conns)
+            self.link.originate(conns, now)
+        return bool(datagrams)
 
     # -- received entries -------------------------------------------------------------------
 
@@ -552,7 +592,39 @@ class ConnSync:
                     await self._backup_room(timeout=INJECT_PACE)
                 else:
                     self.counters["inject.commit_waits"] += 1
-                    await self.kernel.committed(timeout=INJECT_PACE, ports=self._ports)
+                    await self._drained(timeout=INJECT_PACE)
+
+    async def _drained(self, *, timeout: float) -> None:
+        """After the last round: wait until the backup daemon has applied everything
+        injected (its socket's queue seen empty, and again ``SETTLE_S`` later: the
+        kernel module's commit check), or ``timeout``; cut short as soon as more entries
+        arrive, which then go at once (the look for room paces them). Before, a commit
+        check of up to 28 ms under load held every entry arriving meanwhile back."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        self._wake.clear()  # the queue is empty: whatever sets it now is new
+        settled = False
+        while not self._wake.is_set():
+            try:
+                q = self.kernel.backup_queue(ports=self._ports)
+            except OSError:
+                return
+            self._seen_drops(q.drops)
+            if q.sockets == 0:
+                return  # no backup daemon (logged where it is started)
+            if q.rx_queue == 0:
+                if settled:
+                    return
+                settled, wait = True, self.kernel.SETTLE_S
+            else:
+                if loop.time() >= deadline:
+                    return
+                settled, wait = False, INJECT_POLL
+            try:
+                async with asyncio.timeout(wait):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
 
     async def _backup_room(self, *, timeout: float) -> bool:
         """Wait until the backup socket's queue leaves room for another round (it holds
@@ -566,17 +638,33 @@ class ConnSync:
             except OSError:
                 return bool(await self.kernel.committed(
                     timeout=max(0.0, deadline - loop.time()), ports=self._ports))
+            self._seen_drops(q.drops)
             if q.rx_queue <= limit:
                 return True
             if loop.time() >= deadline:
                 return False
             await asyncio.sleep(INJECT_POLL)
 
+    def _seen_drops(self, drops: int) -> None:
+        """The backup socket's drop count as last read: a growth means the kernel threw
+        injected datagrams away (its receive buffer was full): counted, warned about."""
+        if drops < self._drops_read:  # the daemon's socket was opened again
+            self._drops_read = 0
+        if drops > self._drops_read:
+            self.counters["inject.dropped.kernel"] += drops - self._drops_read
+            self.limited.warning(("backup_drops",), "connsync: the kernel's backup daemon "
+                                 "socket dropped %d injected datagram(s) (receive buffer "
+                                 "full); those entries are not in the kernel until their "
+                                 "next update", drops - self._drops_read)
+            self._drops_read = drops
+
     def _backup_buffer(self) -> int:
         """The backup socket's receive buffer: as the kernel reports it, else worked out
         from the sysctls."""
         try:
-            got = self.kernel.backup_queue().rcvbuf
+            q = self.kernel.backup_queue()
+            got = q.rcvbuf
+            self._drops_read = q.drops  # what it dropped before is not ours
         except OSError:
             got = 0
         return got if got > 0 else int(self.kernel.backup_capacity())
@@ -976,7 +1064,7 @@ class ConnSync:
         fd = self._capture.fileno()
         try:
             self._injector.open()
-            loop.add_reader(fd, self._on_capture)
+            loop.add_reader(fd, self._capture_ready)
             if self.cfg.conntrack:
                 self.ct = self.conntrack.Conntrack()
                 self.ct.subscribe(self._on_ct_event, on_overrun=self._ct_redump.set)
@@ -995,6 +1083,9 @@ class ConnSync:
         finally:
             self.running = False
             loop.remove_reader(fd)
+            if self._capture_timer is not None:
+                self._capture_timer.cancel()
+                self._capture_timer = None
             self._capture.close()
             self._injector.close()
             if self.ct is not None:
@@ -1041,6 +1132,11 @@ class ConnSync:
                 "relay": c,
             }
         kernel_ct = self.ct.counters if self.ct is not None else {}
+        if self.running:
+            try:
+                self._seen_drops(self.kernel.backup_queue(ports=self._ports).drops)
+            except OSError:
+                pass
         return {"node": self.local, "listen": self.channel.bound or self.cfg.listen,
                 "table": len(self.table), "conntrack": len(self.ct_own), "peers": peers,
                 "last_barrier": self.last_barrier, "kernel_maxlen": self.kernel_maxlen,

@@ -429,11 +429,42 @@ class RelayLink:
         self.request = request
         self.clock = clock
         self._wake: asyncio.Event | None = None
+        #: when the timer task polls the relay next (None: only when kicked)
+        self._until: float | None = None
+        #: the timer task's wait, rescheduled in place when the relay's next deadline
+        #: comes sooner (the relay's clock is the loop's: ``time.monotonic``)
+        self._timeout: asyncio.Timeout | None = None
+        self._loop_clock = clock is time.monotonic
 
-    def originate(self, entries: list[Any]) -> None:
-        """Entries this director originated: relayed to every peer at once."""
+    def originate(self, entries: list[Any], now: float | None = None) -> None:
+        """Entries this director originated: relayed to every peer as the relay says
+        (at once, or with the next acknowledgement: see the relay's ``hold``).
+
+        :param now: the clock's time, if the caller has just read it."""
         self.relay.originate(entries)
-        self.kick()
+        self._due(now)
+
+    def _due(self, now: float | None = None) -> None:
+        """After an input: send what the relay has to send now, right here, and make the
+        timer task wait no longer than the relay's next deadline. (Each turn of the loop
+        costs system calls and clock reads, expensive in a VM: an acknowledgement or a
+        capture is handled in its own turn, not in one more for the timer task.)"""
+        d = self.relay.next_deadline()
+        if d == float("-inf"):
+            self._apply(self.relay.poll(self.clock() if now is None else now))
+            d = self.relay.next_deadline()
+            if d == float("-inf"):
+                self.kick()
+                return
+        if d is not None and (self._until is None or d < self._until):
+            if self._timeout is not None and self._loop_clock:
+                try:
+                    self._timeout.reschedule(d)
+                    self._until = d
+                    return
+                except RuntimeError:  # it expired meanwhile: the task is on its way
+                    pass
+            self.kick()
 
     def kick(self) -> None:
         """Make the timer task poll the relay now."""
@@ -448,25 +479,31 @@ class RelayLink:
                 self.on_effect(e)
 
     def _receive(self, node: int, message: Any) -> None:
-        self._apply(self.relay.receive(node, message, self.clock()))
-        if self.relay.next_deadline() == float("-inf"):
-            self.kick()
+        now = self.clock()
+        self._apply(self.relay.receive(node, message, now))
+        self._due(now)
 
     async def _timers(self) -> None:
         assert self._wake is not None
         while True:
             self._wake.clear()
-            self._apply(self.relay.poll(self.clock()))
+            now = self.clock()
+            self._apply(self.relay.poll(now))
             deadline = self.relay.next_deadline()
             if deadline == float("-inf"):
+                self._until = now
                 await asyncio.sleep(0)
                 continue
-            timeout = None if deadline is None else max(0.0, deadline - self.clock())
+            self._until = deadline
+            timeout = None if deadline is None else max(0.0, deadline - now)
             try:
-                async with asyncio.timeout(timeout):
+                async with asyncio.timeout(timeout) as cm:
+                    self._timeout = cm
                     await self._wake.wait()
             except TimeoutError:
                 pass
+            finally:
+                self._timeout = None
 
     async def run(self) -> None:
         """Open the channel and relay until cancelled; the sockets are closed on exit."""

@@ -20,6 +20,11 @@ daemon sent) to every peer director, over one *stream* per peer:
 * a peer that (re)started shows a new run id in anything it sends (batches, acks, the
   keepalive every ``keepalive`` seconds): the sender starts a new stream for it, so it gets
   the full table again before any incremental entry;
+* a batch of fewer than ``hold_size`` entries is held while batches to that peer are in
+  flight, until their acknowledgement comes, it grows to ``hold_size``, or it was held
+  ``hold`` seconds (Nagle's algorithm, RFC 896): at a steady rate each round trip carries
+  one batch of what came meanwhile, instead of a batch (and an acknowledgement) per
+  capture; an entry alone still leaves at once. The snapshot of a resync is not held;
 * queues are bounded: at most ``window`` batches in flight per peer, at most
   ``max_pending`` entries waiting per peer (beyond that the queue is dropped, counted as
   ``dropped.queue_full``, and the peer is resynced from the table instead: nothing is
@@ -155,6 +160,7 @@ class _Out:
     pending: deque[Any] = field(default_factory=deque)  # incremental entries waiting
     restart_reason: str | None = "start"  # a new stream is due (why), None: none
     started_at: float | None = None  # when the current stream began
+    held_since: float | None = None  # since when a partial batch is held (Nagle)
 
 
 @dataclass(slots=True)
@@ -212,6 +218,10 @@ class Relay:
         per entry).
     :param decode_batch: that list -> the entries (instead of ``decode`` per entry); raises
         :class:`DecodeError` on garbage.
+    :param hold: longest seconds incremental entries short of ``hold_size`` wait while
+        batches to that peer are unacknowledged (0: never held; a batch per poll).
+    :param hold_size: entries that make a batch worth sending without waiting (default
+        and at most ``batch_max``).
     """
 
     def __init__(self, *, run: int, peers: Iterable[int],
@@ -223,13 +233,15 @@ class Relay:
                  keepalive: float = 1.0, max_pending: int = 200_000,
                  max_out_of_order: int = 256,
                  encode_batch: Callable[[list[Any]], list[Any]] | None = None,
-                 decode_batch: Callable[[Any], tuple[Any, ...]] | None = None) -> None:
+                 decode_batch: Callable[[Any], tuple[Any, ...]] | None = None,
+                 hold: float = 0.0, hold_size: int | None = None) -> None:
         if not 0 < run <= MAX_U64:
             raise LocalProtocolError(f"run id {run!r} out of range 1..2**64-1")
         rto_min = min(0.05, rto) if rto_min is None else rto_min
         if batch_max < 1 or window < 1 or rto <= 0 or rto_max < rto or keepalive <= 0 \
-                or not 0 < rto_min <= rto_max:
+                or not 0 < rto_min <= rto_max or not 0 <= hold <= rto_max:
             raise LocalProtocolError("bad relay parameters")
+        self.hold = hold
         self.run = run
         self.snapshot = snapshot
         self.encode = encode
@@ -238,6 +250,8 @@ class Relay:
         self.decode_batch = decode_batch
         self.rto_min = rto_min
         self.batch_max = min(batch_max, MAX_BATCH_ENTRIES)
+        self.hold_size = self.batch_max if hold_size is None \
+            else max(1, min(hold_size, self.batch_max))
         self.window = window
         self.rto = rto
         self.rto_max = rto_max
@@ -345,6 +359,8 @@ class Relay:
             d = p.keepalive_at
             if p.out.restart_reason is not None or self._can_fill(p):
                 return float("-inf")  # at once
+            if p.out.held_since is not None and p.out.pending:
+                d = min(d, p.out.held_since + self.hold)
             for b in p.out.unacked.values():
                 d = min(d, b.timer_at + self._rto(p, b))
             out = d if out is None else min(out, d)
@@ -372,6 +388,7 @@ class Relay:
         out.next_seq = 1
         out.unacked.clear()
         out.pending.clear()
+        out.held_since = None
         out.snap = iter(self.snapshot())
         out.snap_open = True
         out.restart_reason = None
@@ -379,8 +396,20 @@ class Relay:
         p.counters["resyncs.sent"] += 1
 
     def _can_fill(self, p: _Peer) -> bool:
+        """Whether :meth:`poll` would send a new batch to ``p`` now (a held partial batch
+        whose hold was not stamped yet counts: the poll stamps it)."""
         out = p.out
-        return len(out.unacked) < self.window and (out.snap_open or bool(out.pending))
+        if len(out.unacked) >= self.window:
+            return False
+        if out.snap_open:
+            return True
+        if not out.pending:
+            return False
+        return not self._holding(out) or out.held_since is None
+
+    def _holding(self, out: _Out) -> bool:
+        """Incremental entries short of a batch, behind unacknowledged batches (Nagle)."""
+        return self.hold > 0 and bool(out.unacked) and len(out.pending) < self.hold_size
 
     def _fill(self, p: _Peer, now: float, effects: list[Effect]) -> None:
         out = p.out
@@ -396,9 +425,16 @@ class Relay:
                 if kind == KIND_SNAPSHOT_END:
                     out.snap, out.snap_open = None, False
             elif out.pending:
+                if self._holding(out):
+                    if out.held_since is None:
+                        out.held_since = now
+                    if now < out.held_since + self.hold:
+                        return
                 kind = KIND_INCREMENTAL
                 n = min(self.batch_max, len(out.pending))
                 items = [out.pending.popleft() for _ in range(n)]
+                if not out.pending:
+                    out.held_since = None  # else what is left waits since then
             else:
                 return
             wire = self.encode_batch(items) if self.encode_batch is not None \

@@ -245,7 +245,7 @@ kernel.backup_maxlen = lambda: None
 from clusterbus.plugins.connsync import kernel as real_kernel  # these need no IPVS
 kernel.backup_queue, kernel.backup_capacity = real_kernel.backup_queue, real_kernel.backup_capacity
 kernel.datagram_truesize = real_kernel.datagram_truesize
-kernel.sync_ports = real_kernel.sync_ports
+kernel.sync_ports, kernel.SETTLE_S = real_kernel.sync_ports, real_kernel.SETTLE_S
 svc.kernel = kernel
 
 def write(doc):

@@ -65,6 +65,7 @@ class Kernel:
         kernel = self
         m = types.ModuleType("fake_kernel")
         m.BACKUP_MAXLEN_DEFAULT = real_kernel.BACKUP_MAXLEN_DEFAULT  # type: ignore[attr-defined]
+        m.SETTLE_S = real_kernel.SETTLE_S  # type: ignore[attr-defined]
 
         class Capture:
             def __init__(self, interface: str, **_kw: Any) -> None:
@@ -720,3 +721,83 @@ def test_the_sync_ports_are_read_once_per_start(fakes: Kernel, keys: Path) -> No
     assert fakes.sync_ports_reads == 2  # one per director
     assert fakes.room_looks and fakes.ports_given
     assert set(fakes.ports_given) == {range(8848, 8849)}
+
+
+def test_more_entries_cut_the_wait_after_the_last_round_short(
+        fakes: Kernel, keys: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """After its last round the injection waits for the backup daemon to apply it (its
+    queue seen empty twice, SETTLE_S apart), but entries arriving meanwhile end that wait:
+    they go at once. The backup socket's drops seen on the way are counted and warned
+    about."""
+    d1 = _service(keys, 1, dead_endpoint(), dead_endpoint())
+
+    class Busy:  # a backup daemon that still has datagrams queued, and dropped some
+        SETTLE_S = real_kernel.SETTLE_S
+        looks = 0
+
+        def backup_queue(self, ports: range | None = None) -> Any:
+            Busy.looks += 1
+            return real_kernel.BackupQueue(sockets=1, rx_queue=4096, drops=2 + Busy.looks)
+
+    d1.kernel = Busy()
+
+    async def main() -> bool:
+        wait = asyncio.create_task(d1._drained(timeout=600))
+        for _ in range(1000):  # bounded: until it has looked a few times
+            await asyncio.sleep(0.001)
+            if Busy.looks >= 3:
+                break
+        done_before = wait.done()
+        d1._wake.set()  # a batch arrived
+        await asyncio.wait_for(wait, 30)
+        return done_before
+
+    with caplog.at_level(logging.WARNING, logger="clusterbus.plugins.connsync"):
+        assert asyncio.run(main()) is False
+    assert d1.counters["inject.dropped.kernel"] == 2 + Busy.looks
+    assert any("dropped" in r.getMessage() and "backup" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_a_stream_of_datagrams_is_read_on_a_timer_not_per_datagram(
+        fakes: Kernel, keys: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a read that found datagrams the capture is read again CAPTURE_LINGER later,
+    not at each datagram's wake-up; a read that finds none hands it back to the loop's
+    readiness. Nothing is lost either way. (A long linger here: the test looks between.)"""
+    monkeypatch.setattr(connsync, "CAPTURE_LINGER", 0.2)
+    d1 = _service(keys, 1, dead_endpoint(), dead_endpoint())
+    originated: list[bytes] = []
+    d1.link.originate = lambda conns, now=None: originated.extend(conns)  # type: ignore[method-assign]
+    cap = fakes.module().Capture("d1")  # type: ignore[attr-defined]
+    d1._capture = cap
+
+    async def main() -> list[tuple[bool, bool]]:
+        loop = asyncio.get_running_loop()
+        watched = lambda: cap.fileno() in {k.fd for k in loop._selector.get_map().values()}  # type: ignore[attr-defined]  # noqa: E731
+        seen: list[tuple[bool, bool]] = []
+        loop.add_reader(cap.fileno(), d1._capture_ready)
+        try:
+            for burst in range(3):
+                cap.feed(codec.encode_many([_conn(burst * 10 + j) for j in range(10)],
+                                           syncid=3)[0])
+                for _ in range(3000):  # bounded: until read
+                    await asyncio.sleep(0.001)
+                    if len(originated) >= 10 * (burst + 1):
+                        break
+                seen.append((watched(), d1._capture_timer is not None))
+            for _ in range(3000):  # bounded: until a timed read found nothing
+                await asyncio.sleep(0.001)
+                if d1._capture_timer is None:
+                    break
+            seen.append((watched(), d1._capture_timer is not None))
+        finally:
+            loop.remove_reader(cap.fileno())
+            if d1._capture_timer is not None:
+                d1._capture_timer.cancel()
+        return seen
+
+    seen = asyncio.run(main())
+    assert seen[:3] == [(False, True)] * 3  # read on readiness, then on the timer
+    assert seen[-1] == (True, False)        # quiet: back to readiness
+    assert len(originated) == 30
+    cap.close()

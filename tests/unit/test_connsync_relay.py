@@ -421,3 +421,156 @@ def test_a_window_into_a_busy_receiver_is_not_resent_from_its_tail() -> None:
     assert resends == 0 and received == 9
     old_resends, old_received = _serial_run(restart_on_ack=False)
     assert old_resends > 0 and old_received > 9
+
+
+def _batches(effects: list[Any]) -> list[list[Any]]:
+    return [e.message for e in effects if isinstance(e, Send) and e.message[0] == "B"]
+
+
+def _acked(a: Relay, b: Relay, batches: list[list[Any]], now: float) -> list[Any]:
+    """``b`` receives ``batches`` from 1 and ``a`` gets b's acknowledgements; the entries
+    delivered to b."""
+    got: list[Any] = []
+    for m in batches:
+        for e in b.receive(1, m, now):
+            if isinstance(e, Send) and e.message[0] == "A":
+                a.receive(2, e.message, now)
+            elif isinstance(e, Deliver):
+                got.extend(e.entries)
+    return got
+
+
+def _streaming(hold: float, hold_size: int | None = None) -> tuple[Relay, Relay]:
+    """a's stream to b begun (its empty snapshot acknowledged): a sends incremental only."""
+    a = Relay(run=1, peers=[2], snapshot=list, batch_max=100, hold=hold, hold_size=hold_size)
+    b = Relay(run=2, peers=[1], snapshot=list)
+    _acked(a, b, _batches(a.poll(0.0)), 0.0)
+    assert a.idle() and a.next_deadline() != float("-inf")
+    return a, b
+
+
+def test_entries_behind_a_batch_in_flight_wait_for_its_ack() -> None:
+    """Nagle: an entry with nothing in flight leaves at once; what comes while that batch
+    is unacknowledged waits (no batch per capture), then leaves as one batch with the ack;
+    the receiver gets everything, in order."""
+    a, b = _streaming(hold=0.02)
+    a.originate([[0]])
+    first = _batches(a.poll(0.001))
+    assert [len(m[5]) for m in first] == [1]          # alone: at once
+    for i in range(1, 6):                             # five captures while it flies
+        a.originate([[i]])
+        assert a.next_deadline() in (float("-inf"), 0.002 + 0.02)  # -inf: not stamped yet
+        assert _batches(a.poll(0.001 + i / 1000)) == []
+        assert a.next_deadline() == 0.002 + 0.02      # the hold's end, stamped at its start
+    got = _acked(a, b, first, 0.007)
+    assert a.next_deadline() == float("-inf")         # the ack lets them go
+    second = _batches(a.poll(0.007))
+    assert [m[5] for m in second] == [[[1], [2], [3], [4], [5]]]
+    got += _acked(a, b, second, 0.008)
+    assert got == [[i] for i in range(6)] and a.idle()
+
+
+def test_a_held_batch_goes_when_full_enough_or_when_the_hold_ends() -> None:
+    a, _b = _streaming(hold=0.02, hold_size=4)
+    a.originate([[0]])
+    assert len(_batches(a.poll(0.0))) == 1
+    a.originate([[1], [2], [3]])
+    assert _batches(a.poll(0.001)) == []              # 3 < hold_size, one in flight
+    a.originate([[4]])
+    assert a.next_deadline() == float("-inf")         # 4: worth a batch of its own
+    assert [len(m[5]) for m in _batches(a.poll(0.002))] == [4]
+    a.originate([[5]])
+    assert _batches(a.poll(0.003)) == []
+    assert _batches(a.poll(0.0229)) == []
+    assert [m[5] for m in _batches(a.poll(0.023))] == [[[5]]]  # the hold ended: no ack
+
+
+def test_without_hold_every_poll_sends_what_came() -> None:
+    a, _b = _streaming(hold=0.0)
+    a.originate([[0]])
+    assert len(_batches(a.poll(0.0))) == 1
+    a.originate([[1]])
+    assert a.next_deadline() == float("-inf")
+    assert len(_batches(a.poll(0.001))) == 1          # two in flight: no waiting
+
+
+def test_a_resync_snapshot_is_not_held() -> None:
+    """The full table goes in full batches at once (the window permitting), never held."""
+    a = Relay(run=1, peers=[2], snapshot=lambda: [[k] for k in range(250)], batch_max=100,
+              hold=1.0)
+    assert [len(m[5]) for m in _batches(a.poll(0.0))] == [100, 100, 50]
+
+
+def test_bad_hold_is_refused() -> None:
+    with pytest.raises(Exception, match="bad relay parameters"):
+        Relay(run=1, peers=[2], snapshot=list, hold=-1)
+
+
+class _Sent:
+    """Stands in for the channel: records what the link sends."""
+
+    def __init__(self) -> None:
+        self.messages: list[list[Any]] = []
+
+    def send(self, peer: int, message: Any) -> bool:
+        self.messages.append(message)
+        return True
+
+
+def test_the_link_sends_in_the_turn_of_the_input_that_made_it_due() -> None:
+    """A capture (originate) or an acknowledgement that lets entries go sends them in the
+    same call, not in a later loop turn of the timer task; entries held behind a batch in
+    flight are not sent until its acknowledgement."""
+    from clusterbus.plugins.connsync.channel import RelayLink
+
+    a, b = _streaming(hold=0.02)
+    sent = _Sent()
+    link = RelayLink(a, sent, lambda e: None, clock=lambda: 0.01)  # type: ignore[arg-type]
+    link.originate([[1]])
+    assert [m[5] for m in _batches_of(sent.messages)] == [[[1]]]
+    link.originate([[2]], now=0.011)
+    assert len(_batches_of(sent.messages)) == 1        # held behind [1]
+    acks = [e.message for e in b.receive(1, sent.messages[0], 0.012) if isinstance(e, Send)]
+    link._receive(2, acks[-1])
+    assert [m[5] for m in _batches_of(sent.messages)] == [[[1]], [[2]]]
+
+
+def _batches_of(messages: list[list[Any]]) -> list[list[Any]]:
+    return [m for m in messages if m[0] == "B"]
+
+
+def test_a_sooner_deadline_reschedules_the_timer_task_in_place() -> None:
+    """The timer task waits for the relay's next deadline; an input that brings a sooner
+    one (a hold's end) moves that wait, without waking the task for a loop turn."""
+    import asyncio
+    import time
+
+    from clusterbus.plugins.connsync.channel import RelayLink
+
+    async def main() -> tuple[float | None, float | None, float | None, float | None, bool]:
+        a = Relay(run=1, peers=[2], snapshot=list, batch_max=100, hold=0.05, keepalive=30.0,
+                  rto_min=0.5)
+        b = Relay(run=2, peers=[1], snapshot=list)
+        sent = _Sent()
+        link = RelayLink(a, sent, lambda e: None)  # type: ignore[arg-type]
+        link._wake = asyncio.Event()
+        task = asyncio.create_task(link._timers())
+        try:
+            for _ in range(100):  # bounded: until the task waits (its snapshot sent)
+                await asyncio.sleep(0.001)
+                if link._timeout is not None:
+                    break
+            _acked(a, b, _batches_of(sent.messages), time.monotonic())
+            before = link._until                    # the keepalive (nothing in flight)
+            link.originate([[1]])                   # sent at once (a resend timer, 0.5 s)
+            link.originate([[2]])                   # held: the hold ends in 0.05 s
+            assert link._timeout is not None
+            held = a.peers[2].out.held_since
+            return before, link._until, link._timeout.when(), \
+                None if held is None else held + a.hold, link._wake.is_set()
+        finally:
+            task.cancel()
+
+    before, until, when, hold_end, woken = asyncio.run(main())
+    assert before is not None and until is not None and hold_end is not None
+    assert until == when == hold_end < before and not woken
