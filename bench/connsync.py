@@ -77,6 +77,7 @@ import logging
 import math
 import os
 import select
+import shlex
 import shutil
 import socket
 import statistics
@@ -600,6 +601,14 @@ def mappings_kb() -> dict[str, int]:
     return out
 
 
+def kernel_cpu() -> dict[str, int]:
+    """This kernel's CPU time so far, in clock ticks, by kind (``/proc/stat``'s cpu line)."""
+    with open("/proc/stat") as f:
+        fields = f.readline().split()[1:9]
+    names = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+    return dict(zip(names, map(int, fields)))
+
+
 def rss_mb() -> float:
     with open("/proc/self/status") as f:
         for line in f:
@@ -718,7 +727,23 @@ async def director(node: int, workdir: Path, barrier_timeout: float) -> None:
         count_faults(svc.channel, "send", "channel_send")
         count_faults(svc.relay, "poll", "relay_poll")
         count_faults(svc.table, "apply_many", "table")
+    # calls per plugin step and event-loop wake-ups (select) in a phase: counted only
+    calls: dict[str, int] = {}
+
+    def count_calls(obj: Any, name: str, label: str) -> None:
+        fn = getattr(obj, name)
+
+        def counted(*a: Any, **kw: Any) -> Any:
+            calls[label] = calls.get(label, 0) + 1
+            return fn(*a, **kw)
+        setattr(obj, name, counted)
+
+    for obj, name, label in ((svc, "_on_capture", "capture"), (svc.channel, "send", "send"),
+                             (svc.link, "_receive", "receive"), (svc.relay, "poll", "poll"),
+                             (svc, "_inject", "inject")):
+        count_calls(obj, name, label)
     loop = asyncio.get_running_loop()
+    count_calls(loop._selector, "select", "loop_wakeups")  # type: ignore[attr-defined]
     lines: asyncio.Queue[str] = asyncio.Queue()
     threading.Thread(target=lambda: [loop.call_soon_threadsafe(lines.put_nowait, x)
                                      for x in sys.stdin], daemon=True).start()
@@ -750,6 +775,7 @@ async def director(node: int, workdir: Path, barrier_timeout: float) -> None:
     gc.callbacks.append(on_gc)
     faults0 = [minor_faults()]
     maps0: dict[str, int] = {}
+    kcpu0: dict[str, int] = {}
 
     async def sample_trace() -> None:
         c, rc = svc.counters, svc.relay.peers[peer].counters
@@ -777,8 +803,13 @@ async def director(node: int, workdir: Path, barrier_timeout: float) -> None:
             while svc.settled[peer] < cmd["count"] and time.monotonic() < deadline:
                 await asyncio.sleep(0.005)
             await traced_committed(timeout=max(0.1, deadline - time.monotonic()))
+            try:  # datagrams the backup daemon's socket dropped so far (buffer full)
+                drops = kernel.backup_queue().drops
+            except OSError:
+                drops = -1
             reply({"settled": svc.settled[peer], "injected": svc.injected[peer],
-                   "received": svc.received[peer], "t": time.monotonic()})
+                   "received": svc.received[peer], "t": time.monotonic(),
+                   "backup_drops": drops})
         elif op == "commits":  # the commit times of generator phase `net`, by index
             reply({"commit_at": commit_times(cmd["net"], cmd["count"])})
             committed_rounds.clear()  # asked once per phase: let the entries go
@@ -816,7 +847,10 @@ async def director(node: int, workdir: Path, barrier_timeout: float) -> None:
             commit_stats.update(yes=0, no=0, seconds=0.0, longest=0.0)
             fault_by.clear()
             cpu_by.clear()
+            calls.clear()
             cpu0[:] = [time.process_time(), time.monotonic()]
+            kcpu0.clear()
+            kcpu0.update(kernel_cpu())
             maps0.clear()
             maps0.update(mappings_kb())
             for g in gc_pauses.values():
@@ -832,10 +866,17 @@ async def director(node: int, workdir: Path, barrier_timeout: float) -> None:
                               svc.received[peer], svc.injected[peer], c["inject.datagrams"],
                               c["inject.commit_waits"], rc["resends"]))
             grown = {k: v - maps0.get(k, 0) for k, v in mappings_kb().items()}
+            kcpu = {k: v - kcpu0.get(k, 0) for k, v in kernel_cpu().items()}
+            ticks = sum(kcpu.values()) or 1
             reply({"trace": trace, "minor_faults": minor_faults() - faults0[0],
                    "commit_checks": dict(commit_stats), "faults_by_step": dict(fault_by),
                    "cpu_ms_by_step": {k: round(v * 1000, 1) for k, v in cpu_by.items()},
+                   "calls": dict(calls),
                    "cpu_s": time.process_time() - cpu0[0], "wall_s": time.monotonic() - cpu0[1],
+                   # the share of this kernel's CPU that was busy, and on what
+                   "kernel_cpu": {"busy": round(1 - kcpu["idle"] / ticks, 3),
+                                  **{k: round(v / ticks, 3) for k, v in kcpu.items()
+                                     if k != "idle" and v}},
                    "grown_kb": dict(sorted(((k, v) for k, v in grown.items() if v > 0),
                                            key=lambda kv: -kv[1])[:6]),
                    "gc": {f"gen{k}": {"count": int(v[0]),
@@ -1079,7 +1120,8 @@ def relay_throughput(a: Director, b: Director, gen: Generator, net: str,
                      n: int) -> dict[str, Any]:
     """``n`` generated entries sent at once on A until all are committed in B's kernel:
     entries/s, per-entry lag, per stage, and each director's page faults meanwhile."""
-    base = b.ask(op="wait", count=0, timeout=5)["settled"]
+    w0 = b.ask(op="wait", count=0, timeout=5)
+    base = w0["settled"]
     before = b.ask(op="active")["active"]
     a.ask(op="trace_start")
     b.ask(op="trace_start")
@@ -1095,7 +1137,8 @@ def relay_throughput(a: Director, b: Director, gen: Generator, net: str,
         "entries": n, "seconds": (max(done) - sent[0]) if done else None,
         "entries_per_s": n / (max(done) - sent[0]) if done else 0.0,
         "send_s": sent[-1] - sent[0], "committed": len(done), "present": got,
-        "lost": n - got, "lag_p50_ms": (pct(lags, 0.5) or 0) * 1000,
+        "lost": n - got, "backup_drops": w["backup_drops"] - w0["backup_drops"],
+        "lag_p50_ms": (pct(lags, 0.5) or 0) * 1000,
         "lag_p99_ms": (pct(lags, 0.99) or 0) * 1000, "settled": w["settled"] - base,
         "stages": stages, "minor_faults": {"A": ta["minor_faults"],
                                            "B": tb_["minor_faults"]},
@@ -1120,6 +1163,7 @@ def relay_phases(args: argparse.Namespace, a: Director, b: Director,
     n_warm = args.cs_warmup
     if n_warm:
         base = b.ask(op="wait", count=0, timeout=5)["settled"]
+        active0 = b.ask(op="active")["active"]
         t0 = time.monotonic()
         # all of them alive at once (each burst's timeout ends at t0 + WARMUP_TIMEOUT), so
         # the memory of the largest table the phases below build is touched
@@ -1131,8 +1175,16 @@ def relay_phases(args: argparse.Namespace, a: Director, b: Director,
         peak = {"A": a.ask(op="rss")["table"], "B": b.ask(op="rss")["table"]}
         # expired in both tables and in B's kernel
         time.sleep(max(0.0, t0 + WARMUP_TIMEOUT - time.monotonic()) + 2.5)
+        # B's kernel expires them on its own timers, some later (an entry its sync
+        # daemon held at expiry gets its timeout again): a phase below counts the
+        # entries it brings by ActiveConn, which those late expiries would lower
+        deadline = time.monotonic() + 2 * WARMUP_TIMEOUT + 5
+        while (left_active := b.ask(op="active")["active"] - active0) > 0 \
+                and time.monotonic() < deadline:
+            time.sleep(0.5)
         out["warmup"] = {"entries": n_warm, "timeout_s": WARMUP_TIMEOUT,
                          "seconds": time.monotonic() - t0, "table_peak": peak,
+                         "left_in_kernel_B": left_active,
                          "table_after": {"A": a.ask(op="rss")["table"],
                                          "B": b.ask(op="rss")["table"]}}
     out["throughput"] = relay_throughput(a, b, gen, "throughput", args.cs_entries)
@@ -1168,7 +1220,8 @@ def relay_phases(args: argparse.Namespace, a: Director, b: Director,
                         "commit_checks_B": commit_checks,
                         "faults_by_step": {"A": ta["faults_by_step"], "B": tb_["faults_by_step"]},
                         "cpu": {d: {"process_s": t["cpu_s"], "wall_s": t["wall_s"],
-                                    "ms_by_step": t["cpu_ms_by_step"]}
+                                    "ms_by_step": t["cpu_ms_by_step"],
+                                    "kernel_cpu": t["kernel_cpu"], "calls": t["calls"]}
                                 for d, t in (("A", ta), ("B", tb_))}}
     # the table phase: entries at a steady rate, their capture -> commit lag, then
     # the plugin's RSS, and the takeover barrier with that many synced connections
@@ -1183,6 +1236,10 @@ def relay_phases(args: argparse.Namespace, a: Director, b: Director,
     ta, tb_ = a.ask(op="trace_stop"), b.ask(op="trace_stop")
     commits = b.ask(op="commits", net=GEN_NET["table"], count=n)["commit_at"]
     lags = [c - s for c, s in zip(commits, sent) if c is not None]
+    if os.environ.get("CB_BENCH_DUMP"):  # per entry: send and commit time; the traces
+        with open(os.environ["CB_BENCH_DUMP"], "w") as f:
+            json.dump({"sent": sent, "commits": commits, "trace_A": ta["trace"],
+                       "trace_B": tb_["trace"]}, f)
     got = b.ask(op="active")["active"] - before
     out["table"] = {"entries": n, "rate": args.rate, "send_s": sent[-1] - sent[0],
                     "achieved_rate": n / (sent[-1] - sent[0]) if sent[-1] > sent[0]
@@ -1197,7 +1254,8 @@ def relay_phases(args: argparse.Namespace, a: Director, b: Director,
                     "commit_checks_B": tb_["commit_checks"],
                     "faults_by_step": {"A": ta["faults_by_step"], "B": tb_["faults_by_step"]},
                     "cpu": {d: {"process_s": t["cpu_s"], "wall_s": t["wall_s"],
-                                "ms_by_step": t["cpu_ms_by_step"]}
+                                "ms_by_step": t["cpu_ms_by_step"],
+                                    "kernel_cpu": t["kernel_cpu"], "calls": t["calls"]}
                             for d, t in (("A", ta), ("B", tb_))}}
     return out
 
@@ -1329,7 +1387,7 @@ def pct(values: list[float], q: float) -> float | None:
 
 def inside(args: argparse.Namespace) -> dict[str, Any]:
     server = topology()
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = {"conn_tab_bits": conn_tab_bits()}
     held: list[socket.socket] = []
     clients: list[subprocess.Popen[str]] = []
     b_fd = os.open("/run/netns/csB", os.O_RDONLY)
@@ -1540,6 +1598,7 @@ def split_side_a(args: argparse.Namespace) -> dict[str, Any]:
                      timeout=args.timeout)
         b = RemoteDirector(2, CS_ADDR[2])
         out["clock_rtt_ms"] = b.rtt * 1000
+        out["conn_tab_bits"] = conn_tab_bits()
         gen = Generator()
         out["kernel_inject_255"] = b.ask(op="kernel_inject", count=args.entries, net=81,
                                          timeout=120)
@@ -1585,12 +1644,15 @@ def run_split(args: argparse.Namespace, python: Path) -> dict[str, Any]:
             zmq.auth.create_certificates(workdir, n)
         common = f"{relay_args(args)} --timeout {args.timeout} --workdir {workdir}"
         for side, end in (("b", "vb"), ("a", "va")):
-            faults = "CB_BENCH_FAULTS=1 " if os.environ.get("CB_BENCH_FAULTS") else ""
+            # the diagnostics asked for (CB_BENCH_FAULTS, CB_BENCH_DUMP) go along
+            faults = "".join(f"{k}={shlex.quote(v)} " for k, v in os.environ.items()
+                             if k.startswith("CB_BENCH_"))
             cmd = ["sh", "-c", f"{faults}{python} {Path(__file__).resolve()} --split-side {side} "
                    f"{common} > {workdir}/{side}.out 2> {workdir}/{side}.log"]
             wd = workdir / f"uml-{side}"
             procs.append((side, wd, lab.spawn(cmd, workdir=wd, mem="1024M", cwd=ROOT,
-                                              kernel_args=[f"vec0:transport=raw,ifname={end},gro=1"],
+                                              kernel_args=[f"vec0:transport=raw,ifname={end},gro=1",
+                                                           *tab_bits_args(args)],
                                               netns=ns)))
         runs = {side: lab.wait(p, wd, timeout=args.timeout + 120) for side, wd, p in reversed(procs)}
         for side in ("b", "a"):
@@ -1616,6 +1678,7 @@ def print_split(two: dict[str, Any], args: argparse.Namespace) -> None:
     ki = two["kernel_inject_255"]
     print(f"conn-sync with each director in its own UML kernel (one CPU each, linked by a "
           f"veth pair; clock offset measured over a {two['clock_rtt_ms']:.2f} ms round trip; "
+          f"IPVS connection table of 2**{two.get('conn_tab_bits')} buckets; "
           f"boot+run {two['boot_run_s']:.1f} s):")
     print(f"  B's kernel alone injects {ki['entries_per_s']:.0f} entries/s (255 per datagram, "
           f"{ki['entries']} entries, lost {ki['lost']})")
@@ -1625,7 +1688,8 @@ def print_split(two: dict[str, Any], args: argparse.Namespace) -> None:
           f"{tp['entries_per_s']:.0f} entries/s (target >= 50000: "
           f"{tp['entries_per_s'] / 50_000:.2f} of it; B's kernel alone: "
           f"{tp['entries_per_s'] / ki['entries_per_s']:.2f} of it), lag p50 "
-          f"{tp['lag_p50_ms']:.0f} ms p99 {tp['lag_p99_ms']:.0f} ms, lost {tp['lost']}, "
+          f"{tp['lag_p50_ms']:.0f} ms p99 {tp['lag_p99_ms']:.0f} ms, lost {tp['lost']} "
+          f"(datagrams the backup socket dropped: {tp.get('backup_drops')}), "
           f"page faults A {tp['minor_faults']['A']} B {tp['minor_faults']['B']}")
     print("    where the time went (s from the first send until half / all entries passed): "
           + ", ".join(f"{k} {v['half_s'] or 0:.2f}/{v['all_s'] or 0:.2f}"
@@ -1643,6 +1707,10 @@ def print_split(two: dict[str, Any], args: argparse.Namespace) -> None:
     print("    lag until each stage (ms, p50/p99): "
           + ", ".join(f"{k} {v['p50_ms']:.0f}/{v['p99_ms']:.0f}"
                       for k, v in tb["stages"].items()))
+    for name, ph in (("sustained", su), ("offered", tb)):
+        print(f"    each kernel's CPU busy in the {name} phase: " + ", ".join(
+            f"{d} {c['kernel_cpu']['busy']:.0%} (director {c['process_s']:.2f} s of "
+            f"{c['wall_s']:.2f} s)" for d, c in ph["cpu"].items()))
     print(f"  RSS: A {two['rss']['A']['rss_mb']:.0f} MB, B {two['rss']['B']['rss_mb']:.0f} MB")
 
 
@@ -1675,6 +1743,19 @@ def merge_split(data: dict[str, Any], two: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def tab_bits_args(args: argparse.Namespace) -> list[str]:
+    """The kernel command line's ``ip_vs.conn_tab_bits`` (modprobe applies it to ip_vs)."""
+    return [f"ip_vs.conn_tab_bits={args.conn_tab_bits}"] if args.conn_tab_bits else []
+
+
+def conn_tab_bits() -> int | None:
+    """This kernel's IPVS connection hash table size, as a power of two (None: no ip_vs)."""
+    try:
+        return int(Path("/sys/module/ip_vs/parameters/conn_tab_bits").read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def run_one_kernel(args: argparse.Namespace, python: Path) -> dict[str, Any]:
     """The whole bench in one UML kernel (both directors share its CPU); prints it."""
     from uml import boot as uml_boot
@@ -1688,7 +1769,7 @@ def run_one_kernel(args: argparse.Namespace, python: Path) -> dict[str, Any]:
            f"--resync-entries {args.resync_entries} --burst {args.burst} {relay_args(args)} "
            f"> {result_file} 2> {result_file}.log"]
     try:
-        run = uml_boot(cmd, timeout=args.timeout, mem="1024M")
+        run = uml_boot(cmd, timeout=args.timeout, mem="1024M", kernel_args=tab_bits_args(args))
         if run.returncode != 0 or not result_file.exists():
             raise SystemExit(f"UML run failed (exit {run.returncode}):\n{run.console[-4000:]}")
         data: dict[str, Any] = json.loads(result_file.read_text().strip().splitlines()[-1])
@@ -1834,6 +1915,11 @@ def main() -> None:
                     help="the sustained phase lasts about this long")
     ap.add_argument("--barrier-timeout", type=float, default=60,
                     help="the directors' [connsync] barrier_timeout (long: to time it)")
+    ap.add_argument("--conn-tab-bits", type=int, default=18,
+                    help="IPVS connection hash table of 2**N buckets in the UML kernels "
+                         "(ip_vs.conn_tab_bits; the kernel's default 12 has 4,096, chains "
+                         "of ~80 entries at the 340,000 the relay phases hold; the "
+                         "kernel's own figures beside ours use the same; 0: the default)")
     ap.add_argument("--quick", action="store_true", help="small counts (a smoke run)")
     ap.add_argument("--timeout", type=float, default=900)
     ap.add_argument("--profile", type=Path, help="run the director processes under cProfile; "

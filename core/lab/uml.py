@@ -196,10 +196,12 @@ def wait(proc: subprocess.Popen[bytes], workdir: Path, *, timeout: float,
 
 def boot(argv: Sequence[str], *, timeout: float = 600, mem: str = "768M",
          env: dict[str, str] | None = None, workdir: Path | None = None, keep: bool = False,
-         cwd: Path = Path("/")) -> BootResult:
+         cwd: Path = Path("/"), kernel_args: Sequence[str] = ()) -> BootResult:
     """Boot UML, run ``argv`` (in ``cwd``) inside it, wait for the halt.
 
     :param timeout: seconds before the UML process group is killed.
+    :param kernel_args: more kernel command-line arguments (see :func:`spawn`), e.g. a
+        module parameter such as ``ip_vs.conn_tab_bits=18`` (modprobe applies those).
     :param env: extra environment for the payload (``CLUSTERBUS_IN_UML=1`` is always set).
     :param workdir: where to put the run's files (a new temporary directory by default).
     :param keep: keep ``workdir`` after the run.
@@ -209,7 +211,7 @@ def boot(argv: Sequence[str], *, timeout: float = 600, mem: str = "768M",
     wd = Path(tempfile.mkdtemp(prefix="cb-uml-")) if workdir is None else workdir
     try:
         start = time.monotonic()
-        proc = spawn(argv, workdir=wd, mem=mem, env=env, cwd=cwd)
+        proc = spawn(argv, workdir=wd, mem=mem, env=env, cwd=cwd, kernel_args=kernel_args)
         return wait(proc, wd, timeout=timeout, start=start)
     finally:
         if own_dir and not keep:

@@ -50,6 +50,7 @@ def boot(
     env: dict[str, str] | None = None,
     workdir: Path | None = None,
     keep: bool = False,
+    kernel_args: Sequence[str] = (),
 ) -> BootResult:
     """Boot UML, run ``argv`` (cwd: the repository root) inside it, wait for the halt.
 
@@ -59,6 +60,7 @@ def boot(
     :param env: extra environment for the payload (``CLUSTERBUS_IN_UML=1`` is always set).
     :param workdir: where to put the run's files (a new temporary directory by default).
     :param keep: keep ``workdir`` after the run.
+    :param kernel_args: more kernel command-line arguments (``ip_vs.conn_tab_bits=18``).
     :returns: the payload's exit status and the console output.
     :raises UmlError: UML is unavailable, or the run timed out (the process is killed).
     """
@@ -66,4 +68,4 @@ def boot(
     if reason:
         raise UmlError(reason)
     return _uml.boot(argv, timeout=timeout, mem=mem, env=env, workdir=workdir, keep=keep,
-                     cwd=ROOT)
+                     cwd=ROOT, kernel_args=kernel_args)
