@@ -495,13 +495,18 @@ class ConnSync:
             self._capture_timer = loop.call_later(CAPTURE_LINGER, self._capture_due)
 
     def _capture_due(self) -> None:
-        """The capture's timer: read again; once a read finds nothing, back to readiness."""
+        """The capture's timer: read again; once a read finds nothing, back to readiness
+        (also when the read raised: the loop logs it, and the capture goes on)."""
         loop = asyncio.get_running_loop()
-        if self._on_capture():
-            self._capture_timer = loop.call_later(CAPTURE_LINGER, self._capture_due)
-        else:
-            self._capture_timer = None
-            loop.add_reader(self._capture.fileno(), self._capture_ready)
+        got = False
+        try:
+            got = self._on_capture()
+        finally:
+            if got:
+                self._capture_timer = loop.call_later(CAPTURE_LINGER, self._capture_due)
+            else:
+                self._capture_timer = None
+                loop.add_reader(self._capture.fileno(), self._capture_ready)
 
     def _on_capture(self) -> bool:
         """Read the capture: split into entries, keep as ours, relay.

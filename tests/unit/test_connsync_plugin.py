@@ -801,3 +801,29 @@ def test_a_stream_of_datagrams_is_read_on_a_timer_not_per_datagram(
     assert seen[-1] == (True, False)        # quiet: back to readiness
     assert len(originated) == 30
     cap.close()
+
+
+def test_a_failing_timed_capture_read_goes_back_to_readiness(
+        fakes: Kernel, keys: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unexpected error in a timed read is the loop's to log; the capture is then
+    watched for readiness again, not left with neither reader nor timer."""
+    d1 = _service(keys, 1, dead_endpoint(), dead_endpoint())
+    cap = fakes.module().Capture("d1")  # type: ignore[attr-defined]
+    d1._capture = cap
+
+    def boom() -> bool:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(d1, "_on_capture", boom)
+
+    async def main() -> bool:
+        loop = asyncio.get_running_loop()
+        try:
+            with pytest.raises(RuntimeError):
+                d1._capture_due()
+            return cap.fileno() in {k.fd for k in loop._selector.get_map().values()}  # type: ignore[attr-defined]
+        finally:
+            loop.remove_reader(cap.fileno())
+
+    assert asyncio.run(main()) and d1._capture_timer is None
+    cap.close()
