@@ -325,23 +325,6 @@ def decode_batch(raw: list[Any], codec: ModuleType, conntrack: ModuleType) -> tu
 
 #: IPv4 and UDP headers: a sync datagram of ``n`` bytes is a frame of ``n + 28`` bytes
 SYNC_HEADERS = 28
-SIOCGIFMTU = 0x8921
-
-
-def interface_mtu(name: str) -> int | None:
-    """The MTU of interface ``name`` in this thread's network namespace (None: no such
-    interface, or it cannot be asked)."""
-    import fcntl
-    import struct
-
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            got = fcntl.ioctl(s, SIOCGIFMTU, struct.pack("16si", name.encode()[:15], 0))
-    except (OSError, UnicodeError):
-        return None
-    return int(struct.unpack("16si", got)[1])
-
-
 def fitting_maxlen(kernel_maxlen: int, mtu: int | None) -> int:
     """``kernel_maxlen`` lowered to what one frame of an interface with ``mtu`` carries.
     The kernel bounds the master's sync_maxlen by 65,535 bytes only, not by the MTU: a
@@ -1024,7 +1007,7 @@ class ConnSync:
     async def run(self) -> None:
         """Set the kernel's knobs, capture, relay and inject until cancelled."""
         loop = asyncio.get_running_loop()
-        mtu = interface_mtu(self.cfg.interface)
+        mtu = self.kernel.interface_mtu(self.cfg.interface)
         maxlen = fitting_maxlen(self.cfg.kernel_maxlen, mtu)
         if maxlen != self.cfg.kernel_maxlen:
             log.warning("connsync: kernel_maxlen %d does not fit one frame of %s (MTU %s): "

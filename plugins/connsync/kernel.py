@@ -91,6 +91,7 @@ PACKET_OUTGOING = 4
 SO_ATTACH_FILTER = 26
 SO_RCVBUFFORCE = 33
 SIOCGIFADDR = 0x8915
+SIOCGIFMTU = 0x8921
 
 # classic BPF (linux/filter.h, linux/bpf_common.h)
 _LD_W_ABS, _LD_H_ABS, _LD_B_ABS = 0x20, 0x28, 0x30
@@ -884,6 +885,17 @@ def _int_file(path: Path) -> int | None:
         return int(path.read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return None
+
+
+def interface_mtu(name: str) -> int | None:
+    """The MTU of interface ``name`` in this thread's network namespace (None: no such
+    interface, or it cannot be asked)."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            got = fcntl.ioctl(s, SIOCGIFMTU, struct.pack("16si", name.encode()[:15], 0))
+    except (OSError, UnicodeError):
+        return None
+    return int(struct.unpack("16si", got)[1])
 
 
 def sync_ports(port: int = SYNC_PORT) -> range:

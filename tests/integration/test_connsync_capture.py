@@ -262,7 +262,8 @@ def test_kernel_maxlen_is_fitted_to_the_sync_interfaces_mtu(ns: str) -> None:
     """The plugin asks the sync interface's MTU in its own namespace and lowers
     kernel_maxlen to what one frame carries (a larger master datagram would leave in IP
     fragments, which the capture cannot read)."""
-    from clusterbus.plugins.connsync import fitting_maxlen, interface_mtu
+    from clusterbus.plugins.connsync import fitting_maxlen
+    from clusterbus.plugins.connsync.kernel import interface_mtu
 
     subprocess.run(["ip", "-n", ns, "link", "set", "sync0", "mtu", "1400"], check=True)
     with inside(ns):

@@ -66,6 +66,7 @@ class Kernel:
         m = types.ModuleType("fake_kernel")
         m.BACKUP_MAXLEN_DEFAULT = real_kernel.BACKUP_MAXLEN_DEFAULT  # type: ignore[attr-defined]
         m.SETTLE_S = real_kernel.SETTLE_S  # type: ignore[attr-defined]
+        m.interface_mtu = real_kernel.interface_mtu  # type: ignore[attr-defined]
 
         class Capture:
             def __init__(self, interface: str, **_kw: Any) -> None:
@@ -702,9 +703,9 @@ def test_kernel_maxlen_is_fitted_to_the_interfaces_mtu() -> None:
     assert connsync.fitting_maxlen(1, 1500) == 1
     assert connsync.fitting_maxlen(9000, 1500) == 1472
     assert connsync.fitting_maxlen(9000, None) == 9000  # unknown: as configured
-    mtu = connsync.interface_mtu("lo")
+    mtu = real_kernel.interface_mtu("lo")
     assert mtu == int(Path("/sys/class/net/lo/mtu").read_text())
-    assert connsync.interface_mtu("no-such-if0") is None
+    assert real_kernel.interface_mtu("no-such-if0") is None
     assert connsync.fitting_maxlen(65507, mtu) == min(65507, mtu - 28)
 
 
