@@ -188,6 +188,14 @@ class _Instance:
     asking: int | None = None
 
 
+def router_live(inst: InstanceConfig) -> dict[str, Any]:
+    """The :class:`~machine.RouterConfig` fields the router reads at each use, from an
+    instance's configuration (:data:`~.reload.ROUTER_KEYS`): the same for the router
+    built at start and for the config a reload swaps in."""
+    return {"preempt": inst.preempt, "preempt_delay": inst.preempt_delay,
+            "accept_mode": inst.accept, "prepare_timeout": inst.prepare_timeout or None}
+
+
 def _state_name(state: machine.State) -> str:
     return state.value
 
@@ -386,15 +394,12 @@ class VrrpSpeaker:
             family=inst.family,
             advert_interval=inst.advert_interval,
             virtual_addresses=inst.virtual_ipaddress,
-            preempt=inst.preempt,
-            preempt_delay=inst.preempt_delay,
-            accept_mode=inst.accept,
             primary_address=primary,
             unicast_peers=inst.unicast_peer,
             start_listen=True,  # RFC 5798 §6.4.1: listen before claiming MASTER
             interface=inst.interface,
             ask_prepare=ask,
-            prepare_timeout=inst.prepare_timeout or None,
+            **router_live(inst),
         )
 
     def _asks_plugins(self) -> bool:
@@ -892,10 +897,7 @@ class VrrpSpeaker:
             # The router reads these at each use, so a new RouterConfig that differs only
             # in them is safe to swap in (the rest of it is what the router derived its
             # addresses and destinations from, unchanged).
-            inst.router.config = replace(inst.router.config, preempt=cfg.preempt,
-                                         preempt_delay=cfg.preempt_delay,
-                                         accept_mode=cfg.accept,
-                                         prepare_timeout=cfg.prepare_timeout or None)
+            inst.router.config = replace(inst.router.config, **router_live(cfg))
         inst.cfg = replace(old, index=cfg.index, **change.live)  # type: ignore[arg-type]
         if cfg.priority != inst.router.priority:
             log.info("reload: %s: priority %d -> %d", old.name, inst.router.priority,

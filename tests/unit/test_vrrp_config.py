@@ -240,3 +240,26 @@ def test_prepare_timeout_defaults_to_one_interval_and_reloads_live() -> None:
     (change,) = diff({inst.name: inst}, [new]).changes
     assert change.restart_needed == () and change.router_changed
     assert change.live["prepare_timeout"] == 1.5
+
+
+def test_the_keys_a_reload_hands_the_router_are_the_ones_it_is_given() -> None:
+    """``reload.ROUTER_KEYS`` (swapped into the running router on reload) and the fields
+    ``router_live`` builds the RouterConfig's live part from stay in step: changing each
+    of those keys changes exactly one of those fields."""
+    from dataclasses import fields, replace
+
+    from clusterbus.vrrp import machine
+    from clusterbus.vrrp.reload import ROUTER_KEYS
+    from clusterbus.vrrp.speaker import router_live
+
+    (inst,) = vconf.instances(parse(GOOD))
+    base = router_live(inst)
+    assert set(base) <= {f.name for f in fields(machine.RouterConfig)}
+    changed = {}
+    for key in ROUTER_KEYS:
+        value = getattr(inst, key)
+        other = (not value) if isinstance(value, bool) else value + 1.5
+        diff = {k for k, v in router_live(replace(inst, **{key: other})).items() if v != base[k]}
+        assert len(diff) == 1, (key, diff)
+        changed[key] = diff.pop()
+    assert set(changed.values()) == set(base)
