@@ -594,7 +594,7 @@ class ConnSync:
         settled = False
         while not self._wake.is_set():
             try:
-                q = self.kernel.backup_queue(ports=self._ports)
+                q = self._look()
             except OSError:
                 return
             self._seen_drops(q.drops)
@@ -622,7 +622,7 @@ class ConnSync:
         limit = self._inject_capacity * INJECT_SHARE  # a round more: 2 x INJECT_SHARE
         while True:
             try:
-                q = self.kernel.backup_queue(ports=self._ports)
+                q = self._look()
             except OSError:
                 return bool(await self.kernel.committed(
                     timeout=max(0.0, deadline - loop.time()), ports=self._ports))
@@ -632,6 +632,11 @@ class ConnSync:
             if loop.time() >= deadline:
                 return False
             await asyncio.sleep(INJECT_POLL)
+
+    def _look(self) -> Any:
+        """The backup daemon's socket as the kernel's socket diagnostics show it (IPv4:
+        the daemons run on the IPv4 sync group)."""
+        return self.kernel.backup_queue(group=self.kernel.SYNC_GROUP4, ports=self._ports)
 
     def _seen_drops(self, drops: int) -> None:
         """The backup socket's drop count as last read: a growth means the kernel threw
@@ -650,7 +655,7 @@ class ConnSync:
         """The backup socket's receive buffer: as the kernel reports it, else worked out
         from the sysctls."""
         try:
-            q = self.kernel.backup_queue()
+            q = self.kernel.backup_queue(group=self.kernel.SYNC_GROUP4)
             got = q.rcvbuf
             self._drops_read = q.drops  # what it dropped before is not ours
         except OSError:
@@ -1122,7 +1127,7 @@ class ConnSync:
         kernel_ct = self.ct.counters if self.ct is not None else {}
         if self.running:
             try:
-                self._seen_drops(self.kernel.backup_queue(ports=self._ports).drops)
+                self._seen_drops(self._look().drops)
             except OSError:
                 pass
         return {"node": self.local, "listen": self.channel.bound or self.cfg.listen,

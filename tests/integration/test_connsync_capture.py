@@ -272,3 +272,18 @@ def test_kernel_maxlen_is_fitted_to_the_sync_interfaces_mtu(ns: str) -> None:
     assert mtu == 1400 and missing is None
     assert fitting_maxlen(9000, mtu) == 1372
     assert fitting_maxlen(1, mtu) == 1
+
+
+@needs_root
+def test_the_kept_diagnostics_socket_follows_the_threads_namespace(ns: str) -> None:
+    """The look at the backup socket keeps its netlink socket per thread between calls;
+    a thread that enters another namespace gets that namespace's answer, not the one of
+    the namespace the socket was made in."""
+    with Topology() as t:
+        other = t.netns("cs2")
+        for _ in range(2):
+            with inside(ns), _backup_socket():
+                assert kernel.backup_queue(group=kernel.SYNC_GROUP4).sockets == 1
+                with inside(other):
+                    assert kernel.backup_queue(group=kernel.SYNC_GROUP4).sockets == 0
+                assert kernel.backup_queue(group=kernel.SYNC_GROUP4).sockets == 1

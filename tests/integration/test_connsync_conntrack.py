@@ -246,7 +246,7 @@ from clusterbus.plugins.connsync import kernel as real_kernel  # these need no I
 kernel.backup_queue, kernel.backup_capacity = real_kernel.backup_queue, real_kernel.backup_capacity
 kernel.datagram_truesize = real_kernel.datagram_truesize
 kernel.sync_ports, kernel.SETTLE_S = real_kernel.sync_ports, real_kernel.SETTLE_S
-kernel.interface_mtu = real_kernel.interface_mtu
+kernel.interface_mtu, kernel.SYNC_GROUP4 = real_kernel.interface_mtu, real_kernel.SYNC_GROUP4
 svc.kernel = kernel
 
 def write(doc):

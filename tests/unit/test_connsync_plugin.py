@@ -66,6 +66,7 @@ class Kernel:
         m = types.ModuleType("fake_kernel")
         m.BACKUP_MAXLEN_DEFAULT = real_kernel.BACKUP_MAXLEN_DEFAULT  # type: ignore[attr-defined]
         m.SETTLE_S = real_kernel.SETTLE_S  # type: ignore[attr-defined]
+        m.SYNC_GROUP4 = real_kernel.SYNC_GROUP4  # type: ignore[attr-defined]
         m.interface_mtu = real_kernel.interface_mtu  # type: ignore[attr-defined]
 
         class Capture:
@@ -132,7 +133,7 @@ class Kernel:
         m.ensure_daemons = ensure_daemons  # type: ignore[attr-defined]
         m.backup_maxlen = lambda: kernel.backup_maxlen  # type: ignore[attr-defined]
 
-        def backup_queue(ports: range | None = None) -> Any:
+        def backup_queue(ports: range | None = None, group: str | None = None) -> Any:
             injected = sum(map(len, kernel.injected.values()))
             rx = kernel.rx_queue.pop(0) if kernel.rx_queue and injected else 0
             if injected:
@@ -734,9 +735,10 @@ def test_more_entries_cut_the_wait_after_the_last_round_short(
 
     class Busy:  # a backup daemon that still has datagrams queued, and dropped some
         SETTLE_S = real_kernel.SETTLE_S
+        SYNC_GROUP4 = real_kernel.SYNC_GROUP4
         looks = 0
 
-        def backup_queue(self, ports: range | None = None) -> Any:
+        def backup_queue(self, ports: range | None = None, group: str | None = None) -> Any:
             Busy.looks += 1
             return real_kernel.BackupQueue(sockets=1, rx_queue=4096, drops=2 + Busy.looks)
 
