@@ -522,7 +522,7 @@ class ConnSync:
             self.table.apply_many(self.local, conns, now)
             self.counters["capture.entries"] += len(conns)
             self.link.originate(conns, now)
-        return bool(datagrams)
+        return True
 
     # -- received entries -------------------------------------------------------------------
 
@@ -583,36 +583,13 @@ class ConnSync:
                     await self._drained(timeout=INJECT_PACE)
 
     async def _drained(self, *, timeout: float) -> None:
-        """After the last round: wait until the backup daemon has applied everything
-        injected (its socket's queue seen empty, and again ``SETTLE_S`` later: the
-        kernel module's commit check), or ``timeout``; cut short as soon as more entries
-        arrive, which then go at once (the look for room paces them). Before, a commit
-        check of up to 28 ms under load held every entry arriving meanwhile back."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        """After the last round: the kernel module's commit check (the backup daemon has
+        applied everything injected), at most ``timeout``, cut short as soon as more
+        entries arrive, which then go at once (the look for room paces them): a whole
+        check held every entry arriving meanwhile back (up to 28 ms under load)."""
         self._wake.clear()  # the queue is empty: whatever sets it now is new
-        settled = False
-        while not self._wake.is_set():
-            try:
-                q = self._look()
-            except OSError:
-                return
-            self._seen_drops(q.drops)
-            if q.sockets == 0:
-                return  # no backup daemon (logged where it is started)
-            if q.rx_queue == 0:
-                if settled:
-                    return
-                settled, wait = True, self.kernel.SETTLE_S
-            else:
-                if loop.time() >= deadline:
-                    return
-                settled, wait = False, INJECT_POLL
-            try:
-                async with asyncio.timeout(wait):
-                    await self._wake.wait()
-            except TimeoutError:
-                pass
+        await self.kernel.committed(timeout=timeout, ports=self._ports, look=self._look,
+                                    interrupt=self._wake)
 
     async def _backup_room(self, *, timeout: float) -> bool:
         """Wait until the backup socket's queue leaves room for another round (it holds
@@ -626,7 +603,6 @@ class ConnSync:
             except OSError:
                 return bool(await self.kernel.committed(
                     timeout=max(0.0, deadline - loop.time()), ports=self._ports))
-            self._seen_drops(q.drops)
             if q.rx_queue <= limit:
                 return True
             if loop.time() >= deadline:
@@ -635,8 +611,10 @@ class ConnSync:
 
     def _look(self) -> Any:
         """The backup daemon's socket as the kernel's socket diagnostics show it (IPv4:
-        the daemons run on the IPv4 sync group)."""
-        return self.kernel.backup_queue(group=self.kernel.SYNC_GROUP4, ports=self._ports)
+        the daemons run on the IPv4 sync group); its drops are counted."""
+        q = self.kernel.backup_queue(group=self.kernel.SYNC_GROUP4, ports=self._ports)
+        self._seen_drops(q.drops)
+        return q
 
     def _seen_drops(self, drops: int) -> None:
         """The backup socket's drop count as last read: a growth means the kernel threw
@@ -1125,11 +1103,6 @@ class ConnSync:
                 "relay": c,
             }
         kernel_ct = self.ct.counters if self.ct is not None else {}
-        if self.running:
-            try:
-                self._seen_drops(self._look().drops)
-            except OSError:
-                pass
         return {"node": self.local, "listen": self.channel.bound or self.cfg.listen,
                 "table": len(self.table), "conntrack": len(self.ct_own), "peers": peers,
                 "last_barrier": self.last_barrier, "kernel_maxlen": self.kernel_maxlen,

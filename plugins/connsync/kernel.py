@@ -25,6 +25,7 @@ import asyncio
 import ctypes
 import errno
 import fcntl
+import functools
 import ipaddress
 import logging
 import mmap
@@ -32,7 +33,7 @@ import os
 import socket
 import struct
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -1100,7 +1101,9 @@ POLL_S = 0.001
 
 async def committed(*, port: int = SYNC_PORT, timeout: float,
                     drops_before: int | None = None, group: str = SYNC_GROUP4,
-                    ports: range | None = None) -> bool:
+                    ports: range | None = None,
+                    look: Callable[[], BackupQueue] | None = None,
+                    interrupt: asyncio.Event | None = None) -> bool:
     """True once the local backup daemon has consumed everything injected so far.
 
     :meth:`Injector.send` returns with the datagram in the backup socket's receive queue
@@ -1120,14 +1123,23 @@ async def committed(*, port: int = SYNC_PORT, timeout: float,
     :param group: the sync group (its family says where the backup socket is listed).
     :param ports: the daemons' ports (default: :func:`sync_ports` of ``port``, a sysctl
         read per call).
-    :returns: True when committed; False on timeout, loss, or no backup daemon (logged).
+    :param look: reads the backup socket instead of :func:`backup_queue` with ``port``,
+        ``group`` and ``ports`` (a caller that also counts what each look says).
+    :param interrupt: the wait ends, with False, as soon as this event is set (the
+        injection stops waiting when more entries arrive).
+    :returns: True when committed; False on timeout, loss, no backup daemon (logged), or
+        ``interrupt``.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    ports = sync_ports(port) if ports is None else ports
+    if look is None:
+        ports = sync_ports(port) if ports is None else ports
+        look = functools.partial(backup_queue, port=port, group=group, ports=ports)
     settled = False
     while True:
-        q = backup_queue(port=port, group=group, ports=ports)
+        if interrupt is not None and interrupt.is_set():
+            return False
+        q = look()
         if q.sockets == 0:
             log.warning("commit check: no UDP socket on port %d (is the backup sync daemon "
                         "running?)", port)
@@ -1141,10 +1153,22 @@ async def committed(*, port: int = SYNC_PORT, timeout: float,
                 return True
             # the last datagram taken is being applied; then look once more, since a
             # datagram's delivery may still be pending in a softirq
-            await asyncio.sleep(SETTLE_S)
+            await _pause(SETTLE_S, interrupt)
             settled = True
             continue
         settled = False
         if loop.time() >= deadline:
             return False
-        await asyncio.sleep(POLL_S)
+        await _pause(POLL_S, interrupt)
+
+
+async def _pause(seconds: float, interrupt: asyncio.Event | None) -> None:
+    """Sleep ``seconds``, or less if ``interrupt`` gets set meanwhile."""
+    if interrupt is None:
+        await asyncio.sleep(seconds)
+        return
+    try:
+        async with asyncio.timeout(seconds):
+            await interrupt.wait()
+    except TimeoutError:
+        pass

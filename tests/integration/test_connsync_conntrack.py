@@ -237,7 +237,7 @@ class Injector:
     def open(self): pass
     def send(self, d): pass
     def close(self): pass
-async def committed(*, port=8848, timeout, ports=None): return True
+async def committed(*, port=8848, timeout, ports=None, **kw): return True
 kernel.Capture, kernel.Injector, kernel.committed = Capture, Injector, committed
 kernel.set_sync_knobs = lambda **kw: None
 kernel.ensure_daemons = lambda interface, **kw: []
