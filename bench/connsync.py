@@ -609,6 +609,33 @@ def kernel_cpu() -> dict[str, int]:
     return dict(zip(names, map(int, fields)))
 
 
+def task_cpu(root: str = "/proc") -> dict[str, float]:
+    """CPU seconds so far (user + system) of every process under ``root`` (``/proc``: this
+    kernel's, kernel threads too; ``/proc/self/task``: this process's threads), summed by
+    name (``comm``)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for pid in os.listdir(root):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"{root}/{pid}/stat") as f:
+                stat = f.read()
+        except OSError:  # it ended meanwhile
+            continue
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2:].split()
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def cpu_grown(before: dict[str, float], after: dict[str, float],
+              top: int = 8) -> dict[str, float]:
+    """The ``top`` names whose CPU seconds grew most from ``before`` to ``after``."""
+    grown = {k: round(v - before.get(k, 0.0), 3) for k, v in after.items()}
+    return dict(sorted(((k, v) for k, v in grown.items() if v > 0), key=lambda kv: -kv[1])[:top])
+
+
 def rss_mb() -> float:
     with open("/proc/self/status") as f:
         for line in f:
@@ -776,6 +803,7 @@ async def director(node: int, workdir: Path, barrier_timeout: float) -> None:
     faults0 = [minor_faults()]
     maps0: dict[str, int] = {}
     kcpu0: dict[str, int] = {}
+    tasks0: list[dict[str, float]] = [{}, {}]  # CPU by process, by thread, at trace_start
 
     async def sample_trace() -> None:
         c, rc = svc.counters, svc.relay.peers[peer].counters
@@ -851,6 +879,7 @@ async def director(node: int, workdir: Path, barrier_timeout: float) -> None:
             cpu0[:] = [time.process_time(), time.monotonic()]
             kcpu0.clear()
             kcpu0.update(kernel_cpu())
+            tasks0[:] = [task_cpu(), task_cpu("/proc/self/task")]
             maps0.clear()
             maps0.update(mappings_kb())
             for g in gc_pauses.values():
@@ -872,6 +901,10 @@ async def director(node: int, workdir: Path, barrier_timeout: float) -> None:
                    "commit_checks": dict(commit_stats), "faults_by_step": dict(fault_by),
                    "cpu_ms_by_step": {k: round(v * 1000, 1) for k, v in cpu_by.items()},
                    "calls": dict(calls),
+                   # this kernel's CPU by process (kernel threads too), this process's by
+                   # thread (ZeroMQ's I/O thread is ZMQbg/IO/0)
+                   "processes_s": cpu_grown(tasks0[0], task_cpu()),
+                   "threads_s": cpu_grown(tasks0[1], task_cpu("/proc/self/task")),
                    "cpu_s": time.process_time() - cpu0[0], "wall_s": time.monotonic() - cpu0[1],
                    # the share of this kernel's CPU that was busy, and on what
                    "kernel_cpu": {"busy": round(1 - kcpu["idle"] / ticks, 3),
@@ -1221,7 +1254,9 @@ def relay_phases(args: argparse.Namespace, a: Director, b: Director,
                         "faults_by_step": {"A": ta["faults_by_step"], "B": tb_["faults_by_step"]},
                         "cpu": {d: {"process_s": t["cpu_s"], "wall_s": t["wall_s"],
                                     "ms_by_step": t["cpu_ms_by_step"],
-                                    "kernel_cpu": t["kernel_cpu"], "calls": t["calls"]}
+                                    "kernel_cpu": t["kernel_cpu"], "calls": t["calls"],
+                                    "processes_s": t["processes_s"],
+                                    "threads_s": t["threads_s"]}
                                 for d, t in (("A", ta), ("B", tb_))}}
     # the table phase: entries at a steady rate, their capture -> commit lag, then
     # the plugin's RSS, and the takeover barrier with that many synced connections
@@ -1255,7 +1290,9 @@ def relay_phases(args: argparse.Namespace, a: Director, b: Director,
                     "faults_by_step": {"A": ta["faults_by_step"], "B": tb_["faults_by_step"]},
                     "cpu": {d: {"process_s": t["cpu_s"], "wall_s": t["wall_s"],
                                 "ms_by_step": t["cpu_ms_by_step"],
-                                    "kernel_cpu": t["kernel_cpu"], "calls": t["calls"]}
+                                    "kernel_cpu": t["kernel_cpu"], "calls": t["calls"],
+                                    "processes_s": t["processes_s"],
+                                    "threads_s": t["threads_s"]}
                             for d, t in (("A", ta), ("B", tb_))}}
     return out
 
@@ -1643,7 +1680,15 @@ def run_split(args: argparse.Namespace, python: Path) -> dict[str, Any]:
         for n in ("d1", "d2"):
             zmq.auth.create_certificates(workdir, n)
         common = f"{relay_args(args)} --timeout {args.timeout} --workdir {workdir}"
+        host0 = kernel_cpu()  # this host's: the two kernels share its CPUs
+        # each kernel on a CPU of its own (inherited from this process at the fork), as
+        # separate directors are: unpinned, the host's scheduler put both on one CPU at
+        # times, and each kernel stalled for tens of milliseconds while the other ran
+        mine = os.sched_getaffinity(0)
+        cpus = sorted(mine)[-2:] if args.pin and len(mine) >= 2 else []
         for side, end in (("b", "vb"), ("a", "va")):
+            if cpus:
+                os.sched_setaffinity(0, {cpus[0] if side == "b" else cpus[1]})
             # the diagnostics asked for (CB_BENCH_FAULTS, CB_BENCH_DUMP) go along
             faults = "".join(f"{k}={shlex.quote(v)} " for k, v in os.environ.items()
                              if k.startswith("CB_BENCH_"))
@@ -1654,7 +1699,10 @@ def run_split(args: argparse.Namespace, python: Path) -> dict[str, Any]:
                                               kernel_args=[f"vec0:transport=raw,ifname={end},gro=1",
                                                            *tab_bits_args(args)],
                                               netns=ns)))
+        os.sched_setaffinity(0, mine)
         runs = {side: lab.wait(p, wd, timeout=args.timeout + 120) for side, wd, p in reversed(procs)}
+        host = {k: v - host0[k] for k, v in kernel_cpu().items()}
+        ticks = sum(host.values()) or 1
         for side in ("b", "a"):
             log = (workdir / f"{side}.log").read_text().strip()
             if log:
@@ -1664,6 +1712,10 @@ def run_split(args: argparse.Namespace, python: Path) -> dict[str, Any]:
                              f"{runs['a'].console[-3000:]}")
         data: dict[str, Any] = json.loads((workdir / "a.out").read_text().strip().splitlines()[-1])
         data["boot_run_s"] = runs["a"].duration
+        # the host's CPUs over both runs: busy, and the share a hypervisor took (steal):
+        # the kernels' figures are only as steady as the CPUs under them
+        data["host_cpu"] = {"busy": round(1 - (host["idle"] + host["iowait"]) / ticks, 3),
+                            "steal": round(host["steal"] / ticks, 3), "pinned": cpus}
         return data
     finally:
         for _, _, p in procs:
@@ -1679,7 +1731,9 @@ def print_split(two: dict[str, Any], args: argparse.Namespace) -> None:
     print(f"conn-sync with each director in its own UML kernel (one CPU each, linked by a "
           f"veth pair; clock offset measured over a {two['clock_rtt_ms']:.2f} ms round trip; "
           f"IPVS connection table of 2**{two.get('conn_tab_bits')} buckets; "
-          f"boot+run {two['boot_run_s']:.1f} s):")
+          f"boot+run {two['boot_run_s']:.1f} s; this host's CPUs "
+          f"{two['host_cpu']['busy']:.0%} busy, {two['host_cpu']['steal']:.1%} taken by the "
+          f"hypervisor):")
     print(f"  B's kernel alone injects {ki['entries_per_s']:.0f} entries/s (255 per datagram, "
           f"{ki['entries']} entries, lost {ki['lost']})")
     print(f"  relay throughput into fresh memory: {tc['entries_per_s']:.0f} entries/s "
@@ -1711,6 +1765,9 @@ def print_split(two: dict[str, Any], args: argparse.Namespace) -> None:
         print(f"    each kernel's CPU busy in the {name} phase: " + ", ".join(
             f"{d} {c['kernel_cpu']['busy']:.0%} (director {c['process_s']:.2f} s of "
             f"{c['wall_s']:.2f} s)" for d, c in ph["cpu"].items()))
+    for d, c in tb["cpu"].items():
+        print(f"    {d}'s kernel by process (s): {c['processes_s']}; its director by thread: "
+              f"{c['threads_s']}")
     print(f"  RSS: A {two['rss']['A']['rss_mb']:.0f} MB, B {two['rss']['B']['rss_mb']:.0f} MB")
 
 
@@ -1729,7 +1786,7 @@ def merge_split(data: dict[str, Any], two: dict[str, Any]) -> dict[str, Any]:
         entries_per_s_cold=two["throughput_cold"]["entries_per_s"],
         p99_lag_sustained_ms=su["lag_p99_ms"], p50_lag_sustained_ms=su["lag_p50_ms"],
         sustained_rate=su["rate"], p99_lag_ms=tb["lag_p99_ms"], p99_lag_rate=tb["rate"],
-        p99_lag_rate_achieved=tb["achieved_rate"],
+        p99_lag_rate_achieved=tb["achieved_rate"], host_cpu=two.get("host_cpu"),
         kernel_inject_255_entries_per_s_two_kernels=ki,
         entries_per_s_vs_kernel_inject_two_kernels=tp["entries_per_s"] / ki if ki else None,
         lost_connsync=(data.get("lost_connsync") or 0) + tp["lost"] + tb["lost"]
@@ -1922,6 +1979,9 @@ def main() -> None:
                          "kernel's own figures beside ours use the same; 0: the default)")
     ap.add_argument("--quick", action="store_true", help="small counts (a smoke run)")
     ap.add_argument("--timeout", type=float, default=900)
+    ap.add_argument("--no-pin", dest="pin", action="store_false",
+                    help="with --kernels 2: leave the two UML kernels to the host's scheduler "
+                    "(default: each on a CPU of its own, the last two this process may use)")
     ap.add_argument("--profile", type=Path, help="run the director processes under cProfile; "
                     "their stats go to this (host) directory (in UML every clock read is a "
                     "system call, so the profiler's own clock dominates the times)")
