@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from clusterbus.errors import ClusterbusError, ConfigError
+from clusterbus.ratelimit import LogLimiter
 
 __all__ = [
     "SYNC_GROUP4", "SYNC_PORT", "SyncKernelError", "InterfaceError", "set_sync_knobs",
@@ -48,6 +49,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+#: the commit check's warnings, at most one line per kind and port per 10 s: the
+#: injection checks after every round, so a gone backup daemon would log each round
+limited = LogLimiter(log, interval=10.0)
 
 #: The kernel's default sync group and port (``IP_VS_SYNC_GROUP``/``IP_VS_SYNC_PORT``).
 #: There is no default IPv6 group: an IPv6 daemon needs an explicit one.
@@ -1141,12 +1145,13 @@ async def committed(*, port: int = SYNC_PORT, timeout: float,
             return False
         q = look()
         if q.sockets == 0:
-            log.warning("commit check: no UDP socket on port %d (is the backup sync daemon "
-                        "running?)", port)
+            limited.warning(("no_socket", port), "commit check: no UDP socket on port %d "
+                            "(is the backup sync daemon running?)", port)
             return False
         if drops_before is not None and q.drops > drops_before:
-            log.warning("commit check: the backup daemon dropped %d datagrams (receive "
-                        "buffer full): resend them", q.drops - drops_before)
+            limited.warning(("drops", port), "commit check: the backup daemon dropped %d "
+                            "datagrams (receive buffer full): resend them",
+                            q.drops - drops_before)
             return False
         if q.rx_queue == 0:
             if settled:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import logging
 import os
 import socket
 import struct
@@ -255,6 +256,21 @@ def test_typed_errors(ns: str) -> None:
             kernel.Injector("sync0").send(b"x")
         assert kernel.backup_queue().sockets == 0
         assert asyncio.run(kernel.committed(timeout=0.01)) is False  # no backup daemon
+
+
+@needs_root
+def test_commit_check_without_a_backup_daemon_warns_once_per_interval(
+        ns: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The injection checks after every round: a gone backup daemon is one line per 10 s,
+    not one per round."""
+    monkeypatch.setattr(kernel, "limited", kernel.LogLimiter(kernel.log, interval=10.0))
+    caplog.set_level(logging.WARNING, logger=kernel.log.name)
+    with inside(ns):
+        for _ in range(5):
+            assert asyncio.run(kernel.committed(timeout=0.01)) is False
+    lines = [r.getMessage() for r in caplog.records if "no UDP socket" in r.getMessage()]
+    assert lines == [f"commit check: no UDP socket on port {kernel.SYNC_PORT} (is the backup "
+                     "sync daemon running?)"]
 
 
 @needs_root
