@@ -46,7 +46,8 @@ server R behind a persistent virtual service on A, and a client. The phases:
 
 With ``--kernels both`` (the default) the relay phases of 5 run again with each director
 in its own UML kernel (two kernels linked by a veth pair in a namespace of the host, one
-host CPU each, as separate directors are; B's director is driven over TCP on that link
+host CPU each, as separate directors are: each kernel pinned to one, ``--no-pin`` leaves
+them to the host's scheduler; B's director is driven over TCP on that link
 and its clock offset measured): the headline ``entries_per_s``, ``p99_lag_sustained_ms``
 and ``p99_lag_ms`` are then these, the one-kernel ones stay beside them as
 ``*_one_kernel``; ``--kernels 1`` or ``2`` runs one of the two.
