@@ -243,7 +243,8 @@ class Daemon:
     def _restart_needed_inside(self) -> list[str]:
         """``"vrrp: VI_1 vrid"`` for each item of a live service's status (its
         ``instances``, or its own ``restart_needed`` table, e.g. ``{"VI_9": "added"}``)
-        that needs a restart: what the service could not apply."""
+        that needs a restart: what the service could not apply; the same for each
+        plugin's status with a ``restart_needed`` table."""
         out: list[str] = []
         for name, service in self.services.items():
             if not hasattr(service, "reload"):
@@ -262,6 +263,13 @@ class Daemon:
                     if isinstance(what, (list, tuple, dict)):
                         what = ", ".join(str(w) for w in what)
                     out.append(f"{name}: {inst.get('name', '?')} {what}")
+        # and what a plugin's reload could not apply (its status's ``restart_needed``,
+        # e.g. connsync's {"interface": "'sync0' -> 'sync1'"})
+        for name, data in self.plugins.call_each("clusterbus_status",
+                                                 cluster=self.engine.cluster):
+            top = data.get("restart_needed") if isinstance(data, dict) else None
+            if isinstance(top, dict):
+                out += [f"{name}: {k} {v}" for k, v in top.items()]
         return out
 
     def _verdict(self, result: str, *, reason: str | None = None,

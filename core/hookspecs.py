@@ -105,7 +105,9 @@ def clusterbus_reload(config: Config, section: Mapping[str, Any] | None, cluster
     change at run time (the IPVS applier swaps
     its desired table and reconciles); a plugin that does not implement this hook keeps
     the configuration it started with, and a changed section is reported as needing a
-    restart.
+    restart. A plugin that applies only part of its section puts what it could not apply
+    into its :func:`clusterbus_status` as ``restart_needed`` (key -> what changed): the
+    reload's verdict lists those.
 
     :param config: the new, validated configuration (core sections).
     :param section: the plugin's table in the new file, or ``None`` when it has none.

@@ -75,3 +75,34 @@ def test_reload_verdict_names_what_a_live_service_could_not_apply(tmp_path) -> N
     d.services["vrrp"] = Speaker()
     assert d.reload()
     assert d.status()["reload"]["restart_needed"] == ["vrrp: VI_9 added", "vrrp: VI_1 vrid"]
+
+
+def test_reload_verdict_names_what_a_plugin_could_not_apply(tmp_path) -> None:
+    """A plugin with the reload hook applies its section itself; what it could not apply
+    (its status's restart_needed, e.g. connsync's interface) reaches the verdict."""
+    from clusterbus import hookimpl
+
+    class Demo:
+        pending: dict[str, str] = {}
+
+        @hookimpl
+        def clusterbus_reload(self, config, section, cluster) -> None:
+            if section and section.get("interface") != "sync0":
+                self.pending = {"interface": f"'sync0' -> {section.get('interface')!r}"}
+            else:
+                self.pending = {}
+
+        @hookimpl
+        def clusterbus_status(self, cluster):
+            return {"restart_needed": dict(self.pending)}
+
+    conf = tmp_path / "cb.toml"
+    conf.write_text('[daemon]\nnode = 3\n[demo]\ninterface = "sync0"\n')
+    d = Daemon(load_config(conf), load_entrypoints=False)
+    d.plugins.register(Demo(), "demo")
+    conf.write_text('[daemon]\nnode = 3\n[demo]\ninterface = "sync1"\n')
+    assert d.reload()
+    assert d.status()["reload"]["restart_needed"] == ["demo: interface 'sync0' -> 'sync1'"]
+    conf.write_text('[daemon]\nnode = 3\n[demo]\ninterface = "sync0"\n')
+    assert d.reload()
+    assert d.status()["reload"]["restart_needed"] == []
