@@ -37,12 +37,13 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from types import ModuleType
 from typing import Any
 
 from clusterbus import (
     Cluster,
+    ClusterbusError,
     Config,
     ConfigError,
     DecodeError,
@@ -176,6 +177,13 @@ class ConnsyncConfig:
     barrier_timeout: float
     on_barrier_timeout: str
     conntrack: bool
+
+
+#: the ``[connsync]`` keys a reload applies at run time (``kernel_maxlen`` while its
+#: datagrams fit the capture's frames); the others (the interface, the listen endpoint,
+#: the syncid, conntrack) need a restart
+RELOAD_LIVE = frozenset({"barrier_timeout", "on_barrier_timeout", "sync_threshold",
+                         "kernel_maxlen"})
 
 
 def parse(config: Config, section: Mapping[str, Any]) -> ConnsyncConfig:
@@ -467,6 +475,11 @@ class ConnSync:
         #: the backup socket's drop count when last read (it counts since it was opened)
         self._drops_read = 0
         self.running = False
+        #: keys of a reloaded ``[connsync]`` that were not applied: key -> "old -> new"
+        self.restart_needed: dict[str, str] = {}
+        #: the largest datagram the capture's ring frames hold (set when it opens)
+        self._capture_max = 0
+        self._knob_tasks: set[asyncio.Task[None]] = set()
 
     # -- capture --------------------------------------------------------------------------
 
@@ -985,6 +998,55 @@ class ConnSync:
                 "conntrack": {"enabled": self.cfg.conntrack, "total": ct_total, "rows": ct_rows,
                               "truncated": ct_total > len(ct_rows)}}
 
+    # -- reload ----------------------------------------------------------------------------------
+
+    def reconfigure(self, new: ConnsyncConfig) -> dict[str, str]:
+        """Apply a reloaded ``[connsync]``: the barrier's keys at once, the kernel's knobs
+        (``sync_threshold``, ``kernel_maxlen``) in a thread; a changed key of the others
+        keeps its running value and is listed in :attr:`restart_needed` (and so in the
+        reload's verdict). ``kernel_maxlen`` needs a restart too when its datagrams would
+        not fit the capture's frames (an interface MTU above 1500).
+
+        :returns: :attr:`restart_needed`: key -> ``"old -> new"``.
+        """
+        keep: dict[str, Any] = {}
+        restart: dict[str, str] = {}
+        for f in fields(ConnsyncConfig):
+            old, now = getattr(self.cfg, f.name), getattr(new, f.name)
+            if old != now and f.name not in RELOAD_LIVE:
+                keep[f.name] = old
+                restart[f.name] = f"{old!r} -> {now!r}"
+        maxlen = self.kernel_maxlen
+        if new.kernel_maxlen != self.cfg.kernel_maxlen:
+            maxlen = fitting_maxlen(new.kernel_maxlen,
+                                    self.kernel.interface_mtu(self.cfg.interface))
+            if self.running and maxlen > self._capture_max:
+                keep["kernel_maxlen"] = self.cfg.kernel_maxlen
+                restart["kernel_maxlen"] = (f"{self.cfg.kernel_maxlen} -> {new.kernel_maxlen} "
+                                            f"(beyond the capture's {self._capture_max}-byte "
+                                            f"frames)")
+                maxlen = self.kernel_maxlen
+        knobs = (new.sync_threshold, maxlen) != (self.cfg.sync_threshold, self.kernel_maxlen)
+        self.cfg = replace(new, **keep)
+        self.restart_needed = restart
+        if knobs and self.running:  # before it runs, run() sets them from self.cfg
+            self.kernel_maxlen = maxlen
+            task = asyncio.get_running_loop().create_task(self._set_knobs(maxlen))
+            self._knob_tasks.add(task)
+            task.add_done_callback(self._knob_tasks.discard)
+        return restart
+
+    async def _set_knobs(self, maxlen: int) -> None:
+        try:
+            await asyncio.to_thread(self.kernel.set_sync_knobs, kernel_maxlen=maxlen,
+                                    sync_threshold=self.cfg.sync_threshold)
+            log.info("connsync: kernel sync knobs set: sync_threshold %s, master maxlen %d",
+                     list(self.cfg.sync_threshold), maxlen)
+        except (OSError, ClusterbusError) as exc:
+            self.counters["knobs.failed"] += 1
+            log.error("connsync: cannot set the kernel's sync knobs: %s (the kernel sends "
+                      "with its own delays)", exc)
+
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -1028,8 +1090,9 @@ class ConnSync:
                         "(injecting datagrams of %d bytes)", exc, self._inject_maxlen)
         self._size_inject_rounds(await asyncio.to_thread(self._backup_buffer))
         # ring frames for the master's datagrams: one entry each at kernel_maxlen 1
+        self._capture_max = max(1500, maxlen)
         self._capture = self.kernel.Capture(self.cfg.interface,
-                                            max_datagram=max(1500, maxlen))
+                                            max_datagram=self._capture_max)
         self._injector = self.kernel.Injector(self.cfg.interface)
         self._capture.open()
         fd = self._capture.fileno()
@@ -1106,6 +1169,10 @@ class ConnSync:
         return {"node": self.local, "listen": self.channel.bound or self.cfg.listen,
                 "table": len(self.table), "conntrack": len(self.ct_own), "peers": peers,
                 "last_barrier": self.last_barrier, "kernel_maxlen": self.kernel_maxlen,
+                "barrier_timeout": self.cfg.barrier_timeout,
+                "on_barrier_timeout": self.cfg.on_barrier_timeout,
+                "sync_threshold": list(self.cfg.sync_threshold),
+                "restart_needed": dict(self.restart_needed),
                 "counters": {**{k: v for k, v in getattr(self._capture, "counters", {}).items()
                                 if k.startswith("capture.dropped.")},
                              **self.counters,
@@ -1120,6 +1187,9 @@ class ConnsyncPlugin:
         self._cfg: weakref.WeakKeyDictionary[Cluster, tuple[ConnsyncConfig, Config]] = \
             weakref.WeakKeyDictionary()
         self._svc: weakref.WeakKeyDictionary[Cluster, ConnSync] = weakref.WeakKeyDictionary()
+        #: a reload that added or removed the whole section: applied at the next start
+        self._restart: weakref.WeakKeyDictionary[Cluster, dict[str, str]] = \
+            weakref.WeakKeyDictionary()
 
     def service(self, cluster: Cluster) -> ConnSync | None:
         """The cluster's service (``None`` without ``[connsync]`` or before services)."""
@@ -1146,6 +1216,50 @@ class ConnsyncPlugin:
             _check_barrier_deadlines(cfg, config)
 
     @hookimpl
+    def clusterbus_reload(self, config: Config, section: Mapping[str, Any] | None,
+                          cluster: Cluster) -> None:
+        """Apply a changed ``[connsync]`` (SIGHUP, ``clusterbus reload``):
+        ``barrier_timeout``, ``on_barrier_timeout``, ``sync_threshold`` and
+        ``kernel_maxlen`` at run time (:meth:`ConnSync.reconfigure`); a change of the
+        others, or adding or removing the section, needs a restart: logged, and listed in
+        the reload's ``restart_needed`` (through ``restart_needed`` in this plugin's
+        status). The peers come from ``[cluster]`` and ``[bus]``, whose changes the daemon
+        reports as needing a restart itself.
+
+        :raises ConfigError: the new section is invalid: the running one stays.
+        """
+        got = self._cfg.get(cluster)
+        if got is None:
+            self._restart.pop(cluster, None)
+            if section is not None:
+                parse(config, section)  # a bad new section still gets its one-line error
+                self._restart[cluster] = {"[connsync]": "added"}
+                log.warning("connsync: adding a [connsync] section needs a restart")
+            return
+        if section is None:
+            self._restart[cluster] = {"[connsync]": "removed"}
+            log.warning("connsync: removing the [connsync] section needs a restart; keeping "
+                        "the running configuration")
+            return
+        self._restart.pop(cluster, None)
+        new = parse(config, section)
+        svc = self._svc.get(cluster)
+        if svc is None:  # services not started yet: they start with the new section
+            self._cfg[cluster] = (new, got[1])
+            return
+        before = svc.cfg
+        for key, change in svc.reconfigure(new).items():
+            log.warning("connsync: %s changed (%s): restart the daemon to apply it",
+                        key, change)
+        self._cfg[cluster] = (svc.cfg, got[1])
+        if svc.cfg != before:
+            _check_barrier_deadlines(svc.cfg, config)
+            log.info("connsync: configuration reloaded (barrier_timeout %g s, "
+                     "on_barrier_timeout %s, sync_threshold %s, kernel_maxlen %d)",
+                     svc.cfg.barrier_timeout, svc.cfg.on_barrier_timeout,
+                     list(svc.cfg.sync_threshold), svc.cfg.kernel_maxlen)
+
+    @hookimpl
     def clusterbus_services(self, cluster: Cluster) -> list[Callable[[], Awaitable[None]]] | None:
         """The conn-sync service, when ``[connsync]`` is configured."""
         got = self._cfg.get(cluster)
@@ -1158,7 +1272,12 @@ class ConnsyncPlugin:
     def clusterbus_status(self, cluster: Cluster) -> dict[str, Any] | None:
         """Per peer: entries sent/received/injected, resends, lag, last resync."""
         svc = self._svc.get(cluster)
-        return None if svc is None else svc.status()
+        if svc is None:
+            restart = self._restart.get(cluster)
+            return None if restart is None else {"restart_needed": dict(restart)}
+        st = svc.status()
+        st["restart_needed"] = {**st["restart_needed"], **self._restart.get(cluster, {})}
+        return st
 
 
 

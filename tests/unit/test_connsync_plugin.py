@@ -831,3 +831,143 @@ def test_a_failing_timed_capture_read_goes_back_to_readiness(
 
     assert asyncio.run(main()) and d1._capture_timer is None
     cap.close()
+
+
+# -- reload -------------------------------------------------------------------------------------
+
+def _reload_setup(keys: Path, extra: str = "") -> tuple[PluginHost, Engine, str]:
+    host = PluginHost()
+    host.register(connsync.plugin, "connsync")
+    engine = Engine(origin=1, plugins=host)
+    text = _conf(keys, 1, "tcp://127.0.0.1:7700", "tcp://127.0.0.1:7701", extra)
+    config = parse_config(tomllib.loads(text), file="d1.toml")
+    host.configure(config, engine.cluster)
+    return host, engine, text
+
+
+def _reloaded(host: PluginHost, engine: Engine, text: str) -> dict[str, str | None]:
+    return host.reload(parse_config(tomllib.loads(text), file="d1.toml"), engine.cluster)
+
+
+def test_reload_applies_the_barrier_and_the_kernels_knobs_at_run_time(
+        fakes: Kernel, keys: Path) -> None:
+    """barrier_timeout, on_barrier_timeout and sync_threshold change on a running service:
+    the barrier reads the new values, the kernel's knobs are set again; nothing needs a
+    restart."""
+    host, engine, text = _reload_setup(keys)
+
+    async def go() -> None:
+        (run,) = connsync.plugin.clusterbus_services(engine.cluster) or []
+        task = asyncio.create_task(run())
+        svc = connsync.plugin.service(engine.cluster)
+        assert svc is not None
+        await _running(fakes, svc)
+        assert fakes.knobs == [{"kernel_maxlen": 1, "sync_threshold": (2, 50)}]
+        new = text.replace('syncid = 3', 'syncid = 3\nbarrier_timeout = 0.8\n'
+                           'on_barrier_timeout = "veto"\nsync_threshold = [3, 60]\n'
+                           'kernel_maxlen = 200')
+        assert _reloaded(host, engine, new) == {"connsync": None}
+        for _ in range(200):  # the knobs are set in a thread
+            if len(fakes.knobs) == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert fakes.knobs[1] == {"kernel_maxlen": 200, "sync_threshold": (3, 60)}
+        st = connsync.plugin.clusterbus_status(engine.cluster)
+        assert st is not None
+        assert (st["barrier_timeout"], st["on_barrier_timeout"], st["sync_threshold"],
+                st["kernel_maxlen"], st["restart_needed"]) == (0.8, "veto", [3, 60], 200, {})
+        assert svc.cfg.barrier_timeout == 0.8  # what the barrier waits for now
+        assert _reloaded(host, engine, new) == {"connsync": None}
+        await asyncio.sleep(0.05)
+        assert len(fakes.knobs) == 2  # unchanged: not set again
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(go())
+
+
+def test_reload_keeps_what_needs_a_restart_and_says_so(
+        fakes: Kernel, keys: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A new interface, listen endpoint, syncid or conntrack keeps its running value, is
+    warned about and listed in the status's restart_needed (the reload's verdict reads
+    it); the live keys beside them still apply; a bad section changes nothing."""
+    host, engine, text = _reload_setup(keys)
+
+    async def go() -> None:
+        (run,) = connsync.plugin.clusterbus_services(engine.cluster) or []
+        task = asyncio.create_task(run())
+        svc = connsync.plugin.service(engine.cluster)
+        assert svc is not None
+        await _running(fakes, svc)
+        new = (text.replace('interface = "d1"', 'interface = "d9"')
+                   .replace("syncid = 3", "syncid = 4\nbarrier_timeout = 0.9\nconntrack = true"))
+        assert _reloaded(host, engine, new) == {"connsync": None}
+        st = connsync.plugin.clusterbus_status(engine.cluster)
+        assert st is not None
+        assert st["restart_needed"] == {"interface": "'d1' -> 'd9'", "syncid": "3 -> 4",
+                                        "conntrack": "False -> True"}
+        assert (svc.cfg.interface, svc.cfg.syncid, svc.cfg.conntrack,
+                svc.cfg.barrier_timeout) == ("d1", 3, False, 0.9)
+        assert "connsync: interface changed ('d1' -> 'd9'): restart the daemon" in caplog.text
+        bad = text.replace("syncid = 3", "syncid = 3\nbarrier_timeout = -2")
+        result = _reloaded(host, engine, bad)["connsync"]
+        assert result is not None and "connsync.barrier_timeout" in result
+        assert svc.cfg.barrier_timeout == 0.9
+        # the file as it started: nothing left to restart for
+        assert _reloaded(host, engine, text) == {"connsync": None}
+        st = connsync.plugin.clusterbus_status(engine.cluster)
+        assert st is not None and st["restart_needed"] == {}
+        assert svc.cfg.barrier_timeout == 0.5
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(go())
+
+
+def test_reload_of_a_kernel_maxlen_beyond_the_capture_frames_needs_a_restart(
+        fakes: Kernel, keys: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a jumbo-frame interface a larger kernel_maxlen would send datagrams the
+    capture's ring frames (sized at start) cannot hold: it waits for a restart."""
+    monkeypatch.setattr(sys.modules["clusterbus.plugins.connsync.kernel"], "interface_mtu",
+                        lambda name: 9000)
+    host, engine, text = _reload_setup(keys)
+
+    async def go() -> None:
+        (run,) = connsync.plugin.clusterbus_services(engine.cluster) or []
+        task = asyncio.create_task(run())
+        svc = connsync.plugin.service(engine.cluster)
+        assert svc is not None
+        await _running(fakes, svc)
+        fits = text.replace("syncid = 3", "syncid = 3\nkernel_maxlen = 1400")
+        assert _reloaded(host, engine, fits) == {"connsync": None}
+        assert svc.kernel_maxlen == 1400 and svc.restart_needed == {}
+        big = text.replace("syncid = 3", "syncid = 3\nkernel_maxlen = 8000")
+        assert _reloaded(host, engine, big) == {"connsync": None}
+        assert svc.kernel_maxlen == 1400
+        assert svc.restart_needed == {
+            "kernel_maxlen": "1400 -> 8000 (beyond the capture's 1500-byte frames)"}
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(go())
+
+
+def test_adding_or_removing_the_section_by_reload_needs_a_restart(keys: Path) -> None:
+    with_section = _conf(keys, 1, "tcp://127.0.0.1:7700", "tcp://127.0.0.1:7701")
+    without = with_section.split("[connsync]")[0]
+    host, engine, _ = _reload_setup(keys)
+    assert _reloaded(host, engine, without) == {"connsync": None}
+    st = connsync.plugin.clusterbus_status(engine.cluster)
+    assert st is not None and st["restart_needed"] == {"[connsync]": "removed"}
+    host = PluginHost()
+    host.register(connsync.plugin, "connsync")
+    engine = Engine(origin=1, plugins=host)
+    host.configure(parse_config(tomllib.loads(without), file="d1.toml"), engine.cluster)
+    assert connsync.plugin.clusterbus_status(engine.cluster) is None
+    assert _reloaded(host, engine, with_section) == {"connsync": None}
+    assert connsync.plugin.clusterbus_status(engine.cluster) == {
+        "restart_needed": {"[connsync]": "added"}}
+    assert connsync.plugin.clusterbus_services(engine.cluster) is None  # not started
+    bad = with_section.replace("syncid = 3", "syncid = 3\ncolour = 1")
+    result = _reloaded(host, engine, bad)["connsync"]
+    assert result is not None and "connsync.colour" in result
