@@ -341,6 +341,10 @@ class CvipPlugin:
         self._states: weakref.WeakKeyDictionary[Cluster, _State] = weakref.WeakKeyDictionary()
         self._configs: weakref.WeakKeyDictionary[Cluster, CvipConfig] = \
             weakref.WeakKeyDictionary()
+        #: what a reload changed that only a restart applies (status ``restart_needed``,
+        #: which the reload's verdict lists): key -> what changed
+        self._restart: weakref.WeakKeyDictionary[Cluster, dict[str, str]] = \
+            weakref.WeakKeyDictionary()
 
     def state(self, cluster: Cluster) -> _State | None:
         """The cluster's policy state (``None`` without ``[cvip]`` or before start-up)."""
@@ -380,7 +384,8 @@ class CvipPlugin:
         Weights, candidates, priorities, timeouts and the CVIPs themselves change at run
         time; owners stay sticky (a CVIP whose owner is still an eligible candidate does
         not move; use ``clusterbus cvip rebalance``). A removed CVIP's claim is withdrawn.
-        The control socket's path and adding or removing the whole section need a restart.
+        The control socket's path and adding or removing the whole section need a restart
+        (named in status ``restart_needed``, and so in the reload's verdict).
         Whatever the verdict, every CVIP's VRRP priority is set again: the speaker's own
         reload, which runs first, resets each instance to its configured priority.
 
@@ -388,17 +393,23 @@ class CvipPlugin:
         """
         st = self._states.get(cluster)
         if st is None:
+            self._restart.pop(cluster, None)
             if section is not None:
                 parse(section, config)  # a bad new section still gets its one-line error
+                self._restart[cluster] = {"[cvip]": "added"}
                 log.warning("cvip: adding a [cvip] section needs a restart")
             return
         try:
             if section is None:
+                self._restart[cluster] = {"[cvip]": "removed"}
                 log.warning("cvip: removing the [cvip] section needs a restart; keeping the "
                             "running configuration")
                 return
             new = parse(section, config)
+            self._restart.pop(cluster, None)
             if new.control != st.config.control:
+                self._restart[cluster] = {"control": f"{st.config.control!r} -> "
+                                                     f"{new.control!r}"}
                 log.warning("cvip: control changed to %s; restart the daemon to apply it "
                             "(still %s)", new.control, st.config.control)
                 new = replace(new, control=st.config.control)
@@ -459,7 +470,10 @@ class CvipPlugin:
     def clusterbus_status(self, cluster: Cluster) -> dict[str, Any] | None:
         """Per CVIP: owner, candidates, claims, this director's priority; the facts."""
         st = self._states.get(cluster)
-        return None if st is None else self.show(st)
+        restart = self._restart.get(cluster, {})
+        if st is None:
+            return {"restart_needed": dict(restart)} if restart else None
+        return {**self.show(st), "restart_needed": dict(restart)}
 
     # -- facts in ---------------------------------------------------------------------------
 

@@ -312,6 +312,12 @@ def test_reload_with_a_bad_section_keeps_the_running_one(caplog: Any) -> None:
     assert reload(engine, section(control="/tmp/elsewhere.sock", priority_owner=150)) == \
         {"cvip": None}
     assert st.config.control == before.control and st.config.priority_owner == 150
+    status = cvip.plugin.clusterbus_status(engine.cluster)
+    assert status is not None and status["restart_needed"] == {
+        "control": f"{before.control!r} -> '/tmp/elsewhere.sock'"}  # the verdict lists it
+    assert reload(engine, section(priority_owner=150)) == {"cvip": None}
+    status = cvip.plugin.clusterbus_status(engine.cluster)
+    assert status is not None and status["restart_needed"] == {}
 
 
 def test_the_next_in_line_defaults_just_below_the_owner() -> None:
