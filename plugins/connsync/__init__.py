@@ -1018,8 +1018,12 @@ class ConnSync:
                 restart[f.name] = f"{old!r} -> {now!r}"
         maxlen = self.kernel_maxlen
         if new.kernel_maxlen != self.cfg.kernel_maxlen:
-            maxlen = fitting_maxlen(new.kernel_maxlen,
-                                    self.kernel.interface_mtu(self.cfg.interface))
+            mtu = self.kernel.interface_mtu(self.cfg.interface)
+            maxlen = fitting_maxlen(new.kernel_maxlen, mtu)
+            if maxlen != new.kernel_maxlen:
+                log.warning("connsync: kernel_maxlen %d does not fit one frame of %s (MTU "
+                            "%s): the master daemon gets %d", new.kernel_maxlen,
+                            self.cfg.interface, mtu, maxlen)
             if self.running and maxlen > self._capture_max:
                 keep["kernel_maxlen"] = self.cfg.kernel_maxlen
                 restart["kernel_maxlen"] = (f"{self.cfg.kernel_maxlen} -> {new.kernel_maxlen} "

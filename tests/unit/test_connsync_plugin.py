@@ -971,3 +971,29 @@ def test_adding_or_removing_the_section_by_reload_needs_a_restart(keys: Path) ->
     bad = with_section.replace("syncid = 3", "syncid = 3\ncolour = 1")
     result = _reloaded(host, engine, bad)["connsync"]
     assert result is not None and "connsync.colour" in result
+
+
+def test_reload_of_a_kernel_maxlen_beyond_the_mtu_is_fitted_and_warned_about(
+        fakes: Kernel, keys: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """As at start: a reloaded kernel_maxlen above the interface's MTU less 28 is lowered
+    to it (a larger datagram would leave in fragments), with a WARNING."""
+    monkeypatch.setattr(sys.modules["clusterbus.plugins.connsync.kernel"], "interface_mtu",
+                        lambda name: 1500)
+    host, engine, text = _reload_setup(keys)
+
+    async def go() -> None:
+        (run,) = connsync.plugin.clusterbus_services(engine.cluster) or []
+        task = asyncio.create_task(run())
+        svc = connsync.plugin.service(engine.cluster)
+        assert svc is not None
+        await _running(fakes, svc)
+        big = text.replace("syncid = 3", "syncid = 3\nkernel_maxlen = 5000")
+        assert _reloaded(host, engine, big) == {"connsync": None}
+        assert svc.kernel_maxlen == 1472 and svc.restart_needed == {}
+        assert "kernel_maxlen 5000 does not fit one frame of d1 (MTU 1500): the master " \
+            "daemon gets 1472" in caplog.text
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(go())
