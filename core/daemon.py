@@ -189,7 +189,8 @@ class Daemon:
         The verdict goes to :attr:`last_reload` with the next generation number:
         ``result`` ``"applied"`` or ``"refused"`` (``reason`` says why), ``file``,
         ``restart_needed`` (sections, e.g. ``["bus", "daemon"]``, and what a live service
-        could not apply, e.g. ``"vrrp: VI_1 vrid"``) and ``failed`` (service -> why it
+        could not apply, e.g. ``"vrrp: VI_1 vrid"``, or a plugin's section added or
+        removed, ``"connsync: added"``) and ``failed`` (service or plugin -> why it
         refused its part).
 
         :returns: whether the new configuration was applied.
@@ -219,6 +220,8 @@ class Daemon:
                 log.exception("reload: %s failed", name)
                 failed[name] = f"failed: {exc!r}"
         reloaded = self.plugins.reload(new, self.engine.cluster)
+        # a plugin that refused its new section keeps the old one (logged by the host)
+        failed.update({name: why for name, why in reloaded.items() if why is not None})
         old = self.initial_config
         restart: list[str] = self._restart_needed_inside()
         # core services are named after their sections (SOURCES)
@@ -230,6 +233,11 @@ class Daemon:
                             "the daemon to apply it", section)
         for section in sorted(set(new.plugin_sections) | set(old.plugin_sections)):
             if section in reloaded:
+                # a plugin starts its services once: a section added or removed since
+                # start-up applies at the next one (the plugin's hook logs why)
+                if (section in new.plugin_sections) != (section in old.plugin_sections):
+                    restart.append(f"{section}: "
+                                   + ("added" if section in new.plugin_sections else "removed"))
                 continue
             if new.plugin_sections.get(section) != old.plugin_sections.get(section):
                 restart.append(section)

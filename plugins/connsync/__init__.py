@@ -1018,12 +1018,7 @@ class ConnSync:
                 restart[f.name] = f"{old!r} -> {now!r}"
         maxlen = self.kernel_maxlen
         if new.kernel_maxlen != self.cfg.kernel_maxlen:
-            mtu = self.kernel.interface_mtu(self.cfg.interface)
-            maxlen = fitting_maxlen(new.kernel_maxlen, mtu)
-            if maxlen != new.kernel_maxlen:
-                log.warning("connsync: kernel_maxlen %d does not fit one frame of %s (MTU "
-                            "%s): the master daemon gets %d", new.kernel_maxlen,
-                            self.cfg.interface, mtu, maxlen)
+            maxlen = self._fitted(new.kernel_maxlen)
             if self.running and maxlen > self._capture_max:
                 keep["kernel_maxlen"] = self.cfg.kernel_maxlen
                 restart["kernel_maxlen"] = (f"{self.cfg.kernel_maxlen} -> {new.kernel_maxlen} "
@@ -1040,12 +1035,26 @@ class ConnSync:
             task.add_done_callback(self._knob_tasks.discard)
         return restart
 
+    def _fitted(self, kernel_maxlen: int) -> int:
+        """``kernel_maxlen`` fitted to one frame of the sync interface (warned about when
+        lowered)."""
+        mtu = self.kernel.interface_mtu(self.cfg.interface)
+        maxlen = fitting_maxlen(kernel_maxlen, mtu)
+        if maxlen != kernel_maxlen:
+            log.warning("connsync: kernel_maxlen %d does not fit one frame of %s (MTU %s): "
+                        "the master daemon gets %d (a larger datagram would leave in IP "
+                        "fragments, which the capture cannot read)", kernel_maxlen,
+                        self.cfg.interface, mtu, maxlen)
+        return maxlen
+
     async def _set_knobs(self, maxlen: int) -> None:
+        """``sync_threshold`` and the master daemon's ``maxlen`` into the kernel; a failure
+        is counted and logged (the kernel then sends with its own delays)."""
+        # in a thread: blocking netlink calls, and pyroute2's IPVSSocket (used to find
+        # the genetlink family) cannot be built on a thread whose event loop runs
         try:
             await asyncio.to_thread(self.kernel.set_sync_knobs, kernel_maxlen=maxlen,
                                     sync_threshold=self.cfg.sync_threshold)
-            log.info("connsync: kernel sync knobs set: sync_threshold %s, master maxlen %d",
-                     list(self.cfg.sync_threshold), maxlen)
         except (OSError, ClusterbusError) as exc:
             self.counters["knobs.failed"] += 1
             log.error("connsync: cannot set the kernel's sync knobs: %s (the kernel sends "
@@ -1056,24 +1065,8 @@ class ConnSync:
     async def run(self) -> None:
         """Set the kernel's knobs, capture, relay and inject until cancelled."""
         loop = asyncio.get_running_loop()
-        mtu = self.kernel.interface_mtu(self.cfg.interface)
-        maxlen = fitting_maxlen(self.cfg.kernel_maxlen, mtu)
-        if maxlen != self.cfg.kernel_maxlen:
-            log.warning("connsync: kernel_maxlen %d does not fit one frame of %s (MTU %s): "
-                        "the master daemon gets %d (a larger datagram would leave in IP "
-                        "fragments, which the capture cannot read)", self.cfg.kernel_maxlen,
-                        self.cfg.interface, mtu, maxlen)
-        self.kernel_maxlen = maxlen
-        # in a thread: blocking netlink calls, and pyroute2's IPVSSocket (used to find
-        # the genetlink family) cannot be built on a thread whose event loop runs
-        try:
-            await asyncio.to_thread(self.kernel.set_sync_knobs,
-                                    kernel_maxlen=maxlen,
-                                    sync_threshold=self.cfg.sync_threshold)
-        except OSError as exc:
-            self.counters["knobs.failed"] += 1
-            log.error("connsync: cannot set the kernel's sync knobs: %s (the kernel sends "
-                      "with its own delays)", exc)
+        maxlen = self.kernel_maxlen = self._fitted(self.cfg.kernel_maxlen)
+        await self._set_knobs(maxlen)
         try:  # the kernel's master and backup daemons, both at once (active/active)
             await asyncio.to_thread(self.kernel.ensure_daemons, self.cfg.interface,
                                     syncid=self.cfg.syncid, kernel_maxlen=maxlen)
@@ -1191,9 +1184,6 @@ class ConnsyncPlugin:
         self._cfg: weakref.WeakKeyDictionary[Cluster, tuple[ConnsyncConfig, Config]] = \
             weakref.WeakKeyDictionary()
         self._svc: weakref.WeakKeyDictionary[Cluster, ConnSync] = weakref.WeakKeyDictionary()
-        #: a reload that added or removed the whole section: applied at the next start
-        self._restart: weakref.WeakKeyDictionary[Cluster, dict[str, str]] = \
-            weakref.WeakKeyDictionary()
 
     def service(self, cluster: Cluster) -> ConnSync | None:
         """The cluster's service (``None`` without ``[connsync]`` or before services)."""
@@ -1225,27 +1215,23 @@ class ConnsyncPlugin:
         """Apply a changed ``[connsync]`` (SIGHUP, ``clusterbus reload``):
         ``barrier_timeout``, ``on_barrier_timeout``, ``sync_threshold`` and
         ``kernel_maxlen`` at run time (:meth:`ConnSync.reconfigure`); a change of the
-        others, or adding or removing the section, needs a restart: logged, and listed in
-        the reload's ``restart_needed`` (through ``restart_needed`` in this plugin's
-        status). The peers come from ``[cluster]`` and ``[bus]``, whose changes the daemon
-        reports as needing a restart itself.
+        others needs a restart: logged, and listed in the reload's ``restart_needed``
+        (through ``restart_needed`` in this plugin's status). Adding or removing the
+        section, and the peers (``[cluster]``, ``[bus]``), the daemon reports as needing
+        a restart itself.
 
         :raises ConfigError: the new section is invalid: the running one stays.
         """
         got = self._cfg.get(cluster)
         if got is None:
-            self._restart.pop(cluster, None)
             if section is not None:
                 parse(config, section)  # a bad new section still gets its one-line error
-                self._restart[cluster] = {"[connsync]": "added"}
                 log.warning("connsync: adding a [connsync] section needs a restart")
             return
         if section is None:
-            self._restart[cluster] = {"[connsync]": "removed"}
             log.warning("connsync: removing the [connsync] section needs a restart; keeping "
                         "the running configuration")
             return
-        self._restart.pop(cluster, None)
         new = parse(config, section)
         svc = self._svc.get(cluster)
         if svc is None:  # services not started yet: they start with the new section
@@ -1276,12 +1262,7 @@ class ConnsyncPlugin:
     def clusterbus_status(self, cluster: Cluster) -> dict[str, Any] | None:
         """Per peer: entries sent/received/injected, resends, lag, last resync."""
         svc = self._svc.get(cluster)
-        if svc is None:
-            restart = self._restart.get(cluster)
-            return None if restart is None else {"restart_needed": dict(restart)}
-        st = svc.status()
-        st["restart_needed"] = {**st["restart_needed"], **self._restart.get(cluster, {})}
-        return st
+        return None if svc is None else svc.status()
 
 
 

@@ -322,6 +322,8 @@ class _State:
     waiting: dict[str, float] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=dict)
     last: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: what a reload changed that only a restart applies (status ``restart_needed``)
+    restart_needed: dict[str, str] = field(default_factory=dict)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
     def count(self, key: str) -> None:
@@ -340,10 +342,6 @@ class CvipPlugin:
     def __init__(self) -> None:
         self._states: weakref.WeakKeyDictionary[Cluster, _State] = weakref.WeakKeyDictionary()
         self._configs: weakref.WeakKeyDictionary[Cluster, CvipConfig] = \
-            weakref.WeakKeyDictionary()
-        #: what a reload changed that only a restart applies (status ``restart_needed``,
-        #: which the reload's verdict lists): key -> what changed
-        self._restart: weakref.WeakKeyDictionary[Cluster, dict[str, str]] = \
             weakref.WeakKeyDictionary()
 
     def state(self, cluster: Cluster) -> _State | None:
@@ -385,7 +383,8 @@ class CvipPlugin:
         time; owners stay sticky (a CVIP whose owner is still an eligible candidate does
         not move; use ``clusterbus cvip rebalance``). A removed CVIP's claim is withdrawn.
         The control socket's path and adding or removing the whole section need a restart
-        (named in status ``restart_needed``, and so in the reload's verdict).
+        (the path named in status ``restart_needed``, the section by the daemon: both in
+        the reload's verdict).
         Whatever the verdict, every CVIP's VRRP priority is set again: the speaker's own
         reload, which runs first, resets each instance to its configured priority.
 
@@ -393,23 +392,19 @@ class CvipPlugin:
         """
         st = self._states.get(cluster)
         if st is None:
-            self._restart.pop(cluster, None)
             if section is not None:
                 parse(section, config)  # a bad new section still gets its one-line error
-                self._restart[cluster] = {"[cvip]": "added"}
                 log.warning("cvip: adding a [cvip] section needs a restart")
             return
         try:
             if section is None:
-                self._restart[cluster] = {"[cvip]": "removed"}
                 log.warning("cvip: removing the [cvip] section needs a restart; keeping the "
                             "running configuration")
                 return
             new = parse(section, config)
-            self._restart.pop(cluster, None)
+            st.restart_needed = {}
             if new.control != st.config.control:
-                self._restart[cluster] = {"control": f"{st.config.control!r} -> "
-                                                     f"{new.control!r}"}
+                st.restart_needed = {"control": f"{st.config.control!r} -> {new.control!r}"}
                 log.warning("cvip: control changed to %s; restart the daemon to apply it "
                             "(still %s)", new.control, st.config.control)
                 new = replace(new, control=st.config.control)
@@ -470,10 +465,8 @@ class CvipPlugin:
     def clusterbus_status(self, cluster: Cluster) -> dict[str, Any] | None:
         """Per CVIP: owner, candidates, claims, this director's priority; the facts."""
         st = self._states.get(cluster)
-        restart = self._restart.get(cluster, {})
-        if st is None:
-            return {"restart_needed": dict(restart)} if restart else None
-        return {**self.show(st), "restart_needed": dict(restart)}
+        return None if st is None else {**self.show(st),
+                                        "restart_needed": dict(st.restart_needed)}
 
     # -- facts in ---------------------------------------------------------------------------
 

@@ -7,13 +7,14 @@ show`` report them."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import sys
 import tomllib
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -845,6 +846,21 @@ def _reload_setup(keys: Path, extra: str = "") -> tuple[PluginHost, Engine, str]
     return host, engine, text
 
 
+@contextlib.asynccontextmanager
+async def _serving(fakes: Kernel, engine: Engine) -> AsyncIterator[ConnSync]:
+    """The cluster's conn-sync service running (its capture open) until the block ends."""
+    (run,) = connsync.plugin.clusterbus_services(engine.cluster) or []
+    task = asyncio.create_task(run())
+    try:
+        svc = connsync.plugin.service(engine.cluster)
+        assert svc is not None
+        await _running(fakes, svc)
+        yield svc
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 def _reloaded(host: PluginHost, engine: Engine, text: str) -> dict[str, str | None]:
     return host.reload(parse_config(tomllib.loads(text), file="d1.toml"), engine.cluster)
 
@@ -857,31 +873,25 @@ def test_reload_applies_the_barrier_and_the_kernels_knobs_at_run_time(
     host, engine, text = _reload_setup(keys)
 
     async def go() -> None:
-        (run,) = connsync.plugin.clusterbus_services(engine.cluster) or []
-        task = asyncio.create_task(run())
-        svc = connsync.plugin.service(engine.cluster)
-        assert svc is not None
-        await _running(fakes, svc)
-        assert fakes.knobs == [{"kernel_maxlen": 1, "sync_threshold": (2, 50)}]
-        new = text.replace('syncid = 3', 'syncid = 3\nbarrier_timeout = 0.8\n'
-                           'on_barrier_timeout = "veto"\nsync_threshold = [3, 60]\n'
-                           'kernel_maxlen = 200')
-        assert _reloaded(host, engine, new) == {"connsync": None}
-        for _ in range(200):  # the knobs are set in a thread
-            if len(fakes.knobs) == 2:
-                break
-            await asyncio.sleep(0.01)
-        assert fakes.knobs[1] == {"kernel_maxlen": 200, "sync_threshold": (3, 60)}
-        st = connsync.plugin.clusterbus_status(engine.cluster)
-        assert st is not None
-        assert (st["barrier_timeout"], st["on_barrier_timeout"], st["sync_threshold"],
-                st["kernel_maxlen"], st["restart_needed"]) == (0.8, "veto", [3, 60], 200, {})
-        assert svc.cfg.barrier_timeout == 0.8  # what the barrier waits for now
-        assert _reloaded(host, engine, new) == {"connsync": None}
-        await asyncio.sleep(0.05)
-        assert len(fakes.knobs) == 2  # unchanged: not set again
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        async with _serving(fakes, engine) as svc:
+            assert fakes.knobs == [{"kernel_maxlen": 1, "sync_threshold": (2, 50)}]
+            new = text.replace('syncid = 3', 'syncid = 3\nbarrier_timeout = 0.8\n'
+                               'on_barrier_timeout = "veto"\nsync_threshold = [3, 60]\n'
+                               'kernel_maxlen = 200')
+            assert _reloaded(host, engine, new) == {"connsync": None}
+            for _ in range(200):  # the knobs are set in a thread
+                if len(fakes.knobs) == 2:
+                    break
+                await asyncio.sleep(0.01)
+            assert fakes.knobs[1] == {"kernel_maxlen": 200, "sync_threshold": (3, 60)}
+            st = connsync.plugin.clusterbus_status(engine.cluster)
+            assert st is not None
+            assert (st["barrier_timeout"], st["on_barrier_timeout"], st["sync_threshold"],
+                    st["kernel_maxlen"], st["restart_needed"]) == (0.8, "veto", [3, 60], 200, {})
+            assert svc.cfg.barrier_timeout == 0.8  # what the barrier waits for now
+            assert _reloaded(host, engine, new) == {"connsync": None}
+            await asyncio.sleep(0.05)
+            assert len(fakes.knobs) == 2  # unchanged: not set again
 
     asyncio.run(go())
 
@@ -894,32 +904,26 @@ def test_reload_keeps_what_needs_a_restart_and_says_so(
     host, engine, text = _reload_setup(keys)
 
     async def go() -> None:
-        (run,) = connsync.plugin.clusterbus_services(engine.cluster) or []
-        task = asyncio.create_task(run())
-        svc = connsync.plugin.service(engine.cluster)
-        assert svc is not None
-        await _running(fakes, svc)
-        new = (text.replace('interface = "d1"', 'interface = "d9"')
-                   .replace("syncid = 3", "syncid = 4\nbarrier_timeout = 0.9\nconntrack = true"))
-        assert _reloaded(host, engine, new) == {"connsync": None}
-        st = connsync.plugin.clusterbus_status(engine.cluster)
-        assert st is not None
-        assert st["restart_needed"] == {"interface": "'d1' -> 'd9'", "syncid": "3 -> 4",
-                                        "conntrack": "False -> True"}
-        assert (svc.cfg.interface, svc.cfg.syncid, svc.cfg.conntrack,
-                svc.cfg.barrier_timeout) == ("d1", 3, False, 0.9)
-        assert "connsync: interface changed ('d1' -> 'd9'): restart the daemon" in caplog.text
-        bad = text.replace("syncid = 3", "syncid = 3\nbarrier_timeout = -2")
-        result = _reloaded(host, engine, bad)["connsync"]
-        assert result is not None and "connsync.barrier_timeout" in result
-        assert svc.cfg.barrier_timeout == 0.9
-        # the file as it started: nothing left to restart for
-        assert _reloaded(host, engine, text) == {"connsync": None}
-        st = connsync.plugin.clusterbus_status(engine.cluster)
-        assert st is not None and st["restart_needed"] == {}
-        assert svc.cfg.barrier_timeout == 0.5
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        async with _serving(fakes, engine) as svc:
+            new = (text.replace('interface = "d1"', 'interface = "d9"')
+                       .replace("syncid = 3", "syncid = 4\nbarrier_timeout = 0.9\nconntrack = true"))
+            assert _reloaded(host, engine, new) == {"connsync": None}
+            st = connsync.plugin.clusterbus_status(engine.cluster)
+            assert st is not None
+            assert st["restart_needed"] == {"interface": "'d1' -> 'd9'", "syncid": "3 -> 4",
+                                            "conntrack": "False -> True"}
+            assert (svc.cfg.interface, svc.cfg.syncid, svc.cfg.conntrack,
+                    svc.cfg.barrier_timeout) == ("d1", 3, False, 0.9)
+            assert "connsync: interface changed ('d1' -> 'd9'): restart the daemon" in caplog.text
+            bad = text.replace("syncid = 3", "syncid = 3\nbarrier_timeout = -2")
+            result = _reloaded(host, engine, bad)["connsync"]
+            assert result is not None and "connsync.barrier_timeout" in result
+            assert svc.cfg.barrier_timeout == 0.9
+            # the file as it started: nothing left to restart for
+            assert _reloaded(host, engine, text) == {"connsync": None}
+            st = connsync.plugin.clusterbus_status(engine.cluster)
+            assert st is not None and st["restart_needed"] == {}
+            assert svc.cfg.barrier_timeout == 0.5
 
     asyncio.run(go())
 
@@ -933,43 +937,49 @@ def test_reload_of_a_kernel_maxlen_beyond_the_capture_frames_needs_a_restart(
     host, engine, text = _reload_setup(keys)
 
     async def go() -> None:
-        (run,) = connsync.plugin.clusterbus_services(engine.cluster) or []
-        task = asyncio.create_task(run())
-        svc = connsync.plugin.service(engine.cluster)
-        assert svc is not None
-        await _running(fakes, svc)
-        fits = text.replace("syncid = 3", "syncid = 3\nkernel_maxlen = 1400")
-        assert _reloaded(host, engine, fits) == {"connsync": None}
-        assert svc.kernel_maxlen == 1400 and svc.restart_needed == {}
-        big = text.replace("syncid = 3", "syncid = 3\nkernel_maxlen = 8000")
-        assert _reloaded(host, engine, big) == {"connsync": None}
-        assert svc.kernel_maxlen == 1400
-        assert svc.restart_needed == {
-            "kernel_maxlen": "1400 -> 8000 (beyond the capture's 1500-byte frames)"}
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        async with _serving(fakes, engine) as svc:
+            fits = text.replace("syncid = 3", "syncid = 3\nkernel_maxlen = 1400")
+            assert _reloaded(host, engine, fits) == {"connsync": None}
+            assert svc.kernel_maxlen == 1400 and svc.restart_needed == {}
+            big = text.replace("syncid = 3", "syncid = 3\nkernel_maxlen = 8000")
+            assert _reloaded(host, engine, big) == {"connsync": None}
+            assert svc.kernel_maxlen == 1400
+            assert svc.restart_needed == {
+                "kernel_maxlen": "1400 -> 8000 (beyond the capture's 1500-byte frames)"}
 
     asyncio.run(go())
 
 
 def test_adding_or_removing_the_section_by_reload_needs_a_restart(keys: Path) -> None:
+    """The daemon's reload verdict names the section; the plugin keeps what it started
+    with; a bad new section is refused with its key."""
+    from clusterbus.config import load_config
+    from clusterbus.daemon import Daemon
+
     with_section = _conf(keys, 1, "tcp://127.0.0.1:7700", "tcp://127.0.0.1:7701")
     without = with_section.split("[connsync]")[0]
-    host, engine, _ = _reload_setup(keys)
-    assert _reloaded(host, engine, without) == {"connsync": None}
-    st = connsync.plugin.clusterbus_status(engine.cluster)
-    assert st is not None and st["restart_needed"] == {"[connsync]": "removed"}
-    host = PluginHost()
-    host.register(connsync.plugin, "connsync")
-    engine = Engine(origin=1, plugins=host)
-    host.configure(parse_config(tomllib.loads(without), file="d1.toml"), engine.cluster)
-    assert connsync.plugin.clusterbus_status(engine.cluster) is None
-    assert _reloaded(host, engine, with_section) == {"connsync": None}
-    assert connsync.plugin.clusterbus_status(engine.cluster) == {
-        "restart_needed": {"[connsync]": "added"}}
-    assert connsync.plugin.clusterbus_services(engine.cluster) is None  # not started
-    bad = with_section.replace("syncid = 3", "syncid = 3\ncolour = 1")
-    result = _reloaded(host, engine, bad)["connsync"]
+    conf = keys / "d1.toml"
+
+    def daemon(text: str) -> Daemon:
+        conf.write_text(text)
+        d = Daemon(load_config(str(conf)), load_entrypoints=False)
+        d.plugins.register(connsync.plugin, "connsync")
+        d.plugins.configure(d.config, d.engine.cluster)
+        return d
+
+    d = daemon(with_section)
+    conf.write_text(without)
+    assert d.reload()
+    assert d.status()["reload"]["restart_needed"] == ["connsync: removed"]
+    d = daemon(without)
+    assert connsync.plugin.clusterbus_status(d.engine.cluster) is None
+    conf.write_text(with_section)
+    assert d.reload()
+    assert d.status()["reload"]["restart_needed"] == ["connsync: added"]
+    assert connsync.plugin.clusterbus_services(d.engine.cluster) is None  # not started
+    conf.write_text(with_section.replace("syncid = 3", "syncid = 3\ncolour = 1"))
+    assert d.reload()
+    result = d.status()["reload"]["failed"].get("connsync")
     assert result is not None and "connsync.colour" in result
 
 
@@ -983,17 +993,11 @@ def test_reload_of_a_kernel_maxlen_beyond_the_mtu_is_fitted_and_warned_about(
     host, engine, text = _reload_setup(keys)
 
     async def go() -> None:
-        (run,) = connsync.plugin.clusterbus_services(engine.cluster) or []
-        task = asyncio.create_task(run())
-        svc = connsync.plugin.service(engine.cluster)
-        assert svc is not None
-        await _running(fakes, svc)
-        big = text.replace("syncid = 3", "syncid = 3\nkernel_maxlen = 5000")
-        assert _reloaded(host, engine, big) == {"connsync": None}
-        assert svc.kernel_maxlen == 1472 and svc.restart_needed == {}
-        assert "kernel_maxlen 5000 does not fit one frame of d1 (MTU 1500): the master " \
-            "daemon gets 1472" in caplog.text
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        async with _serving(fakes, engine) as svc:
+            big = text.replace("syncid = 3", "syncid = 3\nkernel_maxlen = 5000")
+            assert _reloaded(host, engine, big) == {"connsync": None}
+            assert svc.kernel_maxlen == 1472 and svc.restart_needed == {}
+            assert "kernel_maxlen 5000 does not fit one frame of d1 (MTU 1500): the master " \
+                "daemon gets 1472" in caplog.text
 
     asyncio.run(go())
